@@ -1,0 +1,2 @@
+/* io/llmc_model.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

@@ -1,0 +1,2 @@
+/* io/loader.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

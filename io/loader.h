@@ -1,0 +1,54 @@
+/* loader.h: batches of sequences from a token file, with each token's global position, for any rank layout. */
+#ifndef RT_LOADER_H
+#define RT_LOADER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../runtime/tensor.h"
+#include "tokens.h"
+
+/*
+ * The file is cut into windows of T+1 tokens (window w covers tokens
+ * [w*T, w*T+T], so consecutive windows share one token). A split takes the
+ * windows [first_window, first_window+n_windows); training uses a seeded
+ * shuffle of its split, reshuffled each epoch, validation reads in order.
+ *
+ * Each call to rt_loader_next advances by one GLOBAL batch of
+ * global_batch sequences. A rank asks for the sequences
+ * [first_seq, first_seq+n_seqs) of that batch (its data-parallel slice) and,
+ * of each sequence, only the positions in its spans (its sequence-parallel
+ * chunks). Inputs are tokens at positions p, targets are tokens at p+1:
+ * targets are shifted before the sequence is cut, so no label is lost at a
+ * chunk boundary. Output order: sequence-major, then spans in order.
+ */
+typedef struct {
+    const rt_token_file *tokens;
+    size_t seq_len; /* T */
+    size_t first_window, n_windows;
+    size_t global_batch;
+    int shuffle;
+    uint64_t seed;
+    /* state */
+    size_t *order; /* n_windows entries: the current epoch's permutation */
+    size_t cursor; /* next index into order */
+    uint64_t epoch;
+} rt_loader;
+
+/* Number of whole windows of T+1 tokens in the file. */
+size_t rt_loader_count_windows(const rt_token_file *tokens, size_t seq_len);
+
+/* Fails (err names the file) when the split holds fewer windows than one global batch. */
+int rt_loader_init(rt_loader *loader, const rt_token_file *tokens, size_t seq_len, size_t first_window,
+                   size_t n_windows, size_t global_batch, int shuffle, uint64_t seed, rt_error *err);
+void rt_loader_free(rt_loader *loader);
+
+/* Fills inputs, targets (int32) and pos (int64), each n_seqs * sum(span lens) entries. A token >= vocab_size
+ * fails with an error naming the file, the token offset and the value. */
+int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_span *spans, int n_spans,
+                   int vocab_size, int32_t *inputs, int32_t *targets, int64_t *pos, rt_error *err);
+
+/* Restart from the first batch of epoch 0 (validation runs each pass from the start). */
+void rt_loader_rewind(rt_loader *loader);
+
+#endif

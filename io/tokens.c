@@ -1,0 +1,2 @@
+/* io/tokens.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

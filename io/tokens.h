@@ -1,0 +1,51 @@
+/* tokens.h: token files (ringtrain's own format and llm.c shards, told apart by magic) and the byte tokenizer. */
+#ifndef RT_TOKENS_H
+#define RT_TOKENS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../runtime/common.h"
+
+/*
+ * ringtrain token file: a 1024-byte header of little-endian int32 fields
+ *   [0] magic 20261122  [1] version 1  [2] vocab_size  [3] bytes per token (2 or 4)
+ *   [4] n_tokens low 32 bits  [5] n_tokens high 32 bits  [6..255] zero
+ * followed by n_tokens tokens (uint16 or uint32).
+ * llm.c shard: int32[256] header, magic 20240520, version 1, [2] = n_tokens,
+ * then uint16 tokens (vocab is not stored: GPT-2's 50257 is assumed).
+ */
+#define RT_TOKENS_MAGIC 20261122
+#define RT_TOKENS_VERSION 1
+#define RT_LLMC_SHARD_MAGIC 20240520
+#define RT_TOKENS_HEADER_BYTES 1024
+
+typedef struct {
+    char path[1024];
+    int vocab_size;
+    int bytes_per_token; /* 2 or 4 */
+    int is_llmc;
+    size_t n_tokens;
+    void *map;        /* whole file mapped read-only */
+    size_t map_bytes;
+    const unsigned char *tokens; /* first token */
+} rt_token_file;
+
+/* Opens and validates (magic, version, size matches header, every token < vocab is checked lazily by the
+ * loader). Errors name the path and what is wrong. */
+int rt_tokens_open(rt_token_file *tf, const char *path, rt_error *err);
+void rt_tokens_close(rt_token_file *tf);
+static inline uint32_t rt_tokens_get(const rt_token_file *tf, size_t i) {
+    if (tf->bytes_per_token == 2) return ((const uint16_t *)(const void *)tf->tokens)[i];
+    return ((const uint32_t *)(const void *)tf->tokens)[i];
+}
+
+/* Writes a token file atomically (path.tmp, then rename); no partial file on failure. */
+int rt_tokens_write(const char *path, const uint32_t *tokens, size_t n_tokens, int vocab_size, rt_error *err);
+
+/* Byte-level tokenizer: vocab 256, token = byte. */
+#define RT_BYTE_VOCAB 256
+/* Appends the text of one token to out (returns bytes written, at most out_len). */
+size_t rt_byte_decode(uint32_t token, char *out, size_t out_len);
+
+#endif

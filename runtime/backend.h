@@ -1,0 +1,141 @@
+/* backend.h: the compute backend interface; model code runs every op through it and never sees CUDA. */
+#ifndef RT_BACKEND_H
+#define RT_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ * Conventions (as in llm.c): N = number of local tokens (B*T), C = channels,
+ * H = query heads, Hkv = key/value heads, D = head dim, F = MLP hidden size,
+ * V = vocab, Vp = padded vocab (row stride of embedding and logits).
+ * Weights are (out_features, in_features): out = inp @ weight^T + bias.
+ * All pointers are device pointers of the backend (host memory on CPU).
+ *
+ * Every *_backward ACCUMULATES (+=) into the gradients it writes, both of
+ * weights and of inputs, so residual branches and micro-batches add up
+ * without extra copies. Callers zero gradient buffers when they start.
+ *
+ * Positions are global token positions (int64): with sequence parallelism a
+ * rank holds tokens from anywhere in the sequence, and RoPE, learned
+ * position embeddings, causal masks and dropout masks all key on them.
+ *
+ * Determinism: for a fixed thread count every op gives the same bits run to
+ * run (no atomics, fixed reduction order).
+ */
+
+/* Layout of one attention call: q rows of H*D floats, k/v rows of Hkv*D floats, each at its own stride. */
+typedef struct {
+    int n_heads;       /* H */
+    int n_kv_heads;    /* Hkv; H % Hkv == 0, query head h uses kv head h / (H / Hkv) */
+    int head_dim;      /* D; softmax scale is 1/sqrt(D) */
+    size_t q_stride;   /* floats between consecutive tokens in q and dq */
+    size_t kv_stride;  /* floats between consecutive tokens in k, v, dk, dv */
+    size_t out_stride; /* floats between consecutive tokens in out and dout */
+    int causal;        /* mask key j for query i when k_pos[j] > q_pos[i] */
+} rt_attn_shape;
+
+/* Key of the counter-based RNG: one mask per (seed, step, layer, site); the counter is (global position, channel). */
+typedef struct {
+    uint64_t seed;
+    uint64_t step;
+    uint32_t layer;
+    uint32_t site; /* which dropout in the layer: 0 attention output, 1 MLP output, ... */
+} rt_rng_key;
+
+typedef struct rt_backend rt_backend;
+struct rt_backend {
+    const char *name; /* "cpu", "cuda" */
+
+    /* --- raw memory (the accounting lives in memory.h, which calls these) --- */
+    void *(*device_alloc)(size_t bytes); /* NULL on failure */
+    void (*device_free)(void *ptr);
+    void (*memset_zero)(void *dst, size_t bytes);
+    void (*copy)(void *dst, const void *src, size_t bytes); /* any direction, synchronous */
+
+    /* --- dense --- */
+    /* out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC) or no bias when NULL. */
+    void (*matmul_forward)(float *out, const float *inp, const float *weight, const float *bias, size_t N, int C,
+                           int OC);
+    /* dinp (N,C) += dout @ weight; dweight (OC,C) += dout^T @ inp; dbias (OC) += sum_n dout. Any may be NULL. */
+    void (*matmul_backward)(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                            const float *weight, size_t N, int C, int OC);
+
+    /* --- embeddings --- */
+    /* out (N,C) = wte[tokens[n]] (+ wpe[pos[n]] when wpe != NULL). */
+    void (*embedding_forward)(float *out, const int32_t *tokens, const int64_t *pos, const float *wte,
+                              const float *wpe, size_t N, int C);
+    void (*embedding_backward)(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+                               const int64_t *pos, size_t N, int C);
+
+    /* --- norms --- */
+    /* LayerNorm with eps; mean and rstd (N) are saved for backward. */
+    void (*layernorm_forward)(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+                              const float *bias, size_t N, int C, float eps);
+    void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+                               const float *weight, const float *mean, const float *rstd, size_t N, int C);
+    /* RMSNorm: out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps). */
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, size_t N, int C,
+                            float eps);
+    void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
+                             const float *rstd, size_t N, int C);
+
+    /* --- position --- */
+    /* Rotary embedding, in place, on n_heads heads of head_dim per token at the given row stride.
+     * Pairs (2i, 2i+1) rotate by angle pos * theta^(-2i/head_dim). Backward rotates by -angle (in place). */
+    void (*rope_forward)(float *x, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
+                         float theta);
+    void (*rope_backward)(float *dx, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
+                          float theta);
+
+    /* --- pointwise --- */
+    /* tanh-approximate GELU (GPT-2). */
+    void (*gelu_forward)(float *out, const float *inp, size_t n);
+    void (*gelu_backward)(float *dinp, const float *inp, const float *dout, size_t n);
+    /* gate_up (N, 2F): gate in [0,F), up in [F,2F) of each row; out (N,F) = silu(gate) * up. */
+    void (*swiglu_forward)(float *out, const float *gate_up, size_t N, int F);
+    void (*swiglu_backward)(float *dgate_up, const float *dout, const float *gate_up, size_t N, int F);
+    /* out = a + b (out may alias a or b). */
+    void (*add)(float *out, const float *a, const float *b, size_t n);
+    /* Inverted dropout in place on x (N,C): keep with prob 1-p, scale kept by 1/(1-p). The mask depends only on
+     * (key, pos[n], channel), so forward, recompute and backward (applied to the gradient) draw the same mask
+     * on any number of ranks. p == 0 is a no-op. */
+    void (*dropout)(float *x, const int64_t *pos, size_t N, int C, float p, rt_rng_key key);
+
+    /* --- attention (flash-style blocks; seqpar drives them locally or around the ring) --- */
+    /* Merges the attention of queries q (Tq tokens) onto keys/values k,v (Tk tokens) into the running
+     * out (Tq, H*D) and lse (Tq, H), both fp32. Start with out = 0, lse = -INFINITY. A query that sees
+     * no key of this block leaves its row untouched. Positions give the causal mask. */
+    void (*attn_block_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
+                               const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
+                               const rt_attn_shape *shape);
+    /* delta (Tq, H) = rowsum(dout * out) per head: computed once, before any block backward. */
+    void (*attn_delta)(float *delta, const float *out, const float *dout, size_t Tq, const rt_attn_shape *shape);
+    /* Backward of one block using the FINAL lse and delta: dq += ..., dk += ..., dv += ... (fp32). */
+    void (*attn_block_backward)(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
+                                const float *v, const float *lse, const float *delta, const int64_t *q_pos,
+                                const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape);
+
+    /* --- loss --- */
+    /* For a tile of n tokens: logits (n, Vp) holds x @ wte^T. Writes losses[i] = -log softmax(logits_i)[t_i]
+     * over the first V columns (padded columns ignored) and, when dloss_scale != 0, overwrites logits with
+     * dlogits = (softmax - onehot) * dloss_scale (padded columns set to 0). A target < 0 is ignored: loss 0,
+     * dlogits 0. */
+    void (*softmax_xent)(float *logits, float *losses, const int32_t *targets, size_t n, int V, int Vp,
+                         float dloss_scale);
+
+    /* --- reductions and optimizer --- */
+    /* Sum of squares in double, fixed order. */
+    double (*sum_squares)(const float *x, size_t n);
+    void (*scale)(float *x, float factor, size_t n);
+    /* AdamW with decoupled weight decay and bias correction at step t (1-based), on a flat range:
+     * m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p).
+     * The caller passes weight_decay = 0 for ranges that take no decay (norms, biases). */
+    void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
+                         float beta2, float eps, float weight_decay, int t);
+};
+
+/* The CPU backend: OpenBLAS sgemm for matmuls, C with OpenMP for the rest. */
+const rt_backend *rt_backend_cpu(void);
+
+#endif

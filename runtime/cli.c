@@ -1,0 +1,2 @@
+/* cli.c: PLACEHOLDER */
+int main(void) { return 0; }

@@ -1,0 +1,58 @@
+/* comm.h: the communicator interface (MPI now, NCCL later) used by seqpar, shard and the trainer. */
+#ifndef RT_COMM_H
+#define RT_COMM_H
+
+#include <stddef.h>
+
+/*
+ * A communicator is a group of ranks plus a table of collectives. Buffers
+ * are device pointers of the run's backend (host memory on CPU). Counts are
+ * size_t; implementations split them where the transport takes int.
+ * Point-to-point transfers are nonblocking: post with isend/irecv, then
+ * wait, so the ring can overlap the next transfer with compute on the
+ * current block.
+ */
+typedef struct rt_comm rt_comm;
+typedef struct {
+    void *impl; /* MPI_Request[] or a stream event; opaque */
+    int n;
+} rt_comm_request;
+
+typedef struct {
+    void (*allreduce_sum_f32)(rt_comm *comm, float *buf, size_t n);
+    void (*allreduce_sum_f64)(rt_comm *comm, double *buf, size_t n);
+    void (*allreduce_max_f64)(rt_comm *comm, double *buf, size_t n);
+    /* recv (n/size floats per rank, n divisible by size) = this rank's slice of the sum of send (n). */
+    void (*reduce_scatter_sum_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
+    /* recv (n*size) = concatenation of every rank's send (n), in rank order. */
+    void (*allgather_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
+    void (*broadcast)(rt_comm *comm, void *buf, size_t bytes, int root);
+    void (*barrier)(rt_comm *comm);
+    /* Nonblocking byte transfers to/from a peer; wait completes them. */
+    void (*isend)(rt_comm *comm, const void *buf, size_t bytes, int peer, int tag, rt_comm_request *req);
+    void (*irecv)(rt_comm *comm, void *buf, size_t bytes, int peer, int tag, rt_comm_request *req);
+    void (*wait)(rt_comm *comm, rt_comm_request *req);
+    /* A sub-communicator of the ranks with the same color, ordered by key. */
+    rt_comm *(*split)(rt_comm *comm, int color, int key);
+    void (*destroy)(rt_comm *comm);
+} rt_comm_ops;
+
+struct rt_comm {
+    const rt_comm_ops *ops;
+    int rank;
+    int size;
+    void *impl;
+};
+
+/* Initializes MPI (once per process) and returns the world communicator. Installs the abort hook so
+ * rt_fatal on any rank ends the whole job. Safe to call again: returns the same world. */
+rt_comm *rt_comm_world_mpi(int *argc, char ***argv);
+/* Finalizes MPI after destroying the world. */
+void rt_comm_finalize(void);
+
+/* Convenience wrappers. */
+static inline void rt_allreduce_sum_f32(rt_comm *c, float *buf, size_t n) { c->ops->allreduce_sum_f32(c, buf, n); }
+static inline void rt_allreduce_sum_f64(rt_comm *c, double *buf, size_t n) { c->ops->allreduce_sum_f64(c, buf, n); }
+static inline void rt_barrier(rt_comm *c) { c->ops->barrier(c); }
+
+#endif

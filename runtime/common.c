@@ -1,0 +1,92 @@
+/* common.c: error formatting, checked allocation, the job-wide fatal exit. */
+#include "common.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static void (*abort_hook)(int exit_code);
+
+void rt_set_abort_hook(void (*hook)(int exit_code)) { abort_hook = hook; }
+
+int rt_fail(rt_error *err, const char *fmt, ...) {
+    if (err) {
+        va_list args;
+        va_start(args, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, args);
+        va_end(args);
+    }
+    return -1;
+}
+
+_Noreturn void rt_fatal(const char *fmt, ...) {
+    va_list args;
+    va_start(args, fmt);
+    fputs("ringtrain: ", stderr);
+    vfprintf(stderr, fmt, args);
+    fputc('\n', stderr);
+    va_end(args);
+    fflush(stderr);
+    if (abort_hook) abort_hook(1);
+    exit(1);
+}
+
+void *rt_malloc_check(size_t bytes, const char *file, int line) {
+    void *ptr = malloc(bytes ? bytes : 1);
+    if (!ptr) rt_fatal("out of host memory allocating %zu bytes (%s:%d)", bytes, file, line);
+    return ptr;
+}
+
+void *rt_calloc_check(size_t count, size_t size, const char *file, int line) {
+    void *ptr = calloc(count ? count : 1, size ? size : 1);
+    if (!ptr) rt_fatal("out of host memory allocating %zu x %zu bytes (%s:%d)", count, size, file, line);
+    return ptr;
+}
+
+const char *rt_format_bytes(size_t bytes, char out[32]) {
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double value = (double)bytes;
+    int unit = 0;
+    while (value >= 1024.0 && unit < 4) {
+        value /= 1024.0;
+        unit++;
+    }
+    if (unit == 0)
+        snprintf(out, 32, "%zu B", bytes);
+    else
+        snprintf(out, 32, "%.1f %s", value, units[unit]);
+    return out;
+}
+
+int rt_parse_bytes(const char *text, size_t *out) {
+    if (!text || !isdigit((unsigned char)text[0])) return -1;
+    errno = 0;
+    char *end = NULL;
+    unsigned long long value = strtoull(text, &end, 10);
+    if (errno) return -1;
+    unsigned long long scale = 1;
+    if (*end) {
+        switch (toupper((unsigned char)*end)) {
+        case 'K': scale = 1ULL << 10; break;
+        case 'M': scale = 1ULL << 20; break;
+        case 'G': scale = 1ULL << 30; break;
+        case 'T': scale = 1ULL << 40; break;
+        default: return -1;
+        }
+        end++;
+        if (*end == 'i' || *end == 'I') end++;
+        if (*end == 'b' || *end == 'B') end++;
+        if (*end) return -1;
+    }
+    if (value > SIZE_MAX / scale) return -1;
+    *out = (size_t)(value * scale);
+    return 0;
+}
+
+double rt_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

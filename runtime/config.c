@@ -1,0 +1,2 @@
+/* runtime/config.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

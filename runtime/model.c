@@ -1,0 +1,2 @@
+/* runtime/model.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

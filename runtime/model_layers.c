@@ -1,0 +1,2 @@
+/* runtime/model_layers.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

@@ -1,0 +1,2 @@
+/* runtime/prepare.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

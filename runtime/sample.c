@@ -1,0 +1,2 @@
+/* runtime/sample.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

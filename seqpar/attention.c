@@ -1,0 +1,2 @@
+/* seqpar/attention.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

@@ -1,0 +1,57 @@
+/* seqpar.h: sequence parallelism: the zigzag layout and exact causal attention over a split sequence. */
+#ifndef RT_SEQPAR_H
+#define RT_SEQPAR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../runtime/backend.h"
+#include "../runtime/comm.h"
+#include "../runtime/common.h"
+#include "../runtime/memory.h"
+#include "../runtime/tensor.h"
+
+/*
+ * Layout: with P ranks in the sequence-parallel group, a sequence of T
+ * tokens is cut into 2P chunks of T/(2P); rank r holds chunks r and
+ * 2P-1-r, in that order (zigzag: every rank gets the same causal work).
+ * With P = 1 the two chunks are the two halves: one contiguous range.
+ */
+int seqpar_zigzag_spans(int rank, int n_ranks, size_t seq_len, rt_span spans[2], rt_error *err);
+
+/*
+ * Attention context of one sequence-parallel group. comm == NULL or a
+ * group of one rank computes locally; larger groups run the ring. Keys are
+ * visited in blocks of at most block_size tokens, each merged into the
+ * running (out, lse) by the backend's attn_block_forward; block_size = 0
+ * means one block per chunk.
+ */
+typedef struct {
+    const rt_backend *backend;
+    rt_comm *comm;
+    size_t block_size;
+    /* stats, accumulated until the caller resets them */
+    size_t kv_blocks_received;
+    size_t dkv_blocks_received;
+    double comm_exposed_s;
+} seqpar_ctx;
+
+/*
+ * Forward of exact (causal) attention for one sequence: the local tokens'
+ * q (Tl rows), k, v and positions pos (Tl) -> out (Tl, H*D) and lse (Tl, H),
+ * over the keys of the whole sequence (all ranks of the group).
+ */
+void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k,
+                              const float *v, const int64_t *pos, size_t Tl, const rt_attn_shape *shape);
+
+/*
+ * Backward: given dout, and the out and lse of the forward, accumulates
+ * dq (+=) for local queries and dk, dv (+=) for the local keys/values,
+ * the latter including the contributions of other ranks' queries.
+ * delta (Tl, H) is scratch the caller provides.
+ */
+void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv, float *delta, const float *dout,
+                               const float *out, const float *lse, const float *q, const float *k, const float *v,
+                               const int64_t *pos, size_t Tl, const rt_attn_shape *shape);
+
+#endif

@@ -1,0 +1,2 @@
+/* shard/optimizer.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;
