@@ -1,0 +1,2 @@
+/* io/prepare.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

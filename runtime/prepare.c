@@ -1,2 +1,0 @@
-/* runtime/prepare.c: PLACEHOLDER */
-typedef int rt_placeholder_unit;
