@@ -1,2 +1,146 @@
-/* io/prepare.c: PLACEHOLDER */
-typedef int rt_placeholder_unit;
+/* prepare.c: `ringtrain prepare`: byte-level tokens from text files, and llm.c shards rewritten as token files.
+ *
+ * Text: all inputs are read into one byte buffer first (in order, '\n'
+ * between files where the bytes so far do not end with one), so a missing or
+ * unreadable input fails before anything is written. The split is by bytes:
+ * val = the last floor(val_fraction * total) bytes, train = the rest.
+ * Each output goes through rt_tokens_write (PATH.tmp + fsync + rename); when
+ * the val write fails the train file this call just wrote is removed, so an
+ * error leaves no output of this call behind.
+ */
+#include "prepare.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tokens.h"
+
+typedef struct {
+    unsigned char *bytes;
+    size_t len, cap;
+} byte_buffer;
+
+static void buffer_reserve(byte_buffer *buf, size_t extra) {
+    if (buf->len + extra <= buf->cap) return;
+    size_t cap = buf->cap ? buf->cap : 1 << 16;
+    while (cap < buf->len + extra)
+        cap *= 2;
+    unsigned char *grown = realloc(buf->bytes, cap);
+    if (!grown) rt_fatal("out of host memory reading text inputs (%zu bytes)", cap);
+    buf->bytes = grown;
+    buf->cap = cap;
+}
+
+static int append_file(byte_buffer *buf, const char *path, rt_error *err) {
+    FILE *file = fopen(path, "rb");
+    if (!file) return rt_fail(err, "%s: cannot open input: %s", path, strerror(errno));
+    if (buf->len > 0 && buf->bytes[buf->len - 1] != '\n') {
+        buffer_reserve(buf, 1);
+        buf->bytes[buf->len++] = '\n';
+    }
+    for (;;) {
+        buffer_reserve(buf, 1 << 16);
+        size_t got = fread(buf->bytes + buf->len, 1, buf->cap - buf->len, file);
+        buf->len += got;
+        if (got == 0) break;
+    }
+    int failed = ferror(file);
+    int saved = errno;
+    fclose(file);
+    if (failed) return rt_fail(err, "%s: cannot read input: %s", path, strerror(saved));
+    return 0;
+}
+
+/* Widens bytes to tokens and writes them. */
+static int write_bytes_as_tokens(const char *path, const unsigned char *bytes, size_t n, rt_error *err) {
+    uint32_t *tokens = malloc_check(n * sizeof *tokens);
+    for (size_t i = 0; i < n; i++)
+        tokens[i] = bytes[i];
+    int rc = rt_tokens_write(path, tokens, n, RT_BYTE_VOCAB, err);
+    free(tokens);
+    return rc;
+}
+
+int rt_prepare_text_counted(const char *const *inputs, int n_inputs, const char *out_train, const char *out_val,
+                            double val_fraction, size_t *n_train, size_t *n_val, rt_error *err) {
+    if (n_train) *n_train = 0;
+    if (n_val) *n_val = 0;
+    if (n_inputs <= 0) return rt_fail(err, "prepare: no input files given");
+    if (out_val && !(val_fraction > 0.0 && val_fraction < 1.0))
+        return rt_fail(err, "prepare: val_fraction %g, expected a value in (0, 1)", val_fraction);
+    if (out_val && strcmp(out_train, out_val) == 0)
+        return rt_fail(err, "prepare: train and val outputs are the same file %s", out_train);
+
+    byte_buffer text = {0};
+    for (int i = 0; i < n_inputs; i++) {
+        if (append_file(&text, inputs[i], err) != 0) {
+            free(text.bytes);
+            return -1;
+        }
+    }
+    size_t total = text.len, val_bytes = 0;
+    if (out_val) {
+        val_bytes = (size_t)(val_fraction * (double)total);
+        if (val_bytes > total) val_bytes = total;
+    }
+    size_t train_bytes = total - val_bytes;
+    int rc = 0;
+    if (train_bytes == 0 && !out_val) {
+        rc = rt_fail(err, "prepare: the %d input file(s) hold no bytes; nothing to write to %s", n_inputs, out_train);
+    } else if (out_val && (train_bytes == 0 || val_bytes == 0)) {
+        rc = rt_fail(err,
+                     "prepare: val_fraction %g of %zu bytes gives %zu training and %zu validation bytes; both must be "
+                     "non-empty",
+                     val_fraction, total, train_bytes, val_bytes);
+    }
+    if (rc == 0) rc = write_bytes_as_tokens(out_train, text.bytes, train_bytes, err);
+    if (rc == 0 && out_val) {
+        rc = write_bytes_as_tokens(out_val, text.bytes + train_bytes, val_bytes, err);
+        if (rc != 0) unlink(out_train); /* no half of a split left behind */
+    }
+    free(text.bytes);
+    if (rc == 0) {
+        if (n_train) *n_train = train_bytes;
+        if (n_val) *n_val = val_bytes;
+    }
+    return rc;
+}
+
+int rt_prepare_text(const char *const *inputs, int n_inputs, const char *out_train, const char *out_val,
+                    double val_fraction, rt_error *err) {
+    return rt_prepare_text_counted(inputs, n_inputs, out_train, out_val, val_fraction, NULL, NULL, err);
+}
+
+int rt_prepare_llmc_counted(const char *input_shard, const char *out_path, size_t *n_tokens, rt_error *err) {
+    if (n_tokens) *n_tokens = 0;
+    rt_token_file shard;
+    if (rt_tokens_open(&shard, input_shard, err) != 0) return -1;
+    if (!shard.is_llmc) {
+        rt_tokens_close(&shard);
+        return rt_fail(err, "%s: already a ringtrain token file (magic %d), expected an llm.c shard (magic %d)",
+                       input_shard, RT_TOKENS_MAGIC, RT_LLMC_SHARD_MAGIC);
+    }
+    size_t n = shard.n_tokens;
+    uint32_t *tokens = malloc_check(n * sizeof *tokens);
+    int rc = 0;
+    for (size_t i = 0; i < n; i++) {
+        tokens[i] = rt_tokens_get(&shard, i);
+        if (tokens[i] >= (uint32_t)shard.vocab_size) {
+            rc = rt_fail(err, "%s: token at offset %zu is %u, outside the GPT-2 vocabulary of %d", input_shard, i,
+                         tokens[i], shard.vocab_size);
+            break;
+        }
+    }
+    if (rc == 0) rc = rt_tokens_write(out_path, tokens, n, shard.vocab_size, err);
+    free(tokens);
+    rt_tokens_close(&shard);
+    if (rc == 0 && n_tokens) *n_tokens = n;
+    return rc;
+}
+
+int rt_prepare_llmc(const char *input_shard, const char *out_path, rt_error *err) {
+    return rt_prepare_llmc_counted(input_shard, out_path, NULL, err);
+}

@@ -40,6 +40,10 @@ static inline uint32_t rt_tokens_get(const rt_token_file *tf, size_t i) {
     return ((const uint32_t *)(const void *)tf->tokens)[i];
 }
 
+/* Checks every token is below the file's vocab_size; the error names the file, the offset and the value.
+ * One pass over the mapping: the trainer runs it at start-up so a corrupt file fails before any work. */
+int rt_tokens_validate(const rt_token_file *tf, rt_error *err);
+
 /* Writes a token file atomically (path.tmp, then rename); no partial file on failure. */
 int rt_tokens_write(const char *path, const uint32_t *tokens, size_t n_tokens, int vocab_size, rt_error *err);
 

@@ -1,21 +1,443 @@
-/* backend_cpu_attention.c: PLACEHOLDER, replaced by the blocked attention kernels. */
+/* backend_cpu_attention.c: blocked (flash-style) attention on the CPU: block forward with log-sigmoid merge, backward. */
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "backend_cpu_internal.h"
 #include "common.h"
+
+/*
+ * Conventions: Tq query tokens, Tk key tokens of one block, H query heads,
+ * Hkv key/value heads, D head dim, G = H / Hkv query heads per kv head.
+ * q (Tq rows at q_stride) holds head h at columns [h*D, (h+1)*D); k and v
+ * (Tk rows at kv_stride) hold kv head g at [g*D, (g+1)*D); out (Tq rows at
+ * out_stride) like q; lse, delta (Tq, H) contiguous.
+ *
+ * Forward of one block. Every (query head, query tile of Q_TILE rows) is
+ * one task. A task walks the key tiles (K_TILE rows) with the online
+ * softmax: S = scale * Q K^T by sgemm, running max m and sum l per row,
+ * acc = sum_j exp(S_j - m) V_j by sgemm. At the end the block's partial
+ * result out_b = acc / l, lse_b = m + log l is merged into the running
+ * (out, lse) of the caller:
+ *     out = out - sigmoid(lse_b - lse) * (out - out_b)
+ *     lse = lse - logsigmoid(lse - lse_b)
+ * which never forms exp of a large number. A running lse of -inf (first
+ * block) takes the partial as is; a row that sees no key of this block
+ * (l = 0) is left untouched. Scratch is O(Q_TILE * K_TILE) per thread.
+ *
+ * Masking uses positions only: key j is hidden from query i when
+ * k_pos[j] > q_pos[i]. A key tile whose smallest position is beyond the
+ * largest query position of a query tile is skipped; a key tile whose
+ * largest position is at most the smallest query position needs no
+ * per-element mask. Positions need not be contiguous or sorted for
+ * correctness; sorted contiguous positions (the usual case) make the
+ * skipping effective.
+ *
+ * Backward of one block, with the final lse and delta = rowsum(dO * O):
+ *     P = exp(scale * Q K^T - lse),  dP = dO V^T,  dS = P * (dP - delta)
+ *     dV += P^T dO,  dQ += scale * dS K,  dK += scale * dS^T Q
+ * all by sgemm on tiles. dQ rows belong to one (query head, query tile);
+ * dK/dV rows of a kv head collect from every query tile of its G heads.
+ * Two schedules, both deterministic for a fixed thread count:
+ *   - Hkv a multiple of the thread count (MHA, or one thread): each thread
+ *     owns whole kv heads and writes dK/dV (and the dQ of that kv head's
+ *     query heads) directly; no reduction.
+ *   - otherwise, one kv head at a time: the (query head, query tile)
+ *     tasks are dealt round-robin (static schedule) to the threads, each
+ *     accumulating dK/dV into its own Tk x D buffers, which are then added
+ *     into dk/dv in thread order.
+ *
+ * OpenBLAS runs single-threaded inside a kernel (the OpenMP team already
+ * fills the cores and each sgemm is one tile); the caller's BLAS thread
+ * count is restored on return.
+ */
+
+enum { Q_TILE = 64, K_TILE = 128 };
+
+typedef struct {
+    int64_t min, max;
+} pos_range;
+
+/* Everything a tile needs: the call's arguments, unpacked once. */
+typedef struct {
+    size_t Tq, Tk;
+    int H, Hkv, D, group; /* group = H / Hkv */
+    size_t q_stride, kv_stride, out_stride;
+    int causal;
+    float scale;
+    const int64_t *q_pos, *k_pos;
+    size_t n_q_tiles, n_k_tiles;
+    pos_range *k_tile_range; /* (n_k_tiles) min/max key position of each key tile */
+} attn_dims;
+
+static pos_range range_of(const int64_t *pos, size_t n) {
+    pos_range r = {pos[0], pos[0]};
+    for (size_t i = 1; i < n; i++) {
+        if (pos[i] < r.min) r.min = pos[i];
+        if (pos[i] > r.max) r.max = pos[i];
+    }
+    return r;
+}
+
+static attn_dims dims_make(const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
+                           const rt_attn_shape *shape) {
+    if (shape->n_heads <= 0 || shape->n_kv_heads <= 0 || shape->head_dim <= 0 ||
+        shape->n_heads % shape->n_kv_heads != 0)
+        rt_fatal("attention: bad heads: n_heads %d, n_kv_heads %d, head_dim %d (need n_heads %% n_kv_heads == 0)",
+                 shape->n_heads, shape->n_kv_heads, shape->head_dim);
+    attn_dims d;
+    d.Tq = Tq;
+    d.Tk = Tk;
+    d.H = shape->n_heads;
+    d.Hkv = shape->n_kv_heads;
+    d.D = shape->head_dim;
+    d.group = d.H / d.Hkv;
+    d.q_stride = shape->q_stride;
+    d.kv_stride = shape->kv_stride;
+    d.out_stride = shape->out_stride;
+    d.causal = shape->causal;
+    d.scale = 1.0f / sqrtf((float)d.D);
+    d.q_pos = q_pos;
+    d.k_pos = k_pos;
+    d.n_q_tiles = (Tq + Q_TILE - 1) / Q_TILE;
+    d.n_k_tiles = (Tk + K_TILE - 1) / K_TILE;
+    d.k_tile_range = malloc_check(d.n_k_tiles * sizeof(pos_range));
+    for (size_t kt = 0; kt < d.n_k_tiles; kt++) {
+        size_t j0 = kt * K_TILE, nk = Tk - j0 < K_TILE ? Tk - j0 : K_TILE;
+        d.k_tile_range[kt] = range_of(k_pos + j0, nk);
+    }
+    return d;
+}
+
+static int blas_single_thread_enter(void) {
+    int n = openblas_get_num_threads();
+    if (n > 1) openblas_set_num_threads(1);
+    return n;
+}
+
+static void blas_threads_restore(int n) {
+    if (n > 1) openblas_set_num_threads(n);
+}
+
+/*
+ * exp(x) for a row of scores, in a form the compiler vectorizes (no libm call, no branch):
+ * Cephes' expf (range reduction by ln 2, degree-6 polynomial, about 1 ulp).
+ * Inputs below -87.3 (masked scores are -inf) give exactly 0.
+ */
+static inline float exp_approx(float x) {
+    const float hi = 88.0f, lo = -87.3365447505531f;
+    const float keep = (float)(x >= lo); /* 0 for underflow (a multiply, not a select: selects stop vectorization) */
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    /* n = round(x / ln 2) by the 1.5 * 2^23 trick (exact for |x / ln 2| < 2^22) */
+    float fx = x * 1.44269504088896341f + 12582912.0f;
+    fx -= 12582912.0f;
+    float r = x - fx * 0.693359375f;
+    r = r - fx * -2.12194440e-4f;
+    float poly = 1.9875691500e-4f;
+    poly = poly * r + 1.3981999507e-3f;
+    poly = poly * r + 8.3334519073e-3f;
+    poly = poly * r + 4.1665795894e-2f;
+    poly = poly * r + 1.6666665459e-1f;
+    poly = poly * r + 5.0000001201e-1f;
+    float y = poly * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)fx + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return y * two_n * keep;
+}
+
+/* Sets to -inf the scores of keys hidden from their query (only for tiles that straddle the diagonal). */
+static void mask_scores(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *k_pos) {
+    for (size_t r = 0; r < nq; r++) {
+        int64_t qp = q_pos[r];
+        float *s = S + r * nk;
+        for (size_t c = 0; c < nk; c++) s[c] = k_pos[c] > qp ? -INFINITY : s[c];
+    }
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* Per-thread scratch of the forward. */
+typedef struct {
+    float *scores; /* (Q_TILE, K_TILE) S, then P */
+    float *acc;    /* (Q_TILE, D) unnormalized output */
+    float *row_max, *row_sum;
+} fwd_scratch;
+
+/* Online softmax over the key tiles of the block for query head h, rows [i0, i0+nq); then merges into out/lse. */
+static void forward_task(const attn_dims *d, fwd_scratch *ws, float *out, float *lse, const float *q, const float *k,
+                         const float *v, int h, size_t i0, size_t nq) {
+    const int D = d->D;
+    const size_t kvh = (size_t)(h / d->group);
+    const float *q_tile = q + i0 * d->q_stride + (size_t)h * D;
+    const pos_range qr = range_of(d->q_pos + i0, nq);
+    float *acc = ws->acc, *m = ws->row_max, *l = ws->row_sum;
+    memset(acc, 0, nq * (size_t)D * sizeof(float));
+    for (size_t r = 0; r < nq; r++) m[r] = -INFINITY, l[r] = 0.0f;
+
+    for (size_t kt = 0; kt < d->n_k_tiles; kt++) {
+        const pos_range kr = d->k_tile_range[kt];
+        if (d->causal && kr.min > qr.max) continue; /* every key of the tile is in every query's future */
+        const size_t j0 = kt * K_TILE, nk = d->Tk - j0 < K_TILE ? d->Tk - j0 : K_TILE;
+        const float *k_tile = k + j0 * d->kv_stride + kvh * D;
+        const float *v_tile = v + j0 * d->kv_stride + kvh * D;
+        float *S = ws->scores;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, D, d->scale, q_tile, (int)d->q_stride,
+                    k_tile, (int)d->kv_stride, 0.0f, S, (int)nk);
+        if (d->causal && kr.max > qr.min) mask_scores(S, nq, nk, d->q_pos + i0, d->k_pos + j0);
+        int any_visible = 0;
+        for (size_t r = 0; r < nq; r++) {
+            float *s = S + r * nk;
+            float tile_max = -INFINITY;
+#pragma omp simd reduction(max : tile_max)
+            for (size_t c = 0; c < nk; c++) tile_max = s[c] > tile_max ? s[c] : tile_max;
+            const float new_max = tile_max > m[r] ? tile_max : m[r];
+            if (new_max == -INFINITY) { /* nothing visible to this row yet: contributes zeros */
+                memset(s, 0, nk * sizeof(float));
+                continue;
+            }
+            any_visible = 1;
+            float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+            for (size_t c = 0; c < nk; c++) {
+                float p = exp_approx(s[c] - new_max);
+                s[c] = p;
+                sum += p;
+            }
+            if (new_max != m[r]) {
+                const float alpha = expf(m[r] - new_max); /* 0 when m was -inf */
+                float *a = acc + r * D;
+                for (int c = 0; c < D; c++) a[c] *= alpha;
+                l[r] *= alpha;
+                m[r] = new_max;
+            }
+            l[r] += sum;
+        }
+        if (!any_visible) continue;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, D, (int)nk, 1.0f, S, (int)nk, v_tile,
+                    (int)d->kv_stride, 1.0f, acc, D);
+    }
+
+    /* merge the block's (acc / l, m + log l) into the running (out, lse) */
+    for (size_t r = 0; r < nq; r++) {
+        if (!(l[r] > 0.0f)) continue; /* no visible key in this block */
+        const float inv_l = 1.0f / l[r];
+        const float *a = acc + r * D;
+        float *o = out + (i0 + r) * d->out_stride + (size_t)h * D;
+        float *L = lse + (i0 + r) * (size_t)d->H + h;
+        const double lse_b = (double)m[r] + log((double)l[r]);
+        if (*L == -INFINITY) {
+            for (int c = 0; c < D; c++) o[c] = a[c] * inv_l;
+            *L = (float)lse_b;
+            continue;
+        }
+        const double x = lse_b - (double)*L;                            /* weight of the block: sigmoid(x) */
+        const double w = x >= 0.0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+        const double log_sigmoid_neg_x = x <= 0.0 ? -log1p(exp(x)) : -x - log1p(exp(-x)); /* logsigmoid(lse - lse_b) */
+        const float wf = (float)w;
+        for (int c = 0; c < D; c++) o[c] = o[c] - wf * (o[c] - a[c] * inv_l);
+        *L = (float)((double)*L - log_sigmoid_neg_x);
+    }
+}
 
 void rt_cpu_attn_block_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
                                const rt_attn_shape *shape) {
-    (void)out, (void)lse, (void)q, (void)k, (void)v, (void)q_pos, (void)k_pos, (void)Tq, (void)Tk, (void)shape;
-    rt_fatal("pending");
+    if (Tq == 0 || Tk == 0) return;
+    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape);
+    const int blas_threads = blas_single_thread_enter();
+    /* Tasks are independent (each writes its own rows of out/lse), so a dynamic schedule keeps the result
+     * deterministic; the tiles with the most keys (last query tiles, when causal) are dealt first. */
+    const size_t n_tasks = d.n_q_tiles * (size_t)d.H;
+#pragma omp parallel
+    {
+        fwd_scratch ws;
+        ws.scores = malloc_check((size_t)Q_TILE * K_TILE * sizeof(float));
+        ws.acc = malloc_check((size_t)Q_TILE * d.D * sizeof(float));
+        ws.row_max = malloc_check(Q_TILE * sizeof(float));
+        ws.row_sum = malloc_check(Q_TILE * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+        for (size_t t = 0; t < n_tasks; t++) {
+            const size_t qt = d.n_q_tiles - 1 - t / (size_t)d.H;
+            const int h = (int)(t % (size_t)d.H);
+            const size_t i0 = qt * Q_TILE, nq = Tq - i0 < Q_TILE ? Tq - i0 : Q_TILE;
+            forward_task(&d, &ws, out, lse, q, k, v, h, i0, nq);
+        }
+        free(ws.scores);
+        free(ws.acc);
+        free(ws.row_max);
+        free(ws.row_sum);
+    }
+    blas_threads_restore(blas_threads);
+    free(d.k_tile_range);
 }
+
+/* ------------------------------------------------------------------ delta */
+
 void rt_cpu_attn_delta(float *delta, const float *out, const float *dout, size_t Tq, const rt_attn_shape *shape) {
-    (void)delta, (void)out, (void)dout, (void)Tq, (void)shape;
-    rt_fatal("pending");
+    const int H = shape->n_heads, D = shape->head_dim;
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < Tq; i++) {
+        for (int h = 0; h < H; h++) {
+            const float *o = out + i * shape->out_stride + (size_t)h * D;
+            const float *g = dout + i * shape->out_stride + (size_t)h * D;
+            double sum = 0.0;
+            for (int c = 0; c < D; c++) sum += (double)o[c] * (double)g[c];
+            delta[i * (size_t)H + h] = (float)sum;
+        }
+    }
 }
+
+/* ------------------------------------------------------------------ backward */
+
+/* Per-thread scratch of the backward. */
+typedef struct {
+    float *probs;  /* (Q_TILE, K_TILE) S, then P */
+    float *dprobs; /* (Q_TILE, K_TILE) dP, then scale * dS */
+} bwd_scratch;
+
+/* Where a task's dK/dV rows go: the gradients themselves, or a thread's private (Tk, D) buffers. */
+typedef struct {
+    float *dk, *dv; /* row 0 of the block, this kv head's columns */
+    size_t ld;      /* floats between rows */
+} dkv_target;
+
+/* Backward of query head h, rows [i0, i0+nq), against every key tile of the block. */
+static void backward_task(const attn_dims *d, bwd_scratch *ws, float *dq, dkv_target dkv, const float *dout,
+                          const float *q, const float *k, const float *v, const float *lse, const float *delta, int h,
+                          size_t i0, size_t nq) {
+    const int D = d->D;
+    const size_t kvh = (size_t)(h / d->group);
+    const float *q_tile = q + i0 * d->q_stride + (size_t)h * D;
+    const float *dout_tile = dout + i0 * d->out_stride + (size_t)h * D;
+    float *dq_tile = dq + i0 * d->q_stride + (size_t)h * D;
+    const pos_range qr = range_of(d->q_pos + i0, nq);
+
+    for (size_t kt = 0; kt < d->n_k_tiles; kt++) {
+        const pos_range kr = d->k_tile_range[kt];
+        if (d->causal && kr.min > qr.max) continue;
+        const size_t j0 = kt * K_TILE, nk = d->Tk - j0 < K_TILE ? d->Tk - j0 : K_TILE;
+        const float *k_tile = k + j0 * d->kv_stride + kvh * D;
+        const float *v_tile = v + j0 * d->kv_stride + kvh * D;
+        float *P = ws->probs, *dS = ws->dprobs;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, D, d->scale, q_tile, (int)d->q_stride,
+                    k_tile, (int)d->kv_stride, 0.0f, P, (int)nk);
+        if (d->causal && kr.max > qr.min) mask_scores(P, nq, nk, d->q_pos + i0, d->k_pos + j0);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, D, 1.0f, dout_tile,
+                    (int)d->out_stride, v_tile, (int)d->kv_stride, 0.0f, dS, (int)nk);
+        for (size_t r = 0; r < nq; r++) {
+            float *p = P + r * nk, *ds = dS + r * nk;
+            const float row_lse = lse[(i0 + r) * (size_t)d->H + h];
+            const float row_delta = delta[(i0 + r) * (size_t)d->H + h];
+            if (row_lse == -INFINITY) { /* the query sees no key at all */
+                memset(p, 0, nk * sizeof(float));
+                memset(ds, 0, nk * sizeof(float));
+                continue;
+            }
+            const float scale = d->scale;
+#pragma omp simd
+            for (size_t c = 0; c < nk; c++) {
+                float pc = exp_approx(p[c] - row_lse);
+                p[c] = pc;
+                ds[c] = pc * (ds[c] - row_delta) * scale;
+            }
+        }
+        float *dk_tile = dkv.dk + j0 * dkv.ld, *dv_tile = dkv.dv + j0 * dkv.ld;
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, D, (int)nq, 1.0f, P, (int)nk, dout_tile,
+                    (int)d->out_stride, 1.0f, dv_tile, (int)dkv.ld);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, D, (int)nk, 1.0f, dS, (int)nk, k_tile,
+                    (int)d->kv_stride, 1.0f, dq_tile, (int)d->q_stride);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)nk, D, (int)nq, 1.0f, dS, (int)nk, q_tile,
+                    (int)d->q_stride, 1.0f, dk_tile, (int)dkv.ld);
+    }
+}
+
+static void bwd_scratch_alloc(bwd_scratch *ws) {
+    ws->probs = malloc_check((size_t)Q_TILE * K_TILE * sizeof(float));
+    ws->dprobs = malloc_check((size_t)Q_TILE * K_TILE * sizeof(float));
+}
+
+static void bwd_scratch_free(bwd_scratch *ws) {
+    free(ws->probs);
+    free(ws->dprobs);
+}
+
 void rt_cpu_attn_block_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                 const float *v, const float *lse, const float *delta, const int64_t *q_pos,
                                 const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape) {
-    (void)dq, (void)dk, (void)dv, (void)dout, (void)q, (void)k, (void)v, (void)lse, (void)delta, (void)q_pos,
-        (void)k_pos, (void)Tq, (void)Tk, (void)shape;
-    rt_fatal("pending");
+    if (Tq == 0 || Tk == 0) return;
+    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape);
+    const int blas_threads = blas_single_thread_enter();
+    const int n_threads = omp_get_max_threads();
+    const size_t D = (size_t)d.D;
+
+    if (d.Hkv % n_threads == 0) {
+        /* each thread owns whole kv heads: their dK/dV and the dQ of their query heads */
+#pragma omp parallel
+        {
+            bwd_scratch ws;
+            bwd_scratch_alloc(&ws);
+#pragma omp for schedule(static)
+            for (int kvh = 0; kvh < d.Hkv; kvh++) {
+                dkv_target dkv = {dk + (size_t)kvh * D, dv + (size_t)kvh * D, d.kv_stride};
+                for (int g = 0; g < d.group; g++)
+                    for (size_t qt = 0; qt < d.n_q_tiles; qt++) {
+                        const size_t i0 = qt * Q_TILE, nq = Tq - i0 < Q_TILE ? Tq - i0 : Q_TILE;
+                        backward_task(&d, &ws, dq, dkv, dout, q, k, v, lse, delta, kvh * d.group + g, i0, nq);
+                    }
+            }
+            bwd_scratch_free(&ws);
+        }
+    } else {
+        /* one kv head at a time; per-thread dK/dV partials, added in thread order */
+        const size_t n_tasks = (size_t)d.group * d.n_q_tiles;
+        float **dk_part = malloc_check((size_t)n_threads * sizeof(float *));
+        float **dv_part = malloc_check((size_t)n_threads * sizeof(float *));
+#pragma omp parallel num_threads(n_threads)
+        {
+            const int tid = omp_get_thread_num(), team = omp_get_num_threads();
+            bwd_scratch ws;
+            bwd_scratch_alloc(&ws);
+            dk_part[tid] = malloc_check(Tk * D * sizeof(float));
+            dv_part[tid] = malloc_check(Tk * D * sizeof(float));
+            const dkv_target dkv = {dk_part[tid], dv_part[tid], D};
+            for (int kvh = 0; kvh < d.Hkv; kvh++) {
+                memset(dk_part[tid], 0, Tk * D * sizeof(float));
+                memset(dv_part[tid], 0, Tk * D * sizeof(float));
+                /* round-robin deal: neighbouring query tiles (similar causal work) go to different threads */
+#pragma omp for schedule(static, 1)
+                for (size_t t = 0; t < n_tasks; t++) {
+                    const size_t qt = t / (size_t)d.group;
+                    const int g = (int)(t % (size_t)d.group);
+                    const size_t i0 = qt * Q_TILE, nq = Tq - i0 < Q_TILE ? Tq - i0 : Q_TILE;
+                    backward_task(&d, &ws, dq, dkv, dout, q, k, v, lse, delta, kvh * d.group + g, i0, nq);
+                }
+                /* (implicit barrier: every partial is complete) */
+#pragma omp for schedule(static)
+                for (size_t j = 0; j < Tk; j++) {
+                    float *dk_row = dk + j * d.kv_stride + (size_t)kvh * D;
+                    float *dv_row = dv + j * d.kv_stride + (size_t)kvh * D;
+                    for (int p = 0; p < team; p++) {
+                        const float *dk_src = dk_part[p] + j * D, *dv_src = dv_part[p] + j * D;
+                        for (size_t c = 0; c < D; c++) {
+                            dk_row[c] += dk_src[c];
+                            dv_row[c] += dv_src[c];
+                        }
+                    }
+                }
+                /* (implicit barrier: no partial is cleared while another thread still reads it) */
+            }
+            bwd_scratch_free(&ws);
+            free(dk_part[tid]);
+            free(dv_part[tid]);
+        }
+        free(dk_part);
+        free(dv_part);
+    }
+    blas_threads_restore(blas_threads);
+    free(d.k_tile_range);
 }

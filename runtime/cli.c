@@ -1,2 +1,175 @@
-/* cli.c: PLACEHOLDER */
-int main(void) { return 0; }
+/*
+ * cli.c: the `ringtrain` command: train, prepare, sample.
+ *
+ * Every failure ends with one line "ringtrain: ..." on stderr and a non-zero
+ * exit (2 for a malformed command line, 1 for bad input or a failed run).
+ * train runs under MPI: errors every rank finds alike (the config) are
+ * printed once by rank 0 and all ranks exit; an error during the run goes
+ * through rt_fatal, which aborts the whole job so no rank waits forever.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../io/prepare.h"
+#include "comm.h"
+#include "config.h"
+#include "sample.h"
+#include "train.h"
+
+static const char *usage_text =
+    "usage:\n"
+    "  ringtrain train --config FILE [--set section.key=value ...]\n"
+    "  ringtrain prepare --input TEXT [--input TEXT ...] --output TRAIN.bin [--val-output VAL.bin]\n"
+    "                    [--val-fraction F]\n"
+    "  ringtrain prepare --llmc SHARD.bin --output OUT.bin\n"
+    "  ringtrain sample --model FILE [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n";
+
+static int usage_error(const char *fmt, const char *arg) {
+    fputs("ringtrain: ", stderr);
+    fprintf(stderr, fmt, arg);
+    fputs(" (see ringtrain --help)\n", stderr);
+    return 2;
+}
+
+static int fail(const rt_error *err) {
+    fprintf(stderr, "ringtrain: %s\n", err->msg);
+    return 1;
+}
+
+/* Returns the value after option argv[*i], advancing *i, or NULL when missing. */
+static const char *option_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) return NULL;
+    return argv[++*i];
+}
+
+static int parse_number(const char *text, double *out) {
+    char *end = NULL;
+    *out = strtod(text, &end);
+    return end != text && *end == '\0';
+}
+
+static int cmd_train(int argc, char **argv) {
+    rt_comm *world = rt_comm_world_mpi(&argc, &argv);
+    const char *config_path = NULL;
+    const char **overrides = calloc_check((size_t)argc, sizeof *overrides);
+    int n_overrides = 0, status = 0;
+    for (int i = 2; i < argc && status == 0; i++) {
+        const char *value = NULL;
+        if (strcmp(argv[i], "--config") == 0 && (value = option_value(argc, argv, &i)))
+            config_path = value;
+        else if (strcmp(argv[i], "--set") == 0 && (value = option_value(argc, argv, &i)))
+            overrides[n_overrides++] = value;
+        else if (strncmp(argv[i], "--set=", 6) == 0)
+            overrides[n_overrides++] = argv[i] + 6;
+        else
+            status = usage_error("train: unexpected or incomplete argument '%s'", argv[i]);
+    }
+    rt_config cfg;
+    rt_error err;
+    rt_config_defaults(&cfg);
+    if (status == 0 && rt_config_load(&cfg, config_path, overrides, n_overrides, &err))
+        status = world->rank == 0 ? fail(&err) : 1;
+    if (status == 0 && !cfg.init_from[0] && rt_config_validate(&cfg, &err))
+        status = world->rank == 0 ? fail(&err) : 1;
+    free(overrides);
+    if (status == 0) {
+        rt_train_result result;
+        if (rt_train(&cfg, world, &result, &err)) {
+            if (world->size > 1) rt_fatal("rank %d: %s", world->rank, err.msg);
+            status = fail(&err);
+        }
+    }
+    rt_comm_finalize();
+    return status;
+}
+
+static int cmd_prepare(int argc, char **argv) {
+    const char **inputs = calloc_check((size_t)argc, sizeof *inputs);
+    const char *output = NULL, *val_output = NULL, *llmc = NULL;
+    double val_fraction = 0.1;
+    int n_inputs = 0, status = 0;
+    for (int i = 2; i < argc && status == 0; i++) {
+        const char *value = NULL;
+        if (strcmp(argv[i], "--input") == 0 && (value = option_value(argc, argv, &i)))
+            inputs[n_inputs++] = value;
+        else if (strcmp(argv[i], "--output") == 0 && (value = option_value(argc, argv, &i)))
+            output = value;
+        else if (strcmp(argv[i], "--val-output") == 0 && (value = option_value(argc, argv, &i)))
+            val_output = value;
+        else if (strcmp(argv[i], "--llmc") == 0 && (value = option_value(argc, argv, &i)))
+            llmc = value;
+        else if (strcmp(argv[i], "--val-fraction") == 0 && (value = option_value(argc, argv, &i))) {
+            if (!parse_number(value, &val_fraction) || !(val_fraction > 0.0 && val_fraction < 1.0))
+                status = usage_error("prepare: --val-fraction '%s': expected a number between 0 and 1", value);
+        } else
+            status = usage_error("prepare: unexpected or incomplete argument '%s'", argv[i]);
+    }
+    if (status == 0 && !output) status = usage_error("prepare: %s", "--output is required");
+    if (status == 0 && !llmc && n_inputs == 0)
+        status = usage_error("prepare: %s", "give --input TEXT (one or more) or --llmc SHARD");
+    if (status == 0 && llmc && n_inputs > 0)
+        status = usage_error("prepare: %s", "--llmc and --input do not go together");
+    rt_error err;
+    if (status == 0 && llmc) {
+        size_t n_tokens = 0;
+        if (rt_prepare_llmc_counted(llmc, output, &n_tokens, &err))
+            status = fail(&err);
+        else
+            printf("prepared %s: %zu tokens from llm.c shard %s\n", output, n_tokens, llmc);
+    } else if (status == 0) {
+        size_t n_train = 0, n_val = 0;
+        if (rt_prepare_text_counted(inputs, n_inputs, output, val_output, val_fraction, &n_train, &n_val, &err))
+            status = fail(&err);
+        else if (val_output)
+            printf("prepared %s (%zu tokens) and %s (%zu tokens) from %d files\n", output, n_train, val_output, n_val,
+                   n_inputs);
+        else
+            printf("prepared %s (%zu tokens) from %d files\n", output, n_train, n_inputs);
+    }
+    free(inputs);
+    return status;
+}
+
+static int cmd_sample(int argc, char **argv) {
+    rt_sample_options opt = {.n_tokens = 256, .temperature = 0.8f, .top_k = 40, .seed = 1337};
+    for (int i = 2; i < argc; i++) {
+        const char *value = option_value(argc, argv, &i);
+        double number = 0.0;
+        if (!value) return usage_error("sample: option '%s' needs a value", argv[i]);
+        if (strcmp(argv[i - 1], "--model") == 0)
+            opt.model_path = value;
+        else if (strcmp(argv[i - 1], "--prompt") == 0)
+            opt.prompt = value;
+        else if (!parse_number(value, &number))
+            return usage_error("sample: '%s' is not a number", value);
+        else if (strcmp(argv[i - 1], "--tokens") == 0 && number >= 1 && number <= 1e6)
+            opt.n_tokens = (int)number;
+        else if (strcmp(argv[i - 1], "--temperature") == 0 && number >= 0 && number <= 100)
+            opt.temperature = (float)number;
+        else if (strcmp(argv[i - 1], "--top-k") == 0 && number >= 0 && number <= 1e7)
+            opt.top_k = (int)number;
+        else if (strcmp(argv[i - 1], "--seed") == 0 && number >= 0)
+            opt.seed = (uint64_t)number;
+        else
+            return usage_error("sample: unexpected option or out-of-range value at '%s'", argv[i - 1]);
+    }
+    if (!opt.model_path) return usage_error("sample: %s", "--model FILE is required");
+    rt_error err;
+    return rt_sample(&opt, stdout, &err) ? fail(&err) : 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fputs(usage_text, argc < 2 ? stderr : stdout);
+        return argc < 2 ? 2 : 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        puts("ringtrain 0.1.0");
+        return 0;
+    }
+    if (strcmp(argv[1], "train") == 0) return cmd_train(argc, argv);
+    if (strcmp(argv[1], "prepare") == 0) return cmd_prepare(argc, argv);
+    if (strcmp(argv[1], "sample") == 0) return cmd_sample(argc, argv);
+    return usage_error("unknown command '%s'; expected train, prepare or sample", argv[1]);
+}

@@ -29,7 +29,7 @@ typedef struct {
     int warmup_steps;
     float weight_decay, grad_clip, adam_beta1, adam_beta2, adam_eps;
     uint64_t seed;
-    int val_every, val_steps;
+    int val_every, val_steps; /* val_every 0 = no validation */
     int log_every;
     /* [data] */
     char data_train[RT_PATH_LEN], data_val[RT_PATH_LEN];
@@ -46,11 +46,15 @@ typedef struct {
     rt_device_kind device_kind;
     size_t memory_limit; /* bytes, 0 = none */
     /* [checkpoint] */
-    char checkpoint_dir[RT_PATH_LEN];
-    int checkpoint_every, checkpoint_keep;
-    char checkpoint_resume[RT_PATH_LEN]; /* "none", "auto" or a file */
+    char checkpoint_dir[RT_PATH_LEN];      /* "" = <run_dir>/checkpoints */
+    int checkpoint_every, checkpoint_keep; /* every 0 = no periodic checkpoints; keep >= 1 newest files */
+    char checkpoint_resume[RT_PATH_LEN];   /* "none", "auto" or a file */
     /* [run] */
     char run_dir[RT_PATH_LEN];
+    /* Bookkeeping, not part of the run (rt_config_write leaves it out): bit i is set when key i of the
+     * config table was given by a file or --set rather than by defaults or a preset. Read it with
+     * rt_config_is_explicit. */
+    uint64_t explicit_keys;
 } rt_config;
 
 /* Defaults: preset "tiny" plus the train/data/... defaults documented in README. */
@@ -68,6 +72,9 @@ int rt_config_apply_preset(rt_config *cfg, const char *preset, rt_error *err);
  */
 int rt_config_load(rt_config *cfg, const char *path, const char *const *overrides, int n_overrides, rt_error *err);
 
+/* As rt_config_load, from INI text in memory (a config stored in a model file); origin names it in errors. */
+int rt_config_load_text(rt_config *cfg, const char *text, const char *origin, rt_error *err);
+
 /* Sets one "section.key" from text, with the same validation. */
 int rt_config_set(rt_config *cfg, const char *section, const char *key, const char *value, rt_error *err);
 
@@ -79,5 +86,12 @@ int rt_config_validate(const rt_config *cfg, rt_error *err);
 int rt_config_write(const rt_config *cfg, FILE *out);
 
 const char *rt_family_name(rt_family family);
+
+/* Fills in values that follow from others unless given explicitly (gpt2: n_kv_heads = n_heads,
+ * d_ff = 4 * d_model). rt_config_load calls it; call it after rt_config_set for the same result. */
+void rt_config_resolve(rt_config *cfg);
+
+/* 1 when section.key was set by a file or --set (not by defaults or a preset), else 0. */
+int rt_config_is_explicit(const rt_config *cfg, const char *section, const char *key);
 
 #endif

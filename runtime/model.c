@@ -1,2 +1,396 @@
-/* runtime/model.c: PLACEHOLDER */
-typedef int rt_placeholder_unit;
+/*
+ * model.c: the parameter table, allocation of parameters and activations,
+ * initialization, and the forward / fused-loss / backward of a micro-batch.
+ *
+ * Activation modes: keep holds every layer's activations until backward
+ * (L sets); recompute holds only the layer inputs (L+1 buffers of N*C) and
+ * one activation set, re-running each layer's forward right before its
+ * backward. Both give bitwise the same gradients: the recompute executes
+ * exactly the same ops on the same inputs, dropout masks included.
+ *
+ * The LM head runs in tiles of head_tile tokens: logits of a tile are
+ * computed, turned into dlogits in place by the loss, and pushed back into
+ * d(norm_f) and d(lm_head) before the next tile, so the N x Vp logits never
+ * exist at once.
+ */
+#include "model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+
+/* Bytes the logits of one LM-head tile may take. */
+#define HEAD_TILE_BYTES ((size_t)16 << 20)
+
+rt_model_shape rt_model_shape_from_config(const rt_config *cfg) {
+    rt_model_shape s = {
+        .family = cfg->family,
+        .n_layers = cfg->n_layers,
+        .d_model = cfg->d_model,
+        .n_heads = cfg->n_heads,
+        .n_kv_heads = cfg->n_kv_heads,
+        .head_dim = cfg->d_model / cfg->n_heads,
+        .d_ff = cfg->d_ff,
+        .vocab_size = cfg->vocab_size,
+        .padded_vocab = (cfg->vocab_size + 127) / 128 * 128,
+        .max_seq_len = cfg->max_seq_len,
+        .dropout = cfg->dropout,
+        .rope_theta = cfg->rope_theta,
+        .norm_eps = cfg->norm_eps,
+    };
+    return s;
+}
+
+/* Adds one view; name is printf-formatted with the layer index. */
+static void add_view(rt_view_table *t, const char *name, int layer, size_t d0, size_t d1, int decay) {
+    char full[RT_NAME_LEN];
+    if (layer >= 0)
+        snprintf(full, sizeof full, "layers.%d.%s", layer, name);
+    else
+        snprintf(full, sizeof full, "%s", name);
+    size_t shape[2] = {d0, d1};
+    rt_view_table_add(t, full, d1 ? 2 : 1, shape, decay);
+}
+
+/* Layer-major layout; see model.h. */
+static void build_table(const rt_model_shape *s, rt_view_table *t, size_t *layer_offset) {
+    const size_t C = (size_t)s->d_model, QKV = rt_qkv_width(s), FC = rt_fc_width(s), F = (size_t)s->d_ff;
+    const size_t HD = (size_t)s->n_heads * s->head_dim;
+    const int gpt2 = s->family == RT_FAMILY_GPT2;
+    rt_view_table_init(t);
+    add_view(t, "wte", -1, (size_t)s->padded_vocab, C, 1);
+    if (gpt2) add_view(t, "wpe", -1, (size_t)s->max_seq_len, C, 1);
+    for (int l = 0; l < s->n_layers; l++) {
+        if (layer_offset) layer_offset[l] = t->total;
+        add_view(t, "norm1.weight", l, C, 0, 0);
+        if (gpt2) add_view(t, "norm1.bias", l, C, 0, 0);
+        add_view(t, "attn.qkv.weight", l, QKV, C, 1);
+        if (gpt2) add_view(t, "attn.qkv.bias", l, QKV, 0, 0);
+        add_view(t, "attn.proj.weight", l, C, HD, 1);
+        if (gpt2) add_view(t, "attn.proj.bias", l, C, 0, 0);
+        add_view(t, "norm2.weight", l, C, 0, 0);
+        if (gpt2) add_view(t, "norm2.bias", l, C, 0, 0);
+        add_view(t, "mlp.fc.weight", l, FC, C, 1);
+        if (gpt2) add_view(t, "mlp.fc.bias", l, FC, 0, 0);
+        add_view(t, "mlp.proj.weight", l, C, F, 1);
+        if (gpt2) add_view(t, "mlp.proj.bias", l, C, 0, 0);
+    }
+    if (layer_offset) layer_offset[s->n_layers] = t->total;
+    add_view(t, "norm_f.weight", -1, C, 0, 0);
+    if (gpt2) add_view(t, "norm_f.bias", -1, C, 0, 0);
+    if (!gpt2) add_view(t, "lm_head.weight", -1, (size_t)s->padded_vocab, C, 1);
+}
+
+size_t rt_model_param_count(const rt_model_shape *shape) {
+    rt_view_table t;
+    build_table(shape, &t, NULL);
+    size_t total = t.total;
+    rt_view_table_free(&t);
+    return total;
+}
+
+static float *view_ptr(const rt_model *m, float *base, const char *name, int layer) {
+    char full[RT_NAME_LEN];
+    if (layer >= 0)
+        snprintf(full, sizeof full, "layers.%d.%s", layer, name);
+    else
+        snprintf(full, sizeof full, "%s", name);
+    const rt_named_view *v = rt_view_table_find(&m->table, full);
+    return v ? base + v->offset : NULL;
+}
+
+static void bind_layer(const rt_model *m, float *base, int l, rt_layer_params *p) {
+    p->norm1_w = view_ptr(m, base, "norm1.weight", l);
+    p->norm1_b = view_ptr(m, base, "norm1.bias", l);
+    p->qkv_w = view_ptr(m, base, "attn.qkv.weight", l);
+    p->qkv_b = view_ptr(m, base, "attn.qkv.bias", l);
+    p->proj_w = view_ptr(m, base, "attn.proj.weight", l);
+    p->proj_b = view_ptr(m, base, "attn.proj.bias", l);
+    p->norm2_w = view_ptr(m, base, "norm2.weight", l);
+    p->norm2_b = view_ptr(m, base, "norm2.bias", l);
+    p->fc_w = view_ptr(m, base, "mlp.fc.weight", l);
+    p->fc_b = view_ptr(m, base, "mlp.fc.bias", l);
+    p->fcproj_w = view_ptr(m, base, "mlp.proj.weight", l);
+    p->fcproj_b = view_ptr(m, base, "mlp.proj.bias", l);
+}
+
+static void bind_top(const rt_model *m, float *base, rt_top_params *p) {
+    p->wte = view_ptr(m, base, "wte", -1);
+    p->wpe = view_ptr(m, base, "wpe", -1);
+    p->norm_f_w = view_ptr(m, base, "norm_f.weight", -1);
+    p->norm_f_b = view_ptr(m, base, "norm_f.bias", -1);
+    p->lm_head = m->shape.family == RT_FAMILY_GPT2 ? p->wte : view_ptr(m, base, "lm_head.weight", -1);
+}
+
+/* Allocation helper: count floats (or other 4/8-byte elements) from the accounted arena. */
+static void *alloc_bytes(rt_model *m, size_t bytes, const char *what, rt_error *err, int *failed) {
+    if (*failed) return NULL;
+    void *ptr = rt_device_alloc(m->mem, bytes, what, err);
+    if (!ptr) *failed = 1;
+    return ptr;
+}
+#define ALLOC_F(count, what) alloc_bytes(m, (count) * sizeof(float), (what), err, &failed)
+
+static void alloc_act_set(rt_model *m, rt_layer_acts *a, rt_error *err, int *failed_out) {
+    const rt_model_shape *s = &m->shape;
+    const size_t N = m->max_tokens, C = (size_t)s->d_model;
+    int failed = *failed_out;
+    a->norm1 = ALLOC_F(N * C, "activations (norm1)");
+    a->norm1_mean = ALLOC_F(N, "activations (norm1 mean)");
+    a->norm1_rstd = ALLOC_F(N, "activations (norm1 rstd)");
+    a->qkv = ALLOC_F(N * rt_qkv_width(s), "activations (qkv)");
+    a->att = ALLOC_F(N * s->n_heads * s->head_dim, "activations (attention output)");
+    a->lse = ALLOC_F(N * s->n_heads, "activations (attention lse)");
+    a->res1 = ALLOC_F(N * C, "activations (residual)");
+    a->norm2 = ALLOC_F(N * C, "activations (norm2)");
+    a->norm2_mean = ALLOC_F(N, "activations (norm2 mean)");
+    a->norm2_rstd = ALLOC_F(N, "activations (norm2 rstd)");
+    a->fc = ALLOC_F(N * rt_fc_width(s), "activations (mlp fc)");
+    a->act = ALLOC_F(N * s->d_ff, "activations (mlp activation)");
+    *failed_out = failed;
+}
+
+int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
+                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, rt_error *err) {
+    memset(m, 0, sizeof *m);
+    if (mode == RT_ACT_OFFLOAD)
+        return rt_fail(err, "activations.mode = offload: the hidden_states offloader is not in this build yet; "
+                            "use keep or recompute");
+    m->shape = *shape;
+    m->backend = backend;
+    m->mem = mem;
+    m->local_seqpar = (seqpar_ctx){.backend = backend};
+    m->seqpar = seqpar ? seqpar : &m->local_seqpar;
+    m->mode = mode;
+    m->max_seqs = max_seqs;
+    m->max_local_len = max_local_len;
+    m->max_tokens = max_seqs * max_local_len;
+    const rt_model_shape *s = &m->shape;
+    const size_t L = (size_t)s->n_layers, N = m->max_tokens, C = (size_t)s->d_model, Vp = (size_t)s->padded_vocab;
+
+    m->layer_offset = malloc_check((L + 1) * sizeof *m->layer_offset);
+    build_table(s, &m->table, m->layer_offset);
+    int failed = 0;
+    m->params = ALLOC_F(m->table.total, "parameters");
+    m->grads = ALLOC_F(m->table.total, "gradients");
+    if (failed) return -1;
+    m->layers = malloc_check(L * sizeof *m->layers);
+    m->layer_grads = malloc_check(L * sizeof *m->layer_grads);
+    for (int l = 0; l < s->n_layers; l++) {
+        bind_layer(m, m->params, l, &m->layers[l]);
+        bind_layer(m, m->grads, l, &m->layer_grads[l]);
+    }
+    bind_top(m, m->params, &m->top);
+    bind_top(m, m->grads, &m->top_grads);
+
+    m->head_tile = HEAD_TILE_BYTES / (Vp * sizeof(float));
+    if (m->head_tile < 1) m->head_tile = 1;
+    if (m->head_tile > N) m->head_tile = N;
+
+    m->layer_inputs = ALLOC_F((L + 1) * N * C, "layer inputs");
+    m->n_act_sets = mode == RT_ACT_KEEP ? s->n_layers : 1;
+    m->acts = calloc_check((size_t)m->n_act_sets, sizeof *m->acts);
+    for (int i = 0; i < m->n_act_sets; i++) alloc_act_set(m, &m->acts[i], err, &failed);
+    m->norm_f = ALLOC_F(N * C, "activations (final norm)");
+    m->norm_f_mean = ALLOC_F(N, "activations (final norm mean)");
+    m->norm_f_rstd = ALLOC_F(N, "activations (final norm rstd)");
+    m->logits = ALLOC_F(m->head_tile * Vp, "logits tile");
+    m->losses = ALLOC_F(N, "token losses");
+    m->tokens = alloc_bytes(m, N * sizeof(int32_t), "input tokens", err, &failed);
+    m->targets = alloc_bytes(m, N * sizeof(int32_t), "target tokens", err, &failed);
+    m->pos = alloc_bytes(m, N * sizeof(int64_t), "token positions", err, &failed);
+    m->dropout_ids = alloc_bytes(m, N * sizeof(int64_t), "dropout ids", err, &failed);
+    m->d_resid = ALLOC_F(N * C, "gradient scratch (residual)");
+    m->d_branch = ALLOC_F(N * C, "gradient scratch (branch)");
+    m->d_norm = ALLOC_F(N * C, "gradient scratch (norm)");
+    m->d_att = ALLOC_F(N * s->n_heads * s->head_dim, "gradient scratch (attention)");
+    m->d_qkv = ALLOC_F(N * rt_qkv_width(s), "gradient scratch (qkv)");
+    m->d_fc = ALLOC_F(N * rt_fc_width(s), "gradient scratch (mlp fc)");
+    m->d_act = ALLOC_F(N * s->d_ff, "gradient scratch (mlp activation)");
+    m->delta = ALLOC_F(N * s->n_heads, "gradient scratch (attention delta)");
+    m->branch = ALLOC_F(N * C, "activations (branch output)");
+    return failed ? -1 : 0;
+}
+
+void rt_model_free(rt_model *m) {
+    /* Device buffers belong to the arena, which the caller destroys; here only host bookkeeping. */
+    rt_view_table_free(&m->table);
+    free(m->layers);
+    free(m->layer_grads);
+    free(m->layer_offset);
+    free(m->acts);
+    memset(m, 0, sizeof *m);
+}
+
+/* splitmix64: the init RNG; Box-Muller turns pairs of uniforms into normals. */
+static uint64_t splitmix64(uint64_t *state) {
+    uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static double uniform_open(uint64_t *state) { return ((double)(splitmix64(state) >> 11) + 0.5) * 0x1.0p-53; }
+
+static void fill_normal(float *x, size_t n, double std, uint64_t *state) {
+    for (size_t i = 0; i < n; i += 2) {
+        double r = sqrt(-2.0 * log(uniform_open(state))), theta = 2.0 * M_PI * uniform_open(state);
+        x[i] = (float)(std * r * cos(theta));
+        if (i + 1 < n) x[i + 1] = (float)(std * r * sin(theta));
+    }
+}
+
+static int ends_with(const char *text, const char *suffix) {
+    size_t a = strlen(text), b = strlen(suffix);
+    return a >= b && strcmp(text + a - b, suffix) == 0;
+}
+
+void rt_model_init_params(rt_model *m, uint64_t seed) {
+    const rt_model_shape *s = &m->shape;
+    float *host = malloc_check(m->table.total * sizeof(float));
+    const double std = 0.02, resid_std = 0.02 / sqrt(2.0 * s->n_layers);
+    for (int i = 0; i < m->table.count; i++) {
+        const rt_named_view *v = &m->table.views[i];
+        float *dst = host + v->offset;
+        /* Each tensor draws from its own stream so adding a tensor does not shift the others. */
+        uint64_t state = seed ^ (0xA24BAED4963EE407ULL * (uint64_t)(i + 1));
+        if (v->ndim == 1) {
+            float value = ends_with(v->name, ".weight") ? 1.0f : 0.0f;
+            for (size_t j = 0; j < v->numel; j++) dst[j] = value;
+        } else if (ends_with(v->name, "attn.proj.weight") || ends_with(v->name, "mlp.proj.weight")) {
+            fill_normal(dst, v->numel, resid_std, &state);
+        } else {
+            fill_normal(dst, v->numel, std, &state);
+        }
+        if (strcmp(v->name, "wte") == 0 || strcmp(v->name, "lm_head.weight") == 0)
+            memset(dst + (size_t)s->vocab_size * s->d_model, 0,
+                   (size_t)(s->padded_vocab - s->vocab_size) * s->d_model * sizeof(float));
+    }
+    m->backend->copy(m->params, host, m->table.total * sizeof(float));
+    free(host);
+}
+
+void rt_model_zero_grads(rt_model *m) { m->backend->memset_zero(m->grads, m->table.total * sizeof(float)); }
+
+static size_t load_batch(rt_model *m, const rt_batch *batch) {
+    const size_t N = batch->n_seqs * batch->local_len;
+    if (batch->n_seqs > m->max_seqs || batch->local_len > m->max_local_len)
+        rt_fatal("micro-batch of %zu x %zu tokens exceeds the model's capacity of %zu x %zu", batch->n_seqs,
+                 batch->local_len, m->max_seqs, m->max_local_len);
+    int64_t *ids = malloc_check(N * sizeof *ids);
+    for (size_t b = 0; b < batch->n_seqs; b++)
+        for (size_t t = 0; t < batch->local_len; t++) {
+            size_t i = b * batch->local_len + t;
+            ids[i] = (int64_t)(((uint64_t)(batch->first_seq + b) << 40) | (uint64_t)batch->pos[i]);
+        }
+    const rt_backend *be = m->backend;
+    be->copy(m->tokens, batch->inputs, N * sizeof(int32_t));
+    be->copy(m->targets, batch->targets, N * sizeof(int32_t));
+    be->copy(m->pos, batch->pos, N * sizeof(int64_t));
+    be->copy(m->dropout_ids, ids, N * sizeof(int64_t));
+    free(ids);
+    return N;
+}
+
+static rt_layer_acts *acts_for(rt_model *m, int layer) {
+    return m->mode == RT_ACT_KEEP ? &m->acts[layer] : &m->acts[0];
+}
+
+static float *layer_input(rt_model *m, int layer, size_t N) {
+    return m->layer_inputs + (size_t)layer * N * m->shape.d_model;
+}
+
+static void forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout) {
+    const size_t N = batch->n_seqs * batch->local_len;
+    const rt_top_params *top = &m->top;
+    m->backend->embedding_forward(layer_input(m, 0, N), m->tokens, m->pos, top->wte, top->wpe, N,
+                                  m->shape.d_model);
+    for (int l = 0; l < m->shape.n_layers; l++)
+        rt_layer_forward(m, l, acts_for(m, l), layer_input(m, l, N), layer_input(m, l + 1, N), batch->n_seqs,
+                         batch->local_len, dropout);
+}
+
+static void final_norm_forward(rt_model *m, size_t N) {
+    const rt_model_shape *s = &m->shape;
+    const float *x = layer_input(m, s->n_layers, N);
+    if (s->family == RT_FAMILY_GPT2)
+        m->backend->layernorm_forward(m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w,
+                                      m->top.norm_f_b, N, s->d_model, s->norm_eps);
+    else
+        m->backend->rmsnorm_forward(m->norm_f, m->norm_f_rstd, x, m->top.norm_f_w, N, s->d_model, s->norm_eps);
+}
+
+/* Final norm, tiled LM head and loss; with backward, leaves d(last layer output) in d_resid. */
+static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale, int backward, size_t *n_targets) {
+    const rt_backend *be = m->backend;
+    const rt_model_shape *s = &m->shape;
+    const size_t N = batch->n_seqs * batch->local_len, C = (size_t)s->d_model;
+    final_norm_forward(m, N);
+    if (backward) be->memset_zero(m->d_norm, N * C * sizeof(float));
+    for (size_t t0 = 0; t0 < N; t0 += m->head_tile) {
+        size_t n = N - t0 < m->head_tile ? N - t0 : m->head_tile;
+        be->matmul_forward(m->logits, m->norm_f + t0 * C, m->top.lm_head, NULL, n, (int)C, s->padded_vocab);
+        be->softmax_xent(m->logits, m->losses + t0, m->targets + t0, n, s->vocab_size, s->padded_vocab,
+                         backward ? dloss_scale : 0.0f);
+        if (backward)
+            be->matmul_backward(m->d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits, m->norm_f + t0 * C,
+                                m->top.lm_head, n, (int)C, s->padded_vocab);
+    }
+    float *losses = malloc_check(N * sizeof(float));
+    be->copy(losses, m->losses, N * sizeof(float));
+    double loss_sum = 0.0;
+    size_t count = 0;
+    for (size_t i = 0; i < N; i++) {
+        loss_sum += losses[i];
+        count += batch->targets[i] >= 0;
+    }
+    free(losses);
+    *n_targets = count;
+    if (backward) {
+        const float *x = layer_input(m, s->n_layers, N);
+        be->memset_zero(m->d_resid, N * C * sizeof(float));
+        if (s->family == RT_FAMILY_GPT2)
+            be->layernorm_backward(m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
+                                   m->top.norm_f_w, m->norm_f_mean, m->norm_f_rstd, N, s->d_model);
+        else
+            be->rmsnorm_backward(m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd,
+                                 N, s->d_model);
+    }
+    return loss_sum;
+}
+
+double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout,
+                                 float dloss_scale, size_t *n_targets) {
+    const size_t N = load_batch(m, batch);
+    forward_layers(m, batch, dropout);
+    double loss_sum = head_forward(m, batch, dloss_scale, 1, n_targets);
+    for (int l = m->shape.n_layers - 1; l >= 0; l--) {
+        rt_layer_acts *acts = acts_for(m, l);
+        /* Recompute writes the layer's output again, bit for bit what forward wrote. */
+        if (m->mode != RT_ACT_KEEP)
+            rt_layer_forward(m, l, acts, layer_input(m, l, N), layer_input(m, l + 1, N), batch->n_seqs,
+                             batch->local_len, dropout);
+        rt_layer_backward(m, l, acts, layer_input(m, l, N), batch->n_seqs, batch->local_len, dropout);
+    }
+    m->backend->embedding_backward(m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
+                                   m->shape.d_model);
+    return loss_sum;
+}
+
+double rt_model_forward_loss(rt_model *m, const rt_batch *batch, size_t *n_targets) {
+    load_batch(m, batch);
+    forward_layers(m, batch, NULL);
+    return head_forward(m, batch, 0.0f, 0, n_targets);
+}
+
+void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out) {
+    const rt_model_shape *s = &m->shape;
+    const size_t N = load_batch(m, batch), C = (size_t)s->d_model;
+    forward_layers(m, batch, NULL);
+    final_norm_forward(m, N);
+    m->backend->matmul_forward(m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C,
+                               s->padded_vocab);
+    m->backend->copy(logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
+}

@@ -1,2 +1,146 @@
-/* runtime/model_layers.c: PLACEHOLDER */
-typedef int rt_placeholder_unit;
+/*
+ * model_layers.c: forward and backward of one transformer layer, for both families.
+ *
+ *   res1 = x + drop0(att(norm1(x)) @ proj^T)        out = res1 + drop1(mlp(norm2(res1)))
+ *
+ * The backward runs the same steps in reverse on one residual-gradient
+ * buffer (m->d_resid) that enters as d(out) and leaves as d(x): each norm's
+ * backward accumulates its input gradient into it, which adds the residual
+ * path for free. Dropout masks are recomputed from the counter-based RNG
+ * (keyed by step, layer, site, global position and channel), never stored.
+ */
+#include <string.h>
+
+#include "model_internal.h"
+
+static rt_attn_shape attention_shape(const rt_model_shape *s) {
+    size_t qkv = rt_qkv_width(s);
+    return (rt_attn_shape){
+        .n_heads = s->n_heads,
+        .n_kv_heads = s->n_kv_heads,
+        .head_dim = s->head_dim,
+        .q_stride = qkv,
+        .kv_stride = qkv,
+        .out_stride = (size_t)s->n_heads * s->head_dim,
+        .causal = 1,
+    };
+}
+
+static rt_rng_key dropout_key(const rt_dropout_plan *dropout, int layer, uint32_t site) {
+    return (rt_rng_key){.seed = dropout->seed, .step = dropout->step, .layer = (uint32_t)layer, .site = site};
+}
+
+static int dropout_on(const rt_dropout_plan *dropout) { return dropout && dropout->p > 0.0f; }
+
+static void norm_forward(const rt_model *m, float *out, float *mean, float *rstd, const float *inp, const float *w,
+                         const float *b, size_t N) {
+    const rt_model_shape *s = &m->shape;
+    if (s->family == RT_FAMILY_GPT2)
+        m->backend->layernorm_forward(out, mean, rstd, inp, w, b, N, s->d_model, s->norm_eps);
+    else
+        m->backend->rmsnorm_forward(out, rstd, inp, w, N, s->d_model, s->norm_eps);
+}
+
+static void norm_backward(const rt_model *m, float *dinp, float *dw, float *db, const float *dout, const float *inp,
+                          const float *w, const float *mean, const float *rstd, size_t N) {
+    const rt_model_shape *s = &m->shape;
+    if (s->family == RT_FAMILY_GPT2)
+        m->backend->layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, s->d_model);
+    else
+        m->backend->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, s->d_model);
+}
+
+/* Rotates q (H heads) and k (Hkv heads) of every token; backward rotates their gradients back. */
+static void rope(const rt_model *m, float *qkv, const int64_t *pos, size_t N, int backward) {
+    const rt_model_shape *s = &m->shape;
+    size_t stride = rt_qkv_width(s);
+    float *k = qkv + (size_t)s->n_heads * s->head_dim;
+    if (backward) {
+        m->backend->rope_backward(qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
+        m->backend->rope_backward(k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
+    } else {
+        m->backend->rope_forward(qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
+        m->backend->rope_forward(k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
+    }
+}
+
+void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, float *out, size_t n_seqs,
+                      size_t local_len, const rt_dropout_plan *dropout) {
+    const rt_backend *be = m->backend;
+    const rt_model_shape *s = &m->shape;
+    const rt_layer_params *p = &m->layers[layer];
+    const size_t N = n_seqs * local_len, C = (size_t)s->d_model, F = (size_t)s->d_ff;
+    const size_t QKV = rt_qkv_width(s), FC = rt_fc_width(s), HD = (size_t)s->n_heads * s->head_dim;
+    const rt_attn_shape shape = attention_shape(s);
+
+    norm_forward(m, a->norm1, a->norm1_mean, a->norm1_rstd, x, p->norm1_w, p->norm1_b, N);
+    be->matmul_forward(a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
+    if (s->family == RT_FAMILY_LLAMA) rope(m, a->qkv, m->pos, N, 0);
+    for (size_t b = 0; b < n_seqs; b++) {
+        const float *q = a->qkv + b * local_len * QKV;
+        seqpar_attention_forward(m->seqpar, a->att + b * local_len * HD, a->lse + b * local_len * s->n_heads, q,
+                                 q + HD, q + HD + (size_t)s->n_kv_heads * s->head_dim, m->pos + b * local_len,
+                                 local_len, &shape);
+    }
+    be->matmul_forward(m->branch, a->att, p->proj_w, p->proj_b, N, (int)HD, (int)C);
+    if (dropout_on(dropout)) be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    be->add(a->res1, x, m->branch, N * C);
+
+    norm_forward(m, a->norm2, a->norm2_mean, a->norm2_rstd, a->res1, p->norm2_w, p->norm2_b, N);
+    be->matmul_forward(a->fc, a->norm2, p->fc_w, p->fc_b, N, (int)C, (int)FC);
+    if (s->family == RT_FAMILY_GPT2)
+        be->gelu_forward(a->act, a->fc, N * F);
+    else
+        be->swiglu_forward(a->act, a->fc, N, (int)F);
+    be->matmul_forward(m->branch, a->act, p->fcproj_w, p->fcproj_b, N, (int)F, (int)C);
+    if (dropout_on(dropout)) be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+    be->add(out, a->res1, m->branch, N * C);
+    m->counters.layer_forwards++;
+}
+
+void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const float *x, size_t n_seqs,
+                       size_t local_len, const rt_dropout_plan *dropout) {
+    const rt_backend *be = m->backend;
+    const rt_model_shape *s = &m->shape;
+    const rt_layer_params *p = &m->layers[layer];
+    const rt_layer_params *g = &m->layer_grads[layer];
+    const size_t N = n_seqs * local_len, C = (size_t)s->d_model, F = (size_t)s->d_ff;
+    const size_t QKV = rt_qkv_width(s), FC = rt_fc_width(s), HD = (size_t)s->n_heads * s->head_dim;
+    const rt_attn_shape shape = attention_shape(s);
+
+    /* MLP branch: d_resid = d(out) = d(res1) so far. */
+    be->copy(m->d_branch, m->d_resid, N * C * sizeof(float));
+    if (dropout_on(dropout)) be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+    be->memset_zero(m->d_act, N * F * sizeof(float));
+    be->matmul_backward(m->d_act, g->fcproj_w, g->fcproj_b, m->d_branch, a->act, p->fcproj_w, N, (int)F, (int)C);
+    be->memset_zero(m->d_fc, N * FC * sizeof(float));
+    if (s->family == RT_FAMILY_GPT2)
+        be->gelu_backward(m->d_fc, a->fc, m->d_act, N * F);
+    else
+        be->swiglu_backward(m->d_fc, m->d_act, a->fc, N, (int)F);
+    be->memset_zero(m->d_norm, N * C * sizeof(float));
+    be->matmul_backward(m->d_norm, g->fc_w, g->fc_b, m->d_fc, a->norm2, p->fc_w, N, (int)C, (int)FC);
+    norm_backward(m, m->d_resid, g->norm2_w, g->norm2_b, m->d_norm, a->res1, p->norm2_w, a->norm2_mean,
+                  a->norm2_rstd, N);
+
+    /* Attention branch: d_resid = d(res1). */
+    be->copy(m->d_branch, m->d_resid, N * C * sizeof(float));
+    if (dropout_on(dropout)) be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    be->memset_zero(m->d_att, N * HD * sizeof(float));
+    be->matmul_backward(m->d_att, g->proj_w, g->proj_b, m->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
+    be->memset_zero(m->d_qkv, N * QKV * sizeof(float));
+    for (size_t b = 0; b < n_seqs; b++) {
+        const float *q = a->qkv + b * local_len * QKV;
+        float *dq = m->d_qkv + b * local_len * QKV;
+        const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
+        seqpar_attention_backward(m->seqpar, dq, dq + k_off, dq + v_off, m->delta + b * local_len * s->n_heads,
+                                  m->d_att + b * local_len * HD, a->att + b * local_len * HD,
+                                  a->lse + b * local_len * s->n_heads, q, q + k_off, q + v_off,
+                                  m->pos + b * local_len, local_len, &shape);
+    }
+    if (s->family == RT_FAMILY_LLAMA) rope(m, m->d_qkv, m->pos, N, 1);
+    be->memset_zero(m->d_norm, N * C * sizeof(float));
+    be->matmul_backward(m->d_norm, g->qkv_w, g->qkv_b, m->d_qkv, a->norm1, p->qkv_w, N, (int)C, (int)QKV);
+    norm_backward(m, m->d_resid, g->norm1_w, g->norm1_b, m->d_norm, x, p->norm1_w, a->norm1_mean, a->norm1_rstd, N);
+    m->counters.layer_backwards++;
+}

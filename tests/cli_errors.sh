@@ -1,1 +1,87 @@
-exit 0
+#!/usr/bin/env bash
+# Bad inputs to `ringtrain`: each must give a non-zero exit, exactly one line on
+# stderr that names the input and what was expected, and no files left behind.
+set -u
+bin=$1
+work=$(mktemp -d /tmp/rt_cli_errors.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+failures=0 passed=0
+
+# expect_error NAME PATTERN COMMAND...: PATTERN is an extended regex the stderr line must match.
+expect_error() {
+  local name=$1 pattern=$2; shift 2
+  local run_dir="$work/run"
+  rm -rf "$run_dir"
+  "$@" >"$work/stdout" 2>"$work/stderr"
+  local status=$? lines
+  lines=$(grep -c . "$work/stderr")
+  if [ $status -eq 0 ]; then
+    echo "FAIL $name: exit status 0"; failures=$((failures + 1)); return
+  fi
+  if [ "$lines" -ne 1 ]; then
+    echo "FAIL $name: $lines lines on stderr:"; cat "$work/stderr"; failures=$((failures + 1)); return
+  fi
+  if ! grep -Eq -- "$pattern" "$work/stderr"; then
+    echo "FAIL $name: stderr does not match /$pattern/:"; cat "$work/stderr"; failures=$((failures + 1)); return
+  fi
+  if [ -e "$run_dir" ] || compgen -G "$work/*.tmp" >/dev/null; then
+    echo "FAIL $name: left files behind"; ls -la "$work"; failures=$((failures + 1)); return
+  fi
+  echo "ok   $name: $(cat "$work/stderr")"
+  passed=$((passed + 1))
+}
+
+# A valid corpus to start from.
+for i in $(seq 1 400); do echo "line $i of a small corpus for the error tests"; done >"$work/corpus.txt"
+"$bin" prepare --input "$work/corpus.txt" --output "$work/train.bin" >/dev/null || { echo "prepare failed"; exit 1; }
+cat >"$work/ok.ini" <<INI
+[model]
+preset = tiny
+[train]
+steps = 2
+batch_size = 2
+seq_len = 32
+[data]
+train = $work/train.bin
+[run]
+dir = $work/run
+INI
+train() { "$bin" train --config "$work/ok.ini" "$@"; }
+
+# The valid config trains (so the failures below are the bad input's doing).
+if "$bin" train --config "$work/ok.ini" >/dev/null 2>&1 && [ -f "$work/run/metrics.jsonl" ]; then
+  echo "ok   valid config trains"; passed=$((passed + 1))
+else
+  echo "FAIL valid config does not train"; failures=$((failures + 1))
+fi
+
+expect_error "missing config file" "$work/nope.ini.*(No such file|cannot)" "$bin" train --config "$work/nope.ini"
+expect_error "config key typo" "n_layer.*n_layers" train --set model.n_layer=3
+expect_error "config wrong type" "train.lr.*fast" train --set train.lr=fast
+expect_error "config out of range" "train.steps" train --set train.steps=-1
+expect_error "heads do not divide channels" "n_heads.*d_model|d_model.*n_heads" train --set model.n_heads=5
+expect_error "seq_len beyond max positions" "seq_len.*max_seq_len" train --set train.seq_len=512
+expect_error "missing data file" "$work/missing.bin" train --set "data.train=$work/missing.bin"
+
+head -c 2000 "$work/train.bin" >"$work/truncated.bin"
+expect_error "truncated data file" "truncated.bin.*truncated" train --set "data.train=$work/truncated.bin"
+
+printf 'this is not a token file at all, just text padding the header.%.0s' $(seq 1 40) >"$work/garbage.bin"
+expect_error "data file with bad magic" "garbage.bin.*magic" train --set "data.train=$work/garbage.bin"
+
+# Header says vocab 100, but the bytes of the text go up to 'y' (121).
+cp "$work/train.bin" "$work/badtoken.bin"
+printf '\x64\x00\x00\x00' | dd of="$work/badtoken.bin" bs=1 seek=8 conv=notrunc status=none
+expect_error "token id >= vocab" "badtoken.bin.*(token|vocab)" train --set "data.train=$work/badtoken.bin"
+
+expect_error "missing model file" "$work/gpt2.bin" train --set "model.init_from=$work/gpt2.bin"
+head -c 4000 "$work/train.bin" >"$work/fake_model.bin"
+expect_error "model file with bad magic" "fake_model.bin.*magic" train --set "model.init_from=$work/fake_model.bin"
+
+expect_error "unknown command" "unknown command 'trian'" "$bin" trian
+expect_error "prepare missing input" "$work/nothing.txt" "$bin" prepare --input "$work/nothing.txt" --output "$work/out.bin"
+[ -e "$work/out.bin" ] && { echo "FAIL prepare left $work/out.bin"; failures=$((failures + 1)); }
+expect_error "sample missing model" "$work/none.h5" "$bin" sample --model "$work/none.h5"
+
+echo "$passed passed, $failures failed"
+[ $failures -eq 0 ]

@@ -1,0 +1,32 @@
+/* checkpoint.h: HDF5 model checkpoints: one dataset per named tensor, config and step as attributes. */
+#ifndef RT_CHECKPOINT_H
+#define RT_CHECKPOINT_H
+
+#include <stdint.h>
+
+#include "../runtime/common.h"
+#include "../runtime/tensor.h"
+
+/*
+ * File layout (version 1), independent of how many ranks wrote it:
+ *   /                 attributes: format = "ringtrain-checkpoint" (string), version = 1 (int32),
+ *                                 step (int64), config (string: the resolved INI text)
+ *   /model/<name>     one fp32 dataset per named view, with the view's global shape,
+ *                     chunked (<= 4 MiB per chunk) with Fletcher32 checksums
+ * Later versions add /optim/{m,v,master}/<name> with the same shapes.
+ * Files are written as PATH.tmp and renamed into place: PATH is always either
+ * the previous file or a complete new one. Errors name the path and the HDF5
+ * operation; HDF5's own error printing is switched off.
+ */
+#define RT_CHECKPOINT_FORMAT "ringtrain-checkpoint"
+#define RT_CHECKPOINT_VERSION 1
+
+/* Writes every view of table, read from params + view offset (host fp32). Serial for now. */
+int rt_checkpoint_write(const char *path, const rt_view_table *table, const float *params, const char *config_text,
+                        int64_t step, rt_error *err);
+/* Reads the config text (malloc'd, caller frees) and the step. Either output may be NULL. */
+int rt_checkpoint_read_meta(const char *path, char **config_text, int64_t *step, rt_error *err);
+/* Reads every view of table into params + view offset; each dataset must exist with the view's shape. */
+int rt_checkpoint_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err);
+
+#endif

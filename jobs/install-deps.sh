@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages ringtrain builds and runs with. Idempotent: when
+# everything is there it touches nothing (and needs no network).
+set -euo pipefail
+packages=(build-essential cmake pkg-config git python3
+          openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
+          libopenblas-dev libcunit1-dev libinih-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing: ${missing[*]}"
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds the normal and the sanitizer (ASan + UBSan)
+# trees, checks formatting, and runs every test of both through CTest.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash jobs/install-deps.sh
+
+echo "== format check (clang-format)"
+if command -v clang-format >/dev/null; then
+  unformatted=$(git ls-files '*.c' '*.h' | xargs clang-format --dry-run 2>&1 | grep -c warning || true)
+  if [ "$unformatted" -ne 0 ]; then
+    git ls-files '*.c' '*.h' | xargs clang-format --dry-run 2>&1 | grep warning | head -20
+    echo "clang-format: $unformatted places differ from .clang-format"; exit 1
+  fi
+else
+  echo "clang-format not installed: skipping the format check"
+fi
+
+echo "== build (release)"
+bash jobs/build.sh "$root/build"
+echo "== build (AddressSanitizer + UBSan)"
+bash jobs/build.sh "$root/build-asan" -DRINGTRAIN_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+status=0
+echo "== tests (release)"
+ctest --test-dir "$root/build" --output-on-failure -j2 || status=1
+echo "== tests (sanitizers)"
+ctest --test-dir "$root/build-asan" --output-on-failure -j2 || status=1
+exit $status

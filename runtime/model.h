@@ -1,0 +1,175 @@
+/* model.h: the decoder-only transformer (llama and gpt2 families): parameters, activations, forward and backward. */
+#ifndef RT_MODEL_H
+#define RT_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../seqpar/seqpar.h"
+#include "backend.h"
+#include "config.h"
+#include "memory.h"
+#include "tensor.h"
+
+/*
+ * Conventions: B = sequences in the micro-batch on this rank, T = local
+ * tokens per sequence (the whole sequence on one rank, T/sp with sequence
+ * parallelism), N = B*T, C = d_model, H/Hkv = query/key-value heads, D = C/H,
+ * F = d_ff, V = vocab, Vp = V padded to a multiple of 128 (row count of the
+ * embedding and of the logits; padded logits are ignored by the loss).
+ *
+ * Parameters live in ONE flat buffer described by a table of named views
+ * (rt_view_table). The layout is layer-major: embeddings, then every
+ * tensor of layer 0, then layer 1, ..., then the final norm and LM head, so
+ * one layer's parameters (and gradients) are one contiguous range: ZeRO
+ * stage 2 reduces a layer's gradients as soon as its backward is done.
+ * llm.c files store tensors layer-stacked; model_io.c reorders on load.
+ *
+ * Both families run the same layer code, with three small branches:
+ *   norm:  gpt2 LayerNorm (weight, bias)      llama RMSNorm (weight)
+ *   qkv:   gpt2 with bias                     llama no bias, RoPE on q and k
+ *   mlp:   gpt2 fc (4C) -> GELU -> proj       llama gate_up (2F) -> SwiGLU -> down
+ * gpt2 ties the LM head to wte and adds learned position embeddings.
+ */
+
+typedef struct {
+    rt_family family;
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, vocab_size, padded_vocab, max_seq_len;
+    float dropout, rope_theta, norm_eps;
+} rt_model_shape;
+
+/* Pointers into the flat parameter (or gradient) buffer for one layer; NULL where the family has none. */
+typedef struct {
+    float *norm1_w, *norm1_b; /* (C) */
+    float *qkv_w, *qkv_b;     /* ((H+2Hkv)*D, C), ((H+2Hkv)*D) */
+    float *proj_w, *proj_b;   /* (C, H*D), (C) */
+    float *norm2_w, *norm2_b; /* (C) */
+    float *fc_w, *fc_b;       /* (FC, C), (FC): FC = F (gpt2) or 2F (llama gate|up) */
+    float *fcproj_w, *fcproj_b; /* (C, F), (C) */
+} rt_layer_params;
+
+typedef struct {
+    float *wte;      /* (Vp, C) */
+    float *wpe;      /* (maxT, C), gpt2 only */
+    float *norm_f_w, *norm_f_b; /* (C) */
+    float *lm_head;  /* (Vp, C): wte for gpt2 (tied), its own tensor for llama */
+} rt_top_params;
+
+/* Activations of one layer for one micro-batch; everything backward needs besides the layer input. */
+typedef struct {
+    float *norm1;             /* (N, C) */
+    float *norm1_mean, *norm1_rstd; /* (N) */
+    float *qkv;               /* (N, QKV), q and k after RoPE */
+    float *att;               /* (N, H*D) attention output, before proj */
+    float *lse;               /* (N, H) log-sum-exp of the attention rows */
+    float *res1;              /* (N, C) x + dropout(att @ proj^T) */
+    float *norm2;             /* (N, C) */
+    float *norm2_mean, *norm2_rstd; /* (N) */
+    float *fc;                /* (N, FC) */
+    float *act;               /* (N, F) gelu(fc) or swiglu(fc) */
+} rt_layer_acts;
+
+/* Counters a test or the log can read. */
+typedef struct {
+    uint64_t layer_forwards;  /* layer forward executions, recomputes included */
+    uint64_t layer_backwards;
+} rt_model_counters;
+
+typedef struct {
+    rt_model_shape shape;
+    const rt_backend *backend;
+    rt_device_memory *mem;
+    seqpar_ctx *seqpar;
+    seqpar_ctx local_seqpar; /* used when the caller gives none: attention over local tokens only */
+    rt_activation_mode mode;
+
+    rt_view_table table;
+    float *params; /* (table.total) device */
+    float *grads;  /* (table.total) device */
+    rt_layer_params *layers, *layer_grads; /* (L) views into params / grads */
+    rt_top_params top, top_grads;
+    size_t *layer_offset; /* (L+1): layer l's parameters are [layer_offset[l], layer_offset[l+1]) */
+
+    /* capacity, fixed at init */
+    size_t max_seqs, max_local_len, max_tokens;
+    size_t head_tile; /* tokens per LM head tile */
+
+    /* activations */
+    float *layer_inputs; /* (L+1, N, C): input of layer l at l*N*C, the final hidden state at L*N*C */
+    rt_layer_acts *acts; /* L sets (keep) or 1 set (recompute) */
+    int n_act_sets;
+    float *norm_f;       /* (N, C) */
+    float *norm_f_mean, *norm_f_rstd; /* (N) */
+    float *logits;       /* (head_tile, Vp) */
+    float *losses;       /* (N) */
+    int32_t *tokens, *targets; /* (N) device copies */
+    int64_t *pos;        /* (N) */
+    int64_t *dropout_ids; /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
+
+    /* backward scratch, shared by all layers */
+    float *d_resid;  /* (N, C) gradient flowing down the residual stream */
+    float *d_branch; /* (N, C) gradient of a branch output (after dropout mask) */
+    float *d_norm;   /* (N, C) */
+    float *d_att;    /* (N, H*D) */
+    float *d_qkv;    /* (N, QKV) */
+    float *d_fc;     /* (N, FC) */
+    float *d_act;    /* (N, F) */
+    float *delta;    /* (N, H) */
+    float *branch;   /* (N, C) forward scratch: a branch output before the residual add */
+
+    rt_model_counters counters;
+} rt_model;
+
+/* Shape from a resolved config; Vp = V rounded up to a multiple of 128. */
+rt_model_shape rt_model_shape_from_config(const rt_config *cfg);
+/* Parameter count (the flat buffer's length) of a shape. */
+size_t rt_model_param_count(const rt_model_shape *shape);
+
+/*
+ * Allocates parameters, gradients and activations for micro-batches of up to
+ * max_seqs sequences of max_local_len local tokens. mode keep or recompute
+ * (offload is refused until the offloader exists). Fails with err when the
+ * device memory limit refuses an allocation. seqpar may be NULL (local).
+ */
+int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
+                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, rt_error *err);
+void rt_model_free(rt_model *m);
+
+/* Random init, deterministic in seed and independent of rank count: N(0, 0.02), residual output projections
+ * scaled by 1/sqrt(2L), norms weight 1, biases 0, padded vocab rows 0. */
+void rt_model_init_params(rt_model *m, uint64_t seed);
+
+void rt_model_zero_grads(rt_model *m);
+
+/* What one micro-batch step needs: B sequences of T local tokens (host arrays, copied to the device). */
+typedef struct {
+    const int32_t *inputs;  /* (B, T) */
+    const int32_t *targets; /* (B, T), < 0 = no target */
+    const int64_t *pos;     /* (B, T) global positions */
+    size_t n_seqs, local_len;
+    size_t first_seq; /* index of the first sequence among all sequences of the step (all micro-batches, all
+                       * data-parallel ranks): dropout masks key on (sequence, position), never on the rank */
+} rt_batch;
+
+/* Dropout keys for a training step; dropout is off when p == 0 or for evaluation. */
+typedef struct {
+    float p;
+    uint64_t seed, step;
+} rt_dropout_plan;
+
+/*
+ * Forward, fused LM-head loss and backward of one micro-batch: gradients
+ * ACCUMULATE into m->grads; dlogits are scaled by dloss_scale (1 / the
+ * global number of targets of the whole step). Returns the SUM of the local
+ * token losses; *n_targets gets the local count.
+ */
+double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout,
+                                 float dloss_scale, size_t *n_targets);
+
+/* Forward and loss only (validation); no dropout. Returns the local loss sum. */
+double rt_model_forward_loss(rt_model *m, const rt_batch *batch, size_t *n_targets);
+
+/* Forward of one sequence (n_seqs = 1) and the logits (V floats, host) of its LAST position. */
+void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out);
+
+#endif
