@@ -26,7 +26,7 @@ typedef struct {
     int bytes_per_token; /* 2 or 4 */
     int is_llmc;
     size_t n_tokens;
-    void *map;        /* whole file mapped read-only */
+    void *map; /* whole file mapped read-only */
     size_t map_bytes;
     const unsigned char *tokens; /* first token */
 } rt_token_file;

@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(build-essential cmake pkg-config git python3
           openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
-          libopenblas-dev libcunit1-dev libinih-dev)
+          libopenblas-openmp-dev libcunit1-dev libinih-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -63,10 +63,10 @@ struct rt_backend {
 
     /* --- embeddings --- */
     /* out (N,C) = wte[tokens[n]] (+ wpe[pos[n]] when wpe != NULL). */
-    void (*embedding_forward)(float *out, const int32_t *tokens, const int64_t *pos, const float *wte,
-                              const float *wpe, size_t N, int C);
-    void (*embedding_backward)(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
-                               const int64_t *pos, size_t N, int C);
+    void (*embedding_forward)(float *out, const int32_t *tokens, const int64_t *pos, const float *wte, const float *wpe,
+                              size_t N, int C);
+    void (*embedding_backward)(float *dwte, float *dwpe, const float *dout, const int32_t *tokens, const int64_t *pos,
+                               size_t N, int C);
 
     /* --- norms --- */
     /* LayerNorm with eps; mean and rstd (N) are saved for backward. */
@@ -75,16 +75,14 @@ struct rt_backend {
     void (*layernorm_backward)(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                                const float *weight, const float *mean, const float *rstd, size_t N, int C);
     /* RMSNorm: out = inp * rstd * weight, rstd = 1/sqrt(mean(inp^2) + eps). */
-    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, size_t N, int C,
-                            float eps);
+    void (*rmsnorm_forward)(float *out, float *rstd, const float *inp, const float *weight, size_t N, int C, float eps);
     void (*rmsnorm_backward)(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
                              const float *rstd, size_t N, int C);
 
     /* --- position --- */
     /* Rotary embedding, in place, on n_heads heads of head_dim per token at the given row stride.
      * Pairs (2i, 2i+1) rotate by angle pos * theta^(-2i/head_dim). Backward rotates by -angle (in place). */
-    void (*rope_forward)(float *x, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
-                         float theta);
+    void (*rope_forward)(float *x, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride, float theta);
     void (*rope_backward)(float *dx, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
                           float theta);
 

@@ -70,8 +70,7 @@ static int cmd_train(int argc, char **argv) {
     rt_config_defaults(&cfg);
     if (status == 0 && rt_config_load(&cfg, config_path, overrides, n_overrides, &err))
         status = world->rank == 0 ? fail(&err) : 1;
-    if (status == 0 && !cfg.init_from[0] && rt_config_validate(&cfg, &err))
-        status = world->rank == 0 ? fail(&err) : 1;
+    if (status == 0 && !cfg.init_from[0] && rt_config_validate(&cfg, &err)) status = world->rank == 0 ? fail(&err) : 1;
     free(overrides);
     if (status == 0) {
         rt_train_result result;

@@ -35,7 +35,8 @@ static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send
     size_t per_rank = n / (size_t)comm->size;
     if (per_rank * (size_t)comm->size != n)
         rt_fatal("reduce_scatter of %zu floats over %d ranks: count must divide by the rank count", n, comm->size);
-    if (per_rank > MPI_CHUNK) rt_fatal("reduce_scatter of %zu floats per rank is larger than one MPI call takes", per_rank);
+    if (per_rank > MPI_CHUNK)
+        rt_fatal("reduce_scatter of %zu floats per rank is larger than one MPI call takes", per_rank);
     MPI_Reduce_scatter_block(send, recv, (int)per_rank, MPI_FLOAT, MPI_SUM, mpi_of(comm));
 }
 

@@ -41,8 +41,8 @@ void *rt_device_alloc(rt_device_memory *mem, size_t bytes, const char *what, rt_
     }
     void *ptr = mem->backend->device_alloc(bytes ? bytes : 1);
     if (!ptr) {
-        rt_fail(err, "the device has no memory left allocating %s for %s (%s in use)",
-                rt_format_bytes(bytes, asked), what, rt_format_bytes(mem->in_use, used));
+        rt_fail(err, "the device has no memory left allocating %s for %s (%s in use)", rt_format_bytes(bytes, asked),
+                what, rt_format_bytes(mem->in_use, used));
         return NULL;
     }
     mem->backend->memset_zero(ptr, bytes);

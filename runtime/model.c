@@ -192,7 +192,8 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     m->layer_inputs = ALLOC_F((L + 1) * N * C, "layer inputs");
     m->n_act_sets = mode == RT_ACT_KEEP ? s->n_layers : 1;
     m->acts = calloc_check((size_t)m->n_act_sets, sizeof *m->acts);
-    for (int i = 0; i < m->n_act_sets; i++) alloc_act_set(m, &m->acts[i], err, &failed);
+    for (int i = 0; i < m->n_act_sets; i++)
+        alloc_act_set(m, &m->acts[i], err, &failed);
     m->norm_f = ALLOC_F(N * C, "activations (final norm)");
     m->norm_f_mean = ALLOC_F(N, "activations (final norm mean)");
     m->norm_f_rstd = ALLOC_F(N, "activations (final norm rstd)");
@@ -258,7 +259,8 @@ void rt_model_init_params(rt_model *m, uint64_t seed) {
         uint64_t state = seed ^ (0xA24BAED4963EE407ULL * (uint64_t)(i + 1));
         if (v->ndim == 1) {
             float value = ends_with(v->name, ".weight") ? 1.0f : 0.0f;
-            for (size_t j = 0; j < v->numel; j++) dst[j] = value;
+            for (size_t j = 0; j < v->numel; j++)
+                dst[j] = value;
         } else if (ends_with(v->name, "attn.proj.weight") || ends_with(v->name, "mlp.proj.weight")) {
             fill_normal(dst, v->numel, resid_std, &state);
         } else {
@@ -305,8 +307,7 @@ static float *layer_input(rt_model *m, int layer, size_t N) {
 static void forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout) {
     const size_t N = batch->n_seqs * batch->local_len;
     const rt_top_params *top = &m->top;
-    m->backend->embedding_forward(layer_input(m, 0, N), m->tokens, m->pos, top->wte, top->wpe, N,
-                                  m->shape.d_model);
+    m->backend->embedding_forward(layer_input(m, 0, N), m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
     for (int l = 0; l < m->shape.n_layers; l++)
         rt_layer_forward(m, l, acts_for(m, l), layer_input(m, l, N), layer_input(m, l + 1, N), batch->n_seqs,
                          batch->local_len, dropout);
@@ -316,8 +317,8 @@ static void final_norm_forward(rt_model *m, size_t N) {
     const rt_model_shape *s = &m->shape;
     const float *x = layer_input(m, s->n_layers, N);
     if (s->family == RT_FAMILY_GPT2)
-        m->backend->layernorm_forward(m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w,
-                                      m->top.norm_f_b, N, s->d_model, s->norm_eps);
+        m->backend->layernorm_forward(m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w, m->top.norm_f_b, N,
+                                      s->d_model, s->norm_eps);
     else
         m->backend->rmsnorm_forward(m->norm_f, m->norm_f_rstd, x, m->top.norm_f_w, N, s->d_model, s->norm_eps);
 }
@@ -355,14 +356,14 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
             be->layernorm_backward(m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
                                    m->top.norm_f_w, m->norm_f_mean, m->norm_f_rstd, N, s->d_model);
         else
-            be->rmsnorm_backward(m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd,
-                                 N, s->d_model);
+            be->rmsnorm_backward(m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd, N,
+                                 s->d_model);
     }
     return loss_sum;
 }
 
-double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout,
-                                 float dloss_scale, size_t *n_targets) {
+double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, float dloss_scale,
+                                 size_t *n_targets) {
     const size_t N = load_batch(m, batch);
     forward_layers(m, batch, dropout);
     double loss_sum = head_forward(m, batch, dloss_scale, 1, n_targets);
@@ -390,7 +391,6 @@ void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out)
     const size_t N = load_batch(m, batch), C = (size_t)s->d_model;
     forward_layers(m, batch, NULL);
     final_norm_forward(m, N);
-    m->backend->matmul_forward(m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C,
-                               s->padded_vocab);
+    m->backend->matmul_forward(m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C, s->padded_vocab);
     m->backend->copy(logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
 }

@@ -40,38 +40,38 @@ typedef struct {
 
 /* Pointers into the flat parameter (or gradient) buffer for one layer; NULL where the family has none. */
 typedef struct {
-    float *norm1_w, *norm1_b; /* (C) */
-    float *qkv_w, *qkv_b;     /* ((H+2Hkv)*D, C), ((H+2Hkv)*D) */
-    float *proj_w, *proj_b;   /* (C, H*D), (C) */
-    float *norm2_w, *norm2_b; /* (C) */
-    float *fc_w, *fc_b;       /* (FC, C), (FC): FC = F (gpt2) or 2F (llama gate|up) */
+    float *norm1_w, *norm1_b;   /* (C) */
+    float *qkv_w, *qkv_b;       /* ((H+2Hkv)*D, C), ((H+2Hkv)*D) */
+    float *proj_w, *proj_b;     /* (C, H*D), (C) */
+    float *norm2_w, *norm2_b;   /* (C) */
+    float *fc_w, *fc_b;         /* (FC, C), (FC): FC = F (gpt2) or 2F (llama gate|up) */
     float *fcproj_w, *fcproj_b; /* (C, F), (C) */
 } rt_layer_params;
 
 typedef struct {
-    float *wte;      /* (Vp, C) */
-    float *wpe;      /* (maxT, C), gpt2 only */
+    float *wte;                 /* (Vp, C) */
+    float *wpe;                 /* (maxT, C), gpt2 only */
     float *norm_f_w, *norm_f_b; /* (C) */
-    float *lm_head;  /* (Vp, C): wte for gpt2 (tied), its own tensor for llama */
+    float *lm_head;             /* (Vp, C): wte for gpt2 (tied), its own tensor for llama */
 } rt_top_params;
 
 /* Activations of one layer for one micro-batch; everything backward needs besides the layer input. */
 typedef struct {
-    float *norm1;             /* (N, C) */
+    float *norm1;                   /* (N, C) */
     float *norm1_mean, *norm1_rstd; /* (N) */
-    float *qkv;               /* (N, QKV), q and k after RoPE */
-    float *att;               /* (N, H*D) attention output, before proj */
-    float *lse;               /* (N, H) log-sum-exp of the attention rows */
-    float *res1;              /* (N, C) x + dropout(att @ proj^T) */
-    float *norm2;             /* (N, C) */
+    float *qkv;                     /* (N, QKV), q and k after RoPE */
+    float *att;                     /* (N, H*D) attention output, before proj */
+    float *lse;                     /* (N, H) log-sum-exp of the attention rows */
+    float *res1;                    /* (N, C) x + dropout(att @ proj^T) */
+    float *norm2;                   /* (N, C) */
     float *norm2_mean, *norm2_rstd; /* (N) */
-    float *fc;                /* (N, FC) */
-    float *act;               /* (N, F) gelu(fc) or swiglu(fc) */
+    float *fc;                      /* (N, FC) */
+    float *act;                     /* (N, F) gelu(fc) or swiglu(fc) */
 } rt_layer_acts;
 
 /* Counters a test or the log can read. */
 typedef struct {
-    uint64_t layer_forwards;  /* layer forward executions, recomputes included */
+    uint64_t layer_forwards; /* layer forward executions, recomputes included */
     uint64_t layer_backwards;
 } rt_model_counters;
 
@@ -84,8 +84,8 @@ typedef struct {
     rt_activation_mode mode;
 
     rt_view_table table;
-    float *params; /* (table.total) device */
-    float *grads;  /* (table.total) device */
+    float *params;                         /* (table.total) device */
+    float *grads;                          /* (table.total) device */
     rt_layer_params *layers, *layer_grads; /* (L) views into params / grads */
     rt_top_params top, top_grads;
     size_t *layer_offset; /* (L+1): layer l's parameters are [layer_offset[l], layer_offset[l+1]) */
@@ -98,13 +98,13 @@ typedef struct {
     float *layer_inputs; /* (L+1, N, C): input of layer l at l*N*C, the final hidden state at L*N*C */
     rt_layer_acts *acts; /* L sets (keep) or 1 set (recompute) */
     int n_act_sets;
-    float *norm_f;       /* (N, C) */
+    float *norm_f;                    /* (N, C) */
     float *norm_f_mean, *norm_f_rstd; /* (N) */
-    float *logits;       /* (head_tile, Vp) */
-    float *losses;       /* (N) */
-    int32_t *tokens, *targets; /* (N) device copies */
-    int64_t *pos;        /* (N) */
-    int64_t *dropout_ids; /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
+    float *logits;                    /* (head_tile, Vp) */
+    float *losses;                    /* (N) */
+    int32_t *tokens, *targets;        /* (N) device copies */
+    int64_t *pos;                     /* (N) */
+    int64_t *dropout_ids;             /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
 
     /* backward scratch, shared by all layers */
     float *d_resid;  /* (N, C) gradient flowing down the residual stream */
@@ -163,8 +163,8 @@ typedef struct {
  * global number of targets of the whole step). Returns the SUM of the local
  * token losses; *n_targets gets the local count.
  */
-double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout,
-                                 float dloss_scale, size_t *n_targets);
+double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, float dloss_scale,
+                                 size_t *n_targets);
 
 /* Forward and loss only (validation); no dropout. Returns the local loss sum. */
 double rt_model_forward_loss(rt_model *m, const rt_batch *batch, size_t *n_targets);

@@ -11,10 +11,22 @@ static const struct {
     const char *name;
     int per_layer;
 } llmc_to_view[RT_LLMC_N_TENSORS] = {
-    {"wte", 0},         {"wpe", 0},          {"norm1.weight", 1},  {"norm1.bias", 1},
-    {"attn.qkv.weight", 1}, {"attn.qkv.bias", 1}, {"attn.proj.weight", 1}, {"attn.proj.bias", 1},
-    {"norm2.weight", 1}, {"norm2.bias", 1},  {"mlp.fc.weight", 1}, {"mlp.fc.bias", 1},
-    {"mlp.proj.weight", 1}, {"mlp.proj.bias", 1}, {"norm_f.weight", 0}, {"norm_f.bias", 0},
+    {"wte", 0},
+    {"wpe", 0},
+    {"norm1.weight", 1},
+    {"norm1.bias", 1},
+    {"attn.qkv.weight", 1},
+    {"attn.qkv.bias", 1},
+    {"attn.proj.weight", 1},
+    {"attn.proj.bias", 1},
+    {"norm2.weight", 1},
+    {"norm2.bias", 1},
+    {"mlp.fc.weight", 1},
+    {"mlp.fc.bias", 1},
+    {"mlp.proj.weight", 1},
+    {"mlp.proj.bias", 1},
+    {"norm_f.weight", 0},
+    {"norm_f.bias", 0},
 };
 
 int rt_config_from_llmc(rt_config *cfg, const char *path, rt_error *err) {
@@ -36,9 +48,12 @@ static int check_shape(const rt_model_shape *s, const rt_llmc_header *h, const c
         const char *what;
         int file, model;
     } fields[] = {
-        {"n_layers", h->n_layers, s->n_layers},       {"channels", h->channels, s->d_model},
-        {"n_heads", h->n_heads, s->n_heads},          {"vocab_size", h->vocab_size, s->vocab_size},
-        {"padded_vocab_size", h->padded_vocab_size, s->padded_vocab}, {"max_seq_len", h->max_seq_len, s->max_seq_len},
+        {"n_layers", h->n_layers, s->n_layers},
+        {"channels", h->channels, s->d_model},
+        {"n_heads", h->n_heads, s->n_heads},
+        {"vocab_size", h->vocab_size, s->vocab_size},
+        {"padded_vocab_size", h->padded_vocab_size, s->padded_vocab},
+        {"max_seq_len", h->max_seq_len, s->max_seq_len},
     };
     if (s->family != RT_FAMILY_GPT2) return rt_fail(err, "%s: llm.c model files hold the gpt2 family only", path);
     if (s->d_ff != 4 * s->d_model)
@@ -57,7 +72,8 @@ int rt_model_load_llmc(rt_model *m, const char *path, rt_error *err) {
     if (check_shape(&m->shape, &hdr, path, err)) return -1;
     size_t sizes[RT_LLMC_N_TENSORS], total = 0;
     rt_llmc_tensor_sizes(&hdr, sizes);
-    for (int i = 0; i < RT_LLMC_N_TENSORS; i++) total += sizes[i];
+    for (int i = 0; i < RT_LLMC_N_TENSORS; i++)
+        total += sizes[i];
     float *file_params = malloc_check(total * sizeof(float));
     if (rt_llmc_read_params(path, &hdr, file_params, err)) {
         free(file_params);

@@ -78,12 +78,13 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
     if (s->family == RT_FAMILY_LLAMA) rope(m, a->qkv, m->pos, N, 0);
     for (size_t b = 0; b < n_seqs; b++) {
         const float *q = a->qkv + b * local_len * QKV;
-        seqpar_attention_forward(m->seqpar, a->att + b * local_len * HD, a->lse + b * local_len * s->n_heads, q,
-                                 q + HD, q + HD + (size_t)s->n_kv_heads * s->head_dim, m->pos + b * local_len,
-                                 local_len, &shape);
+        seqpar_attention_forward(m->seqpar, a->att + b * local_len * HD, a->lse + b * local_len * s->n_heads, q, q + HD,
+                                 q + HD + (size_t)s->n_kv_heads * s->head_dim, m->pos + b * local_len, local_len,
+                                 &shape);
     }
     be->matmul_forward(m->branch, a->att, p->proj_w, p->proj_b, N, (int)HD, (int)C);
-    if (dropout_on(dropout)) be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    if (dropout_on(dropout))
+        be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
     be->add(a->res1, x, m->branch, N * C);
 
     norm_forward(m, a->norm2, a->norm2_mean, a->norm2_rstd, a->res1, p->norm2_w, p->norm2_b, N);
@@ -93,13 +94,14 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
     else
         be->swiglu_forward(a->act, a->fc, N, (int)F);
     be->matmul_forward(m->branch, a->act, p->fcproj_w, p->fcproj_b, N, (int)F, (int)C);
-    if (dropout_on(dropout)) be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+    if (dropout_on(dropout))
+        be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
     be->add(out, a->res1, m->branch, N * C);
     m->counters.layer_forwards++;
 }
 
-void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const float *x, size_t n_seqs,
-                       size_t local_len, const rt_dropout_plan *dropout) {
+void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const float *x, size_t n_seqs, size_t local_len,
+                       const rt_dropout_plan *dropout) {
     const rt_backend *be = m->backend;
     const rt_model_shape *s = &m->shape;
     const rt_layer_params *p = &m->layers[layer];
@@ -110,7 +112,8 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
 
     /* MLP branch: d_resid = d(out) = d(res1) so far. */
     be->copy(m->d_branch, m->d_resid, N * C * sizeof(float));
-    if (dropout_on(dropout)) be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+    if (dropout_on(dropout))
+        be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
     be->memset_zero(m->d_act, N * F * sizeof(float));
     be->matmul_backward(m->d_act, g->fcproj_w, g->fcproj_b, m->d_branch, a->act, p->fcproj_w, N, (int)F, (int)C);
     be->memset_zero(m->d_fc, N * FC * sizeof(float));
@@ -120,12 +123,13 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
         be->swiglu_backward(m->d_fc, m->d_act, a->fc, N, (int)F);
     be->memset_zero(m->d_norm, N * C * sizeof(float));
     be->matmul_backward(m->d_norm, g->fc_w, g->fc_b, m->d_fc, a->norm2, p->fc_w, N, (int)C, (int)FC);
-    norm_backward(m, m->d_resid, g->norm2_w, g->norm2_b, m->d_norm, a->res1, p->norm2_w, a->norm2_mean,
-                  a->norm2_rstd, N);
+    norm_backward(m, m->d_resid, g->norm2_w, g->norm2_b, m->d_norm, a->res1, p->norm2_w, a->norm2_mean, a->norm2_rstd,
+                  N);
 
     /* Attention branch: d_resid = d(res1). */
     be->copy(m->d_branch, m->d_resid, N * C * sizeof(float));
-    if (dropout_on(dropout)) be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    if (dropout_on(dropout))
+        be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
     be->memset_zero(m->d_att, N * HD * sizeof(float));
     be->matmul_backward(m->d_att, g->proj_w, g->proj_b, m->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
     be->memset_zero(m->d_qkv, N * QKV * sizeof(float));
@@ -135,8 +139,8 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
         const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
         seqpar_attention_backward(m->seqpar, dq, dq + k_off, dq + v_off, m->delta + b * local_len * s->n_heads,
                                   m->d_att + b * local_len * HD, a->att + b * local_len * HD,
-                                  a->lse + b * local_len * s->n_heads, q, q + k_off, q + v_off,
-                                  m->pos + b * local_len, local_len, &shape);
+                                  a->lse + b * local_len * s->n_heads, q, q + k_off, q + v_off, m->pos + b * local_len,
+                                  local_len, &shape);
     }
     if (s->family == RT_FAMILY_LLAMA) rope(m, m->d_qkv, m->pos, N, 1);
     be->memset_zero(m->d_norm, N * C * sizeof(float));

@@ -89,7 +89,8 @@ static int parse_prompt(const char *prompt, int byte_vocab, int V, uint32_t **to
         return 0;
     }
     if (byte_vocab) {
-        for (const char *c = prompt; *c; c++) (*tokens)[(*n)++] = (unsigned char)*c;
+        for (const char *c = prompt; *c; c++)
+            (*tokens)[(*n)++] = (unsigned char)*c;
         return 0;
     }
     const char *c = prompt;
@@ -98,8 +99,10 @@ static int parse_prompt(const char *prompt, int byte_vocab, int V, uint32_t **to
         errno = 0;
         long id = strtol(c, &end, 10);
         if (end == c || errno || id < 0 || id >= V)
-            return rt_fail(err, "--prompt '%s': expected comma-separated token ids below %d (no tokenizer for this "
-                                "vocabulary)", prompt, V);
+            return rt_fail(err,
+                           "--prompt '%s': expected comma-separated token ids below %d (no tokenizer for this "
+                           "vocabulary)",
+                           prompt, V);
         (*tokens)[(*n)++] = (uint32_t)id;
         c = *end == ',' ? end + 1 : end;
         if (*end && *end != ',') return rt_fail(err, "--prompt '%s': unexpected '%c'", prompt, *end);
@@ -142,7 +145,8 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     int64_t *pos = malloc_check(window_max * sizeof *pos);
     float *logits = malloc_check((size_t)V * sizeof *logits);
     uint64_t rng = opt->seed;
-    for (size_t i = 0; i < n; i++) emit(out, tokens[i], byte_vocab);
+    for (size_t i = 0; i < n; i++)
+        emit(out, tokens[i], byte_vocab);
     for (int t = 0; t < opt->n_tokens; t++) {
         size_t window = n < window_max ? n : window_max, first = n - window;
         for (size_t i = 0; i < window; i++) {

@@ -18,13 +18,15 @@ size_t rt_dtype_size(rt_dtype dtype) {
 
 size_t rt_tensor_numel(const rt_tensor *t) {
     size_t n = 1;
-    for (int d = 0; d < t->ndim; d++) n *= t->shape[d];
+    for (int d = 0; d < t->ndim; d++)
+        n *= t->shape[d];
     return n;
 }
 
 rt_tensor rt_tensor_make(void *data, rt_dtype dtype, rt_device device, int ndim, const size_t *shape) {
     rt_tensor t = {.data = data, .dtype = dtype, .device = device, .ndim = ndim};
-    for (int d = 0; d < ndim && d < RT_MAX_DIMS; d++) t.shape[d] = shape[d];
+    for (int d = 0; d < ndim && d < RT_MAX_DIMS; d++)
+        t.shape[d] = shape[d];
     return t;
 }
 

@@ -130,12 +130,12 @@ static int setup_data(run_state *st, int vocab_size, rt_error *err) {
         train_windows = windows - val_windows;
         val_first = train_windows;
     }
-    if (rt_loader_init(&st->train_loader, &st->train_tokens, T, 0, train_windows, (size_t)cfg->batch_size, 1,
-                       cfg->seed, err))
+    if (rt_loader_init(&st->train_loader, &st->train_tokens, T, 0, train_windows, (size_t)cfg->batch_size, 1, cfg->seed,
+                       err))
         return -1;
     st->has_val = cfg->val_every > 0 && val_windows > 0;
-    if (st->has_val && rt_loader_init(&st->val_loader, val_source, T, val_first, val_windows,
-                                      (size_t)cfg->batch_size, 0, cfg->seed, err))
+    if (st->has_val && rt_loader_init(&st->val_loader, val_source, T, val_first, val_windows, (size_t)cfg->batch_size,
+                                      0, cfg->seed, err))
         return -1;
     size_t per_micro = st->local_seqs * st->local_len;
     st->micro = calloc_check((size_t)cfg->grad_accum, sizeof *st->micro);
@@ -203,7 +203,8 @@ static int train_loop(run_state *st, rt_train_result *result, rt_error *err) {
         double local_targets = 0.0;
         for (int mb = 0; mb < cfg->grad_accum; mb++) {
             if (load_micro(st, &st->train_loader, &st->micro[mb], err)) return -1;
-            for (size_t i = 0; i < st->local_seqs * st->local_len; i++) local_targets += st->micro[mb].targets[i] >= 0;
+            for (size_t i = 0; i < st->local_seqs * st->local_len; i++)
+                local_targets += st->micro[mb].targets[i] >= 0;
         }
         double step_targets = local_targets;
         rt_allreduce_sum_f64(st->world, &step_targets, 1);
@@ -220,8 +221,8 @@ static int train_loop(run_state *st, rt_train_result *result, rt_error *err) {
         float lr = rt_lr_schedule(step, cfg->steps, cfg->warmup_steps, cfg->lr, cfg->min_lr);
         double grad_norm = rt_optimizer_step(&st->opt, m->params, m->grads, lr, cfg->grad_clip);
         if (!isfinite(loss) || !isfinite(grad_norm))
-            return rt_fail(err, "step %d: the loss (%g) or gradient norm (%g) is not finite; lower train.lr (%g)",
-                           step, loss, grad_norm, cfg->lr);
+            return rt_fail(err, "step %d: the loss (%g) or gradient norm (%g) is not finite; lower train.lr (%g)", step,
+                           loss, grad_norm, cfg->lr);
         double step_s = rt_now_s() - t0;
         double val_loss = NAN;
         if (st->has_val && ((step + 1) % cfg->val_every == 0 || step + 1 == cfg->steps)) {
@@ -246,9 +247,10 @@ static int train_loop(run_state *st, rt_train_result *result, rt_error *err) {
                 double elapsed = rt_now_s() - run_start;
                 format_duration(elapsed / (step + 1) * (cfg->steps - step - 1), eta);
                 if (!isnan(val_loss)) snprintf(val, sizeof val, " | val %.4f", val_loss);
-                printf("step %*d/%d | loss %.4f%s | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms/step | peak %s | ETA %s\n",
-                       (int)snprintf(NULL, 0, "%d", cfg->steps), step + 1, cfg->steps, loss, val, lr, grad_norm,
-                       tokens_per_step / step_s, 1e3 * step_s, rt_format_bytes(st->mem.peak, peak), eta);
+                printf(
+                    "step %*d/%d | loss %.4f%s | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms/step | peak %s | ETA %s\n",
+                    (int)snprintf(NULL, 0, "%d", cfg->steps), step + 1, cfg->steps, loss, val, lr, grad_norm,
+                    tokens_per_step / step_s, 1e3 * step_s, rt_format_bytes(st->mem.peak, peak), eta);
                 fflush(stdout);
             }
         }

@@ -41,8 +41,8 @@ static size_t block_len(const seqpar_ctx *ctx, size_t chunk_len, size_t j0) {
 }
 
 /* Merges the attention of the local queries onto one held chunk of keys/values (Tk tokens at k_pos). */
-static void forward_held_chunk(seqpar_ctx *ctx, float *out, float *lse, const float *q, const int64_t *q_pos,
-                               size_t Tq, const float *k, const float *v, const int64_t *k_pos, size_t Tk,
+static void forward_held_chunk(seqpar_ctx *ctx, float *out, float *lse, const float *q, const int64_t *q_pos, size_t Tq,
+                               const float *k, const float *v, const int64_t *k_pos, size_t Tk,
                                const rt_attn_shape *shape) {
     for (size_t j0 = 0; j0 < Tk; j0 += block_len(ctx, Tk, j0)) {
         size_t len = block_len(ctx, Tk, j0);
@@ -52,10 +52,9 @@ static void forward_held_chunk(seqpar_ctx *ctx, float *out, float *lse, const fl
 }
 
 /* Adds the gradients through one held chunk: dq of the local queries, dk/dv of the chunk's keys. */
-static void backward_held_chunk(seqpar_ctx *ctx, float *dq, float *dk, float *dv, const float *dout,
-                                const float *q, const float *lse, const float *delta, const int64_t *q_pos, size_t Tq,
-                                const float *k, const float *v, const int64_t *k_pos, size_t Tk,
-                                const rt_attn_shape *shape) {
+static void backward_held_chunk(seqpar_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                const float *lse, const float *delta, const int64_t *q_pos, size_t Tq, const float *k,
+                                const float *v, const int64_t *k_pos, size_t Tk, const rt_attn_shape *shape) {
     for (size_t j0 = 0; j0 < Tk; j0 += block_len(ctx, Tk, j0)) {
         size_t len = block_len(ctx, Tk, j0), row = j0 * shape->kv_stride;
         ctx->backend->attn_block_backward(dq, dk + row, dv + row, dout, q, k + row, v + row, lse, delta, q_pos,
@@ -69,17 +68,19 @@ static void init_running(const rt_backend *backend, float *out, float *lse, size
     if (shape->out_stride == row_floats) {
         backend->memset_zero(out, Tl * row_floats * sizeof(float));
     } else {
-        for (size_t i = 0; i < Tl; i++) backend->memset_zero(out + i * shape->out_stride, row_floats * sizeof(float));
+        for (size_t i = 0; i < Tl; i++)
+            backend->memset_zero(out + i * shape->out_stride, row_floats * sizeof(float));
     }
     size_t n_lse = Tl * (size_t)shape->n_heads;
     float *minus_inf = malloc_check(n_lse * sizeof(float));
-    for (size_t i = 0; i < n_lse; i++) minus_inf[i] = -INFINITY;
+    for (size_t i = 0; i < n_lse; i++)
+        minus_inf[i] = -INFINITY;
     backend->copy(lse, minus_inf, n_lse * sizeof(float));
     free(minus_inf);
 }
 
-void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k,
-                              const float *v, const int64_t *pos, size_t Tl, const rt_attn_shape *shape) {
+void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int64_t *pos, size_t Tl, const rt_attn_shape *shape) {
     refuse_ring(ctx);
     if (Tl == 0) return;
     init_running(ctx->backend, out, lse, Tl, shape);

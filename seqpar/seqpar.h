@@ -41,8 +41,8 @@ typedef struct {
  * q (Tl rows), k, v and positions pos (Tl) -> out (Tl, H*D) and lse (Tl, H),
  * over the keys of the whole sequence (all ranks of the group).
  */
-void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k,
-                              const float *v, const int64_t *pos, size_t Tl, const rt_attn_shape *shape);
+void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
+                              const int64_t *pos, size_t Tl, const rt_attn_shape *shape);
 
 /*
  * Backward: given dout, and the out and lse of the forward, accumulates

@@ -50,7 +50,8 @@ static size_t ref_scores(double *s, int *visible, const ref_shape *r, const doub
     for (size_t j = 0; j < Tk; j++) {
         visible[j] = !(r->causal && k_pos[j] > q_pos[i]);
         double dot = 0.0;
-        for (int d = 0; d < D; d++) dot += q[(i * r->H + h) * D + d] * k[(j * r->Hkv + kvh) * D + d];
+        for (int d = 0; d < D; d++)
+            dot += q[(i * r->H + h) * D + d] * k[(j * r->Hkv + kvh) * D + d];
         s[j] = dot / sqrt((double)D);
         n_visible += (size_t)visible[j];
     }
@@ -58,8 +59,8 @@ static size_t ref_scores(double *s, int *visible, const ref_shape *r, const doub
 }
 
 /* out (Tq, H*D), lse (Tq, H); q (Tq, H*D), k, v (Tk, Hkv*D). A query with no visible key: out 0, lse -inf. */
-static void ref_forward(double *out, double *lse, const ref_shape *r, const double *q, const double *k,
-                        const double *v, const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk) {
+static void ref_forward(double *out, double *lse, const ref_shape *r, const double *q, const double *k, const double *v,
+                        const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk) {
     const int D = r->D;
     double *s = malloc(Tk * sizeof(double));
     int *visible = malloc(Tk * sizeof(int));
@@ -67,7 +68,8 @@ static void ref_forward(double *out, double *lse, const ref_shape *r, const doub
         for (int h = 0; h < r->H; h++) {
             const int kvh = h / (r->H / r->Hkv);
             double *o = out + (i * r->H + h) * D;
-            for (int d = 0; d < D; d++) o[d] = 0.0;
+            for (int d = 0; d < D; d++)
+                o[d] = 0.0;
             if (ref_scores(s, visible, r, q, k, q_pos, k_pos, i, h, Tk) == 0) {
                 lse[i * r->H + h] = -INFINITY;
                 continue;
@@ -81,7 +83,8 @@ static void ref_forward(double *out, double *lse, const ref_shape *r, const doub
             lse[i * r->H + h] = L;
             for (size_t j = 0; j < Tk; j++)
                 if (visible[j])
-                    for (int d = 0; d < D; d++) o[d] += exp(s[j] - L) * v[(j * r->Hkv + kvh) * D + d];
+                    for (int d = 0; d < D; d++)
+                        o[d] += exp(s[j] - L) * v[(j * r->Hkv + kvh) * D + d];
         }
     free(s);
     free(visible);
@@ -105,13 +108,15 @@ static void ref_backward(double *dq, double *dk, double *dv, const ref_shape *r,
             double mx = -INFINITY, sum = 0.0;
             for (size_t j = 0; j < Tk; j++)
                 if (visible[j] && s[j] > mx) mx = s[j];
-            for (size_t j = 0; j < Tk; j++) sum += visible[j] ? exp(s[j] - mx) : 0.0;
+            for (size_t j = 0; j < Tk; j++)
+                sum += visible[j] ? exp(s[j] - mx) : 0.0;
             const double *g = dout + (i * r->H + h) * D;
             double delta = 0.0;
             for (size_t j = 0; j < Tk; j++) {
                 p[j] = visible[j] ? exp(s[j] - mx) / sum : 0.0;
                 dp[j] = 0.0;
-                for (int d = 0; d < D; d++) dp[j] += g[d] * v[(j * r->Hkv + kvh) * D + d];
+                for (int d = 0; d < D; d++)
+                    dp[j] += g[d] * v[(j * r->Hkv + kvh) * D + d];
                 delta += p[j] * dp[j];
             }
             for (size_t j = 0; j < Tk; j++) {
@@ -144,7 +149,7 @@ typedef struct {
     size_t row_q, row_kv; /* H*D, Hkv*D */
     float *qkv, *dqkv;    /* storage of q, k, v and of dq, dk, dv (same layout) */
     float *q, *k, *v, *dq, *dk, *dv;
-    float *out, *dout; /* T rows at out_stride; padding columns hold PAD_SENTINEL */
+    float *out, *dout;  /* T rows at out_stride; padding columns hold PAD_SENTINEL */
     float *lse, *delta; /* (T, H) */
     int64_t *pos;
 } attn_problem;
@@ -170,16 +175,19 @@ static attn_problem problem_make(attn_case c, uint64_t seed) {
     }
     /* scores with std ~1.3 so the softmax is far from uniform */
     test_fill_uniform(p.qkv, total, -2.0f, 2.0f, seed);
-    for (size_t i = 0; i < c.T; i++) test_fill_uniform(p.v + i * p.shape.kv_stride, p.row_kv, -1.0f, 1.0f, seed + 1 + i);
+    for (size_t i = 0; i < c.T; i++)
+        test_fill_uniform(p.v + i * p.shape.kv_stride, p.row_kv, -1.0f, 1.0f, seed + 1 + i);
     const size_t n_out = c.T * p.shape.out_stride;
     p.out = malloc(n_out * sizeof(float));
     p.dout = malloc(n_out * sizeof(float));
     test_fill_uniform(p.dout, n_out, -1.0f, 1.0f, seed + 7777);
-    for (size_t i = 0; i < n_out; i++) p.out[i] = PAD_SENTINEL;
+    for (size_t i = 0; i < n_out; i++)
+        p.out[i] = PAD_SENTINEL;
     p.lse = malloc(c.T * c.H * sizeof(float));
     p.delta = malloc(c.T * c.H * sizeof(float));
     p.pos = malloc(c.T * sizeof(int64_t));
-    for (size_t i = 0; i < c.T; i++) p.pos[i] = (int64_t)i;
+    for (size_t i = 0; i < c.T; i++)
+        p.pos[i] = (int64_t)i;
     return p;
 }
 
@@ -197,25 +205,29 @@ static void problem_free(attn_problem *p) {
 static double *pack_double(const float *src, size_t n, size_t width, size_t stride) {
     double *dst = malloc(n * width * sizeof(double));
     for (size_t i = 0; i < n; i++)
-        for (size_t c = 0; c < width; c++) dst[i * width + c] = src[i * stride + c];
+        for (size_t c = 0; c < width; c++)
+            dst[i * width + c] = src[i * stride + c];
     return dst;
 }
 
 static float *pack_float(const float *src, size_t n, size_t width, size_t stride) {
     float *dst = malloc(n * width * sizeof(float));
-    for (size_t i = 0; i < n; i++) memcpy(dst + i * width, src + i * stride, width * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        memcpy(dst + i * width, src + i * stride, width * sizeof(float));
     return dst;
 }
 
 static float *to_float(const double *src, size_t n) {
     float *dst = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) dst[i] = (float)src[i];
+    for (size_t i = 0; i < n; i++)
+        dst[i] = (float)src[i];
     return dst;
 }
 
 static double max_abs(const double *x, size_t n) {
     double m = 0.0;
-    for (size_t i = 0; i < n; i++) m = fabs(x[i]) > m ? fabs(x[i]) : m;
+    for (size_t i = 0; i < n; i++)
+        m = fabs(x[i]) > m ? fabs(x[i]) : m;
     return m;
 }
 
@@ -273,7 +285,8 @@ static void check_forward(const attn_problem *p, const reference *ref, const cha
     /* the padding of out rows is never written */
     int pad_intact = 1;
     for (size_t i = 0; i < p->c.T; i++)
-        for (size_t c = p->row_q; c < p->shape.out_stride; c++) pad_intact &= p->out[i * p->shape.out_stride + c] == PAD_SENTINEL;
+        for (size_t c = p->row_q; c < p->shape.out_stride; c++)
+            pad_intact &= p->out[i * p->shape.out_stride + c] == PAD_SENTINEL;
     CU_ASSERT(pad_intact);
 }
 
@@ -337,8 +350,8 @@ static const size_t block_sizes[] = {0, 1, 7, 16, 64};
 #define N_BLOCK_SIZES (sizeof block_sizes / sizeof block_sizes[0])
 
 static void case_label(char *label, size_t n, const attn_case *c, size_t block_size) {
-    snprintf(label, n, "T=%zu H=%d Hkv=%d D=%d causal=%d interleaved=%d block=%zu", c->T, c->H, c->Hkv, c->D,
-             c->causal, c->interleaved, block_size);
+    snprintf(label, n, "T=%zu H=%d Hkv=%d D=%d causal=%d interleaved=%d block=%zu", c->T, c->H, c->Hkv, c->D, c->causal,
+             c->interleaved, block_size);
 }
 
 static void test_forward_matches_reference(void) {
@@ -380,7 +393,8 @@ static double ref_loss(const ref_shape *r, const double *dout, const double *q, 
     double *out = malloc(T * r->H * r->D * sizeof(double)), *lse = malloc(T * r->H * sizeof(double));
     ref_forward(out, lse, r, q, k, v, pos, pos, T, T);
     double loss = 0.0;
-    for (size_t i = 0; i < T * r->H * r->D; i++) loss += out[i] * dout[i];
+    for (size_t i = 0; i < T * r->H * r->D; i++)
+        loss += out[i] * dout[i];
     free(out);
     free(lse);
     return loss;
@@ -400,7 +414,8 @@ static void test_backward_finite_differences(void) {
     const char *names[3] = {"dq", "dk", "dv"};
 
     double *ref_grads[3];
-    for (int t = 0; t < 3; t++) ref_grads[t] = malloc(sizes[t] * sizeof(double));
+    for (int t = 0; t < 3; t++)
+        ref_grads[t] = malloc(sizes[t] * sizeof(double));
     ref_backward(ref_grads[0], ref_grads[1], ref_grads[2], &r, dout, q, k, v, p.pos, p.pos, c.T, c.T);
     run_forward(&p, 3);
     run_backward(&p, 3);
@@ -435,7 +450,8 @@ static void test_backward_finite_differences(void) {
         free(ref_f);
         free(fd);
     }
-    for (int t = 0; t < 3; t++) free(ref_grads[t]);
+    for (int t = 0; t < 3; t++)
+        free(ref_grads[t]);
     free(q);
     free(k);
     free(v);
@@ -462,7 +478,8 @@ static void kernel_subset(const attn_problem *p, const size_t *q_rows, size_t Tq
         q_pos[i] = p->pos[q_rows[i]];
     }
     memset(out, 0, Tq * p->row_q * sizeof(float));
-    for (size_t i = 0; i < Tq * H; i++) lse[i] = -INFINITY;
+    for (size_t i = 0; i < Tq * H; i++)
+        lse[i] = -INFINITY;
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
         b->attn_block_forward(out, lse, q, p->k + row, p->v + row, q_pos, p->pos + j0, Tq, len, &shape);
@@ -470,8 +487,8 @@ static void kernel_subset(const attn_problem *p, const size_t *q_rows, size_t Tq
     b->attn_delta(delta, out, dout, Tq, &shape);
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
-        b->attn_block_backward(dq, dk + row, dv + row, dout, q, p->k + row, p->v + row, lse, delta, q_pos,
-                               p->pos + j0, Tq, len, &shape);
+        b->attn_block_backward(dq, dk + row, dv + row, dout, q, p->k + row, p->v + row, lse, delta, q_pos, p->pos + j0,
+                               Tq, len, &shape);
     }
     free(q);
     free(dout);
@@ -552,7 +569,8 @@ static void check_subset(const attn_problem *p, const size_t *q_rows, size_t Tq,
 static void test_zigzag_queries(void) {
     attn_problem p = problem_make((attn_case){64, 4, 2, 16, 1, 1}, 400);
     size_t q_rows[32];
-    for (size_t i = 0; i < 16; i++) q_rows[i] = i, q_rows[16 + i] = 48 + i;
+    for (size_t i = 0; i < 16; i++)
+        q_rows[i] = i, q_rows[16 + i] = 48 + i;
     check_subset(&p, q_rows, 32, "zigzag queries");
     problem_free(&p);
 }
@@ -569,7 +587,8 @@ static void test_shuffled_positions(void) {
         p.pos[j] = t;
     }
     size_t q_rows[300];
-    for (size_t i = 0; i < T; i++) q_rows[i] = (i * 7) % T; /* 7 is prime to 300: a permutation */
+    for (size_t i = 0; i < T; i++)
+        q_rows[i] = (i * 7) % T; /* 7 is prime to 300: a permutation */
     check_subset(&p, q_rows, T, "shuffled positions");
     problem_free(&p);
 }
@@ -581,22 +600,28 @@ static void test_no_visible_key(void) {
     const size_t Tq = 8, Tk = 16, H = 2;
     float out[8 * 16], lse[8 * 2], delta[8 * 2], dq[8 * 16], dk[16 * 8], dv[16 * 8];
     memset(out, 0, sizeof out);
-    for (size_t i = 0; i < Tq * H; i++) lse[i] = -INFINITY;
-    for (size_t i = 0; i < Tq * p.row_q; i++) dq[i] = 0.5f;
+    for (size_t i = 0; i < Tq * H; i++)
+        lse[i] = -INFINITY;
+    for (size_t i = 0; i < Tq * p.row_q; i++)
+        dq[i] = 0.5f;
     memset(dk, 0, sizeof dk);
     memset(dv, 0, sizeof dv);
     /* queries: tokens 0..7; keys: tokens 8..23 */
     const float *k = p.k + 8 * p.row_kv, *v = p.v + 8 * p.row_kv;
     b->attn_block_forward(out, lse, p.q, k, v, p.pos, p.pos + 8, Tq, Tk, &p.shape);
     int untouched = 1;
-    for (size_t i = 0; i < Tq * p.row_q; i++) untouched &= out[i] == 0.0f;
-    for (size_t i = 0; i < Tq * H; i++) untouched &= lse[i] == -INFINITY;
+    for (size_t i = 0; i < Tq * p.row_q; i++)
+        untouched &= out[i] == 0.0f;
+    for (size_t i = 0; i < Tq * H; i++)
+        untouched &= lse[i] == -INFINITY;
     CU_ASSERT(untouched);
     b->attn_delta(delta, out, p.dout, Tq, &p.shape);
     b->attn_block_backward(dq, dk, dv, p.dout, p.q, k, v, lse, delta, p.pos, p.pos + 8, Tq, Tk, &p.shape);
     int no_grad = 1;
-    for (size_t i = 0; i < Tq * p.row_q; i++) no_grad &= dq[i] == 0.5f;
-    for (size_t i = 0; i < Tk * p.row_kv; i++) no_grad &= dk[i] == 0.0f && dv[i] == 0.0f;
+    for (size_t i = 0; i < Tq * p.row_q; i++)
+        no_grad &= dq[i] == 0.5f;
+    for (size_t i = 0; i < Tk * p.row_kv; i++)
+        no_grad &= dk[i] == 0.0f && dv[i] == 0.0f;
     CU_ASSERT(no_grad);
     problem_free(&p);
 }
@@ -611,14 +636,15 @@ static void test_block_order_independent(void) {
         float *out_rev = malloc(T * p.row_q * sizeof(float)), *lse_rev = malloc(T * p.c.H * sizeof(float));
         run_forward(&p, block);
         memset(out_rev, 0, T * p.row_q * sizeof(float));
-        for (size_t i = 0; i < T * p.c.H; i++) lse_rev[i] = -INFINITY;
+        for (size_t i = 0; i < T * p.c.H; i++)
+            lse_rev[i] = -INFINITY;
         for (size_t n = n_blocks; n-- > 0;) {
             const size_t j0 = n * block, len = T - j0 < block ? T - j0 : block;
-            b->attn_block_forward(out_rev, lse_rev, p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos,
-                                  p.pos + j0, T, len, &p.shape);
+            b->attn_block_forward(out_rev, lse_rev, p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos, p.pos + j0, T,
+                                  len, &p.shape);
         }
-        TEST_ASSERT_CLOSE(out_rev, p.out, T * p.row_q, 1.0, 1e-6, causal ? "reversed blocks out (causal)"
-                                                                          : "reversed blocks out");
+        TEST_ASSERT_CLOSE(out_rev, p.out, T * p.row_q, 1.0, 1e-6,
+                          causal ? "reversed blocks out (causal)" : "reversed blocks out");
         TEST_ASSERT_CLOSE(lse_rev, p.lse, T * p.c.H, 1.0, 1e-6, "reversed blocks lse");
         free(out_rev);
         free(lse_rev);

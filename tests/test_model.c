@@ -192,11 +192,13 @@ static void test_llmc_import_named_tensors(void) {
                           .padded_vocab_size = shape.padded_vocab};
     size_t sizes[RT_LLMC_N_TENSORS], total = 0;
     rt_llmc_tensor_sizes(&hdr, sizes);
-    for (int i = 0; i < RT_LLMC_N_TENSORS; i++) total += sizes[i];
+    for (int i = 0; i < RT_LLMC_N_TENSORS; i++)
+        total += sizes[i];
     float *file_params = malloc(total * sizeof(float));
     size_t at = 0;
     for (int i = 0; i < RT_LLMC_N_TENSORS; i++)
-        for (size_t j = 0; j < sizes[i]; j++) file_params[at++] = (float)(i * 100000 + (int)j);
+        for (size_t j = 0; j < sizes[i]; j++)
+            file_params[at++] = (float)(i * 100000 + (int)j);
     char dir[] = "/tmp/rt_test_model_XXXXXX";
     CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
     char path[256];
@@ -215,7 +217,8 @@ static void test_llmc_import_named_tensors(void) {
         CU_ASSERT(f.model.params[qkv1->offset + j] == (float)(4 * 100000 + (int)(3 * C * C + j)));
     /* index 13 is fcprojb (L, C): layer 0 is its first C values. */
     const rt_named_view *fcb0 = rt_view_table_find(&f.model.table, "layers.0.mlp.proj.bias");
-    for (size_t j = 0; j < C; j++) CU_ASSERT(f.model.params[fcb0->offset + j] == (float)(13 * 100000 + (int)j));
+    for (size_t j = 0; j < C; j++)
+        CU_ASSERT(f.model.params[fcb0->offset + j] == (float)(13 * 100000 + (int)j));
     /* wte (0), wpe (1) and lnfb (15) whole. */
     const char *names[] = {"wte", "wpe", "norm_f.bias"};
     const int index[] = {0, 1, 15};

@@ -104,17 +104,21 @@ static void test_metrics_contract_and_determinism(void) {
     char dir_a[512];
     snprintf(dir_a, sizeof dir_a, "%s/det_a", work_dir);
     CU_ASSERT_EQUAL(read_losses(dir_a, la, 16), 8);
-    for (int i = 0; i < 8; i++) CU_ASSERT(la[i] == lb[i]);
+    for (int i = 0; i < 8; i++)
+        CU_ASSERT(la[i] == lb[i]);
     /* Every line names the contract's fields, with step counting from 0. */
     char path[600], line[2048];
     snprintf(path, sizeof path, "%s/metrics.jsonl", dir_a);
     FILE *in = fopen(path, "r");
     CU_ASSERT_FATAL(in != NULL);
-    const char *fields[] = {"\"step\": ", "\"loss\": ", "\"grad_norm\": ", "\"lr\": ", "\"tokens_per_s\": ",
-                            "\"peak_device_bytes\": ", "\"offloaded_bytes\": "};
+    const char *fields[] = {"\"step\": ",           "\"loss\": ",
+                            "\"grad_norm\": ",      "\"lr\": ",
+                            "\"tokens_per_s\": ",   "\"peak_device_bytes\": ",
+                            "\"offloaded_bytes\": "};
     int step = 0;
     while (fgets(line, sizeof line, in)) {
-        for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++) CU_ASSERT(strstr(line, fields[f]) != NULL);
+        for (size_t f = 0; f < sizeof fields / sizeof fields[0]; f++)
+            CU_ASSERT(strstr(line, fields[f]) != NULL);
         CU_ASSERT_EQUAL(atoi(strstr(line, "\"step\": ") + 8), step);
         step++;
     }
@@ -141,7 +145,8 @@ static void test_grad_accum_matches_big_batch(void) {
     snprintf(dir, sizeof dir, "%s/big_batch", work_dir);
     CU_ASSERT_EQUAL(read_losses(dir, big, 16), 8);
     CU_ASSERT_EQUAL(read_losses(cfg.run_dir, accum, 16), 8);
-    for (int i = 0; i < 8; i++) CU_ASSERT(fabs(big[i] - accum[i]) <= 1e-5 * fabs(big[i]));
+    for (int i = 0; i < 8; i++)
+        CU_ASSERT(fabs(big[i] - accum[i]) <= 1e-5 * fabs(big[i]));
 }
 
 int main(int argc, char **argv) {

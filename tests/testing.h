@@ -23,7 +23,8 @@ static inline uint64_t test_rand_u64(uint64_t *state) {
 /* Uniform in [lo, hi). */
 static inline void test_fill_uniform(float *x, size_t n, float lo, float hi, uint64_t seed) {
     uint64_t state = seed * 0x9E3779B97F4A7C15ULL + 1;
-    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * (float)((test_rand_u64(&state) >> 40) * 0x1.0p-24);
+    for (size_t i = 0; i < n; i++)
+        x[i] = lo + (hi - lo) * (float)((test_rand_u64(&state) >> 40) * 0x1.0p-24);
 }
 
 /* max_i |a_i - b_i| / max(|b_i|, floor): relative error against reference b, with an absolute floor for tiny values. */
@@ -38,11 +39,12 @@ static inline double test_max_rel_error(const float *a, const float *b, size_t n
 }
 
 /* Asserts max relative error <= tol and says by how much it missed. */
-#define TEST_ASSERT_CLOSE(actual, expected, n, floor, tol, what)                                                      \
-    do {                                                                                                              \
-        double rel_err_ = test_max_rel_error((actual), (expected), (n), (floor));                                     \
-        if (!(rel_err_ <= (tol))) fprintf(stderr, "\n  %s: max rel error %.3g > tol %.3g\n", (what), rel_err_, (double)(tol)); \
-        CU_ASSERT(rel_err_ <= (tol));                                                                                 \
+#define TEST_ASSERT_CLOSE(actual, expected, n, floor, tol, what)                                                       \
+    do {                                                                                                               \
+        double rel_err_ = test_max_rel_error((actual), (expected), (n), (floor));                                      \
+        if (!(rel_err_ <= (tol)))                                                                                      \
+            fprintf(stderr, "\n  %s: max rel error %.3g > tol %.3g\n", (what), rel_err_, (double)(tol));               \
+        CU_ASSERT(rel_err_ <= (tol));                                                                                  \
     } while (0)
 
 typedef struct {
@@ -54,7 +56,8 @@ typedef struct {
 static inline int test_run_suite(const char *suite_name, const test_case *cases, int n_cases) {
     if (CU_initialize_registry() != CUE_SUCCESS) return 2;
     CU_pSuite suite = CU_add_suite(suite_name, NULL, NULL);
-    for (int i = 0; i < n_cases; i++) CU_add_test(suite, cases[i].name, cases[i].fn);
+    for (int i = 0; i < n_cases; i++)
+        CU_add_test(suite, cases[i].name, cases[i].fn);
     CU_basic_set_mode(CU_BRM_VERBOSE);
     CU_basic_run_tests();
     unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
