@@ -161,7 +161,7 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     m->shape = *shape;
     m->backend = backend;
     m->mem = mem;
-    m->local_seqpar = (seqpar_ctx){.backend = backend};
+    m->local_seqpar = (seqpar_ctx){.backend = backend, .mem = mem};
     m->seqpar = seqpar ? seqpar : &m->local_seqpar;
     m->mode = mode;
     m->max_seqs = max_seqs;

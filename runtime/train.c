@@ -299,7 +299,7 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
     if (setup_mesh(&st, err)) goto done;
     st.backend = rt_backend_cpu();
     rt_device_memory_init(&st.mem, st.backend, cfg.memory_limit);
-    st.seqpar = (seqpar_ctx){.backend = st.backend, .comm = st.sp_comm, .block_size = 0};
+    st.seqpar = (seqpar_ctx){.backend = st.backend, .mem = &st.mem, .comm = st.sp_comm, .block_size = 0};
     rt_model_shape shape = rt_model_shape_from_config(&cfg);
     if (setup_data(&st, shape.vocab_size, err)) goto done;
     if (rt_model_init(&st.model, &shape, st.backend, &st.mem, &st.seqpar, cfg.activation_mode, st.local_seqs,

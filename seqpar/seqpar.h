@@ -28,6 +28,7 @@ int seqpar_zigzag_spans(int rank, int n_ranks, size_t seq_len, rt_span spans[2],
  */
 typedef struct {
     const rt_backend *backend;
+    rt_device_memory *mem; /* where ring buffers are allocated (accounted); NULL only for comm-less use */
     rt_comm *comm;
     size_t block_size;
     /* stats, accumulated until the caller resets them */

@@ -1,0 +1,2 @@
+/* offload/offload.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;

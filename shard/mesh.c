@@ -1,0 +1,2 @@
+/* shard/mesh.c: PLACEHOLDER */
+typedef int rt_placeholder_unit;
