@@ -2,7 +2,7 @@
 # Installs the Debian packages ringtrain builds and runs with. Idempotent: when
 # everything is there it touches nothing (and needs no network).
 set -euo pipefail
-packages=(build-essential cmake pkg-config git python3
+packages=(build-essential cmake pkg-config git python3 python3-numpy python3-h5py clang-format
           openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
           libopenblas-openmp-dev libcunit1-dev libinih-dev)
 missing=()
