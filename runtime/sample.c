@@ -33,8 +33,7 @@ static int is_hdf5(const char *path) {
     return got == sizeof head && memcmp(head, signature, sizeof head) == 0;
 }
 
-/* Index of the token drawn from logits (V). */
-static int draw(float *logits, int V, float temperature, int top_k, uint64_t *rng) {
+int rt_sample_draw(float *logits, int V, float temperature, int top_k, uint64_t *rng) {
     int best = 0;
     for (int i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
@@ -55,9 +54,10 @@ static int draw(float *logits, int V, float temperature, int top_k, uint64_t *rn
         kth = sorted[top_k - 1];
         free(sorted);
     }
+    const float max_logit = logits[best]; /* read once: the loop below overwrites logits with weights */
     double total = 0.0;
     for (int i = 0; i < V; i++) {
-        double p = logits[i] >= kth ? exp((double)(logits[i] - logits[best]) / temperature) : 0.0;
+        double p = logits[i] >= kth ? exp((double)(logits[i] - max_logit) / temperature) : 0.0;
         logits[i] = (float)p;
         total += p;
     }
@@ -140,7 +140,9 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     if (parse_prompt(opt->prompt, byte_vocab, V, &tokens, &n, err)) goto done;
     tokens = realloc(tokens, (n + (size_t)opt->n_tokens) * sizeof *tokens);
     if (!tokens) rt_fatal("out of host memory for %d sampled tokens", opt->n_tokens);
-    const size_t window_max = (size_t)shape.max_seq_len;
+    /* A ringtrain model saw positions below train.seq_len only: longer windows ask RoPE or wpe for
+     * positions it never learned. llm.c files carry no training length: their max_seq_len. */
+    const size_t window_max = (size_t)(from_hdf5 ? cfg.seq_len : shape.max_seq_len);
     int32_t *inputs = malloc_check(window_max * sizeof *inputs), *targets = malloc_check(window_max * sizeof *targets);
     int64_t *pos = malloc_check(window_max * sizeof *pos);
     float *logits = malloc_check((size_t)V * sizeof *logits);
@@ -156,7 +158,7 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
         }
         rt_batch batch = {.inputs = inputs, .targets = targets, .pos = pos, .n_seqs = 1, .local_len = window};
         rt_model_last_logits(&model, &batch, logits);
-        tokens[n] = (uint32_t)draw(logits, V, opt->temperature, opt->top_k, &rng);
+        tokens[n] = (uint32_t)rt_sample_draw(logits, V, opt->temperature, opt->top_k, &rng);
         emit(out, tokens[n], byte_vocab);
         n++;
     }

@@ -16,6 +16,10 @@ typedef struct {
     uint64_t seed;
 } rt_sample_options;
 
+/* Index drawn from logits (V): greedy when temperature is 0, else softmax(logits / temperature) restricted
+ * to the top_k largest (0 = all). Overwrites logits. */
+int rt_sample_draw(float *logits, int V, float temperature, int top_k, uint64_t *rng);
+
 /* Generates and writes the prompt and the new tokens to out as they come (bytes for a 256-token vocab,
  * ids otherwise). */
 int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err);
