@@ -70,14 +70,14 @@ int main(int argc, char **argv) {
     rt_device_memory mem;
     rt_device_memory_init(&mem, be, 0);
     rt_model model;
-    if (rt_model_init(&model, &shape, be, &mem, NULL, RT_ACT_KEEP, B, T, &err)) {
+    if (rt_model_init(&model, &shape, be, &mem, NULL, RT_ACT_KEEP, B, T, 0, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         return 1;
     }
     rt_model_init_params(&model, 1);
     rt_comm *world = rt_comm_world_mpi(&argc, &argv);
     rt_optimizer opt;
-    if (rt_optimizer_init(&opt, be, &mem, world, 0, &model.table, 0.9f, 0.95f, 1e-8f, 0.1f, &err)) {
+    if (rt_optimizer_init(&opt, be, &mem, world, 0, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         return 1;
     }
@@ -98,7 +98,8 @@ int main(int argc, char **argv) {
         size_t count = 0;
         rt_model_zero_grads(&model);
         rt_model_forward_backward(&model, &batch, NULL, 1.0f / (float)(B * T), &count);
-        rt_optimizer_step(&opt, model.params, model.grads, 1e-4f, 1.0f);
+        rt_optimizer_reduce_grads(&opt, model.grads);
+        rt_optimizer_update(&opt, model.params, model.grads, 1e-4f, 1.0f);
         if (step >= 0) total_s += rt_now_s() - t0;
     }
     double step_s = total_s / steps, flops = model_flops_per_step(&shape, B, T);

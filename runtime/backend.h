@@ -43,6 +43,10 @@ typedef struct {
     uint32_t site; /* which dropout in the layer: 0 attention output, 1 MLP output, ... */
 } rt_rng_key;
 
+/* Copy engine handles (opaque): CUDA maps them to cudaStream_t and cudaEvent_t. */
+typedef struct rt_stream rt_stream;
+typedef struct rt_event rt_event;
+
 typedef struct rt_backend rt_backend;
 struct rt_backend {
     const char *name; /* "cpu", "cuda" */
@@ -131,6 +135,40 @@ struct rt_backend {
      * The caller passes weight_decay = 0 for ranges that take no decay (norms, biases). */
     void (*adamw_update)(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
                          float beta2, float eps, float weight_decay, int t);
+
+    /* --- copy engine: asynchronous copies on streams, completion events (activation offload) ---
+     * CUDA mapping: stream = a non-blocking side stream (cudaStreamCreateWithFlags), copy_async =
+     * cudaMemcpyAsync(cudaMemcpyDefault) on it, event = cudaEvent_t (cudaEventDisableTiming), host_alloc =
+     * cudaMallocHost (pinned, so the copies really are asynchronous). On CPU each stream is a worker thread.
+     *
+     * Ordering with compute: a copy_async starts only after every op issued on the compute path before the
+     * call has finished (CUDA: the backend records an event on the compute stream and makes s wait on it
+     * before the copy), so a copy never reads a buffer before the op writing it is done, nor overwrites one
+     * an earlier op still reads. The other direction is the caller's: an op may touch a copy's destination
+     * (or overwrite its source) only after the event recorded behind the copy completed, as seen by
+     * event_synchronize or event_query on the host. Reading a copy's source concurrently with the copy is fine.
+     * Creation failures are fatal (rt_fatal): like out-of-memory, nothing sensible can follow. */
+    rt_stream *(*stream_create)(void);
+    /* Waits for the work queued on s, then frees it (cudaStreamSynchronize + cudaStreamDestroy). */
+    void (*stream_destroy)(rt_stream *s);
+    /* Queues a copy of bytes from src to dst (any direction); returns at once. Copies on one stream run in
+     * the order they were queued; copies on different streams may overlap. dst and src must stay valid until
+     * an event recorded after the copy completes. */
+    void (*copy_async)(rt_stream *s, void *dst, const void *src, size_t bytes);
+    rt_event *(*event_create)(void);
+    /* Frees e; a record still pending is waited for first. */
+    void (*event_destroy)(rt_event *e);
+    /* Captures the work queued on s so far (cudaEventRecord): e completes when all of it is done. Recording
+     * again replaces the earlier capture. An event never recorded counts as complete. */
+    void (*event_record)(rt_event *e, rt_stream *s);
+    /* Blocks the calling thread until e completes (cudaEventSynchronize). */
+    void (*event_synchronize)(rt_event *e);
+    /* 1 when e has completed, 0 while its work is pending; never blocks (cudaEventQuery == cudaSuccess). */
+    int (*event_query)(rt_event *e);
+    /* Host memory that the copy engine can target asynchronously: pinned on CUDA, 64-byte aligned on CPU.
+     * NULL on failure; a zero-byte request still gets a unique pointer. */
+    void *(*host_alloc)(size_t bytes);
+    void (*host_free)(void *ptr);
 };
 
 /* The CPU backend: OpenBLAS sgemm for matmuls, C with OpenMP for the rest. */

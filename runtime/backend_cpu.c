@@ -639,6 +639,16 @@ static const rt_backend cpu_backend = {
     .sum_squares = cpu_sum_squares,
     .scale = cpu_scale,
     .adamw_update = cpu_adamw_update,
+    .stream_create = rt_cpu_stream_create,
+    .stream_destroy = rt_cpu_stream_destroy,
+    .copy_async = rt_cpu_copy_async,
+    .event_create = rt_cpu_event_create,
+    .event_destroy = rt_cpu_event_destroy,
+    .event_record = rt_cpu_event_record,
+    .event_synchronize = rt_cpu_event_synchronize,
+    .event_query = rt_cpu_event_query,
+    .host_alloc = rt_cpu_host_alloc,
+    .host_free = rt_cpu_host_free,
 };
 
 const rt_backend *rt_backend_cpu(void) { return &cpu_backend; }

@@ -1,4 +1,4 @@
-/* backend_cpu_internal.h: CPU attention kernels, defined in backend_cpu_attention.c, placed in the CPU table. */
+/* backend_cpu_internal.h: CPU attention kernels and copy engine, defined outside backend_cpu.c, in the CPU table. */
 #ifndef RT_BACKEND_CPU_INTERNAL_H
 #define RT_BACKEND_CPU_INTERNAL_H
 
@@ -11,5 +11,21 @@ void rt_cpu_attn_delta(float *delta, const float *out, const float *dout, size_t
 void rt_cpu_attn_block_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                 const float *v, const float *lse, const float *delta, const int64_t *q_pos,
                                 const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape);
+
+/* Copy engine (backend_cpu_stream.c): one worker thread per stream; see backend.h for the contract. */
+rt_stream *rt_cpu_stream_create(void);
+void rt_cpu_stream_destroy(rt_stream *s);
+void rt_cpu_copy_async(rt_stream *s, void *dst, const void *src, size_t bytes);
+rt_event *rt_cpu_event_create(void);
+void rt_cpu_event_destroy(rt_event *e);
+void rt_cpu_event_record(rt_event *e, rt_stream *s);
+void rt_cpu_event_synchronize(rt_event *e);
+int rt_cpu_event_query(rt_event *e);
+void *rt_cpu_host_alloc(size_t bytes);
+void rt_cpu_host_free(void *ptr);
+
+/* TEST HOOK: every asynchronous copy that starts from now on first sleeps us microseconds on its worker (0 = off),
+ * so tests can make the copy engine deliberately slow and catch a buffer used before its copy completed. */
+void rt_cpu_copy_engine_set_delay_us(unsigned us);
 
 #endif

@@ -1,2 +1,206 @@
-/* runtime/backend_cpu_stream.c: PLACEHOLDER */
-typedef int rt_placeholder_unit;
+/* backend_cpu_stream.c: the CPU copy engine: streams as worker threads with FIFO job queues, completion events. */
+/*
+ * A stream is one worker thread that pops jobs from a FIFO queue (a singly
+ * linked list under the stream's mutex) and runs them one at a time, so jobs
+ * of a stream complete in the order they were queued. A job is either a copy
+ * (memcpy, after the test-hook delay) or an event marker.
+ *
+ * An event counts generations: event_record bumps recorded_gen and queues a
+ * marker carrying it; the worker, on reaching the marker, raises
+ * completed_gen to it and wakes waiters. The event is complete when
+ * completed_gen >= recorded_gen, i.e. when the marker of its latest record
+ * ran, hence when every job queued on that stream before the record ran too.
+ * A never-recorded event (0 >= 0) is complete, as on CUDA.
+ *
+ * Lifetime: pending_markers counts markers queued but not yet run;
+ * event_destroy waits for it to reach 0, so a worker never touches a freed
+ * event. stream_destroy lets the worker drain its queue before joining it.
+ *
+ * Memory ordering: a copy's writes happen before the worker takes the event
+ * mutex to mark completion, and the host observes completion under the same
+ * mutex, so data copied is visible to the host thread once event_query
+ * returned 1 or event_synchronize returned.
+ *
+ * On the CPU every compute op runs synchronously on the calling thread, so
+ * "a copy starts after the ops issued before it" (backend.h) holds by
+ * construction.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "backend_cpu_internal.h"
+#include "common.h"
+
+typedef enum { JOB_COPY, JOB_MARKER } job_kind;
+
+typedef struct copy_job {
+    job_kind kind;
+    void *dst;          /* JOB_COPY */
+    const void *src;    /* JOB_COPY */
+    size_t bytes;       /* JOB_COPY */
+    rt_event *event;    /* JOB_MARKER */
+    uint64_t event_gen; /* JOB_MARKER: the generation this marker completes */
+    struct copy_job *next;
+} copy_job;
+
+struct rt_stream {
+    pthread_mutex_t lock;
+    pthread_cond_t work_ready; /* signalled when a job is queued or stopping is set */
+    copy_job *head, *tail;     /* FIFO; head runs next */
+    int stopping;
+    pthread_t worker;
+};
+
+struct rt_event {
+    pthread_mutex_t lock;
+    pthread_cond_t completed; /* broadcast when completed_gen moves */
+    uint64_t recorded_gen;
+    uint64_t completed_gen;
+    int pending_markers;
+};
+
+/* Test hook: microseconds every copy sleeps before it runs. */
+static atomic_uint copy_delay_us;
+
+void rt_cpu_copy_engine_set_delay_us(unsigned us) { atomic_store(&copy_delay_us, us); }
+
+static void sleep_us(unsigned us) {
+    struct timespec left = {.tv_sec = us / 1000000u, .tv_nsec = (long)(us % 1000000u) * 1000L};
+    while (nanosleep(&left, &left) != 0 && errno == EINTR) {
+    }
+}
+
+static void check_pthread(int rc, const char *what) {
+    if (rc != 0) rt_fatal("copy engine: %s failed: %s", what, strerror(rc));
+}
+
+static void run_marker(rt_event *e, uint64_t gen) {
+    pthread_mutex_lock(&e->lock);
+    if (gen > e->completed_gen) e->completed_gen = gen;
+    e->pending_markers--;
+    pthread_cond_broadcast(&e->completed);
+    pthread_mutex_unlock(&e->lock);
+}
+
+static void *stream_worker(void *arg) {
+    rt_stream *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->head && !s->stopping)
+            pthread_cond_wait(&s->work_ready, &s->lock);
+        copy_job *job = s->head;
+        if (!job) { /* stopping and drained */
+            pthread_mutex_unlock(&s->lock);
+            return NULL;
+        }
+        s->head = job->next;
+        if (!s->head) s->tail = NULL;
+        pthread_mutex_unlock(&s->lock);
+
+        if (job->kind == JOB_COPY) {
+            unsigned delay = atomic_load(&copy_delay_us);
+            if (delay) sleep_us(delay);
+            if (job->bytes && job->dst != job->src) memcpy(job->dst, job->src, job->bytes);
+        } else {
+            run_marker(job->event, job->event_gen);
+        }
+        free(job);
+    }
+}
+
+static void stream_push(rt_stream *s, copy_job *job) {
+    job->next = NULL;
+    pthread_mutex_lock(&s->lock);
+    if (s->stopping) rt_fatal("copy engine: work queued on a stream being destroyed");
+    if (s->tail)
+        s->tail->next = job;
+    else
+        s->head = job;
+    s->tail = job;
+    pthread_cond_signal(&s->work_ready);
+    pthread_mutex_unlock(&s->lock);
+}
+
+rt_stream *rt_cpu_stream_create(void) {
+    rt_stream *s = calloc_check(1, sizeof *s);
+    check_pthread(pthread_mutex_init(&s->lock, NULL), "pthread_mutex_init");
+    check_pthread(pthread_cond_init(&s->work_ready, NULL), "pthread_cond_init");
+    check_pthread(pthread_create(&s->worker, NULL, stream_worker, s), "pthread_create (stream worker)");
+    return s;
+}
+
+void rt_cpu_stream_destroy(rt_stream *s) {
+    if (!s) return;
+    pthread_mutex_lock(&s->lock);
+    s->stopping = 1;
+    pthread_cond_signal(&s->work_ready);
+    pthread_mutex_unlock(&s->lock);
+    check_pthread(pthread_join(s->worker, NULL), "pthread_join (stream worker)");
+    pthread_cond_destroy(&s->work_ready);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+void rt_cpu_copy_async(rt_stream *s, void *dst, const void *src, size_t bytes) {
+    copy_job *job = calloc_check(1, sizeof *job);
+    job->kind = JOB_COPY;
+    job->dst = dst;
+    job->src = src;
+    job->bytes = bytes;
+    stream_push(s, job);
+}
+
+rt_event *rt_cpu_event_create(void) {
+    rt_event *e = calloc_check(1, sizeof *e);
+    check_pthread(pthread_mutex_init(&e->lock, NULL), "pthread_mutex_init");
+    check_pthread(pthread_cond_init(&e->completed, NULL), "pthread_cond_init");
+    return e;
+}
+
+void rt_cpu_event_destroy(rt_event *e) {
+    if (!e) return;
+    pthread_mutex_lock(&e->lock);
+    while (e->pending_markers > 0)
+        pthread_cond_wait(&e->completed, &e->lock);
+    pthread_mutex_unlock(&e->lock);
+    pthread_cond_destroy(&e->completed);
+    pthread_mutex_destroy(&e->lock);
+    free(e);
+}
+
+void rt_cpu_event_record(rt_event *e, rt_stream *s) {
+    copy_job *job = calloc_check(1, sizeof *job);
+    job->kind = JOB_MARKER;
+    job->event = e;
+    pthread_mutex_lock(&e->lock);
+    job->event_gen = ++e->recorded_gen;
+    e->pending_markers++;
+    pthread_mutex_unlock(&e->lock);
+    stream_push(s, job);
+}
+
+void rt_cpu_event_synchronize(rt_event *e) {
+    pthread_mutex_lock(&e->lock);
+    while (e->completed_gen < e->recorded_gen)
+        pthread_cond_wait(&e->completed, &e->lock);
+    pthread_mutex_unlock(&e->lock);
+}
+
+int rt_cpu_event_query(rt_event *e) {
+    pthread_mutex_lock(&e->lock);
+    int done = e->completed_gen >= e->recorded_gen;
+    pthread_mutex_unlock(&e->lock);
+    return done;
+}
+
+void *rt_cpu_host_alloc(size_t bytes) {
+    void *ptr = NULL;
+    if (posix_memalign(&ptr, 64, bytes ? bytes : 64) != 0) return NULL;
+    return ptr;
+}
+
+void rt_cpu_host_free(void *ptr) { free(ptr); }

@@ -24,6 +24,9 @@ typedef struct {
     void (*allreduce_max_f64)(rt_comm *comm, double *buf, size_t n);
     /* recv (n/size floats per rank, n divisible by size) = this rank's slice of the sum of send (n). */
     void (*reduce_scatter_sum_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
+    /* Uneven reduce-scatter: send holds sum(counts) floats; rank q receives, in recv, the sum over ranks of
+     * the counts[q] floats that follow counts[0..q-1] in send. */
+    void (*reduce_scatter_sum_f32_v)(rt_comm *comm, float *recv, const float *send, const size_t *counts);
     /* recv (n*size) = concatenation of every rank's send (n), in rank order. */
     void (*allgather_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
     void (*broadcast)(rt_comm *comm, void *buf, size_t bytes, int root);

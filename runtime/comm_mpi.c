@@ -40,6 +40,20 @@ static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send
     MPI_Reduce_scatter_block(send, recv, (int)per_rank, MPI_FLOAT, MPI_SUM, mpi_of(comm));
 }
 
+static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+    int *int_counts = malloc_check((size_t)comm->size * sizeof *int_counts);
+    for (int q = 0; q < comm->size; q++) {
+        if (counts[q] > MPI_CHUNK)
+            rt_fatal("reduce_scatter of %zu floats to one rank is larger than one MPI call takes", counts[q]);
+        int_counts[q] = (int)counts[q];
+    }
+    if (comm->size == 1)
+        memcpy(recv, send, counts[0] * sizeof(float));
+    else
+        MPI_Reduce_scatter(send, recv, int_counts, MPI_FLOAT, MPI_SUM, mpi_of(comm));
+    free(int_counts);
+}
+
 static void allgather_f32(rt_comm *comm, float *recv, const float *send, size_t n) {
     if (n > MPI_CHUNK) rt_fatal("allgather of %zu floats per rank is larger than one MPI call takes", n);
     MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, mpi_of(comm));
@@ -114,6 +128,7 @@ static const rt_comm_ops mpi_ops = {
     .allreduce_sum_f64 = allreduce_sum_f64,
     .allreduce_max_f64 = allreduce_max_f64,
     .reduce_scatter_sum_f32 = reduce_scatter_sum_f32,
+    .reduce_scatter_sum_f32_v = reduce_scatter_sum_f32_v,
     .allgather_f32 = allgather_f32,
     .broadcast = broadcast,
     .barrier = barrier,

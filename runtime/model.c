@@ -91,6 +91,16 @@ size_t rt_model_param_count(const rt_model_shape *shape) {
     return total;
 }
 
+/* Where flat offset lives in base: directly, except for streamed gradients (see rt_model in model.h). */
+static float *locate(const rt_model *m, float *base, size_t offset) {
+    if (!(m->stream_grads && base == m->grads)) return base + offset;
+    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
+    if (offset < lo[0]) return m->grads + offset;
+    if (offset >= lo[L]) return m->grads + lo[0] + (offset - lo[L]);
+    size_t layer = (offset - lo[0]) / (lo[1] - lo[0]); /* all layers have the same size */
+    return m->layer_grad_scratch + (offset - lo[layer]);
+}
+
 static float *view_ptr(const rt_model *m, float *base, const char *name, int layer) {
     char full[RT_NAME_LEN];
     if (layer >= 0)
@@ -98,7 +108,7 @@ static float *view_ptr(const rt_model *m, float *base, const char *name, int lay
     else
         snprintf(full, sizeof full, "%s", name);
     const rt_named_view *v = rt_view_table_find(&m->table, full);
-    return v ? base + v->offset : NULL;
+    return v ? locate(m, base, v->offset) : NULL;
 }
 
 static void bind_layer(const rt_model *m, float *base, int l, rt_layer_params *p) {
@@ -122,6 +132,12 @@ static void bind_top(const rt_model *m, float *base, rt_top_params *p) {
     p->norm_f_w = view_ptr(m, base, "norm_f.weight", -1);
     p->norm_f_b = view_ptr(m, base, "norm_f.bias", -1);
     p->lm_head = m->shape.family == RT_FAMILY_GPT2 ? p->wte : view_ptr(m, base, "lm_head.weight", -1);
+}
+
+static void bind_grads(rt_model *m) {
+    for (int l = 0; l < m->shape.n_layers; l++)
+        bind_layer(m, m->grads, l, &m->layer_grads[l]);
+    bind_top(m, m->grads, &m->top_grads);
 }
 
 /* Allocation helper: count floats (or other 4/8-byte elements) from the accounted arena. */
@@ -153,7 +169,8 @@ static void alloc_act_set(rt_model *m, rt_layer_acts *a, rt_error *err, int *fai
 }
 
 int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
-                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, rt_error *err) {
+                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, size_t n_alloc,
+                  rt_error *err) {
     memset(m, 0, sizeof *m);
     if (mode == RT_ACT_OFFLOAD)
         return rt_fail(err, "activations.mode = offload: the hidden_states offloader is not in this build yet; "
@@ -172,18 +189,18 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
 
     m->layer_offset = malloc_check((L + 1) * sizeof *m->layer_offset);
     build_table(s, &m->table, m->layer_offset);
+    if (n_alloc < m->table.total) n_alloc = m->table.total;
+    m->n_alloc = n_alloc;
     int failed = 0;
-    m->params = ALLOC_F(m->table.total, "parameters");
-    m->grads = ALLOC_F(m->table.total, "gradients");
+    m->params = ALLOC_F(n_alloc, "parameters");
+    m->grads = ALLOC_F(n_alloc, "gradients");
     if (failed) return -1;
     m->layers = malloc_check(L * sizeof *m->layers);
     m->layer_grads = malloc_check(L * sizeof *m->layer_grads);
-    for (int l = 0; l < s->n_layers; l++) {
+    for (int l = 0; l < s->n_layers; l++)
         bind_layer(m, m->params, l, &m->layers[l]);
-        bind_layer(m, m->grads, l, &m->layer_grads[l]);
-    }
     bind_top(m, m->params, &m->top);
-    bind_top(m, m->grads, &m->top_grads);
+    bind_grads(m);
 
     m->head_tile = HEAD_TILE_BYTES / (Vp * sizeof(float));
     if (m->head_tile < 1) m->head_tile = 1;
@@ -213,6 +230,22 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     m->delta = ALLOC_F(N * s->n_heads, "gradient scratch (attention delta)");
     m->branch = ALLOC_F(N * C, "activations (branch output)");
     return failed ? -1 : 0;
+}
+
+int rt_model_stream_grads(rt_model *m, void (*hook)(void *ctx, const float *grads, size_t offset, size_t count),
+                          void *ctx, rt_error *err) {
+    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
+    const size_t outside = lo[0] + (m->table.total - lo[L]), layer = lo[1] - lo[0];
+    rt_device_free(m->mem, m->grads);
+    int failed = 0;
+    m->grads = ALLOC_F(outside, "gradients (embeddings and head)");
+    m->layer_grad_scratch = ALLOC_F(layer, "gradients (one layer)");
+    if (failed) return -1;
+    m->stream_grads = 1;
+    m->grad_hook = hook;
+    m->grad_hook_ctx = ctx;
+    bind_grads(m);
+    return 0;
 }
 
 void rt_model_free(rt_model *m) {
@@ -274,7 +307,11 @@ void rt_model_init_params(rt_model *m, uint64_t seed) {
     free(host);
 }
 
-void rt_model_zero_grads(rt_model *m) { m->backend->memset_zero(m->grads, m->table.total * sizeof(float)); }
+void rt_model_zero_grads(rt_model *m) {
+    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
+    size_t n = m->stream_grads ? lo[0] + (m->table.total - lo[L]) : m->n_alloc;
+    m->backend->memset_zero(m->grads, n * sizeof(float));
+}
 
 static size_t load_batch(rt_model *m, const rt_batch *batch) {
     const size_t N = batch->n_seqs * batch->local_len;
@@ -373,10 +410,20 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         if (m->mode != RT_ACT_KEEP)
             rt_layer_forward(m, l, acts, layer_input(m, l, N), layer_input(m, l + 1, N), batch->n_seqs,
                              batch->local_len, dropout);
+        const size_t *lo = m->layer_offset;
+        if (m->stream_grads) m->backend->memset_zero(m->layer_grad_scratch, (lo[1] - lo[0]) * sizeof(float));
         rt_layer_backward(m, l, acts, layer_input(m, l, N), batch->n_seqs, batch->local_len, dropout);
+        if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch, lo[l], lo[l + 1] - lo[l]);
     }
     m->backend->embedding_backward(m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
                                    m->shape.d_model);
+    if (m->stream_grads) {
+        const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
+        m->grad_hook(m->grad_hook_ctx, m->grads, 0, lo[0]);
+        m->grad_hook(m->grad_hook_ctx, m->grads + lo[0], lo[L], m->table.total - lo[L]);
+        /* Reduced by the hook: the next micro-batch accumulates from zero. */
+        rt_model_zero_grads(m);
+    }
     return loss_sum;
 }
 

@@ -84,8 +84,9 @@ typedef struct {
     rt_activation_mode mode;
 
     rt_view_table table;
-    float *params;                         /* (table.total) device */
-    float *grads;                          /* (table.total) device */
+    size_t n_alloc; /* parameter buffer length: table.total padded for sharding (padding stays zero) */
+    float *params;  /* (n_alloc) device */
+    float *grads;   /* (n_alloc) device; with streamed gradients only the non-layer tensors, see below */
     rt_layer_params *layers, *layer_grads; /* (L) views into params / grads */
     rt_top_params top, top_grads;
     size_t *layer_offset; /* (L+1): layer l's parameters are [layer_offset[l], layer_offset[l+1]) */
@@ -117,6 +118,15 @@ typedef struct {
     float *delta;    /* (N, H) */
     float *branch;   /* (N, C) forward scratch: a branch output before the residual add */
 
+    /* Streamed gradients (ZeRO stage 2): every layer's gradients go to one layer-sized scratch that is
+     * handed to grad_hook right after the layer's backward and then reused, so no full gradient buffer
+     * exists; grads holds only the embedding/head tensors [0, layer_offset[0]) then
+     * [layer_offset[L], total), handed over at the end of the backward. */
+    int stream_grads;
+    float *layer_grad_scratch; /* (layer_offset[1] - layer_offset[0]) */
+    void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
+    void *grad_hook_ctx;
+
     rt_model_counters counters;
 } rt_model;
 
@@ -127,12 +137,20 @@ size_t rt_model_param_count(const rt_model_shape *shape);
 
 /*
  * Allocates parameters, gradients and activations for micro-batches of up to
- * max_seqs sequences of max_local_len local tokens. mode keep or recompute
+ * max_seqs sequences of max_local_len local tokens, with parameter and gradient
+ * buffers of n_alloc >= parameter count floats (0: exactly the count). mode keep or recompute
  * (offload is refused until the offloader exists). Fails with err when the
  * device memory limit refuses an allocation. seqpar may be NULL (local).
  */
 int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
-                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, rt_error *err);
+                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, size_t n_alloc,
+                  rt_error *err);
+
+/* Switches to streamed gradients (see rt_model): frees the full gradient buffer. hook(ctx, grads, offset,
+ * count) receives the gradients of the flat range [offset, offset+count) of one micro-batch; every rank
+ * calls it with the same ranges in the same order. */
+int rt_model_stream_grads(rt_model *m, void (*hook)(void *ctx, const float *grads, size_t offset, size_t count),
+                          void *ctx, rt_error *err);
 void rt_model_free(rt_model *m);
 
 /* Random init, deterministic in seed and independent of rank count: N(0, 0.02), residual output projections

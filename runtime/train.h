@@ -1,12 +1,42 @@
-/* train.h: the training loop behind `ringtrain train`. */
+/* train.h: the trainer (one training step at a time) and the run behind `ringtrain train`. */
 #ifndef RT_TRAIN_H
 #define RT_TRAIN_H
+
+#include <stddef.h>
 
 #include "comm.h"
 #include "common.h"
 #include "config.h"
+#include "model.h"
 
-/* What a finished run reports (rank 0's view; identical on every rank). */
+/* What one step reports: the fields of a metrics.jsonl line. */
+typedef struct {
+    int step;
+    double loss;      /* the step's loss, before its update */
+    double grad_norm; /* before clipping */
+    float lr;
+    double step_s, tokens_per_s;
+    double val_loss; /* NAN unless validation ran after this step */
+    size_t peak_device_bytes, offloaded_bytes, optimizer_bytes;
+    double comm_exposed_s, prefetch_wait_s;
+} rt_step_metrics;
+
+typedef struct rt_trainer rt_trainer;
+
+/*
+ * Builds everything a run needs from a validated cfg on the world
+ * communicator (mesh, data, model, optimizer) and checks every input; it
+ * writes no file. A collective: every rank calls it.
+ */
+int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_error *err);
+/* One training step (and validation when due); collective. */
+int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err);
+/* The reduced gradient of the last step, before clipping, all parameters (gathered from shards); collective. */
+void rt_trainer_gradients(rt_trainer *t, float *dst);
+const rt_config *rt_trainer_config(const rt_trainer *t); /* resolved: init_from applied */
+rt_model *rt_trainer_model(rt_trainer *t);
+void rt_trainer_free(rt_trainer *t);
+
 typedef struct {
     int steps_done;
     double first_loss, last_loss;
@@ -15,10 +45,10 @@ typedef struct {
 } rt_train_result;
 
 /*
- * Trains per cfg (already validated) on the world communicator. Every input
- * is checked before the run directory is created, so a bad input leaves no
- * files. Writes <run.dir>/config.ini (resolved), metrics.jsonl (rank 0) and
- * <run.dir>/model.h5 at the end or on SIGINT/SIGTERM (after the current step).
+ * A whole run: trainer, then (rank 0) <run.dir>/config.ini (resolved),
+ * metrics.jsonl, a progress line per train.log_every steps, and
+ * <run.dir>/model.h5 at the end or after the current step on SIGINT/SIGTERM.
+ * Every input is checked before the run directory is created.
  */
 int rt_train(const rt_config *cfg, rt_comm *world, rt_train_result *result, rt_error *err);
 

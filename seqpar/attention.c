@@ -1,65 +1,191 @@
-/* seqpar/attention.c: exact attention of the local queries over the keys of the whole sequence, block by block. */
+/* seqpar/attention.c: exact attention of the local queries over the keys of the whole sequence: locally or around
+ * the ring of a sequence-parallel group. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "seqpar.h"
 
 /*
- * Tl = local tokens, H = query heads, D = head dim. The local q, k, v rows
- * are the caller's (strides in rt_attn_shape), out (Tl, H*D) at out_stride,
- * lse and delta (Tl, H) contiguous.
+ * Tl = local tokens (the same on every rank of the group), H = query heads,
+ * Hkv = key/value heads, D = head dim, P = ranks in the group, r = this
+ * rank. The local q, k, v rows are the caller's (strides in rt_attn_shape),
+ * out (Tl, H*D) at out_stride, lse and delta (Tl, H) contiguous.
  *
  * Forward: out = 0, lse = -inf, then every key/value block this rank holds
  * is merged into (out, lse) by the backend's attn_block_forward, which
- * masks by global positions, so the order of the blocks does not matter.
+ * masks by global positions, so the order of the blocks does not matter
+ * for the result (it is fixed anyway, so runs give the same bits).
  * Backward: delta = rowsum(dout * out) once, then every held block adds
  * its share to dq, dk, dv with the final lse (attn_block_backward).
  *
- * Which blocks a rank holds: with comm == NULL or a group of one rank,
- * only its own keys (the whole sequence). With P > 1 ranks, the ring would
- * hold, at step s, the keys of rank (rank - s) mod P, received while the
- * previous step computes, and send dK/dV around a second ring in backward;
- * that path is not in this build yet, and a group of more than one rank
- * is refused with a clear message. The per-held-chunk functions below are
- * what each ring step calls.
+ * The ring (P > 1). Rank r sends to r+1 and receives from r-1. At step
+ * s = 0..P-1 it holds the K/V block of rank (r - s) mod P: its own at step
+ * 0 (read straight from the caller's buffers), the others received. A
+ * block travels packed, one message:
+ *     [positions int64 (Tl) | K (Tl, Hkv*D) | V (Tl, Hkv*D)]
+ * (GQA: only the Hkv kv heads travel), so on a held copy kv_stride is
+ * Hkv*D. Before computing on the held block, a rank posts the send of that
+ * block and the receive of the next one into the other buffer of
+ * kv_ring[2]; it waits after the compute. Time in waits is exposed
+ * communication (ctx->comm_exposed_s).
  *
- * A held chunk is visited in blocks of at most ctx->block_size keys
- * (0 = the whole chunk as one block).
+ * Backward ring: K/V travel as in forward. dK/dV of a block collect on a
+ * second ring (tag TAG_DKV), one step behind: at step s >= 1 a rank
+ * computes the contribution of its queries to the held block (owner
+ * r - s) into a zeroed partial, then adds the accumulator of that block
+ * received from r-1 (which computed on it at step s-1; none at s = 1),
+ * and sends the sum to r+1. The owner's own contribution (step 0) goes
+ * straight into the caller's dk/dv, so each accumulator makes P-1 hops
+ * (owner+1 -> ... -> owner+P-1 -> owner) and each rank receives P-1 of
+ * them: P-2 to add to and finally its own, which it adds into dk/dv.
+ * Receives are posted a step ahead, so the transfer of an accumulator
+ * overlaps the compute of the next partial. Buffers dkv_ring[4]: two
+ * partials (one computed while the other is sent) and two receive slots.
+ * The sums run in a fixed order, so results are the same bits run to run.
+ *
+ * Which (query, key) pairs are computed. Positions are cut into runs of
+ * consecutive positions (the zigzag gives each rank two runs, one per
+ * chunk); a held run is visited in blocks of at most ctx->block_size
+ * keys (0 = the whole run), and a (query run, key block) pair is skipped
+ * when causal and every key comes after every query (the upper halves of
+ * the zigzag; a whole held block when all of it is masked). Inside a call
+ * the kernel skips masked tiles too. More than MAX_RUNS runs (unordered
+ * positions) are treated as one run: the skipping is then the kernel's.
+ *
+ * Positions are device memory; the run bookkeeping reads host copies.
  */
 
-static void refuse_ring(const seqpar_ctx *ctx) {
-    if (ctx->comm != NULL && ctx->comm->size > 1)
-        rt_fatal("seqpar: ring attention over %d ranks is not available in this build (the ring attention issue is "
-                 "open); run with a sequence-parallel group of 1 rank",
-                 ctx->comm->size);
-}
+enum { TAG_KV = 7301, TAG_DKV = 7302, MAX_RUNS = 4 };
 
-/* Rows [j0, j0 + len) of a chunk of keys: how a held chunk is cut into blocks. */
-static size_t block_len(const seqpar_ctx *ctx, size_t chunk_len, size_t j0) {
-    size_t block = ctx->block_size == 0 ? chunk_len : ctx->block_size;
-    return chunk_len - j0 < block ? chunk_len - j0 : block;
-}
+/* Rows [start, start + len) whose positions lie in [min, max]. */
+typedef struct {
+    size_t start, len;
+    int64_t min, max;
+} pos_run;
 
-/* Merges the attention of the local queries onto one held chunk of keys/values (Tk tokens at k_pos). */
-static void forward_held_chunk(seqpar_ctx *ctx, float *out, float *lse, const float *q, const int64_t *q_pos, size_t Tq,
-                               const float *k, const float *v, const int64_t *k_pos, size_t Tk,
-                               const rt_attn_shape *shape) {
-    for (size_t j0 = 0; j0 < Tk; j0 += block_len(ctx, Tk, j0)) {
-        size_t len = block_len(ctx, Tk, j0);
-        ctx->backend->attn_block_forward(out, lse, q, k + j0 * shape->kv_stride, v + j0 * shape->kv_stride, q_pos,
-                                         k_pos + j0, Tq, len, shape);
+static void run_extent(pos_run *run, const int64_t *pos) {
+    run->min = run->max = pos[run->start];
+    for (size_t i = run->start; i < run->start + run->len; i++) {
+        run->min = pos[i] < run->min ? pos[i] : run->min;
+        run->max = pos[i] > run->max ? pos[i] : run->max;
     }
 }
 
-/* Adds the gradients through one held chunk: dq of the local queries, dk/dv of the chunk's keys. */
-static void backward_held_chunk(seqpar_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *q,
-                                const float *lse, const float *delta, const int64_t *q_pos, size_t Tq, const float *k,
-                                const float *v, const int64_t *k_pos, size_t Tk, const rt_attn_shape *shape) {
-    for (size_t j0 = 0; j0 < Tk; j0 += block_len(ctx, Tk, j0)) {
-        size_t len = block_len(ctx, Tk, j0), row = j0 * shape->kv_stride;
-        ctx->backend->attn_block_backward(dq, dk + row, dv + row, dout, q, k + row, v + row, lse, delta, q_pos,
-                                          k_pos + j0, Tq, len, shape);
+/* Cuts n host positions into runs of consecutive positions; one run when there would be more than MAX_RUNS. */
+static int find_runs(pos_run runs[MAX_RUNS], const int64_t *pos, size_t n) {
+    int n_runs = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i > 0 && pos[i] == pos[i - 1] + 1) {
+            runs[n_runs - 1].len++;
+            continue;
+        }
+        if (n_runs == MAX_RUNS) {
+            runs[0] = (pos_run){.start = 0, .len = n};
+            run_extent(&runs[0], pos);
+            return 1;
+        }
+        runs[n_runs++] = (pos_run){.start = i, .len = 1};
     }
+    for (int r = 0; r < n_runs; r++)
+        run_extent(&runs[r], pos);
+    return n_runs;
+}
+
+/* The local queries of one call: device pointers and host-side runs. */
+typedef struct {
+    const float *q;
+    const int64_t *pos; /* device */
+    size_t Tq;
+    pos_run runs[MAX_RUNS];
+    int n_runs;
+} query_set;
+
+/* One held block of keys/values: device rows at shape.kv_stride, positions on the device and on the host. */
+typedef struct {
+    const float *k, *v;
+    const int64_t *pos, *host_pos;
+    size_t Tk;
+    rt_attn_shape shape; /* the caller's, with this block's kv_stride */
+    pos_run runs[MAX_RUNS];
+    int n_runs;
+} held_block;
+
+static held_block held_block_make(const float *k, const float *v, const int64_t *pos, const int64_t *host_pos,
+                                  size_t Tk, const rt_attn_shape *shape, size_t kv_stride) {
+    held_block b = {.k = k, .v = v, .pos = pos, .host_pos = host_pos, .Tk = Tk, .shape = *shape};
+    b.shape.kv_stride = kv_stride;
+    b.n_runs = find_runs(b.runs, host_pos, Tk);
+    return b;
+}
+
+/* A (query run, key block) pair to compute. */
+typedef struct {
+    const pos_run *q_run;
+    size_t j0, len; /* key rows of the held block */
+} attn_pair;
+
+/* Lists the (query run, key block) pairs that are not fully masked, in a fixed order; returns how many. */
+static size_t collect_pairs(const seqpar_ctx *ctx, const query_set *qs, const held_block *b, attn_pair *pairs,
+                            size_t max_pairs) {
+    size_t n = 0;
+    for (int kr = 0; kr < b->n_runs; kr++) {
+        const pos_run *run = &b->runs[kr];
+        const size_t block = ctx->block_size == 0 ? run->len : ctx->block_size;
+        for (size_t j0 = run->start; j0 < run->start + run->len; j0 += block) {
+            pos_run keys = {.start = j0,
+                            .len = run->start + run->len - j0 < block ? run->start + run->len - j0 : block};
+            run_extent(&keys, b->host_pos);
+            for (int qr = 0; qr < qs->n_runs; qr++) {
+                if (b->shape.causal && keys.min > qs->runs[qr].max) continue; /* every key after every query */
+                if (n == max_pairs) rt_fatal("seqpar: internal error: more attention pairs than counted");
+                pairs[n++] = (attn_pair){.q_run = &qs->runs[qr], .j0 = keys.start, .len = keys.len};
+            }
+        }
+    }
+    return n;
+}
+
+/* Upper bound of collect_pairs. */
+static size_t max_pairs_of(const seqpar_ctx *ctx, const query_set *qs, const held_block *b) {
+    size_t n = 0;
+    for (int kr = 0; kr < b->n_runs; kr++) {
+        const size_t block = ctx->block_size == 0 ? b->runs[kr].len : ctx->block_size;
+        n += (b->runs[kr].len + block - 1) / block;
+    }
+    return n * (size_t)qs->n_runs;
+}
+
+/* Merges the attention of the local queries onto one held block into (out, lse). */
+static void forward_held(const seqpar_ctx *ctx, float *out, float *lse, const query_set *qs, const held_block *b) {
+    const rt_attn_shape *shape = &b->shape;
+    const size_t max_pairs = max_pairs_of(ctx, qs, b);
+    attn_pair *pairs = malloc_check((max_pairs ? max_pairs : 1) * sizeof *pairs);
+    const size_t n = collect_pairs(ctx, qs, b, pairs, max_pairs);
+    for (size_t p = 0; p < n; p++) {
+        const size_t i0 = pairs[p].q_run->start, j0 = pairs[p].j0;
+        ctx->backend->attn_block_forward(out + i0 * shape->out_stride, lse + i0 * (size_t)shape->n_heads,
+                                         qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
+                                         b->v + j0 * shape->kv_stride, qs->pos + i0, b->pos + j0, pairs[p].q_run->len,
+                                         pairs[p].len, shape);
+    }
+    free(pairs);
+}
+
+/* Adds the gradients through one held block: dq of the local queries, dk/dv (rows at the block's kv_stride). */
+static void backward_held(const seqpar_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *lse,
+                          const float *delta, const query_set *qs, const held_block *b) {
+    const rt_attn_shape *shape = &b->shape;
+    const size_t H = (size_t)shape->n_heads, max_pairs = max_pairs_of(ctx, qs, b);
+    attn_pair *pairs = malloc_check((max_pairs ? max_pairs : 1) * sizeof *pairs);
+    const size_t n = collect_pairs(ctx, qs, b, pairs, max_pairs);
+    for (size_t p = 0; p < n; p++) {
+        const size_t i0 = pairs[p].q_run->start, row = pairs[p].j0 * shape->kv_stride;
+        ctx->backend->attn_block_backward(dq + i0 * shape->q_stride, dk + row, dv + row, dout + i0 * shape->out_stride,
+                                          qs->q + i0 * shape->q_stride, b->k + row, b->v + row, lse + i0 * H,
+                                          delta + i0 * H, qs->pos + i0, b->pos + pairs[p].j0, pairs[p].q_run->len,
+                                          pairs[p].len, shape);
+    }
+    free(pairs);
 }
 
 /* out = 0 (the H*D columns of every row) and lse = -inf, through the backend (device memory). */
@@ -79,21 +205,223 @@ static void init_running(const rt_backend *backend, float *out, float *lse, size
     free(minus_inf);
 }
 
+/* Host copy of n device positions (freed by the caller). */
+static int64_t *host_positions(const rt_backend *backend, const int64_t *pos, size_t n) {
+    int64_t *host = malloc_check((n ? n : 1) * sizeof(int64_t));
+    if (n) backend->copy(host, pos, n * sizeof(int64_t));
+    return host;
+}
+
+static query_set query_set_make(const float *q, const int64_t *pos, const int64_t *host_pos, size_t Tq) {
+    query_set qs = {.q = q, .pos = pos, .Tq = Tq};
+    qs.n_runs = find_runs(qs.runs, host_pos, Tq);
+    return qs;
+}
+
+/* ------------------------------------------------------------------ the ring */
+
+static int ring_size(const seqpar_ctx *ctx) { return ctx->comm == NULL ? 1 : ctx->comm->size; }
+
+static size_t kv_row_floats(const rt_attn_shape *shape) { return (size_t)shape->n_kv_heads * (size_t)shape->head_dim; }
+
+/* Bytes of one packed K/V block and of one dK/dV accumulator of Tl tokens. */
+static size_t kv_block_bytes(size_t Tl, const rt_attn_shape *shape) {
+    return Tl * sizeof(int64_t) + 2 * Tl * kv_row_floats(shape) * sizeof(float);
+}
+static size_t dkv_block_bytes(size_t Tl, const rt_attn_shape *shape) {
+    return 2 * Tl * kv_row_floats(shape) * sizeof(float);
+}
+
+/* Every rank of the group must call with the same Tl and kv row width: a mismatch is a programming error. */
+static void check_group_agrees(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
+    double extremes[4] = {(double)Tl, -(double)Tl, (double)kv_row_floats(shape), -(double)kv_row_floats(shape)};
+    const double t0 = rt_now_s();
+    ctx->comm->ops->allreduce_max_f64(ctx->comm, extremes, 4);
+    ctx->comm_exposed_s += rt_now_s() - t0;
+    if (extremes[0] != -extremes[1] || extremes[2] != -extremes[3])
+        rt_fatal("seqpar: the ranks of a sequence-parallel group disagree on the attention call: local tokens "
+                 "%.0f..%.0f (this rank %zu), kv row floats %.0f..%.0f; every rank must hold the same number of "
+                 "tokens of the same sequence",
+                 -extremes[1], extremes[0], Tl, -extremes[3], extremes[2]);
+}
+
+/* Grows n buffers of *capacity bytes each to at least bytes (contents are not kept). */
+static void ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capacity, size_t bytes, const char *what) {
+    if (bytes <= *capacity && buffers[0] != NULL) return;
+    if (ctx->mem == NULL) rt_fatal("seqpar: ring attention needs a device memory arena (seqpar_ctx.mem is NULL)");
+    for (int i = 0; i < n; i++) {
+        if (buffers[i]) rt_device_free(ctx->mem, buffers[i]);
+        buffers[i] = NULL;
+    }
+    for (int i = 0; i < n; i++)
+        buffers[i] = rt_device_alloc_or_die(ctx->mem, bytes, what);
+    *capacity = bytes;
+}
+
+void seqpar_ctx_free(seqpar_ctx *ctx) {
+    for (int i = 0; i < 2; i++) {
+        if (ctx->kv_ring[i]) rt_device_free(ctx->mem, ctx->kv_ring[i]);
+        ctx->kv_ring[i] = NULL;
+    }
+    for (int i = 0; i < 4; i++) {
+        if (ctx->dkv_ring[i]) rt_device_free(ctx->mem, ctx->dkv_ring[i]);
+        ctx->dkv_ring[i] = NULL;
+    }
+    ctx->kv_ring_bytes = ctx->dkv_ring_bytes = 0;
+}
+
+/* Copies n rows of width floats at src_stride into rows at dst_stride (device to device). */
+static void copy_rows(const rt_backend *backend, float *dst, size_t dst_stride, const float *src, size_t src_stride,
+                      size_t n, size_t width) {
+    if (dst_stride == width && src_stride == width) {
+        backend->copy(dst, src, n * width * sizeof(float));
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        backend->copy(dst + i * dst_stride, src + i * src_stride, width * sizeof(float));
+}
+
+/* dst rows (at dst_stride) += src rows (packed, width floats). */
+static void add_rows(const rt_backend *backend, float *dst, size_t dst_stride, const float *src, size_t n,
+                     size_t width) {
+    if (dst_stride == width) {
+        backend->add(dst, dst, src, n * width);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        backend->add(dst + i * dst_stride, dst + i * dst_stride, src + i * width, width);
+}
+
+/* Views of a packed K/V block. */
+static int64_t *packed_pos(void *block) { return (int64_t *)block; }
+static float *packed_k(void *block, size_t Tl) { return (float *)((int64_t *)block + Tl); }
+static float *packed_v(void *block, size_t Tl, const rt_attn_shape *shape) {
+    return packed_k(block, Tl) + Tl * kv_row_floats(shape);
+}
+
+static void pack_block(const rt_backend *backend, void *block, const float *k, const float *v, const int64_t *pos,
+                       size_t Tl, const rt_attn_shape *shape) {
+    const size_t width = kv_row_floats(shape);
+    backend->copy(packed_pos(block), pos, Tl * sizeof(int64_t));
+    copy_rows(backend, packed_k(block, Tl), width, k, shape->kv_stride, Tl, width);
+    copy_rows(backend, packed_v(block, Tl, shape), width, v, shape->kv_stride, Tl, width);
+}
+
+/* The held copy of a received block, with host positions in host_pos (Tl). */
+static held_block held_packed(const rt_backend *backend, void *block, int64_t *host_pos, size_t Tl,
+                              const rt_attn_shape *shape) {
+    backend->copy(host_pos, packed_pos(block), Tl * sizeof(int64_t));
+    return held_block_make(packed_k(block, Tl), packed_v(block, Tl, shape), packed_pos(block), host_pos, Tl, shape,
+                           kv_row_floats(shape));
+}
+
+static void timed_wait(seqpar_ctx *ctx, rt_comm_request *req) {
+    const double t0 = rt_now_s();
+    ctx->comm->ops->wait(ctx->comm, req);
+    ctx->comm_exposed_s += rt_now_s() - t0;
+}
+
+/* Posts the send of the held block to r+1 and the receive of the next one from r-1. */
+static void post_kv_exchange(seqpar_ctx *ctx, void *held, void *next, size_t bytes, rt_comm_request *req) {
+    rt_comm *comm = ctx->comm;
+    const int to = (comm->rank + 1) % comm->size, from = (comm->rank + comm->size - 1) % comm->size;
+    comm->ops->irecv(comm, next, bytes, from, TAG_KV, req);
+    comm->ops->isend(comm, held, bytes, to, TAG_KV, req);
+}
+
+/* ------------------------------------------------------------------ forward and backward */
+
 void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
                               const int64_t *pos, size_t Tl, const rt_attn_shape *shape) {
-    refuse_ring(ctx);
+    const int P = ring_size(ctx);
+    if (P > 1) check_group_agrees(ctx, Tl, shape);
     if (Tl == 0) return;
-    init_running(ctx->backend, out, lse, Tl, shape);
-    /* the chunks held: with one rank, its own keys */
-    forward_held_chunk(ctx, out, lse, q, pos, Tl, k, v, pos, Tl, shape);
+    const rt_backend *backend = ctx->backend;
+    init_running(backend, out, lse, Tl, shape);
+    int64_t *q_host_pos = host_positions(backend, pos, Tl), *k_host_pos = NULL;
+    const query_set qs = query_set_make(q, pos, q_host_pos, Tl);
+    const size_t bytes = kv_block_bytes(Tl, shape);
+    if (P > 1) {
+        ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks");
+        pack_block(backend, ctx->kv_ring[0], k, v, pos, Tl, shape);
+        k_host_pos = malloc_check(Tl * sizeof(int64_t));
+    }
+    for (int s = 0; s < P; s++) {
+        void *held = ctx->kv_ring[s % 2];
+        rt_comm_request kv_req = {0};
+        if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
+        /* step 0: the local keys, read in place; then the received copies */
+        const held_block b = s == 0 ? held_block_make(k, v, pos, q_host_pos, Tl, shape, shape->kv_stride)
+                                    : held_packed(backend, held, k_host_pos, Tl, shape);
+        forward_held(ctx, out, lse, &qs, &b);
+        if (s + 1 < P) {
+            timed_wait(ctx, &kv_req);
+            ctx->kv_blocks_received++;
+        }
+    }
+    free(q_host_pos);
+    free(k_host_pos);
 }
 
 void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv, float *delta, const float *dout,
                                const float *out, const float *lse, const float *q, const float *k, const float *v,
                                const int64_t *pos, size_t Tl, const rt_attn_shape *shape) {
-    refuse_ring(ctx);
+    const int P = ring_size(ctx);
+    if (P > 1) check_group_agrees(ctx, Tl, shape);
     if (Tl == 0) return;
-    ctx->backend->attn_delta(delta, out, dout, Tl, shape);
-    /* the chunks held: with one rank, its own keys, whose dk/dv are this rank's */
-    backward_held_chunk(ctx, dq, dk, dv, dout, q, lse, delta, pos, Tl, k, v, pos, Tl, shape);
+    const rt_backend *backend = ctx->backend;
+    backend->attn_delta(delta, out, dout, Tl, shape);
+    int64_t *q_host_pos = host_positions(backend, pos, Tl), *k_host_pos = NULL;
+    const query_set qs = query_set_make(q, pos, q_host_pos, Tl);
+    const size_t bytes = kv_block_bytes(Tl, shape), dkv_bytes = dkv_block_bytes(Tl, shape);
+    const size_t width = kv_row_floats(shape);
+    rt_comm_request dkv_recv_req[2] = {{0}, {0}}, dkv_send_req = {0};
+    if (P > 1) {
+        ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks");
+        ensure_buffers(ctx, ctx->dkv_ring, 4, &ctx->dkv_ring_bytes, dkv_bytes, "ring attention dK/dV blocks");
+        pack_block(backend, ctx->kv_ring[0], k, v, pos, Tl, shape);
+        k_host_pos = malloc_check(Tl * sizeof(int64_t));
+    }
+    /* dkv_ring: two partials and two receive slots, each [dK (Tl, width) | dV (Tl, width)] */
+    float *partial[2] = {ctx->dkv_ring[0], ctx->dkv_ring[1]}, *received[2] = {ctx->dkv_ring[2], ctx->dkv_ring[3]};
+    rt_comm *comm = ctx->comm;
+    const int to = comm ? (comm->rank + 1) % P : 0, from = comm ? (comm->rank + P - 1) % P : 0;
+    for (int s = 0; s < P; s++) {
+        void *held = ctx->kv_ring[s % 2];
+        rt_comm_request kv_req = {0};
+        if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
+        /* the accumulator r-1 sends at its step s: added at step s+1, or this rank's own after the last step */
+        if (s >= 1) comm->ops->irecv(comm, received[s % 2], dkv_bytes, from, TAG_DKV, &dkv_recv_req[s % 2]);
+        if (s == 0) {
+            /* the local keys: their gradients go straight into the caller's dk, dv */
+            const held_block b = held_block_make(k, v, pos, q_host_pos, Tl, shape, shape->kv_stride);
+            backward_held(ctx, dq, dk, dv, dout, lse, delta, &qs, &b);
+        } else {
+            const held_block b = held_packed(backend, held, k_host_pos, Tl, shape);
+            backend->memset_zero(partial[s % 2], dkv_bytes);
+            backward_held(ctx, dq, partial[s % 2], partial[s % 2] + Tl * width, dout, lse, delta, &qs, &b);
+        }
+        if (s + 1 < P) {
+            timed_wait(ctx, &kv_req);
+            ctx->kv_blocks_received++;
+        }
+        if (s >= 2) {
+            /* the block's accumulator from r-1 (posted last step), and our send of last step (frees its partial) */
+            timed_wait(ctx, &dkv_recv_req[(s - 1) % 2]);
+            timed_wait(ctx, &dkv_send_req);
+            ctx->dkv_blocks_received++;
+            backend->add(partial[s % 2], partial[s % 2], received[(s - 1) % 2], 2 * Tl * width);
+        }
+        if (s >= 1) comm->ops->isend(comm, partial[s % 2], dkv_bytes, to, TAG_DKV, &dkv_send_req);
+    }
+    if (P > 1) {
+        /* this rank's own accumulator, back after P-1 hops */
+        timed_wait(ctx, &dkv_recv_req[(P - 1) % 2]);
+        timed_wait(ctx, &dkv_send_req);
+        ctx->dkv_blocks_received++;
+        add_rows(backend, dk, shape->kv_stride, received[(P - 1) % 2], Tl, width);
+        add_rows(backend, dv, shape->kv_stride, received[(P - 1) % 2] + Tl * width, Tl, width);
+    }
+    free(q_host_pos);
+    free(k_host_pos);
 }

@@ -35,7 +35,16 @@ typedef struct {
     size_t kv_blocks_received;
     size_t dkv_blocks_received;
     double comm_exposed_s;
+    /* ring buffers (groups of more than one rank): allocated from mem on first use, grown when a call needs
+     * more, reused across calls; seqpar_ctx_free (or destroying mem) releases them */
+    size_t kv_ring_bytes;  /* bytes of each kv_ring buffer */
+    size_t dkv_ring_bytes; /* bytes of each dkv_ring buffer */
+    void *kv_ring[2];  /* packed K/V blocks [positions int64 (Tl) | K (Tl, Hkv*D) | V (Tl, Hkv*D)], double-buffered */
+    void *dkv_ring[4]; /* fp32 [dK | dV] (Tl, 2*Hkv*D): two partials being computed/sent, two being received */
 } seqpar_ctx;
+
+/* Frees the ring buffers (call before destroying ctx->mem); the context stays usable and allocates again. */
+void seqpar_ctx_free(seqpar_ctx *ctx);
 
 /*
  * Forward of exact (causal) attention for one sequence: the local tokens'

@@ -1,11 +1,18 @@
-/* optimizer.c: AdamW on the rank's range of the flat buffer, global-norm clipping, the learning-rate schedule. */
+/* optimizer.c: ZeRO-sharded AdamW (stages 0-2), global-norm clipping, the learning-rate schedule. */
 #include "optimizer.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t rt_optimizer_padded_size(size_t n_params, int n_ranks) {
+    size_t n = (size_t)n_ranks;
+    return (n_params + n - 1) / n * n;
+}
 
 int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, rt_comm *world,
-                      int zero_stage, const rt_view_table *table, float beta1, float beta2, float eps,
-                      float weight_decay, rt_error *err) {
+                      int zero_stage, const rt_view_table *table, const float *params, float beta1, float beta2,
+                      float eps, float weight_decay, rt_error *err) {
     *opt = (rt_optimizer){.backend = backend,
                           .world = world,
                           .table = table,
@@ -15,37 +22,86 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
                           .beta2 = beta2,
                           .eps = eps,
                           .weight_decay = weight_decay};
-    if (zero_stage != 0)
-        return rt_fail(err, "zero.stage = %d: sharded optimizer states are not in this build yet; use zero.stage = 0",
-                       zero_stage);
-    opt->shard_begin = 0;
-    opt->shard_end = opt->n_params;
-    size_t shard = opt->shard_end - opt->shard_begin;
-    opt->m = rt_device_alloc(mem, shard * sizeof(float), "optimizer state (Adam m)", err);
-    if (!opt->m) return -1;
-    opt->v = rt_device_alloc(mem, shard * sizeof(float), "optimizer state (Adam v)", err);
-    if (!opt->v) return -1;
-    opt->state_bytes = 2 * shard * sizeof(float);
+    if (zero_stage < 0 || zero_stage > 2) return rt_fail(err, "zero.stage = %d: expected 0, 1 or 2", zero_stage);
+    opt->padded = rt_optimizer_padded_size(opt->n_params, world->size);
+    opt->shard_size = zero_stage == 0 ? opt->padded : opt->padded / (size_t)world->size;
+    opt->shard_begin = zero_stage == 0 ? 0 : (size_t)world->rank * opt->shard_size;
+    const size_t bytes = opt->shard_size * sizeof(float);
+    if (!(opt->master = rt_device_alloc(mem, bytes, "optimizer state (fp32 master weights)", err))) return -1;
+    if (!(opt->m = rt_device_alloc(mem, bytes, "optimizer state (Adam m)", err))) return -1;
+    if (!(opt->v = rt_device_alloc(mem, bytes, "optimizer state (Adam v)", err))) return -1;
+    if (zero_stage >= 1 && !(opt->shard_grad = rt_device_alloc(mem, bytes, "gradient shard", err))) return -1;
+    if (zero_stage == 2 && !(opt->reduce_scratch = rt_device_alloc(mem, bytes, "gradient reduce scratch", err)))
+        return -1;
+    backend->copy(opt->master, params + opt->shard_begin, bytes);
+    opt->state_bytes = 3 * bytes;
     return 0;
 }
 
-double rt_optimizer_step(rt_optimizer *opt, float *params, float *grads, float lr, float grad_clip) {
+void rt_optimizer_begin_step(rt_optimizer *opt) {
+    if (opt->shard_grad) opt->backend->memset_zero(opt->shard_grad, opt->shard_size * sizeof(float));
+}
+
+void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t offset, size_t count) {
+    rt_comm *world = opt->world;
+    size_t *counts = malloc_check((size_t)world->size * sizeof *counts);
+    /* Rank q receives the part of [offset, offset+count) that falls in its shard. */
+    for (int q = 0; q < world->size; q++) {
+        size_t lo = (size_t)q * opt->shard_size, hi = lo + opt->shard_size;
+        size_t a = offset > lo ? offset : lo, b = offset + count < hi ? offset + count : hi;
+        counts[q] = b > a ? b - a : 0;
+    }
+    world->ops->reduce_scatter_sum_f32_v(world, opt->reduce_scratch, grads, counts);
+    size_t mine = counts[world->rank];
+    free(counts);
+    if (mine == 0) return;
+    size_t first = offset > opt->shard_begin ? offset - opt->shard_begin : 0;
+    opt->backend->add(opt->shard_grad + first, opt->shard_grad + first, opt->reduce_scratch, mine);
+}
+
+void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads) {
+    if (opt->stage == 0)
+        rt_allreduce_sum_f32(opt->world, grads, opt->n_params);
+    else if (opt->stage == 1)
+        opt->world->ops->reduce_scatter_sum_f32(opt->world, opt->shard_grad, grads, opt->padded);
+}
+
+void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst) {
+    if (opt->stage == 0) {
+        opt->backend->copy(dst, grads, opt->n_params * sizeof(float));
+        return;
+    }
+    float *all = malloc_check(opt->padded * sizeof(float));
+    opt->world->ops->allgather_f32(opt->world, all, opt->shard_grad, opt->shard_size);
+    memcpy(dst, all, opt->n_params * sizeof(float));
+    free(all);
+}
+
+double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float lr, float grad_clip) {
     const rt_backend *be = opt->backend;
-    rt_allreduce_sum_f32(opt->world, grads, opt->n_params);
-    double norm = sqrt(be->sum_squares(grads + opt->shard_begin, opt->shard_end - opt->shard_begin));
+    float *shard_grad = opt->stage == 0 ? grads : opt->shard_grad;
+    /* At stage 0 the padding is not part of the gradient; at stages 1-2 it is zero. */
+    size_t n_grad = opt->stage == 0 ? opt->n_params : opt->shard_size;
+    double sum_squares = be->sum_squares(shard_grad, n_grad);
+    if (opt->stage != 0) rt_allreduce_sum_f64(opt->world, &sum_squares, 1);
+    double norm = sqrt(sum_squares);
     if (!isfinite(norm)) return norm;
-    if (grad_clip > 0.0f && norm > grad_clip)
-        be->scale(grads + opt->shard_begin, (float)(grad_clip / norm), opt->shard_end - opt->shard_begin);
+    if (grad_clip > 0.0f && norm > grad_clip) be->scale(shard_grad, (float)(grad_clip / norm), n_grad);
     opt->t++;
+    const size_t shard_end = opt->shard_begin + opt->shard_size;
     for (int i = 0; i < opt->table->count; i++) {
         const rt_named_view *view = &opt->table->views[i];
         size_t begin = view->offset > opt->shard_begin ? view->offset : opt->shard_begin;
-        size_t end = view->offset + view->numel < opt->shard_end ? view->offset + view->numel : opt->shard_end;
+        size_t end = view->offset + view->numel < shard_end ? view->offset + view->numel : shard_end;
         if (begin >= end) continue;
         size_t local = begin - opt->shard_begin;
-        be->adamw_update(params + begin, grads + begin, opt->m + local, opt->v + local, end - begin, lr, opt->beta1,
-                         opt->beta2, opt->eps, view->weight_decay ? opt->weight_decay : 0.0f, opt->t);
+        be->adamw_update(opt->master + local, shard_grad + local, opt->m + local, opt->v + local, end - begin, lr,
+                         opt->beta1, opt->beta2, opt->eps, view->weight_decay ? opt->weight_decay : 0.0f, opt->t);
     }
+    if (opt->stage == 0)
+        be->copy(params, opt->master, opt->n_params * sizeof(float));
+    else
+        opt->world->ops->allgather_f32(opt->world, params, opt->master, opt->shard_size);
     return norm;
 }
 

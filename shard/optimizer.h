@@ -1,4 +1,4 @@
-/* optimizer.h: AdamW over the flat parameter buffer, with the ZeRO sharding of its state. */
+/* optimizer.h: AdamW over the flat parameter buffer, with ZeRO sharding of its state (stages 0, 1, 2). */
 #ifndef RT_OPTIMIZER_H
 #define RT_OPTIMIZER_H
 
@@ -11,38 +11,72 @@
 #include "../runtime/tensor.h"
 
 /*
- * The optimizer owns the Adam moments of one contiguous range
- * [shard_begin, shard_end) of the flat parameter buffer. At ZeRO stage 0
- * the range is the whole buffer on every rank and gradients are summed by
- * an all-reduce over the world; the sharded stages (1: states, 2: states and
- * gradients) narrow the range to this rank's 1/N and swap the all-reduce
- * for reduce-scatter + all-gather, leaving the update code as it is.
- * Weight decay follows the view table: matrices decay, norms and biases do not.
+ * The flat buffer of Ψ parameters is padded to a multiple of the world
+ * size N ("padded" floats; the model allocates its parameter buffer that
+ * long, the padding stays zero). Rank r owns the shard
+ * [r*S, (r+1)*S) with S = padded / N, and keeps for it fp32 master weights
+ * and the two Adam moments: 12*S bytes, i.e. 12Ψ/N plus padding. Stage 0
+ * keeps the whole buffer on every rank (S = padded, 12Ψ bytes).
+ *
+ * One step:
+ *   stage 0: all-reduce the full gradient buffer, update everything.
+ *   stage 1: reduce-scatter the full gradient buffer into this rank's shard.
+ *   stage 2: the model hands each layer's gradients over as soon as that
+ *            layer's backward is done (rt_optimizer_reduce_range), so the
+ *            reduction overlaps the rest of the backward and the model needs
+ *            no full gradient buffer; the shard accumulates over micro-batches.
+ * then: the global gradient norm from one all-reduce of the shards' sums of
+ * squares, clipping, AdamW on the master shard (weight decay per named view:
+ * matrices decay, norms and biases do not), and the parameters are
+ * all-gathered from the updated master shards (stage 0: copied back).
  */
 typedef struct {
     const rt_backend *backend;
     rt_comm *world;
     const rt_view_table *table;
     int stage;
-    size_t n_params;
-    size_t shard_begin, shard_end;
-    float *m, *v; /* (shard_end - shard_begin) device */
+    size_t n_params;       /* Ψ */
+    size_t padded;         /* Ψ rounded up to a multiple of the world size */
+    size_t shard_size;     /* S */
+    size_t shard_begin;    /* r * S (0 at stage 0) */
+    float *master, *m, *v; /* (S) */
+    float *shard_grad;     /* (S) stage >= 1: this rank's summed gradient */
+    float *reduce_scratch; /* (S) stage 2: one reduction's slice before it is added */
     float beta1, beta2, eps, weight_decay;
-    int t; /* updates done so far */
-    size_t state_bytes;
+    int t;              /* updates done so far */
+    size_t state_bytes; /* master + moments: 12 * S */
 } rt_optimizer;
 
+/* Ψ rounded up to a multiple of n_ranks: the length to allocate parameter and gradient buffers with. */
+size_t rt_optimizer_padded_size(size_t n_params, int n_ranks);
+
+/* params holds the initial weights (padded length); the master shard is copied from it. */
 int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, rt_comm *world,
-                      int zero_stage, const rt_view_table *table, float beta1, float beta2, float eps,
-                      float weight_decay, rt_error *err);
+                      int zero_stage, const rt_view_table *table, const float *params, float beta1, float beta2,
+                      float eps, float weight_decay, rt_error *err);
+
+/* Before a step's first micro-batch: clears the shard's gradient accumulator (stages 1, 2). */
+void rt_optimizer_begin_step(rt_optimizer *opt);
+
+/* Stage 2: reduce grads of the flat range [offset, offset+count) over the world and add each rank's part
+ * of it into its shard accumulator. Every rank calls it with the same range, in the same order. */
+void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t offset, size_t count);
+
+/* After the last micro-batch: sums the full gradient buffer (padded length) over the world (stage 0:
+ * in place; stage 1: into the shard). No-op at stage 2. */
+void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads);
+
+/* Writes the reduced gradient (before clipping) of all Ψ parameters into dst, gathering shards; collective.
+ * grads is the model's full buffer (read at stage 0). For tests and diagnostics. */
+void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst);
 
 /*
- * One update: sums gradients over the world, computes the global gradient
- * norm (returned, before clipping), scales gradients by
- * min(1, grad_clip / norm) when grad_clip > 0, and applies AdamW with lr.
- * A non-finite norm skips nothing silently: it is returned for the caller to stop on.
+ * Clips by the global norm (grad_clip > 0) and applies AdamW with lr, then
+ * refreshes params (padded length) on every rank. Returns the gradient norm
+ * before clipping; a non-finite norm skips the update and is returned for
+ * the caller to stop on. grads is the model's full buffer (stage 0 only).
  */
-double rt_optimizer_step(rt_optimizer *opt, float *params, float *grads, float lr, float grad_clip);
+double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float lr, float grad_clip);
 
 /* Learning rate of step (0-based): linear warmup to lr over warmup steps, then cosine decay to min_lr at the
  * last step. */

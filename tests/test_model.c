@@ -65,7 +65,7 @@ typedef struct {
 static void fixture_init(model_fixture *f, const rt_model_shape *shape, rt_activation_mode mode) {
     rt_error err;
     rt_device_memory_init(&f->mem, rt_backend_cpu(), 0);
-    int rc = rt_model_init(&f->model, shape, rt_backend_cpu(), &f->mem, NULL, mode, 2, 12, &err);
+    int rc = rt_model_init(&f->model, shape, rt_backend_cpu(), &f->mem, NULL, mode, 2, 12, 0, &err);
     CU_ASSERT_FATAL(rc == 0);
     rt_model_init_params(&f->model, 42);
 }
@@ -248,7 +248,7 @@ static void test_memory_limit_refused(void) {
     rt_device_memory_init(&mem, rt_backend_cpu(), 64 * 1024);
     rt_model m;
     rt_error err;
-    CU_ASSERT(rt_model_init(&m, &shape, rt_backend_cpu(), &mem, NULL, RT_ACT_KEEP, 2, 12, &err) != 0);
+    CU_ASSERT(rt_model_init(&m, &shape, rt_backend_cpu(), &mem, NULL, RT_ACT_KEEP, 2, 12, 0, &err) != 0);
     CU_ASSERT(strstr(err.msg, "device memory limit") != NULL);
     CU_ASSERT(mem.peak <= 64 * 1024);
     rt_model_free(&m);
