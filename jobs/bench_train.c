@@ -70,7 +70,8 @@ int main(int argc, char **argv) {
     rt_device_memory mem;
     rt_device_memory_init(&mem, be, 0);
     rt_model model;
-    if (rt_model_init(&model, &shape, be, &mem, NULL, RT_ACT_KEEP, B, T, 0, &err)) {
+    if (rt_model_init(&model, &shape, be, &mem,
+                      &(rt_model_options){.mode = RT_ACT_KEEP, .max_seqs = B, .max_local_len = T}, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         return 1;
     }

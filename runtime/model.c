@@ -169,12 +169,12 @@ static void alloc_act_set(rt_model *m, rt_layer_acts *a, rt_error *err, int *fai
 }
 
 int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
-                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, size_t n_alloc,
-                  rt_error *err) {
+                  const rt_model_options *options, rt_error *err) {
+    const rt_activation_mode mode = options->mode;
+    const size_t max_seqs = options->max_seqs, max_local_len = options->max_local_len;
+    seqpar_ctx *seqpar = options->seqpar;
+    size_t n_alloc = options->n_alloc;
     memset(m, 0, sizeof *m);
-    if (mode == RT_ACT_OFFLOAD)
-        return rt_fail(err, "activations.mode = offload: the hidden_states offloader is not in this build yet; "
-                            "use keep or recompute");
     m->shape = *shape;
     m->backend = backend;
     m->mem = mem;
@@ -206,7 +206,16 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     if (m->head_tile < 1) m->head_tile = 1;
     if (m->head_tile > N) m->head_tile = N;
 
-    m->layer_inputs = ALLOC_F((L + 1) * N * C, "layer inputs");
+    if (mode == RT_ACT_OFFLOAD) {
+        m->final_hidden = ALLOC_F(N * C, "final hidden state");
+        if (failed) return -1;
+        if (rt_offloader_init(&m->offloader, backend, mem, s->n_layers, N * C * sizeof(float),
+                              options->offload_max_inflight, err))
+            return -1;
+        m->has_offloader = 1;
+    } else {
+        m->layer_inputs = ALLOC_F((L + 1) * N * C, "layer inputs");
+    }
     m->n_act_sets = mode == RT_ACT_KEEP ? s->n_layers : 1;
     m->acts = calloc_check((size_t)m->n_act_sets, sizeof *m->acts);
     for (int i = 0; i < m->n_act_sets; i++)
@@ -250,6 +259,7 @@ int rt_model_stream_grads(rt_model *m, void (*hook)(void *ctx, const float *grad
 
 void rt_model_free(rt_model *m) {
     /* Device buffers belong to the arena, which the caller destroys; here only host bookkeeping. */
+    if (m->has_offloader) rt_offloader_free(&m->offloader);
     rt_view_table_free(&m->table);
     free(m->layers);
     free(m->layer_grads);
@@ -341,18 +351,45 @@ static float *layer_input(rt_model *m, int layer, size_t N) {
     return m->layer_inputs + (size_t)layer * N * m->shape.d_model;
 }
 
-static void forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout) {
+/* The last layer's output: the head's input. */
+static float *final_hidden(rt_model *m, size_t N) {
+    return m->mode == RT_ACT_OFFLOAD ? m->final_hidden : layer_input(m, m->shape.n_layers, N);
+}
+
+/* Forward: the buffer for layer l's input (l = L: the final hidden state). */
+static float *forward_input(rt_model *m, int l, size_t N) {
+    if (m->mode != RT_ACT_OFFLOAD) return layer_input(m, l, N);
+    return l < m->shape.n_layers ? rt_offload_input_buffer(&m->offloader, l) : m->final_hidden;
+}
+
+/* Forward: layer l's input is written; a training pass offloads it. */
+static void forward_input_written(rt_model *m, int l, size_t N, int training) {
+    if (m->mode == RT_ACT_OFFLOAD && training && l < m->shape.n_layers)
+        rt_offload_save(&m->offloader, l, N * (size_t)m->shape.d_model * sizeof(float));
+}
+
+static void forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, int training) {
     const size_t N = batch->n_seqs * batch->local_len;
     const rt_top_params *top = &m->top;
-    m->backend->embedding_forward(layer_input(m, 0, N), m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
-    for (int l = 0; l < m->shape.n_layers; l++)
-        rt_layer_forward(m, l, acts_for(m, l), layer_input(m, l, N), layer_input(m, l + 1, N), batch->n_seqs,
-                         batch->local_len, dropout);
+    float *x = forward_input(m, 0, N);
+    m->backend->embedding_forward(x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
+    forward_input_written(m, 0, N, training);
+    for (int l = 0; l < m->shape.n_layers; l++) {
+        float *y = forward_input(m, l + 1, N);
+        rt_layer_forward(m, l, acts_for(m, l), x, y, batch->n_seqs, batch->local_len, dropout);
+        forward_input_written(m, l + 1, N, training);
+        x = y;
+    }
+}
+
+/* Ends a pass of the offloader (every forward, with or without backward). */
+static void end_pass(rt_model *m) {
+    if (m->mode == RT_ACT_OFFLOAD) rt_offload_end_pass(&m->offloader);
 }
 
 static void final_norm_forward(rt_model *m, size_t N) {
     const rt_model_shape *s = &m->shape;
-    const float *x = layer_input(m, s->n_layers, N);
+    const float *x = final_hidden(m, N);
     if (s->family == RT_FAMILY_GPT2)
         m->backend->layernorm_forward(m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w, m->top.norm_f_b, N,
                                       s->d_model, s->norm_eps);
@@ -387,7 +424,7 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     free(losses);
     *n_targets = count;
     if (backward) {
-        const float *x = layer_input(m, s->n_layers, N);
+        const float *x = final_hidden(m, N);
         be->memset_zero(m->d_resid, N * C * sizeof(float));
         if (s->family == RT_FAMILY_GPT2)
             be->layernorm_backward(m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
@@ -402,19 +439,25 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
 double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, float dloss_scale,
                                  size_t *n_targets) {
     const size_t N = load_batch(m, batch);
-    forward_layers(m, batch, dropout);
+    forward_layers(m, batch, dropout, 1);
     double loss_sum = head_forward(m, batch, dloss_scale, 1, n_targets);
+    const int offload = m->mode == RT_ACT_OFFLOAD;
     for (int l = m->shape.n_layers - 1; l >= 0; l--) {
         rt_layer_acts *acts = acts_for(m, l);
-        /* Recompute writes the layer's output again, bit for bit what forward wrote. */
+        if (offload && l > 0) rt_offload_prefetch(&m->offloader, l - 1); /* overlaps this layer's work */
+        float *x = offload ? rt_offload_restore(&m->offloader, l) : layer_input(m, l, N);
+        /* Recompute: the same ops on the same input, dropout masks included, so bit for bit the forward's
+         * activations. Its output is dead: it goes where nobody reads any more. */
         if (m->mode != RT_ACT_KEEP)
-            rt_layer_forward(m, l, acts, layer_input(m, l, N), layer_input(m, l + 1, N), batch->n_seqs,
+            rt_layer_forward(m, l, acts, x, offload ? m->final_hidden : layer_input(m, l + 1, N), batch->n_seqs,
                              batch->local_len, dropout);
         const size_t *lo = m->layer_offset;
         if (m->stream_grads) m->backend->memset_zero(m->layer_grad_scratch, (lo[1] - lo[0]) * sizeof(float));
-        rt_layer_backward(m, l, acts, layer_input(m, l, N), batch->n_seqs, batch->local_len, dropout);
+        rt_layer_backward(m, l, acts, x, batch->n_seqs, batch->local_len, dropout);
+        if (offload) rt_offload_release(&m->offloader, l);
         if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch, lo[l], lo[l + 1] - lo[l]);
     }
+    end_pass(m);
     m->backend->embedding_backward(m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
                                    m->shape.d_model);
     if (m->stream_grads) {
@@ -429,15 +472,25 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
 
 double rt_model_forward_loss(rt_model *m, const rt_batch *batch, size_t *n_targets) {
     load_batch(m, batch);
-    forward_layers(m, batch, NULL);
-    return head_forward(m, batch, 0.0f, 0, n_targets);
+    forward_layers(m, batch, NULL, 0);
+    double loss_sum = head_forward(m, batch, 0.0f, 0, n_targets);
+    end_pass(m);
+    return loss_sum;
 }
 
 void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out) {
     const rt_model_shape *s = &m->shape;
     const size_t N = load_batch(m, batch), C = (size_t)s->d_model;
-    forward_layers(m, batch, NULL);
+    forward_layers(m, batch, NULL, 0);
     final_norm_forward(m, N);
+    end_pass(m);
     m->backend->matmul_forward(m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C, s->padded_vocab);
     m->backend->copy(logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
+}
+
+void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out) {
+    if (m->has_offloader)
+        rt_offload_take_stats(&m->offloader, out);
+    else
+        memset(out, 0, sizeof *out);
 }

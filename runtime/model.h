@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../offload/offload.h"
 #include "../seqpar/seqpar.h"
 #include "backend.h"
 #include "config.h"
@@ -96,7 +97,10 @@ typedef struct {
     size_t head_tile; /* tokens per LM head tile */
 
     /* activations */
-    float *layer_inputs; /* (L+1, N, C): input of layer l at l*N*C, the final hidden state at L*N*C */
+    float *layer_inputs;    /* keep, recompute: (L+1, N, C): layer l's input at l*N*C, the final hidden state last */
+    rt_offloader offloader; /* offload: owns the inputs of layers 0..L-1 (device slots + host pool) */
+    int has_offloader;
+    float *final_hidden; /* offload: (N, C) the last layer's output; also the dead output of recomputes */
     rt_layer_acts *acts; /* L sets (keep) or 1 set (recompute) */
     int n_act_sets;
     float *norm_f;                    /* (N, C) */
@@ -135,16 +139,24 @@ rt_model_shape rt_model_shape_from_config(const rt_config *cfg);
 /* Parameter count (the flat buffer's length) of a shape. */
 size_t rt_model_param_count(const rt_model_shape *shape);
 
+typedef struct {
+    rt_activation_mode mode;
+    int offload_max_inflight;       /* offload: device -> host copies in flight at most */
+    size_t max_seqs, max_local_len; /* capacity: sequences per micro-batch, local tokens per sequence */
+    size_t n_alloc;                 /* parameter/gradient buffer length; 0 = the parameter count */
+    seqpar_ctx *seqpar;             /* NULL: attention over local tokens only */
+} rt_model_options;
+
 /*
- * Allocates parameters, gradients and activations for micro-batches of up to
- * max_seqs sequences of max_local_len local tokens, with parameter and gradient
- * buffers of n_alloc >= parameter count floats (0: exactly the count). mode keep or recompute
- * (offload is refused until the offloader exists). Fails with err when the
- * device memory limit refuses an allocation. seqpar may be NULL (local).
+ * Allocates parameters, gradients and activations for the capacity in
+ * options. Activation modes: keep (every layer's activations stay),
+ * recompute (layer inputs stay, each layer re-runs before its backward),
+ * offload (as recompute, but layer inputs wait in host memory between
+ * forward and backward: device memory no longer grows with the layer
+ * count). Fails with err when the device memory limit refuses an allocation.
  */
 int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
-                  seqpar_ctx *seqpar, rt_activation_mode mode, size_t max_seqs, size_t max_local_len, size_t n_alloc,
-                  rt_error *err);
+                  const rt_model_options *options, rt_error *err);
 
 /* Switches to streamed gradients (see rt_model): frees the full gradient buffer. hook(ctx, grads, offset,
  * count) receives the gradients of the flat range [offset, offset+count) of one micro-batch; every rank
@@ -152,6 +164,9 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
 int rt_model_stream_grads(rt_model *m, void (*hook)(void *ctx, const float *grads, size_t offset, size_t count),
                           void *ctx, rt_error *err);
 void rt_model_free(rt_model *m);
+
+/* Offload counters since the last call (zeros unless mode is offload); resets them. */
+void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out);
 
 /* Random init, deterministic in seed and independent of rank count: N(0, 0.02), residual output projections
  * scaled by 1/sqrt(2L), norms weight 1, biases 0, padded vocab rows 0. */

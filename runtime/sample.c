@@ -132,7 +132,10 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     rt_model model;
     int rc = -1;
     uint32_t *tokens = NULL;
-    if (rt_model_init(&model, &shape, be, &mem, NULL, RT_ACT_RECOMPUTE, 1, (size_t)shape.max_seq_len, 0, err))
+    if (rt_model_init(
+            &model, &shape, be, &mem,
+            &(rt_model_options){.mode = RT_ACT_RECOMPUTE, .max_seqs = 1, .max_local_len = (size_t)shape.max_seq_len},
+            err))
         goto done;
     if ((from_hdf5 ? rt_model_load(&model, opt->model_path, err) : rt_model_load_llmc(&model, opt->model_path, err)))
         goto done;

@@ -145,8 +145,14 @@ int rt_trainer_init(rt_trainer **out, const rt_config *cfg_in, rt_comm *world, r
     rt_model_shape shape = rt_model_shape_from_config(cfg);
     if (setup_data(t, shape.vocab_size, err)) return -1;
     size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), world->size);
-    if (rt_model_init(&t->model, &shape, t->backend, &t->mem, &t->seqpar, cfg->activation_mode, t->local_seqs,
-                      t->local_len, n_alloc, err))
+    if (rt_model_init(&t->model, &shape, t->backend, &t->mem,
+                      &(rt_model_options){.mode = cfg->activation_mode,
+                                          .offload_max_inflight = cfg->offload_max_inflight,
+                                          .max_seqs = t->local_seqs,
+                                          .max_local_len = t->local_len,
+                                          .n_alloc = n_alloc,
+                                          .seqpar = &t->seqpar},
+                      err))
         return -1;
     t->model_ready = 1;
     if (cfg->init_from[0]) {
@@ -224,6 +230,10 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     if (!isfinite(loss) || !isfinite(grad_norm))
         return rt_fail(err, "step %d: the loss (%g) or gradient norm (%g) is not finite; lower train.lr (%g)", step,
                        loss, grad_norm, cfg->lr);
+    rt_offload_stats offload;
+    rt_model_take_offload_stats(m, &offload);
+    if (cfg->activation_mode == RT_ACT_OFFLOAD && offload.offloaded_bytes == 0)
+        return rt_fail(err, "step %d: activations.mode = offload but nothing was offloaded", step);
     double step_s = rt_now_s() - t0;
     *metrics = (rt_step_metrics){
         .step = step,
@@ -236,6 +246,9 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
         .peak_device_bytes = t->mem.peak,
         .optimizer_bytes = t->opt.state_bytes,
         .comm_exposed_s = t->seqpar.comm_exposed_s,
+        .offloaded_bytes = offload.offloaded_bytes,
+        .prefetch_wait_s = offload.prefetch_wait_s,
+        .offload_host_bytes = offload.host_pool_bytes,
     };
     t->next_step++;
     if (t->has_val && (t->next_step % cfg->val_every == 0 || t->next_step == cfg->steps))
@@ -318,9 +331,9 @@ static void write_metrics(FILE *out, const rt_step_metrics *s) {
     fprintf(out,
             "{\"step\": %d, \"loss\": %.9g, \"grad_norm\": %.9g, \"lr\": %.9g, \"tokens_per_s\": %.1f, "
             "\"step_s\": %.6f, \"peak_device_bytes\": %zu, \"offloaded_bytes\": %zu, \"comm_exposed_s\": %.6f, "
-            "\"prefetch_wait_s\": %.6f, \"optimizer_bytes\": %zu",
+            "\"prefetch_wait_s\": %.6f, \"offload_host_bytes\": %zu, \"optimizer_bytes\": %zu",
             s->step, s->loss, s->grad_norm, s->lr, s->tokens_per_s, s->step_s, s->peak_device_bytes, s->offloaded_bytes,
-            s->comm_exposed_s, s->prefetch_wait_s, s->optimizer_bytes);
+            s->comm_exposed_s, s->prefetch_wait_s, s->offload_host_bytes, s->optimizer_bytes);
     if (!isnan(s->val_loss)) fprintf(out, ", \"val_loss\": %.9g", s->val_loss);
     fputs("}\n", out);
     fflush(out);

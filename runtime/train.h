@@ -18,6 +18,7 @@ typedef struct {
     double step_s, tokens_per_s;
     double val_loss; /* NAN unless validation ran after this step */
     size_t peak_device_bytes, offloaded_bytes, optimizer_bytes;
+    size_t offload_host_bytes; /* the offloader's host pool, allocated once */
     double comm_exposed_s, prefetch_wait_s;
 } rt_step_metrics;
 

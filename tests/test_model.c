@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "../io/llmc_model.h"
+#include "../runtime/backend_cpu_internal.h"
 #include "../runtime/model.h"
 #include "../runtime/model_io.h"
 #include "testing.h"
@@ -65,7 +66,9 @@ typedef struct {
 static void fixture_init(model_fixture *f, const rt_model_shape *shape, rt_activation_mode mode) {
     rt_error err;
     rt_device_memory_init(&f->mem, rt_backend_cpu(), 0);
-    int rc = rt_model_init(&f->model, shape, rt_backend_cpu(), &f->mem, NULL, mode, 2, 12, 0, &err);
+    int rc = rt_model_init(
+        &f->model, shape, rt_backend_cpu(), &f->mem,
+        &(rt_model_options){.mode = mode, .offload_max_inflight = 1, .max_seqs = 2, .max_local_len = 12}, &err);
     CU_ASSERT_FATAL(rc == 0);
     rt_model_init_params(&f->model, 42);
 }
@@ -143,30 +146,103 @@ static void test_gradcheck_llama(void) { gradient_check(RT_FAMILY_LLAMA, 0.0f); 
 static void test_gradcheck_llama_dropout(void) { gradient_check(RT_FAMILY_LLAMA, 0.2f); }
 static void test_gradcheck_gpt2(void) { gradient_check(RT_FAMILY_GPT2, 0.0f); }
 
-static void keep_equals_recompute(rt_family family) {
-    rt_model_shape shape = tiny_shape(family, 0.1f);
-    model_fixture keep, recompute;
-    fixture_init(&keep, &shape, RT_ACT_KEEP);
-    fixture_init(&recompute, &shape, RT_ACT_RECOMPUTE);
+/* One micro-batch's loss and gradients in a mode; copies the gradients out (Ψ floats, caller frees). */
+static double step_in_mode(const rt_model_shape *shape, rt_activation_mode mode, int max_inflight, float **grads,
+                           uint64_t *layer_forwards) {
+    rt_error err;
+    model_fixture f;
+    rt_device_memory_init(&f.mem, rt_backend_cpu(), 0);
+    rt_model_options options = {.mode = mode, .offload_max_inflight = max_inflight, .max_seqs = 2, .max_local_len = 12};
+    CU_ASSERT_FATAL(rt_model_init(&f.model, shape, rt_backend_cpu(), &f.mem, &options, &err) == 0);
+    rt_model_init_params(&f.model, 42);
     test_batch tb;
-    make_batch(&tb, shape.vocab_size, 11);
-    rt_dropout_plan dropout = {.p = 0.1f, .seed = 5, .step = 1};
+    make_batch(&tb, shape->vocab_size, 11);
+    rt_dropout_plan dropout = {.p = shape->dropout, .seed = 5, .step = 1};
     size_t count = 0;
-    rt_model_zero_grads(&keep.model);
-    rt_model_zero_grads(&recompute.model);
-    double loss_keep = rt_model_forward_backward(&keep.model, &tb.batch, &dropout, 0.05f, &count);
-    double loss_recompute = rt_model_forward_backward(&recompute.model, &tb.batch, &dropout, 0.05f, &count);
-    CU_ASSERT(loss_keep == loss_recompute);
-    CU_ASSERT(memcmp(keep.model.grads, recompute.model.grads, keep.model.table.total * sizeof(float)) == 0);
-    CU_ASSERT_EQUAL(keep.model.counters.layer_forwards, (uint64_t)shape.n_layers);
-    CU_ASSERT_EQUAL(recompute.model.counters.layer_forwards, 2 * (uint64_t)shape.n_layers);
-    CU_ASSERT(recompute.mem.peak < keep.mem.peak);
-    fixture_free(&keep);
-    fixture_free(&recompute);
+    rt_model_zero_grads(&f.model);
+    double loss = rt_model_forward_backward(&f.model, &tb.batch, &dropout, 0.05f, &count);
+    *grads = malloc(f.model.table.total * sizeof(float));
+    memcpy(*grads, f.model.grads, f.model.table.total * sizeof(float));
+    *layer_forwards = f.model.counters.layer_forwards;
+    if (mode == RT_ACT_OFFLOAD) {
+        rt_offload_stats stats;
+        rt_model_take_offload_stats(&f.model, &stats);
+        /* every layer input but the last went to the host: (L-1) * N * C floats */
+        CU_ASSERT_EQUAL(stats.offloaded_bytes, (size_t)(shape->n_layers - 1) * 24 * shape->d_model * sizeof(float));
+    }
+    fixture_free(&f);
+    return loss;
 }
 
-static void test_keep_equals_recompute_llama(void) { keep_equals_recompute(RT_FAMILY_LLAMA); }
-static void test_keep_equals_recompute_gpt2(void) { keep_equals_recompute(RT_FAMILY_GPT2); }
+/* keep, recompute and offload give bitwise the same loss and gradients; the recompute really runs. */
+static void modes_agree(rt_family family) {
+    rt_model_shape shape = tiny_shape(family, 0.1f);
+    shape.n_layers = 3;
+    float *keep_grads, *grads;
+    uint64_t forwards;
+    double keep_loss = step_in_mode(&shape, RT_ACT_KEEP, 1, &keep_grads, &forwards);
+    CU_ASSERT_EQUAL(forwards, 3); /* once per layer */
+    const size_t n = rt_model_param_count(&shape);
+    const rt_activation_mode modes[] = {RT_ACT_RECOMPUTE, RT_ACT_OFFLOAD};
+    for (int i = 0; i < 2; i++) {
+        double loss = step_in_mode(&shape, modes[i], 1, &grads, &forwards);
+        CU_ASSERT(loss == keep_loss);
+        CU_ASSERT(memcmp(grads, keep_grads, n * sizeof(float)) == 0);
+        CU_ASSERT_EQUAL(forwards, 6); /* forward and recompute */
+        free(grads);
+    }
+    free(keep_grads);
+}
+
+static void test_modes_agree_llama(void) { modes_agree(RT_FAMILY_LLAMA); }
+static void test_modes_agree_gpt2(void) { modes_agree(RT_FAMILY_GPT2); }
+
+/* With every device->host copy slowed to 3 ms and one copy in flight, offload still gives keep's bits:
+ * no buffer is read before its copy completes or reused before it was copied out. */
+static void test_offload_slow_copies(void) {
+    rt_model_shape shape = tiny_shape(RT_FAMILY_LLAMA, 0.1f);
+    shape.n_layers = 4;
+    float *keep_grads, *grads;
+    uint64_t forwards;
+    double keep_loss = step_in_mode(&shape, RT_ACT_KEEP, 1, &keep_grads, &forwards);
+    rt_cpu_copy_engine_set_delay_us(3000);
+    double loss = step_in_mode(&shape, RT_ACT_OFFLOAD, 1, &grads, &forwards);
+    rt_cpu_copy_engine_set_delay_us(0);
+    CU_ASSERT(loss == keep_loss);
+    CU_ASSERT(memcmp(grads, keep_grads, rt_model_param_count(&shape) * sizeof(float)) == 0);
+    free(grads);
+    free(keep_grads);
+}
+
+/* Device bytes of everything but parameters and gradients, for L layers. */
+static size_t activation_bytes(int n_layers, rt_activation_mode mode) {
+    rt_model_shape shape = tiny_shape(RT_FAMILY_LLAMA, 0.0f);
+    shape.n_layers = n_layers;
+    model_fixture f;
+    fixture_init(&f, &shape, mode);
+    test_batch tb;
+    make_batch(&tb, shape.vocab_size, 1);
+    size_t count = 0;
+    rt_model_forward_backward(&f.model, &tb.batch, NULL, 0.05f, &count);
+    size_t bytes = f.mem.peak - 2 * f.model.n_alloc * sizeof(float);
+    fixture_free(&f);
+    return bytes;
+}
+
+static void test_activation_memory_vs_layers(void) {
+    size_t keep[3], offload[3];
+    const int layers[3] = {2, 4, 8};
+    for (int i = 0; i < 3; i++) {
+        keep[i] = activation_bytes(layers[i], RT_ACT_KEEP);
+        offload[i] = activation_bytes(layers[i], RT_ACT_OFFLOAD);
+    }
+    /* keep: linear in L (equal increments, and growing); offload: the same bytes for every L. */
+    CU_ASSERT(keep[1] > keep[0]);
+    CU_ASSERT_EQUAL(keep[2] - keep[1], 2 * (keep[1] - keep[0]));
+    CU_ASSERT_EQUAL(offload[0], offload[1]);
+    CU_ASSERT_EQUAL(offload[1], offload[2]);
+    CU_ASSERT(offload[2] < keep[2]);
+}
 
 static void test_initial_loss_near_uniform(void) {
     rt_model_shape shape = tiny_shape(RT_FAMILY_LLAMA, 0.0f);
@@ -248,7 +324,8 @@ static void test_memory_limit_refused(void) {
     rt_device_memory_init(&mem, rt_backend_cpu(), 64 * 1024);
     rt_model m;
     rt_error err;
-    CU_ASSERT(rt_model_init(&m, &shape, rt_backend_cpu(), &mem, NULL, RT_ACT_KEEP, 2, 12, 0, &err) != 0);
+    CU_ASSERT(rt_model_init(&m, &shape, rt_backend_cpu(), &mem,
+                            &(rt_model_options){.mode = RT_ACT_KEEP, .max_seqs = 2, .max_local_len = 12}, &err) != 0);
     CU_ASSERT(strstr(err.msg, "device memory limit") != NULL);
     CU_ASSERT(mem.peak <= 64 * 1024);
     rt_model_free(&m);
@@ -260,8 +337,10 @@ int main(void) {
         {"gradient check llama (GQA)", test_gradcheck_llama},
         {"gradient check llama with dropout", test_gradcheck_llama_dropout},
         {"gradient check gpt2", test_gradcheck_gpt2},
-        {"keep == recompute, llama", test_keep_equals_recompute_llama},
-        {"keep == recompute, gpt2", test_keep_equals_recompute_gpt2},
+        {"keep == recompute == offload, llama", test_modes_agree_llama},
+        {"keep == recompute == offload, gpt2", test_modes_agree_gpt2},
+        {"offload with slow copies, one in flight", test_offload_slow_copies},
+        {"activation memory: keep grows with L, offload flat", test_activation_memory_vs_layers},
         {"initial loss ~ ln(V)", test_initial_loss_near_uniform},
         {"llm.c file -> named tensors", test_llmc_import_named_tensors},
         {"device memory limit refused", test_memory_limit_refused},

@@ -104,7 +104,8 @@ static double gradient_error(const rt_config *cfg, const float *got, const float
     rt_model model;
     rt_error err;
     double worst = 0.0;
-    if (rt_model_init(&model, &shape, rt_backend_cpu(), &mem, NULL, RT_ACT_RECOMPUTE, 1, 2, 0, &err) != 0)
+    if (rt_model_init(&model, &shape, rt_backend_cpu(), &mem,
+                      &(rt_model_options){.mode = RT_ACT_RECOMPUTE, .max_seqs = 1, .max_local_len = 2}, &err) != 0)
         return INFINITY;
     for (int i = 0; i < model.table.count; i++) {
         const rt_named_view *v = &model.table.views[i];
@@ -197,6 +198,30 @@ static void test_zero_stages(void) {
         free_record(&runs[stage]);
 }
 
+/* keep, recompute and offload on the job's ranks (sp = P): bitwise the same losses and gradients. */
+static void test_activation_modes_bitwise(void) {
+    const rt_family families[] = {RT_FAMILY_LLAMA, RT_FAMILY_GPT2};
+    for (int f = 0; f < 2; f++) {
+        rt_config cfg;
+        base_config(&cfg, families[f], families[f] == RT_FAMILY_LLAMA ? 0.1f : 0.0f);
+        cfg.sp = world->size;
+        cfg.n_layers = 3;
+        run_record runs[3];
+        const rt_activation_mode modes[] = {RT_ACT_KEEP, RT_ACT_RECOMPUTE, RT_ACT_OFFLOAD};
+        for (int i = 0; i < 3; i++) {
+            cfg.activation_mode = modes[i];
+            CU_ASSERT_FATAL(record_run(&cfg, world, &runs[i]) == 0);
+        }
+        for (int i = 1; i < 3; i++)
+            for (int s = 0; s < cfg.steps; s++) {
+                CU_ASSERT(runs[i].loss[s] == runs[0].loss[s]);
+                CU_ASSERT(memcmp(runs[i].grads[s], runs[0].grads[s], runs[0].n_params * sizeof(float)) == 0);
+            }
+        for (int i = 0; i < 3; i++)
+            free_record(&runs[i]);
+    }
+}
+
 static void write_data(void) {
     char dir[64] = "";
     if (world->rank == 0) {
@@ -226,6 +251,7 @@ int main(int argc, char **argv) {
         {"seqpar: gpt2 == 1 rank", test_seqpar_gpt2},
         {"meshes dp x sp == 1 rank", test_meshes},
         {"ZeRO stages 0/1/2 agree", test_zero_stages},
+        {"keep == recompute == offload, bitwise", test_activation_modes_bitwise},
     };
     int status = test_run_suite("parity", cases, (int)(sizeof cases / sizeof cases[0]));
     int worst = status;

@@ -149,6 +149,31 @@ static void test_grad_accum_matches_big_batch(void) {
         CU_ASSERT(fabs(big[i] - accum[i]) <= 1e-5 * fabs(big[i]));
 }
 
+/* 20 offload steps: the host pool and the peak device bytes are the same from the first step on. */
+static void test_offload_memory_flat(void) {
+    rt_config cfg;
+    base_config(&cfg, "offload_flat");
+    cfg.steps = 20;
+    cfg.n_layers = 4;
+    cfg.activation_mode = RT_ACT_OFFLOAD;
+    rt_trainer *t = NULL;
+    rt_error err;
+    int rc = rt_trainer_init(&t, &cfg, world, &err);
+    if (rc) fprintf(stderr, "\n  trainer: %s\n", err.msg);
+    CU_ASSERT_FATAL(rc == 0);
+    rt_step_metrics first, m;
+    for (int s = 0; s < 20; s++) {
+        CU_ASSERT_FATAL(rt_trainer_step(t, &m, &err) == 0);
+        if (s == 0) first = m;
+        CU_ASSERT(m.offloaded_bytes > 0);
+        CU_ASSERT_EQUAL(m.peak_device_bytes, first.peak_device_bytes);
+        CU_ASSERT_EQUAL(m.offload_host_bytes, first.offload_host_bytes);
+    }
+    /* 3 of the 4 layer inputs (B*T*C floats each) live on the host. */
+    CU_ASSERT_EQUAL(first.offload_host_bytes, 3 * (size_t)cfg.batch_size * cfg.seq_len * cfg.d_model * sizeof(float));
+    rt_trainer_free(t);
+}
+
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     if (!mkdtemp(work_dir)) return 2;
@@ -157,6 +182,7 @@ int main(int argc, char **argv) {
         {"loss falls on a small corpus", test_loss_falls},
         {"metrics contract and determinism", test_metrics_contract_and_determinism},
         {"grad accumulation == bigger batch", test_grad_accum_matches_big_batch},
+        {"offload: host pool and peak device bytes flat over 20 steps", test_offload_memory_flat},
     };
     int status = test_run_suite("train", cases, (int)(sizeof cases / sizeof cases[0]));
     char cmd[600];
