@@ -238,7 +238,9 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     m->d_act = ALLOC_F(N * s->d_ff, "gradient scratch (mlp activation)");
     m->delta = ALLOC_F(N * s->n_heads, "gradient scratch (attention delta)");
     m->branch = ALLOC_F(N * C, "activations (branch output)");
-    return failed ? -1 : 0;
+    if (failed) return -1;
+    rt_attn_shape attn = rt_attention_shape(s);
+    return seqpar_reserve(m->seqpar, max_local_len, &attn, err);
 }
 
 int rt_model_stream_grads(rt_model *m, void (*hook)(void *ctx, const float *grads, size_t offset, size_t count),

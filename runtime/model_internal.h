@@ -13,6 +13,9 @@ static inline size_t rt_fc_width(const rt_model_shape *s) {
     return s->family == RT_FAMILY_LLAMA ? 2 * (size_t)s->d_ff : (size_t)s->d_ff;
 }
 
+/* The layout of the model's attention calls: q|k|v interleaved per token, causal. */
+rt_attn_shape rt_attention_shape(const rt_model_shape *s);
+
 /* x (N,C) -> out (N,C) for layer l, filling acts. dropout may be NULL (off). */
 void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *acts, const float *x, float *out, size_t n_seqs,
                       size_t local_len, const rt_dropout_plan *dropout);

@@ -13,7 +13,7 @@
 
 #include "model_internal.h"
 
-static rt_attn_shape attention_shape(const rt_model_shape *s) {
+rt_attn_shape rt_attention_shape(const rt_model_shape *s) {
     size_t qkv = rt_qkv_width(s);
     return (rt_attn_shape){
         .n_heads = s->n_heads,
@@ -71,7 +71,7 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
     const rt_layer_params *p = &m->layers[layer];
     const size_t N = n_seqs * local_len, C = (size_t)s->d_model, F = (size_t)s->d_ff;
     const size_t QKV = rt_qkv_width(s), FC = rt_fc_width(s), HD = (size_t)s->n_heads * s->head_dim;
-    const rt_attn_shape shape = attention_shape(s);
+    const rt_attn_shape shape = rt_attention_shape(s);
 
     norm_forward(m, a->norm1, a->norm1_mean, a->norm1_rstd, x, p->norm1_w, p->norm1_b, N);
     be->matmul_forward(a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
@@ -108,7 +108,7 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
     const rt_layer_params *g = &m->layer_grads[layer];
     const size_t N = n_seqs * local_len, C = (size_t)s->d_model, F = (size_t)s->d_ff;
     const size_t QKV = rt_qkv_width(s), FC = rt_fc_width(s), HD = (size_t)s->n_heads * s->head_dim;
-    const rt_attn_shape shape = attention_shape(s);
+    const rt_attn_shape shape = rt_attention_shape(s);
 
     /* MLP branch: d_resid = d(out) = d(res1) so far. */
     be->copy(m->d_branch, m->d_resid, N * C * sizeof(float));

@@ -245,17 +245,27 @@ static void check_group_agrees(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *
                  -extremes[1], extremes[0], Tl, -extremes[3], extremes[2]);
 }
 
-/* Grows n buffers of *capacity bytes each to at least bytes (contents are not kept). */
-static void ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capacity, size_t bytes, const char *what) {
-    if (bytes <= *capacity && buffers[0] != NULL) return;
+/* Grows n buffers of *capacity bytes each to at least bytes (contents are not kept); -1 with err when the
+ * arena refuses. */
+static int try_ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capacity, size_t bytes, const char *what,
+                              rt_error *err) {
+    if (bytes <= *capacity && buffers[0] != NULL) return 0;
     if (ctx->mem == NULL) rt_fatal("seqpar: ring attention needs a device memory arena (seqpar_ctx.mem is NULL)");
     for (int i = 0; i < n; i++) {
         if (buffers[i]) rt_device_free(ctx->mem, buffers[i]);
         buffers[i] = NULL;
     }
+    *capacity = 0;
     for (int i = 0; i < n; i++)
-        buffers[i] = rt_device_alloc_or_die(ctx->mem, bytes, what);
+        if (!(buffers[i] = rt_device_alloc(ctx->mem, bytes, what, err))) return -1;
     *capacity = bytes;
+    return 0;
+}
+
+/* As try_ensure_buffers inside a step, where a refusal can only end the job (seqpar_reserve avoids it). */
+static void ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capacity, size_t bytes, const char *what) {
+    rt_error err;
+    if (try_ensure_buffers(ctx, buffers, n, capacity, bytes, what, &err)) rt_fatal("%s", err.msg);
 }
 
 void seqpar_ctx_free(seqpar_ctx *ctx) {
@@ -361,6 +371,15 @@ void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const flo
     }
     free(q_host_pos);
     free(k_host_pos);
+}
+
+int seqpar_reserve(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape, rt_error *err) {
+    if (ring_size(ctx) <= 1 || Tl == 0) return 0;
+    if (try_ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, kv_block_bytes(Tl, shape),
+                           "ring attention K/V blocks", err))
+        return -1;
+    return try_ensure_buffers(ctx, ctx->dkv_ring, 4, &ctx->dkv_ring_bytes, dkv_block_bytes(Tl, shape),
+                              "ring attention dK/dV blocks", err);
 }
 
 void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv, float *delta, const float *dout,

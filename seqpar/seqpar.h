@@ -43,6 +43,11 @@ typedef struct {
     void *dkv_ring[4]; /* fp32 [dK | dV] (Tl, 2*Hkv*D): two partials being computed/sent, two being received */
 } seqpar_ctx;
 
+/* Allocates the ring buffers for local sequences of up to Tl tokens now (groups of more than one rank), so
+ * that training allocates no device memory after setup: a run that starts fits. -1 with err when the
+ * memory limit refuses. */
+int seqpar_reserve(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape, rt_error *err);
+
 /* Frees the ring buffers (call before destroying ctx->mem); the context stays usable and allocates again. */
 void seqpar_ctx_free(seqpar_ctx *ctx);
 
