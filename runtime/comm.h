@@ -22,7 +22,8 @@ typedef struct {
     void (*allreduce_sum_f32)(rt_comm *comm, float *buf, size_t n);
     void (*allreduce_sum_f64)(rt_comm *comm, double *buf, size_t n);
     void (*allreduce_max_f64)(rt_comm *comm, double *buf, size_t n);
-    /* recv (n/size floats per rank, n divisible by size) = this rank's slice of the sum of send (n). */
+    /* recv (n/size floats per rank, n divisible by size) = this rank's slice of the sum of send (n). With
+     * send == recv it works in place and the slice lands at the start of the buffer. */
     void (*reduce_scatter_sum_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
     /* Uneven reduce-scatter: send holds sum(counts) floats; rank q receives, in recv, the sum over ranks of
      * the counts[q] floats that follow counts[0..q-1] in send. */

@@ -37,7 +37,10 @@ static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send
         rt_fatal("reduce_scatter of %zu floats over %d ranks: count must divide by the rank count", n, comm->size);
     if (per_rank > MPI_CHUNK)
         rt_fatal("reduce_scatter of %zu floats per rank is larger than one MPI call takes", per_rank);
-    MPI_Reduce_scatter_block(send, recv, (int)per_rank, MPI_FLOAT, MPI_SUM, mpi_of(comm));
+    if (send == recv) /* in place: the rank's slice lands at the start of the buffer */
+        MPI_Reduce_scatter_block(MPI_IN_PLACE, recv, (int)per_rank, MPI_FLOAT, MPI_SUM, mpi_of(comm));
+    else
+        MPI_Reduce_scatter_block(send, recv, (int)per_rank, MPI_FLOAT, MPI_SUM, mpi_of(comm));
 }
 
 static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {

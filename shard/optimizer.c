@@ -30,7 +30,9 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
     if (!(opt->master = rt_device_alloc(mem, bytes, "optimizer state (fp32 master weights)", err))) return -1;
     if (!(opt->m = rt_device_alloc(mem, bytes, "optimizer state (Adam m)", err))) return -1;
     if (!(opt->v = rt_device_alloc(mem, bytes, "optimizer state (Adam v)", err))) return -1;
-    if (zero_stage >= 1 && !(opt->shard_grad = rt_device_alloc(mem, bytes, "gradient shard", err))) return -1;
+    /* Stage 1 reduce-scatters in place into the start of the model's gradient buffer; stage 2 has no full
+     * buffer and accumulates its shard here. */
+    if (zero_stage == 2 && !(opt->shard_grad = rt_device_alloc(mem, bytes, "gradient shard", err))) return -1;
     if (zero_stage == 2 && !(opt->reduce_scratch = rt_device_alloc(mem, bytes, "gradient reduce scratch", err)))
         return -1;
     backend->copy(opt->master, params + opt->shard_begin, bytes);
@@ -63,7 +65,12 @@ void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads) {
     if (opt->stage == 0)
         rt_allreduce_sum_f32(opt->world, grads, opt->n_params);
     else if (opt->stage == 1)
-        opt->world->ops->reduce_scatter_sum_f32(opt->world, opt->shard_grad, grads, opt->padded);
+        opt->world->ops->reduce_scatter_sum_f32(opt->world, grads, grads, opt->padded);
+}
+
+/* Where this rank's summed gradient shard is after rt_optimizer_reduce_grads. */
+static float *shard_gradient(const rt_optimizer *opt, float *grads) {
+    return opt->stage == 2 ? opt->shard_grad : grads;
 }
 
 void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst) {
@@ -72,14 +79,14 @@ void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst
         return;
     }
     float *all = malloc_check(opt->padded * sizeof(float));
-    opt->world->ops->allgather_f32(opt->world, all, opt->shard_grad, opt->shard_size);
+    opt->world->ops->allgather_f32(opt->world, all, shard_gradient(opt, (float *)grads), opt->shard_size);
     memcpy(dst, all, opt->n_params * sizeof(float));
     free(all);
 }
 
 double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float lr, float grad_clip) {
     const rt_backend *be = opt->backend;
-    float *shard_grad = opt->stage == 0 ? grads : opt->shard_grad;
+    float *shard_grad = shard_gradient(opt, grads);
     /* At stage 0 the padding is not part of the gradient; at stages 1-2 it is zero. */
     size_t n_grad = opt->stage == 0 ? opt->n_params : opt->shard_size;
     double sum_squares = be->sum_squares(shard_grad, n_grad);

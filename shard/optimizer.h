@@ -20,7 +20,7 @@
  *
  * One step:
  *   stage 0: all-reduce the full gradient buffer, update everything.
- *   stage 1: reduce-scatter the full gradient buffer into this rank's shard.
+ *   stage 1: reduce-scatter the full gradient buffer, in place: this rank's summed shard lands at its start.
  *   stage 2: the model hands each layer's gradients over as soon as that
  *            layer's backward is done (rt_optimizer_reduce_range), so the
  *            reduction overlaps the rest of the backward and the model needs
@@ -40,7 +40,8 @@ typedef struct {
     size_t shard_size;     /* S */
     size_t shard_begin;    /* r * S (0 at stage 0) */
     float *master, *m, *v; /* (S) */
-    float *shard_grad;     /* (S) stage >= 1: this rank's summed gradient */
+    float *shard_grad;     /* (S) stage 2: this rank's summed gradient (stage 1 keeps it in place, at the start
+                            * of the model's gradient buffer) */
     float *reduce_scratch; /* (S) stage 2: one reduction's slice before it is added */
     float beta1, beta2, eps, weight_decay;
     int t;              /* updates done so far */

@@ -1,0 +1,94 @@
+/*
+ * bench_memory.c: the longest sequence that fits a device memory limit, per
+ * activation mode, for the sequence-parallel group of this job (P = the
+ * number of mpirun ranks). Every device allocation of a run goes through the
+ * accounted arena and all of them happen at setup (ring buffers included,
+ * seqpar_reserve), so "fits" means: model, ring buffers and optimizer state
+ * for one sequence of T tokens (T/P per rank) are all granted under the
+ * limit. The probe backend allocates lazily (no zero-fill), so probing
+ * layouts of many GiB costs nothing.
+ *
+ *   mpirun -np P bench_memory PRESET LIMIT ZERO_STAGE MODE...
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/config.h"
+#include "../runtime/model.h"
+#include "../shard/optimizer.h"
+
+static void *lazy_alloc(size_t bytes) { return malloc(bytes); }
+static void no_zero(void *dst, size_t bytes) { (void)dst, (void)bytes; }
+
+/* 1 when setup for one sequence of T tokens fits limit on this rank. */
+static int fits(const rt_backend *be, const rt_config *preset, rt_comm *world, size_t limit, int stage,
+                rt_activation_mode mode, size_t T) {
+    rt_config cfg = *preset;
+    cfg.max_seq_len = (int)T; /* gpt2's learned positions must cover T (their bytes count too) */
+    rt_model_shape shape = rt_model_shape_from_config(&cfg);
+    rt_device_memory mem;
+    rt_device_memory_init(&mem, be, limit);
+    seqpar_ctx sp = {.backend = be, .mem = &mem, .comm = world};
+    rt_model model;
+    rt_optimizer opt;
+    rt_error err;
+    size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), world->size);
+    rt_model_options options = {.mode = mode,
+                                .offload_max_inflight = cfg.offload_max_inflight,
+                                .max_seqs = 1,
+                                .max_local_len = T / (size_t)world->size,
+                                .n_alloc = n_alloc,
+                                .seqpar = &sp};
+    int ok = rt_model_init(&model, &shape, be, &mem, &options, &err) == 0 &&
+             rt_optimizer_init(&opt, be, &mem, world, stage, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f,
+                               &err) == 0;
+    seqpar_ctx_free(&sp);
+    rt_model_free(&model);
+    rt_device_memory_destroy(&mem);
+    return ok;
+}
+
+int main(int argc, char **argv) {
+    rt_comm *world = rt_comm_world_mpi(&argc, &argv);
+    if (argc < 5) {
+        fprintf(stderr, "usage: mpirun -np P bench_memory PRESET LIMIT ZERO_STAGE MODE...\n");
+        return 2;
+    }
+    rt_config cfg;
+    rt_error err;
+    rt_config_defaults(&cfg);
+    size_t limit = 0;
+    if (rt_config_apply_preset(&cfg, argv[1], &err) || rt_parse_bytes(argv[2], &limit)) {
+        fprintf(stderr, "bench_memory: bad preset or limit\n");
+        return 2;
+    }
+    rt_config_resolve(&cfg);
+    int stage = atoi(argv[3]);
+    rt_backend probe = *rt_backend_cpu();
+    probe.device_alloc = lazy_alloc;
+    probe.memset_zero = no_zero;
+    const size_t grain = 64 * 2 * (size_t)world->size; /* T divides into 2P chunks of whole 64-token tiles */
+    for (int a = 4; a < argc; a++) {
+        rt_activation_mode mode = strcmp(argv[a], "keep") == 0        ? RT_ACT_KEEP
+                                  : strcmp(argv[a], "recompute") == 0 ? RT_ACT_RECOMPUTE
+                                                                      : RT_ACT_OFFLOAD;
+        size_t lo = 0, hi = grain; /* lo fits (0 = nothing yet), hi does not */
+        while (fits(&probe, &cfg, world, limit, stage, mode, hi)) {
+            lo = hi;
+            hi *= 2;
+        }
+        while (hi - lo > grain) {
+            size_t mid = (lo + hi) / 2 / grain * grain;
+            if (fits(&probe, &cfg, world, limit, stage, mode, mid))
+                lo = mid;
+            else
+                hi = mid;
+        }
+        if (world->rank == 0)
+            printf("%-10s P=%d zero=%d %-9s limit %s: longest T = %zu (%zu per rank)\n", argv[1], world->size, stage,
+                   argv[a], argv[2], lo, lo / (size_t)world->size);
+    }
+    rt_comm_finalize();
+    return 0;
+}
