@@ -20,6 +20,9 @@
 
 static void *lazy_alloc(size_t bytes) { return malloc(bytes); }
 static void no_zero(void *dst, size_t bytes) { (void)dst, (void)bytes; }
+static void no_hook(void *ctx, const float *grads, size_t offset, size_t count) {
+    (void)ctx, (void)grads, (void)offset, (void)count;
+}
 
 /* 1 when setup for one sequence of T tokens fits limit on this rank. */
 static int fits(const rt_backend *be, const rt_config *preset, rt_comm *world, size_t limit, int stage,
@@ -39,7 +42,8 @@ static int fits(const rt_backend *be, const rt_config *preset, rt_comm *world, s
                                 .max_seqs = 1,
                                 .max_local_len = T / (size_t)world->size,
                                 .n_alloc = n_alloc,
-                                .seqpar = &sp};
+                                .seqpar = &sp,
+                                .grad_hook = stage == 2 ? no_hook : NULL};
     int ok = rt_model_init(&model, &shape, be, &mem, &options, &err) == 0 &&
              rt_optimizer_init(&opt, be, &mem, world, stage, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f,
                                &err) == 0;

@@ -193,7 +193,16 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     m->n_alloc = n_alloc;
     int failed = 0;
     m->params = ALLOC_F(n_alloc, "parameters");
-    m->grads = ALLOC_F(n_alloc, "gradients");
+    if (options->grad_hook) {
+        const size_t *lo = m->layer_offset;
+        m->stream_grads = 1;
+        m->grad_hook = options->grad_hook;
+        m->grad_hook_ctx = options->grad_hook_ctx;
+        m->grads = ALLOC_F(lo[0] + (m->table.total - lo[L]), "gradients (embeddings and head)");
+        m->layer_grad_scratch = ALLOC_F(lo[1] - lo[0], "gradients (one layer)");
+    } else {
+        m->grads = ALLOC_F(n_alloc, "gradients");
+    }
     if (failed) return -1;
     m->layers = malloc_check(L * sizeof *m->layers);
     m->layer_grads = malloc_check(L * sizeof *m->layer_grads);
@@ -241,22 +250,6 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     if (failed) return -1;
     rt_attn_shape attn = rt_attention_shape(s);
     return seqpar_reserve(m->seqpar, max_local_len, &attn, err);
-}
-
-int rt_model_stream_grads(rt_model *m, void (*hook)(void *ctx, const float *grads, size_t offset, size_t count),
-                          void *ctx, rt_error *err) {
-    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
-    const size_t outside = lo[0] + (m->table.total - lo[L]), layer = lo[1] - lo[0];
-    rt_device_free(m->mem, m->grads);
-    int failed = 0;
-    m->grads = ALLOC_F(outside, "gradients (embeddings and head)");
-    m->layer_grad_scratch = ALLOC_F(layer, "gradients (one layer)");
-    if (failed) return -1;
-    m->stream_grads = 1;
-    m->grad_hook = hook;
-    m->grad_hook_ctx = ctx;
-    bind_grads(m);
-    return 0;
 }
 
 void rt_model_free(rt_model *m) {

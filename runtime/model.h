@@ -145,6 +145,11 @@ typedef struct {
     size_t max_seqs, max_local_len; /* capacity: sequences per micro-batch, local tokens per sequence */
     size_t n_alloc;                 /* parameter/gradient buffer length; 0 = the parameter count */
     seqpar_ctx *seqpar;             /* NULL: attention over local tokens only */
+    /* Streamed gradients (see rt_model) when grad_hook is set: hook(ctx, grads, offset, count) receives the
+     * gradients of the flat range [offset, offset+count) of one micro-batch; every rank calls it with the
+     * same ranges in the same order. No full gradient buffer is ever allocated. */
+    void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
+    void *grad_hook_ctx;
 } rt_model_options;
 
 /*
@@ -158,11 +163,6 @@ typedef struct {
 int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
                   const rt_model_options *options, rt_error *err);
 
-/* Switches to streamed gradients (see rt_model): frees the full gradient buffer. hook(ctx, grads, offset,
- * count) receives the gradients of the flat range [offset, offset+count) of one micro-batch; every rank
- * calls it with the same ranges in the same order. */
-int rt_model_stream_grads(rt_model *m, void (*hook)(void *ctx, const float *grads, size_t offset, size_t count),
-                          void *ctx, rt_error *err);
 void rt_model_free(rt_model *m);
 
 /* Offload counters since the last call (zeros unless mode is offload); resets them. */

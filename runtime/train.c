@@ -151,7 +151,9 @@ int rt_trainer_init(rt_trainer **out, const rt_config *cfg_in, rt_comm *world, r
                                           .max_seqs = t->local_seqs,
                                           .max_local_len = t->local_len,
                                           .n_alloc = n_alloc,
-                                          .seqpar = &t->seqpar},
+                                          .seqpar = &t->seqpar,
+                                          .grad_hook = cfg->zero_stage == 2 ? stream_to_optimizer : NULL,
+                                          .grad_hook_ctx = &t->opt},
                       err))
         return -1;
     t->model_ready = 1;
@@ -163,7 +165,6 @@ int rt_trainer_init(rt_trainer **out, const rt_config *cfg_in, rt_comm *world, r
     if (rt_optimizer_init(&t->opt, t->backend, &t->mem, world, cfg->zero_stage, &t->model.table, t->model.params,
                           cfg->adam_beta1, cfg->adam_beta2, cfg->adam_eps, cfg->weight_decay, err))
         return -1;
-    if (cfg->zero_stage == 2 && rt_model_stream_grads(&t->model, stream_to_optimizer, &t->opt, err)) return -1;
     return 0;
 }
 

@@ -5,6 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Stage 2 reduces ranges in pieces of at most this many floats, so its scratch stays small. */
+#define REDUCE_CHUNK ((size_t)1 << 20)
+
 size_t rt_optimizer_padded_size(size_t n_params, int n_ranks) {
     size_t n = (size_t)n_ranks;
     return (n_params + n - 1) / n * n;
@@ -33,7 +36,9 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
     /* Stage 1 reduce-scatters in place into the start of the model's gradient buffer; stage 2 has no full
      * buffer and accumulates its shard here. */
     if (zero_stage == 2 && !(opt->shard_grad = rt_device_alloc(mem, bytes, "gradient shard", err))) return -1;
-    if (zero_stage == 2 && !(opt->reduce_scratch = rt_device_alloc(mem, bytes, "gradient reduce scratch", err)))
+    size_t scratch = opt->shard_size < REDUCE_CHUNK ? opt->shard_size : REDUCE_CHUNK;
+    if (zero_stage == 2 &&
+        !(opt->reduce_scratch = rt_device_alloc(mem, scratch * sizeof(float), "gradient reduce scratch", err)))
         return -1;
     backend->copy(opt->master, params + opt->shard_begin, bytes);
     opt->state_bytes = 3 * bytes;
@@ -44,10 +49,10 @@ void rt_optimizer_begin_step(rt_optimizer *opt) {
     if (opt->shard_grad) opt->backend->memset_zero(opt->shard_grad, opt->shard_size * sizeof(float));
 }
 
-void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t offset, size_t count) {
+/* Reduces grads of [offset, offset+count) (count <= REDUCE_CHUNK) and adds this rank's part to its shard. */
+static void reduce_piece(rt_optimizer *opt, const float *grads, size_t offset, size_t count, size_t *counts) {
     rt_comm *world = opt->world;
-    size_t *counts = malloc_check((size_t)world->size * sizeof *counts);
-    /* Rank q receives the part of [offset, offset+count) that falls in its shard. */
+    /* Rank q receives the part of the piece that falls in its shard. */
     for (int q = 0; q < world->size; q++) {
         size_t lo = (size_t)q * opt->shard_size, hi = lo + opt->shard_size;
         size_t a = offset > lo ? offset : lo, b = offset + count < hi ? offset + count : hi;
@@ -55,10 +60,18 @@ void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t off
     }
     world->ops->reduce_scatter_sum_f32_v(world, opt->reduce_scratch, grads, counts);
     size_t mine = counts[world->rank];
-    free(counts);
     if (mine == 0) return;
     size_t first = offset > opt->shard_begin ? offset - opt->shard_begin : 0;
     opt->backend->add(opt->shard_grad + first, opt->shard_grad + first, opt->reduce_scratch, mine);
+}
+
+void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t offset, size_t count) {
+    size_t *counts = malloc_check((size_t)opt->world->size * sizeof *counts);
+    for (size_t done = 0; done < count; done += REDUCE_CHUNK) {
+        size_t piece = count - done < REDUCE_CHUNK ? count - done : REDUCE_CHUNK;
+        reduce_piece(opt, grads + done, offset + done, piece, counts);
+    }
+    free(counts);
 }
 
 void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads) {

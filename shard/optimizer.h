@@ -42,7 +42,7 @@ typedef struct {
     float *master, *m, *v; /* (S) */
     float *shard_grad;     /* (S) stage 2: this rank's summed gradient (stage 1 keeps it in place, at the start
                             * of the model's gradient buffer) */
-    float *reduce_scratch; /* (S) stage 2: one reduction's slice before it is added */
+    float *reduce_scratch; /* stage 2: one reduction's slice before it is added (at most 1M floats) */
     float beta1, beta2, eps, weight_decay;
     int t;              /* updates done so far */
     size_t state_bytes; /* master + moments: 12 * S */
