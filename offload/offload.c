@@ -113,6 +113,7 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
     off->n_layers = n_layers;
     off->max_inflight = max_inflight;
     off->n_slots = max_inflight + 1;
+    off->output_slot = -1;
     off->bytes_per_layer = bytes_per_layer;
     off->slot_stride = (bytes_per_layer + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
 
@@ -236,6 +237,35 @@ float *rt_offload_input_buffer(rt_offloader *off, int layer) {
     return (float *)slot_ptr(off, slot);
 }
 
+float *rt_offload_output_buffer(rt_offloader *off) {
+    if (off->in_backward || off->next_input != off->n_layers || off->output_slot >= 0)
+        rt_fatal("offload output_buffer: only once per pass, after input_buffer(%d) and before the backward",
+                 off->n_layers - 1);
+    /* Layer L-2 has finished (layer L-1 is about to run): its slot returns once its copy completed. */
+    for (;;) {
+        reclaim_forward_slots(off, off->n_layers - 2);
+        for (int s = 0; s < off->n_slots; s++) {
+            if (off->slots[s].layer != -1) continue;
+            if (!off->backend->event_query(off->slots[s].copy_done))
+                rt_fatal("offload output_buffer: device slot %d is free but a copy on it is still pending", s);
+            off->slots[s].layer = off->n_layers; /* owned by the output */
+            off->output_slot = s;
+            return (float *)slot_ptr(off, s);
+        }
+        int oldest = oldest_d2h(off, off->n_layers - 1);
+        if (oldest < 0) rt_fatal("offload output_buffer: all %d device slots are held", off->n_slots);
+        double t0 = rt_now_s();
+        off->backend->event_synchronize(off->slots[off->layers[oldest].slot].copy_done);
+        off->stats.offload_wait_s += rt_now_s() - t0;
+    }
+}
+
+void rt_offload_release_output(rt_offloader *off) {
+    if (off->output_slot < 0) rt_fatal("offload release_output: no output buffer is held");
+    off->slots[off->output_slot].layer = -1;
+    off->output_slot = -1;
+}
+
 void rt_offload_save(rt_offloader *off, int layer, size_t bytes) {
     check_layer(off, layer, "save");
     struct rt_offload_layer *in = &off->layers[layer];
@@ -356,7 +386,9 @@ void rt_offload_end_pass(rt_offloader *off) {
         be->event_synchronize(off->drain_event);
         for (int l = 0; l < off->n_layers; l++)
             if (off->layers[l].slot >= 0) free_slot(off, l, INPUT_NONE);
+        if (off->output_slot >= 0) rt_offload_release_output(off);
     }
+    if (off->output_slot >= 0) rt_fatal("offload end_pass: the output buffer was not released");
     for (int s = 0; s < off->n_slots; s++) {
         if (off->slots[s].layer != -1 || !be->event_query(off->slots[s].copy_done))
             rt_fatal("offload end_pass: device slot %d is still in use", s);

@@ -11,22 +11,23 @@
 /*
  * L = n_layers; "input l" = the input of layer l (the hidden states it
  * reads, one bytes_per_layer buffer). The offloader owns the device buffers
- * of inputs 0..L-1; the model keeps its own buffer for the final hidden
- * state (the output of layer L-1), which is also free to serve as the
- * output of every recompute in backward (nobody reads a recomputed output).
+ * of inputs 0..L-1 and of the final hidden state (the output of layer L-1,
+ * the head's input): all of them come from max_inflight + 1 slots. The
+ * output of a recompute in backward is dead (nobody reads it): the model
+ * writes it into scratch of its own.
  *
  * One pass = the forward (and backward) of one micro-batch:
  *
  *   x = rt_offload_input_buffer(off, 0);   embedding writes x;   rt_offload_save(off, 0, bytes);
  *   for l = 0..L-1:
- *       y = l + 1 < L ? rt_offload_input_buffer(off, l + 1) : final_hidden;
+ *       y = l + 1 < L ? rt_offload_input_buffer(off, l + 1) : rt_offload_output_buffer(off);
  *       layer l forward: reads input l, writes y;
  *       if (l + 1 < L) rt_offload_save(off, l + 1, bytes);
- *   head forward and backward (on final_hidden)
+ *   head forward and backward (on the output buffer); rt_offload_release_output(off);
  *   for l = L-1..0:
  *       if (l > 0) rt_offload_prefetch(off, l - 1);      (overlaps layer l's recompute and backward)
  *       x = rt_offload_restore(off, l);
- *       recompute layer l from x (output into final_hidden), backward of layer l;
+ *       recompute layer l from x (output into scratch), backward of layer l;
  *       rt_offload_release(off, l);
  *   rt_offload_end_pass(off);
  *
@@ -70,6 +71,7 @@ typedef struct rt_offloader {
     int next_input;                  /* forward: the input input_buffer hands out next */
     int in_backward;                 /* the pass's backward began (first prefetch or restore) */
     int next_restore;                /* backward: the input restore expects next */
+    int output_slot;                 /* the slot holding the final hidden state, -1 when none */
     rt_offload_stats stats;
 } rt_offloader;
 
@@ -83,6 +85,12 @@ void rt_offloader_free(rt_offloader *off);
 /* Forward: the device buffer (bytes_per_layer) that will hold input `layer`; layers in order 0, 1, ..., L-1.
  * Blocks only if no slot is free yet (waits for the oldest device -> host copy). */
 float *rt_offload_input_buffer(rt_offloader *off, int layer);
+/* Forward, after input_buffer(L-1): a device buffer for the last layer's output (the head's input), from the
+ * same slots, so the final hidden state costs no memory of its own. Held until rt_offload_release_output
+ * (after the head's backward, before the first prefetch); a forward-only pass may leave it to end_pass. */
+float *rt_offload_output_buffer(rt_offloader *off);
+void rt_offload_release_output(rt_offloader *off);
+
 /* Forward: input `layer` is completely written (its first `bytes` bytes): queue its copy to the host; called
  * right after the buffer is written, before the next input_buffer. For the last layer nothing is copied.
  * Blocks while max_inflight copies are in flight (time in stats.offload_wait_s). */

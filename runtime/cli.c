@@ -3,9 +3,10 @@
  *
  * Every failure ends with one line "ringtrain: ..." on stderr and a non-zero
  * exit (2 for a malformed command line, 1 for bad input or a failed run).
- * train runs under MPI: errors every rank finds alike (the config) are
- * printed once by rank 0 and all ranks exit; an error during the run goes
- * through rt_fatal, which aborts the whole job so no rank waits forever.
+ * train runs under MPI: errors every rank finds alike (the config, a data
+ * file, the memory limit) are printed once and every rank exits; an error
+ * one rank meets alone during the run goes through rt_fatal, which aborts
+ * the whole job so no rank waits forever.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -74,10 +75,9 @@ static int cmd_train(int argc, char **argv) {
     free(overrides);
     if (status == 0) {
         rt_train_result result;
-        if (rt_train(&cfg, world, &result, &err)) {
-            if (world->size > 1) rt_fatal("rank %d: %s", world->rank, err.msg);
-            status = fail(&err);
-        }
+        int rc = rt_train(&cfg, world, &result, &err);
+        if (rc == RT_TRAIN_FAILED_HERE && world->size > 1) rt_fatal("rank %d: %s", world->rank, err.msg);
+        if (rc != 0) status = err.msg[0] ? fail(&err) : 1;
     }
     rt_comm_finalize();
     return status;

@@ -460,7 +460,7 @@ void rt_config_defaults(rt_config *cfg) {
     cfg->dp = 1;
     cfg->zero_stage = 0;
     cfg->activation_mode = RT_ACT_KEEP;
-    cfg->offload_max_inflight = 2;
+    cfg->offload_max_inflight = 1; /* one copy in flight hides behind a layer; each more costs a layer input */
     cfg->device_kind = RT_DEVICE_CPU;
     cfg->memory_limit = 0;
     cfg->checkpoint_every = 0;

@@ -216,7 +216,6 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     if (m->head_tile > N) m->head_tile = N;
 
     if (mode == RT_ACT_OFFLOAD) {
-        m->final_hidden = ALLOC_F(N * C, "final hidden state");
         if (failed) return -1;
         if (rt_offloader_init(&m->offloader, backend, mem, s->n_layers, N * C * sizeof(float),
                               options->offload_max_inflight, err))
@@ -354,7 +353,8 @@ static float *final_hidden(rt_model *m, size_t N) {
 /* Forward: the buffer for layer l's input (l = L: the final hidden state). */
 static float *forward_input(rt_model *m, int l, size_t N) {
     if (m->mode != RT_ACT_OFFLOAD) return layer_input(m, l, N);
-    return l < m->shape.n_layers ? rt_offload_input_buffer(&m->offloader, l) : m->final_hidden;
+    if (l < m->shape.n_layers) return rt_offload_input_buffer(&m->offloader, l);
+    return m->final_hidden = rt_offload_output_buffer(&m->offloader);
 }
 
 /* Forward: layer l's input is written; a training pass offloads it. */
@@ -437,14 +437,16 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
     forward_layers(m, batch, dropout, 1);
     double loss_sum = head_forward(m, batch, dloss_scale, 1, n_targets);
     const int offload = m->mode == RT_ACT_OFFLOAD;
+    if (offload) rt_offload_release_output(&m->offloader); /* its slot takes the first prefetch */
     for (int l = m->shape.n_layers - 1; l >= 0; l--) {
         rt_layer_acts *acts = acts_for(m, l);
         if (offload && l > 0) rt_offload_prefetch(&m->offloader, l - 1); /* overlaps this layer's work */
         float *x = offload ? rt_offload_restore(&m->offloader, l) : layer_input(m, l, N);
         /* Recompute: the same ops on the same input, dropout masks included, so bit for bit the forward's
-         * activations. Its output is dead: it goes where nobody reads any more. */
+         * activations. Its output is dead: it goes where nobody reads it (recompute: the stored output;
+         * offload: d_norm, which the layer's backward only starts using after zeroing it). */
         if (m->mode != RT_ACT_KEEP)
-            rt_layer_forward(m, l, acts, x, offload ? m->final_hidden : layer_input(m, l + 1, N), batch->n_seqs,
+            rt_layer_forward(m, l, acts, x, offload ? m->d_norm : layer_input(m, l + 1, N), batch->n_seqs,
                              batch->local_len, dropout);
         const size_t *lo = m->layer_offset;
         if (m->stream_grads) m->backend->memset_zero(m->layer_grad_scratch, (lo[1] - lo[0]) * sizeof(float));

@@ -100,7 +100,7 @@ typedef struct {
     float *layer_inputs;    /* keep, recompute: (L+1, N, C): layer l's input at l*N*C, the final hidden state last */
     rt_offloader offloader; /* offload: owns the inputs of layers 0..L-1 (device slots + host pool) */
     int has_offloader;
-    float *final_hidden; /* offload: (N, C) the last layer's output; also the dead output of recomputes */
+    float *final_hidden; /* offload: (N, C) the last layer's output, in an offloader slot during a pass */
     rt_layer_acts *acts; /* L sets (keep) or 1 set (recompute) */
     int n_act_sets;
     float *norm_f;                    /* (N, C) */

@@ -56,15 +56,33 @@ struct rt_trainer {
     int next_step;
 };
 
-static int setup_mesh(rt_trainer *t, rt_error *err) {
+/* This rank's part of the data, from the mesh layout (rank = dp_rank * sp + sp_rank); no communication. */
+static int setup_layout(rt_trainer *t, rt_error *err) {
     const rt_config *cfg = &t->cfg;
-    if (rt_mesh_init(&t->mesh, t->world, cfg->dp, cfg->sp, err)) return -1;
-    t->mesh_ready = 1;
-    t->dp_rank = t->mesh.coords[0];
-    if (seqpar_zigzag_spans(t->mesh.coords[1], cfg->sp, (size_t)cfg->seq_len, t->spans, err)) return -1;
+    if (cfg->dp * cfg->sp != t->world->size)
+        return rt_fail(err, "parallel.dp * parallel.sp = %d * %d = %d, but the job has %d ranks", cfg->dp, cfg->sp,
+                       cfg->dp * cfg->sp, t->world->size);
+    t->dp_rank = t->world->rank / cfg->sp;
+    if (seqpar_zigzag_spans(t->world->rank % cfg->sp, cfg->sp, (size_t)cfg->seq_len, t->spans, err)) return -1;
     t->local_len = t->spans[0].len + t->spans[1].len;
     t->local_seqs = (size_t)cfg->batch_size / (size_t)cfg->dp;
     return 0;
+}
+
+/*
+ * Collective: whether any rank's rc failed. Setup errors are mostly the same
+ * on every rank (a bad config, a missing file, the memory limit), so the
+ * lowest failing rank keeps its message and the others get an empty one:
+ * the job prints one line, and every rank returns instead of aborting.
+ */
+static int agree(rt_comm *world, int rc, rt_error *err) {
+    double first_failing = rc ? (double)world->rank : (double)world->size;
+    double negated = -first_failing; /* the communicator has max, not min */
+    world->ops->allreduce_max_f64(world, &negated, 1);
+    int first = (int)-negated;
+    if (first >= world->size) return 0;
+    if (world->rank != first) err->msg[0] = '\0';
+    return -1;
 }
 
 static int open_tokens(rt_token_file *tf, const char *key, const char *path, int vocab_size, rt_error *err) {
@@ -130,21 +148,21 @@ static void stream_to_optimizer(void *ctx, const float *grads, size_t offset, si
     rt_optimizer_reduce_range(ctx, grads, offset, count);
 }
 
-int rt_trainer_init(rt_trainer **out, const rt_config *cfg_in, rt_comm *world, rt_error *err) {
-    rt_trainer *t = calloc_check(1, sizeof *t);
-    *out = t;
-    t->cfg = *cfg_in;
-    t->world = world;
+/* The checks that need no communication: config, layout, data files. */
+static int setup_local(rt_trainer *t, rt_error *err) {
     rt_config *cfg = &t->cfg;
     if (cfg->init_from[0] && rt_config_from_llmc(cfg, cfg->init_from, err)) return -1;
     if (rt_config_validate(cfg, err)) return -1;
-    if (setup_mesh(t, err)) return -1;
-    t->backend = rt_backend_cpu();
-    rt_device_memory_init(&t->mem, t->backend, cfg->memory_limit);
-    t->seqpar = (seqpar_ctx){.backend = t->backend, .mem = &t->mem, .comm = t->mesh.comm[1]};
+    if (setup_layout(t, err)) return -1;
     rt_model_shape shape = rt_model_shape_from_config(cfg);
-    if (setup_data(t, shape.vocab_size, err)) return -1;
-    size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), world->size);
+    return setup_data(t, shape.vocab_size, err);
+}
+
+/* Model and optimizer state (collective: the ring buffers and ZeRO shards need the mesh). */
+static int setup_model(rt_trainer *t, rt_error *err) {
+    rt_config *cfg = &t->cfg;
+    rt_model_shape shape = rt_model_shape_from_config(cfg);
+    size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), t->world->size);
     if (rt_model_init(&t->model, &shape, t->backend, &t->mem,
                       &(rt_model_options){.mode = cfg->activation_mode,
                                           .offload_max_inflight = cfg->offload_max_inflight,
@@ -162,10 +180,22 @@ int rt_trainer_init(rt_trainer **out, const rt_config *cfg_in, rt_comm *world, r
     } else {
         rt_model_init_params(&t->model, cfg->seed);
     }
-    if (rt_optimizer_init(&t->opt, t->backend, &t->mem, world, cfg->zero_stage, &t->model.table, t->model.params,
-                          cfg->adam_beta1, cfg->adam_beta2, cfg->adam_eps, cfg->weight_decay, err))
-        return -1;
-    return 0;
+    return rt_optimizer_init(&t->opt, t->backend, &t->mem, t->world, cfg->zero_stage, &t->model.table, t->model.params,
+                             cfg->adam_beta1, cfg->adam_beta2, cfg->adam_eps, cfg->weight_decay, err);
+}
+
+int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_error *err) {
+    rt_trainer *t = calloc_check(1, sizeof *t);
+    *out = t;
+    t->cfg = *cfg;
+    t->world = world;
+    t->backend = rt_backend_cpu();
+    rt_device_memory_init(&t->mem, t->backend, cfg->memory_limit);
+    if (agree(world, setup_local(t, err), err)) return -1;
+    if (rt_mesh_init(&t->mesh, world, t->cfg.dp, t->cfg.sp, err)) return -1; /* cannot fail after setup_local */
+    t->mesh_ready = 1;
+    t->seqpar = (seqpar_ctx){.backend = t->backend, .mem = &t->mem, .comm = t->mesh.comm[1]};
+    return agree(world, setup_model(t, err), err);
 }
 
 /* Tokens are checked against the file's own vocabulary, which setup_data checked fits the model's. */
@@ -279,7 +309,7 @@ void rt_trainer_free(rt_trainer *t) {
     if (t->has_val_file) rt_tokens_close(&t->val_tokens);
     if (t->model_ready) rt_model_free(&t->model);
     seqpar_ctx_free(&t->seqpar);
-    if (t->backend) rt_device_memory_destroy(&t->mem);
+    rt_device_memory_destroy(&t->mem);
     if (t->mesh_ready) rt_mesh_free(&t->mesh);
     free(t);
 }
@@ -372,7 +402,8 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
     char *config_text = NULL;
     int rc = -1;
     const int is_root = world->rank == 0;
-    if (rt_trainer_init(&t, cfg_in, world, err)) goto done;
+    if (rt_trainer_init(&t, cfg_in, world, err)) goto done; /* every rank fails alike: rc -1 */
+    rc = RT_TRAIN_FAILED_HERE;
     const rt_config *cfg = rt_trainer_config(t);
     config_text = config_as_text(cfg);
     /* Every input is valid: now, and only now, files appear. */
@@ -414,10 +445,13 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
     }
     rc = 0;
     if (is_root) {
+        rc = RT_TRAIN_FAILED_HERE;
         char path[RT_PATH_LEN + 32];
         snprintf(path, sizeof path, "%s/model.h5", cfg->run_dir);
-        rc = rt_model_save(&t->model, path, config_text, result->steps_done, err);
-        if (rc == 0) printf("saved %s (step %d)\n", path, result->steps_done);
+        if (rt_model_save(&t->model, path, config_text, result->steps_done, err) == 0) {
+            printf("saved %s (step %d)\n", path, result->steps_done);
+            rc = 0;
+        }
     }
 restore_signals:
     signal(SIGINT, SIG_DFL);

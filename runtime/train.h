@@ -25,9 +25,10 @@ typedef struct {
 typedef struct rt_trainer rt_trainer;
 
 /*
- * Builds everything a run needs from a validated cfg on the world
- * communicator (mesh, data, model, optimizer) and checks every input; it
- * writes no file. A collective: every rank calls it.
+ * Builds everything a run needs from cfg on the world communicator (mesh,
+ * data, model, optimizer) and checks every input; it writes no file. A
+ * collective: every rank calls it, and when one fails all return -1 (the
+ * message on the lowest failing rank, empty on the others).
  */
 int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_error *err);
 /* One training step (and validation when due); collective. */
@@ -45,11 +46,16 @@ typedef struct {
     int stopped_by_signal;
 } rt_train_result;
 
+/* rt_train's failures: every rank failed alike and returns (the message is on exactly one rank, empty on the
+ * others); or this rank failed alone, mid-run, and the caller must end the whole job (others may be waiting). */
+#define RT_TRAIN_FAILED_EVERYWHERE (-1)
+#define RT_TRAIN_FAILED_HERE (-2)
+
 /*
  * A whole run: trainer, then (rank 0) <run.dir>/config.ini (resolved),
  * metrics.jsonl, a progress line per train.log_every steps, and
  * <run.dir>/model.h5 at the end or after the current step on SIGINT/SIGTERM.
- * Every input is checked before the run directory is created.
+ * Every input is checked before the run directory is created. Returns 0 or one of the failures above.
  */
 int rt_train(const rt_config *cfg, rt_comm *world, rt_train_result *result, rt_error *err);
 

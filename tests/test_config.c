@@ -112,7 +112,7 @@ static void test_defaults(void) {
     CU_ASSERT_EQUAL(cfg.dp, 1);
     CU_ASSERT_EQUAL(cfg.zero_stage, 0);
     CU_ASSERT_EQUAL(cfg.activation_mode, RT_ACT_KEEP);
-    CU_ASSERT_EQUAL(cfg.offload_max_inflight, 2);
+    CU_ASSERT_EQUAL(cfg.offload_max_inflight, 1);
     CU_ASSERT_EQUAL(cfg.device_kind, RT_DEVICE_CPU);
     CU_ASSERT_EQUAL(cfg.memory_limit, 0);
     CU_ASSERT_STRING_EQUAL(cfg.checkpoint_dir, "");

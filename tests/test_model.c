@@ -242,6 +242,12 @@ static void test_activation_memory_vs_layers(void) {
     CU_ASSERT_EQUAL(offload[0], offload[1]);
     CU_ASSERT_EQUAL(offload[1], offload[2]);
     CU_ASSERT(offload[2] < keep[2]);
+    /* With one copy in flight, offload saves at least the bytes it moves: L-1 layer inputs of N*C floats. */
+    for (int i = 0; i < 3; i++) {
+        size_t recompute = activation_bytes(layers[i], RT_ACT_RECOMPUTE);
+        size_t moved = (size_t)(layers[i] - 1) * 24 * 16 * sizeof(float);
+        CU_ASSERT(recompute >= offload[i] + moved);
+    }
 }
 
 static void test_initial_loss_near_uniform(void) {
