@@ -146,10 +146,5 @@ int rt_llmc_write(const char *path, const rt_llmc_header *hdr, const float *para
     if (fwrite(header, 1, sizeof header, file) != sizeof header ||
         fwrite(params, 1, param_bytes, file) != param_bytes || fflush(file) != 0)
         rc = rt_fail(err, "%s: write failed: %s", tmp_path, errno ? strerror(errno) : "short write");
-    if (rc == 0 && fsync(fileno(file)) != 0) rc = rt_fail(err, "%s: fsync failed: %s", tmp_path, strerror(errno));
-    if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", tmp_path, strerror(errno));
-    if (rc == 0 && rename(tmp_path, path) != 0)
-        rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
-    if (rc != 0) unlink(tmp_path);
-    return rc;
+    return rt_commit_tmp_file(file, tmp_path, path, rc, err);
 }

@@ -192,13 +192,7 @@ int rt_tokens_write(const char *path, const uint32_t *tokens, size_t n_tokens, i
         }
         free(block);
     }
-    if (rc == 0 && fflush(file) != 0) rc = rt_fail(err, "%s: write failed: %s", tmp_path, strerror(errno));
-    if (rc == 0 && fsync(fileno(file)) != 0) rc = rt_fail(err, "%s: fsync failed: %s", tmp_path, strerror(errno));
-    if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", tmp_path, strerror(errno));
-    if (rc == 0 && rename(tmp_path, path) != 0)
-        rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
-    if (rc != 0) unlink(tmp_path);
-    return rc;
+    return rt_commit_tmp_file(file, tmp_path, path, rc, err);
 }
 
 size_t rt_byte_decode(uint32_t token, char *out, size_t out_len) {

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static void (*abort_hook)(int exit_code);
 
@@ -89,4 +90,14 @@ double rt_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int rc, rt_error *err) {
+    if (rc == 0 && fflush(file) != 0) rc = rt_fail(err, "%s: write failed: %s", tmp_path, strerror(errno));
+    if (rc == 0 && fsync(fileno(file)) != 0) rc = rt_fail(err, "%s: fsync failed: %s", tmp_path, strerror(errno));
+    if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", tmp_path, strerror(errno));
+    if (rc == 0 && rename(tmp_path, path) != 0)
+        rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
+    if (rc != 0) unlink(tmp_path);
+    return rc;
 }

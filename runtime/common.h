@@ -33,6 +33,11 @@ void *rt_calloc_check(size_t count, size_t size, const char *file, int line);
 #define malloc_check(bytes) rt_malloc_check((bytes), __FILE__, __LINE__)
 #define calloc_check(count, size) rt_calloc_check((count), (size), __FILE__, __LINE__)
 
+/* Finishes a file written in full at tmp_path: flush, fsync, close, rename onto path. When rc is already
+ * non-zero (the caller's write failed, err set) or any step fails, tmp_path is removed and -1 returned, so no
+ * partial file is ever left under either name. */
+int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int rc, rt_error *err);
+
 /* Formats a byte count as "12.3 MiB" into out; returns out. */
 const char *rt_format_bytes(size_t bytes, char out[32]);
 
