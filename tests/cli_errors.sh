@@ -61,6 +61,7 @@ expect_error "config wrong type" "train.lr.*fast" train --set train.lr=fast
 expect_error "config out of range" "train.steps" train --set train.steps=-1
 expect_error "heads do not divide channels" "n_heads.*d_model|d_model.*n_heads" train --set model.n_heads=5
 expect_error "seq_len beyond max positions" "seq_len.*max_seq_len" train --set train.seq_len=512
+expect_error "device memory limit" "device memory limit exceeded.*device.memory_limit = 1.0 MiB" train --set device.memory_limit=1M
 expect_error "missing data file" "$work/missing.bin" train --set "data.train=$work/missing.bin"
 
 head -c 2000 "$work/train.bin" >"$work/truncated.bin"
