@@ -125,8 +125,9 @@ int rt_tokens_open(rt_token_file *tf, const char *path, rt_error *err) {
     if (tf->n_tokens > payload / bytes) {
         size_t n_tokens = tf->n_tokens;
         rt_tokens_close(tf);
-        return rt_fail(err, "%s: truncated: header says %zu tokens (%zu bytes) but the file holds %zu bytes", path,
-                       n_tokens, n_tokens * bytes, payload);
+        /* In long double: a corrupt count times the token size may not fit size_t. */
+        return rt_fail(err, "%s: truncated: header says %zu tokens (%.0Lf bytes) but the file holds %zu bytes", path,
+                       n_tokens, (long double)n_tokens * (long double)bytes, payload);
     }
     if (tf->n_tokens * bytes != payload) {
         size_t n_tokens = tf->n_tokens;

@@ -8,6 +8,9 @@
  * one rank meets alone during the run goes through rt_fatal, which aborts
  * the whole job so no rank waits forever.
  */
+#include <ctype.h>
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +53,15 @@ static int parse_number(const char *text, double *out) {
     return end != text && *end == '\0';
 }
 
+/* A whole decimal number in [min, max]. */
+static int parse_count(const char *text, unsigned long long min, unsigned long long max, unsigned long long *out) {
+    char *end = NULL;
+    errno = 0;
+    if (!isdigit((unsigned char)text[0])) return 0;
+    *out = strtoull(text, &end, 10);
+    return errno == 0 && *end == '\0' && *out >= min && *out <= max;
+}
+
 static int cmd_train(int argc, char **argv) {
     rt_comm *world = rt_comm_world_mpi(&argc, &argv);
     const char *config_path = NULL;
@@ -64,7 +76,7 @@ static int cmd_train(int argc, char **argv) {
         else if (strncmp(argv[i], "--set=", 6) == 0)
             overrides[n_overrides++] = argv[i] + 6;
         else
-            status = usage_error("train: unexpected or incomplete argument '%s'", argv[i]);
+            status = world->rank == 0 ? usage_error("train: unexpected or incomplete argument '%s'", argv[i]) : 2;
     }
     rt_config cfg;
     rt_error err;
@@ -133,25 +145,29 @@ static int cmd_prepare(int argc, char **argv) {
 static int cmd_sample(int argc, char **argv) {
     rt_sample_options opt = {.n_tokens = 256, .temperature = 0.8f, .top_k = 40, .seed = 1337};
     for (int i = 2; i < argc; i++) {
-        const char *value = option_value(argc, argv, &i);
+        const char *name = argv[i], *value = option_value(argc, argv, &i);
         double number = 0.0;
-        if (!value) return usage_error("sample: option '%s' needs a value", argv[i]);
-        if (strcmp(argv[i - 1], "--model") == 0)
+        unsigned long long count = 0;
+        if (!value) return usage_error("sample: option '%s' needs a value", name);
+        if (strcmp(name, "--model") == 0)
             opt.model_path = value;
-        else if (strcmp(argv[i - 1], "--prompt") == 0)
+        else if (strcmp(name, "--prompt") == 0)
             opt.prompt = value;
-        else if (!parse_number(value, &number))
-            return usage_error("sample: '%s' is not a number", value);
-        else if (strcmp(argv[i - 1], "--tokens") == 0 && number >= 1 && number <= 1e6)
-            opt.n_tokens = (int)number;
-        else if (strcmp(argv[i - 1], "--temperature") == 0 && number >= 0 && number <= 100)
+        else if (strcmp(name, "--tokens") == 0 && parse_count(value, 1, 1000000, &count))
+            opt.n_tokens = (int)count;
+        else if (strcmp(name, "--temperature") == 0 && parse_number(value, &number) && number >= 0 && number <= 100)
             opt.temperature = (float)number;
-        else if (strcmp(argv[i - 1], "--top-k") == 0 && number >= 0 && number <= 1e7)
-            opt.top_k = (int)number;
-        else if (strcmp(argv[i - 1], "--seed") == 0 && number >= 0)
-            opt.seed = (uint64_t)number;
-        else
-            return usage_error("sample: unexpected option or out-of-range value at '%s'", argv[i - 1]);
+        else if (strcmp(name, "--top-k") == 0 && parse_count(value, 0, INT32_MAX, &count))
+            opt.top_k = (int)count;
+        else if (strcmp(name, "--seed") == 0 && parse_count(value, 0, UINT64_MAX, &count))
+            opt.seed = (uint64_t)count;
+        else {
+            char what[256];
+            snprintf(what, sizeof what, "%s '%.64s': unknown option or bad value", name, value);
+            return usage_error("sample: %s (--tokens 1..1000000, --temperature 0..100, --top-k and --seed "
+                               "whole numbers)",
+                               what);
+        }
     }
     if (!opt.model_path) return usage_error("sample: %s", "--model FILE is required");
     rt_error err;

@@ -86,6 +86,7 @@ static const key_spec config_keys[] = {
     INT_KEY("model", "d_ff", d_ff, 1, BIG),
     INT_KEY("model", "vocab_size", vocab_size, 1, BIG),
     INT_KEY("model", "max_seq_len", max_seq_len, 1, BIG),
+    INT_KEY("model", "padded_vocab", padded_vocab, 0, BIG),
     FLOAT_KEY("model", "dropout", dropout, 0, 1, MAX_OPEN),
     FLOAT_KEY("model", "rope_theta", rope_theta, 0, HUGE_VAL, MIN_OPEN),
     FLOAT_KEY("model", "norm_eps", norm_eps, 0, 1, MIN_OPEN),
@@ -772,6 +773,19 @@ int rt_config_validate(const rt_config *cfg, rt_error *err) {
     }
     if (cfg->device_kind == RT_DEVICE_CUDA)
         return rt_fail(err, "device.kind = cuda: this build has no CUDA backend yet (CPU only); use device.kind = cpu");
+    if (cfg->checkpoint_every != 0)
+        return rt_fail(err,
+                       "checkpoint.every = %d: periodic (resumable) checkpoints are not in this build yet; it writes "
+                       "<run.dir>/model.h5 at the end and on SIGINT/SIGTERM. Set checkpoint.every = 0",
+                       cfg->checkpoint_every);
+    if (strcmp(cfg->checkpoint_resume, "none") != 0)
+        return rt_fail(err,
+                       "checkpoint.resume = '%s': resuming is not in this build yet; start from weights with "
+                       "model.init_from, or set checkpoint.resume = none",
+                       cfg->checkpoint_resume);
+    if (cfg->padded_vocab != 0 && cfg->padded_vocab < cfg->vocab_size)
+        return rt_fail(err, "model.padded_vocab = %d is below model.vocab_size = %d (0 pads to a multiple of 128)",
+                       cfg->padded_vocab, cfg->vocab_size);
     if (cfg->d_model % cfg->n_heads != 0)
         return rt_fail(err, "model.d_model = %d is not divisible by model.n_heads = %d", cfg->d_model, cfg->n_heads);
     if (cfg->n_heads % cfg->n_kv_heads != 0)

@@ -34,7 +34,7 @@ rt_model_shape rt_model_shape_from_config(const rt_config *cfg) {
         .head_dim = cfg->d_model / cfg->n_heads,
         .d_ff = cfg->d_ff,
         .vocab_size = cfg->vocab_size,
-        .padded_vocab = (cfg->vocab_size + 127) / 128 * 128,
+        .padded_vocab = cfg->padded_vocab ? cfg->padded_vocab : (cfg->vocab_size + 127) / 128 * 128,
         .max_seq_len = cfg->max_seq_len,
         .dropout = cfg->dropout,
         .rope_theta = cfg->rope_theta,
@@ -168,8 +168,8 @@ static void alloc_act_set(rt_model *m, rt_layer_acts *a, rt_error *err, int *fai
     *failed_out = failed;
 }
 
-int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
-                  const rt_model_options *options, rt_error *err) {
+static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
+                      const rt_model_options *options, rt_error *err) {
     const rt_activation_mode mode = options->mode;
     const size_t max_seqs = options->max_seqs, max_local_len = options->max_local_len;
     seqpar_ctx *seqpar = options->seqpar;
@@ -218,8 +218,10 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     if (mode == RT_ACT_OFFLOAD) {
         if (failed) return -1;
         if (rt_offloader_init(&m->offloader, backend, mem, s->n_layers, N * C * sizeof(float),
-                              options->offload_max_inflight, err))
+                              options->offload_max_inflight, err)) {
+            rt_offloader_free(&m->offloader); /* what it started before failing: streams, host pool */
             return -1;
+        }
         m->has_offloader = 1;
     } else {
         m->layer_inputs = ALLOC_F((L + 1) * N * C, "layer inputs");
@@ -249,6 +251,13 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
     if (failed) return -1;
     rt_attn_shape attn = rt_attention_shape(s);
     return seqpar_reserve(m->seqpar, max_local_len, &attn, err);
+}
+
+int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
+                  const rt_model_options *options, rt_error *err) {
+    if (model_init(m, shape, backend, mem, options, err) == 0) return 0;
+    rt_model_free(m); /* host-side state; device buffers go back with the arena */
+    return -1;
 }
 
 void rt_model_free(rt_model *m) {

@@ -40,6 +40,7 @@ int rt_config_from_llmc(rt_config *cfg, const char *path, rt_error *err) {
     cfg->d_ff = 4 * hdr.channels;
     cfg->vocab_size = hdr.vocab_size;
     cfg->max_seq_len = hdr.max_seq_len;
+    cfg->padded_vocab = hdr.padded_vocab_size;
     return 0;
 }
 

@@ -39,7 +39,7 @@ int rt_sample_draw(float *logits, int V, float temperature, int top_k, uint64_t 
         if (logits[i] > logits[best]) best = i;
     if (temperature <= 0.0f) return best;
     float kth = -INFINITY;
-    if (top_k > 0 && top_k < V) {
+    if (top_k > 0 && top_k < V) { /* top_k >= V keeps the whole vocabulary */
         /* The k-th largest logit, by repeated selection: V is small enough and k usually tiny. */
         float *sorted = malloc_check((size_t)V * sizeof *sorted);
         memcpy(sorted, logits, (size_t)V * sizeof *sorted);

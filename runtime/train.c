@@ -239,7 +239,7 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     /* Load the whole step first: the loss scale needs the step's target count over all ranks. */
     double step_targets = 0.0;
     for (int mb = 0; mb < cfg->grad_accum; mb++) {
-        if (load_micro(t, &t->train_loader, &t->micro[mb], err)) return -1;
+        if (load_micro(t, &t->train_loader, &t->micro[mb], err)) return RT_TRAIN_FAILED_HERE;
         for (size_t i = 0; i < t->local_seqs * t->local_len; i++)
             step_targets += t->micro[mb].targets[i] >= 0;
     }
@@ -258,13 +258,19 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     float lr = rt_lr_schedule(step, cfg->steps, cfg->warmup_steps, cfg->lr, cfg->min_lr);
     double grad_norm = rt_optimizer_update(&t->opt, m->params, m->grads, lr, cfg->grad_clip);
     double loss = loss_sum / step_targets;
-    if (!isfinite(loss) || !isfinite(grad_norm))
-        return rt_fail(err, "step %d: the loss (%g) or gradient norm (%g) is not finite; lower train.lr (%g)", step,
-                       loss, grad_norm, cfg->lr);
+    /* Both are reduced over the world: every rank fails here alike, and rank 0 says so. */
+    if (!isfinite(loss) || !isfinite(grad_norm)) {
+        rt_fail(err, "step %d: the loss (%g) or gradient norm (%g) is not finite; lower train.lr (%g)", step, loss,
+                grad_norm, cfg->lr);
+        if (t->world->rank != 0) err->msg[0] = '\0';
+        return RT_TRAIN_FAILED_EVERYWHERE;
+    }
     rt_offload_stats offload;
     rt_model_take_offload_stats(m, &offload);
-    if (cfg->activation_mode == RT_ACT_OFFLOAD && offload.offloaded_bytes == 0)
-        return rt_fail(err, "step %d: activations.mode = offload but nothing was offloaded", step);
+    if (cfg->activation_mode == RT_ACT_OFFLOAD && offload.offloaded_bytes == 0) {
+        rt_fail(err, "step %d: activations.mode = offload but nothing was offloaded", step);
+        return RT_TRAIN_FAILED_HERE;
+    }
     double step_s = rt_now_s() - t0;
     *metrics = (rt_step_metrics){
         .step = step,
@@ -283,7 +289,7 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     };
     t->next_step++;
     if (t->has_val && (t->next_step % cfg->val_every == 0 || t->next_step == cfg->steps))
-        if (validate(t, &metrics->val_loss, err)) return -1;
+        if (validate(t, &metrics->val_loss, err)) return RT_TRAIN_FAILED_HERE;
     return 0;
 }
 
@@ -403,12 +409,12 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
     int rc = -1;
     const int is_root = world->rank == 0;
     if (rt_trainer_init(&t, cfg_in, world, err)) goto done; /* every rank fails alike: rc -1 */
-    rc = RT_TRAIN_FAILED_HERE;
     const rt_config *cfg = rt_trainer_config(t);
     config_text = config_as_text(cfg);
-    /* Every input is valid: now, and only now, files appear. */
+    /* Every input is valid: now, and only now, files appear (rank 0 writes them; all ranks learn if it can). */
+    if (agree(world, is_root ? open_run_dir(cfg, config_text, &metrics, err) : 0, err)) goto done;
+    rc = RT_TRAIN_FAILED_HERE;
     if (is_root) {
-        if (open_run_dir(cfg, config_text, &metrics, err)) goto done;
         char params[32], in_use[32];
         printf("ringtrain: %s model, %zu parameters (%s), %d ranks (dp %d x sp %d), zero stage %d, "
                "%zu tokens/step, %s device memory after setup\n",
@@ -424,7 +430,11 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
     double run_start = rt_now_s();
     for (int step = 0; step < cfg->steps; step++) {
         rt_step_metrics s;
-        if (rt_trainer_step(t, &s, err)) goto restore_signals;
+        int step_rc = rt_trainer_step(t, &s, err);
+        if (step_rc) {
+            rc = step_rc;
+            goto restore_signals;
+        }
         if (step == 0) result->first_loss = s.loss;
         result->last_loss = s.loss;
         result->steps_done = step + 1;

@@ -22,6 +22,12 @@ typedef struct {
     double comm_exposed_s, prefetch_wait_s;
 } rt_step_metrics;
 
+/* Failures of the trainer and of a run: every rank failed alike and returns (the message is on exactly one
+ * rank, empty on the others); or this rank failed alone, mid-run, and the caller must end the whole job
+ * (the others may be waiting in a collective). */
+#define RT_TRAIN_FAILED_EVERYWHERE (-1)
+#define RT_TRAIN_FAILED_HERE (-2)
+
 typedef struct rt_trainer rt_trainer;
 
 /*
@@ -31,9 +37,10 @@ typedef struct rt_trainer rt_trainer;
  * message on the lowest failing rank, empty on the others).
  */
 int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_error *err);
-/* One training step (and validation when due); collective. */
+/* One training step (and validation when due); collective. Returns 0 or one of the failures above. */
 int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err);
-/* The reduced gradient of the last step, before clipping, all parameters (gathered from shards); collective. */
+/* The reduced gradient of the last step as the update used it (after clipping), all parameters, gathered from
+ * the shards; collective. */
 void rt_trainer_gradients(rt_trainer *t, float *dst);
 const rt_config *rt_trainer_config(const rt_trainer *t); /* resolved: init_from applied */
 rt_model *rt_trainer_model(rt_trainer *t);
@@ -45,11 +52,6 @@ typedef struct {
     double last_val_loss; /* NAN when validation never ran */
     int stopped_by_signal;
 } rt_train_result;
-
-/* rt_train's failures: every rank failed alike and returns (the message is on exactly one rank, empty on the
- * others); or this rank failed alone, mid-run, and the caller must end the whole job (others may be waiting). */
-#define RT_TRAIN_FAILED_EVERYWHERE (-1)
-#define RT_TRAIN_FAILED_HERE (-2)
 
 /*
  * A whole run: trainer, then (rank 0) <run.dir>/config.ini (resolved),

@@ -67,8 +67,9 @@ void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t off
  * in place; stage 1: into the shard). No-op at stage 2. */
 void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads);
 
-/* Writes the reduced gradient (before clipping) of all Ψ parameters into dst, gathering shards; collective.
- * grads is the model's full buffer (read at stage 0). For tests and diagnostics. */
+/* Writes the reduced gradient of all Ψ parameters into dst, gathering shards; collective. After
+ * rt_optimizer_update it is the clipped gradient the update used. grads is the model's full buffer (stages
+ * 0, 1). For tests and diagnostics. */
 void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst);
 
 /*

@@ -24,7 +24,9 @@ expect_error() {
   if ! grep -Eq -- "$pattern" "$work/stderr"; then
     echo "FAIL $name: stderr does not match /$pattern/:"; cat "$work/stderr"; failures=$((failures + 1)); return
   fi
-  if [ -e "$run_dir" ] || compgen -G "$work/*.tmp" >/dev/null; then
+  # A run that started keeps config.ini and metrics.jsonl as its record (RUN_STARTED=1), but no model.
+  if { [ -z "${RUN_STARTED:-}" ] && [ -e "$run_dir" ]; } || [ -e "$run_dir/model.h5" ] ||
+     compgen -G "$work/*.tmp" >/dev/null || compgen -G "$run_dir/*.tmp" >/dev/null; then
     echo "FAIL $name: left files behind"; ls -la "$work"; failures=$((failures + 1)); return
   fi
   echo "ok   $name: $(cat "$work/stderr")"
@@ -83,6 +85,31 @@ expect_error "unknown command" "unknown command 'trian'" "$bin" trian
 expect_error "prepare missing input" "$work/nothing.txt" "$bin" prepare --input "$work/nothing.txt" --output "$work/out.bin"
 [ -e "$work/out.bin" ] && { echo "FAIL prepare left $work/out.bin"; failures=$((failures + 1)); }
 expect_error "sample missing model" "$work/none.h5" "$bin" sample --model "$work/none.h5"
+
+expect_error "periodic checkpoints refused" "checkpoint.every = 5" train --set checkpoint.every=5
+expect_error "sample: bad value" "--tokens '2.5'" "$bin" sample --model "$work/run/model.h5" --tokens 2.5
+RUN_STARTED=1 expect_error "non-finite loss" "not finite" train --set train.lr=1e30 --set train.min_lr=0 --set train.warmup_steps=1
+rm -rf "$work/run" # a run that failed mid-way keeps its record; the next case starts clean
+
+# Under MPI: a setup error every rank meets, or one rank 0 meets, is printed once and every rank exits.
+if [ -n "${RT_MPIRUN:-}" ]; then
+  read -r -a mpirun_cmd <<<"$RT_MPIRUN"
+  mpi_train() { "${mpirun_cmd[@]}" -np 2 "$bin" train --config "$work/ok.ini" --set parallel.sp=2 "$@"; }
+  for case in "missing data file|$work/missing.bin|--set|data.train=$work/missing.bin" \
+              "run.dir not creatable|cannot create directory|--set|run.dir=$work/ok.ini/sub" \
+              "non-finite loss|not finite|--set|train.lr=1e30"; do
+    IFS='|' read -r name pattern flag value <<<"$case"
+    rm -rf "$work/run"
+    mpi_train "$flag" "$value" >"$work/stdout" 2>"$work/stderr"
+    status=$?
+    lines=$(grep -c '^ringtrain:' "$work/stderr")
+    if [ $status -ne 0 ] && [ "$lines" -eq 1 ] && grep -Eq -- "$pattern" "$work/stderr" && ! grep -q MPI_ABORT "$work/stderr"; then
+      echo "ok   2 ranks, $name: $(grep '^ringtrain:' "$work/stderr")"; passed=$((passed + 1))
+    else
+      echo "FAIL 2 ranks, $name: status $status, $lines ringtrain lines:"; cat "$work/stderr"; failures=$((failures + 1))
+    fi
+  done
+fi
 
 echo "$passed passed, $failures failed"
 [ $failures -eq 0 ]
