@@ -16,6 +16,7 @@
 
 #include "../runtime/config.h"
 #include "../runtime/model.h"
+#include "../shard/mesh.h"
 #include "../shard/optimizer.h"
 
 static void *lazy_alloc(size_t bytes) { return malloc(bytes); }
@@ -25,9 +26,10 @@ static void no_hook(void *ctx, const float *grads, size_t offset, size_t count) 
 }
 
 /* 1 when setup for one sequence of T tokens fits limit on this rank. */
-static int fits(const rt_backend *be, const rt_config *preset, rt_comm *world, size_t limit, int stage,
+static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *mesh, size_t limit, int stage,
                 rt_activation_mode mode, size_t T) {
     rt_config cfg = *preset;
+    rt_comm *world = mesh->world;
     cfg.max_seq_len = (int)T; /* gpt2's learned positions must cover T (their bytes count too) */
     rt_model_shape shape = rt_model_shape_from_config(&cfg);
     rt_device_memory mem;
@@ -44,9 +46,9 @@ static int fits(const rt_backend *be, const rt_config *preset, rt_comm *world, s
                                 .n_alloc = n_alloc,
                                 .seqpar = &sp,
                                 .grad_hook = stage == 2 ? no_hook : NULL};
-    int ok = rt_model_init(&model, &shape, be, &mem, &options, &err) == 0 &&
-             rt_optimizer_init(&opt, be, &mem, world, stage, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f,
-                               &err) == 0;
+    int ok =
+        rt_model_init(&model, &shape, be, &mem, &options, &err) == 0 &&
+        rt_optimizer_init(&opt, be, &mem, mesh, stage, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f, &err) == 0;
     seqpar_ctx_free(&sp);
     rt_model_free(&model);
     rt_device_memory_destroy(&mem);
@@ -69,6 +71,11 @@ int main(int argc, char **argv) {
     }
     rt_config_resolve(&cfg);
     int stage = atoi(argv[3]);
+    rt_mesh mesh; /* the job's ranks share one sequence: sp = P */
+    if (rt_mesh_init(&mesh, world, 1, world->size, &err)) {
+        fprintf(stderr, "bench_memory: %s\n", err.msg);
+        return 1;
+    }
     rt_backend probe = *rt_backend_cpu();
     probe.device_alloc = lazy_alloc;
     probe.memset_zero = no_zero;
@@ -78,13 +85,13 @@ int main(int argc, char **argv) {
                                   : strcmp(argv[a], "recompute") == 0 ? RT_ACT_RECOMPUTE
                                                                       : RT_ACT_OFFLOAD;
         size_t lo = 0, hi = grain; /* lo fits (0 = nothing yet), hi does not */
-        while (fits(&probe, &cfg, world, limit, stage, mode, hi)) {
+        while (fits(&probe, &cfg, &mesh, limit, stage, mode, hi)) {
             lo = hi;
             hi *= 2;
         }
         while (hi - lo > grain) {
             size_t mid = (lo + hi) / 2 / grain * grain;
-            if (fits(&probe, &cfg, world, limit, stage, mode, mid))
+            if (fits(&probe, &cfg, &mesh, limit, stage, mode, mid))
                 lo = mid;
             else
                 hi = mid;
@@ -93,6 +100,7 @@ int main(int argc, char **argv) {
             printf("%-10s P=%d zero=%d %-9s limit %s: longest T = %zu (%zu per rank)\n", argv[1], world->size, stage,
                    argv[a], argv[2], lo, lo / (size_t)world->size);
     }
+    rt_mesh_free(&mesh);
     rt_comm_finalize();
     return 0;
 }

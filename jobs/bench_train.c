@@ -19,6 +19,7 @@
 #include "../runtime/config.h"
 #include "../runtime/model.h"
 #include "../runtime/model_internal.h"
+#include "../shard/mesh.h"
 #include "../shard/optimizer.h"
 
 static double sgemm_gflops(int M, int N, int K) {
@@ -78,7 +79,9 @@ int main(int argc, char **argv) {
     rt_model_init_params(&model, 1);
     rt_comm *world = rt_comm_world_mpi(&argc, &argv);
     rt_optimizer opt;
-    if (rt_optimizer_init(&opt, be, &mem, world, 0, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f, &err)) {
+    rt_mesh mesh;
+    if (rt_mesh_init(&mesh, world, 1, world->size, &err) ||
+        rt_optimizer_init(&opt, be, &mem, &mesh, 0, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         return 1;
     }
@@ -115,6 +118,7 @@ int main(int argc, char **argv) {
     free(pos);
     rt_model_free(&model);
     rt_device_memory_destroy(&mem);
+    rt_mesh_free(&mesh);
     rt_comm_finalize();
     return 0;
 }

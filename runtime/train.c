@@ -180,7 +180,7 @@ static int setup_model(rt_trainer *t, rt_error *err) {
     } else {
         rt_model_init_params(&t->model, cfg->seed);
     }
-    return rt_optimizer_init(&t->opt, t->backend, &t->mem, t->world, cfg->zero_stage, &t->model.table, t->model.params,
+    return rt_optimizer_init(&t->opt, t->backend, &t->mem, &t->mesh, cfg->zero_stage, &t->model.table, t->model.params,
                              cfg->adam_beta1, cfg->adam_beta2, cfg->adam_eps, cfg->weight_decay, err);
 }
 

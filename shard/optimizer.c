@@ -13,9 +13,10 @@ size_t rt_optimizer_padded_size(size_t n_params, int n_ranks) {
     return (n_params + n - 1) / n * n;
 }
 
-int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, rt_comm *world,
+int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, const rt_mesh *mesh,
                       int zero_stage, const rt_view_table *table, const float *params, float beta1, float beta2,
                       float eps, float weight_decay, rt_error *err) {
+    rt_comm *world = mesh->world;
     *opt = (rt_optimizer){.backend = backend,
                           .world = world,
                           .table = table,
@@ -27,8 +28,11 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
                           .weight_decay = weight_decay};
     if (zero_stage < 0 || zero_stage > 2) return rt_fail(err, "zero.stage = %d: expected 0, 1 or 2", zero_stage);
     opt->padded = rt_optimizer_padded_size(opt->n_params, world->size);
-    opt->shard_size = zero_stage == 0 ? opt->padded : opt->padded / (size_t)world->size;
-    opt->shard_begin = zero_stage == 0 ? 0 : (size_t)world->rank * opt->shard_size;
+    rt_placement placements[RT_MESH_MAX_DIMS];
+    for (int d = 0; d < mesh->ndim; d++)
+        placements[d] = zero_stage == 0 ? rt_replicate() : rt_shard(0);
+    if (rt_dtensor_init(&opt->state, mesh, 1, &opt->padded, placements, err)) return -1;
+    rt_dtensor_local_box(&opt->state, NULL, &opt->shard_begin, &opt->shard_size);
     const size_t bytes = opt->shard_size * sizeof(float);
     if (!(opt->master = rt_device_alloc(mem, bytes, "optimizer state (fp32 master weights)", err))) return -1;
     if (!(opt->m = rt_device_alloc(mem, bytes, "optimizer state (Adam m)", err))) return -1;
@@ -54,7 +58,11 @@ static void reduce_piece(rt_optimizer *opt, const float *grads, size_t offset, s
     rt_comm *world = opt->world;
     /* Rank q receives the part of the piece that falls in its shard. */
     for (int q = 0; q < world->size; q++) {
-        size_t lo = (size_t)q * opt->shard_size, hi = lo + opt->shard_size;
+        int coords[RT_MESH_MAX_DIMS];
+        size_t lo, size;
+        rt_mesh_coords_of(opt->state.mesh, q, coords);
+        rt_dtensor_local_box(&opt->state, coords, &lo, &size);
+        size_t hi = lo + size;
         size_t a = offset > lo ? offset : lo, b = offset + count < hi ? offset + count : hi;
         counts[q] = b > a ? b - a : 0;
     }

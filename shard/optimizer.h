@@ -9,12 +9,17 @@
 #include "../runtime/common.h"
 #include "../runtime/memory.h"
 #include "../runtime/tensor.h"
+#include "dtensor.h"
+#include "mesh.h"
 
 /*
  * The flat buffer of Ψ parameters is padded to a multiple of the world
  * size N ("padded" floats; the model allocates its parameter buffer that
- * long, the padding stays zero). Rank r owns the shard
- * [r*S, (r+1)*S) with S = padded / N, and keeps for it fp32 master weights
+ * long, the padding stays zero). In the placement vocabulary of dtensor.h
+ * the optimizer state is that buffer placed [Shard(0), Shard(0)] over the
+ * dp x sp mesh: rank r = dp_rank*sp + sp_rank owns the shard [r*S, (r+1)*S)
+ * with S = padded / N (the checkpoint writer takes the same boxes), and keeps
+ * for it fp32 master weights
  * and the two Adam moments: 12*S bytes, i.e. 12Ψ/N plus padding. Stage 0
  * keeps the whole buffer on every rank (S = padded, 12Ψ bytes).
  *
@@ -33,6 +38,7 @@
 typedef struct {
     const rt_backend *backend;
     rt_comm *world;
+    rt_dtensor state; /* the padded flat buffer's placement: Shard(0) on every mesh dimension, or Replicate */
     const rt_view_table *table;
     int stage;
     size_t n_params;       /* Ψ */
@@ -52,7 +58,7 @@ typedef struct {
 size_t rt_optimizer_padded_size(size_t n_params, int n_ranks);
 
 /* params holds the initial weights (padded length); the master shard is copied from it. */
-int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, rt_comm *world,
+int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, const rt_mesh *mesh,
                       int zero_stage, const rt_view_table *table, const float *params, float beta1, float beta2,
                       float eps, float weight_decay, rt_error *err);
 
