@@ -14,8 +14,8 @@ size_t rt_optimizer_padded_size(size_t n_params, int n_ranks) {
 }
 
 int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, const rt_mesh *mesh,
-                      int zero_stage, const rt_view_table *table, const float *params, float beta1, float beta2,
-                      float eps, float weight_decay, rt_error *err) {
+                      int zero_stage, const rt_view_table *table, float *params, float beta1, float beta2, float eps,
+                      float weight_decay, rt_error *err) {
     rt_comm *world = mesh->world;
     *opt = (rt_optimizer){.backend = backend,
                           .world = world,
@@ -28,13 +28,18 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
                           .weight_decay = weight_decay};
     if (zero_stage < 0 || zero_stage > 2) return rt_fail(err, "zero.stage = %d: expected 0, 1 or 2", zero_stage);
     opt->padded = rt_optimizer_padded_size(opt->n_params, world->size);
-    rt_placement placements[RT_MESH_MAX_DIMS];
+    rt_placement placements[RT_MESH_MAX_DIMS] = {{0}};
     for (int d = 0; d < mesh->ndim; d++)
         placements[d] = zero_stage == 0 ? rt_replicate() : rt_shard(0);
     if (rt_dtensor_init(&opt->state, mesh, 1, &opt->padded, placements, err)) return -1;
     rt_dtensor_local_box(&opt->state, NULL, &opt->shard_begin, &opt->shard_size);
     const size_t bytes = opt->shard_size * sizeof(float);
-    if (!(opt->master = rt_device_alloc(mem, bytes, "optimizer state (fp32 master weights)", err))) return -1;
+    /* Stage 0 updates the fp32 parameters in place: on a backend that computes in fp32 they are the master
+     * weights. The sharded stages keep an fp32 master shard, which the all-gather spreads. */
+    if (zero_stage == 0)
+        opt->master = params;
+    else if (!(opt->master = rt_device_alloc(mem, bytes, "optimizer state (fp32 master weights)", err)))
+        return -1;
     if (!(opt->m = rt_device_alloc(mem, bytes, "optimizer state (Adam m)", err))) return -1;
     if (!(opt->v = rt_device_alloc(mem, bytes, "optimizer state (Adam v)", err))) return -1;
     /* Stage 1 reduce-scatters in place into the start of the model's gradient buffer; stage 2 has no full
@@ -44,8 +49,8 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
     if (zero_stage == 2 &&
         !(opt->reduce_scratch = rt_device_alloc(mem, scratch * sizeof(float), "gradient reduce scratch", err)))
         return -1;
-    backend->copy(opt->master, params + opt->shard_begin, bytes);
-    opt->state_bytes = 3 * bytes;
+    if (zero_stage != 0) backend->copy(opt->master, params + opt->shard_begin, bytes);
+    opt->state_bytes = (zero_stage == 0 ? 2 : 3) * bytes;
     return 0;
 }
 
@@ -126,10 +131,7 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
         be->adamw_update(opt->master + local, shard_grad + local, opt->m + local, opt->v + local, end - begin, lr,
                          opt->beta1, opt->beta2, opt->eps, view->weight_decay ? opt->weight_decay : 0.0f, opt->t);
     }
-    if (opt->stage == 0)
-        be->copy(params, opt->master, opt->n_params * sizeof(float));
-    else
-        opt->world->ops->allgather_f32(opt->world, params, opt->master, opt->shard_size);
+    if (opt->stage != 0) opt->world->ops->allgather_f32(opt->world, params, opt->master, opt->shard_size);
     return norm;
 }
 

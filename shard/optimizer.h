@@ -19,9 +19,10 @@
  * the optimizer state is that buffer placed [Shard(0), Shard(0)] over the
  * dp x sp mesh: rank r = dp_rank*sp + sp_rank owns the shard [r*S, (r+1)*S)
  * with S = padded / N (the checkpoint writer takes the same boxes), and keeps
- * for it fp32 master weights
- * and the two Adam moments: 12*S bytes, i.e. 12Ψ/N plus padding. Stage 0
- * keeps the whole buffer on every rank (S = padded, 12Ψ bytes).
+ * for it fp32 master weights and the two Adam moments: 12*S bytes, i.e.
+ * 12Ψ/N plus padding. Stage 0 keeps the whole state on every rank and
+ * updates the fp32 parameters in place (on a backend that computes in fp32
+ * they are the master weights): the two moments, 8Ψ bytes.
  *
  * One step:
  *   stage 0: all-reduce the full gradient buffer, update everything.
@@ -51,16 +52,17 @@ typedef struct {
     float *reduce_scratch; /* stage 2: one reduction's slice before it is added (at most 1M floats) */
     float beta1, beta2, eps, weight_decay;
     int t;              /* updates done so far */
-    size_t state_bytes; /* master + moments: 12 * S */
+    size_t state_bytes; /* stage >= 1: master + moments, 12 * S; stage 0: the moments, 8 * padded */
 } rt_optimizer;
 
 /* Ψ rounded up to a multiple of n_ranks: the length to allocate parameter and gradient buffers with. */
 size_t rt_optimizer_padded_size(size_t n_params, int n_ranks);
 
-/* params holds the initial weights (padded length); the master shard is copied from it. */
+/* params holds the initial weights (padded length); the master shard is copied from it (stage 0 updates params
+ * in place and keeps only the moments). */
 int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, const rt_mesh *mesh,
-                      int zero_stage, const rt_view_table *table, const float *params, float beta1, float beta2,
-                      float eps, float weight_decay, rt_error *err);
+                      int zero_stage, const rt_view_table *table, float *params, float beta1, float beta2, float eps,
+                      float weight_decay, rt_error *err);
 
 /* Before a step's first micro-batch: clears the shard's gradient accumulator (stages 1, 2). */
 void rt_optimizer_begin_step(rt_optimizer *opt);
