@@ -54,6 +54,7 @@ struct rt_trainer {
     int has_train_loader, has_val;
     host_batch *micro; /* (grad_accum) */
     int next_step;
+    float *preclip_probe; /* (Ψ) when a test asked for each step's reduced gradient before clipping */
 };
 
 /* This rank's part of the data, from the mesh layout (rank = dp_rank * sp + sp_rank); no communication. */
@@ -185,11 +186,16 @@ static int setup_model(rt_trainer *t, rt_error *err) {
 }
 
 int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_error *err) {
+    return rt_trainer_init_on(out, cfg, world, rt_backend_cpu(), err);
+}
+
+int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, const rt_backend *backend,
+                       rt_error *err) {
     rt_trainer *t = calloc_check(1, sizeof *t);
     *out = t;
     t->cfg = *cfg;
     t->world = world;
-    t->backend = rt_backend_cpu();
+    t->backend = backend;
     rt_device_memory_init(&t->mem, t->backend, cfg->memory_limit);
     if (agree(world, setup_local(t, err), err)) return -1;
     if (rt_mesh_init(&t->mesh, world, t->cfg.dp, t->cfg.sp, err)) return -1; /* cannot fail after setup_local */
@@ -255,6 +261,7 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     }
     rt_allreduce_sum_f64(t->world, &loss_sum, 1);
     rt_optimizer_reduce_grads(&t->opt, m->grads);
+    if (t->preclip_probe) rt_optimizer_gather_grads(&t->opt, m->grads, t->preclip_probe);
     float lr = rt_lr_schedule(step, cfg->steps, cfg->warmup_steps, cfg->lr, cfg->min_lr);
     double grad_norm = rt_optimizer_update(&t->opt, m->params, m->grads, lr, cfg->grad_clip);
     double loss = loss_sum / step_targets;
@@ -294,6 +301,8 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
 }
 
 void rt_trainer_gradients(rt_trainer *t, float *dst) { rt_optimizer_gather_grads(&t->opt, t->model.grads, dst); }
+
+void rt_trainer_probe_preclip_gradients(rt_trainer *t, float *dst) { t->preclip_probe = dst; }
 
 const rt_config *rt_trainer_config(const rt_trainer *t) { return &t->cfg; }
 

@@ -37,11 +37,17 @@ typedef struct rt_trainer rt_trainer;
  * message on the lowest failing rank, empty on the others).
  */
 int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_error *err);
+/* The same on a given backend (a test's wrapped CPU table; later a CUDA instance). */
+int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, const rt_backend *backend,
+                       rt_error *err);
 /* One training step (and validation when due); collective. Returns 0 or one of the failures above. */
 int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err);
 /* The reduced gradient of the last step as the update used it (after clipping), all parameters, gathered from
  * the shards; collective. */
 void rt_trainer_gradients(rt_trainer *t, float *dst);
+/* For tests: from the next step on, each step also writes its reduced gradient BEFORE clipping (all Ψ
+ * parameters, gathered from the shards, one extra collective) into dst; NULL stops it. */
+void rt_trainer_probe_preclip_gradients(rt_trainer *t, float *dst);
 const rt_config *rt_trainer_config(const rt_trainer *t); /* resolved: init_from applied */
 rt_model *rt_trainer_model(rt_trainer *t);
 void rt_trainer_free(rt_trainer *t);
