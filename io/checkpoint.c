@@ -27,9 +27,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define CHUNK_MAX_BYTES ((size_t)4 << 20)
@@ -204,18 +206,64 @@ int rt_checkpoint_write(const char *path, const rt_view_table *table, const floa
     return rc;
 }
 
-/* ---- reading ---- */
+/* ---- reading ----
+ *
+ * Everything read here comes from a file someone else may have made, so each
+ * field is checked before use: an attribute's class, dataspace (exactly one
+ * value: an array attribute would make H5Aread write past a one-value buffer),
+ * size and string length; a dataset's link kind (hard links only: an external
+ * link would open another file), layout (no external raw data, no virtual
+ * datasets), type (IEEE fp32/fp64), shape, chunk shape and values (finite).
+ * The file is opened with the strong close degree, so H5Fclose releases it
+ * even if an id were left open, and every helper closes what it opened.
+ */
 
-/* Reads a scalar string attribute (fixed or variable length) into a malloc'd string. */
-static int read_string_attr(hid_t obj, const char *name, char **out, const char *path, rt_error *err) {
+#define FORMAT_ATTR_MAX 256               /* bytes of the 'format' string */
+#define CONFIG_ATTR_MAX ((size_t)1 << 24) /* bytes of the stored config text */
+
+static const char *type_class_name(H5T_class_t type_class) {
+    switch (type_class) {
+    case H5T_INTEGER: return "an integer";
+    case H5T_FLOAT: return "a float";
+    case H5T_STRING: return "a string";
+    case H5T_TIME: return "a time";
+    case H5T_BITFIELD: return "a bitfield";
+    case H5T_OPAQUE: return "an opaque value";
+    case H5T_COMPOUND: return "a compound";
+    case H5T_REFERENCE: return "a reference";
+    case H5T_ENUM: return "an enum";
+    case H5T_VLEN: return "a variable-length sequence";
+    case H5T_ARRAY: return "an array type";
+    default: return "an unreadable type";
+    }
+}
+
+/* Checks that attr holds exactly one value: a scalar, or a simple dataspace of one element. */
+static int check_single_value(hid_t attr, const char *name, const char *path, rt_error *err) {
+    hid_t space = H5Aget_space(attr);
+    H5S_class_t space_class = space >= 0 ? H5Sget_simple_extent_type(space) : H5S_NO_CLASS;
+    hssize_t points = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    if (space >= 0) H5Sclose(space);
+    if (space_class == H5S_SCALAR || (space_class == H5S_SIMPLE && points == 1)) return 0;
+    if (space_class == H5S_SIMPLE)
+        return rt_fail(err, "%s: attribute '%s': expected a single value, found an array of %lld values", path, name,
+                       (long long)points);
+    return rt_fail(err, "%s: attribute '%s': expected a single value, found %s dataspace", path, name,
+                   space_class == H5S_NULL ? "an empty (null)" : "an unreadable");
+}
+
+/* Reads a single-valued string attribute (fixed or variable length, at most max_len bytes) into a malloc'd
+ * string. */
+static int read_string_attr(hid_t obj, const char *name, size_t max_len, char **out, const char *path, rt_error *err) {
     *out = NULL;
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
     if (attr < 0) return rt_fail(err, "%s: not a ringtrain checkpoint: no '%s' attribute", path, name);
     hid_t type = H5Aget_type(attr), mem_type = -1; /* the memory type takes the stored character set */
-    int rc = 0;
-    if (type < 0 || H5Tget_class(type) != H5T_STRING) {
-        rc = rt_fail(err, "%s: attribute '%s' is not a string", path, name);
-    } else if (H5Tis_variable_str(type) > 0) {
+    H5T_class_t type_class = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    int rc = check_single_value(attr, name, path, err);
+    if (rc == 0 && type_class != H5T_STRING) {
+        rc = rt_fail(err, "%s: attribute '%s': expected a string, found %s", path, name, type_class_name(type_class));
+    } else if (rc == 0 && H5Tis_variable_str(type) > 0) {
         char *value = NULL;
         mem_type = H5Tcopy(H5T_C_S1);
         if (mem_type < 0 || H5Tset_size(mem_type, H5T_VARIABLE) < 0 || H5Tset_cset(mem_type, H5Tget_cset(type)) < 0 ||
@@ -223,20 +271,30 @@ static int read_string_attr(hid_t obj, const char *name, char **out, const char 
             rc = h5_fail(err, path, "reading a string attribute");
         } else {
             size_t len = value ? strlen(value) : 0;
-            *out = malloc_check(len + 1);
-            memcpy(*out, value ? value : "", len + 1);
-            H5free_memory(value);
+            if (len > max_len) {
+                rc = rt_fail(err, "%s: attribute '%s': expected a string of at most %zu bytes, found %zu bytes", path,
+                             name, max_len, len);
+            } else {
+                *out = malloc_check(len + 1);
+                memcpy(*out, value ? value : "", len + 1);
+            }
         }
-    } else {
+        if (value) H5free_memory(value);
+    } else if (rc == 0) {
         size_t size = H5Tget_size(type);
-        char *value = calloc_check(size + 1, 1);
-        mem_type = H5Tcopy(H5T_C_S1);
-        if (mem_type < 0 || H5Tset_size(mem_type, size) < 0 || H5Tset_cset(mem_type, H5Tget_cset(type)) < 0 ||
-            H5Aread(attr, mem_type, value) < 0) {
-            free(value);
-            rc = h5_fail(err, path, "reading a string attribute");
+        if (size == 0 || size > max_len + 1) {
+            rc = rt_fail(err, "%s: attribute '%s': expected a string of at most %zu bytes, found %zu bytes", path, name,
+                         max_len, size);
         } else {
-            *out = value; /* calloc'd one past the stored size, so always terminated */
+            char *value = calloc_check(size + 1, 1);
+            mem_type = H5Tcopy(H5T_C_S1);
+            if (mem_type < 0 || H5Tset_size(mem_type, size) < 0 || H5Tset_cset(mem_type, H5Tget_cset(type)) < 0 ||
+                H5Aread(attr, mem_type, value) < 0) {
+                free(value);
+                rc = h5_fail(err, path, "reading a string attribute");
+            } else {
+                *out = value; /* calloc'd one past the stored size, so always terminated */
+            }
         }
     }
     if (mem_type >= 0) H5Tclose(mem_type);
@@ -249,35 +307,57 @@ static int read_int_attr(hid_t obj, const char *name, int64_t *out, const char *
     hid_t attr = H5Aopen(obj, name, H5P_DEFAULT);
     if (attr < 0) return rt_fail(err, "%s: checkpoint has no '%s' attribute", path, name);
     hid_t type = H5Aget_type(attr);
-    int rc = 0;
-    if (type < 0 || H5Tget_class(type) != H5T_INTEGER)
-        rc = rt_fail(err, "%s: attribute '%s' is not an integer", path, name);
-    else if (H5Aread(attr, H5T_NATIVE_INT64, out) < 0)
+    H5T_class_t type_class = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    size_t size = type >= 0 ? H5Tget_size(type) : 0;
+    int rc = check_single_value(attr, name, path, err);
+    if (rc == 0 && type_class != H5T_INTEGER)
+        rc = rt_fail(err, "%s: attribute '%s': expected an integer, found %s", path, name, type_class_name(type_class));
+    else if (rc == 0 && (size == 0 || size > sizeof(int64_t)))
+        rc = rt_fail(err, "%s: attribute '%s': expected an integer of at most 8 bytes, found %zu bytes", path, name,
+                     size);
+    else if (rc == 0 && H5Aread(attr, H5T_NATIVE_INT64, out) < 0)
         rc = h5_fail(err, path, "reading an integer attribute");
     if (type >= 0) H5Tclose(type);
     H5Aclose(attr);
     return rc;
 }
 
+/* Refuses anything but a regular file before HDF5 opens it (a FIFO would block the open forever). */
+static int check_regular_file(const char *path, rt_error *err) {
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return rt_fail(err, "%s: cannot open checkpoint: %s", path, strerror(errno));
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) != 0)
+        rc = rt_fail(err, "%s: cannot stat checkpoint: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        rc =
+            rt_fail(err, "%s: not a regular file (a FIFO, device or directory), expected a ringtrain checkpoint", path);
+    close(fd);
+    return rc;
+}
+
 /* Opens PATH read-only and checks it is a ringtrain checkpoint of a version this build reads. */
 static hid_t open_checkpoint(const char *path, rt_error *err) {
     quiet_hdf5();
-    if (access(path, R_OK) != 0) {
-        rt_fail(err, "%s: cannot open checkpoint: %s", path, strerror(errno));
-        return -1;
-    }
+    if (check_regular_file(path, err) != 0) return -1;
     if (H5Fis_hdf5(path) <= 0) {
         rt_fail(err, "%s: not an HDF5 file (expected a ringtrain checkpoint)", path);
         return -1;
     }
-    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (file < 0) {
-        h5_fail(err, path, "H5Fopen");
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    if (fapl < 0 || H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG) < 0) {
+        h5_fail(err, path, "creating the file access property list");
+        if (fapl >= 0) H5Pclose(fapl);
         return -1;
     }
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, fapl);
+    if (file < 0) h5_fail(err, path, "H5Fopen"); /* before H5Pclose clears the error stack */
+    H5Pclose(fapl);
+    if (file < 0) return -1;
     char *format = NULL;
     int64_t version = 0;
-    int rc = read_string_attr(file, "format", &format, path, err);
+    int rc = read_string_attr(file, "format", FORMAT_ATTR_MAX, &format, path, err);
     if (rc == 0 && strcmp(format, RT_CHECKPOINT_FORMAT) != 0)
         rc = rt_fail(err, "%s: not a ringtrain checkpoint: format attribute is '%.100s', expected '%s'", path, format,
                      RT_CHECKPOINT_FORMAT);
@@ -300,7 +380,9 @@ int rt_checkpoint_read_meta(const char *path, char **config_text, int64_t *step,
     int64_t stored_step = 0;
     char *config = NULL;
     int rc = read_int_attr(file, "step", &stored_step, path, err);
-    if (rc == 0) rc = read_string_attr(file, "config", &config, path, err);
+    if (rc == 0 && stored_step < 0)
+        rc = rt_fail(err, "%s: attribute 'step' is %lld, expected >= 0", path, (long long)stored_step);
+    if (rc == 0) rc = read_string_attr(file, "config", CONFIG_ATTR_MAX, &config, path, err);
     H5Fclose(file);
     if (rc != 0) {
         free(config);
@@ -314,29 +396,83 @@ int rt_checkpoint_read_meta(const char *path, char **config_text, int64_t *step,
     return 0;
 }
 
-/* Whether every link along "/a/b/c" exists (H5Lexists needs each parent to exist). */
-static int link_path_exists(hid_t file, const char *name) {
+/* Whether every link along "/a/b/c" exists and is a hard link (H5Lexists needs each parent to exist; a soft
+ * or external link could lead anywhere, another file included). Sets *not_hard when one is not hard. */
+static int link_path_exists(hid_t file, const char *name, int *not_hard) {
     char prefix[RT_NAME_LEN + 64];
     size_t len = strlen(name);
+    *not_hard = 0;
     if (len >= sizeof prefix) return 0;
     for (size_t i = 1; i <= len; i++) {
         if (i < len && name[i] != '/') continue;
         memcpy(prefix, name, i);
         prefix[i] = '\0';
         if (H5Lexists(file, prefix, H5P_DEFAULT) <= 0) return 0;
+        H5L_info_t info;
+        if (H5Lget_info(file, prefix, &info, H5P_DEFAULT) < 0 || info.type != H5L_TYPE_HARD) {
+            *not_hard = 1;
+            return 0;
+        }
     }
     return 1;
 }
 
-/* Reads /<group>/<name> of every view into data + view offset, checking shape and type first. */
+/* Checks a dataset's storage before reading: data inside this file (no external raw data, not virtual) and
+ * chunks no larger than the dataset, so a crafted chunk shape cannot make HDF5 allocate more than the
+ * tensor. */
+static int check_layout(hid_t dset, int ndim, const hsize_t *dims, const char *tensor, const char *path,
+                        rt_error *err) {
+    hid_t dcpl = H5Dget_create_plist(dset);
+    if (dcpl < 0) return h5_fail(err, path, "H5Dget_create_plist");
+    H5D_layout_t layout = H5Pget_layout(dcpl);
+    int external = H5Pget_external_count(dcpl);
+    int rc = 0;
+    if (layout != H5D_CONTIGUOUS && layout != H5D_CHUNKED && layout != H5D_COMPACT) {
+        rc = rt_fail(err, "%s: tensor %s: expected contiguous, chunked or compact storage, found layout %d", path,
+                     tensor, (int)layout);
+    } else if (external != 0) {
+        rc = rt_fail(err, "%s: tensor %s: expected its data inside the file, found %d external file(s)", path, tensor,
+                     external);
+    } else if (layout == H5D_CHUNKED) {
+        hsize_t chunk[RT_MAX_DIMS] = {0};
+        int chunk_ndim = H5Pget_chunk(dcpl, RT_MAX_DIMS, chunk);
+        if (chunk_ndim != ndim) {
+            rc =
+                rt_fail(err, "%s: tensor %s: expected %d-dimensional chunks, found %d", path, tensor, ndim, chunk_ndim);
+        } else {
+            for (int d = 0; d < ndim && rc == 0; d++)
+                if (chunk[d] == 0 || chunk[d] > dims[d])
+                    rc = rt_fail(err, "%s: tensor %s: chunk dimension %d is %llu, expected 1..%llu (the tensor's)",
+                                 path, tensor, d, (unsigned long long)chunk[d], (unsigned long long)dims[d]);
+        }
+    }
+    H5Pclose(dcpl);
+    return rc;
+}
+
+/* Whether type is an IEEE fp32 or fp64 type (either byte order): what h5py and ringtrain write. */
+static int is_ieee_float(hid_t type) {
+    const hid_t known[] = {H5T_IEEE_F32LE, H5T_IEEE_F32BE, H5T_IEEE_F64LE, H5T_IEEE_F64BE};
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
+        if (H5Tequal(type, known[i]) > 0) return 1;
+    return 0;
+}
+
+/* Reads /<group>/<name> of every view into data + view offset, checking link, shape, type, storage and
+ * values. */
 static int read_views(hid_t file, const char *group, const rt_view_table *table, float *data, const char *path,
                       rt_error *err) {
     for (int v = 0; v < table->count; v++) {
         const rt_named_view *view = &table->views[v];
         char name[RT_NAME_LEN + 64];
         snprintf(name, sizeof name, "/%s/%s", group, view->name);
-        if (!link_path_exists(file, name))
-            return rt_fail(err, "%s: tensor %s missing: no dataset %s", path, view->name, name);
+        int not_hard = 0;
+        if (!link_path_exists(file, name, &not_hard))
+            return not_hard ? rt_fail(err,
+                                      "%s: tensor %s: expected a dataset %s in this file, found a soft or "
+                                      "external link on its path",
+                                      path, view->name, name)
+                            : rt_fail(err, "%s: tensor %s missing: no dataset %s", path, view->name, name);
         hid_t dset = H5Dopen2(file, name, H5P_DEFAULT);
         if (dset < 0) {
             char op[RT_NAME_LEN + 96];
@@ -362,14 +498,22 @@ static int read_views(hid_t file, const char *group, const rt_view_table *table,
                 format_shape(found_ndim, found, got);
             rc = rt_fail(err, "%s: tensor %s: expected shape %s, found %s", path, view->name,
                          format_shape(view->ndim, expected, want), got);
-        } else if (type < 0 || H5Tget_class(type) != H5T_FLOAT) {
-            rc = rt_fail(err, "%s: tensor %s: expected a floating-point dataset, found another type", path, view->name);
+        } else if (type < 0 || H5Tget_class(type) != H5T_FLOAT || !is_ieee_float(type)) {
+            rc = rt_fail(err, "%s: tensor %s: expected an IEEE fp32 or fp64 dataset, found %s", path, view->name,
+                         type < 0 ? "an unreadable type" : type_class_name(H5Tget_class(type)));
+        } else if (view->numel > 0 && check_layout(dset, view->ndim, expected, view->name, path, err) != 0) {
+            rc = -1;
         } else if (view->numel > 0 &&
                    H5Dread(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data + view->offset) < 0) {
             char op[3 * RT_NAME_LEN + 192];
             snprintf(op, sizeof op, "H5Dread of tensor %s (%s)", view->name, name);
             rc = h5_fail(err, path, op);
         }
+        /* A NaN or infinite weight (fp64 values beyond fp32 included) poisons every forward pass. */
+        for (size_t i = 0; rc == 0 && i < view->numel; i++)
+            if (!isfinite(data[view->offset + i]))
+                rc = rt_fail(err, "%s: tensor %s element %zu is %g, expected a finite weight", path, view->name, i,
+                             (double)data[view->offset + i]);
         if (type >= 0) H5Tclose(type);
         if (space >= 0) H5Sclose(space);
         H5Dclose(dset);

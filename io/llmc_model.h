@@ -28,9 +28,11 @@ void rt_llmc_tensor_sizes(const rt_llmc_header *hdr, size_t sizes[RT_LLMC_N_TENS
 /* Names of the 16 tensors, in file order ("wte", "wpe", "ln1w", ...). */
 const char *rt_llmc_tensor_name(int index);
 
-/* Reads and validates the header (magic, version, positive sizes, C % H == 0, Vp >= V). */
+/* Reads and validates the header (magic, version, positive sizes, C % H == 0, Vp >= V) and checks that the
+ * file's size is exactly header + parameters, before any caller sizes memory from it. Regular files only. */
 int rt_llmc_read_header(const char *path, rt_llmc_header *hdr, rt_error *err);
-/* Reads all parameters, in file order, into params (sum of sizes floats). Fails on a short file. */
+/* Reads all parameters, in file order, into params (sum of sizes floats). Fails on a short or long file and
+ * on a NaN or infinite weight (the error names the tensor). */
 int rt_llmc_read_params(const char *path, const rt_llmc_header *hdr, float *params, rt_error *err);
 /* Writes a model file atomically (tmp + rename). */
 int rt_llmc_write(const char *path, const rt_llmc_header *hdr, const float *params, rt_error *err);

@@ -86,7 +86,8 @@ int rt_tokens_open(rt_token_file *tf, const char *path, rt_error *err) {
         return rt_fail(err, "%s: path longer than %zu bytes", path, sizeof tf->path - 1);
     strcpy(tf->path, path);
 
-    int fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused as not regular just below. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) return rt_fail(err, "%s: cannot open token file: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
@@ -96,7 +97,7 @@ int rt_tokens_open(rt_token_file *tf, const char *path, rt_error *err) {
     }
     if (!S_ISREG(st.st_mode)) {
         close(fd);
-        return rt_fail(err, "%s: not a regular file (expected a token file)", path);
+        return rt_fail(err, "%s: not a regular file (a FIFO, device or directory), expected a token file", path);
     }
     size_t file_bytes = (size_t)st.st_size;
     if (file_bytes == 0) {
