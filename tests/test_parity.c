@@ -1,19 +1,33 @@
 /*
  * test_parity.c: multi-rank training against a single-rank run of the same
  * model, data and seed, run under mpirun with 1..4 ranks. Each rank also
- * trains the single-rank reference itself (on a communicator of its own),
- * so every comparison happens inside one job.
+ * trains the single-rank reference itself, on a communicator of its own and
+ * in a trainer of its own, so every comparison happens inside one job and
+ * the reference shares no state with the run under test. The reference is
+ * the same code on one rank: it finds what the split (ring, zigzag, mesh,
+ * ZeRO shards, reductions) changes, not errors common to both (those are
+ * the job of the naive-op, finite-difference and NumPy tests).
  *
- *  - sequence parallelism (issue 3): sp = P, 3 steps, llama with dropout and
- *    gpt2: every step's loss and every parameter gradient within 1e-5;
- *  - meshes (issue 4): every dp x sp factorization of P on the same global
- *    batch: losses and gradients within 1e-5;
- *  - ZeRO (issue 4): stages 0, 1 and 2 give the same loss trajectory over 5
- *    steps within 1e-6, and stage >= 1 keeps 12 * ceil(Ψ/P) optimizer bytes.
+ * Compared at every step: the loss, grad_norm, every tensor's reduced
+ * gradient BEFORE clipping and the clipped gradient the update used; after
+ * the last step, the parameters. Besides, on each run alone: grad_norm is
+ * the norm of its pre-clip gradient (computed here, in double), and the
+ * clipped gradient is the pre-clip one times min(1, grad_clip / grad_norm).
  *
- * Gradient error of a tensor: max_i |g_i - ref_i| / max_i |ref_i| (the
- * reduced gradient before clipping, gathered from shards). Loss error:
- * |loss - ref| / |ref|.
+ *  - sequence parallelism: sp = P, llama with dropout and gpt2, grad_clip = 0;
+ *  - meshes: every dp x sp factorization of P, grad_accum = 2;
+ *  - ZeRO stages 0, 1, 2 against the 1-rank run (and 12 * ceil(Ψ/P) bytes);
+ *  - clipping that really scales (grad_norm > 2 * grad_clip is asserted),
+ *    one case per family, on sharded optimizers;
+ *  - dropout keys: sequences, micro-batches, steps, layers and sites never
+ *    share a mask, and a (seed, step, layer, site, sequence, position) draws
+ *    the same mask on any mesh;
+ *  - keep, recompute and offload give the same bits.
+ *
+ * Error of a tensor: max_i |x_i - ref_i| / max_i |ref_i|, the worst over
+ * the model's named tensors; parameters are compared as their change over
+ * the run (after - initial), which is what training computed. Scalars:
+ * |x - ref| / |ref|.
  */
 #include <math.h>
 #include <mpi.h>
@@ -26,17 +40,26 @@
 #include "../runtime/comm.h"
 #include "../runtime/train.h"
 #include "../shard/optimizer.h"
+#include "dropout_probe.h"
 #include "testing.h"
 
 #define MAX_STEPS 5
+#define GRAD_TOL 1e-5 /* fp32 reductions in another order: measured <= 2e-6 */
+#define NORM_TOL 1e-5 /* grad_norm and loss */
+/* Parameter change over the run: norm weights sit near 1, where fp32 rounds each update to ulp(1) = 1.2e-7,
+ * 2e-5 of a 3-step change of 6e-3; runs that differ by a few ulps measured 1e-4. A wrong update is O(1). */
+#define PARAM_TOL 1e-3
+#define CLIP_TOL 1e-6 /* the clipped gradient against pre-clip * scale, within one run */
 
 static rt_comm *world, *self;
 static char data_path[256];
 
 typedef struct {
     int steps;
-    double loss[MAX_STEPS];
-    float *grads[MAX_STEPS]; /* (Ψ) per step */
+    double loss[MAX_STEPS], grad_norm[MAX_STEPS];
+    float *preclip[MAX_STEPS];            /* (Ψ) reduced gradient before clipping */
+    float *postclip[MAX_STEPS];           /* (Ψ) the gradient the update used */
+    float *params_initial, *params_final; /* (Ψ) */
     size_t n_params;
     size_t optimizer_bytes;
 } run_record;
@@ -57,25 +80,36 @@ static void base_config(rt_config *cfg, rt_family family, float dropout) {
     cfg->steps = 3;
     cfg->lr = 3e-3f;
     cfg->warmup_steps = 1;
+    cfg->grad_clip = 0.0f; /* the plain cases compare unclipped updates; clipping has its own cases */
     /* Adam's update lr * g / (|g| + eps) turns rounding noise of near-zero gradients into updates of
      * +-lr when eps is tiny, and the trajectories of two correct runs then drift apart after step 0.
      * With eps = 1e-3 such updates stay proportional to g, so later steps still compare arithmetic. */
     cfg->adam_eps = 1e-3f;
 }
 
-/* Trains cfg on comm, recording losses and gradients; the trainer is freed after copying. */
-static int record_run(const rt_config *cfg, rt_comm *comm, run_record *rec) {
+static float *copy_params(rt_trainer *t, size_t n) {
+    float *dst = malloc(n * sizeof *dst);
+    memcpy(dst, rt_trainer_model(t)->params, n * sizeof *dst);
+    return dst;
+}
+
+/* Trains cfg on comm (on backend), recording everything compared; the trainer is freed after copying. */
+static int record_run_on(const rt_config *cfg, rt_comm *comm, const rt_backend *backend, run_record *rec) {
     rt_trainer *t = NULL;
     rt_error err;
     memset(rec, 0, sizeof *rec);
-    if (rt_trainer_init(&t, cfg, comm, &err)) {
+    if (rt_trainer_init_on(&t, cfg, comm, backend, &err)) {
         fprintf(stderr, "rank %d: trainer init: %s\n", world->rank, err.msg);
         rt_trainer_free(t);
         return -1;
     }
     rec->n_params = rt_trainer_model(t)->table.total;
     rec->steps = cfg->steps;
+    rec->params_initial = copy_params(t, rec->n_params);
     for (int s = 0; s < cfg->steps; s++) {
+        rec->preclip[s] = malloc(rec->n_params * sizeof(float));
+        rec->postclip[s] = malloc(rec->n_params * sizeof(float));
+        rt_trainer_probe_preclip_gradients(t, rec->preclip[s]);
         rt_step_metrics m;
         if (rt_trainer_step(t, &m, &err)) {
             fprintf(stderr, "rank %d: step %d: %s\n", world->rank, s, err.msg);
@@ -83,21 +117,32 @@ static int record_run(const rt_config *cfg, rt_comm *comm, run_record *rec) {
             return -1;
         }
         rec->loss[s] = m.loss;
+        rec->grad_norm[s] = m.grad_norm;
         rec->optimizer_bytes = m.optimizer_bytes;
-        rec->grads[s] = malloc(rec->n_params * sizeof(float));
-        rt_trainer_gradients(t, rec->grads[s]);
+        rt_trainer_gradients(t, rec->postclip[s]);
     }
+    rec->params_final = copy_params(t, rec->n_params);
     rt_trainer_free(t);
     return 0;
 }
 
-static void free_record(run_record *rec) {
-    for (int s = 0; s < rec->steps; s++)
-        free(rec->grads[s]);
+static int record_run(const rt_config *cfg, rt_comm *comm, run_record *rec) {
+    return record_run_on(cfg, comm, rt_backend_cpu(), rec);
 }
 
-/* Worst per-tensor gradient error over the model's named tensors (a small model built for its table). */
-static double gradient_error(const rt_config *cfg, const float *got, const float *ref, const char **worst_name) {
+static void free_record(run_record *rec) {
+    for (int s = 0; s < rec->steps; s++) {
+        free(rec->preclip[s]);
+        free(rec->postclip[s]);
+    }
+    free(rec->params_initial);
+    free(rec->params_final);
+}
+
+/* Worst per-tensor error of got against ref over the model's named tensors; with base arrays, of the
+ * changes got - got_base against ref - ref_base. (A small model is built for its table.) */
+static double tensor_error(const rt_config *cfg, const float *got, const float *got_base, const float *ref,
+                           const float *ref_base, const char **worst_name) {
     rt_model_shape shape = rt_model_shape_from_config(cfg);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), 0);
@@ -110,9 +155,10 @@ static double gradient_error(const rt_config *cfg, const float *got, const float
     for (int i = 0; i < model.table.count; i++) {
         const rt_named_view *v = &model.table.views[i];
         double scale = 0.0, diff = 0.0;
-        for (size_t j = 0; j < v->numel; j++) {
-            scale = fmax(scale, fabs((double)ref[v->offset + j]));
-            diff = fmax(diff, fabs((double)got[v->offset + j] - (double)ref[v->offset + j]));
+        for (size_t j = v->offset; j < v->offset + v->numel; j++) {
+            double g = got[j] - (got_base ? got_base[j] : 0.0), r = ref[j] - (ref_base ? ref_base[j] : 0.0);
+            scale = fmax(scale, fabs(r));
+            diff = fmax(diff, fabs(g - r));
         }
         double e = scale > 0.0 ? diff / scale : diff;
         if (!(e <= worst)) {
@@ -125,7 +171,43 @@ static double gradient_error(const rt_config *cfg, const float *got, const float
     return worst;
 }
 
-/* Runs cfg on the world with (dp, sp, stage) and compares with the single-rank run of the same cfg. */
+static double rel_diff(double got, double ref) { return fabs(got - ref) / fabs(ref); }
+
+static double norm_of(const float *x, size_t n) {
+    double sum = 0.0;
+    for (size_t i = 0; i < n; i++)
+        sum += (double)x[i] * x[i];
+    return sqrt(sum);
+}
+
+/* One run on its own: grad_norm is its pre-clip gradient's norm; the update used pre-clip * the clip scale. */
+static void check_clip_arithmetic(const run_record *rec, float grad_clip, int expect_clipping, const char *what) {
+    for (int s = 0; s < rec->steps; s++) {
+        double norm = norm_of(rec->preclip[s], rec->n_params);
+        double norm_err = rel_diff(rec->grad_norm[s], norm);
+        double scale = grad_clip > 0.0f && norm > grad_clip ? grad_clip / norm : 1.0;
+        double worst = 0.0, size = 0.0;
+        for (size_t i = 0; i < rec->n_params; i++) {
+            size = fmax(size, fabs(rec->preclip[s][i] * scale));
+            worst = fmax(worst, fabs(rec->postclip[s][i] - rec->preclip[s][i] * scale));
+        }
+        double clip_err = worst / size;
+        if (world->rank == 0 && (norm_err > NORM_TOL || clip_err > CLIP_TOL))
+            fprintf(stderr, "\n  %s step %d: grad_norm %.9g vs norm of the gradient %.9g; clipped gradient err %.2e\n",
+                    what, s, rec->grad_norm[s], norm, clip_err);
+        CU_ASSERT(norm_err <= NORM_TOL);
+        CU_ASSERT(clip_err <= CLIP_TOL);
+        if (expect_clipping) {
+            if (world->rank == 0 && !(norm > 2.0 * grad_clip))
+                fprintf(stderr, "\n  %s step %d: grad_norm %.3g does not exceed 2 x grad_clip %.3g\n", what, s, norm,
+                        (double)grad_clip);
+            CU_ASSERT(norm > 2.0 * grad_clip);
+            CU_ASSERT(fabs(norm_of(rec->postclip[s], rec->n_params) - grad_clip) <= 1e-5 * grad_clip);
+        }
+    }
+}
+
+/* Runs cfg on the world with (dp, sp, stage) and compares everything with the single-rank run of cfg. */
 static void check_against_single_rank(rt_config cfg, int dp, int sp, int stage, const char *what) {
     run_record ref, got;
     rt_config single = cfg;
@@ -137,15 +219,32 @@ static void check_against_single_rank(rt_config cfg, int dp, int sp, int stage, 
     CU_ASSERT_FATAL(record_run(&single, self, &ref) == 0);
     CU_ASSERT_FATAL(record_run(&cfg, world, &got) == 0);
     for (int s = 0; s < cfg.steps; s++) {
-        double loss_err = fabs(got.loss[s] - ref.loss[s]) / fabs(ref.loss[s]);
-        const char *name = "?";
-        double grad_err = gradient_error(&cfg, got.grads[s], ref.grads[s], &name);
-        if (world->rank == 0 && (loss_err > 1e-5 || grad_err > 1e-5))
-            fprintf(stderr, "\n  %s dp=%d sp=%d stage=%d step %d: loss err %.2e, grad err %.2e (%s)\n", what, dp, sp,
-                    stage, s, loss_err, grad_err, name);
-        CU_ASSERT(loss_err <= 1e-5);
-        CU_ASSERT(grad_err <= 1e-5);
+        const char *pre_name = "?", *post_name = "?";
+        double loss_err = rel_diff(got.loss[s], ref.loss[s]);
+        double norm_err = rel_diff(got.grad_norm[s], ref.grad_norm[s]);
+        double pre_err = tensor_error(&cfg, got.preclip[s], NULL, ref.preclip[s], NULL, &pre_name);
+        double post_err = tensor_error(&cfg, got.postclip[s], NULL, ref.postclip[s], NULL, &post_name);
+        if (world->rank == 0 &&
+            (loss_err > NORM_TOL || norm_err > NORM_TOL || pre_err > GRAD_TOL || post_err > GRAD_TOL))
+            fprintf(stderr,
+                    "\n  %s dp=%d sp=%d stage=%d step %d: loss err %.2e, grad_norm err %.2e (%.9g vs %.9g), "
+                    "pre-clip grad err %.2e (%s), clipped grad err %.2e (%s)\n",
+                    what, dp, sp, stage, s, loss_err, norm_err, got.grad_norm[s], ref.grad_norm[s], pre_err, pre_name,
+                    post_err, post_name);
+        CU_ASSERT(loss_err <= NORM_TOL);
+        CU_ASSERT(norm_err <= NORM_TOL);
+        CU_ASSERT(pre_err <= GRAD_TOL);
+        CU_ASSERT(post_err <= GRAD_TOL);
     }
+    const char *param_name = "?";
+    double param_err =
+        tensor_error(&cfg, got.params_final, got.params_initial, ref.params_final, ref.params_initial, &param_name);
+    if (world->rank == 0 && param_err > PARAM_TOL)
+        fprintf(stderr, "\n  %s dp=%d sp=%d stage=%d: parameter change err %.2e (%s)\n", what, dp, sp, stage, param_err,
+                param_name);
+    CU_ASSERT(param_err <= PARAM_TOL);
+    check_clip_arithmetic(&ref, cfg.grad_clip, cfg.grad_clip > 0.0f, "1-rank reference");
+    check_clip_arithmetic(&got, cfg.grad_clip, cfg.grad_clip > 0.0f, what);
     free_record(&ref);
     free_record(&got);
 }
@@ -172,34 +271,113 @@ static void test_meshes(void) {
     }
 }
 
+/* The mesh the ZeRO cases use: dp x sp = 2 x 2 on 4 ranks, dp = P otherwise. */
+static void zero_mesh(rt_config *cfg) {
+    cfg->dp = world->size % 4 == 0 ? 2 : world->size;
+    cfg->sp = world->size / cfg->dp;
+}
+
 static void test_zero_stages(void) {
     rt_config cfg;
     base_config(&cfg, RT_FAMILY_LLAMA, 0.0f);
-    cfg.steps = 5;
-    cfg.dp = world->size % 4 == 0 ? 2 : world->size;
-    cfg.sp = world->size / cfg.dp;
-    run_record runs[3];
-    for (int stage = 0; stage < 3; stage++) {
-        cfg.zero_stage = stage;
-        CU_ASSERT_FATAL(record_run(&cfg, world, &runs[stage]) == 0);
-    }
-    for (int stage = 1; stage < 3; stage++) {
-        for (int s = 0; s < cfg.steps; s++) {
-            double err = fabs(runs[stage].loss[s] - runs[0].loss[s]) / fabs(runs[0].loss[s]);
-            if (world->rank == 0 && err > 1e-6) fprintf(stderr, "\n  stage %d step %d: loss err %.2e\n", stage, s, err);
-            CU_ASSERT(err <= 1e-6);
-        }
-        /* Master weights + two moments for this rank's shard: 12 * ceil(Ψ / P) bytes. */
-        size_t psi = runs[stage].n_params, P = (size_t)world->size;
-        CU_ASSERT_EQUAL(runs[stage].optimizer_bytes, 12 * ((psi + P - 1) / P));
-    }
-    /* Stage 0 updates the fp32 parameters in place: the two moments of the whole (padded) buffer. */
-    CU_ASSERT_EQUAL(runs[0].optimizer_bytes, 8 * rt_optimizer_padded_size(runs[0].n_params, world->size));
+    cfg.steps = 4;
+    cfg.grad_accum = 2; /* stage 2 accumulates its shard over micro-batches */
+    zero_mesh(&cfg);
     for (int stage = 0; stage < 3; stage++)
-        free_record(&runs[stage]);
+        check_against_single_rank(cfg, cfg.dp, cfg.sp, stage, "ZeRO");
+    /* Stage >= 1: master weights + two moments for this rank's shard, 12 * ceil(Ψ / P) bytes; stage 0 updates
+     * the fp32 parameters in place and keeps the two moments of the whole (padded) buffer. */
+    cfg.steps = 1;
+    size_t P = (size_t)world->size;
+    for (int stage = 0; stage < 3; stage++) {
+        run_record rec;
+        cfg.zero_stage = stage;
+        CU_ASSERT_FATAL(record_run(&cfg, world, &rec) == 0);
+        size_t psi = rec.n_params;
+        size_t expected = stage == 0 ? 8 * rt_optimizer_padded_size(psi, world->size) : 12 * ((psi + P - 1) / P);
+        CU_ASSERT_EQUAL(rec.optimizer_bytes, expected);
+        free_record(&rec);
+    }
 }
 
-/* keep, recompute and offload on the job's ranks (sp = P): bitwise the same losses and gradients. */
+/* Clipping that acts: the pre-clip norms of these runs are about 1.5-3, so 0.1 scales every step. */
+static void test_clipping_llama_zero2(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.1f);
+    cfg.grad_clip = 0.1f;
+    cfg.grad_accum = 2;
+    zero_mesh(&cfg);
+    check_against_single_rank(cfg, cfg.dp, cfg.sp, 2, "llama clipped, ZeRO-2");
+}
+
+static void test_clipping_gpt2_zero1(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_GPT2, 0.0f);
+    cfg.grad_clip = 0.1f;
+    check_against_single_rank(cfg, 1, world->size, 1, "gpt2 clipped, ZeRO-1");
+}
+
+/* Runs cfg on comm through the dropout probe; returns the unique log (every key once). */
+static int record_masks(const rt_config *cfg, rt_comm *comm, dropout_log *log) {
+    *log = (dropout_log){0};
+    run_record rec;
+    int rc = record_run_on(cfg, comm, dropout_probe_backend(log), &rec);
+    dropout_probe_backend(NULL);
+    if (rc == 0) free_record(&rec);
+    size_t disagreeing = dropout_log_unique(log);
+    if (disagreeing) fprintf(stderr, "\n  rank %d: %zu keys drew two different masks\n", world->rank, disagreeing);
+    CU_ASSERT_EQUAL(disagreeing, 0);
+    return rc;
+}
+
+/*
+ * The 1-rank run draws one mask per (step, layer, site, sequence, position):
+ * the number of distinct keys is steps * L * 2 sites * B * grad_accum * T,
+ * so two sequences, two micro-batches, two steps or two layers that reuse a
+ * key show up as too few keys, and keys that reach the same mask as shared
+ * masks (p = 0.5 over 64 channels: two independent masks agree with
+ * probability 2^-64). Then every mesh of the job draws, for each key it
+ * holds, the 1-rank run's mask, and the ranks together hold every key.
+ */
+static void test_dropout_keys(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.5f);
+    cfg.steps = 2;
+    cfg.grad_accum = 2;
+    cfg.batch_size = 4;
+    dropout_log ref;
+    CU_ASSERT_FATAL(record_masks(&cfg, self, &ref) == 0);
+    size_t expected_keys = (size_t)cfg.steps * cfg.n_layers * 2 * cfg.batch_size * cfg.grad_accum * cfg.seq_len;
+    CU_ASSERT_EQUAL(ref.n, expected_keys);
+    CU_ASSERT_EQUAL(dropout_log_shared_masks(&ref), 0);
+    if (ref.n != expected_keys && world->rank == 0)
+        fprintf(stderr, "\n  1 rank: %zu distinct dropout keys, expected %zu\n", ref.n, expected_keys);
+    for (int dp = 1; dp <= world->size; dp++) {
+        if (world->size % dp != 0 || cfg.batch_size % dp != 0) continue;
+        rt_config mesh_cfg = cfg;
+        mesh_cfg.dp = dp;
+        mesh_cfg.sp = world->size / dp;
+        dropout_log got;
+        CU_ASSERT_FATAL(record_masks(&mesh_cfg, world, &got) == 0);
+        size_t mismatched = 0;
+        for (size_t i = 0; i < got.n; i++) {
+            const dropout_record *r = dropout_log_find(&ref, &got.rows[i]);
+            mismatched += !r || r->mask_hash != got.rows[i].mask_hash;
+        }
+        double held = (double)got.n;
+        rt_allreduce_sum_f64(world, &held, 1);
+        if (mismatched && world->rank == 0)
+            fprintf(stderr, "\n  dp=%d sp=%d: %zu dropout rows differ from the 1-rank run\n", dp, mesh_cfg.sp,
+                    mismatched);
+        CU_ASSERT_EQUAL(mismatched, 0);
+        CU_ASSERT_EQUAL((size_t)held, expected_keys);
+        dropout_log_free(&got);
+    }
+    dropout_log_free(&ref);
+}
+
+/* keep, recompute and offload on the job's ranks (sp = P): bitwise the same losses, norms, gradients and
+ * parameters. */
 static void test_activation_modes_bitwise(void) {
     const rt_family families[] = {RT_FAMILY_LLAMA, RT_FAMILY_GPT2};
     for (int f = 0; f < 2; f++) {
@@ -215,9 +393,12 @@ static void test_activation_modes_bitwise(void) {
         }
         for (int i = 1; i < 3; i++)
             for (int s = 0; s < cfg.steps; s++) {
-                CU_ASSERT(runs[i].loss[s] == runs[0].loss[s]);
-                CU_ASSERT(memcmp(runs[i].grads[s], runs[0].grads[s], runs[0].n_params * sizeof(float)) == 0);
+                CU_ASSERT(memcmp(&runs[i].loss[s], &runs[0].loss[s], sizeof(double)) == 0);
+                CU_ASSERT(memcmp(&runs[i].grad_norm[s], &runs[0].grad_norm[s], sizeof(double)) == 0);
+                CU_ASSERT(memcmp(runs[i].preclip[s], runs[0].preclip[s], runs[0].n_params * sizeof(float)) == 0);
             }
+        for (int i = 1; i < 3; i++)
+            CU_ASSERT(memcmp(runs[i].params_final, runs[0].params_final, runs[0].n_params * sizeof(float)) == 0);
         for (int i = 0; i < 3; i++)
             free_record(&runs[i]);
     }
@@ -251,7 +432,10 @@ int main(int argc, char **argv) {
         {"seqpar: llama with dropout == 1 rank", test_seqpar_llama_dropout},
         {"seqpar: gpt2 == 1 rank", test_seqpar_gpt2},
         {"meshes dp x sp == 1 rank", test_meshes},
-        {"ZeRO stages 0/1/2 agree", test_zero_stages},
+        {"ZeRO stages 0/1/2 == 1 rank", test_zero_stages},
+        {"clipping that acts: llama, ZeRO-2 == 1 rank", test_clipping_llama_zero2},
+        {"clipping that acts: gpt2, ZeRO-1 == 1 rank", test_clipping_gpt2_zero1},
+        {"dropout keys: distinct masks, same on every mesh", test_dropout_keys},
         {"keep == recompute == offload, bitwise", test_activation_modes_bitwise},
     };
     int status = test_run_suite("parity", cases, (int)(sizeof cases / sizeof cases[0]));
