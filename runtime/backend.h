@@ -22,6 +22,12 @@
  *
  * Determinism: for a fixed thread count every op gives the same bits run to
  * run (no atomics, fixed reduction order).
+ *
+ * No op allocates memory. Scratch that grows with the problem (attention's)
+ * comes from a workspace the caller reserves once at setup, sized by the
+ * backend for the largest call (attn_workspace_bytes), so it is counted in
+ * the device memory accounting like every other buffer; the remaining
+ * scratch is bounded and lives on the stack.
  */
 
 /* Layout of one attention call: q rows of H*D floats, k/v rows of Hkv*D floats, each at its own stride. */
@@ -105,18 +111,29 @@ struct rt_backend {
     void (*dropout)(float *x, const int64_t *pos, size_t N, int C, float p, rt_rng_key key);
 
     /* --- attention (flash-style blocks; seqpar drives them locally or around the ring) --- */
+    /* Bytes of device workspace that attn_block_forward and attn_block_backward need for any call with
+     * Tq <= max_Tq and Tk <= max_Tk on this shape (strides do not matter). The CPU backend sizes it for
+     * omp_get_max_threads() at this call, its per-thread scratch growing with max_Tk when the thread count
+     * does not divide n_kv_heads: fix the thread count before setup and do not change it afterwards (a
+     * call that needs more than it was given ends the job, naming the size it needs). */
+    size_t (*attn_workspace_bytes)(size_t max_Tq, size_t max_Tk, const rt_attn_shape *shape);
     /* Merges the attention of queries q (Tq tokens) onto keys/values k,v (Tk tokens) into the running
      * out (Tq, H*D) and lse (Tq, H), both fp32. Start with out = 0, lse = -INFINITY. A query that sees
-     * no key of this block leaves its row untouched. Positions give the causal mask. */
+     * no key of this block leaves its row untouched. Positions give the causal mask. workspace: device
+     * memory of workspace_bytes, 64-byte aligned (every device allocation is), at least
+     * attn_workspace_bytes(Tq, Tk, shape); the op overwrites it (calls on one workspace run one at a
+     * time); too small is a programming error (rt_fatal with the size needed). */
     void (*attn_block_forward)(float *out, float *lse, const float *q, const float *k, const float *v,
                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                               const rt_attn_shape *shape);
+                               const rt_attn_shape *shape, void *workspace, size_t workspace_bytes);
     /* delta (Tq, H) = rowsum(dout * out) per head: computed once, before any block backward. */
     void (*attn_delta)(float *delta, const float *out, const float *dout, size_t Tq, const rt_attn_shape *shape);
-    /* Backward of one block using the FINAL lse and delta: dq += ..., dk += ..., dv += ... (fp32). */
+    /* Backward of one block using the FINAL lse and delta: dq += ..., dk += ..., dv += ... (fp32).
+     * workspace as for attn_block_forward. */
     void (*attn_block_backward)(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                 const float *v, const float *lse, const float *delta, const int64_t *q_pos,
-                                const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape);
+                                const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
+                                size_t workspace_bytes);
 
     /* --- loss --- */
     /* For a tile of n tokens: logits (n, Vp) holds x @ wte^T. Writes losses[i] = -log softmax(logits_i)[t_i]

@@ -37,6 +37,10 @@
 #define CPU_CHANNEL_BLOCK 32
 /* Elements per partial sum in sum_squares; fixed so the reduction order does not depend on threads. */
 #define CPU_SUMSQ_CHUNK ((size_t)1 << 16)
+/* Partial sums of sum_squares computed per parallel pass (on the stack: 2 KiB, 16M elements a pass). */
+#define CPU_SUMSQ_PASS_CHUNKS 256
+/* Rope frequencies computed per pass (on the stack: 2 KiB). */
+#define CPU_ROPE_FREQ_BLOCK 256
 
 #define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
 
@@ -327,29 +331,32 @@ static void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout,
  */
 
 /* Rotates pairs (2i, 2i+1) of each of n_heads heads in each row of x by sign * pos[n] * theta^(-2i/head_dim).
- * Frequencies and angles are in double: at positions near 1e6 a float angle would be off by a radian fraction. */
+ * Frequencies and angles are in double: at positions near 1e6 a float angle would be off by a radian fraction.
+ * The frequencies are computed on the stack, CPU_ROPE_FREQ_BLOCK at a time (one pass up to head_dim 512). */
 static void cpu_rope_rotate(float *x, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
                             float theta, double sign) {
     if (head_dim % 2 != 0) rt_fatal("rope: head_dim %d is odd", head_dim);
-    int half = head_dim / 2;
-    double *inv_freq = malloc_check((size_t)half * sizeof(double)); /* (head_dim/2) */
-    for (int i = 0; i < half; i++)
-        inv_freq[i] = pow((double)theta, -2.0 * i / head_dim);
+    const int half = head_dim / 2;
+    double inv_freq[CPU_ROPE_FREQ_BLOCK]; /* pairs [i0, i0 + n_freq) */
+    for (int i0 = 0; i0 < half; i0 += CPU_ROPE_FREQ_BLOCK) {
+        const int n_freq = half - i0 < CPU_ROPE_FREQ_BLOCK ? half - i0 : CPU_ROPE_FREQ_BLOCK;
+        for (int i = 0; i < n_freq; i++)
+            inv_freq[i] = pow((double)theta, -2.0 * (i0 + i) / head_dim);
 #pragma omp parallel for schedule(static) if (N * (size_t)n_heads * (size_t)head_dim >= CPU_OMP_MIN_WORK)
-    for (size_t n = 0; n < N; n++) {
-        float *row = x + n * stride;
-        for (int i = 0; i < half; i++) {
-            double angle = sign * (double)pos[n] * inv_freq[i];
-            float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
-            for (int h = 0; h < n_heads; h++) {
-                float *pair = row + (size_t)h * head_dim + 2 * i;
-                float x0 = pair[0], x1 = pair[1];
-                pair[0] = x0 * cos_a - x1 * sin_a;
-                pair[1] = x0 * sin_a + x1 * cos_a;
+        for (size_t n = 0; n < N; n++) {
+            float *row = x + n * stride;
+            for (int i = 0; i < n_freq; i++) {
+                double angle = sign * (double)pos[n] * inv_freq[i];
+                float cos_a = (float)cos(angle), sin_a = (float)sin(angle);
+                for (int h = 0; h < n_heads; h++) {
+                    float *pair = row + (size_t)h * head_dim + 2 * (i0 + i);
+                    float x0 = pair[0], x1 = pair[1];
+                    pair[0] = x0 * cos_a - x1 * sin_a;
+                    pair[1] = x0 * sin_a + x1 * cos_a;
+                }
             }
         }
     }
-    free(inv_freq);
 }
 
 static void cpu_rope_forward(float *x, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
@@ -563,21 +570,24 @@ static double cpu_sum_squares_chunk(const float *x, size_t n) {
 }
 
 /* Fixed chunks of CPU_SUMSQ_CHUNK, partial sums in parallel, then added in chunk order: same bits for any thread
- * count. */
+ * count. The partials of up to CPU_SUMSQ_PASS_CHUNKS chunks are computed per pass, on the stack; the total
+ * still adds every chunk's sum in chunk order. */
 static double cpu_sum_squares(const float *x, size_t n) {
     size_t n_chunks = (n + CPU_SUMSQ_CHUNK - 1) / CPU_SUMSQ_CHUNK;
     if (n_chunks <= 1) return cpu_sum_squares_chunk(x, n);
-    double *partial = malloc_check(n_chunks * sizeof(double)); /* (n_chunks) */
-#pragma omp parallel for schedule(static)
-    for (size_t chunk = 0; chunk < n_chunks; chunk++) {
-        size_t start = chunk * CPU_SUMSQ_CHUNK;
-        size_t len = n - start < CPU_SUMSQ_CHUNK ? n - start : CPU_SUMSQ_CHUNK;
-        partial[chunk] = cpu_sum_squares_chunk(x + start, len);
-    }
+    double partial[CPU_SUMSQ_PASS_CHUNKS];
     double total = 0.0;
-    for (size_t chunk = 0; chunk < n_chunks; chunk++)
-        total += partial[chunk];
-    free(partial);
+    for (size_t first = 0; first < n_chunks; first += CPU_SUMSQ_PASS_CHUNKS) {
+        const size_t pass = n_chunks - first < CPU_SUMSQ_PASS_CHUNKS ? n_chunks - first : CPU_SUMSQ_PASS_CHUNKS;
+#pragma omp parallel for schedule(static)
+        for (size_t i = 0; i < pass; i++) {
+            size_t start = (first + i) * CPU_SUMSQ_CHUNK;
+            size_t len = n - start < CPU_SUMSQ_CHUNK ? n - start : CPU_SUMSQ_CHUNK;
+            partial[i] = cpu_sum_squares_chunk(x + start, len);
+        }
+        for (size_t i = 0; i < pass; i++)
+            total += partial[i];
+    }
     return total;
 }
 
@@ -632,6 +642,7 @@ static const rt_backend cpu_backend = {
     .swiglu_backward = cpu_swiglu_backward,
     .add = cpu_add,
     .dropout = cpu_dropout,
+    .attn_workspace_bytes = rt_cpu_attn_workspace_bytes,
     .attn_block_forward = rt_cpu_attn_block_forward,
     .attn_delta = rt_cpu_attn_delta,
     .attn_block_backward = rt_cpu_attn_block_backward,

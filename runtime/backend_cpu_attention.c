@@ -54,9 +54,22 @@
  * The tile sgemms run inside the OpenMP team, where the OpenMP build of
  * OpenBLAS (the one CMake links) runs each call on the calling thread: the
  * team already fills the cores and each sgemm is one tile.
+ *
+ * Workspace. The ops allocate nothing: every call carves its scratch out of
+ * the caller's workspace (reserved once at setup, see seqpar_reserve),
+ * laid out as
+ *     [k_tile_range (n_k_tiles) | thread 0 | thread 1 | ... | thread n-1]
+ * with n = omp_get_max_threads() at the call. A thread's part serves the
+ * forward as [scores (Q_TILE, K_TILE) | acc (Q_TILE, D) | row max, row sum
+ * (Q_TILE each)] and the backward as [probs, dprobs (Q_TILE, K_TILE) each |
+ * dK, dV partials (Tk, D) each, only in the one-kv-head-at-a-time
+ * schedule]. Every piece starts at a multiple of WS_ALIGN bytes. The
+ * partials grow with Tk and the thread count: they are most of the
+ * workspace at long sequences. ws_layout_of is the one place that sizes
+ * this; rt_cpu_attn_workspace_bytes reports its total for the largest call.
  */
 
-enum { Q_TILE = 64, K_TILE = 128 };
+enum { Q_TILE = 64, K_TILE = 128, WS_ALIGN = 64 };
 
 /* The per-tile loops (exp, masking, scaling) are compiled for AVX-512 and AVX2 as well as the baseline, picked
  * at load time (GCC function multiversioning); about 25% off the forward and 15% off the backward on an
@@ -80,8 +93,73 @@ typedef struct {
     float scale;
     const int64_t *q_pos, *k_pos;
     size_t n_q_tiles, n_k_tiles;
-    pos_range *k_tile_range; /* (n_k_tiles) min/max key position of each key tile */
+    pos_range *k_tile_range; /* (n_k_tiles) min/max key position of each key tile, in the workspace */
 } attn_dims;
+
+static size_t round_up(size_t bytes) { return (bytes + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN; }
+
+/* Byte sizes of the workspace pieces of one call (see the top of the file). */
+typedef struct {
+    size_t range_bytes;  /* k_tile_range */
+    size_t fwd_bytes;    /* scores, acc, row max, row sum: the start of a thread's part in the forward */
+    size_t tile_bytes;   /* probs, dprobs: the start of a thread's part in the backward */
+    size_t part_bytes;   /* one (Tk, D) partial (dK or dV), 0 when the backward schedule needs none */
+    size_t thread_bytes; /* one thread's part: the larger of forward and backward */
+    int n_threads;
+    size_t total;
+} ws_layout;
+
+/* Backward schedule: kv heads per thread when they divide evenly, otherwise one kv head at a time with
+ * per-thread partials. */
+static int uses_partials(int Hkv, int n_threads) { return Hkv % n_threads != 0; }
+
+static ws_layout ws_layout_of(size_t Tk, int Hkv, int D, int n_threads) {
+    ws_layout w;
+    const size_t f = sizeof(float), tile = (size_t)Q_TILE * K_TILE * f;
+    w.n_threads = n_threads;
+    w.range_bytes = round_up((Tk + K_TILE - 1) / K_TILE * sizeof(pos_range));
+    w.fwd_bytes = round_up(tile) + round_up((size_t)Q_TILE * (size_t)D * f) + 2 * round_up(Q_TILE * f);
+    w.tile_bytes = round_up(tile);
+    w.part_bytes = uses_partials(Hkv, n_threads) ? round_up(Tk * (size_t)D * f) : 0;
+    const size_t bwd_bytes = 2 * w.tile_bytes + 2 * w.part_bytes;
+    w.thread_bytes = w.fwd_bytes > bwd_bytes ? w.fwd_bytes : bwd_bytes;
+    w.total = w.range_bytes + (size_t)n_threads * w.thread_bytes;
+    return w;
+}
+
+static void check_heads(const rt_attn_shape *shape) {
+    if (shape->n_heads <= 0 || shape->n_kv_heads <= 0 || shape->head_dim <= 0 ||
+        shape->n_heads % shape->n_kv_heads != 0)
+        rt_fatal("attention: bad heads: n_heads %d, n_kv_heads %d, head_dim %d (need n_heads %% n_kv_heads == 0)",
+                 shape->n_heads, shape->n_kv_heads, shape->head_dim);
+}
+
+size_t rt_cpu_attn_workspace_bytes(size_t max_Tq, size_t max_Tk, const rt_attn_shape *shape) {
+    (void)max_Tq; /* query tiles are processed one per thread at a time: nothing grows with Tq */
+    check_heads(shape);
+    return ws_layout_of(max_Tk, shape->n_kv_heads, shape->head_dim, omp_get_max_threads()).total;
+}
+
+/* The layout of this call, checked against the caller's workspace (too small or misaligned is a programming
+ * error: the caller sized it at setup for smaller maxima or fewer threads). */
+static ws_layout ws_check(const char *op, size_t Tq, size_t Tk, const rt_attn_shape *shape, const void *workspace,
+                          size_t workspace_bytes) {
+    check_heads(shape);
+    const ws_layout w = ws_layout_of(Tk, shape->n_kv_heads, shape->head_dim, omp_get_max_threads());
+    if (workspace_bytes < w.total || workspace == NULL)
+        rt_fatal("%s: the attention workspace holds %zu bytes, this call needs %zu (Tq %zu, Tk %zu, n_kv_heads %d, "
+                 "head_dim %d, %d threads); reserve attn_workspace_bytes for the largest call at setup, with the "
+                 "thread count the ops run with",
+                 op, workspace ? workspace_bytes : 0, w.total, Tq, Tk, shape->n_kv_heads, shape->head_dim, w.n_threads);
+    if ((uintptr_t)workspace % WS_ALIGN != 0)
+        rt_fatal("%s: the attention workspace %p is not aligned to %d bytes", op, workspace, (int)WS_ALIGN);
+    return w;
+}
+
+/* Thread tid's part of the workspace. */
+static unsigned char *ws_thread(void *workspace, const ws_layout *w, int tid) {
+    return (unsigned char *)workspace + w->range_bytes + (size_t)tid * w->thread_bytes;
+}
 
 static pos_range range_of(const int64_t *pos, size_t n) {
     pos_range r = {pos[0], pos[0]};
@@ -92,12 +170,9 @@ static pos_range range_of(const int64_t *pos, size_t n) {
     return r;
 }
 
-static attn_dims dims_make(const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                           const rt_attn_shape *shape) {
-    if (shape->n_heads <= 0 || shape->n_kv_heads <= 0 || shape->head_dim <= 0 ||
-        shape->n_heads % shape->n_kv_heads != 0)
-        rt_fatal("attention: bad heads: n_heads %d, n_kv_heads %d, head_dim %d (need n_heads %% n_kv_heads == 0)",
-                 shape->n_heads, shape->n_kv_heads, shape->head_dim);
+/* Unpacks the call; k_tile_range goes to the start of the (checked) workspace. */
+static attn_dims dims_make(const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape,
+                           void *workspace) {
     attn_dims d;
     d.Tq = Tq;
     d.Tk = Tk;
@@ -114,7 +189,7 @@ static attn_dims dims_make(const int64_t *q_pos, const int64_t *k_pos, size_t Tq
     d.k_pos = k_pos;
     d.n_q_tiles = (Tq + Q_TILE - 1) / Q_TILE;
     d.n_k_tiles = (Tk + K_TILE - 1) / K_TILE;
-    d.k_tile_range = malloc_check(d.n_k_tiles * sizeof(pos_range));
+    d.k_tile_range = workspace;
     for (size_t kt = 0; kt < d.n_k_tiles; kt++) {
         size_t j0 = kt * K_TILE, nk = Tk - j0 < K_TILE ? Tk - j0 : K_TILE;
         d.k_tile_range[kt] = range_of(k_pos + j0, nk);
@@ -257,19 +332,21 @@ RT_TILE_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, flo
 
 void rt_cpu_attn_block_forward(float *out, float *lse, const float *q, const float *k, const float *v,
                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                               const rt_attn_shape *shape) {
+                               const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
-    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape);
+    const ws_layout w = ws_check("attn_block_forward", Tq, Tk, shape, workspace, workspace_bytes);
+    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape, workspace);
     /* Tasks are independent (each writes its own rows of out/lse), so a dynamic schedule keeps the result
      * deterministic; the tiles with the most keys (last query tiles, when causal) are dealt first. */
     const size_t n_tasks = d.n_q_tiles * (size_t)d.H;
-#pragma omp parallel
+#pragma omp parallel num_threads(w.n_threads)
     {
+        unsigned char *mine = ws_thread(workspace, &w, omp_get_thread_num());
         fwd_scratch ws;
-        ws.scores = malloc_check((size_t)Q_TILE * K_TILE * sizeof(float));
-        ws.acc = malloc_check((size_t)Q_TILE * d.D * sizeof(float));
-        ws.row_max = malloc_check(Q_TILE * sizeof(float));
-        ws.row_sum = malloc_check(Q_TILE * sizeof(float));
+        ws.scores = (float *)mine;
+        ws.acc = (float *)(mine + round_up((size_t)Q_TILE * K_TILE * sizeof(float)));
+        ws.row_max = (float *)(mine + w.fwd_bytes - 2 * round_up(Q_TILE * sizeof(float)));
+        ws.row_sum = (float *)(mine + w.fwd_bytes - round_up(Q_TILE * sizeof(float)));
 #pragma omp for schedule(dynamic, 1)
         for (size_t t = 0; t < n_tasks; t++) {
             const size_t qt = d.n_q_tiles - 1 - t / (size_t)d.H;
@@ -277,12 +354,7 @@ void rt_cpu_attn_block_forward(float *out, float *lse, const float *q, const flo
             const size_t i0 = qt * Q_TILE, nq = Tq - i0 < Q_TILE ? Tq - i0 : Q_TILE;
             forward_task(&d, &ws, out, lse, q, k, v, h, i0, nq);
         }
-        free(ws.scores);
-        free(ws.acc);
-        free(ws.row_max);
-        free(ws.row_sum);
     }
-    free(d.k_tile_range);
 }
 
 /* ------------------------------------------------------------------ delta */
@@ -366,30 +438,34 @@ RT_TILE_CLONES static void backward_task(const attn_dims *d, bwd_scratch *ws, fl
     }
 }
 
-static void bwd_scratch_alloc(bwd_scratch *ws) {
-    ws->probs = malloc_check((size_t)Q_TILE * K_TILE * sizeof(float));
-    ws->dprobs = malloc_check((size_t)Q_TILE * K_TILE * sizeof(float));
+/* Thread tid's backward part of the workspace: [probs | dprobs | dK partial | dV partial] (partials only in the
+ * one-kv-head-at-a-time schedule). */
+static bwd_scratch bwd_scratch_of(void *workspace, const ws_layout *w, int tid) {
+    unsigned char *mine = ws_thread(workspace, w, tid);
+    return (bwd_scratch){(float *)mine, (float *)(mine + w->tile_bytes)};
 }
-
-static void bwd_scratch_free(bwd_scratch *ws) {
-    free(ws->probs);
-    free(ws->dprobs);
+static float *dk_partial_of(void *workspace, const ws_layout *w, int tid) {
+    return (float *)(ws_thread(workspace, w, tid) + 2 * w->tile_bytes);
+}
+static float *dv_partial_of(void *workspace, const ws_layout *w, int tid) {
+    return (float *)(ws_thread(workspace, w, tid) + 2 * w->tile_bytes + w->part_bytes);
 }
 
 void rt_cpu_attn_block_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
                                 const float *v, const float *lse, const float *delta, const int64_t *q_pos,
-                                const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape) {
+                                const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
+                                size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
-    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape);
-    const int n_threads = omp_get_max_threads();
+    const ws_layout w = ws_check("attn_block_backward", Tq, Tk, shape, workspace, workspace_bytes);
+    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape, workspace);
+    const int n_threads = w.n_threads;
     const size_t D = (size_t)d.D;
 
-    if (d.Hkv % n_threads == 0) {
+    if (!uses_partials(d.Hkv, n_threads)) {
         /* each thread owns whole kv heads: their dK/dV and the dQ of their query heads */
-#pragma omp parallel
+#pragma omp parallel num_threads(n_threads)
         {
-            bwd_scratch ws;
-            bwd_scratch_alloc(&ws);
+            bwd_scratch ws = bwd_scratch_of(workspace, &w, omp_get_thread_num());
 #pragma omp for schedule(static)
             for (int kvh = 0; kvh < d.Hkv; kvh++) {
                 dkv_target dkv = {dk + (size_t)kvh * D, dv + (size_t)kvh * D, d.kv_stride};
@@ -399,24 +475,19 @@ void rt_cpu_attn_block_backward(float *dq, float *dk, float *dv, const float *do
                         backward_task(&d, &ws, dq, dkv, dout, q, k, v, lse, delta, kvh * d.group + g, i0, nq);
                     }
             }
-            bwd_scratch_free(&ws);
         }
     } else {
         /* one kv head at a time; per-thread dK/dV partials, added in thread order */
         const size_t n_tasks = (size_t)d.group * d.n_q_tiles;
-        float **dk_part = malloc_check((size_t)n_threads * sizeof(float *));
-        float **dv_part = malloc_check((size_t)n_threads * sizeof(float *));
 #pragma omp parallel num_threads(n_threads)
         {
             const int tid = omp_get_thread_num(), team = omp_get_num_threads();
-            bwd_scratch ws;
-            bwd_scratch_alloc(&ws);
-            dk_part[tid] = malloc_check(Tk * D * sizeof(float));
-            dv_part[tid] = malloc_check(Tk * D * sizeof(float));
-            const dkv_target dkv = {dk_part[tid], dv_part[tid], D};
+            bwd_scratch ws = bwd_scratch_of(workspace, &w, tid);
+            float *my_dk = dk_partial_of(workspace, &w, tid), *my_dv = dv_partial_of(workspace, &w, tid);
+            const dkv_target dkv = {my_dk, my_dv, D};
             for (int kvh = 0; kvh < d.Hkv; kvh++) {
-                memset(dk_part[tid], 0, Tk * D * sizeof(float));
-                memset(dv_part[tid], 0, Tk * D * sizeof(float));
+                memset(my_dk, 0, Tk * D * sizeof(float));
+                memset(my_dv, 0, Tk * D * sizeof(float));
                 /* round-robin deal: neighbouring query tiles (similar causal work) go to different threads */
 #pragma omp for schedule(static, 1)
                 for (size_t t = 0; t < n_tasks; t++) {
@@ -431,7 +502,8 @@ void rt_cpu_attn_block_backward(float *dq, float *dk, float *dv, const float *do
                     float *dk_row = dk + j * d.kv_stride + (size_t)kvh * D;
                     float *dv_row = dv + j * d.kv_stride + (size_t)kvh * D;
                     for (int p = 0; p < team; p++) {
-                        const float *dk_src = dk_part[p] + j * D, *dv_src = dv_part[p] + j * D;
+                        const float *dk_src = dk_partial_of(workspace, &w, p) + j * D;
+                        const float *dv_src = dv_partial_of(workspace, &w, p) + j * D;
                         for (size_t c = 0; c < D; c++) {
                             dk_row[c] += dk_src[c];
                             dv_row[c] += dv_src[c];
@@ -440,12 +512,6 @@ void rt_cpu_attn_block_backward(float *dq, float *dk, float *dv, const float *do
                 }
                 /* (implicit barrier: no partial is cleared while another thread still reads it) */
             }
-            bwd_scratch_free(&ws);
-            free(dk_part[tid]);
-            free(dv_part[tid]);
         }
-        free(dk_part);
-        free(dv_part);
     }
-    free(d.k_tile_range);
 }

@@ -1,7 +1,6 @@
 /* seqpar/attention.c: exact attention of the local queries over the keys of the whole sequence: locally or around
  * the ring of a sequence-parallel group. */
 #include <math.h>
-#include <stdlib.h>
 
 #include "seqpar.h"
 
@@ -52,46 +51,65 @@
  * the kernel skips masked tiles too. More than MAX_RUNS runs (unordered
  * positions) are treated as one run: the skipping is then the kernel's.
  *
- * Positions are device memory; the run bookkeeping reads host copies.
+ * Positions are device memory; the run bookkeeping reads them in chunks
+ * into the stack. Nothing here allocates during a call: the attention
+ * workspace (the backend's scratch, attn_workspace_bytes for Tl queries and
+ * Tl keys) and the ring buffers come from ctx->mem, reserved at setup by
+ * seqpar_reserve (or on a first call that needs them).
  */
 
-enum { TAG_KV = 7301, TAG_DKV = 7302, MAX_RUNS = 4 };
+enum { TAG_KV = 7301, TAG_DKV = 7302, MAX_RUNS = 4, POS_CHUNK = 1024, LSE_FILL = 256 };
 
 /* Rows [start, start + len) whose positions lie in [min, max]. */
 typedef struct {
     size_t start, len;
     int64_t min, max;
+    int consecutive; /* positions are min, min + 1, ..., max in row order */
 } pos_run;
 
-static void run_extent(pos_run *run, const int64_t *pos) {
-    run->min = run->max = pos[run->start];
-    for (size_t i = run->start; i < run->start + run->len; i++) {
-        run->min = pos[i] < run->min ? pos[i] : run->min;
-        run->max = pos[i] > run->max ? pos[i] : run->max;
+/* Cuts n device positions into runs of consecutive positions; one run (not consecutive) over all n when there
+ * would be more than MAX_RUNS. Reads the positions POS_CHUNK at a time into the stack. */
+static int find_runs(const rt_backend *backend, pos_run runs[MAX_RUNS], const int64_t *pos, size_t n) {
+    int64_t chunk[POS_CHUNK];
+    int n_runs = 0, too_many = 0;
+    int64_t prev = 0, min = 0, max = 0;
+    for (size_t c0 = 0; c0 < n; c0 += POS_CHUNK) {
+        const size_t len = n - c0 < POS_CHUNK ? n - c0 : POS_CHUNK;
+        backend->copy(chunk, pos + c0, len * sizeof(int64_t));
+        for (size_t c = 0; c < len; c++) {
+            const size_t i = c0 + c;
+            const int64_t p = chunk[c];
+            min = i == 0 || p < min ? p : min;
+            max = i == 0 || p > max ? p : max;
+            if (too_many) {
+            } else if (i > 0 && p == prev + 1) {
+                runs[n_runs - 1].len++;
+                runs[n_runs - 1].max = p;
+            } else if (n_runs == MAX_RUNS) {
+                too_many = 1;
+            } else {
+                runs[n_runs++] = (pos_run){.start = i, .len = 1, .min = p, .max = p, .consecutive = 1};
+            }
+            prev = p;
+        }
     }
+    if (!too_many) return n_runs;
+    runs[0] = (pos_run){.start = 0, .len = n, .min = min, .max = max, .consecutive = 0};
+    return 1;
 }
 
-/* Cuts n host positions into runs of consecutive positions; one run when there would be more than MAX_RUNS. */
-static int find_runs(pos_run runs[MAX_RUNS], const int64_t *pos, size_t n) {
-    int n_runs = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (i > 0 && pos[i] == pos[i - 1] + 1) {
-            runs[n_runs - 1].len++;
-            continue;
-        }
-        if (n_runs == MAX_RUNS) {
-            runs[0] = (pos_run){.start = 0, .len = n};
-            run_extent(&runs[0], pos);
-            return 1;
-        }
-        runs[n_runs++] = (pos_run){.start = i, .len = 1};
+/* Rows [j0, j0 + len) of a run. Without consecutive positions their extent is taken as the run's: a pair is
+ * then skipped less often, never wrongly (the kernel masks, and skips masked tiles, by itself). */
+static pos_run sub_run(const pos_run *run, size_t j0, size_t len) {
+    pos_run part = {.start = j0, .len = len, .min = run->min, .max = run->max, .consecutive = run->consecutive};
+    if (run->consecutive) {
+        part.min = run->min + (int64_t)(j0 - run->start);
+        part.max = part.min + (int64_t)len - 1;
     }
-    for (int r = 0; r < n_runs; r++)
-        run_extent(&runs[r], pos);
-    return n_runs;
+    return part;
 }
 
-/* The local queries of one call: device pointers and host-side runs. */
+/* The local queries of one call: device pointers and their runs. */
 typedef struct {
     const float *q;
     const int64_t *pos; /* device */
@@ -100,95 +118,91 @@ typedef struct {
     int n_runs;
 } query_set;
 
-/* One held block of keys/values: device rows at shape.kv_stride, positions on the device and on the host. */
+/* One held block of keys/values: device rows at shape.kv_stride, positions on the device, and their runs. */
 typedef struct {
     const float *k, *v;
-    const int64_t *pos, *host_pos;
+    const int64_t *pos;
     size_t Tk;
     rt_attn_shape shape; /* the caller's, with this block's kv_stride */
     pos_run runs[MAX_RUNS];
     int n_runs;
 } held_block;
 
-static held_block held_block_make(const float *k, const float *v, const int64_t *pos, const int64_t *host_pos,
+static held_block held_block_make(const rt_backend *backend, const float *k, const float *v, const int64_t *pos,
                                   size_t Tk, const rt_attn_shape *shape, size_t kv_stride) {
-    held_block b = {.k = k, .v = v, .pos = pos, .host_pos = host_pos, .Tk = Tk, .shape = *shape};
+    held_block b = {.k = k, .v = v, .pos = pos, .Tk = Tk, .shape = *shape};
     b.shape.kv_stride = kv_stride;
-    b.n_runs = find_runs(b.runs, host_pos, Tk);
+    b.n_runs = find_runs(backend, b.runs, pos, Tk);
     return b;
 }
 
-/* A (query run, key block) pair to compute. */
-typedef struct {
-    const pos_run *q_run;
-    size_t j0, len; /* key rows of the held block */
-} attn_pair;
+/* What to do with one (query run, key block) pair: queries [i0, i0 + Tq), keys [j0, j0 + Tk) of the block. */
+typedef void (*pair_fn)(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
+                        size_t Tk);
 
-/* Lists the (query run, key block) pairs that are not fully masked, in a fixed order; returns how many. */
-static size_t collect_pairs(const seqpar_ctx *ctx, const query_set *qs, const held_block *b, attn_pair *pairs,
-                            size_t max_pairs) {
-    size_t n = 0;
+/* Calls fn on every (query run, key block) pair that is not fully masked, in a fixed order. */
+static void for_each_pair(const seqpar_ctx *ctx, const query_set *qs, const held_block *b, pair_fn fn, void *arg) {
     for (int kr = 0; kr < b->n_runs; kr++) {
         const pos_run *run = &b->runs[kr];
         const size_t block = ctx->block_size == 0 ? run->len : ctx->block_size;
         for (size_t j0 = run->start; j0 < run->start + run->len; j0 += block) {
-            pos_run keys = {.start = j0,
-                            .len = run->start + run->len - j0 < block ? run->start + run->len - j0 : block};
-            run_extent(&keys, b->host_pos);
+            const size_t len = run->start + run->len - j0 < block ? run->start + run->len - j0 : block;
+            const pos_run keys = sub_run(run, j0, len);
             for (int qr = 0; qr < qs->n_runs; qr++) {
                 if (b->shape.causal && keys.min > qs->runs[qr].max) continue; /* every key after every query */
-                if (n == max_pairs) rt_fatal("seqpar: internal error: more attention pairs than counted");
-                pairs[n++] = (attn_pair){.q_run = &qs->runs[qr], .j0 = keys.start, .len = keys.len};
+                fn(ctx, arg, b, qs->runs[qr].start, qs->runs[qr].len, keys.start, keys.len);
             }
         }
     }
-    return n;
 }
 
-/* Upper bound of collect_pairs. */
-static size_t max_pairs_of(const seqpar_ctx *ctx, const query_set *qs, const held_block *b) {
-    size_t n = 0;
-    for (int kr = 0; kr < b->n_runs; kr++) {
-        const size_t block = ctx->block_size == 0 ? b->runs[kr].len : ctx->block_size;
-        n += (b->runs[kr].len + block - 1) / block;
-    }
-    return n * (size_t)qs->n_runs;
+typedef struct {
+    float *out, *lse;
+    const query_set *qs;
+} forward_args;
+
+static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
+                         size_t Tk) {
+    const forward_args *a = arg;
+    const rt_attn_shape *shape = &b->shape;
+    ctx->backend->attn_block_forward(a->out + i0 * shape->out_stride, a->lse + i0 * (size_t)shape->n_heads,
+                                     a->qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
+                                     b->v + j0 * shape->kv_stride, a->qs->pos + i0, b->pos + j0, Tq, Tk, shape,
+                                     ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Merges the attention of the local queries onto one held block into (out, lse). */
 static void forward_held(const seqpar_ctx *ctx, float *out, float *lse, const query_set *qs, const held_block *b) {
+    forward_args a = {out, lse, qs};
+    for_each_pair(ctx, qs, b, forward_pair, &a);
+}
+
+typedef struct {
+    float *dq, *dk, *dv;
+    const float *dout, *lse, *delta;
+    const query_set *qs;
+} backward_args;
+
+static void backward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
+                          size_t Tk) {
+    const backward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
-    const size_t max_pairs = max_pairs_of(ctx, qs, b);
-    attn_pair *pairs = malloc_check((max_pairs ? max_pairs : 1) * sizeof *pairs);
-    const size_t n = collect_pairs(ctx, qs, b, pairs, max_pairs);
-    for (size_t p = 0; p < n; p++) {
-        const size_t i0 = pairs[p].q_run->start, j0 = pairs[p].j0;
-        ctx->backend->attn_block_forward(out + i0 * shape->out_stride, lse + i0 * (size_t)shape->n_heads,
-                                         qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
-                                         b->v + j0 * shape->kv_stride, qs->pos + i0, b->pos + j0, pairs[p].q_run->len,
-                                         pairs[p].len, shape);
-    }
-    free(pairs);
+    const size_t H = (size_t)shape->n_heads, row = j0 * shape->kv_stride;
+    ctx->backend->attn_block_backward(a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
+                                      a->dout + i0 * shape->out_stride, a->qs->q + i0 * shape->q_stride, b->k + row,
+                                      b->v + row, a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, b->pos + j0, Tq,
+                                      Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Adds the gradients through one held block: dq of the local queries, dk/dv (rows at the block's kv_stride). */
 static void backward_held(const seqpar_ctx *ctx, float *dq, float *dk, float *dv, const float *dout, const float *lse,
                           const float *delta, const query_set *qs, const held_block *b) {
-    const rt_attn_shape *shape = &b->shape;
-    const size_t H = (size_t)shape->n_heads, max_pairs = max_pairs_of(ctx, qs, b);
-    attn_pair *pairs = malloc_check((max_pairs ? max_pairs : 1) * sizeof *pairs);
-    const size_t n = collect_pairs(ctx, qs, b, pairs, max_pairs);
-    for (size_t p = 0; p < n; p++) {
-        const size_t i0 = pairs[p].q_run->start, row = pairs[p].j0 * shape->kv_stride;
-        ctx->backend->attn_block_backward(dq + i0 * shape->q_stride, dk + row, dv + row, dout + i0 * shape->out_stride,
-                                          qs->q + i0 * shape->q_stride, b->k + row, b->v + row, lse + i0 * H,
-                                          delta + i0 * H, qs->pos + i0, b->pos + pairs[p].j0, pairs[p].q_run->len,
-                                          pairs[p].len, shape);
-    }
-    free(pairs);
+    backward_args a = {dq, dk, dv, dout, lse, delta, qs};
+    for_each_pair(ctx, qs, b, backward_pair, &a);
 }
 
-/* out = 0 (the H*D columns of every row) and lse = -inf, through the backend (device memory). */
+/* out = 0 (the H*D columns of every row) and lse = -inf, through the backend (device memory): LSE_FILL values
+ * from the stack, then doubling copies on the device. */
 static void init_running(const rt_backend *backend, float *out, float *lse, size_t Tl, const rt_attn_shape *shape) {
     size_t row_floats = (size_t)shape->n_heads * (size_t)shape->head_dim;
     if (shape->out_stride == row_floats) {
@@ -197,25 +211,31 @@ static void init_running(const rt_backend *backend, float *out, float *lse, size
         for (size_t i = 0; i < Tl; i++)
             backend->memset_zero(out + i * shape->out_stride, row_floats * sizeof(float));
     }
-    size_t n_lse = Tl * (size_t)shape->n_heads;
-    float *minus_inf = malloc_check(n_lse * sizeof(float));
-    for (size_t i = 0; i < n_lse; i++)
+    const size_t n_lse = Tl * (size_t)shape->n_heads;
+    float minus_inf[LSE_FILL];
+    for (size_t i = 0; i < LSE_FILL; i++)
         minus_inf[i] = -INFINITY;
-    backend->copy(lse, minus_inf, n_lse * sizeof(float));
-    free(minus_inf);
+    size_t filled = n_lse < LSE_FILL ? n_lse : LSE_FILL;
+    backend->copy(lse, minus_inf, filled * sizeof(float));
+    while (filled < n_lse) {
+        const size_t more = n_lse - filled < filled ? n_lse - filled : filled;
+        backend->copy(lse + filled, lse, more * sizeof(float));
+        filled += more;
+    }
 }
 
-/* Host copy of n device positions (freed by the caller). */
-static int64_t *host_positions(const rt_backend *backend, const int64_t *pos, size_t n) {
-    int64_t *host = malloc_check((n ? n : 1) * sizeof(int64_t));
-    if (n) backend->copy(host, pos, n * sizeof(int64_t));
-    return host;
-}
-
-static query_set query_set_make(const float *q, const int64_t *pos, const int64_t *host_pos, size_t Tq) {
+static query_set query_set_make(const rt_backend *backend, const float *q, const int64_t *pos, size_t Tq) {
     query_set qs = {.q = q, .pos = pos, .Tq = Tq};
-    qs.n_runs = find_runs(qs.runs, host_pos, Tq);
+    qs.n_runs = find_runs(backend, qs.runs, pos, Tq);
     return qs;
+}
+
+/* The local keys/values, read in place: same positions, so same runs, as the local queries. */
+static held_block held_local(const float *k, const float *v, const query_set *qs, const rt_attn_shape *shape) {
+    held_block b = {.k = k, .v = v, .pos = qs->pos, .Tk = qs->Tq, .shape = *shape, .n_runs = qs->n_runs};
+    for (int r = 0; r < qs->n_runs; r++)
+        b.runs[r] = qs->runs[r];
+    return b;
 }
 
 /* ------------------------------------------------------------------ the ring */
@@ -250,7 +270,8 @@ static void check_group_agrees(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *
 static int try_ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capacity, size_t bytes, const char *what,
                               rt_error *err) {
     if (bytes <= *capacity && buffers[0] != NULL) return 0;
-    if (ctx->mem == NULL) rt_fatal("seqpar: ring attention needs a device memory arena (seqpar_ctx.mem is NULL)");
+    if (ctx->mem == NULL)
+        rt_fatal("seqpar: attention needs a device memory arena for %s (seqpar_ctx.mem is NULL)", what);
     for (int i = 0; i < n; i++) {
         if (buffers[i]) rt_device_free(ctx->mem, buffers[i]);
         buffers[i] = NULL;
@@ -268,7 +289,20 @@ static void ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capac
     if (try_ensure_buffers(ctx, buffers, n, capacity, bytes, what, &err)) rt_fatal("%s", err.msg);
 }
 
+/* The backend's attention workspace for local sequences of up to Tl tokens (queries and every key block). */
+static size_t workspace_bytes_for(const seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
+    return ctx->backend->attn_workspace_bytes(Tl, Tl, shape);
+}
+
+static void ensure_workspace(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
+    ensure_buffers(ctx, &ctx->attn_workspace, 1, &ctx->attn_workspace_bytes, workspace_bytes_for(ctx, Tl, shape),
+                   "attention workspace");
+}
+
 void seqpar_ctx_free(seqpar_ctx *ctx) {
+    if (ctx->attn_workspace) rt_device_free(ctx->mem, ctx->attn_workspace);
+    ctx->attn_workspace = NULL;
+    ctx->attn_workspace_bytes = 0;
     for (int i = 0; i < 2; i++) {
         if (ctx->kv_ring[i]) rt_device_free(ctx->mem, ctx->kv_ring[i]);
         ctx->kv_ring[i] = NULL;
@@ -317,11 +351,9 @@ static void pack_block(const rt_backend *backend, void *block, const float *k, c
     copy_rows(backend, packed_v(block, Tl, shape), width, v, shape->kv_stride, Tl, width);
 }
 
-/* The held copy of a received block, with host positions in host_pos (Tl). */
-static held_block held_packed(const rt_backend *backend, void *block, int64_t *host_pos, size_t Tl,
-                              const rt_attn_shape *shape) {
-    backend->copy(host_pos, packed_pos(block), Tl * sizeof(int64_t));
-    return held_block_make(packed_k(block, Tl), packed_v(block, Tl, shape), packed_pos(block), host_pos, Tl, shape,
+/* The held copy of a received block. */
+static held_block held_packed(const rt_backend *backend, void *block, size_t Tl, const rt_attn_shape *shape) {
+    return held_block_make(backend, packed_k(block, Tl), packed_v(block, Tl, shape), packed_pos(block), Tl, shape,
                            kv_row_floats(shape));
 }
 
@@ -348,33 +380,33 @@ void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const flo
     if (Tl == 0) return;
     const rt_backend *backend = ctx->backend;
     init_running(backend, out, lse, Tl, shape);
-    int64_t *q_host_pos = host_positions(backend, pos, Tl), *k_host_pos = NULL;
-    const query_set qs = query_set_make(q, pos, q_host_pos, Tl);
+    ensure_workspace(ctx, Tl, shape);
+    const query_set qs = query_set_make(backend, q, pos, Tl);
     const size_t bytes = kv_block_bytes(Tl, shape);
     if (P > 1) {
         ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks");
         pack_block(backend, ctx->kv_ring[0], k, v, pos, Tl, shape);
-        k_host_pos = malloc_check(Tl * sizeof(int64_t));
     }
     for (int s = 0; s < P; s++) {
         void *held = ctx->kv_ring[s % 2];
         rt_comm_request kv_req = {0};
         if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
         /* step 0: the local keys, read in place; then the received copies */
-        const held_block b = s == 0 ? held_block_make(k, v, pos, q_host_pos, Tl, shape, shape->kv_stride)
-                                    : held_packed(backend, held, k_host_pos, Tl, shape);
+        const held_block b = s == 0 ? held_local(k, v, &qs, shape) : held_packed(backend, held, Tl, shape);
         forward_held(ctx, out, lse, &qs, &b);
         if (s + 1 < P) {
             timed_wait(ctx, &kv_req);
             ctx->kv_blocks_received++;
         }
     }
-    free(q_host_pos);
-    free(k_host_pos);
 }
 
 int seqpar_reserve(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape, rt_error *err) {
-    if (ring_size(ctx) <= 1 || Tl == 0) return 0;
+    if (Tl == 0) return 0;
+    if (try_ensure_buffers(ctx, &ctx->attn_workspace, 1, &ctx->attn_workspace_bytes,
+                           workspace_bytes_for(ctx, Tl, shape), "attention workspace", err))
+        return -1;
+    if (ring_size(ctx) <= 1) return 0;
     if (try_ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, kv_block_bytes(Tl, shape),
                            "ring attention K/V blocks", err))
         return -1;
@@ -390,8 +422,8 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
     if (Tl == 0) return;
     const rt_backend *backend = ctx->backend;
     backend->attn_delta(delta, out, dout, Tl, shape);
-    int64_t *q_host_pos = host_positions(backend, pos, Tl), *k_host_pos = NULL;
-    const query_set qs = query_set_make(q, pos, q_host_pos, Tl);
+    ensure_workspace(ctx, Tl, shape);
+    const query_set qs = query_set_make(backend, q, pos, Tl);
     const size_t bytes = kv_block_bytes(Tl, shape), dkv_bytes = dkv_block_bytes(Tl, shape);
     const size_t width = kv_row_floats(shape);
     rt_comm_request dkv_recv_req[2] = {{0}, {0}}, dkv_send_req = {0};
@@ -399,7 +431,6 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
         ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks");
         ensure_buffers(ctx, ctx->dkv_ring, 4, &ctx->dkv_ring_bytes, dkv_bytes, "ring attention dK/dV blocks");
         pack_block(backend, ctx->kv_ring[0], k, v, pos, Tl, shape);
-        k_host_pos = malloc_check(Tl * sizeof(int64_t));
     }
     /* dkv_ring: two partials and two receive slots, each [dK (Tl, width) | dV (Tl, width)] */
     float *partial[2] = {ctx->dkv_ring[0], ctx->dkv_ring[1]}, *received[2] = {ctx->dkv_ring[2], ctx->dkv_ring[3]};
@@ -413,10 +444,10 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
         if (s >= 1) comm->ops->irecv(comm, received[s % 2], dkv_bytes, from, TAG_DKV, &dkv_recv_req[s % 2]);
         if (s == 0) {
             /* the local keys: their gradients go straight into the caller's dk, dv */
-            const held_block b = held_block_make(k, v, pos, q_host_pos, Tl, shape, shape->kv_stride);
+            const held_block b = held_local(k, v, &qs, shape);
             backward_held(ctx, dq, dk, dv, dout, lse, delta, &qs, &b);
         } else {
-            const held_block b = held_packed(backend, held, k_host_pos, Tl, shape);
+            const held_block b = held_packed(backend, held, Tl, shape);
             backend->memset_zero(partial[s % 2], dkv_bytes);
             backward_held(ctx, dq, partial[s % 2], partial[s % 2] + Tl * width, dout, lse, delta, &qs, &b);
         }
@@ -441,6 +472,4 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
         add_rows(backend, dk, shape->kv_stride, received[(P - 1) % 2], Tl, width);
         add_rows(backend, dv, shape->kv_stride, received[(P - 1) % 2] + Tl * width, Tl, width);
     }
-    free(q_host_pos);
-    free(k_host_pos);
 }

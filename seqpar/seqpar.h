@@ -28,27 +28,34 @@ int seqpar_zigzag_spans(int rank, int n_ranks, size_t seq_len, rt_span spans[2],
  */
 typedef struct {
     const rt_backend *backend;
-    rt_device_memory *mem; /* where ring buffers are allocated (accounted); NULL only for comm-less use */
+    rt_device_memory *mem; /* where the workspace and ring buffers are allocated (accounted) */
     rt_comm *comm;
     size_t block_size;
     /* stats, accumulated until the caller resets them */
     size_t kv_blocks_received;
     size_t dkv_blocks_received;
     double comm_exposed_s;
-    /* ring buffers (groups of more than one rank): allocated from mem on first use, grown when a call needs
-     * more, reused across calls; seqpar_ctx_free (or destroying mem) releases them */
+    /* Buffers, allocated from mem (accounted) by seqpar_reserve at setup, or on first use and grown when a call
+     * needs more; reused across calls; seqpar_ctx_free (or destroying mem) releases them.
+     * The attention workspace (every group size): the backend's scratch for attn_block_forward/backward,
+     * attn_workspace_bytes(Tl, Tl, shape) for local sequences of up to Tl tokens. Ring buffers: groups of
+     * more than one rank. */
+    size_t attn_workspace_bytes; /* bytes of attn_workspace */
+    void *attn_workspace;
     size_t kv_ring_bytes;  /* bytes of each kv_ring buffer */
     size_t dkv_ring_bytes; /* bytes of each dkv_ring buffer */
     void *kv_ring[2];  /* packed K/V blocks [positions int64 (Tl) | K (Tl, Hkv*D) | V (Tl, Hkv*D)], double-buffered */
     void *dkv_ring[4]; /* fp32 [dK | dV] (Tl, 2*Hkv*D): two partials being computed/sent, two being received */
 } seqpar_ctx;
 
-/* Allocates the ring buffers for local sequences of up to Tl tokens now (groups of more than one rank), so
- * that training allocates no device memory after setup: a run that starts fits. -1 with err when the
- * memory limit refuses. */
+/* Allocates the attention workspace and (groups of more than one rank) the ring buffers for local sequences
+ * of up to Tl tokens now, so that training allocates no memory after setup: a run that starts fits. The
+ * workspace is sized for the thread count of now (see attn_workspace_bytes in backend.h): set it before.
+ * -1 with err when the memory limit refuses. */
 int seqpar_reserve(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape, rt_error *err);
 
-/* Frees the ring buffers (call before destroying ctx->mem); the context stays usable and allocates again. */
+/* Frees the workspace and ring buffers (call before destroying ctx->mem); the context stays usable and
+ * allocates again. */
 void seqpar_ctx_free(seqpar_ctx *ctx);
 
 /*

@@ -4,6 +4,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../runtime/backend_cpu_internal.h"
 #include "../seqpar/seqpar.h"
@@ -27,6 +29,11 @@
  *                differences: 1e-7
  *   block order: 1e-6 absolute (floor 1; |out| <= 1, lse ~ 5)
  *   accumulate twice = 2x: 1e-6, floor 1e-2 * max |gradient|
+ *
+ * Workspaces. The kernels get exactly the bytes attn_workspace_bytes
+ * reports, from malloc (the seqpar path: from an arena, also exact), so
+ * the sanitizer build sees any write past them; a guard pattern behind
+ * the direct calls' workspaces catches the same in the release build.
  */
 #define OUT_FLOOR 1e-1
 #define OUT_TOL 1e-5
@@ -301,6 +308,34 @@ static void check_backward(const attn_problem *p, const reference *ref, double t
     check_rows(p->dv, p->shape.kv_stride, ref->dv, T, p->row_kv, 1e-2 * max_abs(ref->dv, T * p->row_kv), tol, label);
 }
 
+/* ------------------------------------------------------------------ workspaces */
+
+enum { GUARD_BYTES = 4096, GUARD_BYTE = 0xA5 };
+
+/* An exact-size workspace for calls up to (Tq, Tk), 64-byte aligned, followed by a guard of GUARD_BYTES. */
+typedef struct {
+    unsigned char *ptr;
+    size_t bytes;
+} test_workspace;
+
+static test_workspace workspace_make(size_t Tq, size_t Tk, const rt_attn_shape *shape) {
+    test_workspace ws;
+    ws.bytes = rt_backend_cpu()->attn_workspace_bytes(Tq, Tk, shape);
+    ws.ptr = aligned_alloc(64, (ws.bytes + GUARD_BYTES + 63) / 64 * 64);
+    memset(ws.ptr + ws.bytes, GUARD_BYTE, GUARD_BYTES);
+    return ws;
+}
+
+/* Frees ws; asserts the kernels wrote nothing past its reported size. */
+static void workspace_free(test_workspace *ws) {
+    int intact = 1;
+    for (size_t i = 0; i < GUARD_BYTES; i++)
+        intact &= ws->ptr[ws->bytes + i] == GUARD_BYTE;
+    if (!intact) fprintf(stderr, "\n  a kernel wrote past its workspace of %zu bytes\n", ws->bytes);
+    CU_ASSERT(intact);
+    free(ws->ptr);
+}
+
 /* ------------------------------------------------------------------ the seqpar local path */
 
 /* The attention kernels are the CPU table's; memory ops are plain host ones (what the CPU backend does), so
@@ -316,24 +351,33 @@ static const rt_backend *test_backend(void) {
     return &backend;
 }
 
-static seqpar_ctx ctx_make(size_t block_size) {
+/* The arena of the seqpar contexts' workspaces (the CPU's, so allocations are exact-size host memory). */
+static rt_device_memory test_mem;
+
+/* A comm-less context whose workspace is reserved for the problem, as the model does at setup. */
+static seqpar_ctx ctx_make(const attn_problem *p, size_t block_size) {
     seqpar_ctx ctx;
     memset(&ctx, 0, sizeof ctx);
     ctx.backend = test_backend();
+    ctx.mem = &test_mem;
     ctx.comm = NULL;
     ctx.block_size = block_size;
+    rt_error err;
+    CU_ASSERT_FATAL(seqpar_reserve(&ctx, p->c.T, &p->shape, &err) == 0);
     return ctx;
 }
 
 static void run_forward(attn_problem *p, size_t block_size) {
-    seqpar_ctx ctx = ctx_make(block_size);
+    seqpar_ctx ctx = ctx_make(p, block_size);
     seqpar_attention_forward(&ctx, p->out, p->lse, p->q, p->k, p->v, p->pos, p->c.T, &p->shape);
+    seqpar_ctx_free(&ctx);
 }
 
 static void run_backward(attn_problem *p, size_t block_size) {
-    seqpar_ctx ctx = ctx_make(block_size);
+    seqpar_ctx ctx = ctx_make(p, block_size);
     seqpar_attention_backward(&ctx, p->dq, p->dk, p->dv, p->delta, p->dout, p->out, p->lse, p->q, p->k, p->v, p->pos,
                               p->c.T, &p->shape);
+    seqpar_ctx_free(&ctx);
 }
 
 static const attn_case cases[] = {
@@ -480,16 +524,19 @@ static void kernel_subset(const attn_problem *p, const size_t *q_rows, size_t Tq
     memset(out, 0, Tq * p->row_q * sizeof(float));
     for (size_t i = 0; i < Tq * H; i++)
         lse[i] = -INFINITY;
+    test_workspace ws = workspace_make(Tq, T < block_size ? T : block_size, &shape);
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
-        b->attn_block_forward(out, lse, q, p->k + row, p->v + row, q_pos, p->pos + j0, Tq, len, &shape);
+        b->attn_block_forward(out, lse, q, p->k + row, p->v + row, q_pos, p->pos + j0, Tq, len, &shape, ws.ptr,
+                              ws.bytes);
     }
     b->attn_delta(delta, out, dout, Tq, &shape);
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
         b->attn_block_backward(dq, dk + row, dv + row, dout, q, p->k + row, p->v + row, lse, delta, q_pos, p->pos + j0,
-                               Tq, len, &shape);
+                               Tq, len, &shape, ws.ptr, ws.bytes);
     }
+    workspace_free(&ws);
     free(q);
     free(dout);
     free(delta);
@@ -608,7 +655,8 @@ static void test_no_visible_key(void) {
     memset(dv, 0, sizeof dv);
     /* queries: tokens 0..7; keys: tokens 8..23 */
     const float *k = p.k + 8 * p.row_kv, *v = p.v + 8 * p.row_kv;
-    b->attn_block_forward(out, lse, p.q, k, v, p.pos, p.pos + 8, Tq, Tk, &p.shape);
+    test_workspace ws = workspace_make(Tq, Tk, &p.shape);
+    b->attn_block_forward(out, lse, p.q, k, v, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr, ws.bytes);
     int untouched = 1;
     for (size_t i = 0; i < Tq * p.row_q; i++)
         untouched &= out[i] == 0.0f;
@@ -616,7 +664,9 @@ static void test_no_visible_key(void) {
         untouched &= lse[i] == -INFINITY;
     CU_ASSERT(untouched);
     b->attn_delta(delta, out, p.dout, Tq, &p.shape);
-    b->attn_block_backward(dq, dk, dv, p.dout, p.q, k, v, lse, delta, p.pos, p.pos + 8, Tq, Tk, &p.shape);
+    b->attn_block_backward(dq, dk, dv, p.dout, p.q, k, v, lse, delta, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr,
+                           ws.bytes);
+    workspace_free(&ws);
     int no_grad = 1;
     for (size_t i = 0; i < Tq * p.row_q; i++)
         no_grad &= dq[i] == 0.5f;
@@ -638,11 +688,13 @@ static void test_block_order_independent(void) {
         memset(out_rev, 0, T * p.row_q * sizeof(float));
         for (size_t i = 0; i < T * p.c.H; i++)
             lse_rev[i] = -INFINITY;
+        test_workspace ws = workspace_make(T, block, &p.shape);
         for (size_t n = n_blocks; n-- > 0;) {
             const size_t j0 = n * block, len = T - j0 < block ? T - j0 : block;
             b->attn_block_forward(out_rev, lse_rev, p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos, p.pos + j0, T,
-                                  len, &p.shape);
+                                  len, &p.shape, ws.ptr, ws.bytes);
         }
+        workspace_free(&ws);
         TEST_ASSERT_CLOSE(out_rev, p.out, T * p.row_q, 1.0, 1e-6,
                           causal ? "reversed blocks out (causal)" : "reversed blocks out");
         TEST_ASSERT_CLOSE(lse_rev, p.lse, T * p.c.H, 1.0, 1e-6, "reversed blocks lse");
@@ -710,7 +762,154 @@ static void test_thread_counts(void) {
     omp_set_num_threads(saved);
 }
 
+/* ------------------------------------------------------------------ the workspace contract */
+
+/* Sizes: the dK/dV partials (per thread, Tk x D each) appear exactly when the thread count does not divide
+ * n_kv_heads; otherwise the workspace does not grow with Tk beyond the key tiles' ranges. */
+static void test_workspace_sizes(void) {
+    const int saved = omp_get_max_threads();
+    const rt_backend *b = rt_backend_cpu();
+    const rt_attn_shape shape = {12, 4, 64, 12 * 64, 4 * 64, 12 * 64, 1}; /* GQA 3:1, D = 64 */
+    const size_t D = 64, short_T = 1024, long_T = 65536;
+    for (int threads = 1; threads <= 4; threads++) {
+        omp_set_num_threads(threads);
+        const size_t at_short = b->attn_workspace_bytes(short_T, short_T, &shape);
+        const size_t at_long = b->attn_workspace_bytes(long_T, long_T, &shape);
+        if (getenv("TEST_ATTN_VERBOSE"))
+            fprintf(stderr, "\n  H=12 Hkv=4 D=64, %d threads: workspace %zu bytes at Tk=%zu, %zu at Tk=%zu", threads,
+                    at_short, short_T, at_long, long_T);
+        CU_ASSERT(at_short > 0 && at_long >= at_short);
+        CU_ASSERT_EQUAL(b->attn_workspace_bytes(1, long_T, &shape), at_long); /* nothing grows with Tq */
+        if (4 % threads != 0) {
+            CU_ASSERT(at_long - at_short >= (size_t)threads * 2 * (long_T - short_T) * D * sizeof(float));
+        } else {
+            /* only the key tiles' (min, max) positions: 16 bytes per 128 keys, plus alignment */
+            CU_ASSERT(at_long - at_short <= (long_T - short_T) / 128 * 16 + 64);
+        }
+    }
+    omp_set_num_threads(saved);
+}
+
+static void child_abort(int exit_code) { _exit(exit_code); }
+
+/* Runs misuse(ws, bytes) in a child; expects exit 1 and message on stderr. */
+static void expect_fatal(void (*misuse)(unsigned char *ws, size_t bytes), unsigned char *ws, size_t bytes,
+                         const char *message) {
+    int pipe_fds[2];
+    CU_ASSERT_EQUAL_FATAL(pipe(pipe_fds), 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        dup2(pipe_fds[1], STDERR_FILENO);
+        close(pipe_fds[0]);
+        rt_set_abort_hook(child_abort);
+        misuse(ws, bytes);
+        _exit(0); /* not caught */
+    }
+    close(pipe_fds[1]);
+    char text[2048] = {0};
+    size_t len = 0;
+    ssize_t got;
+    while (len < sizeof text - 1 && (got = read(pipe_fds[0], text + len, sizeof text - 1 - len)) > 0)
+        len += (size_t)got;
+    close(pipe_fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    if (!strstr(text, message)) fprintf(stderr, "\n  expected \"%s\" in: %s\n", message, text);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, message));
+}
+
+/* The misuse cases: one call of 100 queries on 130 keys of misuse_problem. */
+static attn_problem misuse_problem;
+
+static void misuse_forward(unsigned char *ws, size_t bytes) {
+    attn_problem *p = &misuse_problem;
+    rt_backend_cpu()->attn_block_forward(p->out, p->lse, p->q, p->k, p->v, p->pos, p->pos, 100, 130, &p->shape, ws,
+                                         bytes);
+}
+
+static void misuse_backward(unsigned char *ws, size_t bytes) {
+    attn_problem *p = &misuse_problem;
+    rt_backend_cpu()->attn_block_backward(p->dq, p->dk, p->dv, p->dout, p->q, p->k, p->v, p->lse, p->delta, p->pos,
+                                          p->pos, 100, 130, &p->shape, ws, bytes);
+}
+
+/* A workspace smaller than the call needs (by one byte), or misaligned, ends the job naming the size needed;
+ * exactly the reported size works (both schedules: 2 kv heads on 1 and 3 threads). */
+static void test_workspace_too_small_is_fatal(void) {
+    const int saved = omp_get_max_threads();
+    misuse_problem = problem_make((attn_case){130, 4, 2, 16, 1, 0}, 1100);
+    attn_problem *p = &misuse_problem;
+    for (int threads = 1; threads <= 3; threads += 2) {
+        omp_set_num_threads(threads);
+        test_workspace ws = workspace_make(100, 130, &p->shape);
+        char needs[64];
+        snprintf(needs, sizeof needs, "this call needs %zu", ws.bytes);
+        expect_fatal(misuse_forward, ws.ptr, ws.bytes - 1, needs);
+        expect_fatal(misuse_backward, ws.ptr, ws.bytes - 1, needs);
+        expect_fatal(misuse_forward, ws.ptr + 8, ws.bytes, "not aligned to 64 bytes"); /* the guard is behind */
+        /* sized for fewer keys than the call has */
+        const size_t fewer = rt_backend_cpu()->attn_workspace_bytes(100, 129, &p->shape);
+        if (fewer < ws.bytes) expect_fatal(misuse_backward, ws.ptr, fewer, needs);
+        memset(p->out, 0, 100 * p->shape.out_stride * sizeof(float));
+        for (size_t i = 0; i < 100 * (size_t)p->c.H; i++)
+            p->lse[i] = -INFINITY;
+        misuse_forward(ws.ptr, ws.bytes);
+        rt_backend_cpu()->attn_delta(p->delta, p->out, p->dout, 100, &p->shape);
+        misuse_backward(ws.ptr, ws.bytes);
+        workspace_free(&ws);
+    }
+    problem_free(p);
+    omp_set_num_threads(saved);
+}
+
+/* seqpar_reserve allocates exactly the backend's workspace for Tl, in the arena; calls of up to Tl tokens
+ * then allocate nothing (no new allocation, no new peak), at 1 thread and at 3 (per-thread partials). */
+static void test_seqpar_reserve_counts_workspace(void) {
+    const int saved = omp_get_max_threads();
+    for (int threads = 1; threads <= 3; threads += 2) {
+        omp_set_num_threads(threads);
+        attn_problem p = problem_make((attn_case){300, 4, 2, 16, 1, 1}, 1200);
+        rt_device_memory mem;
+        rt_device_memory_init(&mem, test_backend(), 0);
+        seqpar_ctx ctx = {.backend = test_backend(), .mem = &mem, .block_size = 64};
+        rt_error err;
+        CU_ASSERT_FATAL(seqpar_reserve(&ctx, p.c.T, &p.shape, &err) == 0);
+        const size_t expected = rt_backend_cpu()->attn_workspace_bytes(p.c.T, p.c.T, &p.shape);
+        CU_ASSERT_EQUAL(ctx.attn_workspace_bytes, expected);
+        CU_ASSERT_EQUAL(mem.in_use, expected);
+        CU_ASSERT_EQUAL(mem.n_live, 1);
+        rt_device_memory_reset_peak(&mem);
+        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T, &p.shape);
+        seqpar_attention_backward(&ctx, p.dq, p.dk, p.dv, p.delta, p.dout, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T,
+                                  &p.shape);
+        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, p.pos, 200, &p.shape); /* a shorter call */
+        CU_ASSERT_EQUAL(mem.n_live, 1);
+        CU_ASSERT_EQUAL(mem.peak, expected);
+        /* at the tightest limit that lets the workspace be reserved; one byte less is refused, naming it */
+        seqpar_ctx_free(&ctx);
+        CU_ASSERT_EQUAL(mem.in_use, 0);
+        mem.limit = expected - 1;
+        CU_ASSERT(seqpar_reserve(&ctx, p.c.T, &p.shape, &err) != 0);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "attention workspace"));
+        mem.limit = expected;
+        CU_ASSERT_FATAL(seqpar_reserve(&ctx, p.c.T, &p.shape, &err) == 0);
+        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T, &p.shape);
+        seqpar_attention_backward(&ctx, p.dq, p.dk, p.dv, p.delta, p.dout, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T,
+                                  &p.shape);
+        CU_ASSERT_EQUAL(mem.peak, expected);
+        seqpar_ctx_free(&ctx);
+        rt_device_memory_destroy(&mem);
+        problem_free(&p);
+    }
+    omp_set_num_threads(saved);
+}
+
 int main(void) {
+    rt_device_memory_init(&test_mem, test_backend(), 0);
     test_case tests[] = {
         {"forward matches reference (block sizes, GQA, layouts)", test_forward_matches_reference},
         {"backward matches analytic reference", test_backward_matches_reference},
@@ -722,6 +921,15 @@ int main(void) {
         {"backward accumulates", test_backward_accumulates},
         {"deterministic run to run", test_deterministic},
         {"thread counts", test_thread_counts},
+        {"workspace sizes", test_workspace_sizes},
+        {"workspace too small or misaligned is fatal", test_workspace_too_small_is_fatal},
+        {"seqpar_reserve counts the workspace; calls allocate nothing", test_seqpar_reserve_counts_workspace},
     };
-    return test_run_suite("test_attention", tests, (int)(sizeof tests / sizeof tests[0]));
+    int rc = test_run_suite("test_attention", tests, (int)(sizeof tests / sizeof tests[0]));
+    if (test_mem.in_use != 0) { /* a context kept its workspace */
+        fprintf(stderr, "test_attention: %zu workspace bytes never freed\n", test_mem.in_use);
+        rc = 1;
+    }
+    rt_device_memory_destroy(&test_mem);
+    return rc;
 }
