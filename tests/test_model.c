@@ -17,6 +17,7 @@
 #include "../io/llmc_model.h"
 #include "../runtime/backend_cpu_internal.h"
 #include "../runtime/model.h"
+#include "../runtime/model_internal.h"
 #include "../runtime/model_io.h"
 #include "testing.h"
 
@@ -338,6 +339,70 @@ static void test_memory_limit_refused(void) {
     rt_device_memory_destroy(&mem);
 }
 
+/* Every buffer of a step is reserved at setup, attention's scratch included, in every activation mode: the
+ * accounted attention workspace is the backend's size for the setup maxima, a forward-backward makes no
+ * allocation and no new peak, and at the tightest limit that passes setup the step runs (one byte less refuses
+ * setup at the workspace, its last reservation). */
+static void test_step_allocates_nothing(void) {
+    const rt_backend *be = rt_backend_cpu();
+    rt_model_shape shape = tiny_shape(RT_FAMILY_LLAMA, 0.1f);
+    const rt_attn_shape attn = rt_attention_shape(&shape);
+    const size_t workspace = be->attn_workspace_bytes(12, 12, &attn);
+    const rt_activation_mode modes[] = {RT_ACT_KEEP, RT_ACT_RECOMPUTE, RT_ACT_OFFLOAD};
+    test_batch tb;
+    make_batch(&tb, shape.vocab_size, 13);
+    const rt_dropout_plan dropout = {.p = shape.dropout, .seed = 5, .step = 1};
+    rt_error err;
+    size_t count;
+    for (int i = 0; i < 3; i++) {
+        rt_model_options options = {.mode = modes[i], .offload_max_inflight = 1, .max_seqs = 2, .max_local_len = 12};
+        /* the attention context in an arena of its own: it holds exactly the workspace */
+        rt_device_memory mem, attn_mem;
+        rt_device_memory_init(&mem, be, 0);
+        rt_device_memory_init(&attn_mem, be, 0);
+        seqpar_ctx sp = {.backend = be, .mem = &attn_mem};
+        options.seqpar = &sp;
+        rt_model m;
+        CU_ASSERT_FATAL(rt_model_init(&m, &shape, be, &mem, &options, &err) == 0);
+        CU_ASSERT_EQUAL(sp.attn_workspace_bytes, workspace);
+        CU_ASSERT_EQUAL(attn_mem.in_use, workspace);
+        rt_model_init_params(&m, 42);
+        const size_t setup_bytes = mem.in_use, setup_live = mem.n_live;
+        rt_device_memory_reset_peak(&mem);
+        rt_model_zero_grads(&m);
+        rt_model_forward_backward(&m, &tb.batch, &dropout, 0.05f, &count);
+        CU_ASSERT_EQUAL(mem.peak, setup_bytes);
+        CU_ASSERT_EQUAL(mem.n_live, setup_live);
+        CU_ASSERT_EQUAL(attn_mem.peak, workspace);
+        CU_ASSERT_EQUAL(attn_mem.n_live, 1);
+        seqpar_ctx_free(&sp);
+        rt_model_free(&m);
+        rt_device_memory_destroy(&mem);
+        rt_device_memory_destroy(&attn_mem);
+
+        /* one arena, as the trainer has: the setup total is the limit the step must fit in */
+        options.seqpar = NULL;
+        rt_device_memory_init(&mem, be, 0);
+        CU_ASSERT_FATAL(rt_model_init(&m, &shape, be, &mem, &options, &err) == 0);
+        const size_t needed = mem.in_use;
+        rt_model_free(&m);
+        rt_device_memory_destroy(&mem);
+        rt_device_memory_init(&mem, be, needed - 1);
+        CU_ASSERT(rt_model_init(&m, &shape, be, &mem, &options, &err) != 0);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "attention workspace"));
+        rt_model_free(&m);
+        rt_device_memory_destroy(&mem);
+        rt_device_memory_init(&mem, be, needed);
+        CU_ASSERT_FATAL(rt_model_init(&m, &shape, be, &mem, &options, &err) == 0);
+        rt_model_init_params(&m, 42);
+        rt_model_zero_grads(&m);
+        rt_model_forward_backward(&m, &tb.batch, &dropout, 0.05f, &count); /* an allocation would end the job */
+        CU_ASSERT_EQUAL(mem.peak, needed);
+        rt_model_free(&m);
+        rt_device_memory_destroy(&mem);
+    }
+}
+
 int main(void) {
     test_case cases[] = {
         {"gradient check llama (GQA)", test_gradcheck_llama},
@@ -350,6 +415,7 @@ int main(void) {
         {"initial loss ~ ln(V)", test_initial_loss_near_uniform},
         {"llm.c file -> named tensors", test_llmc_import_named_tensors},
         {"device memory limit refused", test_memory_limit_refused},
+        {"a step allocates nothing after setup", test_step_allocates_nothing},
     };
     return test_run_suite("model", cases, (int)(sizeof cases / sizeof cases[0]));
 }
