@@ -23,6 +23,7 @@
 
 #include "../io/loader.h"
 #include "../io/tokens.h"
+#include "../io/tokens_validate.h"
 #include "../seqpar/seqpar.h"
 #include "../shard/mesh.h"
 #include "../shard/optimizer.h"
@@ -94,9 +95,26 @@ static int open_tokens(rt_token_file *tf, const char *key, const char *path, int
         return rt_fail(err, "%s: %s: token vocabulary of %d does not fit model.vocab_size = %d", key, path,
                        tf->vocab_size, vocab_size);
     }
-    if (rt_tokens_validate(tf, &inner)) {
-        rt_tokens_close(tf);
-        return rt_fail(err, "%s: %s", key, inner.msg);
+    return 0; /* the tokens themselves: validate_data, once the job agrees every file opened */
+}
+
+/*
+ * Collective: every token of the data files is below its file's vocabulary,
+ * with each file read once per job, not once per rank: rank r checks its
+ * share (io/tokens_validate.h). Shares tile a file in rank order, so the
+ * lowest failing rank, whose message agree() keeps, names the file's first
+ * bad token, as one rank alone would.
+ */
+static int validate_data(rt_trainer *t, rt_error *err) {
+    const rt_token_file *files[2] = {&t->train_tokens, t->has_val_file ? &t->val_tokens : NULL};
+    const char *keys[2] = {"data.train", "data.val"};
+    for (int i = 0; i < 2 && files[i]; i++) {
+        size_t first, count;
+        rt_tokens_share(files[i]->n_tokens, t->world->rank, t->world->size, &first, &count);
+        rt_error inner;
+        int rc = rt_tokens_validate_range(files[i], first, count, &inner);
+        if (rc) rt_fail(err, "%s: %s", keys[i], inner.msg);
+        if (agree(t->world, rc, err)) return -1;
     }
     return 0;
 }
@@ -198,6 +216,7 @@ int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, c
     t->backend = backend;
     rt_device_memory_init(&t->mem, t->backend, cfg->memory_limit);
     if (agree(world, setup_local(t, err), err)) return -1;
+    if (validate_data(t, err)) return -1;
     if (rt_mesh_init(&t->mesh, world, t->cfg.dp, t->cfg.sp, err)) return -1; /* cannot fail after setup_local */
     t->mesh_ready = 1;
     t->seqpar = (seqpar_ctx){.backend = t->backend, .mem = &t->mem, .comm = t->mesh.comm[1]};

@@ -76,6 +76,13 @@ expect_error "data file with bad magic" "garbage.bin.*magic" train --set "data.t
 cp "$work/train.bin" "$work/badtoken.bin"
 printf '\x64\x00\x00\x00' | dd of="$work/badtoken.bin" bs=1 seek=8 conv=notrunc status=none
 expect_error "token id >= vocab" "badtoken.bin.*(token|vocab)" train --set "data.train=$work/badtoken.bin"
+# One bad token (300, vocab 256) three quarters into the file: with ranks checking shares of the file, the
+# last rank finds it, and the message names the same token on 1 and 2 ranks (the MPI cases below).
+cp "$work/train.bin" "$work/latetoken.bin"
+late=$(( ($(stat -c %s "$work/train.bin") - 1024) / 2 * 3 / 4 ))
+printf '\x2c\x01' | dd of="$work/latetoken.bin" bs=1 seek=$((1024 + 2 * late)) conv=notrunc status=none
+expect_error "token id >= vocab, late in the file" "latetoken.bin: token $late has id 300, not below" \
+  train --set "data.train=$work/latetoken.bin"
 
 expect_error "missing model file" "$work/gpt2.bin" train --set "model.init_from=$work/gpt2.bin"
 head -c 4000 "$work/train.bin" >"$work/fake_model.bin"
@@ -97,7 +104,9 @@ if [ -n "${RT_MPIRUN:-}" ]; then
   mpi_train() { "${mpirun_cmd[@]}" -np 2 "$bin" train --config "$work/ok.ini" --set parallel.sp=2 "$@"; }
   for case in "missing data file|$work/missing.bin|--set|data.train=$work/missing.bin" \
               "run.dir not creatable|cannot create directory|--set|run.dir=$work/ok.ini/sub" \
-              "non-finite loss|not finite|--set|train.lr=1e30"; do
+              "non-finite loss|not finite|--set|train.lr=1e30" \
+              "token id >= vocab|badtoken.bin: token 0 has id|--set|data.train=$work/badtoken.bin" \
+              "token id >= vocab, late in the file|latetoken.bin: token $late has id 300|--set|data.train=$work/latetoken.bin"; do
     IFS='|' read -r name pattern flag value <<<"$case"
     rm -rf "$work/run"
     mpi_train "$flag" "$value" >"$work/stdout" 2>"$work/stderr"
