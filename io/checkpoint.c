@@ -529,3 +529,101 @@ int rt_checkpoint_read_params(const char *path, const rt_view_table *table, floa
     H5Fclose(file);
     return rc;
 }
+
+/* ---- counting what a file holds, before anyone sizes memory from its config ---- */
+
+#define COUNT_MAX_LINKS 1000000 /* links visited in all: bounds the walk even through hard-link cycles */
+#define COUNT_MAX_DEPTH 32      /* groups inside /model (view names may hold '/') */
+
+typedef struct {
+    const char *path;
+    rt_error *err;
+    size_t total; /* elements over every dataset so far */
+    long links;   /* links visited */
+    int depth;    /* groups below /model of the link being visited */
+    int reported; /* a callback wrote the error */
+} count_state;
+
+static herr_t count_link(hid_t group, const char *name, const H5L_info_t *info, void *client);
+
+/* Adds one dataset's element count, after checking its data is stored in the file at its full size. */
+static int count_dataset(hid_t dset, const char *name, count_state *state) {
+    hid_t space = H5Dget_space(dset), type = H5Dget_type(dset);
+    hssize_t points = space >= 0 ? H5Sget_simple_extent_npoints(space) : -1;
+    size_t type_size = type >= 0 ? H5Tget_size(type) : 0;
+    hsize_t stored = H5Dget_storage_size(dset);
+    int rc = 0;
+    if (points < 0 || type_size == 0)
+        rc = rt_fail(state->err, "%s: /%s/.../%.200s: unreadable dataspace or type", state->path, MODEL_GROUP, name);
+    else if ((double)points * (double)type_size > (double)stored)
+        /* Data not in the file (unallocated, or compressed) is refused: element counts are then bounded by the
+         * file's size, and so is the memory a caller sizes from them. */
+        rc = rt_fail(state->err,
+                     "%s: /%s/.../%.200s: expected %.0f bytes of stored data for its %lld elements, found %llu",
+                     state->path, MODEL_GROUP, name, (double)points * (double)type_size, (long long)points,
+                     (unsigned long long)stored);
+    else if (__builtin_add_overflow(state->total, (size_t)points, &state->total))
+        rc = rt_fail(state->err, "%s: /%s: element counts overflow", state->path, MODEL_GROUP);
+    if (type >= 0) H5Tclose(type);
+    if (space >= 0) H5Sclose(space);
+    return rc;
+}
+
+/* Walks one group's links (datasets counted, groups walked in turn). */
+static int count_group(hid_t group, count_state *state) {
+    hsize_t index = 0;
+    state->reported = 0;
+    herr_t walked = H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &index, count_link, state);
+    if (walked < 0) return state->reported ? -1 : h5_fail(state->err, state->path, "H5Literate of /" MODEL_GROUP);
+    return 0;
+}
+
+/* One link under /model: a hard link to a dataset or to a group of them. */
+static herr_t count_link(hid_t group, const char *name, const H5L_info_t *info, void *client) {
+    count_state *state = client;
+    int rc = 0;
+    if (++state->links > COUNT_MAX_LINKS)
+        rc = rt_fail(state->err, "%s: /%s holds more than %d links, expected one dataset per tensor", state->path,
+                     MODEL_GROUP, COUNT_MAX_LINKS);
+    else if (info->type != H5L_TYPE_HARD)
+        rc = rt_fail(state->err, "%s: /%s/.../%.200s: expected a dataset in this file, found a soft or external link",
+                     state->path, MODEL_GROUP, name);
+    if (rc != 0) {
+        state->reported = 1;
+        return -1;
+    }
+    hid_t object = H5Oopen(group, name, H5P_DEFAULT);
+    H5I_type_t kind = object >= 0 ? H5Iget_type(object) : H5I_BADID;
+    if (kind == H5I_DATASET) {
+        rc = count_dataset(object, name, state);
+    } else if (kind == H5I_GROUP && state->depth < COUNT_MAX_DEPTH) {
+        state->depth++;
+        rc = count_group(object, state);
+        state->depth--;
+    } else {
+        rc = rt_fail(state->err, "%s: /%s/.../%.200s: expected a dataset, found %s", state->path, MODEL_GROUP, name,
+                     kind == H5I_GROUP ? "groups nested too deep" : "another kind of object");
+    }
+    if (object >= 0) H5Oclose(object);
+    state->reported = rc != 0;
+    return rc;
+}
+
+int rt_checkpoint_count_params(const char *path, size_t *count, rt_error *err) {
+    *count = 0;
+    hid_t file = open_checkpoint(path, err);
+    if (file < 0) return -1;
+    int not_hard = 0, rc = 0;
+    hid_t group = -1;
+    if (!link_path_exists(file, "/" MODEL_GROUP, &not_hard))
+        rc = rt_fail(err, "%s: expected a /%s group of tensors, found %s", path, MODEL_GROUP,
+                     not_hard ? "a soft or external link" : "none");
+    else if ((group = H5Gopen2(file, "/" MODEL_GROUP, H5P_DEFAULT)) < 0)
+        rc = rt_fail(err, "%s: /%s: expected a group of tensors, found another kind of object", path, MODEL_GROUP);
+    count_state state = {path, err, 0, 0, 0, 0};
+    if (rc == 0) rc = count_group(group, &state);
+    if (group >= 0) H5Gclose(group);
+    H5Fclose(file);
+    if (rc == 0) *count = state.total;
+    return rc;
+}

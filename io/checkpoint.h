@@ -2,6 +2,7 @@
 #ifndef RT_CHECKPOINT_H
 #define RT_CHECKPOINT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../runtime/common.h"
@@ -28,5 +29,8 @@ int rt_checkpoint_write(const char *path, const rt_view_table *table, const floa
 int rt_checkpoint_read_meta(const char *path, char **config_text, int64_t *step, rt_error *err);
 /* Reads every view of table into params + view offset; each dataset must exist with the view's shape. */
 int rt_checkpoint_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err);
+/* Counts the elements of every dataset under /model, checking each is a hard-linked dataset whose data is
+ * stored in the file: what a caller compares with its config's parameter count before allocating. */
+int rt_checkpoint_count_params(const char *path, size_t *count, rt_error *err);
 
 #endif

@@ -27,6 +27,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <ini.h>
 #include <inttypes.h>
@@ -35,6 +36,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 typedef enum { KEY_INT, KEY_UINT64, KEY_FLOAT, KEY_STRING, KEY_ENUM, KEY_BYTES } key_type;
 
@@ -633,10 +636,27 @@ static int collect_stream(ini_state *state, const char *path, rt_error *err) {
     return failed;
 }
 
-/* Reads the INI file into state->entries. */
+/* Reads the INI file into state->entries. Regular files only: O_NONBLOCK so a FIFO is refused, not waited on. */
 static int collect_file(ini_state *state, const char *path, rt_error *err) {
-    state->file = fopen(path, "r");
-    if (!state->file) return rt_fail(err, "cannot open config file '%s': %s", path, strerror(errno));
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return rt_fail(err, "cannot open config file '%s': %s", path, strerror(errno));
+    struct stat st;
+    const char *refused = NULL;
+    if (fstat(fd, &st) != 0)
+        refused = strerror(errno);
+    else if (!S_ISREG(st.st_mode))
+        refused = "not a regular file (a FIFO, device or directory), expected an INI file";
+    if (refused) {
+        int failed = rt_fail(err, "cannot read config file '%s': %s", path, refused);
+        close(fd);
+        return failed;
+    }
+    state->file = fdopen(fd, "r");
+    if (!state->file) {
+        int failed = rt_fail(err, "cannot open config file '%s': %s", path, strerror(errno));
+        close(fd);
+        return failed;
+    }
     return collect_stream(state, path, err);
 }
 
@@ -727,7 +747,7 @@ static int apply_entries(rt_config *cfg, ini_state *state_ptr, int rc, rt_error 
 
 /* ---- validation ---- */
 
-int rt_config_validate(const rt_config *cfg, rt_error *err) {
+int rt_config_validate_model(const rt_config *cfg, rt_error *err) {
     char range[128];
     for (int i = 0; i < N_KEYS; i++) {
         const key_spec *spec = &config_keys[i];
@@ -771,21 +791,14 @@ int rt_config_validate(const rt_config *cfg, rt_error *err) {
         list_presets(known, sizeof known);
         return rt_fail(err, "model.preset = '%s': unknown preset; known presets are %s", cfg->preset, known);
     }
-    if (cfg->device_kind == RT_DEVICE_CUDA)
-        return rt_fail(err, "device.kind = cuda: this build has no CUDA backend yet (CPU only); use device.kind = cpu");
-    if (cfg->checkpoint_every != 0)
-        return rt_fail(err,
-                       "checkpoint.every = %d: periodic (resumable) checkpoints are not in this build yet; it writes "
-                       "<run.dir>/model.h5 at the end and on SIGINT/SIGTERM. Set checkpoint.every = 0",
-                       cfg->checkpoint_every);
-    if (strcmp(cfg->checkpoint_resume, "none") != 0)
-        return rt_fail(err,
-                       "checkpoint.resume = '%s': resuming is not in this build yet; start from weights with "
-                       "model.init_from, or set checkpoint.resume = none",
-                       cfg->checkpoint_resume);
     if (cfg->padded_vocab != 0 && cfg->padded_vocab < cfg->vocab_size)
         return rt_fail(err, "model.padded_vocab = %d is below model.vocab_size = %d (0 pads to a multiple of 128)",
                        cfg->padded_vocab, cfg->vocab_size);
+    if (cfg->padded_vocab == 0 && cfg->vocab_size > BIG / 128 * 128)
+        return rt_fail(err,
+                       "model.vocab_size = %d: padded to a multiple of 128 it exceeds %d (the largest int); expected "
+                       "at most %d",
+                       cfg->vocab_size, BIG, BIG / 128 * 128);
     if (cfg->d_model % cfg->n_heads != 0)
         return rt_fail(err, "model.d_model = %d is not divisible by model.n_heads = %d", cfg->d_model, cfg->n_heads);
     if (cfg->n_heads % cfg->n_kv_heads != 0)
@@ -803,6 +816,23 @@ int rt_config_validate(const rt_config *cfg, rt_error *err) {
                        cfg->n_kv_heads, cfg->n_heads);
     if (cfg->seq_len > cfg->max_seq_len)
         return rt_fail(err, "train.seq_len = %d exceeds model.max_seq_len = %d", cfg->seq_len, cfg->max_seq_len);
+    return 0;
+}
+
+int rt_config_validate(const rt_config *cfg, rt_error *err) {
+    if (rt_config_validate_model(cfg, err) != 0) return -1;
+    if (cfg->device_kind == RT_DEVICE_CUDA)
+        return rt_fail(err, "device.kind = cuda: this build has no CUDA backend yet (CPU only); use device.kind = cpu");
+    if (cfg->checkpoint_every != 0)
+        return rt_fail(err,
+                       "checkpoint.every = %d: periodic (resumable) checkpoints are not in this build yet; it writes "
+                       "<run.dir>/model.h5 at the end and on SIGINT/SIGTERM. Set checkpoint.every = 0",
+                       cfg->checkpoint_every);
+    if (strcmp(cfg->checkpoint_resume, "none") != 0)
+        return rt_fail(err,
+                       "checkpoint.resume = '%s': resuming is not in this build yet; start from weights with "
+                       "model.init_from, or set checkpoint.resume = none",
+                       cfg->checkpoint_resume);
     if (cfg->sp > 1 && cfg->seq_len % (2 * cfg->sp) != 0)
         return rt_fail(err, "train.seq_len = %d must divide into 2 * parallel.sp = %d zigzag chunks", cfg->seq_len,
                        2 * cfg->sp);

@@ -80,8 +80,13 @@ int rt_config_load_text(rt_config *cfg, const char *text, const char *origin, rt
 int rt_config_set(rt_config *cfg, const char *section, const char *key, const char *value, rt_error *err);
 
 /* Cross-field checks: heads divide d_model, n_kv_heads divides n_heads, seq_len <= max_seq_len,
- * batch_size divisible by dp, min_lr <= lr, ... */
+ * batch_size divisible by dp, min_lr <= lr, ... (rt_config_validate_model first, then the training keys). */
 int rt_config_validate(const rt_config *cfg, rt_error *err);
+
+/* The checks a model needs, for a config that comes with a model file (sample): every key in its range
+ * (finite floats), a known preset, the shape's cross-field checks (heads divide d_model, padded vocab fits
+ * an int, ...) and seq_len <= max_seq_len. Nothing about data, parallelism or checkpoints. */
+int rt_config_validate_model(const rt_config *cfg, rt_error *err);
 
 /* Writes the fully resolved config as INI (every key, so the file alone reproduces the run). */
 int rt_config_write(const rt_config *cfg, FILE *out);

@@ -25,6 +25,12 @@
 #define HEAD_TILE_BYTES ((size_t)16 << 20)
 
 rt_model_shape rt_model_shape_from_config(const rt_config *cfg) {
+    /* Rounded up in 64 bits: vocab_size near INT_MAX would overflow int. rt_config_validate refuses such a
+     * vocabulary with a message; reaching here with one is a caller that skipped validation. */
+    int64_t padded = cfg->padded_vocab ? cfg->padded_vocab : ((int64_t)cfg->vocab_size + 127) / 128 * 128;
+    if (padded > INT32_MAX || cfg->n_heads <= 0)
+        rt_fatal("model shape from an unvalidated config: vocab_size %d (padded %lld), n_heads %d", cfg->vocab_size,
+                 (long long)padded, cfg->n_heads);
     rt_model_shape s = {
         .family = cfg->family,
         .n_layers = cfg->n_layers,
@@ -34,7 +40,7 @@ rt_model_shape rt_model_shape_from_config(const rt_config *cfg) {
         .head_dim = cfg->d_model / cfg->n_heads,
         .d_ff = cfg->d_ff,
         .vocab_size = cfg->vocab_size,
-        .padded_vocab = cfg->padded_vocab ? cfg->padded_vocab : (cfg->vocab_size + 127) / 128 * 128,
+        .padded_vocab = (int)padded,
         .max_seq_len = cfg->max_seq_len,
         .dropout = cfg->dropout,
         .rope_theta = cfg->rope_theta,

@@ -122,10 +122,30 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
         int rc = rt_config_load_text(&cfg, config_text, opt->model_path, &inner);
         free(config_text);
         if (rc) return rt_fail(err, "%s: its stored config does not load: %s", opt->model_path, inner.msg);
-    } else if (rt_config_from_llmc(&cfg, opt->model_path, err)) {
-        return -1;
+        /* The same model checks as --config: a stored shape must be one ringtrain could have trained. */
+        if (rt_config_validate_model(&cfg, &inner))
+            return rt_fail(err, "%s: its stored config is not valid: %s", opt->model_path, inner.msg);
+    } else {
+        /* The llm.c header was checked against the file's size (rt_llmc_read_header) before this point. */
+        if (rt_config_from_llmc(&cfg, opt->model_path, err)) return -1;
+        cfg.seq_len = cfg.max_seq_len; /* llm.c files carry no training length */
+        rt_error inner;
+        if (rt_config_validate_model(&cfg, &inner))
+            return rt_fail(err, "%s: its header gives an invalid model: %s", opt->model_path, inner.msg);
     }
     rt_model_shape shape = rt_model_shape_from_config(&cfg);
+    if (from_hdf5) {
+        /* Size memory only from a config the file's tensors agree with: a stored shape far larger than the
+         * datasets must be refused here, not after allocating it. */
+        size_t stored = 0, wanted = rt_model_param_count(&shape);
+        if (rt_checkpoint_count_params(opt->model_path, &stored, err)) return -1;
+        if (stored != wanted)
+            return rt_fail(err,
+                           "%s: its stored config (n_layers %d, d_model %d, d_ff %d, vocab_size %d, max_seq_len %d) "
+                           "describes %zu parameters, but the file's /model tensors hold %zu",
+                           opt->model_path, cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.max_seq_len,
+                           wanted, stored);
+    }
     const rt_backend *be = rt_backend_cpu();
     rt_device_memory mem;
     rt_device_memory_init(&mem, be, 0);

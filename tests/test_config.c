@@ -4,8 +4,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../runtime/config.h"
@@ -649,6 +651,61 @@ static void test_validate_cross_field(void) {
     ASSERT_HAS(msg, "train.steps = 0");
 }
 
+/* vocab_size near INT_MAX: refused by validation (padding it to 128 overflowed int in the model shape). */
+static void test_validate_vocab_near_int_max(void) {
+    rt_config cfg = valid_config();
+    cfg.vocab_size = 2147483600;
+    const char *msg = validate_fails(&cfg);
+    ASSERT_HAS(msg, "model.vocab_size = 2147483600");
+    ASSERT_HAS(msg, "expected at most 2147483520");
+    rt_error err;
+    CU_ASSERT_EQUAL(rt_config_validate_model(&cfg, &err), -1);
+    ASSERT_HAS(err.msg, "model.vocab_size");
+    cfg.vocab_size = 2147483520; /* the largest that pads within an int */
+    CU_ASSERT_EQUAL(rt_config_validate_model(&cfg, &err), 0);
+    cfg.vocab_size = 2147483600; /* an explicit padded_vocab carries no rounding */
+    cfg.padded_vocab = 2147483647;
+    CU_ASSERT_EQUAL(rt_config_validate_model(&cfg, &err), 0);
+}
+
+/* A config stored in a model file goes through the model checks of --config (sample runs them). */
+static void test_validate_stored_config(void) {
+    rt_config cfg;
+    rt_config_defaults(&cfg);
+    rt_error err;
+    CU_ASSERT_EQUAL_FATAL(rt_config_load_text(&cfg, "[model]\nd_model = 64\nn_heads = 3\n", "model.h5", &err), 0);
+    CU_ASSERT_EQUAL(rt_config_validate_model(&cfg, &err), -1);
+    ASSERT_HAS(err.msg, "model.d_model = 64 is not divisible by model.n_heads = 3");
+    /* a NaN value in the stored text never loads */
+    rt_config_defaults(&cfg);
+    CU_ASSERT_EQUAL(rt_config_load_text(&cfg, "[model]\ndropout = nan\n", "model.h5", &err), -1);
+    ASSERT_HAS(err.msg, "model.h5:2: [model] dropout = 'nan': expected a finite number");
+    /* nor does a NaN that reached the struct validate */
+    rt_config_defaults(&cfg);
+    cfg.norm_eps = NAN;
+    CU_ASSERT_EQUAL(rt_config_validate_model(&cfg, &err), -1);
+    ASSERT_HAS(err.msg, "model.norm_eps = nan");
+    /* the model checks ignore what only training needs (no data file here) */
+    rt_config_defaults(&cfg);
+    CU_ASSERT_EQUAL(rt_config_validate_model(&cfg, &err), 0);
+}
+
+/* A FIFO as --config is refused at once, not waited on (the alarm fails the test if it blocks). */
+static void test_config_fifo_refused(void) {
+    char path[128];
+    snprintf(path, sizeof path, "%s/config.fifo", temp_dir);
+    CU_ASSERT_EQUAL_FATAL(mkfifo(path, 0600), 0);
+    alarm(20);
+    rt_config cfg;
+    rt_config_defaults(&cfg);
+    rt_error err;
+    CU_ASSERT_EQUAL(rt_config_load(&cfg, path, NULL, 0, &err), -1);
+    ASSERT_HAS(err.msg, path);
+    ASSERT_HAS(err.msg, "not a regular file");
+    alarm(0);
+    unlink(path);
+}
+
 int main(void) {
     snprintf(temp_dir, sizeof temp_dir, "/tmp/test_config_XXXXXX");
     if (!mkdtemp(temp_dir)) {
@@ -667,6 +724,9 @@ int main(void) {
         {"error: INI syntax", test_error_ini_syntax},
         {"error: malformed --set, missing file", test_error_malformed_set_and_missing_file},
         {"validate cross-field checks", test_validate_cross_field},
+        {"validate: vocab_size near INT_MAX", test_validate_vocab_near_int_max},
+        {"validate: stored config", test_validate_stored_config},
+        {"error: FIFO as config", test_config_fifo_refused},
     };
     int status = test_run_suite("test_config", cases, (int)(sizeof cases / sizeof cases[0]));
     for (int i = 0; i < n_temp_files; i++)

@@ -936,7 +936,7 @@ static void test_checkpoint_roundtrip(void) {
     float *params = malloc(table.total * sizeof *params), *back = malloc(table.total * sizeof *back);
     test_fill_uniform(params, table.total, -2.0f, 2.0f, 11);
     params[0] = -0.0f;
-    params[1] = 1e-42f; /* denormal */
+    params[1] = 1e-42f;   /* denormal */
     params[2] = -FLT_MAX; /* extremes survive; NaN is refused on read (test_checkpoint_nan_weights) */
     memset(back, 0, table.total * sizeof *back);
 
@@ -1096,6 +1096,199 @@ static void test_checkpoint_errors(void) {
     dir_remove(&td);
 }
 
+/* ---- untrusted input: each class of bad file the fuzzers and the sanitizer runs found ---- */
+
+/* A checkpoint of a small table, then attribute attr rewritten with the given type and 3-element or scalar
+ * dataspace. */
+static void write_checkpoint_with_attr(const char *path, const rt_view_table *table, const float *params,
+                                       const char *attr, hid_t type, int array, const void *value) {
+    rt_error err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_write(path, table, params, "[model]\npreset = tiny\n", 1, &err), 0);
+    hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hsize_t dims[1] = {3};
+    hid_t space = array ? H5Screate_simple(1, dims, NULL) : H5Screate(H5S_SCALAR);
+    CU_ASSERT_FATAL(file >= 0 && space >= 0);
+    CU_ASSERT(H5Adelete(file, attr) >= 0);
+    hid_t id = H5Acreate2(file, attr, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    CU_ASSERT_FATAL(id >= 0);
+    CU_ASSERT(H5Awrite(id, type, value) >= 0);
+    H5Aclose(id);
+    H5Sclose(space);
+    H5Fclose(file);
+}
+
+static void test_checkpoint_attribute_checks(void) {
+    test_dir td;
+    dir_make(&td);
+    char path[256];
+    dir_path(&td, "model.h5", path);
+    rt_view_table table;
+    make_table(&table, 4);
+    float *params = calloc(table.total, sizeof *params);
+    rt_error err = {{0}};
+
+    /* 'format' as an array of strings: H5Aread would write three strings into a buffer for one */
+    hid_t str = H5Tcopy(H5T_C_S1);
+    H5Tset_size(str, sizeof RT_CHECKPOINT_FORMAT);
+    char formats[3][sizeof RT_CHECKPOINT_FORMAT] = {RT_CHECKPOINT_FORMAT, RT_CHECKPOINT_FORMAT, RT_CHECKPOINT_FORMAT};
+    write_checkpoint_with_attr(path, &table, params, "format", str, 1, formats);
+    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    ASSERT_MSG_HAS(err, path);
+    ASSERT_MSG_HAS(err, "attribute 'format': expected a single value, found an array of 3 values");
+    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &table, params, &err), -1);
+    ASSERT_MSG_HAS(err, "'format'");
+    H5Tclose(str);
+
+    /* 'version' as an array of integers: H5Aread would write 3 int64s into one */
+    int32_t versions[3] = {1, 1, 1};
+    write_checkpoint_with_attr(path, &table, params, "version", H5T_NATIVE_INT32, 1, versions);
+    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    ASSERT_MSG_HAS(err, "attribute 'version': expected a single value, found an array of 3 values");
+
+    /* 'version' as a string, 'format' as an integer, 'step' negative */
+    hid_t vlen = H5Tcopy(H5T_C_S1);
+    H5Tset_size(vlen, H5T_VARIABLE);
+    const char *one = "1";
+    write_checkpoint_with_attr(path, &table, params, "version", vlen, 0, &one);
+    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    ASSERT_MSG_HAS(err, "attribute 'version': expected an integer, found a string");
+    int32_t number = 1;
+    write_checkpoint_with_attr(path, &table, params, "format", H5T_NATIVE_INT32, 0, &number);
+    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    ASSERT_MSG_HAS(err, "attribute 'format': expected a string, found an integer");
+    int64_t negative = -5;
+    write_checkpoint_with_attr(path, &table, params, "step", H5T_NATIVE_INT64, 0, &negative);
+    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    ASSERT_MSG_HAS(err, "attribute 'step' is -5, expected >= 0");
+    /* a variable-length 'config' (what h5py writes) still reads */
+    const char *text = "[model]\npreset = small\n";
+    write_checkpoint_with_attr(path, &table, params, "config", vlen, 0, &text);
+    char *config = NULL;
+    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, &config, NULL, &err), 0);
+    CU_ASSERT(config && strcmp(config, text) == 0);
+    free(config);
+    H5Tclose(vlen);
+
+    /* every id the reader opened is closed again, on the error paths too */
+    CU_ASSERT_EQUAL(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
+    free(params);
+    rt_view_table_free(&table);
+    dir_remove(&td);
+}
+
+static void test_checkpoint_nan_weights_and_count(void) {
+    test_dir td;
+    dir_make(&td);
+    char path[256];
+    dir_path(&td, "model.h5", path);
+    rt_view_table table;
+    make_table(&table, 4);
+    float *params = calloc(table.total, sizeof *params), *back = calloc(table.total, sizeof *back);
+    rt_error err = {{0}};
+    const rt_named_view *last = &table.views[table.count - 1];
+    params[last->offset + 1] = NAN;
+    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_write(path, &table, params, "cfg", 1, &err), 0);
+    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &table, back, &err), -1);
+    ASSERT_MSG_HAS(err, path);
+    ASSERT_MSG_HAS(err, last->name);
+    ASSERT_MSG_HAS(err, "element 1 is nan, expected a finite weight");
+    /* the element count of /model, what sample compares with its config before allocating */
+    size_t count = 0;
+    CU_ASSERT_EQUAL(rt_checkpoint_count_params(path, &count, &err), 0);
+    CU_ASSERT_EQUAL(count, table.total);
+    CU_ASSERT_EQUAL(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
+    free(params);
+    free(back);
+    rt_view_table_free(&table);
+    dir_remove(&td);
+}
+
+static void test_llmc_header_against_file_size(void) {
+    test_dir td;
+    dir_make(&td);
+    char path[256];
+    dir_path(&td, "model.bin", path);
+    size_t sizes[RT_LLMC_N_TENSORS], total = 0;
+    rt_llmc_tensor_sizes(&small_header, sizes);
+    for (int t = 0; t < RT_LLMC_N_TENSORS; t++)
+        total += sizes[t];
+    float *params = calloc(total, sizeof *params);
+    rt_error err = {{0}};
+    rt_llmc_header hdr;
+    CU_ASSERT_EQUAL_FATAL(rt_llmc_write(path, &small_header, params, &err), 0);
+    size_t bytes = 0;
+    unsigned char *raw = read_raw(path, &bytes);
+
+    /* channels 1048576 in a small file: refused from its size, nothing allocated (was "96 TiB") */
+    int32_t huge = 1 << 20, original = 0;
+    memcpy(&original, raw + 6 * 4, 4);
+    memcpy(raw + 6 * 4, &huge, 4);
+    write_raw(path, raw, bytes);
+    CU_ASSERT_EQUAL(rt_llmc_read_header(path, &hdr, &err), -1);
+    ASSERT_MSG_HAS(err, path);
+    ASSERT_MSG_HAS(err, "channels 1048576");
+    ASSERT_MSG_HAS(err, "truncated: expected");
+    memcpy(raw + 6 * 4, &original, 4);
+    /* max_seq_len 1048576 (was a 9.8 GB allocation in sample before "truncated") */
+    memcpy(raw + 2 * 4, &huge, 4);
+    write_raw(path, raw, bytes);
+    CU_ASSERT_EQUAL(rt_llmc_read_header(path, &hdr, &err), -1);
+    ASSERT_MSG_HAS(err, "max_seq_len 1048576");
+    /* dimensions whose parameter count does not even fit size_t */
+    int32_t big = INT32_MAX / 4 - 1; /* even: divisible by num_heads 2 */
+    memcpy(raw + 2 * 4, &big, 4);
+    memcpy(raw + 4 * 4, &big, 4);
+    memcpy(raw + 6 * 4, &big, 4);
+    write_raw(path, raw, bytes);
+    CU_ASSERT_EQUAL(rt_llmc_read_header(path, &hdr, &err), -1);
+    ASSERT_MSG_HAS(err, "channels 536870910");
+    ASSERT_MSG_HAS(err, "more than any file can hold");
+    /* a padded file: the header does not describe it */
+    CU_ASSERT_EQUAL_FATAL(rt_llmc_write(path, &small_header, params, &err), 0);
+    CU_ASSERT_EQUAL(truncate(path, (off_t)(1024 + total * sizeof(float) + 8)), 0);
+    CU_ASSERT_EQUAL(rt_llmc_read_header(path, &hdr, &err), -1);
+    ASSERT_MSG_HAS(err, "too long");
+
+    /* a NaN weight is refused, naming the tensor */
+    params[sizes[0] + 2] = NAN; /* wpe */
+    CU_ASSERT_EQUAL_FATAL(rt_llmc_write(path, &small_header, params, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rt_llmc_read_header(path, &hdr, &err), 0);
+    CU_ASSERT_EQUAL(rt_llmc_read_params(path, &hdr, params, &err), -1);
+    ASSERT_MSG_HAS(err, "tensor wpe element 2 is nan, expected a finite weight");
+    free(raw);
+    free(params);
+    dir_remove(&td);
+}
+
+/* A FIFO given as any input is refused at once, never waited on (the alarm fails the test if it blocks). */
+static void test_fifo_inputs_refused(void) {
+    test_dir td;
+    dir_make(&td);
+    char path[256];
+    dir_path(&td, "input.fifo", path);
+    CU_ASSERT_EQUAL_FATAL(mkfifo(path, 0600), 0);
+    alarm(20);
+    rt_error err = {{0}};
+    rt_token_file tf;
+    CU_ASSERT_EQUAL(rt_tokens_open(&tf, path, &err), -1);
+    ASSERT_MSG_HAS(err, path);
+    ASSERT_MSG_HAS(err, "not a regular file");
+    rt_llmc_header hdr;
+    CU_ASSERT_EQUAL(rt_llmc_read_header(path, &hdr, &err), -1);
+    ASSERT_MSG_HAS(err, "not a regular file");
+    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    ASSERT_MSG_HAS(err, "not a regular file");
+    rt_view_table table;
+    make_table(&table, 4);
+    float *params = calloc(table.total, sizeof *params);
+    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &table, params, &err), -1);
+    ASSERT_MSG_HAS(err, "not a regular file");
+    free(params);
+    rt_view_table_free(&table);
+    alarm(0);
+    dir_remove(&td);
+}
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL); /* the test's own direct HDF5 calls stay quiet too */
     test_case cases[] = {
@@ -1117,6 +1310,10 @@ int main(void) {
         {"prepare_llmc", test_prepare_llmc},
         {"checkpoint_roundtrip", test_checkpoint_roundtrip},
         {"checkpoint_errors", test_checkpoint_errors},
+        {"checkpoint_attribute_checks", test_checkpoint_attribute_checks},
+        {"checkpoint_nan_weights_and_count", test_checkpoint_nan_weights_and_count},
+        {"llmc_header_against_file_size", test_llmc_header_against_file_size},
+        {"fifo_inputs_refused", test_fifo_inputs_refused},
     };
     return test_run_suite("test_io", cases, (int)(sizeof cases / sizeof cases[0]));
 }
