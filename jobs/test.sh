@@ -27,4 +27,6 @@ echo "== tests (release)"
 ctest --test-dir "$root/build" --output-on-failure -j2 || status=1
 echo "== tests (sanitizers)"
 ctest --test-dir "$root/build-asan" --output-on-failure -j2 || status=1
+echo "== fuzzers (libFuzzer + ASan + UBSan, 30 s per target)"
+bash jobs/fuzz.sh 30 || status=1
 exit $status
