@@ -142,7 +142,7 @@ static void free_record(run_record *rec) {
 /* Worst per-tensor error of got against ref over the model's named tensors; with base arrays, of the
  * changes got - got_base against ref - ref_base. (A small model is built for its table.) */
 static double tensor_error(const rt_config *cfg, const float *got, const float *got_base, const float *ref,
-                           const float *ref_base, const char **worst_name) {
+                           const float *ref_base, char worst_name[64]) {
     rt_model_shape shape = rt_model_shape_from_config(cfg);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), 0);
@@ -163,7 +163,7 @@ static double tensor_error(const rt_config *cfg, const float *got, const float *
         double e = scale > 0.0 ? diff / scale : diff;
         if (!(e <= worst)) {
             worst = e;
-            *worst_name = v->name;
+            snprintf(worst_name, 64, "%s", v->name); /* the table goes with the model */
         }
     }
     rt_model_free(&model);
@@ -219,11 +219,11 @@ static void check_against_single_rank(rt_config cfg, int dp, int sp, int stage, 
     CU_ASSERT_FATAL(record_run(&single, self, &ref) == 0);
     CU_ASSERT_FATAL(record_run(&cfg, world, &got) == 0);
     for (int s = 0; s < cfg.steps; s++) {
-        const char *pre_name = "?", *post_name = "?";
+        char pre_name[64] = "?", post_name[64] = "?";
         double loss_err = rel_diff(got.loss[s], ref.loss[s]);
         double norm_err = rel_diff(got.grad_norm[s], ref.grad_norm[s]);
-        double pre_err = tensor_error(&cfg, got.preclip[s], NULL, ref.preclip[s], NULL, &pre_name);
-        double post_err = tensor_error(&cfg, got.postclip[s], NULL, ref.postclip[s], NULL, &post_name);
+        double pre_err = tensor_error(&cfg, got.preclip[s], NULL, ref.preclip[s], NULL, pre_name);
+        double post_err = tensor_error(&cfg, got.postclip[s], NULL, ref.postclip[s], NULL, post_name);
         if (world->rank == 0 &&
             (loss_err > NORM_TOL || norm_err > NORM_TOL || pre_err > GRAD_TOL || post_err > GRAD_TOL))
             fprintf(stderr,
@@ -236,9 +236,9 @@ static void check_against_single_rank(rt_config cfg, int dp, int sp, int stage, 
         CU_ASSERT(pre_err <= GRAD_TOL);
         CU_ASSERT(post_err <= GRAD_TOL);
     }
-    const char *param_name = "?";
+    char param_name[64] = "?";
     double param_err =
-        tensor_error(&cfg, got.params_final, got.params_initial, ref.params_final, ref.params_initial, &param_name);
+        tensor_error(&cfg, got.params_final, got.params_initial, ref.params_final, ref.params_initial, param_name);
     if (world->rank == 0 && param_err > PARAM_TOL)
         fprintf(stderr, "\n  %s dp=%d sp=%d stage=%d: parameter change err %.2e (%s)\n", what, dp, sp, stage, param_err,
                 param_name);
@@ -300,7 +300,7 @@ static void test_zero_stages(void) {
     }
 }
 
-/* Clipping that acts: the pre-clip norms of these runs are about 1.5-3, so 0.1 scales every step. */
+/* Clipping that acts: the pre-clip norms of these runs are above 0.2 (asserted), so 0.1 scales every step. */
 static void test_clipping_llama_zero2(void) {
     rt_config cfg;
     base_config(&cfg, RT_FAMILY_LLAMA, 0.1f);
