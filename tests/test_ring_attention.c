@@ -303,7 +303,7 @@ static void check_case(ring_case c, uint64_t seed) {
         CU_ASSERT(n_ranks == 1 ? ctx.comm_exposed_s == 0.0 : ctx.comm_exposed_s > 0.0);
         check_result(&p, &r, label);
         seqpar_ctx_free(&ctx);
-        CU_ASSERT_EQUAL(mem.in_use, 0); /* the ring buffers were the only allocations, and they are gone */
+        CU_ASSERT_EQUAL(mem.in_use, 0); /* workspace and ring buffers were the only allocations, and they are gone */
         rt_device_memory_destroy(&mem);
         result_free(&r);
     }
@@ -374,6 +374,36 @@ static void test_buffers_grow(void) {
     }
     seqpar_ctx_free(&ctx);
     rt_device_memory_destroy(&mem);
+}
+
+/* seqpar_reserve covers every buffer of the calls: the accounted bytes are the attention workspace and the ring
+ * buffers (2 K/V blocks, 4 dK/dV blocks), and a forward and backward after it allocate nothing (no new
+ * allocation, no new peak), also at a limit of exactly those bytes. */
+static void test_reserve_covers_calls(void) {
+    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1}, 600);
+    const size_t width = (size_t)p.c.Hkv * p.c.D;
+    const size_t workspace = rt_backend_cpu()->attn_workspace_bytes(p.Tl, p.Tl, &p.shape);
+    const size_t ring = n_ranks == 1 ? 0
+                                     : 2 * (p.Tl * sizeof(int64_t) + 2 * p.Tl * width * sizeof(float)) +
+                                           4 * (2 * p.Tl * width * sizeof(float));
+    rt_device_memory mem;
+    rt_device_memory_init(&mem, rt_backend_cpu(), workspace + ring);
+    seqpar_ctx ctx = {.backend = rt_backend_cpu(), .mem = &mem, .comm = world, .block_size = 5};
+    rt_error err;
+    CU_ASSERT_FATAL(seqpar_reserve(&ctx, p.Tl, &p.shape, &err) == 0);
+    CU_ASSERT_EQUAL(ctx.attn_workspace_bytes, workspace);
+    CU_ASSERT_EQUAL(mem.in_use, workspace + ring);
+    const size_t live = mem.n_live;
+    ring_result r = result_make(&p);
+    run_forward(&ctx, &p, &r);
+    run_backward(&ctx, &p, &r);
+    check_result(&p, &r, "after seqpar_reserve");
+    CU_ASSERT_EQUAL(mem.n_live, live);
+    CU_ASSERT_EQUAL(mem.peak, workspace + ring);
+    seqpar_ctx_free(&ctx);
+    rt_device_memory_destroy(&mem);
+    result_free(&r);
+    problem_free(&p);
 }
 
 /* Two runs from fresh buffers give the same bits. */
@@ -459,6 +489,7 @@ int main(int argc, char **argv) {
         {"ring without the causal mask", test_not_causal},
         {"backward accumulates, buffers reused", test_backward_accumulates},
         {"buffers grow with the sequence", test_buffers_grow},
+        {"seqpar_reserve covers every buffer of the calls", test_reserve_covers_calls},
         {"deterministic run to run", test_deterministic},
         {"zigzag spans cover the sequence", test_spans_cover_sequence},
         {"bad layout gives a clear error", test_bad_layout},
