@@ -22,7 +22,8 @@
  *  - dropout keys: sequences, micro-batches, steps, layers and sites never
  *    share a mask, and a (seed, step, layer, site, sequence, position) draws
  *    the same mask on any mesh;
- *  - keep, recompute and offload give the same bits.
+ *  - keep, recompute and offload give the same bits, and so does a second
+ *    run of the same seed on the same ranks.
  *
  * Error of a tensor: max_i |x_i - ref_i| / max_i |ref_i|, the worst over
  * the model's named tensors; parameters are compared as their change over
@@ -404,6 +405,25 @@ static void test_activation_modes_bitwise(void) {
     }
 }
 
+/* The same seed on the same ranks gives the same bits, run to run (llama with dropout, ZeRO-2, dp x sp). */
+static void test_run_to_run_bitwise(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.1f);
+    cfg.grad_accum = 2;
+    cfg.zero_stage = 2;
+    zero_mesh(&cfg);
+    run_record a, b;
+    CU_ASSERT_FATAL(record_run(&cfg, world, &a) == 0);
+    CU_ASSERT_FATAL(record_run(&cfg, world, &b) == 0);
+    CU_ASSERT(memcmp(a.loss, b.loss, sizeof a.loss) == 0);
+    CU_ASSERT(memcmp(a.grad_norm, b.grad_norm, sizeof a.grad_norm) == 0);
+    for (int s = 0; s < cfg.steps; s++)
+        CU_ASSERT(memcmp(a.preclip[s], b.preclip[s], a.n_params * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(a.params_final, b.params_final, a.n_params * sizeof(float)) == 0);
+    free_record(&a);
+    free_record(&b);
+}
+
 static void write_data(void) {
     char dir[64] = "";
     if (world->rank == 0) {
@@ -437,6 +457,7 @@ int main(int argc, char **argv) {
         {"clipping that acts: gpt2, ZeRO-1 == 1 rank", test_clipping_gpt2_zero1},
         {"dropout keys: distinct masks, same on every mesh", test_dropout_keys},
         {"keep == recompute == offload, bitwise", test_activation_modes_bitwise},
+        {"same seed, same ranks: the same bits, run to run", test_run_to_run_bitwise},
     };
     int status = test_run_suite("parity", cases, (int)(sizeof cases / sizeof cases[0]));
     int worst = status;
