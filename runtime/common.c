@@ -1,8 +1,9 @@
-/* common.c: error formatting, checked allocation, the job-wide fatal exit. */
+/* common.c: error formatting, checked allocation, checked file writes, the job-wide fatal exit. */
 #include "common.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -93,9 +94,43 @@ double rt_now_s(void) {
 }
 
 int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int rc, rt_error *err) {
-    if (rc == 0 && fflush(file) != 0) rc = rt_fail(err, "%s: write failed: %s", tmp_path, strerror(errno));
-    if (rc == 0 && fsync(fileno(file)) != 0) rc = rt_fail(err, "%s: fsync failed: %s", tmp_path, strerror(errno));
-    if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", tmp_path, strerror(errno));
+    if (rc == 0 && fflush(file) != 0) rc = rt_fail(err, "%s: write failed: %s", path, strerror(errno));
+    if (rc == 0 && fsync(fileno(file)) != 0) rc = rt_fail(err, "%s: fsync failed: %s", path, strerror(errno));
+    if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", path, strerror(errno));
+    if (rc == 0 && rename(tmp_path, path) != 0)
+        rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
+    if (rc != 0) unlink(tmp_path);
+    return rc;
+}
+
+int rt_write_all(int fd, const void *data, size_t bytes, const char *name, rt_error *err) {
+    const char *next = data;
+    size_t left = bytes;
+    while (left > 0) {
+        ssize_t wrote = write(fd, next, left);
+        if (wrote < 0 && errno == EINTR) continue;
+        if (wrote < 0) return rt_fail(err, "%s: write failed: %s", name, strerror(errno));
+        if (wrote == 0) /* no error and no progress: give up rather than spin */
+            return rt_fail(err, "%s: write failed: the device took %zu of %zu bytes", name, bytes - left, bytes);
+        next += wrote;
+        left -= (size_t)wrote;
+    }
+    return 0;
+}
+
+int rt_sync_close(int fd, const char *name, int rc, rt_error *err) {
+    if (rc == 0 && fsync(fd) != 0) rc = rt_fail(err, "%s: fsync failed: %s", name, strerror(errno));
+    if (close(fd) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", name, strerror(errno));
+    return rc;
+}
+
+int rt_write_file_atomic(const char *path, const void *data, size_t bytes, rt_error *err) {
+    char tmp_path[RT_TMP_PATH_LEN];
+    if ((size_t)snprintf(tmp_path, sizeof tmp_path, "%s.tmp", path) >= sizeof tmp_path)
+        return rt_fail(err, "%s: path too long", path);
+    int fd = open(tmp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return rt_fail(err, "%s: cannot create: %s", path, strerror(errno));
+    int rc = rt_sync_close(fd, path, rt_write_all(fd, data, bytes, path, err), err);
     if (rc == 0 && rename(tmp_path, path) != 0)
         rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
     if (rc != 0) unlink(tmp_path);

@@ -33,10 +33,25 @@ void *rt_calloc_check(size_t count, size_t size, const char *file, int line);
 #define malloc_check(bytes) rt_malloc_check((bytes), __FILE__, __LINE__)
 #define calloc_check(count, size) rt_calloc_check((count), (size), __FILE__, __LINE__)
 
+/*
+ * Checked output. Every write, flush, fsync and close is checked; a failure
+ * is one line "<path>: <what> failed: <reason>" naming the user's file (not
+ * its .tmp). A file written in full goes to PATH.tmp and is renamed onto PATH
+ * only when everything succeeded, so PATH is always the old file or the
+ * complete new one, and no .tmp is left behind on failure.
+ */
+#define RT_TMP_PATH_LEN 1100 /* a path of up to 1024 bytes, plus ".tmp" */
+
 /* Finishes a file written in full at tmp_path: flush, fsync, close, rename onto path. When rc is already
  * non-zero (the caller's write failed, err set) or any step fails, tmp_path is removed and -1 returned, so no
  * partial file is ever left under either name. */
 int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int rc, rt_error *err);
+/* write(2) until all bytes are out (short writes continue, EINTR retries); name is what errors call the file. */
+int rt_write_all(int fd, const void *data, size_t bytes, const char *name, rt_error *err);
+/* fsync (when rc is 0) and close fd, whatever rc is; returns rc, or -1 when fsync or close failed. */
+int rt_sync_close(int fd, const char *name, int rc, rt_error *err);
+/* Writes bytes as the whole new content of path (PATH.tmp, fsync, rename). */
+int rt_write_file_atomic(const char *path, const void *data, size_t bytes, rt_error *err);
 
 /* Formats a byte count as "12.3 MiB" into out; returns out. */
 const char *rt_format_bytes(size_t bytes, char out[32]);
