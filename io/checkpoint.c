@@ -12,10 +12,14 @@
  * object format (low bound V18) so attributes larger than 64 KiB (a long
  * config) go to dense storage instead of failing.
  *
- * Atomicity: everything is written to PATH.tmp, which is closed, fsynced and
- * renamed over PATH. On any failure every HDF5 object is closed and PATH.tmp
- * removed. Every helper closes the ids it opened on every path, so the file
- * really closes at H5Fclose.
+ * Atomicity: HDF5 builds the file in memory (the core driver, no backing
+ * store), and ringtrain writes the image to PATH.tmp itself: every write,
+ * the fsync and the close checked, then a rename over PATH. On any failure
+ * PATH.tmp is removed and PATH is left as it was. HDF5 never does file I/O
+ * here because in HDF5 1.10 a flush that fails (a full disk) leaves the file
+ * half-closed: every later close fails, and library shutdown (in
+ * MPI_Finalize, or at exit) crashes on the stale id. Every helper closes the
+ * ids it opened on every path, so the file really closes at H5Fclose.
  *
  * Extension (collective multi-rank checkpoints): the file access property
  * list is built in one place (make_fapl) where MPI-IO will be set, and views
@@ -43,13 +47,23 @@ typedef struct {
     char text[400];
 } h5_detail;
 
-/* Keeps the innermost (most specific) entry of HDF5's error stack. */
+/* Keeps the innermost (most specific) entry of HDF5's error stack, on one line. The file drivers' messages
+ * carry a ctime() stamp (with its newline) and raw fields: of those, only what failed and the system's reason
+ * ("file write failed: No space left on device") are kept. */
 static herr_t walk_innermost(unsigned n, const H5E_error2_t *entry, void *client) {
-    if (n == 0) {
-        h5_detail *detail = client;
-        snprintf(detail->text, sizeof detail->text, "%s (in %s)", entry->desc ? entry->desc : "no description",
-                 entry->func_name ? entry->func_name : "?");
+    if (n != 0) return 0;
+    h5_detail *detail = client;
+    const char *desc = entry->desc ? entry->desc : "no description", *reason = strstr(desc, "error message = '");
+    char summary[300];
+    if (reason) {
+        reason += strlen("error message = '");
+        size_t head = strcspn(desc, ":");
+        snprintf(summary, sizeof summary, "%.*s: %.*s", (int)head, desc, (int)strcspn(reason, "'"), reason);
+        desc = summary;
     }
+    snprintf(detail->text, sizeof detail->text, "%s (in %s)", desc, entry->func_name ? entry->func_name : "?");
+    for (char *c = detail->text; *c; c++)
+        if (*c == '\n' || *c == '\r' || *c == '\t') *c = ' ';
     return 0;
 }
 
@@ -90,7 +104,7 @@ static int write_string_attr(hid_t obj, const char *name, const char *value, con
     char op[96];
     snprintf(op, sizeof op, "writing string attribute '%s'", name);
     int rc = ok ? 0 : h5_fail(err, path, op);
-    if (attr >= 0) H5Aclose(attr);
+    if (attr >= 0 && H5Aclose(attr) < 0 && rc == 0) rc = h5_fail(err, path, op);
     if (space >= 0) H5Sclose(space);
     if (type >= 0) H5Tclose(type);
     return rc;
@@ -104,7 +118,7 @@ static int write_int_attr(hid_t obj, const char *name, hid_t file_type, int64_t 
     char op[96];
     snprintf(op, sizeof op, "writing integer attribute '%s'", name);
     int rc = ok ? 0 : h5_fail(err, path, op);
-    if (attr >= 0) H5Aclose(attr);
+    if (attr >= 0 && H5Aclose(attr) < 0 && rc == 0) rc = h5_fail(err, path, op);
     if (space >= 0) H5Sclose(space);
     return rc;
 }
@@ -160,7 +174,10 @@ static int write_views(hid_t file, const char *group, const rt_view_table *table
             if (!ok) snprintf(op, sizeof op, "H5Dwrite of %s", name);
         }
         if (!ok) rc = h5_fail(err, path, op);
-        if (dset >= 0) H5Dclose(dset);
+        if (dset >= 0 && H5Dclose(dset) < 0 && rc == 0) { /* writes the dataset's cached chunks */
+            snprintf(op, sizeof op, "H5Dclose of %s (writing its chunks)", name);
+            rc = h5_fail(err, path, op);
+        }
         if (dcpl >= 0) H5Pclose(dcpl);
         if (space >= 0) H5Sclose(space);
     }
@@ -168,27 +185,75 @@ static int write_views(hid_t file, const char *group, const rt_view_table *table
     return rc;
 }
 
-static int fsync_file(const char *path, rt_error *err) {
-    int fd = open(path, O_RDONLY);
-    if (fd < 0) return rt_fail(err, "%s: cannot reopen to fsync: %s", path, strerror(errno));
-    int rc = fsync(fd) == 0 ? 0 : rt_fail(err, "%s: fsync failed: %s", path, strerror(errno));
-    close(fd);
-    return rc;
+/* Bob Jenkins' lookup3 hash (hashlittle, byte by byte, initval 0): HDF5's metadata checksum. */
+#define ROT32(x, k) (((x) << (k)) | ((x) >> (32 - (k))))
+static uint32_t lookup3(const unsigned char *k, size_t length) {
+    uint32_t a, b, c;
+    a = b = c = 0xdeadbeefu + (uint32_t)length;
+    for (; length > 12; length -= 12, k += 12) {
+        a += k[0] + ((uint32_t)k[1] << 8) + ((uint32_t)k[2] << 16) + ((uint32_t)k[3] << 24);
+        b += k[4] + ((uint32_t)k[5] << 8) + ((uint32_t)k[6] << 16) + ((uint32_t)k[7] << 24);
+        c += k[8] + ((uint32_t)k[9] << 8) + ((uint32_t)k[10] << 16) + ((uint32_t)k[11] << 24);
+        a -= c, a ^= ROT32(c, 4), c += b, b -= a, b ^= ROT32(a, 6), a += c, c -= b, c ^= ROT32(b, 8), b += a;
+        a -= c, a ^= ROT32(c, 16), c += b, b -= a, b ^= ROT32(a, 19), a += c, c -= b, c ^= ROT32(b, 4), b += a;
+    }
+    switch (length) {
+    case 12: c += (uint32_t)k[11] << 24; /* fall through */
+    case 11: c += (uint32_t)k[10] << 16; /* fall through */
+    case 10: c += (uint32_t)k[9] << 8;   /* fall through */
+    case 9: c += k[8];                   /* fall through */
+    case 8: b += (uint32_t)k[7] << 24;   /* fall through */
+    case 7: b += (uint32_t)k[6] << 16;   /* fall through */
+    case 6: b += (uint32_t)k[5] << 8;    /* fall through */
+    case 5: b += k[4];                   /* fall through */
+    case 4: a += (uint32_t)k[3] << 24;   /* fall through */
+    case 3: a += (uint32_t)k[2] << 16;   /* fall through */
+    case 2: a += (uint32_t)k[1] << 8;    /* fall through */
+    case 1: a += k[0]; break;
+    case 0: return c;
+    }
+    c ^= b, c -= ROT32(b, 14), a ^= c, a -= ROT32(c, 11), b ^= a, b -= ROT32(a, 25), c ^= b, c -= ROT32(b, 16);
+    a ^= c, a -= ROT32(c, 4), b ^= a, b -= ROT32(a, 14), c ^= b, c -= ROT32(b, 24);
+    return c;
+}
+
+/*
+ * H5Fget_file_image clears the superblock's status flags ("open for
+ * writing") in the image but, before HDF5 1.14.7 (HDFGroup/hdf5#1915),
+ * leaves the checksum computed with them set, so the file would not open.
+ * Superblock versions 2 and 3 (what the V18 bound gives): signature (8),
+ * version, offset size O, length size, flags, four addresses of O bytes,
+ * then the checksum of everything before it. A correct checksum is kept.
+ */
+static void fix_superblock_checksum(unsigned char *image, size_t bytes) {
+    if (bytes < 12 || (image[8] != 2 && image[8] != 3)) return;
+    size_t covered = 12 + 4 * (size_t)image[9];
+    if (covered + 4 > bytes) return;
+    uint32_t sum = lookup3(image, covered);
+    for (int i = 0; i < 4; i++)
+        image[covered + i] = (unsigned char)(sum >> (8 * i));
+}
+
+/* Bytes the in-memory image will take, about: the driver grows its buffer by this much at a time. */
+static size_t image_increment(const rt_view_table *table, const char *config_text) {
+    size_t bytes = (size_t)1 << 20; /* superblock, groups, object headers, chunk indexes */
+    for (int v = 0; v < table->count; v++)
+        bytes += table->views[v].numel * sizeof(float) + 4096;
+    return bytes + (config_text ? strlen(config_text) : 0);
 }
 
 int rt_checkpoint_write(const char *path, const rt_view_table *table, const float *params, const char *config_text,
                         int64_t step, rt_error *err) {
     quiet_hdf5();
-    char tmp_path[1100];
-    if ((size_t)snprintf(tmp_path, sizeof tmp_path, "%s.tmp", path) >= sizeof tmp_path)
-        return rt_fail(err, "%s: path too long", path);
     hid_t fapl = make_fapl();
-    if (fapl < 0) return h5_fail(err, path, "creating the file access property list");
-    hid_t file = H5Fcreate(tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (fapl < 0 || H5Pset_fapl_core(fapl, image_increment(table, config_text), 0) < 0) {
+        h5_fail(err, path, "setting up the in-memory file");
+        if (fapl >= 0) H5Pclose(fapl);
+        return -1;
+    }
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl); /* in memory: PATH is not touched */
     if (file < 0) { /* report before any other HDF5 call clears the error stack */
-        char op[1200];
-        snprintf(op, sizeof op, "H5Fcreate of %s", tmp_path);
-        h5_fail(err, path, op);
+        h5_fail(err, path, "H5Fcreate");
         H5Pclose(fapl);
         return -1;
     }
@@ -198,11 +263,16 @@ int rt_checkpoint_write(const char *path, const rt_view_table *table, const floa
     if (rc == 0) rc = write_int_attr(file, "step", H5T_STD_I64LE, step, path, err);
     if (rc == 0) rc = write_string_attr(file, "config", config_text ? config_text : "", path, err);
     if (rc == 0) rc = write_views(file, MODEL_GROUP, table, params, path, err);
-    if (H5Fclose(file) < 0 && rc == 0) rc = h5_fail(err, path, "H5Fclose (flushing the file)");
-    if (rc == 0) rc = fsync_file(tmp_path, err);
-    if (rc == 0 && rename(tmp_path, path) != 0)
-        rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
-    if (rc != 0) unlink(tmp_path);
+    if (rc == 0 && H5Fflush(file, H5F_SCOPE_LOCAL) < 0) rc = h5_fail(err, path, "H5Fflush");
+    ssize_t image_bytes = rc == 0 ? H5Fget_file_image(file, NULL, 0) : -1;
+    if (rc == 0 && image_bytes <= 0) rc = h5_fail(err, path, "H5Fget_file_image (size)");
+    void *image = rc == 0 ? malloc_check((size_t)image_bytes) : NULL;
+    if (rc == 0 && H5Fget_file_image(file, image, (size_t)image_bytes) != image_bytes)
+        rc = h5_fail(err, path, "H5Fget_file_image");
+    if (H5Fclose(file) < 0 && rc == 0) rc = h5_fail(err, path, "H5Fclose");
+    if (rc == 0) fix_superblock_checksum(image, (size_t)image_bytes);
+    if (rc == 0) rc = rt_write_file_atomic(path, image, (size_t)image_bytes, err);
+    free(image);
     return rc;
 }
 

@@ -1075,7 +1075,7 @@ static void test_checkpoint_errors(void) {
     dir_path(&td, "nodir/ckpt.h5", other);
     CU_ASSERT_EQUAL(rt_checkpoint_write(other, &table, params, "cfg", 1, &err), -1);
     ASSERT_MSG_HAS(err, other);
-    ASSERT_MSG_HAS(err, "H5Fcreate");
+    ASSERT_MSG_HAS(err, "cannot create"); /* HDF5 builds the file in memory; ringtrain creates PATH.tmp */
     /* a write that fails half way (two views with the same name): tmp removed, old file kept */
     rt_view_table dup;
     rt_view_table_init(&dup);
