@@ -12,8 +12,12 @@ bash jobs/prepare-corpus.sh
 ranks=2
 mpirun_flags=(--oversubscribe -x OMP_NUM_THREADS=$(( $(nproc) / ranks > 0 ? $(nproc) / ranks : 1 )))
 [ "$(id -u)" -eq 0 ] && mpirun_flags+=(--allow-run-as-root)
-mpirun "${mpirun_flags[@]}" -np $ranks build/ringtrain train --config jobs/configs/quickstart.ini "$@"
+# Each run gets its own directory (train refuses a run.dir that holds an earlier run), unless run.dir is set.
+run_dir=runs/quickstart-$(date +%Y%m%d-%H%M%S)
+for arg in "$@"; do case $arg in *run.dir=*) run_dir=${arg#*run.dir=} ;; esac; done
+mpirun "${mpirun_flags[@]}" -np $ranks build/ringtrain train --config jobs/configs/quickstart.ini \
+  --set "run.dir=$run_dir" "$@"
 
 echo
-echo "== sample from runs/quickstart/model.h5"
-build/ringtrain sample --model runs/quickstart/model.h5 --prompt "This License" --tokens 300 --temperature 0.7
+echo "== sample from $run_dir/model.h5"
+build/ringtrain sample --model "$run_dir/model.h5" --prompt "This License" --tokens 300 --temperature 0.7

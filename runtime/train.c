@@ -15,11 +15,13 @@
 #include "train.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../io/loader.h"
 #include "../io/tokens.h"
@@ -357,17 +359,35 @@ static void on_stop_signal(int sig) {
     stop_requested = 1;
 }
 
-/* mkdir -p */
-static int make_dirs(const char *path, rt_error *err) {
+/* Removes the directories make_dirs created along path: every prefix at least created_from bytes long. */
+static void undo_make_dirs(const char *path, size_t created_from) {
     char partial[RT_PATH_LEN];
     size_t n = strlen(path);
+    if (created_from == 0 || n >= sizeof partial) return;
+    memcpy(partial, path, n + 1);
+    while (n >= created_from) {
+        if (partial[n - 1] != '/') rmdir(partial); /* "a/b/" names the same directory as "a/b" */
+        partial[--n] = '\0';
+    }
+}
+
+/* mkdir -p; *created_from is the length of the first prefix this call created (0: none), for undo_make_dirs. */
+static int make_dirs(const char *path, size_t *created_from, rt_error *err) {
+    char partial[RT_PATH_LEN];
+    size_t n = strlen(path);
+    *created_from = 0;
     if (n == 0 || n >= sizeof partial) return rt_fail(err, "run.dir '%s' is empty or too long", path);
     for (size_t i = 1; i <= n; i++) {
         if (path[i] != '/' && path[i] != '\0') continue;
         memcpy(partial, path, i);
         partial[i] = '\0';
-        if (mkdir(partial, 0755) != 0 && errno != EEXIST)
-            return rt_fail(err, "cannot create directory %s: %s", partial, strerror(errno));
+        if (mkdir(partial, 0755) == 0) {
+            if (*created_from == 0) *created_from = i;
+        } else if (errno != EEXIST) {
+            rt_fail(err, "cannot create directory %s: %s", partial, strerror(errno));
+            undo_make_dirs(path, *created_from);
+            return -1;
+        }
     }
     return 0;
 }
@@ -392,16 +412,81 @@ static void format_duration(double seconds, char out[32]) {
         snprintf(out, 32, "%lds", s);
 }
 
-static void write_metrics(FILE *out, const rt_step_metrics *s) {
-    fprintf(out,
-            "{\"step\": %d, \"loss\": %.9g, \"grad_norm\": %.9g, \"lr\": %.9g, \"tokens_per_s\": %.1f, "
-            "\"step_s\": %.6f, \"peak_device_bytes\": %zu, \"offloaded_bytes\": %zu, \"comm_exposed_s\": %.6f, "
-            "\"prefetch_wait_s\": %.6f, \"offload_host_bytes\": %zu, \"optimizer_bytes\": %zu",
-            s->step, s->loss, s->grad_norm, s->lr, s->tokens_per_s, s->step_s, s->peak_device_bytes, s->offloaded_bytes,
-            s->comm_exposed_s, s->prefetch_wait_s, s->offload_host_bytes, s->optimizer_bytes);
-    if (!isnan(s->val_loss)) fprintf(out, ", \"val_loss\": %.9g", s->val_loss);
-    fputs("}\n", out);
-    fflush(out);
+/*
+ * metrics.jsonl, open on rank 0 for the whole run. Each line is formatted
+ * whole and written with write(2), checked; good_bytes is the file's length
+ * after the last complete line, so a failed write (a full disk takes part of
+ * a line) is cut back to it: the file always holds whole, valid JSON lines.
+ */
+typedef struct {
+    int fd; /* -1: not open */
+    off_t good_bytes;
+    char path[RT_PATH_LEN + 32];
+} metrics_file;
+
+typedef struct {
+    char text[1024];
+    size_t used;
+} json_line;
+
+static void json_append(json_line *line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void json_append(json_line *line, const char *fmt, ...) {
+    if (line->used >= sizeof line->text) return;
+    va_list args;
+    va_start(args, fmt);
+    int n = vsnprintf(line->text + line->used, sizeof line->text - line->used, fmt, args);
+    va_end(args);
+    line->used = n < 0 ? sizeof line->text : line->used + (size_t)n;
+}
+
+/* `"key": value` with printf's %.<precision><style>; JSON has no inf or nan, so a non-finite value is written
+ * as null with the reason beside it: "loss": null, "loss_nonfinite": "nan" (or "inf", "-inf"). */
+static void json_real(json_line *line, const char *key, double value, char style, int precision) {
+    const char *sep = line->used > 1 ? ", " : "";
+    if (isfinite(value))
+        json_append(line, style == 'f' ? "%s\"%s\": %.*f" : "%s\"%s\": %.*g", sep, key, precision, value);
+    else
+        json_append(line, "%s\"%s\": null, \"%s_nonfinite\": \"%s\"", sep, key, key,
+                    isnan(value) ? "nan" : (value > 0 ? "inf" : "-inf"));
+}
+
+static void json_count(json_line *line, const char *key, size_t value) {
+    json_append(line, "%s\"%s\": %zu", line->used > 1 ? ", " : "", key, value);
+}
+
+static int write_metrics(metrics_file *metrics, const rt_step_metrics *s, int steps, rt_error *err) {
+    json_line line = {.text = "{", .used = 1};
+    json_append(&line, "\"step\": %d", s->step);
+    json_real(&line, "loss", s->loss, 'g', 9);
+    json_real(&line, "grad_norm", s->grad_norm, 'g', 9);
+    json_real(&line, "lr", s->lr, 'g', 9);
+    json_real(&line, "tokens_per_s", s->tokens_per_s, 'f', 1);
+    json_real(&line, "step_s", s->step_s, 'f', 6);
+    json_count(&line, "peak_device_bytes", s->peak_device_bytes);
+    json_count(&line, "offloaded_bytes", s->offloaded_bytes);
+    json_real(&line, "comm_exposed_s", s->comm_exposed_s, 'f', 6);
+    json_real(&line, "prefetch_wait_s", s->prefetch_wait_s, 'f', 6);
+    json_count(&line, "offload_host_bytes", s->offload_host_bytes);
+    json_count(&line, "optimizer_bytes", s->optimizer_bytes);
+    if (!isnan(s->val_loss)) json_real(&line, "val_loss", s->val_loss, 'g', 9); /* NAN: no validation this step */
+    json_append(&line, "}\n");
+    if (line.used >= sizeof line.text) rt_fatal("metrics line of step %d longer than %zu bytes", s->step, line.used);
+    rt_error inner;
+    if (rt_write_all(metrics->fd, line.text, line.used, metrics->path, &inner) == 0) {
+        metrics->good_bytes += (off_t)line.used;
+        return 0;
+    }
+    int cut = ftruncate(metrics->fd, metrics->good_bytes) == 0; /* no half line left at the end */
+    return rt_fail(err, "%s; the run stopped after step %d of %d, without saving model.h5%s", inner.msg, s->step + 1,
+                   steps, cut ? "" : " (the file's last line may be cut short)");
+}
+
+/* fsync and close (checked); a no-op when not open. */
+static int close_metrics(metrics_file *metrics, rt_error *err) {
+    if (metrics->fd < 0) return 0;
+    int rc = rt_sync_close(metrics->fd, metrics->path, 0, err);
+    metrics->fd = -1;
+    return rc;
 }
 
 static void print_progress(const rt_config *cfg, const rt_step_metrics *s, double elapsed) {
@@ -415,24 +500,62 @@ static void print_progress(const rt_config *cfg, const rt_step_metrics *s, doubl
     fflush(stdout);
 }
 
-/* Rank 0 creates the run directory, config.ini and metrics.jsonl. */
-static int open_run_dir(const rt_config *cfg, const char *config_text, FILE **metrics, rt_error *err) {
+/* The files of a run's record: a run.dir holding any of them belongs to an earlier run. */
+static const char *const record_files[] = {"metrics.jsonl", "config.ini", "model.h5"};
+
+static int refuse_used_run_dir(const char *run_dir, const char *file, rt_error *err) {
+    return rt_fail(err,
+                   "run.dir %s already holds %s from an earlier run; give a new run.dir (--set run.dir=...) or "
+                   "remove the old one",
+                   run_dir, file);
+}
+
+/*
+ * Rank 0 claims the run directory: creates it (mkdir -p); refuses one that
+ * holds an earlier run's record, so a re-run never overwrites what a user
+ * kept; creates metrics.jsonl exclusively (two runs started at once cannot
+ * share a directory either); writes config.ini whole (config.ini.tmp, then
+ * rename). On failure it removes what it created, directories included.
+ */
+static int open_run_dir(const rt_config *cfg, const char *config_text, metrics_file *metrics, rt_error *err) {
+    size_t created_from = 0;
+    if (make_dirs(cfg->run_dir, &created_from, err)) return -1;
     char path[RT_PATH_LEN + 32];
-    if (make_dirs(cfg->run_dir, err)) return -1;
-    snprintf(path, sizeof path, "%s/config.ini", cfg->run_dir);
-    FILE *out = fopen(path, "w");
-    if (!out || fputs(config_text, out) < 0 || fclose(out) != 0)
-        return rt_fail(err, "cannot write %s: %s", path, strerror(errno));
-    snprintf(path, sizeof path, "%s/metrics.jsonl", cfg->run_dir);
-    if (!(*metrics = fopen(path, "w"))) return rt_fail(err, "cannot write %s: %s", path, strerror(errno));
-    return 0;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < sizeof record_files / sizeof record_files[0]; i++) {
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", cfg->run_dir, record_files[i]);
+        if (lstat(path, &st) == 0)
+            rc = refuse_used_run_dir(cfg->run_dir, record_files[i], err);
+        else if (errno != ENOENT)
+            rc = rt_fail(err, "cannot check %s: %s", path, strerror(errno));
+    }
+    if (rc == 0) {
+        snprintf(metrics->path, sizeof metrics->path, "%s/metrics.jsonl", cfg->run_dir);
+        metrics->fd = open(metrics->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        metrics->good_bytes = 0;
+        if (metrics->fd < 0)
+            rc = errno == EEXIST ? refuse_used_run_dir(cfg->run_dir, "metrics.jsonl", err)
+                                 : rt_fail(err, "%s: cannot create: %s", metrics->path, strerror(errno));
+    }
+    if (rc == 0) {
+        snprintf(path, sizeof path, "%s/config.ini", cfg->run_dir);
+        rc = rt_write_file_atomic(path, config_text, strlen(config_text), err);
+        if (rc != 0) {
+            close(metrics->fd);
+            metrics->fd = -1;
+            unlink(metrics->path);
+        }
+    }
+    if (rc != 0) undo_make_dirs(cfg->run_dir, created_from);
+    return rc;
 }
 
 int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, rt_error *err) {
     memset(result, 0, sizeof *result);
     result->last_val_loss = NAN;
     rt_trainer *t = NULL;
-    FILE *metrics = NULL;
+    metrics_file metrics = {.fd = -1};
     char *config_text = NULL;
     int rc = -1;
     const int is_root = world->rank == 0;
@@ -467,35 +590,43 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
         result->last_loss = s.loss;
         result->steps_done = step + 1;
         if (!isnan(s.val_loss)) result->last_val_loss = s.val_loss;
+        int metrics_failed = 0;
         if (is_root) {
-            write_metrics(metrics, &s);
+            metrics_failed = write_metrics(&metrics, &s, cfg->steps, err) != 0;
             if ((step + 1) % cfg->log_every == 0 || step == 0 || step + 1 == cfg->steps)
                 print_progress(cfg, &s, rt_now_s() - run_start);
         }
-        /* Every rank must agree to stop, or the next collective would hang. */
-        double stop = stop_requested;
+        /* Every rank must agree to stop, or the next collective would hang: 1 for a signal, 2 when rank 0
+         * could not write metrics.jsonl (its message is the job's one line; every rank returns). */
+        double stop = metrics_failed ? 2.0 : stop_requested;
         world->ops->allreduce_max_f64(world, &stop, 1);
+        if (stop >= 2.0) {
+            if (!is_root) err->msg[0] = '\0';
+            rc = RT_TRAIN_FAILED_EVERYWHERE;
+            goto restore_signals;
+        }
         if (stop > 0.0 && step + 1 < cfg->steps) {
             result->stopped_by_signal = 1;
             if (is_root) printf("stop signal: ending after step %d of %d\n", step + 1, cfg->steps);
             break;
         }
     }
-    rc = 0;
+    /* Rank 0 finishes metrics.jsonl, then saves model.h5; every rank learns whether it could, so a failure
+     * here ends the job with rank 0's one line instead of an abort. */
+    int saved = 0;
     if (is_root) {
-        rc = RT_TRAIN_FAILED_HERE;
         char path[RT_PATH_LEN + 32];
         snprintf(path, sizeof path, "%s/model.h5", cfg->run_dir);
-        if (rt_model_save(&t->model, path, config_text, result->steps_done, err) == 0) {
-            printf("saved %s (step %d)\n", path, result->steps_done);
-            rc = 0;
-        }
+        saved = close_metrics(&metrics, err);
+        if (saved == 0) saved = rt_model_save(&t->model, path, config_text, result->steps_done, err);
+        if (saved == 0) printf("saved %s (step %d)\n", path, result->steps_done);
     }
+    rc = agree(world, saved, err) ? RT_TRAIN_FAILED_EVERYWHERE : 0;
 restore_signals:
     signal(SIGINT, SIG_DFL);
     signal(SIGTERM, SIG_DFL);
 done:
-    if (metrics) fclose(metrics);
+    close_metrics(&metrics, NULL); /* a run that failed keeps the lines it wrote */
     free(config_text);
     rt_trainer_free(t);
     return rc;
