@@ -4,9 +4,12 @@
  * between files where the bytes so far do not end with one), so a missing or
  * unreadable input fails before anything is written. The split is by bytes:
  * val = the last floor(val_fraction * total) bytes, train = the rest.
- * Each output goes through rt_tokens_write (PATH.tmp + fsync + rename); when
- * the val write fails the train file this call just wrote is removed, so an
- * error leaves no output of this call behind.
+ *
+ * Outputs are staged: each is written whole as PATH.tmp (rt_tokens_write:
+ * checked writes, fsync), and only when every output of the command is
+ * complete are they renamed into place. A failure removes the staged files,
+ * so a failed command deletes or truncates nothing a user already has, and
+ * its message names the user's path, not the staged one.
  */
 #include "prepare.h"
 
@@ -14,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "tokens.h"
@@ -52,6 +56,43 @@ static int append_file(byte_buffer *buf, const char *path, rt_error *err) {
     fclose(file);
     if (failed) return rt_fail(err, "%s: cannot read input: %s", path, strerror(saved));
     return 0;
+}
+
+typedef struct {
+    const char *path;             /* the user's */
+    char staged[RT_TMP_PATH_LEN]; /* PATH.tmp */
+} staged_output;
+
+/* Refuses an output that cannot be staged or renamed into place, before anything is written. */
+static int stage_output(staged_output *out, const char *path, rt_error *err) {
+    struct stat st;
+    out->path = path;
+    if ((size_t)snprintf(out->staged, sizeof out->staged, "%s.tmp", path) >= sizeof out->staged)
+        return rt_fail(err, "%s: path too long", path);
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) return rt_fail(err, "%s: is a directory, expected a file", path);
+    return 0;
+}
+
+/* rt_tokens_write names the file it wrote (STAGED, or its own STAGED.tmp); the user gave PATH. */
+static void name_user_path(rt_error *err, const staged_output *out) {
+    size_t n = strlen(out->staged);
+    if (strncmp(err->msg, out->staged, n) != 0) return;
+    const char *rest = err->msg + n;
+    if (strncmp(rest, ".tmp", 4) == 0) rest += 4;
+    if (rest[0] != ':') return;
+    char msg[sizeof err->msg];
+    snprintf(msg, sizeof msg, "%s%s", out->path, rest);
+    memcpy(err->msg, msg, sizeof msg);
+}
+
+/* When rc is 0, renames every staged output into place; otherwise (or when a rename fails) removes them. */
+static int commit_outputs(staged_output *outs, int n, int rc, rt_error *err) {
+    for (int i = 0; i < n && rc == 0; i++)
+        if (rename(outs[i].staged, outs[i].path) != 0)
+            rc = rt_fail(err, "%s: cannot rename %s into place: %s", outs[i].path, outs[i].staged, strerror(errno));
+    for (int i = 0; i < n && rc != 0; i++)
+        unlink(outs[i].staged);
+    return rc;
 }
 
 /* Widens bytes to tokens and writes them. */
@@ -96,11 +137,16 @@ int rt_prepare_text_counted(const char *const *inputs, int n_inputs, const char 
                      "non-empty",
                      val_fraction, total, train_bytes, val_bytes);
     }
-    if (rc == 0) rc = write_bytes_as_tokens(out_train, text.bytes, train_bytes, err);
-    if (rc == 0 && out_val) {
-        rc = write_bytes_as_tokens(out_val, text.bytes + train_bytes, val_bytes, err);
-        if (rc != 0) unlink(out_train); /* no half of a split left behind */
-    }
+    staged_output outs[2];
+    int n_outs = 0;
+    if (rc == 0 && (rc = stage_output(&outs[0], out_train, err)) == 0) n_outs = 1;
+    if (rc == 0 && out_val && (rc = stage_output(&outs[1], out_val, err)) == 0) n_outs = 2;
+    if (rc == 0 && (rc = write_bytes_as_tokens(outs[0].staged, text.bytes, train_bytes, err)) != 0)
+        name_user_path(err, &outs[0]);
+    if (rc == 0 && out_val &&
+        (rc = write_bytes_as_tokens(outs[1].staged, text.bytes + train_bytes, val_bytes, err)) != 0)
+        name_user_path(err, &outs[1]);
+    rc = commit_outputs(outs, n_outs, rc, err);
     free(text.bytes);
     if (rc == 0) {
         if (n_train) *n_train = train_bytes;
@@ -134,7 +180,10 @@ int rt_prepare_llmc_counted(const char *input_shard, const char *out_path, size_
             break;
         }
     }
-    if (rc == 0) rc = rt_tokens_write(out_path, tokens, n, shard.vocab_size, err);
+    staged_output out;
+    int staged = rc == 0 && (rc = stage_output(&out, out_path, err)) == 0;
+    if (rc == 0 && (rc = rt_tokens_write(out.staged, tokens, n, shard.vocab_size, err)) != 0) name_user_path(err, &out);
+    if (staged) rc = commit_outputs(&out, 1, rc, err);
     free(tokens);
     rt_tokens_close(&shard);
     if (rc == 0 && n_tokens) *n_tokens = n;

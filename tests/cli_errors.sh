@@ -120,5 +120,21 @@ if [ -n "${RT_MPIRUN:-}" ]; then
   done
 fi
 
+# prepare: a failed command deletes or truncates nothing the user has, and names the user's path (not a .tmp).
+echo "an earlier good file" >"$work/keep.bin"
+expect_error "prepare: val output in a missing directory" "nodir/v.bin: cannot create: No such file" \
+  "$bin" prepare --input "$work/corpus.txt" --output "$work/keep.bin" --val-output "$work/nodir/v.bin"
+mkdir -p "$work/adir"
+expect_error "prepare: val output is a directory" "adir: is a directory" \
+  "$bin" prepare --input "$work/corpus.txt" --output "$work/keep.bin" --val-output "$work/adir"
+if [ "$(cat "$work/keep.bin")" != "an earlier good file" ]; then
+  echo "FAIL prepare: a failed command changed keep.bin"; failures=$((failures + 1))
+elif grep -q '\.tmp' "$work/stderr"; then
+  echo "FAIL prepare: the error names a .tmp path"; failures=$((failures + 1))
+else
+  echo "ok   prepare: keep.bin untouched by the failed commands"; passed=$((passed + 1))
+fi
+rm -rf "$work/adir" "$work/keep.bin"
+
 echo "$passed passed, $failures failed"
 [ $failures -eq 0 ]
