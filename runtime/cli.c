@@ -174,6 +174,15 @@ static int cmd_sample(int argc, char **argv) {
     return rt_sample(&opt, stdout, &err) ? fail(&err) : 0;
 }
 
+/* stdout is an output too (sample's text, the progress log): a write to it that failed (a full disk,
+ * /dev/full, a closed pipe) fails the command, with one line, rather than exit 0 with text lost. */
+static int finish_stdout(int status) {
+    int failed = fflush(stdout) != 0 || ferror(stdout);
+    if (!failed) return status;
+    fprintf(stderr, "ringtrain: cannot write to standard output: %s\n", errno ? strerror(errno) : "write error");
+    return status ? status : 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage_text, argc < 2 ? stderr : stdout);
@@ -183,8 +192,14 @@ int main(int argc, char **argv) {
         puts("ringtrain 0.1.0");
         return 0;
     }
-    if (strcmp(argv[1], "train") == 0) return cmd_train(argc, argv);
-    if (strcmp(argv[1], "prepare") == 0) return cmd_prepare(argc, argv);
-    if (strcmp(argv[1], "sample") == 0) return cmd_sample(argc, argv);
-    return usage_error("unknown command '%s'; expected train, prepare or sample", argv[1]);
+    int status;
+    if (strcmp(argv[1], "train") == 0)
+        status = cmd_train(argc, argv);
+    else if (strcmp(argv[1], "prepare") == 0)
+        status = cmd_prepare(argc, argv);
+    else if (strcmp(argv[1], "sample") == 0)
+        status = cmd_sample(argc, argv);
+    else
+        return usage_error("unknown command '%s'; expected train, prepare or sample", argv[1]);
+    return finish_stdout(status);
 }
