@@ -7,9 +7,12 @@
 #include "sample.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../io/checkpoint.h"
 #include "../io/tokens.h"
@@ -26,11 +29,13 @@ static uint64_t next_random(uint64_t *state) {
 static int is_hdf5(const char *path) {
     static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
     unsigned char head[8] = {0};
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    size_t got = fread(head, 1, sizeof head, f);
-    fclose(f);
-    return got == sizeof head && memcmp(head, signature, sizeof head) == 0;
+    /* O_NONBLOCK: a FIFO must not block here; the reader it goes to next refuses it as not regular. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return 0;
+    struct stat st;
+    ssize_t got = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, head, sizeof head) : 0;
+    close(fd);
+    return got == (ssize_t)sizeof head && memcmp(head, signature, sizeof head) == 0;
 }
 
 int rt_sample_draw(float *logits, int V, float temperature, int top_k, uint64_t *rng) {
