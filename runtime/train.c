@@ -425,18 +425,18 @@ typedef struct {
 } metrics_file;
 
 typedef struct {
-    char text[1024];
-    size_t used;
+    char *text;
+    size_t cap, used; /* used >= cap: did not fit */
 } json_line;
 
 static void json_append(json_line *line, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void json_append(json_line *line, const char *fmt, ...) {
-    if (line->used >= sizeof line->text) return;
+    if (line->used >= line->cap) return;
     va_list args;
     va_start(args, fmt);
-    int n = vsnprintf(line->text + line->used, sizeof line->text - line->used, fmt, args);
+    int n = vsnprintf(line->text + line->used, line->cap - line->used, fmt, args);
     va_end(args);
-    line->used = n < 0 ? sizeof line->text : line->used + (size_t)n;
+    line->used = n < 0 ? line->cap : line->used + (size_t)n;
 }
 
 /* `"key": value` with printf's %.<precision><style>; JSON has no inf or nan, so a non-finite value is written
@@ -454,9 +454,9 @@ static void json_count(json_line *line, const char *key, size_t value) {
     json_append(line, "%s\"%s\": %zu", line->used > 1 ? ", " : "", key, value);
 }
 
-static int write_metrics(metrics_file *metrics, const rt_step_metrics *s, int steps, rt_error *err) {
-    json_line line = {.text = "{", .used = 1};
-    json_append(&line, "\"step\": %d", s->step);
+size_t rt_metrics_json_line(const rt_step_metrics *s, char *out, size_t cap) {
+    json_line line = {.text = out, .cap = cap, .used = 0};
+    json_append(&line, "{\"step\": %d", s->step);
     json_real(&line, "loss", s->loss, 'g', 9);
     json_real(&line, "grad_norm", s->grad_norm, 'g', 9);
     json_real(&line, "lr", s->lr, 'g', 9);
@@ -470,10 +470,16 @@ static int write_metrics(metrics_file *metrics, const rt_step_metrics *s, int st
     json_count(&line, "optimizer_bytes", s->optimizer_bytes);
     if (!isnan(s->val_loss)) json_real(&line, "val_loss", s->val_loss, 'g', 9); /* NAN: no validation this step */
     json_append(&line, "}\n");
-    if (line.used >= sizeof line.text) rt_fatal("metrics line of step %d longer than %zu bytes", s->step, line.used);
+    return line.used;
+}
+
+static int write_metrics(metrics_file *metrics, const rt_step_metrics *s, int steps, rt_error *err) {
+    char text[1024];
+    size_t used = rt_metrics_json_line(s, text, sizeof text);
+    if (used >= sizeof text) rt_fatal("metrics line of step %d longer than %zu bytes", s->step, used);
     rt_error inner;
-    if (rt_write_all(metrics->fd, line.text, line.used, metrics->path, &inner) == 0) {
-        metrics->good_bytes += (off_t)line.used;
+    if (rt_write_all(metrics->fd, text, used, metrics->path, &inner) == 0) {
+        metrics->good_bytes += (off_t)used;
         return 0;
     }
     int cut = ftruncate(metrics->fd, metrics->good_bytes) == 0; /* no half line left at the end */

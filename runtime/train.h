@@ -22,6 +22,11 @@ typedef struct {
     double comm_exposed_s, prefetch_wait_s;
 } rt_step_metrics;
 
+/* One metrics.jsonl line for s (a JSON object and '\n') into out; returns its length (>= cap: it did not
+ * fit). JSON has no inf or nan: a non-finite number is written as null, with "<key>_nonfinite": "nan", "inf"
+ * or "-inf" beside it. val_loss is left out when it is NAN (no validation after this step). */
+size_t rt_metrics_json_line(const rt_step_metrics *s, char *out, size_t cap);
+
 /* Failures of the trainer and of a run: every rank failed alike and returns (the message is on exactly one
  * rank, empty on the others); or this rank failed alone, mid-run, and the caller must end the whole job
  * (the others may be waiting in a collective). */
