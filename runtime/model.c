@@ -245,6 +245,9 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->targets = alloc_bytes(m, N * sizeof(int32_t), "target tokens", err, &failed);
     m->pos = alloc_bytes(m, N * sizeof(int64_t), "token positions", err, &failed);
     m->dropout_ids = alloc_bytes(m, N * sizeof(int64_t), "dropout ids", err, &failed);
+    /* Host staging for each micro-batch's counters and losses, allocated once so a step allocates nothing. */
+    m->host_ids = malloc_check(N * sizeof *m->host_ids);
+    m->host_losses = malloc_check(N * sizeof *m->host_losses);
     m->d_resid = ALLOC_F(N * C, "gradient scratch (residual)");
     m->d_branch = ALLOC_F(N * C, "gradient scratch (branch)");
     m->d_norm = ALLOC_F(N * C, "gradient scratch (norm)");
@@ -273,6 +276,8 @@ void rt_model_free(rt_model *m) {
     free(m->layers);
     free(m->layer_grads);
     free(m->layer_offset);
+    free(m->host_ids);
+    free(m->host_losses);
     free(m->acts);
     memset(m, 0, sizeof *m);
 }
@@ -337,7 +342,7 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
     if (batch->n_seqs > m->max_seqs || batch->local_len > m->max_local_len)
         rt_fatal("micro-batch of %zu x %zu tokens exceeds the model's capacity of %zu x %zu", batch->n_seqs,
                  batch->local_len, m->max_seqs, m->max_local_len);
-    int64_t *ids = malloc_check(N * sizeof *ids);
+    int64_t *ids = m->host_ids;
     for (size_t b = 0; b < batch->n_seqs; b++)
         for (size_t t = 0; t < batch->local_len; t++) {
             size_t i = b * batch->local_len + t;
@@ -348,7 +353,6 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
     be->copy(m->targets, batch->targets, N * sizeof(int32_t));
     be->copy(m->pos, batch->pos, N * sizeof(int64_t));
     be->copy(m->dropout_ids, ids, N * sizeof(int64_t));
-    free(ids);
     return N;
 }
 
@@ -423,7 +427,7 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
             be->matmul_backward(m->d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits, m->norm_f + t0 * C,
                                 m->top.lm_head, n, (int)C, s->padded_vocab);
     }
-    float *losses = malloc_check(N * sizeof(float));
+    float *losses = m->host_losses;
     be->copy(losses, m->losses, N * sizeof(float));
     double loss_sum = 0.0;
     size_t count = 0;
@@ -431,7 +435,6 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
         loss_sum += losses[i];
         count += batch->targets[i] >= 0;
     }
-    free(losses);
     *n_targets = count;
     if (backward) {
         const float *x = final_hidden(m, N);

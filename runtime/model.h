@@ -110,6 +110,8 @@ typedef struct {
     int32_t *tokens, *targets;        /* (N) device copies */
     int64_t *pos;                     /* (N) */
     int64_t *dropout_ids;             /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
+    int64_t *host_ids;                /* (N) host staging of dropout_ids, allocated at setup */
+    float *host_losses;               /* (N) host copy of losses, allocated at setup */
 
     /* backward scratch, shared by all layers */
     float *d_resid;  /* (N, C) gradient flowing down the residual stream */
