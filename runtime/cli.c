@@ -19,6 +19,7 @@
 #include "comm.h"
 #include "config.h"
 #include "sample.h"
+#include "threads.h"
 #include "train.h"
 
 static const char *usage_text =
@@ -64,6 +65,8 @@ static int parse_count(const char *text, unsigned long long min, unsigned long l
 
 static int cmd_train(int argc, char **argv) {
     rt_comm *world = rt_comm_world_mpi(&argc, &argv);
+    rt_threads threads;
+    rt_threads_setup(world, &threads); /* before any BLAS call */
     const char *config_path = NULL;
     const char **overrides = calloc_check((size_t)argc, sizeof *overrides);
     int n_overrides = 0, status = 0;

@@ -7,7 +7,14 @@
 /*
  * A communicator is a group of ranks plus a table of collectives. Buffers
  * are device pointers of the run's backend (host memory on CPU). Counts are
- * size_t; implementations split them where the transport takes int.
+ * size_t and may be any size: the MPI implementation moves at most one
+ * segment (rt_comm_mpi_segment_elems, 2^26 elements) per MPI call, in
+ * rounds, since MPI counts (and the library's internal sums of them) are
+ * int. A collective whose count fits one segment is one MPI call. Above a
+ * segment, reduce-scatter and all-gather pack each round's pieces of every
+ * rank's block into a staging buffer of at most one segment per
+ * communicator (host memory, kept until destroy).
+ * Every rank of a collective passes the same counts.
  * Point-to-point transfers are nonblocking: post with isend/irecv, then
  * wait, so the ring can overlap the next transfer with compute on the
  * current block.
@@ -26,9 +33,11 @@ typedef struct {
      * send == recv it works in place and the slice lands at the start of the buffer. */
     void (*reduce_scatter_sum_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
     /* Uneven reduce-scatter: send holds sum(counts) floats; rank q receives, in recv, the sum over ranks of
-     * the counts[q] floats that follow counts[0..q-1] in send. */
+     * the counts[q] floats that follow counts[0..q-1] in send. Counts may be 0. With send == recv it works
+     * in place and this rank's part lands at the start of the buffer. */
     void (*reduce_scatter_sum_f32_v)(rt_comm *comm, float *recv, const float *send, const size_t *counts);
-    /* recv (n*size) = concatenation of every rank's send (n), in rank order. */
+    /* recv (n*size) = concatenation of every rank's send (n), in rank order. In place when send is
+     * recv + rank*n (this rank's block already in recv). */
     void (*allgather_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
     void (*broadcast)(rt_comm *comm, void *buf, size_t bytes, int root);
     void (*barrier)(rt_comm *comm);
@@ -38,6 +47,8 @@ typedef struct {
     void (*wait)(rt_comm *comm, rt_comm_request *req);
     /* A sub-communicator of the ranks with the same color, ordered by key. */
     rt_comm *(*split)(rt_comm *comm, int color, int key);
+    /* A sub-communicator of the ranks that share this rank's node (its shared memory), in rank order. */
+    rt_comm *(*split_node)(rt_comm *comm);
     void (*destroy)(rt_comm *comm);
 } rt_comm_ops;
 
@@ -48,11 +59,19 @@ struct rt_comm {
     void *impl;
 };
 
-/* Initializes MPI (once per process) and returns the world communicator. Installs the abort hook so
- * rt_fatal on any rank ends the whole job. Safe to call again: returns the same world. */
+/* Initializes MPI (once per process) with MPI_THREAD_FUNNELED: only the thread that called it calls MPI (the
+ * copy-engine workers and OpenMP threads never do); a library that provides less is refused with one line.
+ * Returns the world communicator and installs the abort hook so rt_fatal on any rank ends the whole job.
+ * Safe to call again: returns the same world. */
 rt_comm *rt_comm_world_mpi(int *argc, char ***argv);
 /* Finalizes MPI after destroying the world. */
 void rt_comm_finalize(void);
+
+/* Test only: the most elements one MPI call moves (default 2^26; 0 restores it), so tests reach the
+ * segmented paths with small buffers. Every rank sets the same value between collectives. The environment
+ * variable RINGTRAIN_COMM_SEGMENT, read once by rt_comm_world_mpi, does the same for whole runs. */
+void rt_comm_mpi_set_segment_elems(size_t elems);
+size_t rt_comm_mpi_segment_elems(void);
 
 /* Convenience wrappers. */
 static inline void rt_allreduce_sum_f32(rt_comm *c, float *buf, size_t n) { c->ops->allreduce_sum_f32(c, buf, n); }

@@ -1,22 +1,88 @@
-/* comm_mpi.c: the MPI implementation of the communicator interface. */
+/*
+ * comm_mpi.c: the MPI implementation of the communicator interface.
+ *
+ * Large counts. MPI-3.1 (Open MPI 4.1, Debian 12) takes int counts, and
+ * Open MPI sums a collective's counts into an int inside its algorithms, so
+ * no MPI call here moves more than one segment (seg, at most INT_MAX / 4
+ * elements) in total. Counts that fit are one call; larger ones go in
+ * rounds:
+ *   - allreduce, broadcast, isend/irecv: consecutive pieces of seg elements
+ *     (a point-to-point transfer posts one request per piece; pieces of one
+ *     transfer match in order, as MPI never reorders messages of one tag).
+ *   - reduce-scatter (block and _v): each rank's block is cut into pieces of
+ *     len = max(1, seg / size) elements; round r packs piece r of every
+ *     rank's block into the staging buffer (size * len floats) and
+ *     reduce-scatters it, so rank q receives piece r of its block at offset
+ *     r*len of recv. In place this is safe: by the end of round r's packing
+ *     every element at an offset below (r+1)*len in any block was read, and
+ *     recv's offsets below (r+1)*len are such elements.
+ *   - all-gather: round r all-gathers piece r of every rank's send into the
+ *     staging buffer and unpacks piece q to recv + q*n + r*len.
+ * Every rank computes the same rounds from the same counts, so the calls
+ * match. The MPI-4 large-count calls (MPI_Reduce_scatter_block_c, ...) would
+ * do this in the library; the rounds work on every MPI.
+ *
+ * Threads: MPI_THREAD_FUNNELED. Only the thread that initialized MPI calls
+ * it; the copy-engine workers (backend_cpu_stream.c) only copy memory and
+ * OpenMP regions never communicate.
+ */
+#include <limits.h>
 #include <mpi.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "comm.h"
 #include "common.h"
 
-/* MPI counts are int: move large buffers in pieces of at most this many elements. */
-#define MPI_CHUNK ((size_t)1 << 30)
+#define SEGMENT_DEFAULT ((size_t)1 << 26)
+#define SEGMENT_MAX ((size_t)INT_MAX / 4)
+
+typedef struct {
+    MPI_Comm mpi;
+    float *staging; /* reduce-scatter / all-gather rounds; grown on first use, freed by destroy */
+    size_t staging_elems;
+} comm_impl;
 
 static rt_comm *world;
+static size_t segment_elems = SEGMENT_DEFAULT;
 
-static MPI_Comm mpi_of(rt_comm *comm) { return *(MPI_Comm *)comm->impl; }
+void rt_comm_mpi_set_segment_elems(size_t elems) {
+    segment_elems = elems == 0 ? SEGMENT_DEFAULT : elems < SEGMENT_MAX ? elems : SEGMENT_MAX;
+}
+
+size_t rt_comm_mpi_segment_elems(void) { return segment_elems; }
+
+static MPI_Comm mpi_of(rt_comm *comm) { return ((comm_impl *)comm->impl)->mpi; }
+
+static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
+
+static size_t checked_mul(size_t a, size_t b, const char *what) {
+    size_t product;
+    if (__builtin_mul_overflow(a, b, &product)) rt_fatal("%s: %zu x %zu overflows size_t", what, a, b);
+    return product;
+}
+
+/* Pieces of each rank's block per round: the round's total (size * len) stays within one segment. */
+static size_t round_len(const rt_comm *comm) {
+    size_t len = segment_elems / (size_t)comm->size;
+    return len > 0 ? len : 1;
+}
+
+static float *staging(rt_comm *comm, size_t elems) {
+    comm_impl *impl = comm->impl;
+    if (impl->staging_elems < elems) {
+        free(impl->staging);
+        impl->staging = malloc_check(checked_mul(elems, sizeof(float), "communicator staging"));
+        impl->staging_elems = elems;
+    }
+    return impl->staging;
+}
 
 static void allreduce(rt_comm *comm, void *buf, size_t n, MPI_Datatype type, size_t elem, MPI_Op op) {
     if (comm->size == 1) return;
-    for (size_t done = 0; done < n; done += MPI_CHUNK) {
-        size_t count = n - done < MPI_CHUNK ? n - done : MPI_CHUNK;
+    for (size_t done = 0; done < n; done += segment_elems) {
+        size_t count = min_size(n - done, segment_elems);
         MPI_Allreduce(MPI_IN_PLACE, (char *)buf + done * elem, (int)count, type, op, mpi_of(comm));
     }
 }
@@ -31,74 +97,121 @@ static void allreduce_max_f64(rt_comm *comm, double *buf, size_t n) {
     allreduce(comm, buf, n, MPI_DOUBLE, sizeof(double), MPI_MAX);
 }
 
+/* Reduce-scatter of blocks of counts[q] floats (at the prefix sums of counts in send) in rounds; see the top. */
+static void reduce_scatter_rounds(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+    const int size = comm->size;
+    const size_t len = round_len(comm);
+    size_t longest = 0;
+    for (int q = 0; q < size; q++)
+        if (counts[q] > longest) longest = counts[q];
+    float *packed = staging(comm, checked_mul((size_t)size, len, "reduce_scatter round"));
+    int *round_counts = malloc_check((size_t)size * sizeof *round_counts);
+    for (size_t offset = 0; offset < longest; offset += len) {
+        size_t packed_n = 0, block_begin = 0;
+        for (int q = 0; q < size; q++) {
+            size_t piece = counts[q] > offset ? min_size(counts[q] - offset, len) : 0;
+            memcpy(packed + packed_n, send + block_begin + offset, piece * sizeof(float));
+            round_counts[q] = (int)piece;
+            packed_n += piece;
+            block_begin += counts[q];
+        }
+        MPI_Reduce_scatter(packed, recv + offset, round_counts, MPI_FLOAT, MPI_SUM, mpi_of(comm));
+    }
+    free(round_counts);
+}
+
 static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send, size_t n) {
     size_t per_rank = n / (size_t)comm->size;
     if (per_rank * (size_t)comm->size != n)
         rt_fatal("reduce_scatter of %zu floats over %d ranks: count must divide by the rank count", n, comm->size);
-    if (per_rank > MPI_CHUNK)
-        rt_fatal("reduce_scatter of %zu floats per rank is larger than one MPI call takes", per_rank);
-    if (send == recv) /* in place: the rank's slice lands at the start of the buffer */
-        MPI_Reduce_scatter_block(MPI_IN_PLACE, recv, (int)per_rank, MPI_FLOAT, MPI_SUM, mpi_of(comm));
-    else
-        MPI_Reduce_scatter_block(send, recv, (int)per_rank, MPI_FLOAT, MPI_SUM, mpi_of(comm));
+    if (comm->size == 1) {
+        if (send != recv) memcpy(recv, send, n * sizeof(float));
+    } else if (n <= segment_elems) {
+        MPI_Reduce_scatter_block(send == recv ? MPI_IN_PLACE : send, recv, (int)per_rank, MPI_FLOAT, MPI_SUM,
+                                 mpi_of(comm));
+    } else {
+        size_t *counts = malloc_check((size_t)comm->size * sizeof *counts);
+        for (int q = 0; q < comm->size; q++)
+            counts[q] = per_rank;
+        reduce_scatter_rounds(comm, recv, send, counts);
+        free(counts);
+    }
 }
 
 static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
-    int *int_counts = malloc_check((size_t)comm->size * sizeof *int_counts);
-    for (int q = 0; q < comm->size; q++) {
-        if (counts[q] > MPI_CHUNK)
-            rt_fatal("reduce_scatter of %zu floats to one rank is larger than one MPI call takes", counts[q]);
-        int_counts[q] = (int)counts[q];
+    size_t total = 0;
+    for (int q = 0; q < comm->size; q++)
+        if (__builtin_add_overflow(total, counts[q], &total)) rt_fatal("reduce_scatter counts overflow size_t");
+    if (comm->size == 1) {
+        if (send != recv) memcpy(recv, send, counts[0] * sizeof(float));
+    } else if (total <= segment_elems) {
+        int *int_counts = malloc_check((size_t)comm->size * sizeof *int_counts);
+        for (int q = 0; q < comm->size; q++)
+            int_counts[q] = (int)counts[q];
+        MPI_Reduce_scatter(send == recv ? MPI_IN_PLACE : send, recv, int_counts, MPI_FLOAT, MPI_SUM, mpi_of(comm));
+        free(int_counts);
+    } else {
+        reduce_scatter_rounds(comm, recv, send, counts);
     }
-    if (comm->size == 1)
-        memcpy(recv, send, counts[0] * sizeof(float));
-    else
-        MPI_Reduce_scatter(send, recv, int_counts, MPI_FLOAT, MPI_SUM, mpi_of(comm));
-    free(int_counts);
 }
 
 static void allgather_f32(rt_comm *comm, float *recv, const float *send, size_t n) {
-    if (n > MPI_CHUNK) rt_fatal("allgather of %zu floats per rank is larger than one MPI call takes", n);
-    MPI_Allgather(send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, mpi_of(comm));
+    const size_t size = (size_t)comm->size;
+    const float *mine = recv + checked_mul((size_t)comm->rank, n, "allgather");
+    const int in_place = send == mine;
+    if (checked_mul(size, n, "allgather") <= segment_elems) {
+        MPI_Allgather(in_place ? MPI_IN_PLACE : send, (int)n, MPI_FLOAT, recv, (int)n, MPI_FLOAT, mpi_of(comm));
+        return;
+    }
+    const size_t len = round_len(comm);
+    float *packed = staging(comm, checked_mul(size, len, "allgather round"));
+    for (size_t offset = 0; offset < n; offset += len) {
+        size_t piece = min_size(n - offset, len);
+        MPI_Allgather(send + offset, (int)piece, MPI_FLOAT, packed, (int)piece, MPI_FLOAT, mpi_of(comm));
+        for (size_t q = 0; q < size; q++)
+            if (!(in_place && q == (size_t)comm->rank))
+                memcpy(recv + q * n + offset, packed + q * piece, piece * sizeof(float));
+    }
 }
 
 static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
-    for (size_t done = 0; done < bytes; done += MPI_CHUNK) {
-        size_t count = bytes - done < MPI_CHUNK ? bytes - done : MPI_CHUNK;
+    for (size_t done = 0; done < bytes; done += segment_elems) {
+        size_t count = min_size(bytes - done, segment_elems);
         MPI_Bcast((char *)buf + done, (int)count, MPI_BYTE, root, mpi_of(comm));
     }
 }
 
 static void barrier(rt_comm *comm) { MPI_Barrier(mpi_of(comm)); }
 
-/* Requests are grown one per chunk; one transfer is almost always one chunk. */
-static MPI_Request *request_slots(rt_comm_request *req, int extra) {
-    MPI_Request *grown = realloc(req->impl, (size_t)(req->n + extra) * sizeof(MPI_Request));
+/* Requests are grown one per piece; one transfer is almost always one piece. */
+static MPI_Request *request_slots(rt_comm_request *req, size_t bytes) {
+    size_t pieces = bytes / segment_elems + (bytes % segment_elems != 0);
+    if (pieces == 0) pieces = 1;
+    if (pieces > (size_t)(INT_MAX - req->n)) rt_fatal("transfer of %zu bytes needs too many MPI requests", bytes);
+    MPI_Request *grown = realloc(req->impl, ((size_t)req->n + pieces) * sizeof(MPI_Request));
     if (!grown) rt_fatal("out of host memory for MPI requests");
     req->impl = grown;
     MPI_Request *slots = grown + req->n;
-    req->n += extra;
+    req->n += (int)pieces;
     return slots;
 }
 
 static void isend(rt_comm *comm, const void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
-    int chunks = (int)((bytes + MPI_CHUNK - 1) / MPI_CHUNK);
-    if (chunks == 0) chunks = 1;
-    MPI_Request *slots = request_slots(req, chunks);
-    for (int c = 0; c < chunks; c++) {
-        size_t off = (size_t)c * MPI_CHUNK, count = bytes - off < MPI_CHUNK ? bytes - off : MPI_CHUNK;
-        MPI_Isend((const char *)buf + off, (int)count, MPI_BYTE, peer, tag, mpi_of(comm), &slots[c]);
-    }
+    MPI_Request *slots = request_slots(req, bytes);
+    size_t piece = 0;
+    do {
+        size_t off = piece * segment_elems, count = min_size(bytes - off, segment_elems);
+        MPI_Isend((const char *)buf + off, (int)count, MPI_BYTE, peer, tag, mpi_of(comm), &slots[piece]);
+    } while (++piece * segment_elems < bytes);
 }
 
 static void irecv(rt_comm *comm, void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
-    int chunks = (int)((bytes + MPI_CHUNK - 1) / MPI_CHUNK);
-    if (chunks == 0) chunks = 1;
-    MPI_Request *slots = request_slots(req, chunks);
-    for (int c = 0; c < chunks; c++) {
-        size_t off = (size_t)c * MPI_CHUNK, count = bytes - off < MPI_CHUNK ? bytes - off : MPI_CHUNK;
-        MPI_Irecv((char *)buf + off, (int)count, MPI_BYTE, peer, tag, mpi_of(comm), &slots[c]);
-    }
+    MPI_Request *slots = request_slots(req, bytes);
+    size_t piece = 0;
+    do {
+        size_t off = piece * segment_elems, count = min_size(bytes - off, segment_elems);
+        MPI_Irecv((char *)buf + off, (int)count, MPI_BYTE, peer, tag, mpi_of(comm), &slots[piece]);
+    } while (++piece * segment_elems < bytes);
 }
 
 static void wait_all(rt_comm *comm, rt_comm_request *req) {
@@ -117,12 +230,19 @@ static rt_comm *split(rt_comm *comm, int color, int key) {
     return wrap(sub);
 }
 
+static rt_comm *split_node(rt_comm *comm) {
+    MPI_Comm node;
+    MPI_Comm_split_type(mpi_of(comm), MPI_COMM_TYPE_SHARED, comm->rank, MPI_INFO_NULL, &node);
+    return wrap(node);
+}
+
 static void destroy(rt_comm *comm) {
     if (!comm) return;
-    MPI_Comm mpi_comm = mpi_of(comm);
-    if (mpi_comm != MPI_COMM_WORLD) MPI_Comm_free(&mpi_comm);
+    comm_impl *impl = comm->impl;
+    if (impl->mpi != MPI_COMM_WORLD) MPI_Comm_free(&impl->mpi);
     if (comm == world) world = NULL;
-    free(comm->impl);
+    free(impl->staging);
+    free(impl);
     free(comm);
 }
 
@@ -139,15 +259,16 @@ static const rt_comm_ops mpi_ops = {
     .irecv = irecv,
     .wait = wait_all,
     .split = split,
+    .split_node = split_node,
     .destroy = destroy,
 };
 
 static rt_comm *wrap(MPI_Comm mpi_comm) {
     rt_comm *comm = calloc_check(1, sizeof *comm);
-    MPI_Comm *held = malloc_check(sizeof *held);
-    *held = mpi_comm;
+    comm_impl *impl = calloc_check(1, sizeof *impl);
+    impl->mpi = mpi_comm;
     comm->ops = &mpi_ops;
-    comm->impl = held;
+    comm->impl = impl;
     MPI_Comm_rank(mpi_comm, &comm->rank);
     MPI_Comm_size(mpi_comm, &comm->size);
     return comm;
@@ -160,11 +281,37 @@ static void abort_job(int exit_code) {
     if (initialized && !finalized) MPI_Abort(MPI_COMM_WORLD, exit_code);
 }
 
+static const char *thread_level_name(int level) {
+    switch (level) {
+    case MPI_THREAD_SINGLE: return "MPI_THREAD_SINGLE";
+    case MPI_THREAD_FUNNELED: return "MPI_THREAD_FUNNELED";
+    case MPI_THREAD_SERIALIZED: return "MPI_THREAD_SERIALIZED";
+    case MPI_THREAD_MULTIPLE: return "MPI_THREAD_MULTIPLE";
+    default: return "an unknown thread level";
+    }
+}
+
 rt_comm *rt_comm_world_mpi(int *argc, char ***argv) {
     if (world) return world;
-    int initialized = 0;
+    int initialized = 0, provided = MPI_THREAD_SINGLE;
     MPI_Initialized(&initialized);
-    if (!initialized) MPI_Init(argc, argv);
+    if (!initialized)
+        MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
+    else
+        MPI_Query_thread(&provided);
+    if (provided < MPI_THREAD_FUNNELED) {
+        int rank = 0;
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        if (rank == 0)
+            fprintf(stderr,
+                    "ringtrain: the MPI library provides %s; ringtrain needs MPI_THREAD_FUNNELED (OpenMP and "
+                    "copy-engine threads run beside the thread that calls MPI)\n",
+                    thread_level_name(provided));
+        MPI_Finalize();
+        exit(1);
+    }
+    const char *segment = getenv("RINGTRAIN_COMM_SEGMENT");
+    if (segment && segment[0]) rt_comm_mpi_set_segment_elems(strtoull(segment, NULL, 10));
     world = wrap(MPI_COMM_WORLD);
     /* A single rank exits normally: MPI_Abort would print a noisy banner for a plain input error. */
     if (world->size > 1) rt_set_abort_hook(abort_job);

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <omp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -573,12 +574,13 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
     rc = RT_TRAIN_FAILED_HERE;
     if (is_root) {
         char params[32], in_use[32];
-        printf("ringtrain: %s model, %zu parameters (%s), %d ranks (dp %d x sp %d), zero stage %d, "
-               "%zu tokens/step, %s device memory after setup\n",
+        const int threads = omp_get_max_threads(); /* this rank's; see runtime/threads.h */
+        printf("ringtrain: %s model, %zu parameters (%s), %d rank%s (dp %d x sp %d) of %d thread%s each, zero "
+               "stage %d, %zu tokens/step, %s device memory after setup\n",
                rt_family_name(cfg->family), t->model.table.total,
-               rt_format_bytes(t->model.table.total * sizeof(float), params), world->size, cfg->dp, cfg->sp,
-               cfg->zero_stage, (size_t)cfg->batch_size * cfg->seq_len * cfg->grad_accum,
-               rt_format_bytes(t->mem.in_use, in_use));
+               rt_format_bytes(t->model.table.total * sizeof(float), params), world->size, world->size == 1 ? "" : "s",
+               cfg->dp, cfg->sp, threads, threads == 1 ? "" : "s", cfg->zero_stage,
+               (size_t)cfg->batch_size * cfg->seq_len * cfg->grad_accum, rt_format_bytes(t->mem.in_use, in_use));
         fflush(stdout);
     }
     stop_requested = 0;

@@ -8,9 +8,17 @@
 /* Stage 2 reduces ranges in pieces of at most this many floats, so its scratch stays small. */
 #define REDUCE_CHUNK ((size_t)1 << 20)
 
+/* Sizes here multiply counts that reach billions (a 7B model's floats, in bytes): overflow is a fatal error,
+ * never a wrapped size. */
+static size_t checked_mul(size_t a, size_t b, const char *what) {
+    size_t product;
+    if (__builtin_mul_overflow(a, b, &product)) rt_fatal("optimizer: %s: %zu x %zu overflows size_t", what, a, b);
+    return product;
+}
+
 size_t rt_optimizer_padded_size(size_t n_params, int n_ranks) {
     size_t n = (size_t)n_ranks;
-    return (n_params + n - 1) / n * n;
+    return checked_mul(n_params / n + (n_params % n != 0), n, "parameters padded to the rank count");
 }
 
 int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem, const rt_mesh *mesh,
@@ -33,7 +41,7 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
         placements[d] = zero_stage == 0 ? rt_replicate() : rt_shard(0);
     if (rt_dtensor_init(&opt->state, mesh, 1, &opt->padded, placements, err)) return -1;
     rt_dtensor_local_box(&opt->state, NULL, &opt->shard_begin, &opt->shard_size);
-    const size_t bytes = opt->shard_size * sizeof(float);
+    const size_t bytes = checked_mul(opt->shard_size, sizeof(float), "shard bytes");
     /* Stage 0 updates the fp32 parameters in place: on a backend that computes in fp32 they are the master
      * weights. The sharded stages keep an fp32 master shard, which the all-gather spreads. */
     if (zero_stage == 0)
@@ -50,7 +58,7 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
         !(opt->reduce_scratch = rt_device_alloc(mem, scratch * sizeof(float), "gradient reduce scratch", err)))
         return -1;
     if (zero_stage != 0) backend->copy(opt->master, params + opt->shard_begin, bytes);
-    opt->state_bytes = (zero_stage == 0 ? 2 : 3) * bytes;
+    opt->state_bytes = checked_mul(zero_stage == 0 ? 2 : 3, bytes, "optimizer state bytes");
     return 0;
 }
 
@@ -104,7 +112,7 @@ void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst
         opt->backend->copy(dst, grads, opt->n_params * sizeof(float));
         return;
     }
-    float *all = malloc_check(opt->padded * sizeof(float));
+    float *all = malloc_check(checked_mul(opt->padded, sizeof(float), "gathered gradient bytes"));
     opt->world->ops->allgather_f32(opt->world, all, shard_gradient(opt, (float *)grads), opt->shard_size);
     memcpy(dst, all, opt->n_params * sizeof(float));
     free(all);
