@@ -12,8 +12,9 @@
  * rounds, since MPI counts (and the library's internal sums of them) are
  * int. A collective whose count fits one segment is one MPI call. Above a
  * segment, reduce-scatter and all-gather pack each round's pieces of every
- * rank's block into a staging buffer of at most one segment per
- * communicator (host memory, kept until destroy).
+ * rank's block into a staging buffer of at most one segment (or one
+ * element per rank, if more) per communicator, in host memory kept until
+ * destroy.
  * Every rank of a collective passes the same counts.
  * Point-to-point transfers are nonblocking: post with isend/irecv, then
  * wait, so the ring can overlap the next transfer with compute on the
