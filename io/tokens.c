@@ -16,6 +16,7 @@
  * removed and PATH is left as it was: never a partial file.
  */
 #include "tokens.h"
+#include "tokens_validate.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -204,13 +205,5 @@ size_t rt_byte_decode(uint32_t token, char *out, size_t out_len) {
 }
 
 int rt_tokens_validate(const rt_token_file *tf, rt_error *err) {
-    const uint32_t vocab = (uint32_t)tf->vocab_size;
-    size_t first_bad = tf->n_tokens;
-#pragma omp parallel for schedule(static) reduction(min : first_bad)
-    for (size_t i = 0; i < tf->n_tokens; i++)
-        if (rt_tokens_get(tf, i) >= vocab && i < first_bad) first_bad = i;
-    if (first_bad < tf->n_tokens)
-        return rt_fail(err, "%s: token %zu has id %u, not below the file's vocab_size %d", tf->path, first_bad,
-                       rt_tokens_get(tf, first_bad), tf->vocab_size);
-    return 0;
+    return rt_tokens_validate_range(tf, 0, tf->n_tokens, err);
 }

@@ -28,12 +28,12 @@ export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TMPDIR="$scratch"
 asan_options="detect_leaks=1:abort_on_error=0:intercept_tls_get_addr=0"
 export LSAN_OPTIONS="suppressions=$root/tests/fuzz/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
-status=0
+status=0 passed=0 failed=0
 for target in "${targets[@]}"; do
   binary="$build/tests/fuzz/fuzz_$target"
   seeds="$root/tests/fuzz/corpus/$target"
   if [ ! -x "$binary" ] || [ ! -d "$seeds" ]; then
-    echo "fuzz.sh: unknown target '$target' (no $binary or $seeds)"; status=1; continue
+    echo "fuzz.sh: unknown target '$target' (no $binary or $seeds)"; status=1; failed=$((failed + 1)); continue
   fi
   mkdir -p "$work/$target"
   # HDF5 is built without frame pointers: full stacks (slower) let lsan.supp match frames inside it.
@@ -48,11 +48,13 @@ for target in "${targets[@]}"; do
       -print_final_stats=1 -artifact_prefix="$work/$target-" "$work/$target" "$seeds" >"$log" 2>&1; then
     runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
     echo "ok   fuzz_$target: $runs inputs in $(( $(date +%s) - start ))s, no crash or sanitizer report"
+    passed=$((passed + 1))
   else
     echo "FAIL fuzz_$target (log $log):"
     grep -E "ERROR|SUMMARY|runtime error|Test unit written|abort|left open|spans lines|accepted" "$log" | head -20
     tail -40 "$log"
-    status=1
+    status=1 failed=$((failed + 1))
   fi
 done
+echo "fuzz: $passed passed, $failed failed"
 exit $status
