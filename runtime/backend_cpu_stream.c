@@ -12,6 +12,11 @@
  * ran, hence when every job queued on that stream before the record ran too.
  * A never-recorded event (0 >= 0) is complete, as on CUDA.
  *
+ * Jobs are recycled: a finished job goes onto the stream's free list (under
+ * the same mutex) and the next copy or record takes it from there, so after
+ * the first step a stream allocates nothing (the offloader queues the same
+ * number of jobs every step).
+ *
  * Lifetime: pending_markers counts markers queued but not yet run;
  * event_destroy waits for it to reach 0, so a worker never touches a freed
  * event. stream_destroy lets the worker drain its queue before joining it.
@@ -51,6 +56,7 @@ struct rt_stream {
     pthread_mutex_t lock;
     pthread_cond_t work_ready; /* signalled when a job is queued or stopping is set */
     copy_job *head, *tail;     /* FIFO; head runs next */
+    copy_job *free_jobs;       /* finished jobs, for reuse */
     int stopping;
     pthread_t worker;
 };
@@ -108,8 +114,21 @@ static void *stream_worker(void *arg) {
         } else {
             run_marker(job->event, job->event_gen);
         }
-        free(job);
+        pthread_mutex_lock(&s->lock);
+        job->next = s->free_jobs;
+        s->free_jobs = job;
+        pthread_mutex_unlock(&s->lock);
     }
+}
+
+static copy_job *stream_take_job(rt_stream *s) {
+    pthread_mutex_lock(&s->lock);
+    copy_job *job = s->free_jobs;
+    if (job) s->free_jobs = job->next;
+    pthread_mutex_unlock(&s->lock);
+    if (!job) job = malloc_check(sizeof *job);
+    memset(job, 0, sizeof *job);
+    return job;
 }
 
 static void stream_push(rt_stream *s, copy_job *job) {
@@ -140,13 +159,18 @@ void rt_cpu_stream_destroy(rt_stream *s) {
     pthread_cond_signal(&s->work_ready);
     pthread_mutex_unlock(&s->lock);
     check_pthread(pthread_join(s->worker, NULL), "pthread_join (stream worker)");
+    while (s->free_jobs) {
+        copy_job *next = s->free_jobs->next;
+        free(s->free_jobs);
+        s->free_jobs = next;
+    }
     pthread_cond_destroy(&s->work_ready);
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
 
 void rt_cpu_copy_async(rt_stream *s, void *dst, const void *src, size_t bytes) {
-    copy_job *job = calloc_check(1, sizeof *job);
+    copy_job *job = stream_take_job(s);
     job->kind = JOB_COPY;
     job->dst = dst;
     job->src = src;
@@ -173,7 +197,7 @@ void rt_cpu_event_destroy(rt_event *e) {
 }
 
 void rt_cpu_event_record(rt_event *e, rt_stream *s) {
-    copy_job *job = calloc_check(1, sizeof *job);
+    copy_job *job = stream_take_job(s);
     job->kind = JOB_MARKER;
     job->event = e;
     pthread_mutex_lock(&e->lock);
