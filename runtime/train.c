@@ -317,8 +317,10 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
         .offload_host_bytes = offload.host_pool_bytes,
     };
     t->next_step++;
-    if (t->has_val && (t->next_step % cfg->val_every == 0 || t->next_step == cfg->steps))
+    if (t->has_val && (t->next_step % cfg->val_every == 0 || t->next_step == cfg->steps)) {
         if (validate(t, &metrics->val_loss, err)) return RT_TRAIN_FAILED_HERE;
+        metrics->validated = 1;
+    }
     return 0;
 }
 
@@ -469,7 +471,7 @@ size_t rt_metrics_json_line(const rt_step_metrics *s, char *out, size_t cap) {
     json_real(&line, "prefetch_wait_s", s->prefetch_wait_s, 'f', 6);
     json_count(&line, "offload_host_bytes", s->offload_host_bytes);
     json_count(&line, "optimizer_bytes", s->optimizer_bytes);
-    if (!isnan(s->val_loss)) json_real(&line, "val_loss", s->val_loss, 'g', 9); /* NAN: no validation this step */
+    if (s->validated) json_real(&line, "val_loss", s->val_loss, 'g', 9);
     json_append(&line, "}\n");
     return line.used;
 }
@@ -499,7 +501,7 @@ static int close_metrics(metrics_file *metrics, rt_error *err) {
 static void print_progress(const rt_config *cfg, const rt_step_metrics *s, double elapsed) {
     char peak[32], eta[32], val[48] = "", comm[48] = "";
     format_duration(elapsed / (s->step + 1) * (cfg->steps - s->step - 1), eta);
-    if (!isnan(s->val_loss)) snprintf(val, sizeof val, " | val %.4f", s->val_loss);
+    if (s->validated) snprintf(val, sizeof val, " | val %.4f", s->val_loss);
     if (cfg->sp > 1) snprintf(comm, sizeof comm, " | comm %.1f ms", 1e3 * s->comm_exposed_s);
     printf("step %*d/%d | loss %.4f%s | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms/step%s | peak %s | ETA %s\n",
            (int)snprintf(NULL, 0, "%d", cfg->steps), s->step + 1, cfg->steps, s->loss, val, s->lr, s->grad_norm,
@@ -597,7 +599,7 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
         if (step == 0) result->first_loss = s.loss;
         result->last_loss = s.loss;
         result->steps_done = step + 1;
-        if (!isnan(s.val_loss)) result->last_val_loss = s.val_loss;
+        if (s.validated) result->last_val_loss = s.val_loss;
         int metrics_failed = 0;
         if (is_root) {
             metrics_failed = write_metrics(&metrics, &s, cfg->steps, err) != 0;

@@ -16,7 +16,8 @@ typedef struct {
     double grad_norm; /* before clipping */
     float lr;
     double step_s, tokens_per_s;
-    double val_loss; /* NAN unless validation ran after this step */
+    int validated;   /* validation ran after this step: val_loss holds its result (which may be non-finite) */
+    double val_loss; /* NAN when not validated */
     size_t peak_device_bytes, offloaded_bytes, optimizer_bytes;
     size_t offload_host_bytes; /* the offloader's host pool, allocated once */
     double comm_exposed_s, prefetch_wait_s;
@@ -24,7 +25,7 @@ typedef struct {
 
 /* One metrics.jsonl line for s (a JSON object and '\n') into out; returns its length (>= cap: it did not
  * fit). JSON has no inf or nan: a non-finite number is written as null, with "<key>_nonfinite": "nan", "inf"
- * or "-inf" beside it. val_loss is left out when it is NAN (no validation after this step). */
+ * or "-inf" beside it. val_loss is left out when the step was not validated. */
 size_t rt_metrics_json_line(const rt_step_metrics *s, char *out, size_t cap);
 
 /* Failures of the trainer and of a run: every rank failed alike and returns (the message is on exactly one
