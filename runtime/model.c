@@ -174,6 +174,35 @@ static void alloc_act_set(rt_model *m, rt_layer_acts *a, rt_error *err, int *fai
     *failed_out = failed;
 }
 
+/* Largest model this build accepts: 2^40 parameters (4 TiB of fp32), far past any real one, so a shape that
+ * comes from a corrupt header is refused by its size, and every buffer size below stays far from wrapping. */
+#define MAX_PARAMS ((size_t)1 << 40)
+
+/* Refuses shapes whose parameter count or activation sizes do not fit: the largest buffer the model
+ * allocates is (L+1) layer inputs of N tokens x the widest row, in bytes. */
+static int check_sizes(const rt_model_shape *s, size_t max_seqs, size_t max_local_len, rt_error *err) {
+    size_t params = rt_model_param_count(s);
+    if (params > MAX_PARAMS)
+        return rt_fail(err,
+                       "model shape (n_layers %d, d_model %d, d_ff %d, padded vocab %d, max_seq_len %d): %s "
+                       "parameters, more than the 2^40 this build accepts",
+                       s->n_layers, s->d_model, s->d_ff, s->padded_vocab, s->max_seq_len,
+                       params == SIZE_MAX ? "over 2^64" : "too many");
+    size_t width = (size_t)s->d_model,
+           widths[] = {rt_qkv_width(s), rt_fc_width(s), (size_t)s->d_ff, (size_t)s->n_heads * (size_t)s->head_dim};
+    for (size_t i = 0; i < sizeof widths / sizeof widths[0]; i++)
+        if (widths[i] > width) width = widths[i];
+    size_t tokens, bytes;
+    if (__builtin_mul_overflow(max_seqs, max_local_len, &tokens) || __builtin_mul_overflow(tokens, width, &bytes) ||
+        __builtin_mul_overflow(bytes, (size_t)s->n_layers + 1, &bytes) ||
+        __builtin_mul_overflow(bytes, sizeof(float), &bytes))
+        return rt_fail(err,
+                       "activations of %zu sequences x %zu tokens x %zu channels x %d layers do not fit in "
+                       "size_t; lower train.batch_size or train.seq_len",
+                       max_seqs, max_local_len, width, s->n_layers);
+    return 0;
+}
+
 static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
                       const rt_model_options *options, rt_error *err) {
     const rt_activation_mode mode = options->mode;
@@ -193,6 +222,7 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     const rt_model_shape *s = &m->shape;
     const size_t L = (size_t)s->n_layers, N = m->max_tokens, C = (size_t)s->d_model, Vp = (size_t)s->padded_vocab;
 
+    if (check_sizes(s, max_seqs, max_local_len, err)) return -1;
     m->layer_offset = malloc_check((L + 1) * sizeof *m->layer_offset);
     build_table(s, &m->table, m->layer_offset);
     if (n_alloc < m->table.total) n_alloc = m->table.total;

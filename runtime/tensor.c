@@ -1,6 +1,7 @@
 /* tensor.c: tensor views and the named view table. */
 #include "tensor.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -50,14 +51,16 @@ size_t rt_view_table_add(rt_view_table *table, const char *name, int ndim, const
     memset(view, 0, sizeof *view);
     strcpy(view->name, name);
     view->ndim = ndim;
+    /* Sizes saturate at SIZE_MAX instead of wrapping: a shape from a file or config too large for size_t
+     * then reads as "too large" to the caller's checks (rt_model_init refuses it), never as a small count. */
     view->numel = 1;
     for (int d = 0; d < ndim; d++) {
         view->shape[d] = shape[d];
-        view->numel *= shape[d];
+        if (__builtin_mul_overflow(view->numel, shape[d], &view->numel)) view->numel = SIZE_MAX;
     }
     view->offset = table->total;
     view->weight_decay = weight_decay;
-    table->total += view->numel;
+    if (__builtin_add_overflow(table->total, view->numel, &table->total)) table->total = SIZE_MAX;
     return view->offset;
 }
 

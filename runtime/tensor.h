@@ -49,7 +49,7 @@ typedef struct {
     rt_named_view *views;
     int count;
     int capacity;
-    size_t total; /* elements; next free offset */
+    size_t total; /* elements; next free offset; SIZE_MAX when the shapes do not fit size_t */
 } rt_view_table;
 
 void rt_view_table_init(rt_view_table *table);

@@ -339,6 +339,40 @@ static void test_memory_limit_refused(void) {
     rt_device_memory_destroy(&mem);
 }
 
+/* Shapes whose sizes do not fit are refused before any allocation, and a parameter count that would wrap
+ * size_t saturates instead of reading as small: this gpt2 shape holds 2^64 + 2^20 parameters exactly
+ * (computed by hand), which wrapped to 2^20 and matched a 4 MiB file. */
+static void test_oversized_shapes_refused(void) {
+    rt_model_shape shape = tiny_shape(RT_FAMILY_GPT2, 0.0f);
+    shape.n_layers = 4096;
+    shape.d_model = 1048576;
+    shape.n_heads = shape.n_kv_heads = 1;
+    shape.head_dim = shape.d_model;
+    shape.d_ff = 2144861184;
+    shape.padded_vocab = shape.vocab_size = 2147483647;
+    shape.max_seq_len = 2147457028;
+    CU_ASSERT_EQUAL(rt_model_param_count(&shape), SIZE_MAX);
+    rt_device_memory mem;
+    rt_device_memory_init(&mem, rt_backend_cpu(), 0);
+    rt_model m;
+    rt_error err;
+    CU_ASSERT(rt_model_init(&m, &shape, rt_backend_cpu(), &mem,
+                            &(rt_model_options){.mode = RT_ACT_RECOMPUTE, .max_seqs = 1, .max_local_len = 2},
+                            &err) != 0);
+    CU_ASSERT(strstr(err.msg, "parameters, more than the 2^40") != NULL);
+    CU_ASSERT_EQUAL(mem.peak, 0);
+    /* A model that fits, with activations that do not: refused by their size, nothing allocated. */
+    rt_model_shape tiny = tiny_shape(RT_FAMILY_LLAMA, 0.0f);
+    CU_ASSERT(rt_model_init(&m, &tiny, rt_backend_cpu(), &mem,
+                            &(rt_model_options){.mode = RT_ACT_RECOMPUTE,
+                                                .max_seqs = (size_t)1 << 40,
+                                                .max_local_len = (size_t)1 << 20},
+                            &err) != 0);
+    CU_ASSERT(strstr(err.msg, "do not fit in size_t") != NULL);
+    CU_ASSERT_EQUAL(mem.peak, 0);
+    rt_device_memory_destroy(&mem);
+}
+
 /* Every buffer of a step is reserved at setup, attention's scratch included, in every activation mode: the
  * accounted attention workspace is the backend's size for the setup maxima, a forward-backward makes no
  * allocation and no new peak, and at the tightest limit that passes setup the step runs (one byte less refuses
@@ -415,6 +449,7 @@ int main(void) {
         {"initial loss ~ ln(V)", test_initial_loss_near_uniform},
         {"llm.c file -> named tensors", test_llmc_import_named_tensors},
         {"device memory limit refused", test_memory_limit_refused},
+        {"oversized shapes refused before allocating", test_oversized_shapes_refused},
         {"a step allocates nothing after setup", test_step_allocates_nothing},
     };
     return test_run_suite("model", cases, (int)(sizeof cases / sizeof cases[0]));
