@@ -28,9 +28,11 @@
  */
 #include <limits.h>
 #include <mpi.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "comm.h"
 #include "common.h"
@@ -274,7 +276,12 @@ static rt_comm *wrap(MPI_Comm mpi_comm) {
     return comm;
 }
 
+static pthread_t mpi_thread; /* the thread that initialized MPI: under FUNNELED the only one that may call it */
+
 static void abort_job(int exit_code) {
+    /* rt_fatal on an OpenMP or copy-engine thread: MPI may not be called here, so this process ends alone
+     * (_exit: no atexit handler touches MPI); mpirun sees a rank die without finalizing and ends the job. */
+    if (!pthread_equal(pthread_self(), mpi_thread)) _exit(exit_code);
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
@@ -310,8 +317,13 @@ rt_comm *rt_comm_world_mpi(int *argc, char ***argv) {
         MPI_Finalize();
         exit(1);
     }
+    mpi_thread = pthread_self();
+    /* Every rank must cut collectives into the same rounds: rank 0's setting (environments can differ
+     * between nodes, e.g. mpirun without -x) is the job's. */
     const char *segment = getenv("RINGTRAIN_COMM_SEGMENT");
-    if (segment && segment[0]) rt_comm_mpi_set_segment_elems(strtoull(segment, NULL, 10));
+    unsigned long long segment_elems = segment && segment[0] ? strtoull(segment, NULL, 10) : 0;
+    MPI_Bcast(&segment_elems, 1, MPI_UNSIGNED_LONG_LONG, 0, MPI_COMM_WORLD);
+    if (segment_elems) rt_comm_mpi_set_segment_elems((size_t)segment_elems);
     world = wrap(MPI_COMM_WORLD);
     /* A single rank exits normally: MPI_Abort would print a noisy banner for a plain input error. */
     if (world->size > 1) rt_set_abort_hook(abort_job);
