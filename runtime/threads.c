@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <omp.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -23,6 +24,33 @@ static int mark_affinity(double users[CPU_SETSIZE]) {
         cpus += CPU_ISSET(c, &mask) != 0;
     }
     return cpus;
+}
+
+/* Reads up to two whole numbers from a small file; returns how many ("max" reads as none). */
+static int read_numbers(const char *path, long long *a, long long *b) {
+    FILE *in = fopen(path, "r");
+    if (!in) return 0;
+    int n = fscanf(in, "%lld %lld", a, b);
+    fclose(in);
+    return n < 0 ? 0 : n;
+}
+
+static int quota_to_cpus(long long quota, long long period) {
+    if (quota <= 0 || period <= 0) return 0;
+    long long cpus = (quota + period - 1) / period;
+    return cpus > CPU_SETSIZE ? CPU_SETSIZE : (int)cpus;
+}
+
+int rt_threads_quota_cpus(const char *cgroup_root) {
+    char path[512];
+    long long quota = 0, period = 0;
+    snprintf(path, sizeof path, "%s/cpu.max", cgroup_root); /* v2: "QUOTA PERIOD" or "max PERIOD" */
+    if (read_numbers(path, &quota, &period) == 2) return quota_to_cpus(quota, period);
+    snprintf(path, sizeof path, "%s/cpu/cpu.cfs_quota_us", cgroup_root); /* v1: -1 means none */
+    if (read_numbers(path, &quota, &period) != 1) return 0;
+    snprintf(path, sizeof path, "%s/cpu/cpu.cfs_period_us", cgroup_root);
+    if (read_numbers(path, &period, &(long long){0}) != 1) return 0;
+    return quota_to_cpus(quota, period);
 }
 
 void rt_threads_setup(rt_comm *world, rt_threads *out) {
@@ -44,6 +72,9 @@ void rt_threads_setup(rt_comm *world, rt_threads *out) {
         return;
     }
     out->threads = share >= 1.0 ? (int)(share + 1e-9) : 1;
+    out->quota_cpus = rt_threads_quota_cpus("/sys/fs/cgroup");
+    if (out->quota_cpus > 0 && out->threads > out->quota_cpus / out->node_ranks)
+        out->threads = out->quota_cpus / out->node_ranks > 1 ? out->quota_cpus / out->node_ranks : 1;
     omp_set_num_threads(out->threads);
     openblas_set_num_threads(out->threads);
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 
 #include "../io/tokens_validate.h"
 #include "../runtime/comm.h"
@@ -366,6 +367,38 @@ static void test_segment_hook(void) {
     CU_ASSERT_EQUAL(fallback, (size_t)1 << 26);
 }
 
+static void write_text(const char *dir, const char *name, const char *text) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *out = fopen(path, "w");
+    CU_ASSERT_FATAL(out != NULL);
+    fputs(text, out);
+    fclose(out);
+}
+
+/* cgroup CPU quotas, v2 and v1, against hand-written files: rounded up, "max" and -1 mean none. */
+static void test_cgroup_quota(void) {
+    char dir[64];
+    snprintf(dir, sizeof dir, "/tmp/rt_quota_%d_XXXXXX", world->rank);
+    CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
+    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 0); /* no files */
+    write_text(dir, "cpu.max", "250000 100000\n");
+    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 3);
+    write_text(dir, "cpu.max", "max 100000\n");
+    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 0);
+    char v1[128];
+    snprintf(v1, sizeof v1, "%s/cpu", dir);
+    CU_ASSERT_FATAL(mkdir(v1, 0700) == 0);
+    write_text(v1, "cpu.cfs_quota_us", "200000\n");
+    write_text(v1, "cpu.cfs_period_us", "100000\n");
+    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 2);
+    write_text(v1, "cpu.cfs_quota_us", "-1\n");
+    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 0);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CU_ASSERT(system(cmd) == 0);
+}
+
 /*
  * Threads per rank: with OMP_NUM_THREADS set it is respected; without, ranks that share one affinity mask
  * (mpirun --oversubscribe does not bind) split its CPUs evenly, at least one thread each.
@@ -387,6 +420,8 @@ static void test_threads_default(void) {
     CU_ASSERT(th.cpus >= 1);
     if (spread[0] == -spread[1]) { /* the same number of CPUs everywhere: taken as one shared mask */
         int expected = th.cpus / world->size > 0 ? th.cpus / world->size : 1;
+        if (th.quota_cpus > 0 && expected > th.quota_cpus / world->size)
+            expected = th.quota_cpus / world->size > 0 ? th.quota_cpus / world->size : 1;
         if (th.threads != expected)
             fprintf(stderr, "\n  rank %d: %d cpus, %d ranks: %d threads, expected %d\n", world->rank, th.cpus,
                     world->size, th.threads, expected);
@@ -459,6 +494,7 @@ int main(int argc, char **argv) {
         {"isend/irecv ring, two tags", test_isend_irecv},
         {"broadcast of more than INT_MAX bytes", test_broadcast_above_int_max},
         {"threads per rank", test_threads_default},
+        {"cgroup CPU quota", test_cgroup_quota},
         {"token file shares", test_token_shares},
     };
     int status = test_run_suite("test_comm", cases, (int)(sizeof cases / sizeof *cases));
