@@ -1,0 +1,500 @@
+/*
+ * ckpt_store.c: collective HDF5 storage of named global fp32 tensors (see ckpt_store.h for the file and the
+ * rules). Every rank runs the same sequence of HDF5 calls; after each step (file open, each dataset, the
+ * attributes, the close) the ranks agree with one MPI_Allreduce, so a failure on one rank stops every rank at
+ * the same point and nothing hangs in a later collective. The first failing rank's message is broadcast.
+ */
+#include "ckpt_store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+
+#define CHUNK_MAX_BYTES ((size_t)4 << 20)
+#define MAX_BOXES (2 * RT_CKPT_STORE_MAX_DIMS - 1)
+
+/* ---- errors and agreement ---- */
+
+static herr_t keep_innermost(unsigned n, const H5E_error2_t *entry, void *client) {
+    if (n == 0) snprintf(client, 300, "%s (in %s)", entry->desc ? entry->desc : "?", entry->func_name);
+    return 0;
+}
+
+/* "PATH: <what>: HDF5 <op> failed: <innermost HDF5 message>", on one line. */
+static int h5_fail(rt_error *err, const char *path, const char *what, const char *op) {
+    char detail[300] = "no HDF5 error recorded";
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, detail);
+    for (char *c = detail; *c; c++)
+        if (*c == '\n' || *c == '\r' || *c == '\t') *c = ' ';
+    return rt_fail(err, "%s: %s: HDF5 %s failed: %s", path, what, op, detail);
+}
+
+/* Returns 0 when every rank's rc is 0; else -1 on every rank, with the lowest failing rank's message in err. */
+static int agree(MPI_Comm comm, int rc, rt_error *err) {
+    int rank, size, mine, first;
+    MPI_Comm_rank(comm, &rank);
+    MPI_Comm_size(comm, &size);
+    mine = rc ? rank : size;
+    MPI_Allreduce(&mine, &first, 1, MPI_INT, MPI_MIN, comm);
+    if (first == size) return 0;
+    MPI_Bcast(err->msg, (int)sizeof err->msg, MPI_CHAR, first, comm);
+    return -1;
+}
+
+static size_t numel_of(const rt_ckpt_piece *p) {
+    size_t n = 1;
+    for (int d = 0; d < p->ndim; d++)
+        n *= p->shape[d];
+    return n;
+}
+
+static void range_of(const rt_ckpt_piece *p, int rank, int writing, size_t *offset, size_t *count) {
+    *offset = p->replicated ? 0 : p->offset;
+    *count = p->replicated ? (writing && rank != 0 ? 0 : numel_of(p)) : p->count;
+}
+
+static uint64_t hash_bytes(uint64_t h, const void *bytes, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ ((const unsigned char *)bytes)[i]) * 0x100000001B3ULL; /* FNV-1a */
+    return h;
+}
+
+/* Local checks of every piece, then one hash of names, shapes, flags and attribute keys compared across ranks. */
+static int check_plan(MPI_Comm comm, const char *path, const rt_ckpt_piece *pieces, int n, const rt_ckpt_attrs *attrs,
+                      rt_error *err) {
+    uint64_t h = 0xCBF29CE484222325ULL;
+    int rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const rt_ckpt_piece *p = &pieces[i];
+        if (!p->name || !p->name[0] || p->ndim < 1 || p->ndim > RT_CKPT_STORE_MAX_DIMS) {
+            rc = rt_fail(err, "%s: tensor %d: needs a name and 1..%d dimensions", path, i, RT_CKPT_STORE_MAX_DIMS);
+            break;
+        }
+        for (int d = 0; d < p->ndim && rc == 0; d++)
+            if (p->shape[d] == 0) rc = rt_fail(err, "%s: dataset %s: extent %d is 0 (needs >= 1)", path, p->name, d);
+        size_t offset, count;
+        range_of(p, 0, 0, &offset, &count);
+        if (rc == 0 && (offset > numel_of(p) || count > numel_of(p) - offset))
+            rc = rt_fail(err, "%s: dataset %s: range [%zu, %zu) lies outside its %zu elements", path, p->name, offset,
+                         offset + count, numel_of(p));
+        if (rc == 0 && count > 0 && !p->data) rc = rt_fail(err, "%s: dataset %s: no data buffer", path, p->name);
+        h = hash_bytes(h, p->name, strlen(p->name) + 1);
+        h = hash_bytes(h, &p->ndim, sizeof p->ndim);
+        h = hash_bytes(h, p->shape, sizeof(size_t) * (size_t)p->ndim);
+        h = hash_bytes(h, &p->replicated, sizeof p->replicated);
+    }
+    for (int i = 0; attrs && i < attrs->n_texts; i++)
+        h = hash_bytes(h, attrs->texts[i].key, strlen(attrs->texts[i].key) + 1);
+    for (int i = 0; attrs && i < attrs->n_ints; i++)
+        h = hash_bytes(h, attrs->ints[i].key, strlen(attrs->ints[i].key) + 1);
+    if (agree(comm, rc, err)) return -1;
+    uint64_t lo, hi;
+    MPI_Allreduce(&h, &lo, 1, MPI_UINT64_T, MPI_MIN, comm);
+    MPI_Allreduce(&h, &hi, 1, MPI_UINT64_T, MPI_MAX, comm);
+    if (lo != hi) return rt_fail(err, "%s: the ranks passed different tensor lists (names, shapes or keys)", path);
+    return 0;
+}
+
+/* ---- selections ---- */
+
+/* Adds the boxes of flat range [a, b) of the sub-tensor at dim d (the leading coordinates already in start). */
+static void add_boxes(hid_t space, int ndim, const hsize_t *dims, int d, hsize_t *start, hsize_t a, hsize_t b,
+                      int *n_boxes) {
+    hsize_t stride = 1, count[RT_CKPT_STORE_MAX_DIMS];
+    for (int k = d + 1; k < ndim; k++)
+        stride *= dims[k];
+    if (a >= b) return;
+    if (a / stride == (b - 1) / stride && (a % stride != 0 || b % stride != 0) && d + 1 < ndim) {
+        start[d] = a / stride; /* inside one row of dim d: descend */
+        add_boxes(space, ndim, dims, d + 1, start, a % stride, b - start[d] * stride, n_boxes);
+        return;
+    }
+    hsize_t first_whole = (a + stride - 1) / stride, end_whole = b / stride;
+    if (a % stride != 0) { /* the partial first row */
+        start[d] = a / stride;
+        add_boxes(space, ndim, dims, d + 1, start, a % stride, stride, n_boxes);
+    }
+    if (end_whole > first_whole) { /* whole rows */
+        for (int k = 0; k < ndim; k++)
+            count[k] = k < d ? 1 : dims[k];
+        start[d] = first_whole;
+        count[d] = end_whole - first_whole;
+        for (int k = d + 1; k < ndim; k++)
+            start[k] = 0;
+        H5Sselect_hyperslab(space, *n_boxes ? H5S_SELECT_OR : H5S_SELECT_SET, start, NULL, count, NULL);
+        ++*n_boxes;
+    }
+    if (b % stride != 0) { /* the partial last row */
+        start[d] = end_whole;
+        add_boxes(space, ndim, dims, d + 1, start, 0, b % stride, n_boxes);
+    }
+}
+
+/* File and memory spaces selecting this rank's range; empty selections when count is 0. */
+static int select_range(hid_t file_space, hid_t *mem_space, int ndim, const hsize_t *dims, size_t offset,
+                        size_t count) {
+    hsize_t start[RT_CKPT_STORE_MAX_DIMS] = {0}, mem_dims = count ? count : 1;
+    int n_boxes = 0;
+    *mem_space = H5Screate_simple(1, &mem_dims, NULL);
+    if (*mem_space < 0) return -1;
+    if (count == 0) return H5Sselect_none(file_space) < 0 || H5Sselect_none(*mem_space) < 0 ? -1 : 0;
+    add_boxes(file_space, ndim, dims, 0, start, offset, offset + count, &n_boxes);
+    return H5Sget_select_npoints(file_space) == (hssize_t)count && n_boxes <= MAX_BOXES ? 0 : -1;
+}
+
+/* ---- writing ---- */
+
+static void choose_chunk(int ndim, const hsize_t *dims, hsize_t *chunk) {
+    size_t elems = 1;
+    for (int d = 0; d < ndim; d++)
+        elems *= (size_t)(chunk[d] = dims[d]);
+    for (int d = 0; d < ndim; d++)
+        while (elems * sizeof(float) > CHUNK_MAX_BYTES && chunk[d] > 1) {
+            elems /= (size_t)chunk[d];
+            chunk[d] = (chunk[d] + 1) / 2;
+            elems *= (size_t)chunk[d];
+        }
+}
+
+/* Creates and writes one dataset. Every collective call starts only after the ranks agreed that all of them
+ * reached it: a rank that stops before a collective the others enter would leave them waiting there. */
+static int write_piece(MPI_Comm comm, hid_t file, hid_t lcpl, hid_t xfer, const rt_ckpt_piece *p, int rank,
+                       const char *path, rt_error *err) {
+    hsize_t dims[RT_CKPT_STORE_MAX_DIMS], chunk[RT_CKPT_STORE_MAX_DIMS];
+    for (int d = 0; d < p->ndim; d++)
+        dims[d] = p->shape[d];
+    choose_chunk(p->ndim, dims, chunk);
+    size_t offset, count;
+    range_of(p, rank, 1, &offset, &count);
+    hid_t space = H5Screate_simple(p->ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), dset = -1,
+          mem_space = -1;
+    int rc = space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, p->ndim, chunk) >= 0 && H5Pset_fletcher32(dcpl) >= 0 &&
+                     H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) >= 0
+                 ? 0
+                 : h5_fail(err, path, p->name, "dataset creation properties");
+    if (rc == 0 && select_range(space, &mem_space, p->ndim, dims, offset, count) != 0)
+        rc = h5_fail(err, path, p->name, "selecting this rank's range");
+    rc = agree(comm, rc, err);
+    if (rc == 0 && (dset = H5Dcreate2(file, p->name, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT)) < 0)
+        rc = h5_fail(err, path, p->name, "H5Dcreate");
+    rc = agree(comm, rc, err);
+    static const float nothing = 0;
+    if (rc == 0 && H5Dwrite(dset, H5T_NATIVE_FLOAT, mem_space, space, xfer, count ? p->data : &nothing) < 0)
+        rc = h5_fail(err, path, p->name, "H5Dwrite");
+    if (dset >= 0 && H5Dclose(dset) < 0 && rc == 0) rc = h5_fail(err, path, p->name, "H5Dclose");
+    if (mem_space >= 0) H5Sclose(mem_space);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (space >= 0) H5Sclose(space);
+    return agree(comm, rc, err);
+}
+
+/* A scalar attribute; every rank passes the same value (rank 0's, broadcast by the caller). */
+static int write_attr(hid_t file, const char *key, hid_t file_type, hid_t mem_type, const void *value, const char *path,
+                      rt_error *err) {
+    hid_t space = H5Screate(H5S_SCALAR), attr = -1;
+    int ok = space >= 0 && (attr = H5Acreate2(file, key, file_type, space, H5P_DEFAULT, H5P_DEFAULT)) >= 0 &&
+             H5Awrite(attr, mem_type, value) >= 0;
+    char what[160];
+    snprintf(what, sizeof what, "attribute %s", key);
+    int rc = ok ? 0 : h5_fail(err, path, what, "H5Awrite");
+    if (attr >= 0 && H5Aclose(attr) < 0 && rc == 0) rc = h5_fail(err, path, what, "H5Aclose");
+    if (space >= 0) H5Sclose(space);
+    return rc;
+}
+
+static int write_text_attr(MPI_Comm comm, hid_t file, const char *key, const char *text, const char *path,
+                           rt_error *err) {
+    int rank;
+    MPI_Comm_rank(comm, &rank);
+    unsigned long long len = rank == 0 ? strlen(text) : 0;
+    MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, comm);
+    char *value = malloc_check(len + 1);
+    if (rank == 0) memcpy(value, text, len + 1);
+    MPI_Bcast(value, (int)(len + 1), MPI_CHAR, 0, comm);
+    hid_t type = H5Tcopy(H5T_C_S1);
+    int rc = type >= 0 && H5Tset_size(type, len + 1) >= 0 && H5Tset_strpad(type, H5T_STR_NULLTERM) >= 0 &&
+                     H5Tset_cset(type, H5T_CSET_UTF8) >= 0
+                 ? 0
+                 : h5_fail(err, path, key, "H5Tset_size");
+    rc = agree(comm, rc, err); /* before the collective H5Acreate */
+    if (rc == 0) rc = write_attr(file, key, type, type, value, path, err);
+    if (type >= 0) H5Tclose(type);
+    free(value);
+    return rc;
+}
+
+static int write_int_attr(MPI_Comm comm, hid_t file, const char *key, hid_t file_type, int64_t value, const char *path,
+                          rt_error *err) {
+    MPI_Bcast(&value, 1, MPI_INT64_T, 0, comm);
+    return write_attr(file, key, file_type, H5T_NATIVE_INT64, &value, path, err);
+}
+
+/*
+ * HDF5 1.10.8 does not survive a write error inside its collectives: a rank whose write fails (a full disk)
+ * leaves H5Dcreate early while the others wait in its barrier (seen on a full tmpfs with 2 ranks). So the
+ * space is reserved before any dataset exists: rank 0 extends the new file with posix_fallocate to more than
+ * it will hold (HDF5 truncates it to its end at close), and a full disk or quota becomes one clean error.
+ */
+static int reserve_space(const char *tmp_path, const rt_ckpt_piece *pieces, int n, const rt_ckpt_attrs *attrs,
+                         const char *path, rt_error *err) {
+    size_t bytes = (size_t)1 << 20; /* superblock, groups, format attributes */
+    for (int i = 0; i < n; i++) {
+        hsize_t dims[RT_CKPT_STORE_MAX_DIMS], chunk[RT_CKPT_STORE_MAX_DIMS];
+        for (int d = 0; d < pieces[i].ndim; d++)
+            dims[d] = pieces[i].shape[d];
+        choose_chunk(pieces[i].ndim, dims, chunk);
+        size_t chunks = 1;
+        for (int d = 0; d < pieces[i].ndim; d++)
+            chunks *= (size_t)((dims[d] + chunk[d] - 1) / chunk[d]);
+        bytes += numel_of(&pieces[i]) * sizeof(float) + chunks * 64 + 8192; /* checksums, index, header */
+    }
+    for (int i = 0; attrs && i < attrs->n_texts; i++)
+        bytes += strlen(attrs->texts[i].text) + 1024;
+    bytes += attrs ? (size_t)attrs->n_ints * 1024 : 0;
+    int fd = open(tmp_path, O_WRONLY), rc = fd < 0 ? errno : posix_fallocate(fd, 0, (off_t)bytes);
+    if (fd >= 0) close(fd);
+    return rc ? rt_fail(err, "%s: cannot reserve %zu bytes for the checkpoint: %s", path, bytes, strerror(rc)) : 0;
+}
+
+static int fsync_path(const char *name, int flags, const char *path, rt_error *err) {
+    int fd = open(name, flags);
+    if (fd < 0) return rt_fail(err, "%s: cannot open %s to fsync it: %s", path, name, strerror(errno));
+    int rc = fsync(fd) == 0 ? 0 : rt_fail(err, "%s: fsync of %s failed: %s", path, name, strerror(errno));
+    if (close(fd) != 0 && rc == 0) rc = rt_fail(err, "%s: close of %s failed: %s", path, name, strerror(errno));
+    return rc;
+}
+
+int rt_ckpt_store_write(MPI_Comm comm, const char *path, const rt_ckpt_piece *pieces, int n_pieces,
+                        const rt_ckpt_attrs *attrs, rt_error *err) {
+    rt_error local = {{0}};
+    int rank, rc;
+    MPI_Comm_rank(comm, &rank);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    char tmp_path[RT_TMP_PATH_LEN];
+    if (snprintf(tmp_path, sizeof tmp_path, "%s.tmp", path) >= (int)sizeof tmp_path)
+        return rt_fail(err, "%s: path too long", path);
+    if (check_plan(comm, path, pieces, n_pieces, attrs, &local)) goto out;
+
+    /* the non-replicated ranges of each tensor must add up to it (ranges are not checked for overlap) */
+    unsigned long long *counts = calloc_check((size_t)n_pieces + 1, sizeof *counts);
+    for (int i = 0; i < n_pieces; i++)
+        counts[i] = pieces[i].replicated ? 0 : pieces[i].count;
+    MPI_Allreduce(MPI_IN_PLACE, counts, n_pieces, MPI_UNSIGNED_LONG_LONG, MPI_SUM, comm);
+    rc = 0;
+    for (int i = 0; i < n_pieces && rc == 0; i++)
+        if (!pieces[i].replicated && counts[i] != numel_of(&pieces[i]))
+            rc = rt_fail(&local, "%s: dataset %s: the ranks' ranges hold %llu elements, the tensor %zu", path,
+                         pieces[i].name, counts[i], numel_of(&pieces[i]));
+    free(counts);
+    if (rc) goto out;
+
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), lcpl = H5Pcreate(H5P_LINK_CREATE), xfer = H5Pcreate(H5P_DATASET_XFER);
+    rc = fapl >= 0 && lcpl >= 0 && xfer >= 0 && H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) >= 0 &&
+                 H5Pset_libver_bounds(fapl, H5F_LIBVER_V18, H5F_LIBVER_LATEST) >= 0 &&
+                 H5Pset_create_intermediate_group(lcpl, 1) >= 0 && H5Pset_dxpl_mpio(xfer, H5FD_MPIO_COLLECTIVE) >= 0
+             ? 0
+             : h5_fail(&local, path, "file", "property lists");
+    hid_t file = rc == 0 ? H5Fcreate(tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : -1;
+    if (rc == 0 && file < 0) rc = h5_fail(&local, path, "file", "H5Fcreate of the .tmp");
+    rc = agree(comm, rc, &local);
+    if (rc == 0)
+        rc = agree(comm, rank == 0 ? reserve_space(tmp_path, pieces, n_pieces, attrs, path, &local) : 0, &local);
+    for (int i = 0; i < n_pieces && rc == 0; i++)
+        rc = write_piece(comm, file, lcpl, xfer, &pieces[i], rank, path, &local);
+    if (rc == 0) rc = agree(comm, write_text_attr(comm, file, "format", RT_CHECKPOINT_FORMAT, path, &local), &local);
+    if (rc == 0)
+        rc = agree(comm, write_int_attr(comm, file, "version", H5T_STD_I32LE, RT_CHECKPOINT_VERSION, path, &local),
+                   &local);
+    for (int i = 0; attrs && i < attrs->n_texts && rc == 0; i++)
+        rc = agree(comm, write_text_attr(comm, file, attrs->texts[i].key, attrs->texts[i].text, path, &local), &local);
+    for (int i = 0; attrs && i < attrs->n_ints && rc == 0; i++)
+        rc = agree(comm,
+                   write_int_attr(comm, file, attrs->ints[i].key, H5T_STD_I64LE, attrs->ints[i].value, path, &local),
+                   &local);
+    /* every object is closed by now, so the close is the last flush; if it fails, HDF5 1.10 may keep the file
+     * open, and the .tmp is removed all the same */
+    int close_rc = file >= 0 && H5Fclose(file) < 0 ? h5_fail(&local, path, "file", "H5Fclose (flushing)") : 0;
+    if (xfer >= 0) H5Pclose(xfer);
+    if (lcpl >= 0) H5Pclose(lcpl);
+    if (fapl >= 0) H5Pclose(fapl);
+    if (rc == 0) rc = agree(comm, close_rc, &local);
+    if (rc == 0) { /* complete on every rank: rank 0 makes it durable and puts it in place */
+        int commit_rc = 0;
+        if (rank == 0) {
+            char dir_buf[RT_TMP_PATH_LEN];
+            snprintf(dir_buf, sizeof dir_buf, "%s", path);
+            commit_rc = fsync_path(tmp_path, O_RDONLY, path, &local);
+            if (commit_rc == 0 && rename(tmp_path, path) != 0)
+                commit_rc = rt_fail(&local, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
+            if (commit_rc == 0) commit_rc = fsync_path(dirname(dir_buf), O_RDONLY | O_DIRECTORY, path, &local);
+        }
+        rc = agree(comm, commit_rc, &local);
+    }
+    if (rc != 0 && rank == 0) unlink(tmp_path);
+    MPI_Barrier(comm); /* no rank returns (and maybe retries) before the .tmp is gone */
+out:
+    if (local.msg[0] == 0) return 0;
+    if (err) *err = local;
+    return -1;
+}
+
+/* ---- reading ---- */
+
+/* A scalar (or one-value) attribute of the expected class; texts come back malloc'd in *text. */
+static int read_attr(hid_t file, const char *key, int want_text, char **text, int64_t *value, const char *path,
+                     rt_error *err) {
+    char what[160];
+    snprintf(what, sizeof what, "attribute %s", key);
+    htri_t exists = H5Aexists(file, key);
+    if (exists <= 0) return exists < 0 ? h5_fail(err, path, what, "H5Aexists") : rt_fail(err, "%s: no %s", path, what);
+    hid_t attr = H5Aopen(file, key, H5P_DEFAULT), type = attr >= 0 ? H5Aget_type(attr) : -1;
+    hid_t space = attr >= 0 ? H5Aget_space(attr) : -1, mem_type = -1;
+    int rc = type < 0 || space < 0 ? h5_fail(err, path, what, "H5Aopen") : 0;
+    H5T_class_t type_class = rc == 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    if (rc == 0 && H5Sget_simple_extent_npoints(space) != 1)
+        rc = rt_fail(err, "%s: %s holds %lld values, expected 1", path, what,
+                     (long long)H5Sget_simple_extent_npoints(space));
+    if (rc == 0 && type_class != (want_text ? H5T_STRING : H5T_INTEGER))
+        rc = rt_fail(err, "%s: %s is not %s", path, what, want_text ? "a string" : "an integer");
+    if (rc == 0 && want_text) {
+        size_t size = H5Tget_size(type);
+        if (H5Tis_variable_str(type) != 0 || size == 0 || size > ((size_t)1 << 30)) {
+            rc = rt_fail(err, "%s: %s is not a fixed-length string of at most 1 GiB", path, what);
+        } else {
+            *text = calloc_check(size + 1, 1); /* one more byte: a space-padded string ends too */
+            mem_type = H5Tcopy(type);
+            if (mem_type < 0 || H5Aread(attr, mem_type, *text) < 0) rc = h5_fail(err, path, what, "H5Aread");
+            if (rc) free(*text), *text = NULL;
+        }
+    } else if (rc == 0 && H5Aread(attr, H5T_NATIVE_INT64, value) < 0) {
+        rc = h5_fail(err, path, what, "H5Aread");
+    }
+    if (mem_type >= 0) H5Tclose(mem_type);
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    if (attr >= 0) H5Aclose(attr);
+    return rc;
+}
+
+/* Every group on the way and the object itself must exist (H5Lexists fails on a missing group). */
+static int dataset_exists(hid_t file, const char *name) {
+    char prefix[1024];
+    size_t len = strlen(name);
+    if (len >= sizeof prefix) return 0;
+    for (size_t i = 1; i <= len; i++) {
+        if (name[i] != '/' && name[i] != 0) continue;
+        memcpy(prefix, name, i);
+        prefix[i] = 0;
+        if (H5Lexists(file, prefix, H5P_DEFAULT) <= 0) return 0;
+    }
+    return 1;
+}
+
+static const char *format_shape(int ndim, const hsize_t *dims, char out[128]) {
+    size_t used = (size_t)snprintf(out, 128, "(");
+    for (int d = 0; d < ndim && used < 128; d++)
+        used += (size_t)snprintf(out + used, 128 - used, "%s%llu", d ? ", " : "", (unsigned long long)dims[d]);
+    if (used < 128) snprintf(out + used, 128 - used, ")");
+    return out;
+}
+
+static int read_piece(hid_t file, hid_t xfer, rt_ckpt_piece *p, int rank, const char *path, rt_error *err) {
+    if (!dataset_exists(file, p->name)) return rt_fail(err, "%s: dataset %s is missing", path, p->name);
+    hsize_t want[RT_CKPT_STORE_MAX_DIMS], found[RT_CKPT_STORE_MAX_DIMS];
+    for (int d = 0; d < p->ndim; d++)
+        want[d] = p->shape[d];
+    hid_t dset = H5Dopen2(file, p->name, H5P_DEFAULT), type = -1, space = -1, dcpl = -1, mem_space = -1;
+    int rc = dset < 0 ? h5_fail(err, path, p->name, "H5Dopen") : 0;
+    if (rc == 0 &&
+        ((type = H5Dget_type(dset)) < 0 || (space = H5Dget_space(dset)) < 0 || (dcpl = H5Dget_create_plist(dset)) < 0))
+        rc = h5_fail(err, path, p->name, "H5Dget_type/space/create_plist");
+    if (rc == 0 && (H5Tget_class(type) != H5T_FLOAT || H5Tget_size(type) != 4))
+        rc = rt_fail(err, "%s: dataset %s is not float32", path, p->name);
+    int ndim = rc == 0 ? H5Sget_simple_extent_ndims(space) : -1;
+    if (rc == 0 && (ndim < 0 || ndim > RT_CKPT_STORE_MAX_DIMS)) {
+        rc = rt_fail(err, "%s: dataset %s has %d dimensions, expected %d", path, p->name, ndim, p->ndim);
+    } else if (rc == 0) {
+        H5Sget_simple_extent_dims(space, found, NULL);
+        int same = ndim == p->ndim;
+        for (int d = 0; d < ndim && same; d++)
+            same = found[d] == want[d];
+        char want_text[128], found_text[128];
+        if (!same)
+            rc = rt_fail(err, "%s: dataset %s has shape %s, expected %s", path, p->name,
+                         format_shape(ndim, found, found_text), format_shape(p->ndim, want, want_text));
+    }
+    unsigned flags, config;
+    size_t n_values = 0;
+    if (rc == 0 && H5Pget_filter_by_id2(dcpl, H5Z_FILTER_FLETCHER32, &flags, &n_values, NULL, 0, NULL, &config) < 0)
+        rc = rt_fail(err, "%s: dataset %s has no Fletcher32 checksum", path, p->name);
+    size_t offset, count;
+    range_of(p, rank, 0, &offset, &count);
+    if (rc == 0 && select_range(space, &mem_space, p->ndim, want, offset, count) != 0)
+        rc = h5_fail(err, path, p->name, "selecting this rank's range for H5Dread");
+    float nothing;
+    if (rc == 0 && H5Dread(dset, H5T_NATIVE_FLOAT, mem_space, space, xfer, count ? p->data : &nothing) < 0)
+        rc = h5_fail(err, path, p->name, "H5Dread (checksum or storage error)");
+    if (mem_space >= 0) H5Sclose(mem_space);
+    if (dcpl >= 0) H5Pclose(dcpl);
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
+    if (dset >= 0) H5Dclose(dset);
+    return rc;
+}
+
+int rt_ckpt_store_read(MPI_Comm comm, const char *path, rt_ckpt_piece *pieces, int n_pieces, rt_ckpt_attrs *attrs,
+                       rt_error *err) {
+    rt_error local = {{0}};
+    int rank, rc;
+    MPI_Comm_rank(comm, &rank);
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    for (int i = 0; attrs && i < attrs->n_texts; i++)
+        attrs->texts[i].text = NULL;
+    if (check_plan(comm, path, pieces, n_pieces, attrs, &local)) goto out;
+    /* independent reads: filtered datasets allow them, and a checksum error on one rank cannot strand the others
+     * inside a collective transfer */
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), xfer = H5Pcreate(H5P_DATASET_XFER), file = -1;
+    rc = fapl >= 0 && xfer >= 0 && H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) >= 0 &&
+                 H5Pset_dxpl_mpio(xfer, H5FD_MPIO_INDEPENDENT) >= 0
+             ? 0
+             : h5_fail(&local, path, "file", "property lists");
+    if (rc == 0 && access(path, R_OK) != 0) rc = rt_fail(&local, "%s: cannot read: %s", path, strerror(errno));
+    if (rc == 0 && H5Fis_hdf5(path) <= 0) rc = rt_fail(&local, "%s: not an HDF5 file", path);
+    if (rc == 0 && (file = H5Fopen(path, H5F_ACC_RDONLY, fapl)) < 0) rc = h5_fail(&local, path, "file", "H5Fopen");
+    rc = agree(comm, rc, &local);
+    int opened = rc == 0; /* on every rank, so the agreements below are reached by all */
+    char *format = NULL;
+    int64_t version = 0;
+    if (rc == 0) rc = read_attr(file, "format", 1, &format, NULL, path, &local);
+    if (rc == 0 && strcmp(format, RT_CHECKPOINT_FORMAT) != 0)
+        rc = rt_fail(&local, "%s: format is '%.100s', expected '%s'", path, format, RT_CHECKPOINT_FORMAT);
+    if (rc == 0) rc = read_attr(file, "version", 0, NULL, &version, path, &local);
+    if (rc == 0 && version != RT_CHECKPOINT_VERSION)
+        rc = rt_fail(&local, "%s: version is %lld, this build reads %d", path, (long long)version,
+                     RT_CHECKPOINT_VERSION);
+    free(format);
+    if (opened) rc = agree(comm, rc, &local);
+    for (int i = 0; i < n_pieces && rc == 0; i++)
+        rc = agree(comm, read_piece(file, xfer, &pieces[i], rank, path, &local), &local);
+    for (int i = 0; attrs && i < attrs->n_texts && rc == 0; i++)
+        rc = agree(comm, read_attr(file, attrs->texts[i].key, 1, &attrs->texts[i].text, NULL, path, &local), &local);
+    for (int i = 0; attrs && i < attrs->n_ints && rc == 0; i++)
+        rc = agree(comm, read_attr(file, attrs->ints[i].key, 0, NULL, &attrs->ints[i].value, path, &local), &local);
+    if (file >= 0 && H5Fclose(file) < 0 && rc == 0) rc = h5_fail(&local, path, "file", "H5Fclose");
+    if (xfer >= 0) H5Pclose(xfer);
+    if (fapl >= 0) H5Pclose(fapl);
+    if (opened) rc = agree(comm, rc, &local);
+    if (rc != 0)
+        for (int i = 0; attrs && i < attrs->n_texts; i++)
+            free(attrs->texts[i].text), attrs->texts[i].text = NULL;
+out:
+    if (local.msg[0] == 0) return 0;
+    if (err) *err = local;
+    return -1;
+}
