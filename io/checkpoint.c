@@ -27,6 +27,7 @@
  * hyperslab of the global shape per rank and gain /optim/... groups.
  */
 #include "checkpoint.h"
+#include "h5_shape.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -83,14 +84,6 @@ static hid_t make_fapl(void) {
         return -1;
     }
     return fapl;
-}
-
-static const char *format_shape(int ndim, const hsize_t *dims, char out[128]) {
-    size_t used = (size_t)snprintf(out, 128, "(");
-    for (int d = 0; d < ndim && used < 128; d++)
-        used += (size_t)snprintf(out + used, 128 - used, "%s%llu", d ? ", " : "", (unsigned long long)dims[d]);
-    if (used < 128) snprintf(out + used, 128 - used, ")");
-    return out;
 }
 
 /* ---- writing ---- */
@@ -565,9 +558,9 @@ static int read_views(hid_t file, const char *group, const rt_view_table *table,
             if (found_ndim < 0 || found_ndim > RT_MAX_DIMS)
                 snprintf(got, sizeof got, "a %d-dimensional space", found_ndim);
             else
-                format_shape(found_ndim, found, got);
+                rt_h5_format_shape(found_ndim, found, got);
             rc = rt_fail(err, "%s: tensor %s: expected shape %s, found %s", path, view->name,
-                         format_shape(view->ndim, expected, want), got);
+                         rt_h5_format_shape(view->ndim, expected, want), got);
         } else if (type < 0 || H5Tget_class(type) != H5T_FLOAT || !is_ieee_float(type)) {
             rc = rt_fail(err, "%s: tensor %s: expected an IEEE fp32 or fp64 dataset, found %s", path, view->name,
                          type < 0 ? "an unreadable type" : type_class_name(H5Tget_class(type)));

@@ -5,6 +5,7 @@
  * the same point and nothing hangs in a later collective. The first failing rank's message is broadcast.
  */
 #include "ckpt_store.h"
+#include "h5_shape.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -396,14 +397,6 @@ static int dataset_exists(hid_t file, const char *name) {
     return 1;
 }
 
-static const char *format_shape(int ndim, const hsize_t *dims, char out[128]) {
-    size_t used = (size_t)snprintf(out, 128, "(");
-    for (int d = 0; d < ndim && used < 128; d++)
-        used += (size_t)snprintf(out + used, 128 - used, "%s%llu", d ? ", " : "", (unsigned long long)dims[d]);
-    if (used < 128) snprintf(out + used, 128 - used, ")");
-    return out;
-}
-
 static int read_piece(hid_t file, hid_t xfer, rt_ckpt_piece *p, int rank, const char *path, rt_error *err) {
     if (!dataset_exists(file, p->name)) return rt_fail(err, "%s: dataset %s is missing", path, p->name);
     hsize_t want[RT_CKPT_STORE_MAX_DIMS], found[RT_CKPT_STORE_MAX_DIMS];
@@ -427,7 +420,7 @@ static int read_piece(hid_t file, hid_t xfer, rt_ckpt_piece *p, int rank, const 
         char want_text[128], found_text[128];
         if (!same)
             rc = rt_fail(err, "%s: dataset %s has shape %s, expected %s", path, p->name,
-                         format_shape(ndim, found, found_text), format_shape(p->ndim, want, want_text));
+                         rt_h5_format_shape(ndim, found, found_text), rt_h5_format_shape(p->ndim, want, want_text));
     }
     unsigned flags, config;
     size_t n_values = 0;
