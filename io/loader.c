@@ -56,6 +56,14 @@ static void fill_order(rt_loader *loader) {
     }
 }
 
+/* Fewer than one global batch left in the epoch: they are skipped and the next epoch starts. */
+static void start_epoch_if_short(rt_loader *loader) {
+    if (loader->n_windows - loader->cursor >= loader->global_batch) return;
+    loader->epoch++;
+    loader->cursor = 0;
+    fill_order(loader);
+}
+
 size_t rt_loader_count_windows(const rt_token_file *tokens, size_t seq_len) {
     if (seq_len == 0 || tokens->n_tokens < seq_len + 1) return 0;
     return (tokens->n_tokens - 1) / seq_len;
@@ -133,10 +141,17 @@ int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_
     }
 
     loader->cursor += loader->global_batch;
-    if (loader->n_windows - loader->cursor < loader->global_batch) {
-        loader->epoch++;
-        loader->cursor = 0;
-        fill_order(loader);
-    }
+    start_epoch_if_short(loader);
+    return 0;
+}
+
+int rt_loader_seek(rt_loader *loader, uint64_t epoch, size_t cursor, rt_error *err) {
+    if (cursor > loader->n_windows)
+        return rt_fail(err, "%s: saved loader position %zu is beyond the split of %zu windows", loader->tokens->path,
+                       cursor, loader->n_windows);
+    loader->epoch = epoch;
+    loader->cursor = cursor;
+    fill_order(loader);
+    start_epoch_if_short(loader);
     return 0;
 }

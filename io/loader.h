@@ -51,4 +51,10 @@ int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_
 /* Restart from the first batch of epoch 0 (validation runs each pass from the start). */
 void rt_loader_rewind(rt_loader *loader);
 
+/* Continue from a saved position (a checkpoint's epoch and cursor, in windows of this split): the epoch's
+ * order is recomputed from the seed. A cursor that leaves less than one global batch (the batch size may have
+ * changed since the save) moves to the next epoch, as rt_loader_next would. Fails (err names the file) for a
+ * cursor beyond the split. */
+int rt_loader_seek(rt_loader *loader, uint64_t epoch, size_t cursor, rt_error *err);
+
 #endif

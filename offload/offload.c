@@ -403,6 +403,16 @@ void rt_offload_end_pass(rt_offloader *off) {
     off->stats.passes++;
 }
 
+void rt_offload_abandon_pass(rt_offloader *off) {
+    const rt_backend *be = off->backend;
+    be->event_record(off->drain_event, off->h2d_stream);
+    be->event_synchronize(off->drain_event);
+    /* Now a forward-only pass as far as end_pass is concerned: it drains the d2h stream, frees every slot
+     * still held and the output buffer. */
+    off->in_backward = 0;
+    rt_offload_end_pass(off);
+}
+
 void rt_offload_take_stats(rt_offloader *off, rt_offload_stats *out) {
     *out = off->stats;
     size_t host_bytes = off->stats.host_pool_bytes, slot_bytes = off->stats.device_slot_bytes;

@@ -109,6 +109,10 @@ void rt_offload_release(rt_offloader *off, int layer);
  * and makes the offloader ready for the next pass. */
 void rt_offload_end_pass(rt_offloader *off);
 /* Counters since the last call (host_pool_bytes and device_slot_bytes always filled); resets them. */
+/* Ends a pass wherever it is (a stop signal abandons a step between layers): waits for every copy in flight
+ * on both streams, frees every slot and resets the pass. Its data is lost. */
+void rt_offload_abandon_pass(rt_offloader *off);
+
 void rt_offload_take_stats(rt_offloader *off, rt_offload_stats *out);
 
 #endif

@@ -18,13 +18,13 @@
 #include "../io/prepare.h"
 #include "comm.h"
 #include "config.h"
+#include "run.h"
 #include "sample.h"
 #include "threads.h"
-#include "train.h"
 
 static const char *usage_text =
     "usage:\n"
-    "  ringtrain train --config FILE [--set section.key=value ...]\n"
+    "  ringtrain train --config FILE [--set section.key=value ...] [--resume | --resume=CHECKPOINT]\n"
     "  ringtrain prepare --input TEXT [--input TEXT ...] --output TRAIN.bin [--val-output VAL.bin]\n"
     "                    [--val-fraction F]\n"
     "  ringtrain prepare --llmc SHARD.bin --output OUT.bin\n"
@@ -63,13 +63,22 @@ static int parse_count(const char *text, unsigned long long min, unsigned long l
     return errno == 0 && *end == '\0' && *out >= min && *out <= max;
 }
 
+/* "--resume=PATH" as the override "checkpoint.resume=PATH" (malloc'd into *owned). */
+static const char *resume_override(const char *path, char **owned) {
+    size_t n = strlen(path) + sizeof "checkpoint.resume=";
+    *owned = malloc_check(n);
+    snprintf(*owned, n, "checkpoint.resume=%s", path);
+    return *owned;
+}
+
 static int cmd_train(int argc, char **argv) {
     rt_comm *world = rt_comm_world_mpi(&argc, &argv);
     rt_threads threads;
     rt_threads_setup(world, &threads); /* before any BLAS call */
     const char *config_path = NULL;
     const char **overrides = calloc_check((size_t)argc, sizeof *overrides);
-    int n_overrides = 0, status = 0;
+    char **owned = calloc_check((size_t)argc, sizeof *owned);
+    int n_overrides = 0, n_owned = 0, status = 0;
     for (int i = 2; i < argc && status == 0; i++) {
         const char *value = NULL;
         if (strcmp(argv[i], "--config") == 0 && (value = option_value(argc, argv, &i)))
@@ -78,6 +87,10 @@ static int cmd_train(int argc, char **argv) {
             overrides[n_overrides++] = value;
         else if (strncmp(argv[i], "--set=", 6) == 0)
             overrides[n_overrides++] = argv[i] + 6;
+        else if (strcmp(argv[i], "--resume") == 0)
+            overrides[n_overrides++] = "checkpoint.resume=auto";
+        else if (strncmp(argv[i], "--resume=", 9) == 0)
+            overrides[n_overrides++] = resume_override(argv[i] + 9, &owned[n_owned++]);
         else
             status = world->rank == 0 ? usage_error("train: unexpected or incomplete argument '%s'", argv[i]) : 2;
     }
@@ -88,11 +101,15 @@ static int cmd_train(int argc, char **argv) {
         status = world->rank == 0 ? fail(&err) : 1;
     if (status == 0 && !cfg.init_from[0] && rt_config_validate(&cfg, &err)) status = world->rank == 0 ? fail(&err) : 1;
     free(overrides);
+    for (int i = 0; i < n_owned; i++)
+        free(owned[i]);
+    free(owned);
     if (status == 0) {
         rt_train_result result;
         int rc = rt_train(&cfg, world, &result, &err);
         if (rc == RT_TRAIN_FAILED_HERE && world->size > 1) rt_fatal("rank %d: %s", world->rank, err.msg);
         if (rc != 0) status = err.msg[0] ? fail(&err) : 1;
+        if (rc == 0 && result.stopped_by_signal) status = RT_EXIT_STOPPED;
     }
     rt_comm_finalize();
     return status;

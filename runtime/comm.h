@@ -74,6 +74,11 @@ void rt_comm_finalize(void);
 void rt_comm_mpi_set_segment_elems(size_t elems);
 size_t rt_comm_mpi_segment_elems(void);
 
+/* Collective: 0 when rc is 0 on every rank; else -1 on every rank, the lowest failing rank keeping its
+ * err message and the others getting an empty one (the job prints one line, and every rank returns). */
+struct rt_error;
+int rt_comm_agree(rt_comm *world, int rc, struct rt_error *err);
+
 /* Convenience wrappers. */
 static inline void rt_allreduce_sum_f32(rt_comm *c, float *buf, size_t n) { c->ops->allreduce_sum_f32(c, buf, n); }
 static inline void rt_allreduce_sum_f64(rt_comm *c, double *buf, size_t n) { c->ops->allreduce_sum_f64(c, buf, n); }

@@ -35,6 +35,7 @@
 #include <unistd.h>
 
 #include "comm.h"
+#include "comm_mpi.h"
 #include "common.h"
 
 #define SEGMENT_DEFAULT ((size_t)1 << 26)
@@ -56,6 +57,8 @@ void rt_comm_mpi_set_segment_elems(size_t elems) {
 size_t rt_comm_mpi_segment_elems(void) { return segment_elems; }
 
 static MPI_Comm mpi_of(rt_comm *comm) { return ((comm_impl *)comm->impl)->mpi; }
+
+MPI_Comm rt_comm_mpi_handle(rt_comm *comm) { return mpi_of(comm); }
 
 static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
 
@@ -335,4 +338,14 @@ void rt_comm_finalize(void) {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (!finalized) MPI_Finalize();
+}
+
+int rt_comm_agree(rt_comm *world, int rc, rt_error *err) {
+    double first_failing = rc ? (double)world->rank : (double)world->size;
+    double negated = -first_failing; /* the communicator has max, not min */
+    world->ops->allreduce_max_f64(world, &negated, 1);
+    int first = (int)-negated;
+    if (first >= world->size) return 0;
+    if (world->rank != first) err->msg[0] = '\0';
+    return -1;
 }

@@ -99,7 +99,24 @@ int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int r
     if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", path, strerror(errno));
     if (rc == 0 && rename(tmp_path, path) != 0)
         rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
-    if (rc != 0) unlink(tmp_path);
+    if (rc != 0) {
+        unlink(tmp_path);
+        return rc;
+    }
+    /* The rename is durable only once the directory entry is on disk. */
+    char dir[RT_TMP_PATH_LEN];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0 || fsync(dir_fd) != 0)
+        rc = rt_fail(err, "%s: cannot fsync its directory: %s", path, strerror(errno));
+    if (dir_fd >= 0) close(dir_fd);
     return rc;
 }
 
@@ -133,6 +150,23 @@ int rt_write_file_atomic(const char *path, const void *data, size_t bytes, rt_er
     int rc = rt_sync_close(fd, path, rt_write_all(fd, data, bytes, path, err), err);
     if (rc == 0 && rename(tmp_path, path) != 0)
         rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
-    if (rc != 0) unlink(tmp_path);
+    if (rc != 0) {
+        unlink(tmp_path);
+        return rc;
+    }
+    /* The rename is durable only once the directory entry is on disk. */
+    char dir[RT_TMP_PATH_LEN];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof dir, ".");
+    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir_fd < 0 || fsync(dir_fd) != 0)
+        rc = rt_fail(err, "%s: cannot fsync its directory: %s", path, strerror(errno));
+    if (dir_fd >= 0) close(dir_fd);
     return rc;
 }

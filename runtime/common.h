@@ -15,7 +15,7 @@
  * Programming errors and out-of-memory are not values: they go through
  * rt_fatal, which aborts every rank of the job so nothing hangs.
  */
-typedef struct {
+typedef struct rt_error {
     char msg[1024];
 } rt_error;
 

@@ -467,7 +467,7 @@ void rt_config_defaults(rt_config *cfg) {
     cfg->offload_max_inflight = 1; /* one copy in flight hides behind a layer; each more costs a layer input */
     cfg->device_kind = RT_DEVICE_CPU;
     cfg->memory_limit = 0;
-    cfg->checkpoint_every = 0;
+    cfg->checkpoint_every = 1000;
     cfg->checkpoint_keep = 2;
     set_string(cfg->checkpoint_resume, sizeof cfg->checkpoint_resume, "none");
     set_string(cfg->run_dir, sizeof cfg->run_dir, "runs/latest");
@@ -823,16 +823,6 @@ int rt_config_validate(const rt_config *cfg, rt_error *err) {
     if (rt_config_validate_model(cfg, err) != 0) return -1;
     if (cfg->device_kind == RT_DEVICE_CUDA)
         return rt_fail(err, "device.kind = cuda: this build has no CUDA backend yet (CPU only); use device.kind = cpu");
-    if (cfg->checkpoint_every != 0)
-        return rt_fail(err,
-                       "checkpoint.every = %d: periodic (resumable) checkpoints are not in this build yet; it writes "
-                       "<run.dir>/model.h5 at the end and on SIGINT/SIGTERM. Set checkpoint.every = 0",
-                       cfg->checkpoint_every);
-    if (strcmp(cfg->checkpoint_resume, "none") != 0)
-        return rt_fail(err,
-                       "checkpoint.resume = '%s': resuming is not in this build yet; start from weights with "
-                       "model.init_from, or set checkpoint.resume = none",
-                       cfg->checkpoint_resume);
     if (cfg->sp > 1 && cfg->seq_len % (2 * cfg->sp) != 0)
         return rt_fail(err, "train.seq_len = %d must divide into 2 * parallel.sp = %d zigzag chunks", cfg->seq_len,
                        2 * cfg->sp);
@@ -906,4 +896,14 @@ int rt_config_write(const rt_config *cfg, FILE *out) {
         }
     }
     return ferror(out) ? -1 : 0;
+}
+
+char *rt_config_to_text(const rt_config *cfg) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    if (!mem) rt_fatal("out of host memory formatting the config");
+    rt_config_write(cfg, mem);
+    fclose(mem);
+    return text;
 }

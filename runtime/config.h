@@ -90,6 +90,8 @@ int rt_config_validate_model(const rt_config *cfg, rt_error *err);
 
 /* Writes the fully resolved config as INI (every key, so the file alone reproduces the run). */
 int rt_config_write(const rt_config *cfg, FILE *out);
+/* The same as a malloc'd string (the caller frees). */
+char *rt_config_to_text(const rt_config *cfg);
 
 const char *rt_family_name(rt_family family);
 

@@ -229,6 +229,8 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->n_alloc = n_alloc;
     int failed = 0;
     m->params = ALLOC_F(n_alloc, "parameters");
+    m->interrupt_poll = options->interrupt_poll;
+    m->interrupt_ctx = options->interrupt_ctx;
     if (options->grad_hook) {
         const size_t *lo = m->layer_offset;
         m->stream_grads = 1;
@@ -412,7 +414,17 @@ static void forward_input_written(rt_model *m, int l, size_t N, int training) {
         rt_offload_save(&m->offloader, l, N * (size_t)m->shape.d_model * sizeof(float));
 }
 
-static void forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, int training) {
+/* A training pass asks, between layers, whether to stop; on yes it abandons the pass (offload: every copy
+ * waited for, every slot freed) and the caller returns at once. */
+static int interrupted(rt_model *m) {
+    if (!m->interrupt_poll || !m->interrupt_poll(m->interrupt_ctx)) return 0;
+    if (m->mode == RT_ACT_OFFLOAD) rt_offload_abandon_pass(&m->offloader);
+    m->interrupted = 1;
+    return 1;
+}
+
+/* Returns -1 when a training pass was interrupted. */
+static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, int training) {
     const size_t N = batch->n_seqs * batch->local_len;
     const rt_top_params *top = &m->top;
     float *x = forward_input(m, 0, N);
@@ -422,8 +434,10 @@ static void forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_
         float *y = forward_input(m, l + 1, N);
         rt_layer_forward(m, l, acts_for(m, l), x, y, batch->n_seqs, batch->local_len, dropout);
         forward_input_written(m, l + 1, N, training);
+        if (training && interrupted(m)) return -1;
         x = y;
     }
+    return 0;
 }
 
 /* Ends a pass of the offloader (every forward, with or without backward). */
@@ -482,7 +496,8 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
 double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, float dloss_scale,
                                  size_t *n_targets) {
     const size_t N = load_batch(m, batch);
-    forward_layers(m, batch, dropout, 1);
+    m->interrupted = 0;
+    if (forward_layers(m, batch, dropout, 1)) return NAN;
     double loss_sum = head_forward(m, batch, dloss_scale, 1, n_targets);
     const int offload = m->mode == RT_ACT_OFFLOAD;
     if (offload) rt_offload_release_output(&m->offloader); /* its slot takes the first prefetch */
@@ -501,6 +516,7 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         rt_layer_backward(m, l, acts, x, batch->n_seqs, batch->local_len, dropout);
         if (offload) rt_offload_release(&m->offloader, l);
         if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch, lo[l], lo[l + 1] - lo[l]);
+        if (l > 0 && interrupted(m)) return NAN;
     }
     end_pass(m);
     m->backend->embedding_backward(m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,

@@ -133,6 +133,11 @@ typedef struct {
     void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
     void *grad_hook_ctx;
 
+    /* Stop polling (see rt_model_options); interrupted: the last training pass was abandoned. */
+    int (*interrupt_poll)(void *ctx);
+    void *interrupt_ctx;
+    int interrupted;
+
     rt_model_counters counters;
 } rt_model;
 
@@ -152,6 +157,12 @@ typedef struct {
      * same ranges in the same order. No full gradient buffer is ever allocated. */
     void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
     void *grad_hook_ctx;
+    /* Stop polling: a training pass calls interrupt_poll(ctx) after each layer's forward and each layer's
+     * backward (every rank at the same points, so the poll may be a collective); when it returns non-zero the
+     * pass is abandoned there, rt_model_forward_backward returns NAN and sets interrupted, and the
+     * gradients are garbage until the next rt_model_zero_grads. NULL: never. */
+    int (*interrupt_poll)(void *ctx);
+    void *interrupt_ctx;
 } rt_model_options;
 
 /*

@@ -1,7 +1,8 @@
-/* train.h: the trainer (one training step at a time) and the run behind `ringtrain train`. */
+/* train.h: the trainer: one training step at a time, and its checkpoints. */
 #ifndef RT_TRAIN_H
 #define RT_TRAIN_H
 
+#include <signal.h>
 #include <stddef.h>
 
 #include "comm.h"
@@ -23,16 +24,14 @@ typedef struct {
     double comm_exposed_s, prefetch_wait_s;
 } rt_step_metrics;
 
-/* One metrics.jsonl line for s (a JSON object and '\n') into out; returns its length (>= cap: it did not
- * fit). JSON has no inf or nan: a non-finite number is written as null, with "<key>_nonfinite": "nan", "inf"
- * or "-inf" beside it. val_loss is left out when the step was not validated. */
-size_t rt_metrics_json_line(const rt_step_metrics *s, char *out, size_t cap);
-
 /* Failures of the trainer and of a run: every rank failed alike and returns (the message is on exactly one
  * rank, empty on the others); or this rank failed alone, mid-run, and the caller must end the whole job
  * (the others may be waiting in a collective). */
 #define RT_TRAIN_FAILED_EVERYWHERE (-1)
 #define RT_TRAIN_FAILED_HERE (-2)
+/* rt_trainer_step only: a stop was requested (rt_trainer_stop_on) and the ranks abandoned the step between two
+ * layers; the trainer is as it was after the last completed step (weights, optimizer, data position). */
+#define RT_TRAIN_INTERRUPTED 1
 
 typedef struct rt_trainer rt_trainer;
 
@@ -46,7 +45,12 @@ int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_e
 /* The same on a given backend (a test's wrapped CPU table; later a CUDA instance). */
 int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, const rt_backend *backend,
                        rt_error *err);
-/* One training step (and validation when due); collective. Returns 0 or one of the failures above. */
+/* From now on every training pass polls *flag after each layer's forward and backward: the ranks agree on
+ * it (an all-reduce of the flag; every rank must call this alike) and abandon the step when any rank's flag
+ * is set, so a stop takes at most one layer's time, however long the step. NULL stops polling. */
+void rt_trainer_stop_on(rt_trainer *t, const volatile sig_atomic_t *flag);
+/* One training step (and validation when due); collective. Returns 0, RT_TRAIN_INTERRUPTED or one of the
+ * failures above. */
 int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err);
 /* The reduced gradient of the last step as the update used it (after clipping), all parameters, gathered from
  * the shards; collective. */
@@ -55,22 +59,42 @@ void rt_trainer_gradients(rt_trainer *t, float *dst);
  * parameters, gathered from the shards, one extra collective) into dst; NULL stops it. */
 void rt_trainer_probe_preclip_gradients(rt_trainer *t, float *dst);
 const rt_config *rt_trainer_config(const rt_trainer *t); /* resolved: init_from applied */
-rt_model *rt_trainer_model(rt_trainer *t);
-void rt_trainer_free(rt_trainer *t);
-
-typedef struct {
-    int steps_done;
-    double first_loss, last_loss;
-    double last_val_loss; /* NAN when validation never ran */
-    int stopped_by_signal;
-} rt_train_result;
+/* Steps done (the next step's index) and training tokens seen, counted across resumes. */
+int rt_trainer_steps_done(const rt_trainer *t);
+int64_t rt_trainer_tokens_seen(const rt_trainer *t);
 
 /*
- * A whole run: trainer, then (rank 0) <run.dir>/config.ini (resolved),
- * metrics.jsonl, a progress line per train.log_every steps, and
- * <run.dir>/model.h5 at the end or after the current step on SIGINT/SIGTERM.
- * Every input is checked before the run directory is created. Returns 0 or one of the failures above.
+ * Checkpoints (runtime/train_state.c; layout in README "Checkpoints"). One
+ * HDF5 file holds /model, /optim/master, /optim/m and /optim/v by parameter
+ * name with global shapes, the resolved config and the step, token, loader
+ * and optimizer counters, so it loads on any rank count, mesh and ZeRO
+ * stage. Both are collectives; on failure every rank returns -1 with one
+ * message (on rank 0's err, empty elsewhere) naming the file and the dataset.
  */
-int rt_train(const rt_config *cfg, rt_comm *world, rt_train_result *result, rt_error *err);
+int rt_trainer_save(rt_trainer *t, const char *path, rt_error *err);
+
+/* What a checkpoint says about itself (its root attributes). */
+typedef struct {
+    int64_t step, tokens, world_size, dp, sp, zero_stage;
+    char *config_text; /* malloc'd; rt_checkpoint_info_free */
+} rt_checkpoint_info;
+/* Reads only the attributes; collective over world. */
+int rt_checkpoint_peek(rt_comm *world, const char *path, rt_checkpoint_info *info, rt_error *err);
+void rt_checkpoint_info_free(rt_checkpoint_info *info);
+
+/* Compares a checkpoint's config with this run's, key by key. A changed model shape or family (any [model]
+ * key but dropout and init_from) or train.seq_len fails, naming the key and both values; other changes are
+ * listed in changes ("parallel.dp 2 -> 1, zero.stage 2 -> 0", "" when none; cut to cap). */
+int rt_checkpoint_check_config(const char *path, const char *saved_text, const rt_config *cfg, char *changes,
+                               size_t cap, rt_error *err);
+
+/* Continues t from the checkpoint at path: weights, optimizer state and counters, and the data loader's
+ * position (the same global sequences come next whatever the new dp and sp). Each rank reads only its own
+ * shard's ranges. Checks the config first (rt_checkpoint_check_config; changes as there). */
+int rt_trainer_load(rt_trainer *t, const char *path, char *changes, size_t cap, rt_error *err);
+rt_model *rt_trainer_model(rt_trainer *t);
+/* Device memory in use (after setup: parameters, optimizer state, activations). */
+size_t rt_trainer_device_bytes(const rt_trainer *t);
+void rt_trainer_free(rt_trainer *t);
 
 #endif

@@ -139,8 +139,12 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
         be->adamw_update(opt->master + local, shard_grad + local, opt->m + local, opt->v + local, end - begin, lr,
                          opt->beta1, opt->beta2, opt->eps, view->weight_decay ? opt->weight_decay : 0.0f, opt->t);
     }
-    if (opt->stage != 0) opt->world->ops->allgather_f32(opt->world, params, opt->master, opt->shard_size);
+    rt_optimizer_publish_params(opt, params);
     return norm;
+}
+
+void rt_optimizer_publish_params(rt_optimizer *opt, float *params) {
+    if (opt->stage != 0) opt->world->ops->allgather_f32(opt->world, params, opt->master, opt->shard_size);
 }
 
 float rt_lr_schedule(int step, int total_steps, int warmup_steps, float lr, float min_lr) {

@@ -88,6 +88,10 @@ void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst
  */
 double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float lr, float grad_clip);
 
+/* Refreshes params (padded length) on every rank from the master shards (stage 0: params are the master);
+ * collective. After a checkpoint load wrote the shards. */
+void rt_optimizer_publish_params(rt_optimizer *opt, float *params);
+
 /* Learning rate of step (0-based): linear warmup to lr over warmup steps, then cosine decay to min_lr at the
  * last step. */
 float rt_lr_schedule(int step, int total_steps, int warmup_steps, float lr, float min_lr);

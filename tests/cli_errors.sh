@@ -93,7 +93,8 @@ expect_error "prepare missing input" "$work/nothing.txt" "$bin" prepare --input 
 [ -e "$work/out.bin" ] && { echo "FAIL prepare left $work/out.bin"; failures=$((failures + 1)); }
 expect_error "sample missing model" "$work/none.h5" "$bin" sample --model "$work/none.h5"
 
-expect_error "periodic checkpoints refused" "checkpoint.every = 5" train --set checkpoint.every=5
+expect_error "resume from a missing checkpoint" "$work/none.h5" train "--resume=$work/none.h5"
+expect_error "empty checkpoint.resume" "checkpoint.resume = '': must not be empty" train --set checkpoint.resume=
 expect_error "sample: bad value" "--tokens '2.5'" "$bin" sample --model "$work/run/model.h5" --tokens 2.5
 RUN_STARTED=1 expect_error "non-finite loss" "not finite" train --set train.lr=1e30 --set train.min_lr=0 --set train.warmup_steps=1
 rm -rf "$work/run" # a run that failed mid-way keeps its record; the next case starts clean

@@ -139,9 +139,12 @@ if mount -t tmpfs -o size=64k tmpfs "$full" 2>/dev/null; then
   mounts+=("$full")
   train --set "run.dir=$full/run" >/dev/null 2>"$work/stderr"
   status=$?
-  if check "tmpfs of 64 KiB: model.h5 does not fit" $status "$full/run/model.h5: write failed: No space left on device" "$full/run"; then
-    if [ -e "$full/run/model.h5" ] || ! metrics_valid "$full/run/metrics.jsonl"; then fail "tmpfs" "partial output"
-    else ok "tmpfs of 64 KiB: model.h5 does not fit"; fi
+  # The run's final checkpoint comes before model.h5 and is the first thing that does not fit.
+  if check "tmpfs of 64 KiB: the final checkpoint does not fit" $status \
+      "$full/run/checkpoints/step_[0-9]*.h5.*No space left on device" "$full/run"; then
+    if [ -e "$full/run/model.h5" ] || ls "$full/run/checkpoints" | grep -q step_ || ! metrics_valid "$full/run/metrics.jsonl"; then
+      fail "tmpfs" "partial output: $(ls "$full/run" "$full/run/checkpoints")"
+    else ok "tmpfs of 64 KiB: the final checkpoint does not fit"; fi
   fi
   rm -rf "${full:?}/run"
   head -c 64k /dev/zero >"$full/filler" 2>/dev/null

@@ -20,7 +20,7 @@
 #include "../io/prepare.h"
 #include "../runtime/comm.h"
 #include "../runtime/config.h"
-#include "../runtime/train.h"
+#include "../runtime/run.h"
 #include "testing.h"
 
 static rt_comm *world;
