@@ -303,6 +303,11 @@ int rt_trainer_steps_done(const rt_trainer *t) { return t->next_step; }
 
 int64_t rt_trainer_tokens_seen(const rt_trainer *t) { return t->tokens_seen; }
 
+void rt_trainer_data_position(const rt_trainer *t, uint64_t *epoch, size_t *cursor) {
+    *epoch = t->train_loader.epoch;
+    *cursor = t->train_loader.cursor;
+}
+
 rt_model *rt_trainer_model(rt_trainer *t) { return &t->model; }
 
 size_t rt_trainer_device_bytes(const rt_trainer *t) { return t->mem.in_use; }

@@ -62,6 +62,9 @@ const rt_config *rt_trainer_config(const rt_trainer *t); /* resolved: init_from 
 /* Steps done (the next step's index) and training tokens seen, counted across resumes. */
 int rt_trainer_steps_done(const rt_trainer *t);
 int64_t rt_trainer_tokens_seen(const rt_trainer *t);
+/* Where the training data stands: the epoch and the next window of its order (global: the same on every rank
+ * and for any dp x sp). */
+void rt_trainer_data_position(const rt_trainer *t, uint64_t *epoch, size_t *cursor);
 
 /*
  * Checkpoints (runtime/train_state.c; layout in README "Checkpoints"). One

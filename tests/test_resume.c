@@ -1,0 +1,332 @@
+/*
+ * test_resume.c: checkpoints of the trainer, saved and loaded through
+ * rt_trainer_save / rt_trainer_load, under mpirun.
+ *
+ *   test_resume              on the job's ranks: 6 steps straight against 3
+ *                            steps, save, a new trainer, load, 3 steps: the
+ *                            same losses, grad norms, data positions and final
+ *                            parameters, bit for bit, at ZeRO stages 0, 1, 2,
+ *                            llama with dropout and gpt2, over an epoch
+ *                            boundary; a step abandoned by a stop request
+ *                            changes nothing; a changed d_model is refused.
+ *   test_resume save DIR     3 steps on dp 2 x sp 2, ZeRO 2; saves DIR/reshard.h5.
+ *   test_resume load DIR SP STAGE
+ *                            on the job's ranks (dp = ranks / SP): loads
+ *                            DIR/reshard.h5 and trains 3 steps; the straight
+ *                            6-step run on this layout is the reference: losses
+ *                            within 1e-5 and the same global data positions
+ *                            (the same sequences come next).
+ */
+#include <math.h>
+#include <mpi.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../io/tokens.h"
+#include "../runtime/comm.h"
+#include "../runtime/train.h"
+#include "testing.h"
+
+#define STEPS 6
+#define HALF 3
+#define RESHARD_TOL 1e-5 /* fp32 reductions in another order (test_parity measures <= 2e-6) */
+
+static rt_comm *world;
+static char data_path[256], work_dir[256];
+
+typedef struct {
+    double loss[STEPS], grad_norm[STEPS];
+    uint64_t epoch[STEPS];
+    size_t cursor[STEPS];
+    float *params; /* after the last step */
+    size_t n_params;
+} record;
+
+/* 2000 tokens hold 41 windows of 48+1: 3 global batches of 12 per epoch, so 6 steps cross two epochs. */
+static void base_config(rt_config *cfg, rt_family family, float dropout, int sp, int stage) {
+    rt_config_defaults(cfg);
+    rt_error err;
+    rt_config_apply_preset(cfg, "tiny", &err);
+    cfg->family = family;
+    if (family == RT_FAMILY_GPT2) {
+        cfg->n_kv_heads = cfg->n_heads;
+        cfg->d_ff = 4 * cfg->d_model;
+    }
+    cfg->dropout = dropout;
+    snprintf(cfg->data_train, sizeof cfg->data_train, "%s", data_path);
+    cfg->seq_len = 48;
+    cfg->batch_size = 12;
+    cfg->steps = STEPS;
+    cfg->lr = 3e-3f;
+    cfg->warmup_steps = 1;
+    cfg->adam_eps = 1e-3f; /* see test_parity.c: keeps near-zero gradients from turning noise into updates */
+    cfg->sp = sp;
+    cfg->dp = world->size / sp;
+    cfg->zero_stage = stage;
+}
+
+static rt_trainer *make_trainer(const rt_config *cfg) {
+    rt_trainer *t = NULL;
+    rt_error err;
+    if (rt_trainer_init(&t, cfg, world, &err)) {
+        fprintf(stderr, "rank %d: trainer init: %s\n", world->rank, err.msg);
+        CU_FAIL_FATAL("trainer init");
+    }
+    return t;
+}
+
+/* Steps [from, to) into rec. */
+static void train(rt_trainer *t, int from, int to, record *rec) {
+    for (int s = from; s < to; s++) {
+        rt_step_metrics m;
+        rt_error err;
+        int rc = rt_trainer_step(t, &m, &err);
+        if (rc) fprintf(stderr, "rank %d: step %d: rc %d %s\n", world->rank, s, rc, err.msg);
+        CU_ASSERT_EQUAL_FATAL(rc, 0);
+        CU_ASSERT_EQUAL(m.step, s);
+        rec->loss[s] = m.loss;
+        rec->grad_norm[s] = m.grad_norm;
+        rt_trainer_data_position(t, &rec->epoch[s], &rec->cursor[s]);
+    }
+    rec->n_params = rt_trainer_model(t)->table.total;
+    free(rec->params);
+    rec->params = malloc(rec->n_params * sizeof(float));
+    memcpy(rec->params, rt_trainer_model(t)->params, rec->n_params * sizeof(float));
+}
+
+static void save(rt_trainer *t, const char *path) {
+    rt_error err;
+    int rc = rt_trainer_save(t, path, &err);
+    if (rc) fprintf(stderr, "rank %d: save: %s\n", world->rank, err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+}
+
+static void load(rt_trainer *t, const char *path) {
+    rt_error err;
+    char changes[512];
+    int rc = rt_trainer_load(t, path, changes, sizeof changes, &err);
+    if (rc) fprintf(stderr, "rank %d: load: %s\n", world->rank, err.msg);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+}
+
+static void bitwise_case(rt_family family, float dropout, int sp, int stage) {
+    rt_config cfg;
+    base_config(&cfg, family, dropout, sp, stage);
+    char path[300];
+    snprintf(path, sizeof path, "%s/bitwise.h5", work_dir);
+    record straight = {0}, resumed = {0};
+    rt_trainer *t = make_trainer(&cfg);
+    train(t, 0, STEPS, &straight);
+    rt_trainer_free(t);
+
+    t = make_trainer(&cfg);
+    train(t, 0, HALF, &resumed);
+    save(t, path);
+    rt_trainer_free(t);
+    t = make_trainer(&cfg); /* a fresh trainer: everything it continues with comes from the file */
+    load(t, path);
+    CU_ASSERT_EQUAL(rt_trainer_steps_done(t), HALF);
+    CU_ASSERT_EQUAL(rt_trainer_tokens_seen(t), (int64_t)HALF * cfg.batch_size * cfg.seq_len);
+    train(t, HALF, STEPS, &resumed);
+    rt_trainer_free(t);
+
+    CU_ASSERT(memcmp(straight.loss, resumed.loss, sizeof straight.loss) == 0);
+    CU_ASSERT(memcmp(straight.grad_norm, resumed.grad_norm, sizeof straight.grad_norm) == 0);
+    CU_ASSERT(memcmp(straight.epoch, resumed.epoch, sizeof straight.epoch) == 0);
+    CU_ASSERT(memcmp(straight.cursor, resumed.cursor, sizeof straight.cursor) == 0);
+    CU_ASSERT(straight.epoch[STEPS - 1] >= 1); /* the run crossed an epoch boundary */
+    CU_ASSERT(memcmp(straight.params, resumed.params, straight.n_params * sizeof(float)) == 0);
+    if (memcmp(straight.loss, resumed.loss, sizeof straight.loss) != 0 && world->rank == 0)
+        for (int s = 0; s < STEPS; s++)
+            fprintf(stderr, "  step %d: straight %.17g resumed %.17g\n", s, straight.loss[s], resumed.loss[s]);
+    free(straight.params);
+    free(resumed.params);
+    if (world->rank == 0) unlink(path);
+}
+
+/* sp = the whole job, and on 4 ranks also dp 2 x sp 2. */
+static void bitwise_all_layouts(rt_family family, float dropout, int stage) {
+    bitwise_case(family, dropout, world->size, stage);
+    if (world->size == 4) bitwise_case(family, dropout, 2, stage);
+}
+
+static void test_bitwise_llama_stage0(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 0); }
+static void test_bitwise_llama_stage1(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 1); }
+static void test_bitwise_llama_stage2(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 2); }
+static void test_bitwise_gpt2_stage0(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 0); }
+static void test_bitwise_gpt2_stage1(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 1); }
+static void test_bitwise_gpt2_stage2(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 2); }
+
+/* A stop request abandons the step at the first layer boundary; the next steps are those of a run never
+ * stopped, in every activation mode (offload must drain and free its slots). */
+static void interrupted_case(rt_activation_mode mode, int stage) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.1f, world->size, stage);
+    cfg.activation_mode = mode;
+    record straight = {0}, stopped = {0};
+    rt_trainer *t = make_trainer(&cfg);
+    train(t, 0, STEPS, &straight);
+    rt_trainer_free(t);
+
+    t = make_trainer(&cfg);
+    train(t, 0, HALF, &stopped);
+    static volatile sig_atomic_t flag;
+    flag = world->rank == world->size - 1; /* one rank's request stops every rank */
+    rt_trainer_stop_on(t, &flag);
+    rt_step_metrics m;
+    rt_error err;
+    CU_ASSERT_EQUAL(rt_trainer_step(t, &m, &err), RT_TRAIN_INTERRUPTED);
+    CU_ASSERT_EQUAL(rt_trainer_steps_done(t), HALF);
+    flag = 0;
+    train(t, HALF, STEPS, &stopped);
+    rt_trainer_free(t);
+    CU_ASSERT(memcmp(straight.loss, stopped.loss, sizeof straight.loss) == 0);
+    CU_ASSERT(memcmp(straight.cursor, stopped.cursor, sizeof straight.cursor) == 0);
+    CU_ASSERT(memcmp(straight.params, stopped.params, straight.n_params * sizeof(float)) == 0);
+    free(straight.params);
+    free(stopped.params);
+}
+
+static void test_interrupted_step(void) {
+    interrupted_case(RT_ACT_KEEP, 2);
+    interrupted_case(RT_ACT_OFFLOAD, 1);
+    interrupted_case(RT_ACT_RECOMPUTE, 0);
+}
+
+/* The shape cannot change on resume: refused by key, every rank alike, before any tensor is read. */
+static void test_changed_shape_refused(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.0f, world->size, 1);
+    char path[300];
+    snprintf(path, sizeof path, "%s/shape.h5", work_dir);
+    record rec = {0};
+    rt_trainer *t = make_trainer(&cfg);
+    train(t, 0, 1, &rec);
+    save(t, path);
+    rt_trainer_free(t);
+    cfg.d_model *= 2;
+    cfg.d_ff *= 2;
+    t = make_trainer(&cfg);
+    rt_error err = {{0}};
+    char changes[256];
+    CU_ASSERT_NOT_EQUAL(rt_trainer_load(t, path, changes, sizeof changes, &err), 0);
+    if (world->rank == 0) {
+        CU_ASSERT(strstr(err.msg, "model.d_model") != NULL);
+        CU_ASSERT(strstr(err.msg, path) != NULL);
+    }
+    CU_ASSERT_EQUAL(rt_trainer_steps_done(t), 0);
+    rt_trainer_free(t);
+    free(rec.params);
+    if (world->rank == 0) unlink(path);
+}
+
+static void write_data(void) {
+    char dir[64] = "";
+    if (world->rank == 0) {
+        strcpy(dir, "/tmp/rt_resume_XXXXXX");
+        if (!mkdtemp(dir)) exit(2);
+        uint32_t tokens[2000];
+        uint64_t state = 7;
+        for (size_t i = 0; i < 2000; i++)
+            tokens[i] = (uint32_t)(test_rand_u64(&state) % 256);
+        char path[128];
+        snprintf(path, sizeof path, "%s/tokens.bin", dir);
+        rt_error err;
+        if (rt_tokens_write(path, tokens, 2000, 256, &err)) exit(2);
+    }
+    world->ops->broadcast(world, dir, sizeof dir, 0);
+    snprintf(data_path, sizeof data_path, "%s/tokens.bin", dir);
+    snprintf(work_dir, sizeof work_dir, "%s", dir);
+}
+
+/* ---- resharding: saved by one job, loaded by others ---- */
+
+static const char *reshard_dir;
+static int reshard_sp, reshard_stage;
+
+static void reshard_path(char *out, size_t cap) { snprintf(out, cap, "%s/reshard.h5", reshard_dir); }
+
+static void test_reshard_save(void) {
+    CU_ASSERT_EQUAL_FATAL(world->size, 4);
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.1f, 2, 2);
+    record rec = {0};
+    rt_trainer *t = make_trainer(&cfg);
+    train(t, 0, HALF, &rec);
+    char path[300];
+    reshard_path(path, sizeof path);
+    save(t, path);
+    rt_trainer_free(t);
+    free(rec.params);
+}
+
+static void test_reshard_load(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.1f, reshard_sp, reshard_stage);
+    record straight = {0}, resumed = {0};
+    rt_trainer *t = make_trainer(&cfg);
+    train(t, 0, STEPS, &straight);
+    rt_trainer_free(t);
+    char path[300];
+    reshard_path(path, sizeof path);
+    t = make_trainer(&cfg);
+    load(t, path);
+    train(t, HALF, STEPS, &resumed);
+    rt_trainer_free(t);
+    for (int s = HALF; s < STEPS; s++) {
+        double err = fabs(resumed.loss[s] - straight.loss[s]) / fabs(straight.loss[s]);
+        if (!(err <= RESHARD_TOL))
+            fprintf(stderr, "\n  step %d: loss %.9g, straight %.9g: rel error %.3g > %.3g\n", s, resumed.loss[s],
+                    straight.loss[s], err, RESHARD_TOL);
+        CU_ASSERT(err <= RESHARD_TOL);
+        CU_ASSERT_EQUAL(resumed.epoch[s], straight.epoch[s]);
+        CU_ASSERT_EQUAL(resumed.cursor[s], straight.cursor[s]);
+    }
+    free(straight.params);
+    free(resumed.params);
+}
+
+int main(int argc, char **argv) {
+    world = rt_comm_world_mpi(&argc, &argv);
+    write_data();
+    if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2; /* one CUnit report, rank 0's */
+    int status;
+    if (argc == 3 && strcmp(argv[1], "save") == 0) {
+        reshard_dir = argv[2];
+        test_case cases[] = {{"save on dp 2 x sp 2, ZeRO 2", test_reshard_save}};
+        status = test_run_suite("resume: reshard save", cases, 1);
+    } else if (argc == 5 && strcmp(argv[1], "load") == 0) {
+        reshard_dir = argv[2];
+        reshard_sp = atoi(argv[3]);
+        reshard_stage = atoi(argv[4]);
+        test_case cases[] = {{"load the 4-rank checkpoint here == straight run", test_reshard_load}};
+        status = test_run_suite("resume: reshard load", cases, 1);
+    } else if (argc == 1) {
+        test_case cases[] = {
+            {"bitwise resume: llama + dropout, ZeRO 0", test_bitwise_llama_stage0},
+            {"bitwise resume: llama + dropout, ZeRO 1", test_bitwise_llama_stage1},
+            {"bitwise resume: llama + dropout, ZeRO 2", test_bitwise_llama_stage2},
+            {"bitwise resume: gpt2, ZeRO 0", test_bitwise_gpt2_stage0},
+            {"bitwise resume: gpt2, ZeRO 1", test_bitwise_gpt2_stage1},
+            {"bitwise resume: gpt2, ZeRO 2", test_bitwise_gpt2_stage2},
+            {"a step abandoned by a stop request changes nothing", test_interrupted_step},
+            {"a changed d_model is refused by name", test_changed_shape_refused},
+        };
+        status = test_run_suite("resume", cases, (int)(sizeof cases / sizeof cases[0]));
+    } else {
+        fprintf(stderr, "usage: test_resume [save DIR | load DIR SP STAGE]\n");
+        status = 2;
+    }
+    int worst = status;
+    MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    rt_barrier(world);
+    if (world->rank == 0) {
+        unlink(data_path);
+        rmdir(work_dir);
+    }
+    rt_comm_finalize();
+    return worst;
+}
