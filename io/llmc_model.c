@@ -15,7 +15,8 @@
  * infinite weights. Values are host-order (little-endian on every machine
  * llm.c and ringtrain run on).
  *
- * rt_llmc_write writes PATH.tmp, fsyncs and renames it: never a partial file.
+ * rt_llmc_write writes PATH.tmp, fsyncs and renames it: never a partial file. A failed write, flush,
+ * fsync or close removes PATH.tmp, leaves PATH as it was and names PATH (`ringtrain export` writes here).
  */
 #include "llmc_model.h"
 
@@ -235,6 +236,6 @@ int rt_llmc_write(const char *path, const rt_llmc_header *hdr, const float *para
     errno = 0;
     if (fwrite(header, 1, sizeof header, file) != sizeof header ||
         fwrite(params, 1, param_bytes, file) != param_bytes || fflush(file) != 0)
-        rc = rt_fail(err, "%s: write failed: %s", tmp_path, errno ? strerror(errno) : "short write");
+        rc = rt_fail(err, "%s: write failed: %s", path, errno ? strerror(errno) : "short write (a full disk?)");
     return rt_commit_tmp_file(file, tmp_path, path, rc, err);
 }

@@ -1,5 +1,5 @@
 /*
- * cli.c: the `ringtrain` command: train, prepare, sample.
+ * cli.c: the `ringtrain` command: train, prepare, sample, inspect, export.
  *
  * Every failure ends with one line "ringtrain: ..." on stderr and a non-zero
  * exit (2 for a malformed command line, 1 for bad input or a failed run).
@@ -18,6 +18,8 @@
 #include "../io/prepare.h"
 #include "comm.h"
 #include "config.h"
+#include "inspect.h"
+#include "model_io.h"
 #include "run.h"
 #include "sample.h"
 #include "threads.h"
@@ -28,7 +30,15 @@ static const char *usage_text =
     "  ringtrain prepare --input TEXT [--input TEXT ...] --output TRAIN.bin [--val-output VAL.bin]\n"
     "                    [--val-fraction F]\n"
     "  ringtrain prepare --llmc SHARD.bin --output OUT.bin\n"
-    "  ringtrain sample --model FILE [--prompt TEXT] [--tokens N] [--temperature T] [--top-k K] [--seed S]\n";
+    "  ringtrain sample --model FILE | --checkpoint CKPT [--prompt TEXT] [--tokens N] [--temperature T]\n"
+    "                   [--top-k K] [--seed S]\n"
+    "  ringtrain inspect CKPT\n"
+    "  ringtrain export --checkpoint CKPT --llmc OUT.bin\n"
+    "\n"
+    "FILE: a model.h5, a checkpoint (checkpoints/step_*.h5) or an llm.c GPT-2 .bin, told apart by content.\n"
+    "inspect prints a checkpoint's (or model.h5's) step, tokens, layout, config and every tensor's shape and\n"
+    "norm, verifying every checksum. export writes a gpt2-family model as an llm.c file train_gpt2.c loads.\n"
+    "model.init_from (train) takes an llm.c file, a model.h5 or a checkpoint: its weights, a fresh optimizer.\n";
 
 static int usage_error(const char *fmt, const char *arg) {
     fputs("ringtrain: ", stderr);
@@ -169,7 +179,7 @@ static int cmd_sample(int argc, char **argv) {
         double number = 0.0;
         unsigned long long count = 0;
         if (!value) return usage_error("sample: option '%s' needs a value", name);
-        if (strcmp(name, "--model") == 0)
+        if (strcmp(name, "--model") == 0 || strcmp(name, "--checkpoint") == 0)
             opt.model_path = value;
         else if (strcmp(name, "--prompt") == 0)
             opt.prompt = value;
@@ -189,9 +199,35 @@ static int cmd_sample(int argc, char **argv) {
                                what);
         }
     }
-    if (!opt.model_path) return usage_error("sample: %s", "--model FILE is required");
+    if (!opt.model_path) return usage_error("sample: %s", "--model FILE (or --checkpoint CKPT) is required");
     rt_error err;
     return rt_sample(&opt, stdout, &err) ? fail(&err) : 0;
+}
+
+static int cmd_inspect(int argc, char **argv) {
+    if (argc != 3 || argv[2][0] == '-') return usage_error("inspect: %s", "expected one file: ringtrain inspect CKPT");
+    rt_error err;
+    return rt_inspect(argv[2], stdout, &err) ? fail(&err) : 0;
+}
+
+static int cmd_export(int argc, char **argv) {
+    const char *checkpoint = NULL, *llmc = NULL;
+    for (int i = 2; i < argc; i++) {
+        const char *value = NULL;
+        if (strcmp(argv[i], "--checkpoint") == 0 && (value = option_value(argc, argv, &i)))
+            checkpoint = value;
+        else if (strcmp(argv[i], "--llmc") == 0 && (value = option_value(argc, argv, &i)))
+            llmc = value;
+        else
+            return usage_error("export: unexpected or incomplete argument '%s'", argv[i]);
+    }
+    if (!checkpoint || !llmc) return usage_error("export: %s", "give --checkpoint CKPT and --llmc OUT.bin");
+    rt_error err;
+    rt_config cfg;
+    if (rt_export_llmc(checkpoint, llmc, &cfg, &err)) return fail(&err);
+    printf("exported %s to %s: llm.c GPT-2, %d layers, %d channels, %d heads, vocab %d, max_seq_len %d\n", checkpoint,
+           llmc, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.vocab_size, cfg.max_seq_len);
+    return 0;
 }
 
 /* stdout is an output too (sample's text, the progress log): a write to it that failed (a full disk,
@@ -219,7 +255,11 @@ int main(int argc, char **argv) {
         status = cmd_prepare(argc, argv);
     else if (strcmp(argv[1], "sample") == 0)
         status = cmd_sample(argc, argv);
+    else if (strcmp(argv[1], "inspect") == 0)
+        status = cmd_inspect(argc, argv);
+    else if (strcmp(argv[1], "export") == 0)
+        status = cmd_export(argc, argv);
     else
-        return usage_error("unknown command '%s'; expected train, prepare or sample", argv[1]);
+        return usage_error("unknown command '%s'; expected train, prepare, sample, inspect or export", argv[1]);
     return finish_stdout(status);
 }

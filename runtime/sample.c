@@ -7,14 +7,10 @@
 #include "sample.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
-#include "../io/checkpoint.h"
 #include "../io/tokens.h"
 #include "model.h"
 #include "model_io.h"
@@ -24,18 +20,6 @@ static uint64_t next_random(uint64_t *state) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     return z ^ (z >> 31);
-}
-
-static int is_hdf5(const char *path) {
-    static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    unsigned char head[8] = {0};
-    /* O_NONBLOCK: a FIFO must not block here; the reader it goes to next refuses it as not regular. */
-    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) return 0;
-    struct stat st;
-    ssize_t got = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, head, sizeof head) : 0;
-    close(fd);
-    return got == (ssize_t)sizeof head && memcmp(head, signature, sizeof head) == 0;
 }
 
 int rt_sample_draw(float *logits, int V, float temperature, int top_k, uint64_t *rng) {
@@ -118,18 +102,12 @@ static int parse_prompt(const char *prompt, int byte_vocab, int V, uint32_t **to
 int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     rt_config cfg;
     rt_config_defaults(&cfg);
-    int from_hdf5 = is_hdf5(opt->model_path);
+    int from_hdf5 = rt_model_file_is_hdf5(opt->model_path, err);
+    if (from_hdf5 < 0) return -1;
     if (from_hdf5) {
-        char *config_text = NULL;
-        int64_t step = 0;
-        if (rt_checkpoint_read_meta(opt->model_path, &config_text, &step, err)) return -1;
-        rt_error inner;
-        int rc = rt_config_load_text(&cfg, config_text, opt->model_path, &inner);
-        free(config_text);
-        if (rc) return rt_fail(err, "%s: its stored config does not load: %s", opt->model_path, inner.msg);
-        /* The same model checks as --config: a stored shape must be one ringtrain could have trained. */
-        if (rt_config_validate_model(&cfg, &inner))
-            return rt_fail(err, "%s: its stored config is not valid: %s", opt->model_path, inner.msg);
+        /* The stored config, checked to describe a valid model the file's tensors back (model.h5 or a
+         * checkpoint: both keep the weights as /model). */
+        if (rt_config_from_checkpoint(&cfg, opt->model_path, err)) return -1;
     } else {
         /* The llm.c header was checked against the file's size (rt_llmc_read_header) before this point. */
         if (rt_config_from_llmc(&cfg, opt->model_path, err)) return -1;
@@ -139,18 +117,6 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
             return rt_fail(err, "%s: its header gives an invalid model: %s", opt->model_path, inner.msg);
     }
     rt_model_shape shape = rt_model_shape_from_config(&cfg);
-    if (from_hdf5) {
-        /* Size memory only from a config the file's tensors agree with: a stored shape far larger than the
-         * datasets must be refused here, not after allocating it. */
-        size_t stored = 0, wanted = rt_model_param_count(&shape);
-        if (rt_checkpoint_count_params(opt->model_path, &stored, err)) return -1;
-        if (stored != wanted)
-            return rt_fail(err,
-                           "%s: its stored config (n_layers %d, d_model %d, d_ff %d, vocab_size %d, max_seq_len %d) "
-                           "describes %zu parameters, but the file's /model tensors hold %zu",
-                           opt->model_path, cfg.n_layers, cfg.d_model, cfg.d_ff, cfg.vocab_size, cfg.max_seq_len,
-                           wanted, stored);
-    }
     const rt_backend *be = rt_backend_cpu();
     rt_device_memory mem;
     rt_device_memory_init(&mem, be, 0);

@@ -8,7 +8,7 @@
 #include "common.h"
 
 typedef struct {
-    const char *model_path; /* ringtrain model.h5 or an llm.c GPT-2 .bin */
+    const char *model_path; /* ringtrain model.h5 or checkpoint, or an llm.c GPT-2 .bin */
     const char *prompt;     /* text (byte vocab) or comma-separated token ids (larger vocabs); may be NULL */
     int n_tokens;           /* tokens to generate */
     float temperature;      /* 0 = greedy */

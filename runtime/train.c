@@ -132,7 +132,7 @@ void rt_trainer_stop_on(rt_trainer *t, const volatile sig_atomic_t *flag) { t->s
 /* The checks that need no communication: config, layout, data files. */
 static int setup_local(rt_trainer *t, rt_error *err) {
     rt_config *cfg = &t->cfg;
-    if (cfg->init_from[0] && rt_config_from_llmc(cfg, cfg->init_from, err)) return -1;
+    if (cfg->init_from[0] && rt_config_from_init_file(cfg, cfg->init_from, err)) return -1;
     if (rt_config_validate(cfg, err)) return -1;
     if (setup_layout(t, err)) return -1;
     rt_model_shape shape = rt_model_shape_from_config(cfg);
@@ -159,7 +159,7 @@ static int setup_model(rt_trainer *t, rt_error *err) {
         return -1;
     t->model_ready = 1;
     if (cfg->init_from[0]) {
-        if (rt_model_load_llmc(&t->model, cfg->init_from, err)) return -1;
+        if (rt_model_load_init_file(&t->model, cfg->init_from, err)) return -1;
     } else {
         rt_model_init_params(&t->model, cfg->seed);
     }
