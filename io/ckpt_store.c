@@ -271,6 +271,18 @@ static int fsync_path(const char *name, int flags, const char *path, rt_error *e
     return rc;
 }
 
+/* Test hook: RINGTRAIN_TEST_CKPT_STALL = "NAME:SECONDS" holds a write of a path ending in NAME for SECONDS
+ * with every dataset written and the .tmp still open, so a test can kill a rank in the middle of a save. */
+static void test_stall(const char *path) {
+    const char *hook = getenv("RINGTRAIN_TEST_CKPT_STALL");
+    const char *colon = hook ? strrchr(hook, ':') : NULL;
+    if (!colon) return;
+    size_t name_len = (size_t)(colon - hook), path_len = strlen(path);
+    if (name_len > path_len || strncmp(path + path_len - name_len, hook, name_len) != 0) return;
+    for (int s = atoi(colon + 1); s > 0; s--)
+        sleep(1);
+}
+
 int rt_ckpt_store_write(MPI_Comm comm, const char *path, const rt_ckpt_piece *pieces, int n_pieces,
                         const rt_ckpt_attrs *attrs, rt_error *err) {
     rt_error local = {{0}};
@@ -318,6 +330,7 @@ int rt_ckpt_store_write(MPI_Comm comm, const char *path, const rt_ckpt_piece *pi
         rc = agree(comm,
                    write_int_attr(comm, file, attrs->ints[i].key, H5T_STD_I64LE, attrs->ints[i].value, path, &local),
                    &local);
+    if (rc == 0) test_stall(path);
     /* every object is closed by now, so the close is the last flush; if it fails, HDF5 1.10 may keep the file
      * open, and the .tmp is removed all the same */
     int close_rc = file >= 0 && H5Fclose(file) < 0 ? h5_fail(&local, path, "file", "H5Fclose (flushing)") : 0;

@@ -351,10 +351,12 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
     const int done = rt_trainer_steps_done(t);
     if (stopped) {
         if (is_root) {
+            const int sig = stop_signal_number;
             printf("stop signal (%s): saving a checkpoint of step %d of %d\n",
-                   stop_signal_number == SIGTERM  ? "SIGTERM"
-                   : stop_signal_number == SIGINT ? "SIGINT"
-                                                  : "SIGUSR1 or another rank's signal",
+                   sig == SIGTERM   ? "SIGTERM"
+                   : sig == SIGINT  ? "SIGINT"
+                   : sig == SIGUSR1 ? "SIGUSR1"
+                                    : "on another rank",
                    done, cfg->steps);
             fflush(stdout);
         }

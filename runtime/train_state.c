@@ -180,7 +180,10 @@ static int peek_attrs(rt_comm *world, const char *path, rt_ckpt_int_attr ints[N_
 int rt_checkpoint_peek(rt_comm *world, const char *path, rt_checkpoint_info *info, rt_error *err) {
     memset(info, 0, sizeof *info);
     rt_ckpt_int_attr ints[N_INT_ATTRS];
-    if (peek_attrs(world, path, ints, &info->config_text, err)) return -1;
+    if (peek_attrs(world, path, ints, &info->config_text, err)) {
+        if (world->rank != 0) err->msg[0] = '\0';
+        return -1;
+    }
     info->step = ints[ATTR_STEP].value;
     info->tokens = ints[ATTR_TOKENS].value;
     info->world_size = ints[ATTR_WORLD_SIZE].value;
