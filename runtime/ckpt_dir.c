@@ -108,7 +108,7 @@ int rt_ckpt_dir_commit(const char *dir, const char *file_name, int keep, rt_erro
         steps[n++] = step;
     }
     closedir(d);
-    qsort(steps, n, sizeof *steps, by_step_descending);
+    if (n) qsort(steps, n, sizeof *steps, by_step_descending); /* steps is NULL when n is 0 */
     /* The current file is one of the kept; of the others, the newest keep - 1 stay. */
     for (size_t i = keep > 1 ? (size_t)keep - 1 : 0; i < n; i++) {
         rt_ckpt_dir_step_path(dir, (int)steps[i], path, sizeof path);

@@ -239,7 +239,8 @@ def case_kill(tmp):
     check(open(os.path.join(ckpt, "latest")).read() == "step_00000002.h5\n", "latest still names step 2")
     check(not os.path.exists(os.path.join(ckpt, "step_00000004.h5")) and os.path.exists(tmp_file),
           "the killed save left only its .tmp")
-    out = run(2, ini, "--resume").stdout
+    # every 3: the next save is step 3's, so the killed save's step_00000004.h5.tmp must be removed, not reused.
+    out = run(2, ini, "--resume", "--set=checkpoint.every=3").stdout
     check(f"resuming from {ckpt}/step_00000002.h5" in out, "resume takes the previous checkpoint")
     check(losses(run_dir) == ref, "the resumed run's losses are the uninterrupted run's, bit for bit")
     check(not glob.glob(os.path.join(ckpt, "*.tmp")), "the next save removed the .tmp")
