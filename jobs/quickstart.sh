@@ -15,8 +15,19 @@ mpirun_flags=(--oversubscribe -x OMP_NUM_THREADS=$(( $(nproc) / ranks > 0 ? $(np
 # Each run gets its own directory (train refuses a run.dir that holds an earlier run), unless run.dir is set.
 run_dir=runs/quickstart-$(date +%Y%m%d-%H%M%S)
 for arg in "$@"; do case $arg in *run.dir=*) run_dir=${arg#*run.dir=} ;; esac; done
+# A stop signal (under mpirun: kill -USR1 <mpirun pid>) saves a checkpoint and exits 75; the same command
+# with --resume continues it.
+status=0
 mpirun "${mpirun_flags[@]}" -np $ranks build/ringtrain train --config jobs/configs/quickstart.ini \
-  --set "run.dir=$run_dir" "$@"
+  --set "run.dir=$run_dir" "$@" || status=$?
+if [ "$status" -eq 75 ]; then
+  echo "stopped with a checkpoint; continue with: bash jobs/quickstart.sh --set run.dir=$run_dir --resume"
+  exit 75
+fi
+[ "$status" -eq 0 ] || exit "$status"
+echo
+echo "== checkpoints in $run_dir/checkpoints (latest: $(cat "$run_dir/checkpoints/latest"))"
+build/ringtrain inspect "$run_dir/checkpoints/$(cat "$run_dir/checkpoints/latest")" | head -8
 
 echo
 echo "== sample from $run_dir/model.h5"
