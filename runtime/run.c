@@ -337,7 +337,7 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
             rc = RT_TRAIN_FAILED_EVERYWHERE;
             goto restore_signals;
         }
-        if (stop > 0.0) {
+        if (stop > 0.0 && s.step + 1 < cfg->steps) { /* after the last step a stop changes nothing */
             stopped = 1;
             break;
         }
