@@ -93,17 +93,8 @@ double rt_now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int rc, rt_error *err) {
-    if (rc == 0 && fflush(file) != 0) rc = rt_fail(err, "%s: write failed: %s", path, strerror(errno));
-    if (rc == 0 && fsync(fileno(file)) != 0) rc = rt_fail(err, "%s: fsync failed: %s", path, strerror(errno));
-    if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", path, strerror(errno));
-    if (rc == 0 && rename(tmp_path, path) != 0)
-        rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
-    if (rc != 0) {
-        unlink(tmp_path);
-        return rc;
-    }
-    /* The rename is durable only once the directory entry is on disk. */
+/* After a rename onto path: the rename is durable only once the directory entry is on disk. */
+static int fsync_parent_dir(const char *path, rt_error *err) {
     char dir[RT_TMP_PATH_LEN];
     snprintf(dir, sizeof dir, "%s", path);
     char *slash = strrchr(dir, '/');
@@ -114,10 +105,24 @@ int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int r
     else
         snprintf(dir, sizeof dir, ".");
     int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc = 0;
     if (dir_fd < 0 || fsync(dir_fd) != 0)
         rc = rt_fail(err, "%s: cannot fsync its directory: %s", path, strerror(errno));
     if (dir_fd >= 0) close(dir_fd);
     return rc;
+}
+
+int rt_commit_tmp_file(FILE *file, const char *tmp_path, const char *path, int rc, rt_error *err) {
+    if (rc == 0 && fflush(file) != 0) rc = rt_fail(err, "%s: write failed: %s", path, strerror(errno));
+    if (rc == 0 && fsync(fileno(file)) != 0) rc = rt_fail(err, "%s: fsync failed: %s", path, strerror(errno));
+    if (fclose(file) != 0 && rc == 0) rc = rt_fail(err, "%s: close failed: %s", path, strerror(errno));
+    if (rc == 0 && rename(tmp_path, path) != 0)
+        rc = rt_fail(err, "%s: cannot rename %s into place: %s", path, tmp_path, strerror(errno));
+    if (rc != 0) {
+        unlink(tmp_path);
+        return rc;
+    }
+    return fsync_parent_dir(path, err);
 }
 
 int rt_write_all(int fd, const void *data, size_t bytes, const char *name, rt_error *err) {
@@ -154,19 +159,5 @@ int rt_write_file_atomic(const char *path, const void *data, size_t bytes, rt_er
         unlink(tmp_path);
         return rc;
     }
-    /* The rename is durable only once the directory entry is on disk. */
-    char dir[RT_TMP_PATH_LEN];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir)
-        dir[1] = '\0';
-    else if (slash)
-        *slash = '\0';
-    else
-        snprintf(dir, sizeof dir, ".");
-    int dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir_fd < 0 || fsync(dir_fd) != 0)
-        rc = rt_fail(err, "%s: cannot fsync its directory: %s", path, strerror(errno));
-    if (dir_fd >= 0) close(dir_fd);
-    return rc;
+    return fsync_parent_dir(path, err);
 }

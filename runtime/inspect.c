@@ -29,6 +29,7 @@
 
 #include "../io/checkpoint.h"
 #include "../io/h5_shape.h"
+#include "ckpt_format.h"
 
 #define SLAB_ELEMS ((size_t)1 << 22) /* 32 MiB of doubles */
 #define MAX_LINKS 1000000            /* links visited in all: bounds the walk through hard-link cycles */
@@ -56,37 +57,6 @@ static int h5_fail(rt_error *err, const char *path, const char *what) {
 }
 
 /* ---- root attributes ---- */
-
-/* The integer attributes only a training checkpoint has (runtime/train_state.c), in print order. */
-enum {
-    A_TOKENS,
-    A_OPTIMIZER_STEPS,
-    A_WORLD_SIZE,
-    A_DP,
-    A_SP,
-    A_ZERO_STAGE,
-    A_SEED,
-    A_PARAMS,
-    A_LOADER_EPOCH,
-    A_LOADER_CURSOR,
-    A_LOADER_SEED,
-    A_LOADER_FIRST_WINDOW,
-    A_LOADER_WINDOWS,
-    N_ATTRS
-};
-static const char *const attr_keys[N_ATTRS] = {"tokens",
-                                               "optimizer_steps",
-                                               "world_size",
-                                               "dp",
-                                               "sp",
-                                               "zero_stage",
-                                               "seed",
-                                               "n_params",
-                                               "loader_epoch",
-                                               "loader_cursor",
-                                               "loader_seed",
-                                               "loader_first_window",
-                                               "loader_windows"};
 
 /* A single integer attribute of the root group. */
 static int read_int_attr(hid_t file, const char *key, int64_t *value, const char *path, rt_error *err) {
@@ -311,15 +281,17 @@ static void print_config(FILE *out, const char *config) {
     }
 }
 
-static void print_training_state(FILE *out, const int64_t a[N_ATTRS]) {
-    fprintf(out, "tokens: %lld\n", (long long)a[A_TOKENS]);
-    fprintf(out, "optimizer steps: %lld\n", (long long)a[A_OPTIMIZER_STEPS]);
-    fprintf(out, "saved layout: world size %lld (dp %lld x sp %lld), zero stage %lld\n", (long long)a[A_WORLD_SIZE],
-            (long long)a[A_DP], (long long)a[A_SP], (long long)a[A_ZERO_STAGE]);
-    fprintf(out, "parameters: %lld, seed %lld\n", (long long)a[A_PARAMS], (long long)a[A_SEED]);
+static void print_training_state(FILE *out, const int64_t a[RT_CKPT_N_INT_ATTRS]) {
+    fprintf(out, "tokens: %lld\n", (long long)a[RT_CKPT_TOKENS]);
+    fprintf(out, "optimizer steps: %lld\n", (long long)a[RT_CKPT_OPTIMIZER_STEPS]);
+    fprintf(out, "saved layout: world size %lld (dp %lld x sp %lld), zero stage %lld\n",
+            (long long)a[RT_CKPT_WORLD_SIZE], (long long)a[RT_CKPT_DP], (long long)a[RT_CKPT_SP],
+            (long long)a[RT_CKPT_ZERO_STAGE]);
+    fprintf(out, "parameters: %lld, seed %lld\n", (long long)a[RT_CKPT_PARAMS], (long long)a[RT_CKPT_SEED]);
     fprintf(out, "data: epoch %lld, cursor %lld of %lld windows from window %lld, loader seed %lld\n",
-            (long long)a[A_LOADER_EPOCH], (long long)a[A_LOADER_CURSOR], (long long)a[A_LOADER_WINDOWS],
-            (long long)a[A_LOADER_FIRST_WINDOW], (long long)a[A_LOADER_SEED]);
+            (long long)a[RT_CKPT_LOADER_EPOCH], (long long)a[RT_CKPT_LOADER_CURSOR],
+            (long long)a[RT_CKPT_LOADER_WINDOWS], (long long)a[RT_CKPT_LOADER_FIRST_WINDOW],
+            (long long)a[RT_CKPT_LOADER_SEED]);
 }
 
 /* Reads and prints every dataset of list; counts those with checksums. */
@@ -359,13 +331,13 @@ int rt_inspect(const char *path, FILE *out, rt_error *err) {
     if (fapl >= 0) H5Pclose(fapl);
 
     /* Checkpoints carry the training state; a model.h5 only the weights. */
-    int64_t attrs[N_ATTRS] = {0};
+    int64_t attrs[RT_CKPT_N_INT_ATTRS] = {0};
     int is_checkpoint = rc == 0 && H5Aexists(file, "optimizer_steps") > 0;
-    for (int i = 0; is_checkpoint && rc == 0 && i < N_ATTRS; i++)
-        rc = read_int_attr(file, attr_keys[i], &attrs[i], path, err);
+    for (int i = RT_CKPT_TOKENS; is_checkpoint && rc == 0 && i < RT_CKPT_N_INT_ATTRS; i++)
+        rc = read_int_attr(file, rt_ckpt_int_attr_keys[i], &attrs[i], path, err);
     dataset_list list = {.path = path, .err = err};
     if (rc == 0) rc = walk_group(file, "", &list);
-    if (rc == 0) qsort(list.names, (size_t)list.count, sizeof *list.names, compare_names);
+    if (rc == 0 && list.count > 0) qsort(list.names, (size_t)list.count, sizeof *list.names, compare_names);
 
     if (rc == 0) {
         fprintf(out, "%s: %s version %d, %s\n", path, RT_CHECKPOINT_FORMAT, RT_CHECKPOINT_VERSION,

@@ -24,44 +24,27 @@
 #include <string.h>
 
 #include "../io/ckpt_store.h"
+#include "ckpt_format.h"
 #include "comm_mpi.h"
 #include "trainer_internal.h"
 
 enum { GROUP_MODEL, GROUP_MASTER, GROUP_M, GROUP_V, N_GROUPS };
 static const char *const group_prefix[N_GROUPS] = {"/model/", "/optim/master/", "/optim/m/", "/optim/v/"};
 
-/* The integer attributes, in file order. */
-enum {
-    ATTR_STEP,
-    ATTR_TOKENS,
-    ATTR_OPTIMIZER_STEPS,
-    ATTR_WORLD_SIZE,
-    ATTR_DP,
-    ATTR_SP,
-    ATTR_ZERO_STAGE,
-    ATTR_SEED,
-    ATTR_PARAMS,
-    ATTR_LOADER_EPOCH,
-    ATTR_LOADER_CURSOR,
-    ATTR_LOADER_SEED,
-    ATTR_LOADER_FIRST_WINDOW,
-    ATTR_LOADER_WINDOWS,
-    N_INT_ATTRS
-};
-static const char *const int_attr_keys[N_INT_ATTRS] = {"step",
-                                                       "tokens",
-                                                       "optimizer_steps",
-                                                       "world_size",
-                                                       "dp",
-                                                       "sp",
-                                                       "zero_stage",
-                                                       "seed",
-                                                       "n_params",
-                                                       "loader_epoch",
-                                                       "loader_cursor",
-                                                       "loader_seed",
-                                                       "loader_first_window",
-                                                       "loader_windows"};
+const char *const rt_ckpt_int_attr_keys[RT_CKPT_N_INT_ATTRS] = {"step",
+                                                                "tokens",
+                                                                "optimizer_steps",
+                                                                "world_size",
+                                                                "dp",
+                                                                "sp",
+                                                                "zero_stage",
+                                                                "seed",
+                                                                "n_params",
+                                                                "loader_epoch",
+                                                                "loader_cursor",
+                                                                "loader_seed",
+                                                                "loader_first_window",
+                                                                "loader_windows"};
 
 typedef struct {
     rt_ckpt_piece *pieces;
@@ -108,26 +91,26 @@ static void plan_pieces(piece_list *list, const rt_view_table *table, unsigned g
     }
 }
 
-static void fill_int_attrs(const rt_trainer *t, rt_ckpt_int_attr ints[N_INT_ATTRS]) {
+static void fill_int_attrs(const rt_trainer *t, rt_ckpt_int_attr ints[RT_CKPT_N_INT_ATTRS]) {
     const rt_loader *loader = &t->train_loader;
-    const int64_t values[N_INT_ATTRS] = {
-        [ATTR_STEP] = t->next_step,
-        [ATTR_TOKENS] = t->tokens_seen,
-        [ATTR_OPTIMIZER_STEPS] = t->opt.t,
-        [ATTR_WORLD_SIZE] = t->world->size,
-        [ATTR_DP] = t->cfg.dp,
-        [ATTR_SP] = t->cfg.sp,
-        [ATTR_ZERO_STAGE] = t->cfg.zero_stage,
-        [ATTR_SEED] = (int64_t)t->cfg.seed,
-        [ATTR_PARAMS] = (int64_t)t->opt.n_params,
-        [ATTR_LOADER_EPOCH] = (int64_t)loader->epoch,
-        [ATTR_LOADER_CURSOR] = (int64_t)loader->cursor,
-        [ATTR_LOADER_SEED] = (int64_t)loader->seed,
-        [ATTR_LOADER_FIRST_WINDOW] = (int64_t)loader->first_window,
-        [ATTR_LOADER_WINDOWS] = (int64_t)loader->n_windows,
+    const int64_t values[RT_CKPT_N_INT_ATTRS] = {
+        [RT_CKPT_STEP] = t->next_step,
+        [RT_CKPT_TOKENS] = t->tokens_seen,
+        [RT_CKPT_OPTIMIZER_STEPS] = t->opt.t,
+        [RT_CKPT_WORLD_SIZE] = t->world->size,
+        [RT_CKPT_DP] = t->cfg.dp,
+        [RT_CKPT_SP] = t->cfg.sp,
+        [RT_CKPT_ZERO_STAGE] = t->cfg.zero_stage,
+        [RT_CKPT_SEED] = (int64_t)t->cfg.seed,
+        [RT_CKPT_PARAMS] = (int64_t)t->opt.n_params,
+        [RT_CKPT_LOADER_EPOCH] = (int64_t)loader->epoch,
+        [RT_CKPT_LOADER_CURSOR] = (int64_t)loader->cursor,
+        [RT_CKPT_LOADER_SEED] = (int64_t)loader->seed,
+        [RT_CKPT_LOADER_FIRST_WINDOW] = (int64_t)loader->first_window,
+        [RT_CKPT_LOADER_WINDOWS] = (int64_t)loader->n_windows,
     };
-    for (int i = 0; i < N_INT_ATTRS; i++)
-        ints[i] = (rt_ckpt_int_attr){.key = int_attr_keys[i], .value = values[i]};
+    for (int i = 0; i < RT_CKPT_N_INT_ATTRS; i++)
+        ints[i] = (rt_ckpt_int_attr){.key = rt_ckpt_int_attr_keys[i], .value = values[i]};
 }
 
 int rt_trainer_save(rt_trainer *t, const char *path, rt_error *err) {
@@ -152,11 +135,11 @@ int rt_trainer_save(rt_trainer *t, const char *path, rt_error *err) {
     memcpy(list.pieces + list.n, state.pieces, (size_t)state.n * sizeof *state.pieces);
     list.n += state.n;
 
-    rt_ckpt_int_attr ints[N_INT_ATTRS];
+    rt_ckpt_int_attr ints[RT_CKPT_N_INT_ATTRS];
     fill_int_attrs(t, ints);
     char *config_text = rt_config_to_text(&t->cfg);
     rt_ckpt_text_attr texts[1] = {{.key = "config", .text = config_text}};
-    rt_ckpt_attrs attrs = {.texts = texts, .n_texts = 1, .ints = ints, .n_ints = N_INT_ATTRS};
+    rt_ckpt_attrs attrs = {.texts = texts, .n_texts = 1, .ints = ints, .n_ints = RT_CKPT_N_INT_ATTRS};
     int rc = rt_ckpt_store_write(rt_comm_mpi_handle(t->world), path, list.pieces, list.n, &attrs, err);
     free(config_text);
     piece_list_free(&state);
@@ -166,12 +149,12 @@ int rt_trainer_save(rt_trainer *t, const char *path, rt_error *err) {
 }
 
 /* Reads every attribute (texts malloc'd into *config_text). */
-static int peek_attrs(rt_comm *world, const char *path, rt_ckpt_int_attr ints[N_INT_ATTRS], char **config_text,
+static int peek_attrs(rt_comm *world, const char *path, rt_ckpt_int_attr ints[RT_CKPT_N_INT_ATTRS], char **config_text,
                       rt_error *err) {
-    for (int i = 0; i < N_INT_ATTRS; i++)
-        ints[i] = (rt_ckpt_int_attr){.key = int_attr_keys[i]};
+    for (int i = 0; i < RT_CKPT_N_INT_ATTRS; i++)
+        ints[i] = (rt_ckpt_int_attr){.key = rt_ckpt_int_attr_keys[i]};
     rt_ckpt_text_attr texts[1] = {{.key = "config"}};
-    rt_ckpt_attrs attrs = {.texts = texts, .n_texts = 1, .ints = ints, .n_ints = N_INT_ATTRS};
+    rt_ckpt_attrs attrs = {.texts = texts, .n_texts = 1, .ints = ints, .n_ints = RT_CKPT_N_INT_ATTRS};
     if (rt_ckpt_store_read(rt_comm_mpi_handle(world), path, NULL, 0, &attrs, err)) return -1;
     *config_text = texts[0].text;
     return 0;
@@ -179,17 +162,17 @@ static int peek_attrs(rt_comm *world, const char *path, rt_ckpt_int_attr ints[N_
 
 int rt_checkpoint_peek(rt_comm *world, const char *path, rt_checkpoint_info *info, rt_error *err) {
     memset(info, 0, sizeof *info);
-    rt_ckpt_int_attr ints[N_INT_ATTRS];
+    rt_ckpt_int_attr ints[RT_CKPT_N_INT_ATTRS];
     if (peek_attrs(world, path, ints, &info->config_text, err)) {
         if (world->rank != 0) err->msg[0] = '\0';
         return -1;
     }
-    info->step = ints[ATTR_STEP].value;
-    info->tokens = ints[ATTR_TOKENS].value;
-    info->world_size = ints[ATTR_WORLD_SIZE].value;
-    info->dp = ints[ATTR_DP].value;
-    info->sp = ints[ATTR_SP].value;
-    info->zero_stage = ints[ATTR_ZERO_STAGE].value;
+    info->step = ints[RT_CKPT_STEP].value;
+    info->tokens = ints[RT_CKPT_TOKENS].value;
+    info->world_size = ints[RT_CKPT_WORLD_SIZE].value;
+    info->dp = ints[RT_CKPT_DP].value;
+    info->sp = ints[RT_CKPT_SP].value;
+    info->zero_stage = ints[RT_CKPT_ZERO_STAGE].value;
     return 0;
 }
 
@@ -279,7 +262,7 @@ int rt_checkpoint_check_config(const char *path, const char *saved_text, const r
 }
 
 int rt_trainer_load(rt_trainer *t, const char *path, char *changes, size_t cap, rt_error *err) {
-    rt_ckpt_int_attr ints[N_INT_ATTRS];
+    rt_ckpt_int_attr ints[RT_CKPT_N_INT_ATTRS];
     char *saved_text = NULL;
     if (peek_attrs(t->world, path, ints, &saved_text, err)) goto fail;
     /* The same on every rank (the attributes are rank 0's): every rank fails alike. */
@@ -287,24 +270,24 @@ int rt_trainer_load(rt_trainer *t, const char *path, char *changes, size_t cap, 
     free(saved_text);
     if (rc) goto fail;
     rt_loader *loader = &t->train_loader;
-    if (ints[ATTR_PARAMS].value != (int64_t)t->opt.n_params) {
-        rt_fail(err, "%s: holds %" PRId64 " parameters, this model %zu", path, ints[ATTR_PARAMS].value,
+    if (ints[RT_CKPT_PARAMS].value != (int64_t)t->opt.n_params) {
+        rt_fail(err, "%s: holds %" PRId64 " parameters, this model %zu", path, ints[RT_CKPT_PARAMS].value,
                 t->opt.n_params);
         goto fail;
     }
-    if (ints[ATTR_LOADER_WINDOWS].value != (int64_t)loader->n_windows ||
-        ints[ATTR_LOADER_FIRST_WINDOW].value != (int64_t)loader->first_window) {
+    if (ints[RT_CKPT_LOADER_WINDOWS].value != (int64_t)loader->n_windows ||
+        ints[RT_CKPT_LOADER_FIRST_WINDOW].value != (int64_t)loader->first_window) {
         rt_fail(err,
                 "%s: saved while training on windows [%" PRId64 ", +%" PRId64 ") of the data, this run trains on "
                 "[%zu, +%zu): data.train, data.val or data.val_fraction changed, so the position in the data "
                 "means nothing here",
-                path, ints[ATTR_LOADER_FIRST_WINDOW].value, ints[ATTR_LOADER_WINDOWS].value, loader->first_window,
+                path, ints[RT_CKPT_LOADER_FIRST_WINDOW].value, ints[RT_CKPT_LOADER_WINDOWS].value, loader->first_window,
                 loader->n_windows);
         goto fail;
     }
-    if (ints[ATTR_STEP].value < 0 || ints[ATTR_STEP].value > INT32_MAX || ints[ATTR_OPTIMIZER_STEPS].value < 0 ||
-        ints[ATTR_OPTIMIZER_STEPS].value > INT32_MAX || ints[ATTR_LOADER_CURSOR].value < 0 ||
-        ints[ATTR_LOADER_EPOCH].value < 0) {
+    if (ints[RT_CKPT_STEP].value < 0 || ints[RT_CKPT_STEP].value > INT32_MAX ||
+        ints[RT_CKPT_OPTIMIZER_STEPS].value < 0 || ints[RT_CKPT_OPTIMIZER_STEPS].value > INT32_MAX ||
+        ints[RT_CKPT_LOADER_CURSOR].value < 0 || ints[RT_CKPT_LOADER_EPOCH].value < 0) {
         rt_fail(err, "%s: a step, optimizer or loader counter is out of range", path);
         goto fail;
     }
@@ -318,12 +301,13 @@ int rt_trainer_load(rt_trainer *t, const char *path, char *changes, size_t cap, 
     piece_list_free(&list);
     if (rc) goto fail;
     rt_optimizer_publish_params(opt, t->model.params);
-    opt->t = (int)ints[ATTR_OPTIMIZER_STEPS].value;
-    t->next_step = (int)ints[ATTR_STEP].value;
-    t->tokens_seen = ints[ATTR_TOKENS].value;
-    loader->seed = (uint64_t)ints[ATTR_LOADER_SEED].value;
+    opt->t = (int)ints[RT_CKPT_OPTIMIZER_STEPS].value;
+    t->next_step = (int)ints[RT_CKPT_STEP].value;
+    t->tokens_seen = ints[RT_CKPT_TOKENS].value;
+    loader->seed = (uint64_t)ints[RT_CKPT_LOADER_SEED].value;
     /* Cannot fail: the split is the saved one and the cursor was within it. */
-    if (rt_loader_seek(loader, (uint64_t)ints[ATTR_LOADER_EPOCH].value, (size_t)ints[ATTR_LOADER_CURSOR].value, err))
+    if (rt_loader_seek(loader, (uint64_t)ints[RT_CKPT_LOADER_EPOCH].value, (size_t)ints[RT_CKPT_LOADER_CURSOR].value,
+                       err))
         goto fail;
     return 0;
 fail:
