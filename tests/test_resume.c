@@ -7,7 +7,7 @@
  *                            same losses, grad norms, data positions and final
  *                            parameters, bit for bit, at ZeRO stages 0, 1, 2,
  *                            llama with dropout and gpt2, over an epoch
- *                            boundary; a step abandoned by a stop request
+ *                            boundary (sp = ranks, or dp 2 x sp 2 on 4); a step abandoned by a stop request
  *                            changes nothing; a changed d_model is refused.
  *   test_resume save DIR     3 steps on dp 2 x sp 2, ZeRO 2; saves DIR/reshard.h5.
  *   test_resume load DIR SP STAGE
@@ -147,10 +147,10 @@ static void bitwise_case(rt_family family, float dropout, int sp, int stage) {
     if (world->rank == 0) unlink(path);
 }
 
-/* sp = the whole job, and on 4 ranks also dp 2 x sp 2. */
+/* sp = the whole job on 1 and 2 ranks; on 4 ranks dp 2 x sp 2, which shards over both mesh dimensions (sp = 4
+ * alone adds nothing the parity suite does not cover, and doubles the sanitizer build's time). */
 static void bitwise_all_layouts(rt_family family, float dropout, int stage) {
-    bitwise_case(family, dropout, world->size, stage);
-    if (world->size == 4) bitwise_case(family, dropout, 2, stage);
+    bitwise_case(family, dropout, world->size == 4 ? 2 : world->size, stage);
 }
 
 static void test_bitwise_llama_stage0(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 0); }
