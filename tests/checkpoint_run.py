@@ -214,7 +214,7 @@ def wait_for(pred, timeout, what):
     while time.time() < deadline:
         if pred():
             return
-        time.sleep(0.1)
+        time.sleep(0.02)
     sys.exit(f"FAIL: timed out waiting for {what}")
 
 
@@ -297,9 +297,11 @@ def case_mpirun(tmp):
         run_dir = os.path.join(tmp, "run_" + name)
         ini = config(os.path.join(tmp, name + ".ini"), run__dir=run_dir, train__steps=1000, **slow)
         p, log = start(2, ini, mpirun_args=mpirun_args)
-        wait_for(lambda: os.path.exists(os.path.join(run_dir, "metrics.jsonl")) and
-                 os.path.getsize(os.path.join(run_dir, "metrics.jsonl")) > 0, 300, "the first step")
-        time.sleep(0.5)  # inside step 2
+        metrics = os.path.join(run_dir, "metrics.jsonl")
+        wait_for(lambda: os.path.exists(metrics) and os.path.getsize(metrics) > 0, 300, "the first step")
+        # inside step 2, which started when step 1's line was written: a third of a step later (steps last
+        # 0.5 s on one machine, 7 s on another, so a fixed sleep can land after step 2)
+        time.sleep(json.loads(open(metrics).readline())["step_s"] / 3)
         t0 = time.time()
         p.send_signal(sig)
         p.wait(timeout=120)
@@ -309,13 +311,13 @@ def case_mpirun(tmp):
         m = re.search(r"checkpoint of step (\d+) complete ([0-9.]+) s after the signal", text)
         check(m is not None, f"{name} to mpirun: the ranks saved a checkpoint")
         step, after = int(m.group(1)), float(m.group(2))
-        step_s = json.loads(open(os.path.join(run_dir, "metrics.jsonl")).readline())["step_s"]
+        step_s = json.loads(open(metrics).readline())["step_s"]
         if sig == signal.SIGUSR1:
             check(p.returncode == EXIT_STOPPED, f"{name} to mpirun: exit {p.returncode} == {EXIT_STOPPED}")
             # The bound: one layer's forward or backward plus the save, not the rest of the step.
             save_s = float(re.search(r"checkpoint \S+ \(step \d+, [^,]+, ([0-9.]+) s\)", text).group(1))
             check(step == 1 and after - save_s < step_s / 2,
-                  f"{name}: step 2 abandoned; checkpoint complete {after:.1f} s after the signal, of which the save "
+                  f"{name}: step 2 abandoned (checkpoint of step {step}); checkpoint complete {after:.1f} s after the signal, of which the save "
                   f"took {save_s:.1f} s (a step: {step_s:.1f} s)")
         else:
             check(p.returncode != 0 and wall < 2 * 8 + step_s, f"{name} to mpirun: saved, exit {p.returncode}, "
