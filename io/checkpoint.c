@@ -1,6 +1,6 @@
 /* checkpoint.c: HDF5 checkpoints: named views as /model/<name> datasets, config and step as root attributes.
  *
- * Layout (version 1; see checkpoint.h):
+ * Layout (version 2; see checkpoint.h):
  *   /              format = "ringtrain-checkpoint", version = 1 (int32), step (int64), config (string)
  *   /model/<name>  fp32, the view's global shape, chunked, Fletcher32 checksum per chunk
  * Chunks cover the whole tensor when it fits in CHUNK_MAX_BYTES; larger

@@ -9,18 +9,20 @@
 #include "../runtime/tensor.h"
 
 /*
- * File layout (version 1), independent of how many ranks wrote it:
- *   /                 attributes: format = "ringtrain-checkpoint" (string), version = 1 (int32),
+ * File layout (version 2), independent of how many ranks wrote it:
+ *   /                 attributes: format = "ringtrain-checkpoint" (string), version = 2 (int32),
  *                                 step (int64), config (string: the resolved INI text)
  *   /model/<name>     one fp32 dataset per named view, with the view's global shape,
  *                     chunked (<= 4 MiB per chunk) with Fletcher32 checksums
- * Later versions add /optim/{m,v,master}/<name> with the same shapes.
+ * A training checkpoint (io/ckpt_store.h) adds /optim/{m,v,master}/<name> with the same shapes, and
+ * stores every dataset contiguous with block checksums (io/block_sum.h) instead of Fletcher32. Version 1
+ * files (Fletcher32 in checkpoints too) are refused by version.
  * Files are written as PATH.tmp and renamed into place: PATH is always either
  * the previous file or a complete new one. Errors name the path and the HDF5
  * operation; HDF5's own error printing is switched off.
  */
 #define RT_CHECKPOINT_FORMAT "ringtrain-checkpoint"
-#define RT_CHECKPOINT_VERSION 1
+#define RT_CHECKPOINT_VERSION 2
 
 /* Writes every view of table, read from params + view offset (host fp32). Serial for now. */
 int rt_checkpoint_write(const char *path, const rt_view_table *table, const float *params, const char *config_text,

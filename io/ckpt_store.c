@@ -15,10 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "block_sum.h"
 #include "checkpoint.h"
-
-#define CHUNK_MAX_BYTES ((size_t)4 << 20)
-#define MAX_BOXES (2 * RT_CKPT_STORE_MAX_DIMS - 1)
 
 /* ---- errors and agreement ---- */
 
@@ -104,94 +102,157 @@ static int check_plan(MPI_Comm comm, const char *path, const rt_ckpt_piece *piec
 
 /* ---- selections ---- */
 
-/* Adds the boxes of flat range [a, b) of the sub-tensor at dim d (the leading coordinates already in start). */
-static void add_boxes(hid_t space, int ndim, const hsize_t *dims, int d, hsize_t *start, hsize_t a, hsize_t b,
-                      int *n_boxes) {
+/*
+ * A flat range of a row-major tensor is a sequence of boxes (a partial first row, whole rows, a partial last
+ * row, recursively), each contiguous both in the file's N-D space and in the rank's flat buffer. Each box
+ * moves in its own H5Dread/H5Dwrite with a memory space of the box's own shape: HDF5 1.10 then copies
+ * whole runs, where a 1-D memory space against an N-D selection of the same points made it map element by
+ * element (75-85% of a save's time, measured). Whole-row boxes are cut at BOX_MAX_ELEMS, so one transfer
+ * stays far below MPI's 2 GiB count limit.
+ */
+#define BOX_MAX_ELEMS ((size_t)1 << 26)
+
+typedef struct {
+    hsize_t start[RT_CKPT_STORE_MAX_DIMS], count[RT_CKPT_STORE_MAX_DIMS];
+    size_t flat; /* the box's first element in the flat tensor */
+} box;
+
+typedef struct {
+    box *items;
+    int n, cap;
+} box_list;
+
+static void push_box(box_list *list, int ndim, const hsize_t *start, const hsize_t *count, size_t flat) {
+    if (list->n == list->cap) {
+        list->cap = list->cap ? 2 * list->cap : 8;
+        box *grown = realloc(list->items, (size_t)list->cap * sizeof *grown);
+        if (!grown) rt_fatal("out of memory for %d hyperslab boxes", list->cap);
+        list->items = grown;
+    }
+    box *b = &list->items[list->n++];
+    memcpy(b->start, start, sizeof(hsize_t) * (size_t)ndim);
+    memcpy(b->count, count, sizeof(hsize_t) * (size_t)ndim);
+    b->flat = flat;
+}
+
+/* Appends the boxes of flat range [a, b) of the sub-tensor at dim d (leading coordinates in start, the
+ * sub-tensor's first flat element at base). */
+static void add_boxes(box_list *list, int ndim, const hsize_t *dims, int d, hsize_t *start, size_t base, hsize_t a,
+                      hsize_t b) {
     hsize_t stride = 1, count[RT_CKPT_STORE_MAX_DIMS];
     for (int k = d + 1; k < ndim; k++)
         stride *= dims[k];
     if (a >= b) return;
     if (a / stride == (b - 1) / stride && (a % stride != 0 || b % stride != 0) && d + 1 < ndim) {
         start[d] = a / stride; /* inside one row of dim d: descend */
-        add_boxes(space, ndim, dims, d + 1, start, a % stride, b - start[d] * stride, n_boxes);
+        add_boxes(list, ndim, dims, d + 1, start, base + start[d] * stride, a % stride, b - start[d] * stride);
         return;
     }
     hsize_t first_whole = (a + stride - 1) / stride, end_whole = b / stride;
     if (a % stride != 0) { /* the partial first row */
         start[d] = a / stride;
-        add_boxes(space, ndim, dims, d + 1, start, a % stride, stride, n_boxes);
+        add_boxes(list, ndim, dims, d + 1, start, base + start[d] * stride, a % stride, stride);
     }
-    if (end_whole > first_whole) { /* whole rows */
+    hsize_t rows_per_box = stride >= BOX_MAX_ELEMS ? 1 : BOX_MAX_ELEMS / stride;
+    for (hsize_t row = first_whole; row < end_whole; row += rows_per_box) { /* whole rows */
         for (int k = 0; k < ndim; k++)
             count[k] = k < d ? 1 : dims[k];
-        start[d] = first_whole;
-        count[d] = end_whole - first_whole;
+        start[d] = row;
+        count[d] = end_whole - row < rows_per_box ? end_whole - row : rows_per_box;
         for (int k = d + 1; k < ndim; k++)
             start[k] = 0;
-        H5Sselect_hyperslab(space, *n_boxes ? H5S_SELECT_OR : H5S_SELECT_SET, start, NULL, count, NULL);
-        ++*n_boxes;
+        push_box(list, ndim, start, count, base + (size_t)(row * stride));
     }
     if (b % stride != 0) { /* the partial last row */
         start[d] = end_whole;
-        add_boxes(space, ndim, dims, d + 1, start, 0, b % stride, n_boxes);
+        add_boxes(list, ndim, dims, d + 1, start, base + end_whole * stride, 0, b % stride);
     }
 }
 
-/* File and memory spaces selecting this rank's range; empty selections when count is 0. */
-static int select_range(hid_t file_space, hid_t *mem_space, int ndim, const hsize_t *dims, size_t offset,
-                        size_t count) {
-    hsize_t start[RT_CKPT_STORE_MAX_DIMS] = {0}, mem_dims = count ? count : 1;
-    int n_boxes = 0;
-    *mem_space = H5Screate_simple(1, &mem_dims, NULL);
-    if (*mem_space < 0) return -1;
-    if (count == 0) return H5Sselect_none(file_space) < 0 || H5Sselect_none(*mem_space) < 0 ? -1 : 0;
-    add_boxes(file_space, ndim, dims, 0, start, offset, offset + count, &n_boxes);
-    return H5Sget_select_npoints(file_space) == (hssize_t)count && n_boxes <= MAX_BOXES ? 0 : -1;
+static box_list boxes_of(int ndim, const hsize_t *dims, size_t offset, size_t count) {
+    box_list list = {0};
+    hsize_t start[RT_CKPT_STORE_MAX_DIMS] = {0};
+    add_boxes(&list, ndim, dims, 0, start, 0, offset, offset + count);
+    return list;
+}
+
+/*
+ * Moves flat range [offset, offset + count) between buf and dset, one box per transfer; n_calls >= the box
+ * count (collective transfers: every rank makes the same number of calls, the ranks with fewer boxes with
+ * empty selections). A failed call does not skip the rest, so no rank leaves the others inside a
+ * collective. Returns 0, or -1 when any call failed.
+ */
+static int transfer(hid_t dset, hid_t file_space, hid_t xfer, int ndim, const hsize_t *dims, size_t offset,
+                    size_t count, float *buf, int writing, int *n_calls) {
+    box_list list = boxes_of(ndim, dims, offset, count);
+    if (*n_calls < list.n) *n_calls = list.n;
+    int rc = 0;
+    for (int k = 0; k < *n_calls; k++) {
+        static float nothing;
+        hsize_t one = 1;
+        hid_t mem = k < list.n ? H5Screate_simple(ndim, list.items[k].count, NULL) : H5Screate_simple(1, &one, NULL);
+        int ok = mem >= 0 && (k < list.n ? H5Sselect_hyperslab(file_space, H5S_SELECT_SET, list.items[k].start, NULL,
+                                                               list.items[k].count, NULL) >= 0
+                                         : H5Sselect_none(file_space) >= 0 && H5Sselect_none(mem) >= 0);
+        float *at = k < list.n ? buf + (list.items[k].flat - offset) : &nothing;
+        if (ok)
+            ok = writing ? H5Dwrite(dset, H5T_NATIVE_FLOAT, mem, file_space, xfer, at) >= 0
+                         : H5Dread(dset, H5T_NATIVE_FLOAT, mem, file_space, xfer, at) >= 0;
+        if (!ok) rc = -1;
+        if (mem >= 0) H5Sclose(mem);
+    }
+    free(list.items);
+    return rc;
+}
+
+/* The number of transfers of a write: the most boxes any rank has (so every rank makes that many calls). */
+static int agree_calls(MPI_Comm comm, int ndim, const hsize_t *dims, size_t offset, size_t count) {
+    box_list list = boxes_of(ndim, dims, offset, count);
+    int n = list.n, most;
+    free(list.items);
+    MPI_Allreduce(&n, &most, 1, MPI_INT, MPI_MAX, comm);
+    return most;
 }
 
 /* ---- writing ---- */
 
-static void choose_chunk(int ndim, const hsize_t *dims, hsize_t *chunk) {
-    size_t elems = 1;
-    for (int d = 0; d < ndim; d++)
-        elems *= (size_t)(chunk[d] = dims[d]);
-    for (int d = 0; d < ndim; d++)
-        while (elems * sizeof(float) > CHUNK_MAX_BYTES && chunk[d] > 1) {
-            elems /= (size_t)chunk[d];
-            chunk[d] = (chunk[d] + 1) / 2;
-            elems *= (size_t)chunk[d];
-        }
-}
-
-/* Creates and writes one dataset. Every collective call starts only after the ranks agreed that all of them
- * reached it: a rank that stops before a collective the others enter would leave them waiting there. */
+/* Creates and writes one dataset and its block checksums. Every collective call starts only after the ranks
+ * agreed that all of them reached it: a rank that stops before a collective the others enter would leave
+ * them waiting there. */
 static int write_piece(MPI_Comm comm, hid_t file, hid_t lcpl, hid_t xfer, const rt_ckpt_piece *p, int rank,
                        const char *path, rt_error *err) {
-    hsize_t dims[RT_CKPT_STORE_MAX_DIMS], chunk[RT_CKPT_STORE_MAX_DIMS];
+    hsize_t dims[RT_CKPT_STORE_MAX_DIMS];
     for (int d = 0; d < p->ndim; d++)
         dims[d] = p->shape[d];
-    choose_chunk(p->ndim, dims, chunk);
-    size_t offset, count;
+    size_t offset, count, numel = numel_of(p), block = rt_block_sum_block_elems(numel);
+    size_t n_blocks = rt_block_sum_n_blocks(numel, block);
     range_of(p, rank, 1, &offset, &count);
-    hid_t space = H5Screate_simple(p->ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), dset = -1,
-          mem_space = -1;
-    int rc = space >= 0 && dcpl >= 0 && H5Pset_chunk(dcpl, p->ndim, chunk) >= 0 && H5Pset_fletcher32(dcpl) >= 0 &&
+    /* the whole tensor's block sums, this rank's part added in, then summed over the ranks */
+    uint64_t *sums = calloc_check(n_blocks, sizeof *sums);
+    rt_block_sum_add(sums, 0, block, offset, p->data, count);
+    MPI_Allreduce(MPI_IN_PLACE, sums, (int)n_blocks, MPI_UINT64_T, MPI_SUM, comm);
+    int n_calls = agree_calls(comm, p->ndim, dims, offset, count);
+
+    /* contiguous, unfiltered, never filled: the data is written once (see block_sum.h for why not Fletcher32) */
+    hid_t space = H5Screate_simple(p->ndim, dims, NULL), dcpl = H5Pcreate(H5P_DATASET_CREATE), dset = -1;
+    int rc = space >= 0 && dcpl >= 0 && H5Pset_layout(dcpl, H5D_CONTIGUOUS) >= 0 &&
+                     H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY) >= 0 &&
                      H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER) >= 0
                  ? 0
                  : h5_fail(err, path, p->name, "dataset creation properties");
-    if (rc == 0 && select_range(space, &mem_space, p->ndim, dims, offset, count) != 0)
-        rc = h5_fail(err, path, p->name, "selecting this rank's range");
     rc = agree(comm, rc, err);
     if (rc == 0 && (dset = H5Dcreate2(file, p->name, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT)) < 0)
         rc = h5_fail(err, path, p->name, "H5Dcreate");
     rc = agree(comm, rc, err);
-    static const float nothing = 0;
-    if (rc == 0 && H5Dwrite(dset, H5T_NATIVE_FLOAT, mem_space, space, xfer, count ? p->data : &nothing) < 0)
+    if (rc == 0 && transfer(dset, space, xfer, p->ndim, dims, offset, count, p->data, 1, &n_calls) != 0)
         rc = h5_fail(err, path, p->name, "H5Dwrite");
+    rc = agree(comm, rc, err); /* before the collective attribute creation */
+    if (rc == 0 && rt_block_sum_write_attrs(dset, block, sums, n_blocks) != 0)
+        rc = h5_fail(err, path, p->name, "writing the block checksums");
     if (dset >= 0 && H5Dclose(dset) < 0 && rc == 0) rc = h5_fail(err, path, p->name, "H5Dclose");
-    if (mem_space >= 0) H5Sclose(mem_space);
     if (dcpl >= 0) H5Pclose(dcpl);
     if (space >= 0) H5Sclose(space);
+    free(sums);
     return agree(comm, rc, err);
 }
 
@@ -246,14 +307,8 @@ static int reserve_space(const char *tmp_path, const rt_ckpt_piece *pieces, int 
                          const char *path, rt_error *err) {
     size_t bytes = (size_t)1 << 20; /* superblock, groups, format attributes */
     for (int i = 0; i < n; i++) {
-        hsize_t dims[RT_CKPT_STORE_MAX_DIMS], chunk[RT_CKPT_STORE_MAX_DIMS];
-        for (int d = 0; d < pieces[i].ndim; d++)
-            dims[d] = pieces[i].shape[d];
-        choose_chunk(pieces[i].ndim, dims, chunk);
-        size_t chunks = 1;
-        for (int d = 0; d < pieces[i].ndim; d++)
-            chunks *= (size_t)((dims[d] + chunk[d] - 1) / chunk[d]);
-        bytes += numel_of(&pieces[i]) * sizeof(float) + chunks * 64 + 8192; /* checksums, index, header */
+        size_t numel = numel_of(&pieces[i]);
+        bytes += numel * sizeof(float) + rt_block_sum_n_blocks(numel, rt_block_sum_block_elems(numel)) * 8 + 8192;
     }
     for (int i = 0; attrs && i < attrs->n_texts; i++)
         bytes += strlen(attrs->texts[i].text) + 1024;
@@ -410,16 +465,22 @@ static int dataset_exists(hid_t file, const char *name) {
     return 1;
 }
 
+/* An independent read of flat range [offset, offset + count) into buf. */
+static int read_range(hid_t dset, hid_t space, hid_t xfer, int ndim, const hsize_t *dims, size_t offset, size_t count,
+                      float *buf) {
+    int n_calls = 0;
+    return transfer(dset, space, xfer, ndim, dims, offset, count, buf, 0, &n_calls);
+}
+
 static int read_piece(hid_t file, hid_t xfer, rt_ckpt_piece *p, int rank, const char *path, rt_error *err) {
     if (!dataset_exists(file, p->name)) return rt_fail(err, "%s: dataset %s is missing", path, p->name);
     hsize_t want[RT_CKPT_STORE_MAX_DIMS], found[RT_CKPT_STORE_MAX_DIMS];
     for (int d = 0; d < p->ndim; d++)
         want[d] = p->shape[d];
-    hid_t dset = H5Dopen2(file, p->name, H5P_DEFAULT), type = -1, space = -1, dcpl = -1, mem_space = -1;
+    hid_t dset = H5Dopen2(file, p->name, H5P_DEFAULT), type = -1, space = -1;
     int rc = dset < 0 ? h5_fail(err, path, p->name, "H5Dopen") : 0;
-    if (rc == 0 &&
-        ((type = H5Dget_type(dset)) < 0 || (space = H5Dget_space(dset)) < 0 || (dcpl = H5Dget_create_plist(dset)) < 0))
-        rc = h5_fail(err, path, p->name, "H5Dget_type/space/create_plist");
+    if (rc == 0 && ((type = H5Dget_type(dset)) < 0 || (space = H5Dget_space(dset)) < 0))
+        rc = h5_fail(err, path, p->name, "H5Dget_type/space");
     if (rc == 0 && (H5Tget_class(type) != H5T_FLOAT || H5Tget_size(type) != 4))
         rc = rt_fail(err, "%s: dataset %s is not float32", path, p->name);
     int ndim = rc == 0 ? H5Sget_simple_extent_ndims(space) : -1;
@@ -435,19 +496,33 @@ static int read_piece(hid_t file, hid_t xfer, rt_ckpt_piece *p, int rank, const 
             rc = rt_fail(err, "%s: dataset %s has shape %s, expected %s", path, p->name,
                          rt_h5_format_shape(ndim, found, found_text), rt_h5_format_shape(p->ndim, want, want_text));
     }
-    unsigned flags, config;
-    size_t n_values = 0;
-    if (rc == 0 && H5Pget_filter_by_id2(dcpl, H5Z_FILTER_FLETCHER32, &flags, &n_values, NULL, 0, NULL, &config) < 0)
-        rc = rt_fail(err, "%s: dataset %s has no Fletcher32 checksum", path, p->name);
-    size_t offset, count;
+    size_t offset, count, numel = numel_of(p), block = 0;
     range_of(p, rank, 0, &offset, &count);
-    if (rc == 0 && select_range(space, &mem_space, p->ndim, want, offset, count) != 0)
-        rc = h5_fail(err, path, p->name, "selecting this rank's range for H5Dread");
-    float nothing;
-    if (rc == 0 && H5Dread(dset, H5T_NATIVE_FLOAT, mem_space, space, xfer, count ? p->data : &nothing) < 0)
-        rc = h5_fail(err, path, p->name, "H5Dread (checksum or storage error)");
-    if (mem_space >= 0) H5Sclose(mem_space);
-    if (dcpl >= 0) H5Pclose(dcpl);
+    uint64_t *stored = NULL;
+    if (rc == 0) rc = rt_block_sum_read_attrs(dset, numel, &block, &stored, path, p->name, err);
+    if (rc == 0 && count > 0 && read_range(dset, space, xfer, p->ndim, want, offset, count, p->data) != 0)
+        rc = h5_fail(err, path, p->name, "H5Dread (storage error)");
+    if (rc == 0 && count > 0) {
+        /* the blocks this range touches are verified whole: their parts outside the range are read too */
+        size_t end = offset + count, first_block = offset / block, last_block = (end - 1) / block;
+        size_t head = offset - first_block * block;
+        size_t tail = ((last_block + 1) * block < numel ? (last_block + 1) * block : numel) - end;
+        float *edges = head + tail ? malloc_check((head + tail) * sizeof *edges) : NULL;
+        float *tail_values = tail ? edges + head : NULL;
+        if ((head && read_range(dset, space, xfer, p->ndim, want, offset - head, head, edges)) ||
+            (tail && read_range(dset, space, xfer, p->ndim, want, end, tail, tail_values)))
+            rc = h5_fail(err, path, p->name, "H5Dread of the checksum blocks' edges (storage error)");
+        uint64_t *sums = calloc_check(last_block - first_block + 1, sizeof *sums);
+        rt_block_sum_add(sums, first_block, block, offset - head, edges, head);
+        rt_block_sum_add(sums, first_block, block, offset, p->data, count);
+        rt_block_sum_add(sums, first_block, block, end, tail_values, tail);
+        if (rc == 0)
+            rc = rt_block_sum_verify(sums, stored, first_block, last_block - first_block + 1, block, numel, path,
+                                     p->name, err);
+        free(sums);
+        free(edges);
+    }
+    free(stored);
     if (space >= 0) H5Sclose(space);
     if (type >= 0) H5Tclose(type);
     if (dset >= 0) H5Dclose(dset);
@@ -463,8 +538,8 @@ int rt_ckpt_store_read(MPI_Comm comm, const char *path, rt_ckpt_piece *pieces, i
     for (int i = 0; attrs && i < attrs->n_texts; i++)
         attrs->texts[i].text = NULL;
     if (check_plan(comm, path, pieces, n_pieces, attrs, &local)) goto out;
-    /* independent reads: filtered datasets allow them, and a checksum error on one rank cannot strand the others
-     * inside a collective transfer */
+    /* independent reads: a storage or checksum error on one rank cannot strand the others inside a collective
+     * transfer, and each rank reads a different number of boxes */
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS), xfer = H5Pcreate(H5P_DATASET_XFER), file = -1;
     rc = fapl >= 0 && xfer >= 0 && H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) >= 0 &&
                  H5Pset_dxpl_mpio(xfer, H5FD_MPIO_INDEPENDENT) >= 0

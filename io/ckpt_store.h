@@ -19,25 +19,27 @@
  * into ranges is the caller's job.
  *
  * File (the layout of io/checkpoint.h, format "ringtrain-checkpoint",
- * version 1 as int32, so nothing depends on the rank count):
+ * version 2 as int32, so nothing depends on the rank count):
  *   /                 format, version, then the caller's string and int64 attributes
- *   <piece name>      float32 (IEEE LE), the global shape, chunked (leading dims halved
- *                     until a chunk is <= 4 MiB) with HDF5's Fletcher32 checksum filter
+ *   <piece name>      float32 (IEEE LE), the global shape, contiguous, with the block checksums of
+ *                     io/block_sum.h as two attributes (checksum_block, block_checksums)
  *
  * Pieces. A flat range [offset, offset + count) may start and end mid-row;
- * it is selected as a union of at most 2*ndim-1 hyperslab boxes (for a 2-D
- * tensor: a partial first row, the whole rows, a partial last row). Shard
- * boundaries need not be aligned to rows, so ZeRO keeps its even flat
- * split and the file keeps its global shapes. A replicated piece (every
- * rank holds the whole tensor) is written by rank 0 only; the others take
- * part with an empty selection, as does every rank with count 0.
+ * it is moved as a sequence of hyperslab boxes (for a 2-D tensor: a partial
+ * first row, the whole rows, a partial last row), one H5Dwrite or H5Dread
+ * per box with a memory space of the box's shape. Shard boundaries need not
+ * be aligned to rows, so ZeRO keeps its even flat split and the file keeps
+ * its global shapes. A replicated piece (every rank holds the whole tensor)
+ * is written by rank 0 only; the others take part with empty selections, as
+ * does every rank with count 0.
  *
- * Integrity. Debian 12's parallel HDF5 (1.10.8) applies filters to
- * collective writes, also when several ranks write parts of one chunk, so
- * every dataset carries Fletcher32 per chunk; writes are always collective
- * (required for filtered datasets). Reads are independent (allowed for
- * filters) and check every chunk they touch; a dataset without the filter
- * is refused.
+ * Integrity. Each rank adds up the block sums of its range, one
+ * MPI_Allreduce combines them, and every rank writes the same attributes. A
+ * read checks every block its range touches, reading the rest of the first
+ * and last block (at most two blocks more per tensor), so each rank verifies
+ * what it loads on its own whatever the split. Writes are collective (every
+ * rank makes as many H5Dwrite calls as the rank with the most boxes, the
+ * others with empty selections); reads are independent.
  *
  * Collectives. Write and read are collective over comm: every rank passes
  * the same names, shapes, replicated flags and attribute keys in the same

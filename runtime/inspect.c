@@ -6,11 +6,12 @@
  * layout and the data position that only checkpoints have), then every dataset anywhere in the file
  * (/model, /optim/master, /optim/m, /optim/v) with its shape and L2 norm.
  *
- * Verification is reading: HDF5 checks a chunk's Fletcher32 sum whenever it reads the chunk, so reading
- * every dataset from its first element to its last checks every chunk of the file. Datasets are read in
- * slabs of whole rows (at most SLAB_ELEMS values at a time, as double), so memory stays small whatever the
- * tensor; a slab that cuts a chunk reads that chunk twice, checked both times. The norm is accumulated in
- * double over the values converted exactly from fp32.
+ * Verification is reading every dataset from its first element to its last. A checkpoint's datasets carry
+ * block checksums (io/block_sum.h), summed here over the values as they are read and compared at the end;
+ * a model.h5's are chunked with HDF5's Fletcher32 filter, which HDF5 checks whenever it reads a chunk.
+ * Datasets are read in slabs of whole rows (at most SLAB_ELEMS values at a time), so memory stays small
+ * whatever the tensor; a slab that cuts a chunk reads that chunk twice, checked both times. The norm is
+ * accumulated in double over the values converted exactly from fp32.
  *
  * Everything read is checked first, as io/checkpoint.c does for the same files: only hard links (a soft or
  * external link could lead to another file), bounded walk (hard-link cycles), float datasets whose data
@@ -27,11 +28,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../io/block_sum.h"
 #include "../io/checkpoint.h"
 #include "../io/h5_shape.h"
 #include "ckpt_format.h"
 
-#define SLAB_ELEMS ((size_t)1 << 22) /* 32 MiB of doubles */
+#define SLAB_ELEMS ((size_t)1 << 22) /* 16 MiB of floats */
 #define MAX_LINKS 1000000            /* links visited in all: bounds the walk through hard-link cycles */
 #define MAX_DEPTH 32                 /* nested groups */
 #define NAME_MAX_LEN 1024            /* a dataset's full path */
@@ -177,7 +179,7 @@ typedef struct {
     int ndim;
     hsize_t dims[H5S_MAX_RANK];
     double norm;
-    int checksummed; /* has the Fletcher32 filter (so the read just verified it) */
+    int checksummed; /* has block checksums or the Fletcher32 filter, and the read just verified them */
 } dataset_report;
 
 /* Checks the storage of dset (name) before reading it: see the top of the file. */
@@ -239,8 +241,15 @@ static int read_dataset(hid_t file, const char *name, dataset_report *r, const c
     }
     if (rc == 0 && numel > 0) rc = check_storage(dset, type, r, numel, name, path, &r->checksummed, err);
     if (rc == 0 && numel == 0) r->checksummed = 1; /* nothing stored, nothing to verify */
+    /* a checkpoint's datasets carry block checksums (io/block_sum.h), summed here over every slab */
+    size_t block = 0;
+    uint64_t *stored = NULL, *sums = NULL;
+    if (rc == 0 && numel > 0 && H5Aexists(dset, "block_checksums") > 0) {
+        rc = rt_block_sum_read_attrs(dset, numel, &block, &stored, path, name, err);
+        if (rc == 0) sums = calloc_check(rt_block_sum_n_blocks(numel, block), sizeof *sums);
+    }
     size_t slab_rows = row >= SLAB_ELEMS ? 1 : SLAB_ELEMS / row;
-    double *values =
+    float *values =
         rc == 0 && numel > 0 ? malloc_check((slab_rows < rows ? slab_rows : rows) * row * sizeof *values) : NULL;
     double sum_sq = 0.0;
     for (size_t first = 0; rc == 0 && numel > 0 && first < rows; first += slab_rows) {
@@ -253,15 +262,22 @@ static int read_dataset(hid_t file, const char *name, dataset_report *r, const c
         int ok =
             mem >= 0 && (r->ndim == 0 || H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, count, NULL) >= 0);
         if (!ok) rc = h5_fail(err, path, name);
-        if (ok && H5Dread(dset, H5T_NATIVE_DOUBLE, mem, r->ndim ? space : H5S_ALL, H5P_DEFAULT, values) < 0) {
+        if (ok && H5Dread(dset, H5T_NATIVE_FLOAT, mem, r->ndim ? space : H5S_ALL, H5P_DEFAULT, values) < 0) {
             char what[NAME_MAX_LEN + 64];
             snprintf(what, sizeof what, "%s: reading rows %zu..%zu failed", name, first, first + n_rows - 1);
             rc = h5_fail(err, path, what);
         }
         if (mem >= 0) H5Sclose(mem);
         for (size_t i = 0; rc == 0 && i < n_rows * row; i++)
-            sum_sq += values[i] * values[i];
+            sum_sq += (double)values[i] * (double)values[i];
+        if (rc == 0 && sums) rt_block_sum_add(sums, 0, block, first * row, values, n_rows * row);
     }
+    if (rc == 0 && sums) {
+        rc = rt_block_sum_verify(sums, stored, 0, rt_block_sum_n_blocks(numel, block), block, numel, path, name, err);
+        r->checksummed = 1;
+    }
+    free(sums);
+    free(stored);
     free(values);
     r->norm = sqrt(sum_sq);
     if (type >= 0) H5Tclose(type);
@@ -353,8 +369,8 @@ int rt_inspect(const char *path, FILE *out, rt_error *err) {
     if (rc == 0 && verified == list.count)
         fprintf(out, "checksums: all %d datasets verified\n", list.count);
     else if (rc == 0)
-        fprintf(out, "checksums: %d of %d datasets verified; %d have no Fletcher32 checksum (the first: %s)\n",
-                verified, list.count, list.count - verified, unchecked);
+        fprintf(out, "checksums: %d of %d datasets verified; %d have no checksum (the first: %s)\n", verified,
+                list.count, list.count - verified, unchecked);
     for (int i = 0; i < list.count; i++)
         free(list.names[i]);
     free(list.names);

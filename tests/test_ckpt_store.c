@@ -25,11 +25,13 @@
  * tensor on every rank through a self communicator, for the loads.
  */
 
-enum { N_TENSORS = 5 };
-static const char *names[N_TENSORS] = {"/model/a", "/model/b", "/optim/m/c", "/optim/v/d", "/model/rep"};
-static const int ndims[N_TENSORS] = {2, 2, 1, 3, 2};
-static const size_t shapes[N_TENSORS][3] = {{7, 5}, {3, 13}, {11}, {3, 2, 5}, {4, 3}};
-static const int replicated[N_TENSORS] = {0, 0, 0, 0, 1};
+/* /optim/master/big spans three checksum blocks (65536, 65536, 18928 elements), so the splits cut blocks. */
+enum { N_TENSORS = 6, BIG = 5 };
+static const char *names[N_TENSORS] = {"/model/a",   "/model/b",   "/optim/m/c",
+                                       "/optim/v/d", "/model/rep", "/optim/master/big"};
+static const int ndims[N_TENSORS] = {2, 2, 1, 3, 2, 3};
+static const size_t shapes[N_TENSORS][3] = {{7, 5}, {3, 13}, {11}, {3, 2, 5}, {4, 3}, {3, 100, 500}};
+static const int replicated[N_TENSORS] = {0, 0, 0, 0, 1, 0};
 
 static int rank, n_ranks;
 static char dir[256];
@@ -191,7 +193,24 @@ static void test_refusals(void) {
     free_plan(pieces);
 }
 
-/* Flip one byte inside /model/b's chunk: every read touching it fails on the checksum. */
+/* Flips bit 4 of the byte at byte_offset of dataset name's (contiguous) data. */
+static void flip_byte(const char *path, const char *name, size_t byte_offset) {
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT), dset = H5Dopen2(file, name, H5P_DEFAULT);
+    haddr_t addr = H5Dget_offset(dset);
+    CU_ASSERT(addr != HADDR_UNDEF);
+    H5Dclose(dset);
+    H5Fclose(file);
+    int fd = open(path, O_RDWR);
+    unsigned char byte;
+    CU_ASSERT(pread(fd, &byte, 1, (off_t)(addr + byte_offset)) == 1);
+    byte ^= 0x10;
+    CU_ASSERT(pwrite(fd, &byte, 1, (off_t)(addr + byte_offset)) == 1);
+    close(fd);
+}
+
+/* One byte flipped in /model/b, one in block 1 of /optim/master/big: every read that touches either block
+ * fails on the checksum, also a read whose own range holds none of the changed element (the block's rest
+ * is read to check it), while a read of another block passes. */
 static void test_flipped_byte(void) {
     char path[512], copy[512];
     path_in_dir(path, sizeof path, "ckpt.h5");
@@ -201,29 +220,31 @@ static void test_flipped_byte(void) {
     rt_error err = {{0}};
     CU_ASSERT_EQUAL(rt_ckpt_store_write(MPI_COMM_WORLD, copy, pieces, N_TENSORS, &attrs, &err), 0);
     if (rank == 0) {
-        hid_t file = H5Fopen(copy, H5F_ACC_RDONLY, H5P_DEFAULT), dset = H5Dopen2(file, "/model/b", H5P_DEFAULT);
-        hsize_t offset[2] = {0, 0};
-        unsigned mask;
-        haddr_t addr = HADDR_UNDEF;
-        hsize_t size = 0;
-        CU_ASSERT(H5Dget_chunk_info_by_coord(dset, offset, &mask, &addr, &size) >= 0);
-        H5Dclose(dset);
-        H5Fclose(file);
-        CU_ASSERT(size == 3 * 13 * 4 + 4); /* the values and the Fletcher32 word */
-        int fd = open(copy, O_RDWR);
-        unsigned char byte;
-        CU_ASSERT(pread(fd, &byte, 1, (off_t)addr + 17) == 1);
-        byte ^= 0x10;
-        CU_ASSERT(pwrite(fd, &byte, 1, (off_t)addr + 17) == 1);
-        close(fd);
+        flip_byte(copy, "/model/b", 17);
+        flip_byte(copy, "/optim/master/big", 4 * 70000 + 2);
     }
     MPI_Barrier(MPI_COMM_WORLD);
     free_plan(pieces);
     plan(pieces, rank, n_ranks, 1, 0);
-    expect_read_error(MPI_COMM_WORLD, copy, pieces, N_TENSORS, "/model/b", "Fletcher32");
+    expect_read_error(MPI_COMM_WORLD, copy, pieces, N_TENSORS, "/model/b", "checksum mismatch in elements [0, 39)");
     free_plan(pieces);
     plan(pieces, 0, 1, 0, 0);
-    expect_read_error(MPI_COMM_SELF, copy, pieces, N_TENSORS, "/model/b", "Fletcher32");
+    expect_read_error(MPI_COMM_SELF, copy, pieces, N_TENSORS, "/model/b", "checksum mismatch");
+    free_plan(pieces);
+
+    plan(pieces, rank, n_ranks, 1, 0);
+    rt_ckpt_piece big = pieces[BIG];
+    big.data = calloc_check(18000, sizeof(float));
+    big.offset = 65536 + 10000, big.count = 1; /* block 1, not the flipped element 70000 */
+    expect_read_error(MPI_COMM_SELF, copy, &big, 1, "/optim/master/big: checksum mismatch in elements [65536, 131072)",
+                      "block 1 of 3");
+    big.offset = 131072 + 5, big.count = 18000; /* block 2 alone: intact */
+    CU_ASSERT_EQUAL(rt_ckpt_store_read(MPI_COMM_SELF, copy, &big, 1, NULL, &err), 0);
+    big.offset = 65530, big.count = 4; /* block 0 alone, ending 2 short of block 1 */
+    CU_ASSERT_EQUAL(rt_ckpt_store_read(MPI_COMM_SELF, copy, &big, 1, NULL, &err), 0);
+    for (size_t i = 0; i < big.count; i++)
+        CU_ASSERT(big.data[i] == value_at(BIG, big.offset + i));
+    free(big.data);
     free_plan(pieces);
 }
 

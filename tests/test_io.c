@@ -989,7 +989,7 @@ static void test_checkpoint_roundtrip(void) {
     hid_t attr = H5Aopen(file, "version", H5P_DEFAULT);
     int version = 0;
     H5Aread(attr, H5T_NATIVE_INT, &version);
-    CU_ASSERT_EQUAL(version, 1);
+    CU_ASSERT_EQUAL(version, 2); /* the version checkpoint.h documents */
     H5Aclose(attr);
     H5Fclose(file);
 
