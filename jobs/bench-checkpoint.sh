@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checkpoints: seconds to save and to load gpt2-124m with its AdamW state (one collective HDF5 file) on
-# 1, 2 and 4 ranks, next to dd writing (conv=fsync) and reading the same number of bytes on the same disk
-# in the same job, as rate ratios; then the seconds from SIGTERM to a complete checkpoint at T=4096.
+# 1, 2 and 4 ranks, each paired with a dd-like baseline on the same disk in the same process (see
+# bench_checkpoint.c), as rate ratios; then the seconds from SIGTERM to a complete checkpoint at T=4096.
 # Usage: jobs/bench-checkpoint.sh   (RT_BENCH_DIR: where the files go, default runs/ on the repo's disk;
 # RT_BUILD_DIR: the build tree, default build/; RT_BENCH_RANKS: the rank counts, default "1 2 4"). Figures go in README.
 set -euo pipefail
@@ -23,41 +23,40 @@ trap cleanup EXIT
 
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"$1\\n\", $2 }"; }
-joined() { local IFS=/; sed 's|/| / |g' <<<"$*"; }
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB;" \
   "files in $out ($(df -h --output=source,fstype "$out" | tail -1 | tr -s ' '))"
-echo "loads and dd's read follow the write of the same file: from the page cache unless it is larger than memory"
-echo "save and load: two runs each (s run 1 / run 2); ratios are rates against dd from the faster run;"
-echo "a load reads /optim/{master,m,v} (12 bytes per parameter), 3/4 of the file that dd reads whole"
+cold=()
+[ "$(id -u)" -eq 0 ] && cold=(--cold)
+echo "each save and load is paired with a baseline in the same process just before it: rank 0 writes the"
+echo "checkpoint's bytes with write(2) + fsync as dd conv=fsync does, and reads the bytes a load moves from"
+echo "the checkpoint${cold:+ (page cache emptied before each read: loads and baseline reads come from the disk)}"
+echo "ratio = baseline seconds / operation seconds (the operation's rate over the baseline's for the same bytes):"
+echo "the median over the pairs, and best against best; a load moves /optim/{master,m,v}, 3/4 of the file"
+median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+ratios() { # LINES: baseline_s / s per line, then their median
+  while read -r l; do calc "%.3f" "$(field baseline_s "$l") / $(field s "$l")"; done <<<"$1" | median
+}
+best_ratio() { # LINES: the fastest baseline over the fastest operation
+  local b s
+  b=$(while read -r l; do field baseline_s "$l"; done <<<"$1" | sort -g | head -1)
+  s=$(while read -r l; do field s "$l"; done <<<"$1" | sort -g | head -1)
+  calc "%.3f" "$b / $s"
+}
+list() { while read -r l; do field "$1" "$l"; done <<<"$2" | tr '\n' '/' | sed 's|/$||; s|/| / |g'; }
 rows=""
 for np in ${RT_BENCH_RANKS-1 2 4}; do
-  log=$(mpirun "${mpirun_flags[@]}" -np $np "$build/bench_checkpoint" "$out")
+  log=$(mpirun "${mpirun_flags[@]}" -np $np "$build/bench_checkpoint" "$out" --repeats 5 "${cold[@]}")
   grep '^op=' <<<"$log"
   saves=$(grep '^op=save' <<<"$log")
   loads=$(grep '^op=load' <<<"$log")
-  bytes=$(field file_bytes "$(head -1 <<<"$saves")")
-  load_bytes=$(field moved_bytes "$(head -1 <<<"$loads")")
-  save_s=($(while read -r l; do field s "$l"; done <<<"$saves"))
-  load_s=($(while read -r l; do field s "$l"; done <<<"$loads"))
-  rm -f "$out/bench.h5"
-  t0=$(now)
-  dd if=/dev/zero of="$out/dd.bin" bs=4M count="$bytes" iflag=count_bytes conv=fsync status=none
-  t1=$(now)
-  dd if="$out/dd.bin" of=/dev/null bs=4M status=none
-  t2=$(now)
-  rm -f "$out/dd.bin"
-  dd_write=$(calc "%.3f" "$t1 - $t0")
-  dd_read=$(calc "%.3f" "$t2 - $t1")
-  best_save=$(printf "%s\n" "${save_s[@]}" | sort -g | head -1)
-  best_load=$(printf "%s\n" "${load_s[@]}" | sort -g | head -1)
-  rows+=$(printf "| %s | %s | %s | %s | %s | %s | %s | %s |" $np "$bytes" "$(joined "${save_s[@]}")" \
-    "$dd_write" "$(calc "%.3f" "$dd_write / $best_save")" "$(joined "${load_s[@]}")" \
-    "$dd_read" "$(calc "%.3f" "($load_bytes / $best_load) / ($bytes / $dd_read)")")$'\n'
+  rows+="| $np | $(field file_bytes "$(head -1 <<<"$saves")") | $(list s "$saves") | $(list baseline_s "$saves") |"
+  rows+=" $(ratios "$saves") / $(best_ratio "$saves") | $(list s "$loads") | $(list baseline_s "$loads") |"
+  rows+=" $(ratios "$loads") / $(best_ratio "$loads") |"$'\n'
 done
 echo
-printf "| ranks | bytes | save s | dd write s | save/dd rate | load s | dd read s | load/dd rate |\n"
+printf "| ranks | bytes | save s | baseline write s | save/baseline rate (median / best) | load s | baseline read s | load/baseline rate (median / best) |\n"
 printf "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
 printf "%s" "$rows"
 
