@@ -22,6 +22,7 @@
 #include "model_io.h"
 #include "run.h"
 #include "sample.h"
+#include "setup_agree.h"
 #include "threads.h"
 
 static const char *usage_text =
@@ -89,6 +90,7 @@ static int cmd_train(int argc, char **argv) {
     const char **overrides = calloc_check((size_t)argc, sizeof *overrides);
     char **owned = calloc_check((size_t)argc, sizeof *owned);
     int n_overrides = 0, n_owned = 0, status = 0;
+    rt_error err = {{0}};
     for (int i = 2; i < argc && status == 0; i++) {
         const char *value = NULL;
         if (strcmp(argv[i], "--config") == 0 && (value = option_value(argc, argv, &i)))
@@ -102,18 +104,25 @@ static int cmd_train(int argc, char **argv) {
         else if (strncmp(argv[i], "--resume=", 9) == 0)
             overrides[n_overrides++] = resume_override(argv[i] + 9, &owned[n_owned++]);
         else
-            status = world->rank == 0 ? usage_error("train: unexpected or incomplete argument '%s'", argv[i]) : 2;
+            status = 2, rt_fail(&err, "train: unexpected or incomplete argument '%s' (see ringtrain --help)", argv[i]);
     }
     rt_config cfg;
-    rt_error err;
     rt_config_defaults(&cfg);
-    if (status == 0 && rt_config_load(&cfg, config_path, overrides, n_overrides, &err))
-        status = world->rank == 0 ? fail(&err) : 1;
-    if (status == 0 && !cfg.init_from[0] && rt_config_validate(&cfg, &err)) status = world->rank == 0 ? fail(&err) : 1;
+    if (status == 0 && rt_config_load(&cfg, config_path, overrides, n_overrides, &err)) status = 1;
+    if (status == 0 && !cfg.init_from[0] && rt_config_validate(&cfg, &err)) status = 1;
     free(overrides);
     for (int i = 0; i < n_owned; i++)
         free(owned[i]);
     free(owned);
+    /* before the first collective of training: a rank that failed alone, or set up with other inputs,
+     * would leave the others waiting in it (setup_agree.h) */
+    if (rt_setup_agree_status(world, status, &err) != 0) {
+        if (err.msg[0]) fail(&err);
+        status = status ? status : 1;
+    } else if (world->size > 1 && rt_setup_agree_inputs(world, &cfg, &err) != 0) {
+        if (err.msg[0]) fail(&err);
+        status = 1;
+    }
     if (status == 0) {
         rt_train_result result;
         int rc = rt_train(&cfg, world, &result, &err);

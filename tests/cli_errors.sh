@@ -119,6 +119,51 @@ if [ -n "${RT_MPIRUN:-}" ]; then
       echo "FAIL 2 ranks, $name: status $status, $lines ringtrain lines:"; cat "$work/stderr"; failures=$((failures + 1))
     fi
   done
+
+  # Ranks set up differently (each app context of mpirun gets its own command line or directory): one
+  # clear line naming the rank, every rank ends, within 60 s (before the agreement, these hung forever).
+  mkdir -p "$work/a" "$work/b" "$work/c"
+  cp "$work/train.bin" "$work/a/train.bin"
+  for i in $(seq 1 300); do echo "another corpus, line $i"; done >"$work/other.txt"
+  "$bin" prepare --input "$work/other.txt" --output "$work/b/train.bin" >/dev/null || echo "FAIL prepare other.txt"
+  sed -e "s|^train = .*|train = train.bin|" -e "s|^dir = .*|dir = run|" "$work/ok.ini" >"$work/relative.ini"
+  bad=(train --config "$work/ok.ini" --set model.n_heads=5)
+  good=(train --config "$work/ok.ini")
+  mpmd_case() { # NAME PATTERN -- APP0 ARGS... : APP1 ARGS...
+    local name=$1 pattern=$2; shift 3
+    local t0=$SECONDS
+    timeout 90 "${mpirun_cmd[@]}" "$@" >"$work/stdout" 2>"$work/stderr"
+    local status=$? lines
+    lines=$(grep -c '^ringtrain:' "$work/stderr")
+    if [ $status -ne 0 ] && [ $status -ne 124 ] && [ $((SECONDS - t0)) -le 60 ] && [ "$lines" -eq 1 ] &&
+       grep -Eq -- "$pattern" "$work/stderr" && ! grep -q MPI_ABORT "$work/stderr"; then
+      echo "ok   $name ($((SECONDS - t0)) s): $(grep '^ringtrain:' "$work/stderr")"; passed=$((passed + 1))
+    else
+      echo "FAIL $name: status $status after $((SECONDS - t0)) s, $lines ringtrain lines:"; cat "$work/stderr"
+      failures=$((failures + 1))
+    fi
+  }
+  mpmd_case "config invalid on rank 1 only" "^ringtrain: rank 1: .*n_heads" -- \
+    -np 1 "$bin" "${good[@]}" : -np 1 "$bin" "${bad[@]}"
+  mpmd_case "config invalid on rank 0 only" "^ringtrain: rank 0: .*n_heads" -- \
+    -np 1 "$bin" "${bad[@]}" : -np 1 "$bin" "${good[@]}"
+  mpmd_case "configs differ in n_layers" \
+    "^ringtrain: rank 1: its resolved config differs from rank 0's: model.n_layers = 2 here, 3 on rank 0" -- \
+    -np 1 "$bin" "${good[@]}" --set model.n_layers=3 : -np 1 "$bin" "${good[@]}" --set model.n_layers=2
+  mpmd_case "unknown option on rank 1 only" "^ringtrain: rank 1: train: unexpected or incomplete argument '--bogus'" -- \
+    -np 1 "$bin" "${good[@]}" : -np 1 "$bin" "${good[@]}" --bogus
+  mpmd_case "another data file on rank 1" \
+    "^ringtrain: rank 1: data.train: train.bin differs from rank 0's \([0-9]+ bytes here, [0-9]+ on rank 0" -- \
+    -np 1 -wdir "$work/a" "$bin" train --config "$work/relative.ini" : \
+    -np 1 -wdir "$work/b" "$bin" train --config "$work/relative.ini"
+  mpmd_case "data file missing on rank 1's node" \
+    "^ringtrain: rank 1: data.train: train.bin: cannot be opened here, readable on rank 0" -- \
+    -np 1 -wdir "$work/a" "$bin" train --config "$work/relative.ini" : \
+    -np 1 -wdir "$work/c" "$bin" train --config "$work/relative.ini"
+  if [ -e "$work/a/run" ] || [ -e "$work/b/run" ] || [ -e "$work/c/run" ]; then
+    echo "FAIL ranks set up differently: a run directory was created"; failures=$((failures + 1))
+  fi
+  rm -rf "$work/a" "$work/b" "$work/c" "$work/other.txt" "$work/relative.ini"
 fi
 
 # prepare: a failed command deletes or truncates nothing the user has, and names the user's path (not a .tmp).
