@@ -5,7 +5,8 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config git python3 python3-numpy python3-h5py clang-format
           openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
           libopenblas-openmp-dev libcunit1-dev libinih-dev
-          clang libclang-rt-14-dev libomp-dev)  # the fuzzers (jobs/fuzz.sh): clang, libFuzzer, clang's OpenMP
+          clang libclang-rt-14-dev libomp-dev  # the fuzzers (jobs/fuzz.sh): clang, libFuzzer, clang's OpenMP
+          slurmctld slurmd slurm-client munge)  # the slurm tests (jobs/slurm-local.sh)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
