@@ -52,7 +52,7 @@ up() {
   fi
   local host cpus
   host=$(hostname -s)
-  cpus=$(nproc)
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) # nproc obeys OMP_NUM_THREADS
   cat >"$conf" <<CONF
 ClusterName=ringtrain-local
 SlurmctldHost=$host
