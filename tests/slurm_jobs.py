@@ -179,6 +179,16 @@ def rank_pids(ini):
     return pids
 
 
+def rank_of(pid):
+    """The MPI rank of a running ringtrain process, as its launcher told it (PMIx under srun and mpirun)."""
+    env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    for key in (b"PMIX_RANK=", b"OMPI_COMM_WORLD_RANK=", b"SLURM_PROCID="):
+        for item in env:
+            if item.startswith(key):
+                return int(item[len(key):])
+    sys.exit(f"FAIL: process {pid} has no rank in its environment")
+
+
 def newest_checkpoint_loads(run_dir, ini, what):
     ckpts = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "step_*.h5")))
     check(len(ckpts) > 0, f"{what}: a complete checkpoint is there ({os.path.basename(ckpts[-1]) if ckpts else ''})")
@@ -199,12 +209,18 @@ def case_kill(tmp):
     wait_for(lambda: glob.glob(os.path.join(run_dir, "checkpoints", "step_*.h5")), 120, "a first checkpoint")
     pids = rank_pids(ini)
     check(len(pids) == 2, f"srun: two ranks running ({pids})")
+    victim = rank_of(pids[1])
     t0 = time.time()
     os.kill(pids[1], signal.SIGKILL)
     wait_for(lambda: finished(job), 60, "the job to end after a rank was killed")
     check(job_field(job, "JobState") == "FAILED" and not rank_pids(ini),
           f"srun: one rank killed, the job FAILED {time.time() - t0:.1f} s later, no rank left "
           f"(exit {job_field(job, 'ExitCode')})")
+    # srun names each task (= rank) that ended, the one that died first ("srun: error: HOST: task N: Killed");
+    # the others follow when srun has killed them.
+    named = [line for line in open(out).read().splitlines() if re.search(r"srun: error: .*task \d+", line)]
+    check(len(named) > 0 and re.search(rf"task {victim}: Killed", named[0]),
+          f"srun: the first line names the killed rank {victim}: {named}")
     newest_checkpoint_loads(run_dir, ini, "srun")
 
     # under jobs/mpirun.sh
@@ -216,11 +232,18 @@ def case_kill(tmp):
                          stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     wait_for(lambda: glob.glob(os.path.join(run_dir, "checkpoints", "step_*.h5")), 120, "a first checkpoint")
     pids = rank_pids(ini)
+    check(len(pids) == 2, f"mpirun: two ranks running ({pids})")
+    victim = rank_of(pids[0])
     t0 = time.time()
     os.kill(pids[0], signal.SIGKILL)
     status = p.wait(timeout=60)
     check(status not in (0, 75) and not rank_pids(ini),
           f"mpirun.sh: one rank killed, exit {status} {time.time() - t0:.1f} s later, no rank left")
+    log.close()
+    # Open MPI names it: "mpirun noticed that process rank N with PID P on node H exited on signal 9 (Killed)."
+    # (Open MPI 4.1 prints PID 0 here, so the pid is not matched.)
+    named = re.findall(rf"process rank {victim} with PID \d+ on node \S+ exited on signal 9", open(log.name).read())
+    check(len(named) == 1, f"mpirun: one line names the killed rank {victim}: {named}")
     newest_checkpoint_loads(run_dir, ini, "mpirun")
 
 
