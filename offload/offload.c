@@ -121,7 +121,7 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
     off->device_slots = rt_device_alloc(mem, slot_bytes, "offload device slots", err);
     if (!off->device_slots) return -1;
     size_t host_bytes = (size_t)(n_layers - 1) * bytes_per_layer;
-    off->host_pool = backend->host_alloc(host_bytes);
+    off->host_pool = backend->host_alloc(backend, host_bytes);
     if (!off->host_pool) {
         char want[32];
         rt_device_free(mem, off->device_slots);
@@ -130,13 +130,13 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
                        rt_format_bytes(host_bytes, want), n_layers - 1);
     }
 
-    off->d2h_stream = backend->stream_create();
-    off->h2d_stream = backend->stream_create();
-    off->drain_event = backend->event_create();
+    off->d2h_stream = backend->stream_create(backend);
+    off->h2d_stream = backend->stream_create(backend);
+    off->drain_event = backend->event_create(backend);
     off->slots = calloc_check((size_t)off->n_slots, sizeof *off->slots);
     for (int s = 0; s < off->n_slots; s++) {
         off->slots[s].layer = -1;
-        off->slots[s].copy_done = backend->event_create();
+        off->slots[s].copy_done = backend->event_create(backend);
     }
     off->layers = calloc_check((size_t)n_layers, sizeof *off->layers);
     for (int l = 0; l < n_layers; l++)
@@ -149,14 +149,14 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
 void rt_offloader_free(rt_offloader *off) {
     if (!off->backend) return;
     const rt_backend *be = off->backend;
-    if (off->d2h_stream) be->stream_destroy(off->d2h_stream); /* drains */
-    if (off->h2d_stream) be->stream_destroy(off->h2d_stream);
-    if (off->drain_event) be->event_destroy(off->drain_event);
+    if (off->d2h_stream) be->stream_destroy(be, off->d2h_stream); /* drains */
+    if (off->h2d_stream) be->stream_destroy(be, off->h2d_stream);
+    if (off->drain_event) be->event_destroy(be, off->drain_event);
     for (int s = 0; off->slots && s < off->n_slots; s++)
-        be->event_destroy(off->slots[s].copy_done);
+        be->event_destroy(be, off->slots[s].copy_done);
     free(off->slots);
     free(off->layers);
-    if (off->host_pool) be->host_free(off->host_pool);
+    if (off->host_pool) be->host_free(be, off->host_pool);
     if (off->device_slots) rt_device_free(off->mem, off->device_slots);
     memset(off, 0, sizeof *off);
 }
@@ -177,7 +177,7 @@ static void free_slot(rt_offloader *off, int layer, input_state new_state) {
 static int take_slot(rt_offloader *off, int layer, const char *call) {
     for (int s = 0; s < off->n_slots; s++) {
         if (off->slots[s].layer != -1) continue;
-        if (!off->backend->event_query(off->slots[s].copy_done))
+        if (!off->backend->event_query(off->backend, off->slots[s].copy_done))
             rt_fatal("offload %s(%d): device slot %d is free but a copy on it is still pending", call, layer, s);
         off->slots[s].layer = layer;
         off->layers[layer].slot = s;
@@ -190,7 +190,8 @@ static int take_slot(rt_offloader *off, int layer, const char *call) {
 static int oldest_d2h(const rt_offloader *off, int below) {
     for (int l = 0; l < below; l++) {
         const struct rt_offload_layer *in = &off->layers[l];
-        if (in->state == INPUT_D2H && !off->backend->event_query(off->slots[in->slot].copy_done)) return l;
+        if (in->state == INPUT_D2H && !off->backend->event_query(off->backend, off->slots[in->slot].copy_done))
+            return l;
     }
     return -1;
 }
@@ -199,7 +200,7 @@ static int d2h_in_flight(const rt_offloader *off) {
     int count = 0;
     for (int l = 0; l < off->n_layers; l++) {
         const struct rt_offload_layer *in = &off->layers[l];
-        count += in->state == INPUT_D2H && !off->backend->event_query(off->slots[in->slot].copy_done);
+        count += in->state == INPUT_D2H && !off->backend->event_query(off->backend, off->slots[in->slot].copy_done);
     }
     return count;
 }
@@ -210,7 +211,7 @@ static void reclaim_forward_slots(rt_offloader *off, int last) {
         struct rt_offload_layer *in = &off->layers[l];
         if (in->state == INPUT_WRITING)
             free_slot(off, l, INPUT_NONE); /* forward-only pass: never saved */
-        else if (in->state == INPUT_D2H && off->backend->event_query(off->slots[in->slot].copy_done))
+        else if (in->state == INPUT_D2H && off->backend->event_query(off->backend, off->slots[in->slot].copy_done))
             free_slot(off, l, INPUT_ON_HOST);
     }
 }
@@ -227,7 +228,7 @@ float *rt_offload_input_buffer(rt_offloader *off, int layer) {
         int oldest = oldest_d2h(off, layer - 1);
         if (oldest < 0) rt_fatal("offload input_buffer(%d): all %d device slots are held", layer, off->n_slots);
         double t0 = rt_now_s();
-        off->backend->event_synchronize(off->slots[off->layers[oldest].slot].copy_done);
+        off->backend->event_synchronize(off->backend, off->slots[off->layers[oldest].slot].copy_done);
         off->stats.offload_wait_s += rt_now_s() - t0;
         reclaim_forward_slots(off, layer - 2);
         slot = take_slot(off, layer, "input_buffer");
@@ -246,7 +247,7 @@ float *rt_offload_output_buffer(rt_offloader *off) {
         reclaim_forward_slots(off, off->n_layers - 2);
         for (int s = 0; s < off->n_slots; s++) {
             if (off->slots[s].layer != -1) continue;
-            if (!off->backend->event_query(off->slots[s].copy_done))
+            if (!off->backend->event_query(off->backend, off->slots[s].copy_done))
                 rt_fatal("offload output_buffer: device slot %d is free but a copy on it is still pending", s);
             off->slots[s].layer = off->n_layers; /* owned by the output */
             off->output_slot = s;
@@ -255,7 +256,7 @@ float *rt_offload_output_buffer(rt_offloader *off) {
         int oldest = oldest_d2h(off, off->n_layers - 1);
         if (oldest < 0) rt_fatal("offload output_buffer: all %d device slots are held", off->n_slots);
         double t0 = rt_now_s();
-        off->backend->event_synchronize(off->slots[off->layers[oldest].slot].copy_done);
+        off->backend->event_synchronize(off->backend, off->slots[off->layers[oldest].slot].copy_done);
         off->stats.offload_wait_s += rt_now_s() - t0;
     }
 }
@@ -286,12 +287,12 @@ void rt_offload_save(rt_offloader *off, int layer, size_t bytes) {
         int oldest = oldest_d2h(off, layer);
         if (oldest < 0) break; /* completed between the two queries */
         double t0 = rt_now_s();
-        be->event_synchronize(off->slots[off->layers[oldest].slot].copy_done);
+        be->event_synchronize(be, off->slots[off->layers[oldest].slot].copy_done);
         off->stats.offload_wait_s += rt_now_s() - t0;
     }
     struct rt_offload_slot *slot = &off->slots[in->slot];
-    be->copy_async(off->d2h_stream, host_ptr(off, layer), slot_ptr(off, in->slot), bytes);
-    be->event_record(slot->copy_done, off->d2h_stream);
+    be->copy_async(be, off->d2h_stream, host_ptr(off, layer), slot_ptr(off, in->slot), bytes);
+    be->event_record(be, slot->copy_done, off->d2h_stream);
     in->state = INPUT_D2H;
     off->stats.offloaded_bytes += bytes;
 }
@@ -309,8 +310,8 @@ static void begin_backward(rt_offloader *off, int layer, const char *call) {
     }
     const rt_backend *be = off->backend;
     double t0 = rt_now_s();
-    be->event_record(off->drain_event, off->d2h_stream);
-    be->event_synchronize(off->drain_event);
+    be->event_record(be, off->drain_event, off->d2h_stream);
+    be->event_synchronize(be, off->drain_event);
     off->stats.prefetch_wait_s += rt_now_s() - t0;
     reclaim_forward_slots(off, off->n_layers - 2);
     for (int l = 0; l < off->n_layers - 1; l++)
@@ -327,8 +328,8 @@ static void issue_prefetch(rt_offloader *off, int layer, const char *call) {
                  "prefetching further ahead",
                  call, layer, off->n_slots);
     const rt_backend *be = off->backend;
-    be->copy_async(off->h2d_stream, slot_ptr(off, s), host_ptr(off, layer), in->bytes);
-    be->event_record(off->slots[s].copy_done, off->h2d_stream);
+    be->copy_async(be, off->h2d_stream, slot_ptr(off, s), host_ptr(off, layer), in->bytes);
+    be->event_record(be, off->slots[s].copy_done, off->h2d_stream);
     in->state = INPUT_H2D;
     off->stats.restored_bytes += in->bytes;
 }
@@ -357,7 +358,7 @@ float *rt_offload_restore(rt_offloader *off, int layer) {
     if (in->state != INPUT_H2D && in->state != INPUT_RESIDENT)
         rt_fatal("offload restore(%d): input is %s", layer, input_state_names[in->state]);
     double t0 = rt_now_s();
-    off->backend->event_synchronize(off->slots[in->slot].copy_done);
+    off->backend->event_synchronize(off->backend, off->slots[in->slot].copy_done);
     off->stats.prefetch_wait_s += rt_now_s() - t0;
     in->state = INPUT_RESTORED;
     off->next_restore = layer - 1;
@@ -382,15 +383,15 @@ void rt_offload_end_pass(rt_offloader *off) {
                          l, input_state_names[off->layers[l].state]);
     } else {
         /* forward-only pass: copies it may have queued are waited for and thrown away */
-        be->event_record(off->drain_event, off->d2h_stream);
-        be->event_synchronize(off->drain_event);
+        be->event_record(be, off->drain_event, off->d2h_stream);
+        be->event_synchronize(be, off->drain_event);
         for (int l = 0; l < off->n_layers; l++)
             if (off->layers[l].slot >= 0) free_slot(off, l, INPUT_NONE);
         if (off->output_slot >= 0) rt_offload_release_output(off);
     }
     if (off->output_slot >= 0) rt_fatal("offload end_pass: the output buffer was not released");
     for (int s = 0; s < off->n_slots; s++) {
-        if (off->slots[s].layer != -1 || !be->event_query(off->slots[s].copy_done))
+        if (off->slots[s].layer != -1 || !be->event_query(be, off->slots[s].copy_done))
             rt_fatal("offload end_pass: device slot %d is still in use", s);
     }
     for (int l = 0; l < off->n_layers; l++) {
@@ -405,8 +406,8 @@ void rt_offload_end_pass(rt_offloader *off) {
 
 void rt_offload_abandon_pass(rt_offloader *off) {
     const rt_backend *be = off->backend;
-    be->event_record(off->drain_event, off->h2d_stream);
-    be->event_synchronize(off->drain_event);
+    be->event_record(be, off->drain_event, off->h2d_stream);
+    be->event_synchronize(be, off->drain_event);
     /* Now a forward-only pass as far as end_pass is concerned: it drains the d2h stream, frees every slot
      * still held and the output buffer. */
     off->in_backward = 0;

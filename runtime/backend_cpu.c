@@ -48,20 +48,20 @@
  * raw memory
  */
 
-static void *cpu_device_alloc(size_t bytes) {
+static void *cpu_device_alloc(CPU_BE, size_t bytes) {
     void *ptr = NULL;
     /* 64-byte aligned for AVX-512 loads; a zero-byte request still gets a unique pointer */
     if (posix_memalign(&ptr, 64, bytes ? bytes : 64) != 0) return NULL;
     return ptr;
 }
 
-static void cpu_device_free(void *ptr) { free(ptr); }
+static void cpu_device_free(CPU_BE, void *ptr) { free(ptr); }
 
-static void cpu_memset_zero(void *dst, size_t bytes) {
+static void cpu_memset_zero(CPU_BE, void *dst, size_t bytes) {
     if (bytes) memset(dst, 0, bytes);
 }
 
-static void cpu_copy(void *dst, const void *src, size_t bytes) {
+static void cpu_copy(CPU_BE, void *dst, const void *src, size_t bytes) {
     if (bytes && dst != src) memcpy(dst, src, bytes);
 }
 
@@ -103,8 +103,8 @@ static void cpu_reduce_rows(float *dst, const float *src, size_t n_rows, int n_c
 }
 
 /* out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC): one sgemm, then the bias over rows. */
-static void cpu_matmul_forward(float *out, const float *inp, const float *weight, const float *bias, size_t N, int C,
-                               int OC) {
+static void cpu_matmul_forward(CPU_BE, float *out, const float *inp, const float *weight, const float *bias, size_t N,
+                               int C, int OC) {
     if (N == 0 || OC <= 0) return;
     int rows = cpu_blas_dim(N, "N");
     if (C > 0) {
@@ -116,7 +116,7 @@ static void cpu_matmul_forward(float *out, const float *inp, const float *weight
 }
 
 /* dinp (N,C) += dout (N,OC) @ weight (OC,C); dweight (OC,C) += dout^T @ inp (N,C); dbias (OC) += sum_n dout. */
-static void cpu_matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
+static void cpu_matmul_backward(CPU_BE, float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                                 const float *weight, size_t N, int C, int OC) {
     if (N == 0 || OC <= 0) return;
     int rows = cpu_blas_dim(N, "N");
@@ -142,7 +142,7 @@ static void cpu_check_embedding_rows(const char *op, const int32_t *tokens, cons
 }
 
 /* out (N,C) = wte[tokens[n]] (+ wpe[pos[n]]); wte (Vp,C), wpe (maxT,C) or NULL. */
-static void cpu_embedding_forward(float *out, const int32_t *tokens, const int64_t *pos, const float *wte,
+static void cpu_embedding_forward(CPU_BE, float *out, const int32_t *tokens, const int64_t *pos, const float *wte,
                                   const float *wpe, size_t N, int C) {
     cpu_check_embedding_rows("embedding_forward", tokens, wpe ? pos : NULL, N);
 #pragma omp parallel for schedule(static) if (N * (size_t)C >= CPU_OMP_MIN_WORK)
@@ -161,7 +161,7 @@ static void cpu_embedding_forward(float *out, const int32_t *tokens, const int64
 
 /* dwte[tokens[n]] += dout[n]; dwpe[pos[n]] += dout[n] (dwpe may be NULL). Tokens repeat, so rows of dwte collide:
  * each thread owns a block of channels and walks the tokens in order, which is deterministic without atomics. */
-static void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
+static void cpu_embedding_backward(CPU_BE, float *dwte, float *dwpe, const float *dout, const int32_t *tokens,
                                    const int64_t *pos, size_t N, int C) {
     cpu_check_embedding_rows("embedding_backward", tokens, dwpe ? pos : NULL, N);
     int n_blocks = (C + CPU_CHANNEL_BLOCK - 1) / CPU_CHANNEL_BLOCK;
@@ -190,7 +190,7 @@ static void cpu_embedding_backward(float *dwte, float *dwpe, const float *dout, 
  */
 
 /* out (N,C) = (inp - mean) * rstd * weight + bias; mean, rstd (N) saved (may be NULL); bias may be NULL. */
-static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const float *inp, const float *weight,
+static void cpu_layernorm_forward(CPU_BE, float *out, float *mean, float *rstd, const float *inp, const float *weight,
                                   const float *bias, size_t N, int C, float eps) {
 #pragma omp parallel for schedule(static) if (N * (size_t)C >= CPU_OMP_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
@@ -218,8 +218,9 @@ static void cpu_layernorm_forward(float *out, float *mean, float *rstd, const fl
 
 /* llm.c's layernorm backward: dinp (N,C) += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)), with
  * dnorm = weight * dout; dweight (C) += sum_n norm * dout; dbias (C) += sum_n dout. Any gradient may be NULL. */
-static void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
-                                   const float *weight, const float *mean, const float *rstd, size_t N, int C) {
+static void cpu_layernorm_backward(CPU_BE, float *dinp, float *dweight, float *dbias, const float *dout,
+                                   const float *inp, const float *weight, const float *mean, const float *rstd,
+                                   size_t N, int C) {
     int parallel = N * (size_t)C >= CPU_OMP_MIN_WORK;
     if (dinp) {
 #pragma omp parallel for schedule(static) if (parallel)
@@ -270,7 +271,7 @@ static void cpu_layernorm_backward(float *dinp, float *dweight, float *dbias, co
 }
 
 /* out (N,C) = inp * rstd * weight, rstd (N) = 1/sqrt(mean(inp^2) + eps), saved (may be NULL). */
-static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, size_t N, int C,
+static void cpu_rmsnorm_forward(CPU_BE, float *out, float *rstd, const float *inp, const float *weight, size_t N, int C,
                                 float eps) {
 #pragma omp parallel for schedule(static) if (N * (size_t)C >= CPU_OMP_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
@@ -288,8 +289,8 @@ static void cpu_rmsnorm_forward(float *out, float *rstd, const float *inp, const
 
 /* dinp (N,C) += rstd * weight * dout - inp * rstd^3 / C * sum_c(dout * weight * inp); dweight (C) += sum_n dout *
  * inp * rstd. Either gradient may be NULL. */
-static void cpu_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp, const float *weight,
-                                 const float *rstd, size_t N, int C) {
+static void cpu_rmsnorm_backward(CPU_BE, float *dinp, float *dweight, const float *dout, const float *inp,
+                                 const float *weight, const float *rstd, size_t N, int C) {
     int parallel = N * (size_t)C >= CPU_OMP_MIN_WORK;
     if (dinp) {
 #pragma omp parallel for schedule(static) if (parallel)
@@ -359,13 +360,13 @@ static void cpu_rope_rotate(float *x, const int64_t *pos, size_t N, int n_heads,
     }
 }
 
-static void cpu_rope_forward(float *x, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
+static void cpu_rope_forward(CPU_BE, float *x, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
                              float theta) {
     cpu_rope_rotate(x, pos, N, n_heads, head_dim, stride, theta, 1.0);
 }
 
 /* The rotation is orthogonal, so the gradient goes back through its transpose: rotation by -angle. */
-static void cpu_rope_backward(float *dx, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
+static void cpu_rope_backward(CPU_BE, float *dx, const int64_t *pos, size_t N, int n_heads, int head_dim, size_t stride,
                               float theta) {
     cpu_rope_rotate(dx, pos, N, n_heads, head_dim, stride, theta, -1.0);
 }
@@ -375,7 +376,7 @@ static void cpu_rope_backward(float *dx, const int64_t *pos, size_t N, int n_hea
  */
 
 /* out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
-static void cpu_gelu_forward(float *out, const float *inp, size_t n) {
+static void cpu_gelu_forward(CPU_BE, float *out, const float *inp, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= CPU_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -386,7 +387,7 @@ static void cpu_gelu_forward(float *out, const float *inp, size_t n) {
 
 /* dinp += gelu'(inp) * dout, as llm.c: sech^2 from coshf, accurate in the tails where 1 - tanh^2 would cancel
  * (coshf overflows to inf for |arg| > 89, giving sech^2 = 0, the right limit). */
-static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, size_t n) {
+static void cpu_gelu_backward(CPU_BE, float *dinp, const float *inp, const float *dout, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= CPU_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++) {
         float x = inp[i];
@@ -404,7 +405,7 @@ static void cpu_gelu_backward(float *dinp, const float *inp, const float *dout, 
 static inline float cpu_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* out (N,F) = silu(gate) * up, gate_up (N,2F) = [gate | up] per row. */
-static void cpu_swiglu_forward(float *out, const float *gate_up, size_t N, int F) {
+static void cpu_swiglu_forward(CPU_BE, float *out, const float *gate_up, size_t N, int F) {
 #pragma omp parallel for schedule(static) if (N * (size_t)F >= CPU_OMP_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
         const float *gate = gate_up + n * 2 * (size_t)F;
@@ -416,7 +417,7 @@ static void cpu_swiglu_forward(float *out, const float *gate_up, size_t N, int F
 }
 
 /* dgate += dout * up * sig (1 + gate (1 - sig)); dup += dout * silu(gate); dgate_up (N,2F) like gate_up. */
-static void cpu_swiglu_backward(float *dgate_up, const float *dout, const float *gate_up, size_t N, int F) {
+static void cpu_swiglu_backward(CPU_BE, float *dgate_up, const float *dout, const float *gate_up, size_t N, int F) {
 #pragma omp parallel for schedule(static) if (N * (size_t)F >= CPU_OMP_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
         const float *gate = gate_up + n * 2 * (size_t)F;
@@ -433,7 +434,7 @@ static void cpu_swiglu_backward(float *dgate_up, const float *dout, const float 
     }
 }
 
-static void cpu_add(float *out, const float *a, const float *b, size_t n) {
+static void cpu_add(CPU_BE, float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= CPU_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++)
         out[i] = a[i] + b[i];
@@ -479,7 +480,7 @@ static inline void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], u
  *   keep      = (bits >> 8) * 2^-24 >= p       (probability 1 - p to 2^-24)
  * Kept values are scaled by 1/(1-p), dropped ones set to 0. The same call on the gradient is the backward.
  */
-static void cpu_dropout(float *x, const int64_t *pos, size_t N, int C, float p, rt_rng_key key) {
+static void cpu_dropout(CPU_BE, float *x, const int64_t *pos, size_t N, int C, float p, rt_rng_key key) {
     if (p == 0.0f) return;
     if (!(p > 0.0f && p < 1.0f)) rt_fatal("dropout: probability %g is outside [0, 1)", (double)p);
     uint32_t key_ctr[4] = {(uint32_t)key.step, (uint32_t)(key.step >> 32), key.layer, key.site};
@@ -511,7 +512,7 @@ static void cpu_dropout(float *x, const int64_t *pos, size_t N, int C, float p, 
 
 /* Per row i of logits (n,Vp): loss = logsumexp(logits[0..V)) - logits[t]; when dloss_scale != 0 the row becomes
  * (softmax - onehot(t)) * dloss_scale over [0,V) and 0 over [V,Vp). Rows with t < 0 give loss 0 and dlogits 0. */
-static void cpu_softmax_xent(float *logits, float *losses, const int32_t *targets, size_t n, int V, int Vp,
+static void cpu_softmax_xent(CPU_BE, float *logits, float *losses, const int32_t *targets, size_t n, int V, int Vp,
                              float dloss_scale) {
     for (size_t i = 0; i < n; i++) {
         if (targets[i] >= V)
@@ -572,7 +573,7 @@ static double cpu_sum_squares_chunk(const float *x, size_t n) {
 /* Fixed chunks of CPU_SUMSQ_CHUNK, partial sums in parallel, then added in chunk order: same bits for any thread
  * count. The partials of up to CPU_SUMSQ_PASS_CHUNKS chunks are computed per pass, on the stack; the total
  * still adds every chunk's sum in chunk order. */
-static double cpu_sum_squares(const float *x, size_t n) {
+static double cpu_sum_squares(CPU_BE, const float *x, size_t n) {
     size_t n_chunks = (n + CPU_SUMSQ_CHUNK - 1) / CPU_SUMSQ_CHUNK;
     if (n_chunks <= 1) return cpu_sum_squares_chunk(x, n);
     double partial[CPU_SUMSQ_PASS_CHUNKS];
@@ -591,15 +592,15 @@ static double cpu_sum_squares(const float *x, size_t n) {
     return total;
 }
 
-static void cpu_scale(float *x, float factor, size_t n) {
+static void cpu_scale(CPU_BE, float *x, float factor, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= CPU_OMP_MIN_WORK)
     for (size_t i = 0; i < n; i++)
         x[i] *= factor;
 }
 
 /* m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; param -= lr (mhat / (sqrt(vhat) + eps) + wd param), t 1-based. */
-static void cpu_adamw_update(float *param, const float *grad, float *m, float *v, size_t n, float lr, float beta1,
-                             float beta2, float eps, float weight_decay, int t) {
+static void cpu_adamw_update(CPU_BE, float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                             float beta1, float beta2, float eps, float weight_decay, int t) {
     if (t < 1) rt_fatal("adamw_update: step %d is not 1-based", t);
     float m_correction = (float)(1.0 / (1.0 - pow((double)beta1, t)));
     float v_correction = (float)(1.0 / (1.0 - pow((double)beta2, t)));
@@ -656,6 +657,8 @@ static const rt_backend cpu_backend = {
     .event_create = rt_cpu_event_create,
     .event_destroy = rt_cpu_event_destroy,
     .event_record = rt_cpu_event_record,
+    .stream_wait_event = rt_cpu_stream_wait_event,
+    .synchronize = rt_cpu_synchronize,
     .event_synchronize = rt_cpu_event_synchronize,
     .event_query = rt_cpu_event_query,
     .host_alloc = rt_cpu_host_alloc,

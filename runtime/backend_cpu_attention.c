@@ -134,7 +134,7 @@ static void check_heads(const rt_attn_shape *shape) {
                  shape->n_heads, shape->n_kv_heads, shape->head_dim);
 }
 
-size_t rt_cpu_attn_workspace_bytes(size_t max_Tq, size_t max_Tk, const rt_attn_shape *shape) {
+size_t rt_cpu_attn_workspace_bytes(CPU_BE, size_t max_Tq, size_t max_Tk, const rt_attn_shape *shape) {
     (void)max_Tq; /* query tiles are processed one per thread at a time: nothing grows with Tq */
     check_heads(shape);
     return ws_layout_of(max_Tk, shape->n_kv_heads, shape->head_dim, omp_get_max_threads()).total;
@@ -330,7 +330,7 @@ RT_TILE_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, flo
     }
 }
 
-void rt_cpu_attn_block_forward(float *out, float *lse, const float *q, const float *k, const float *v,
+void rt_cpu_attn_block_forward(CPU_BE, float *out, float *lse, const float *q, const float *k, const float *v,
                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
@@ -359,7 +359,8 @@ void rt_cpu_attn_block_forward(float *out, float *lse, const float *q, const flo
 
 /* ------------------------------------------------------------------ delta */
 
-void rt_cpu_attn_delta(float *delta, const float *out, const float *dout, size_t Tq, const rt_attn_shape *shape) {
+void rt_cpu_attn_delta(CPU_BE, float *delta, const float *out, const float *dout, size_t Tq,
+                       const rt_attn_shape *shape) {
     const int H = shape->n_heads, D = shape->head_dim;
 #pragma omp parallel for schedule(static)
     for (size_t i = 0; i < Tq; i++) {
@@ -451,10 +452,10 @@ static float *dv_partial_of(void *workspace, const ws_layout *w, int tid) {
     return (float *)(ws_thread(workspace, w, tid) + 2 * w->tile_bytes + w->part_bytes);
 }
 
-void rt_cpu_attn_block_backward(float *dq, float *dk, float *dv, const float *dout, const float *q, const float *k,
-                                const float *v, const float *lse, const float *delta, const int64_t *q_pos,
-                                const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
-                                size_t workspace_bytes) {
+void rt_cpu_attn_block_backward(CPU_BE, float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                const float *k, const float *v, const float *lse, const float *delta,
+                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
+                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
     const ws_layout w = ws_check("attn_block_backward", Tq, Tk, shape, workspace, workspace_bytes);
     attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape, workspace);

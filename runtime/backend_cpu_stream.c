@@ -2,8 +2,10 @@
 /*
  * A stream is one worker thread that pops jobs from a FIFO queue (a singly
  * linked list under the stream's mutex) and runs them one at a time, so jobs
- * of a stream complete in the order they were queued. A job is either a copy
- * (memcpy, after the test-hook delay) or an event marker.
+ * of a stream complete in the order they were queued. A job is a copy
+ * (memcpy, after the test-hook delay), an event marker, or a wait for an
+ * event (stream_wait_event: the worker blocks until the event reaches the
+ * generation it had when the wait was queued).
  *
  * An event counts generations: event_record bumps recorded_gen and queues a
  * marker carrying it; the worker, on reaching the marker, raises
@@ -28,7 +30,9 @@
  *
  * On the CPU every compute op runs synchronously on the calling thread, so
  * "a copy starts after the ops issued before it" (backend.h) holds by
- * construction.
+ * construction, an event recorded on the compute stream (s == NULL) is
+ * complete at once, and the compute stream waits for an event by blocking
+ * the calling thread.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -40,15 +44,15 @@
 #include "backend_cpu_internal.h"
 #include "common.h"
 
-typedef enum { JOB_COPY, JOB_MARKER } job_kind;
+typedef enum { JOB_COPY, JOB_MARKER, JOB_WAIT } job_kind;
 
 typedef struct copy_job {
     job_kind kind;
     void *dst;          /* JOB_COPY */
     const void *src;    /* JOB_COPY */
     size_t bytes;       /* JOB_COPY */
-    rt_event *event;    /* JOB_MARKER */
-    uint64_t event_gen; /* JOB_MARKER: the generation this marker completes */
+    rt_event *event;    /* JOB_MARKER, JOB_WAIT */
+    uint64_t event_gen; /* JOB_MARKER: the generation this marker completes; JOB_WAIT: the one it waits for */
     struct copy_job *next;
 } copy_job;
 
@@ -66,7 +70,7 @@ struct rt_event {
     pthread_cond_t completed; /* broadcast when completed_gen moves */
     uint64_t recorded_gen;
     uint64_t completed_gen;
-    int pending_markers;
+    int pending_markers; /* markers and waits queued on some stream and not yet run */
 };
 
 /* Test hook: microseconds every copy sleeps before it runs. */
@@ -92,6 +96,15 @@ static void run_marker(rt_event *e, uint64_t gen) {
     pthread_mutex_unlock(&e->lock);
 }
 
+static void run_wait(rt_event *e, uint64_t gen) {
+    pthread_mutex_lock(&e->lock);
+    while (e->completed_gen < gen)
+        pthread_cond_wait(&e->completed, &e->lock);
+    e->pending_markers--;
+    pthread_cond_broadcast(&e->completed);
+    pthread_mutex_unlock(&e->lock);
+}
+
 static void *stream_worker(void *arg) {
     rt_stream *s = arg;
     for (;;) {
@@ -111,8 +124,10 @@ static void *stream_worker(void *arg) {
             unsigned delay = atomic_load(&copy_delay_us);
             if (delay) sleep_us(delay);
             if (job->bytes && job->dst != job->src) memcpy(job->dst, job->src, job->bytes);
-        } else {
+        } else if (job->kind == JOB_MARKER) {
             run_marker(job->event, job->event_gen);
+        } else {
+            run_wait(job->event, job->event_gen);
         }
         pthread_mutex_lock(&s->lock);
         job->next = s->free_jobs;
@@ -144,7 +159,7 @@ static void stream_push(rt_stream *s, copy_job *job) {
     pthread_mutex_unlock(&s->lock);
 }
 
-rt_stream *rt_cpu_stream_create(void) {
+rt_stream *rt_cpu_stream_create(CPU_BE) {
     rt_stream *s = calloc_check(1, sizeof *s);
     check_pthread(pthread_mutex_init(&s->lock, NULL), "pthread_mutex_init");
     check_pthread(pthread_cond_init(&s->work_ready, NULL), "pthread_cond_init");
@@ -152,7 +167,7 @@ rt_stream *rt_cpu_stream_create(void) {
     return s;
 }
 
-void rt_cpu_stream_destroy(rt_stream *s) {
+void rt_cpu_stream_destroy(CPU_BE, rt_stream *s) {
     if (!s) return;
     pthread_mutex_lock(&s->lock);
     s->stopping = 1;
@@ -169,7 +184,7 @@ void rt_cpu_stream_destroy(rt_stream *s) {
     free(s);
 }
 
-void rt_cpu_copy_async(rt_stream *s, void *dst, const void *src, size_t bytes) {
+void rt_cpu_copy_async(CPU_BE, rt_stream *s, void *dst, const void *src, size_t bytes) {
     copy_job *job = stream_take_job(s);
     job->kind = JOB_COPY;
     job->dst = dst;
@@ -178,14 +193,14 @@ void rt_cpu_copy_async(rt_stream *s, void *dst, const void *src, size_t bytes) {
     stream_push(s, job);
 }
 
-rt_event *rt_cpu_event_create(void) {
+rt_event *rt_cpu_event_create(CPU_BE) {
     rt_event *e = calloc_check(1, sizeof *e);
     check_pthread(pthread_mutex_init(&e->lock, NULL), "pthread_mutex_init");
     check_pthread(pthread_cond_init(&e->completed, NULL), "pthread_cond_init");
     return e;
 }
 
-void rt_cpu_event_destroy(rt_event *e) {
+void rt_cpu_event_destroy(CPU_BE, rt_event *e) {
     if (!e) return;
     pthread_mutex_lock(&e->lock);
     while (e->pending_markers > 0)
@@ -196,7 +211,14 @@ void rt_cpu_event_destroy(rt_event *e) {
     free(e);
 }
 
-void rt_cpu_event_record(rt_event *e, rt_stream *s) {
+void rt_cpu_event_record(CPU_BE, rt_event *e, rt_stream *s) {
+    if (!s) { /* the compute stream: its ops are done */
+        pthread_mutex_lock(&e->lock);
+        e->completed_gen = ++e->recorded_gen;
+        pthread_cond_broadcast(&e->completed);
+        pthread_mutex_unlock(&e->lock);
+        return;
+    }
     copy_job *job = stream_take_job(s);
     job->kind = JOB_MARKER;
     job->event = e;
@@ -207,24 +229,41 @@ void rt_cpu_event_record(rt_event *e, rt_stream *s) {
     stream_push(s, job);
 }
 
-void rt_cpu_event_synchronize(rt_event *e) {
+void rt_cpu_event_synchronize(CPU_BE, rt_event *e) {
     pthread_mutex_lock(&e->lock);
     while (e->completed_gen < e->recorded_gen)
         pthread_cond_wait(&e->completed, &e->lock);
     pthread_mutex_unlock(&e->lock);
 }
 
-int rt_cpu_event_query(rt_event *e) {
+void rt_cpu_stream_wait_event(CPU_BE, rt_stream *s, rt_event *e) {
+    if (!s) {
+        rt_cpu_event_synchronize(be, e);
+        return;
+    }
+    copy_job *job = stream_take_job(s);
+    job->kind = JOB_WAIT;
+    job->event = e;
+    pthread_mutex_lock(&e->lock);
+    job->event_gen = e->recorded_gen;
+    e->pending_markers++;
+    pthread_mutex_unlock(&e->lock);
+    stream_push(s, job);
+}
+
+void rt_cpu_synchronize(CPU_BE) {}
+
+int rt_cpu_event_query(CPU_BE, rt_event *e) {
     pthread_mutex_lock(&e->lock);
     int done = e->completed_gen >= e->recorded_gen;
     pthread_mutex_unlock(&e->lock);
     return done;
 }
 
-void *rt_cpu_host_alloc(size_t bytes) {
+void *rt_cpu_host_alloc(CPU_BE, size_t bytes) {
     void *ptr = NULL;
     if (posix_memalign(&ptr, 64, bytes ? bytes : 64) != 0) return NULL;
     return ptr;
 }
 
-void rt_cpu_host_free(void *ptr) { free(ptr); }
+void rt_cpu_host_free(CPU_BE, void *ptr) { free(ptr); }

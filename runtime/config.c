@@ -821,8 +821,6 @@ int rt_config_validate_model(const rt_config *cfg, rt_error *err) {
 
 int rt_config_validate(const rt_config *cfg, rt_error *err) {
     if (rt_config_validate_model(cfg, err) != 0) return -1;
-    if (cfg->device_kind == RT_DEVICE_CUDA)
-        return rt_fail(err, "device.kind = cuda: this build has no CUDA backend yet (CPU only); use device.kind = cpu");
     if (cfg->sp > 1 && cfg->seq_len % (2 * cfg->sp) != 0)
         return rt_fail(err, "train.seq_len = %d must divide into 2 * parallel.sp = %d zigzag chunks", cfg->seq_len,
                        2 * cfg->sp);

@@ -359,14 +359,14 @@ void rt_model_init_params(rt_model *m, uint64_t seed) {
             memset(dst + (size_t)s->vocab_size * s->d_model, 0,
                    (size_t)(s->padded_vocab - s->vocab_size) * s->d_model * sizeof(float));
     }
-    m->backend->copy(m->params, host, m->table.total * sizeof(float));
+    m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
     free(host);
 }
 
 void rt_model_zero_grads(rt_model *m) {
     const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
     size_t n = m->stream_grads ? lo[0] + (m->table.total - lo[L]) : m->n_alloc;
-    m->backend->memset_zero(m->grads, n * sizeof(float));
+    m->backend->memset_zero(m->backend, m->grads, n * sizeof(float));
 }
 
 static size_t load_batch(rt_model *m, const rt_batch *batch) {
@@ -381,10 +381,10 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
             ids[i] = (int64_t)(((uint64_t)(batch->first_seq + b) << 40) | (uint64_t)batch->pos[i]);
         }
     const rt_backend *be = m->backend;
-    be->copy(m->tokens, batch->inputs, N * sizeof(int32_t));
-    be->copy(m->targets, batch->targets, N * sizeof(int32_t));
-    be->copy(m->pos, batch->pos, N * sizeof(int64_t));
-    be->copy(m->dropout_ids, ids, N * sizeof(int64_t));
+    be->copy(be, m->tokens, batch->inputs, N * sizeof(int32_t));
+    be->copy(be, m->targets, batch->targets, N * sizeof(int32_t));
+    be->copy(be, m->pos, batch->pos, N * sizeof(int64_t));
+    be->copy(be, m->dropout_ids, ids, N * sizeof(int64_t));
     return N;
 }
 
@@ -428,7 +428,7 @@ static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_p
     const size_t N = batch->n_seqs * batch->local_len;
     const rt_top_params *top = &m->top;
     float *x = forward_input(m, 0, N);
-    m->backend->embedding_forward(x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
+    m->backend->embedding_forward(m->backend, x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
     forward_input_written(m, 0, N, training);
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *y = forward_input(m, l + 1, N);
@@ -449,10 +449,11 @@ static void final_norm_forward(rt_model *m, size_t N) {
     const rt_model_shape *s = &m->shape;
     const float *x = final_hidden(m, N);
     if (s->family == RT_FAMILY_GPT2)
-        m->backend->layernorm_forward(m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w, m->top.norm_f_b, N,
-                                      s->d_model, s->norm_eps);
+        m->backend->layernorm_forward(m->backend, m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w,
+                                      m->top.norm_f_b, N, s->d_model, s->norm_eps);
     else
-        m->backend->rmsnorm_forward(m->norm_f, m->norm_f_rstd, x, m->top.norm_f_w, N, s->d_model, s->norm_eps);
+        m->backend->rmsnorm_forward(m->backend, m->norm_f, m->norm_f_rstd, x, m->top.norm_f_w, N, s->d_model,
+                                    s->norm_eps);
 }
 
 /* Final norm, tiled LM head and loss; with backward, leaves d(last layer output) in d_resid. */
@@ -461,18 +462,18 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     const rt_model_shape *s = &m->shape;
     const size_t N = batch->n_seqs * batch->local_len, C = (size_t)s->d_model;
     final_norm_forward(m, N);
-    if (backward) be->memset_zero(m->d_norm, N * C * sizeof(float));
+    if (backward) be->memset_zero(be, m->d_norm, N * C * sizeof(float));
     for (size_t t0 = 0; t0 < N; t0 += m->head_tile) {
         size_t n = N - t0 < m->head_tile ? N - t0 : m->head_tile;
-        be->matmul_forward(m->logits, m->norm_f + t0 * C, m->top.lm_head, NULL, n, (int)C, s->padded_vocab);
-        be->softmax_xent(m->logits, m->losses + t0, m->targets + t0, n, s->vocab_size, s->padded_vocab,
+        be->matmul_forward(be, m->logits, m->norm_f + t0 * C, m->top.lm_head, NULL, n, (int)C, s->padded_vocab);
+        be->softmax_xent(be, m->logits, m->losses + t0, m->targets + t0, n, s->vocab_size, s->padded_vocab,
                          backward ? dloss_scale : 0.0f);
         if (backward)
-            be->matmul_backward(m->d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits, m->norm_f + t0 * C,
+            be->matmul_backward(be, m->d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits, m->norm_f + t0 * C,
                                 m->top.lm_head, n, (int)C, s->padded_vocab);
     }
     float *losses = m->host_losses;
-    be->copy(losses, m->losses, N * sizeof(float));
+    be->copy(be, losses, m->losses, N * sizeof(float));
     double loss_sum = 0.0;
     size_t count = 0;
     for (size_t i = 0; i < N; i++) {
@@ -482,13 +483,13 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     *n_targets = count;
     if (backward) {
         const float *x = final_hidden(m, N);
-        be->memset_zero(m->d_resid, N * C * sizeof(float));
+        be->memset_zero(be, m->d_resid, N * C * sizeof(float));
         if (s->family == RT_FAMILY_GPT2)
-            be->layernorm_backward(m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
+            be->layernorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
                                    m->top.norm_f_w, m->norm_f_mean, m->norm_f_rstd, N, s->d_model);
         else
-            be->rmsnorm_backward(m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd, N,
-                                 s->d_model);
+            be->rmsnorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd,
+                                 N, s->d_model);
     }
     return loss_sum;
 }
@@ -512,14 +513,15 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
             rt_layer_forward(m, l, acts, x, offload ? m->d_norm : layer_input(m, l + 1, N), batch->n_seqs,
                              batch->local_len, dropout);
         const size_t *lo = m->layer_offset;
-        if (m->stream_grads) m->backend->memset_zero(m->layer_grad_scratch, (lo[1] - lo[0]) * sizeof(float));
+        if (m->stream_grads)
+            m->backend->memset_zero(m->backend, m->layer_grad_scratch, (lo[1] - lo[0]) * sizeof(float));
         rt_layer_backward(m, l, acts, x, batch->n_seqs, batch->local_len, dropout);
         if (offload) rt_offload_release(&m->offloader, l);
         if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch, lo[l], lo[l + 1] - lo[l]);
         if (l > 0 && interrupted(m)) return NAN;
     }
     end_pass(m);
-    m->backend->embedding_backward(m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
+    m->backend->embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
                                    m->shape.d_model);
     if (m->stream_grads) {
         const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
@@ -545,8 +547,9 @@ void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out)
     forward_layers(m, batch, NULL, 0);
     final_norm_forward(m, N);
     end_pass(m);
-    m->backend->matmul_forward(m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C, s->padded_vocab);
-    m->backend->copy(logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
+    m->backend->matmul_forward(m->backend, m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C,
+                               s->padded_vocab);
+    m->backend->copy(m->backend, logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
 }
 
 void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out) {

@@ -131,7 +131,7 @@ int rt_model_load_llmc(rt_model *m, const char *path, rt_error *err) {
     }
     float *host = malloc_check(m->table.total * sizeof(float));
     map_llmc(&m->table, &hdr, file_params, host, TO_TABLE);
-    m->backend->copy(m->params, host, m->table.total * sizeof(float));
+    m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
     free(host);
     free(file_params);
     return 0;
@@ -167,7 +167,7 @@ int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
         rt_fatal("llm.c layout holds %zu parameters, the gpt2 table %zu", total, m->table.total);
     float *host = malloc_check(m->table.total * sizeof(float));
     float *file_params = malloc_check(total * sizeof(float));
-    m->backend->copy(host, m->params, m->table.total * sizeof(float));
+    m->backend->copy(m->backend, host, m->params, m->table.total * sizeof(float));
     map_llmc(&m->table, &hdr, file_params, host, TO_FILE);
     int rc = rt_llmc_write(path, &hdr, file_params, err);
     free(file_params);
@@ -177,7 +177,7 @@ int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
 
 int rt_model_save(const rt_model *m, const char *path, const char *config_text, int64_t step, rt_error *err) {
     float *host = malloc_check(m->table.total * sizeof(float));
-    m->backend->copy(host, m->params, m->table.total * sizeof(float));
+    m->backend->copy(m->backend, host, m->params, m->table.total * sizeof(float));
     int rc = rt_checkpoint_write(path, &m->table, host, config_text, step, err);
     free(host);
     return rc;
@@ -186,7 +186,7 @@ int rt_model_save(const rt_model *m, const char *path, const char *config_text, 
 int rt_model_load(rt_model *m, const char *path, rt_error *err) {
     float *host = malloc_check(m->table.total * sizeof(float));
     int rc = rt_checkpoint_read_params(path, &m->table, host, err);
-    if (rc == 0) m->backend->copy(m->params, host, m->table.total * sizeof(float));
+    if (rc == 0) m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
     free(host);
     return rc;
 }

@@ -36,18 +36,18 @@ static void norm_forward(const rt_model *m, float *out, float *mean, float *rstd
                          const float *b, size_t N) {
     const rt_model_shape *s = &m->shape;
     if (s->family == RT_FAMILY_GPT2)
-        m->backend->layernorm_forward(out, mean, rstd, inp, w, b, N, s->d_model, s->norm_eps);
+        m->backend->layernorm_forward(m->backend, out, mean, rstd, inp, w, b, N, s->d_model, s->norm_eps);
     else
-        m->backend->rmsnorm_forward(out, rstd, inp, w, N, s->d_model, s->norm_eps);
+        m->backend->rmsnorm_forward(m->backend, out, rstd, inp, w, N, s->d_model, s->norm_eps);
 }
 
 static void norm_backward(const rt_model *m, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                           const float *w, const float *mean, const float *rstd, size_t N) {
     const rt_model_shape *s = &m->shape;
     if (s->family == RT_FAMILY_GPT2)
-        m->backend->layernorm_backward(dinp, dw, db, dout, inp, w, mean, rstd, N, s->d_model);
+        m->backend->layernorm_backward(m->backend, dinp, dw, db, dout, inp, w, mean, rstd, N, s->d_model);
     else
-        m->backend->rmsnorm_backward(dinp, dw, dout, inp, w, rstd, N, s->d_model);
+        m->backend->rmsnorm_backward(m->backend, dinp, dw, dout, inp, w, rstd, N, s->d_model);
 }
 
 /* Rotates q (H heads) and k (Hkv heads) of every token; backward rotates their gradients back. */
@@ -56,11 +56,11 @@ static void rope(const rt_model *m, float *qkv, const int64_t *pos, size_t N, in
     size_t stride = rt_qkv_width(s);
     float *k = qkv + (size_t)s->n_heads * s->head_dim;
     if (backward) {
-        m->backend->rope_backward(qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
-        m->backend->rope_backward(k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
+        m->backend->rope_backward(m->backend, qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
+        m->backend->rope_backward(m->backend, k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
     } else {
-        m->backend->rope_forward(qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
-        m->backend->rope_forward(k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
+        m->backend->rope_forward(m->backend, qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
+        m->backend->rope_forward(m->backend, k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
     }
 }
 
@@ -74,7 +74,7 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
     const rt_attn_shape shape = rt_attention_shape(s);
 
     norm_forward(m, a->norm1, a->norm1_mean, a->norm1_rstd, x, p->norm1_w, p->norm1_b, N);
-    be->matmul_forward(a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
+    be->matmul_forward(be, a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
     if (s->family == RT_FAMILY_LLAMA) rope(m, a->qkv, m->pos, N, 0);
     for (size_t b = 0; b < n_seqs; b++) {
         const float *q = a->qkv + b * local_len * QKV;
@@ -82,21 +82,21 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
                                  q + HD + (size_t)s->n_kv_heads * s->head_dim, m->pos + b * local_len, local_len,
                                  &shape);
     }
-    be->matmul_forward(m->branch, a->att, p->proj_w, p->proj_b, N, (int)HD, (int)C);
+    be->matmul_forward(be, m->branch, a->att, p->proj_w, p->proj_b, N, (int)HD, (int)C);
     if (dropout_on(dropout))
-        be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
-    be->add(a->res1, x, m->branch, N * C);
+        be->dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    be->add(be, a->res1, x, m->branch, N * C);
 
     norm_forward(m, a->norm2, a->norm2_mean, a->norm2_rstd, a->res1, p->norm2_w, p->norm2_b, N);
-    be->matmul_forward(a->fc, a->norm2, p->fc_w, p->fc_b, N, (int)C, (int)FC);
+    be->matmul_forward(be, a->fc, a->norm2, p->fc_w, p->fc_b, N, (int)C, (int)FC);
     if (s->family == RT_FAMILY_GPT2)
-        be->gelu_forward(a->act, a->fc, N * F);
+        be->gelu_forward(be, a->act, a->fc, N * F);
     else
-        be->swiglu_forward(a->act, a->fc, N, (int)F);
-    be->matmul_forward(m->branch, a->act, p->fcproj_w, p->fcproj_b, N, (int)F, (int)C);
+        be->swiglu_forward(be, a->act, a->fc, N, (int)F);
+    be->matmul_forward(be, m->branch, a->act, p->fcproj_w, p->fcproj_b, N, (int)F, (int)C);
     if (dropout_on(dropout))
-        be->dropout(m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
-    be->add(out, a->res1, m->branch, N * C);
+        be->dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+    be->add(be, out, a->res1, m->branch, N * C);
     m->counters.layer_forwards++;
 }
 
@@ -111,28 +111,28 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
     const rt_attn_shape shape = rt_attention_shape(s);
 
     /* MLP branch: d_resid = d(out) = d(res1) so far. */
-    be->copy(m->d_branch, m->d_resid, N * C * sizeof(float));
+    be->copy(be, m->d_branch, m->d_resid, N * C * sizeof(float));
     if (dropout_on(dropout))
-        be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
-    be->memset_zero(m->d_act, N * F * sizeof(float));
-    be->matmul_backward(m->d_act, g->fcproj_w, g->fcproj_b, m->d_branch, a->act, p->fcproj_w, N, (int)F, (int)C);
-    be->memset_zero(m->d_fc, N * FC * sizeof(float));
+        be->dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+    be->memset_zero(be, m->d_act, N * F * sizeof(float));
+    be->matmul_backward(be, m->d_act, g->fcproj_w, g->fcproj_b, m->d_branch, a->act, p->fcproj_w, N, (int)F, (int)C);
+    be->memset_zero(be, m->d_fc, N * FC * sizeof(float));
     if (s->family == RT_FAMILY_GPT2)
-        be->gelu_backward(m->d_fc, a->fc, m->d_act, N * F);
+        be->gelu_backward(be, m->d_fc, a->fc, m->d_act, N * F);
     else
-        be->swiglu_backward(m->d_fc, m->d_act, a->fc, N, (int)F);
-    be->memset_zero(m->d_norm, N * C * sizeof(float));
-    be->matmul_backward(m->d_norm, g->fc_w, g->fc_b, m->d_fc, a->norm2, p->fc_w, N, (int)C, (int)FC);
+        be->swiglu_backward(be, m->d_fc, m->d_act, a->fc, N, (int)F);
+    be->memset_zero(be, m->d_norm, N * C * sizeof(float));
+    be->matmul_backward(be, m->d_norm, g->fc_w, g->fc_b, m->d_fc, a->norm2, p->fc_w, N, (int)C, (int)FC);
     norm_backward(m, m->d_resid, g->norm2_w, g->norm2_b, m->d_norm, a->res1, p->norm2_w, a->norm2_mean, a->norm2_rstd,
                   N);
 
     /* Attention branch: d_resid = d(res1). */
-    be->copy(m->d_branch, m->d_resid, N * C * sizeof(float));
+    be->copy(be, m->d_branch, m->d_resid, N * C * sizeof(float));
     if (dropout_on(dropout))
-        be->dropout(m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
-    be->memset_zero(m->d_att, N * HD * sizeof(float));
-    be->matmul_backward(m->d_att, g->proj_w, g->proj_b, m->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
-    be->memset_zero(m->d_qkv, N * QKV * sizeof(float));
+        be->dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    be->memset_zero(be, m->d_att, N * HD * sizeof(float));
+    be->matmul_backward(be, m->d_att, g->proj_w, g->proj_b, m->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
+    be->memset_zero(be, m->d_qkv, N * QKV * sizeof(float));
     for (size_t b = 0; b < n_seqs; b++) {
         const float *q = a->qkv + b * local_len * QKV;
         float *dq = m->d_qkv + b * local_len * QKV;
@@ -143,8 +143,8 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
                                   local_len, &shape);
     }
     if (s->family == RT_FAMILY_LLAMA) rope(m, m->d_qkv, m->pos, N, 1);
-    be->memset_zero(m->d_norm, N * C * sizeof(float));
-    be->matmul_backward(m->d_norm, g->qkv_w, g->qkv_b, m->d_qkv, a->norm1, p->qkv_w, N, (int)C, (int)QKV);
+    be->memset_zero(be, m->d_norm, N * C * sizeof(float));
+    be->matmul_backward(be, m->d_norm, g->qkv_w, g->qkv_b, m->d_qkv, a->norm1, p->qkv_w, N, (int)C, (int)QKV);
     norm_backward(m, m->d_resid, g->norm1_w, g->norm1_b, m->d_norm, x, p->norm1_w, a->norm1_mean, a->norm1_rstd, N);
     m->counters.layer_backwards++;
 }

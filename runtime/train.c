@@ -167,8 +167,24 @@ static int setup_model(rt_trainer *t, rt_error *err) {
                              cfg->adam_beta1, cfg->adam_beta2, cfg->adam_eps, cfg->weight_decay, err);
 }
 
+/* The backend of device.kind, on the GPU of this rank's place among the ranks of its node. */
+static int open_backend(const rt_config *cfg, rt_comm *world, const rt_backend **out, rt_error *err) {
+    rt_comm *node = world->ops->split_node(world);
+    const int local_rank = node->rank;
+    node->ops->destroy(node);
+    return rt_backend_open(out, cfg->device_kind == RT_DEVICE_CUDA ? "cuda" : "cpu", local_rank, err);
+}
+
 int rt_trainer_init(rt_trainer **out, const rt_config *cfg, rt_comm *world, rt_error *err) {
-    return rt_trainer_init_on(out, cfg, world, rt_backend_cpu(), err);
+    const rt_backend *backend = NULL;
+    if (agree(world, open_backend(cfg, world, &backend, err), err)) {
+        rt_backend_close(backend);
+        *out = NULL;
+        return -1;
+    }
+    int rc = rt_trainer_init_on(out, cfg, world, backend, err);
+    (*out)->owns_backend = 1;
+    return rc;
 }
 
 int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, const rt_backend *backend,
@@ -330,5 +346,6 @@ void rt_trainer_free(rt_trainer *t) {
     seqpar_ctx_free(&t->seqpar);
     rt_device_memory_destroy(&t->mem);
     if (t->mesh_ready) rt_mesh_free(&t->mesh);
+    if (t->owns_backend) rt_backend_close(t->backend);
     free(t);
 }

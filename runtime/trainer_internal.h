@@ -27,6 +27,7 @@ struct rt_trainer {
     rt_span spans[2];
     size_t local_len, local_seqs;
     const rt_backend *backend;
+    int owns_backend; /* opened by rt_trainer_init from device.kind (closed at free), not given to init_on */
     rt_device_memory mem;
     seqpar_ctx seqpar;
     rt_model model;

@@ -75,7 +75,7 @@ static int find_runs(const rt_backend *backend, pos_run runs[MAX_RUNS], const in
     int64_t prev = 0, min = 0, max = 0;
     for (size_t c0 = 0; c0 < n; c0 += POS_CHUNK) {
         const size_t len = n - c0 < POS_CHUNK ? n - c0 : POS_CHUNK;
-        backend->copy(chunk, pos + c0, len * sizeof(int64_t));
+        backend->copy(backend, chunk, pos + c0, len * sizeof(int64_t));
         for (size_t c = 0; c < len; c++) {
             const size_t i = c0 + c;
             const int64_t p = chunk[c];
@@ -165,10 +165,10 @@ static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, 
                          size_t Tk) {
     const forward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
-    ctx->backend->attn_block_forward(a->out + i0 * shape->out_stride, a->lse + i0 * (size_t)shape->n_heads,
-                                     a->qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
-                                     b->v + j0 * shape->kv_stride, a->qs->pos + i0, b->pos + j0, Tq, Tk, shape,
-                                     ctx->attn_workspace, ctx->attn_workspace_bytes);
+    ctx->backend->attn_block_forward(ctx->backend, a->out + i0 * shape->out_stride,
+                                     a->lse + i0 * (size_t)shape->n_heads, a->qs->q + i0 * shape->q_stride,
+                                     b->k + j0 * shape->kv_stride, b->v + j0 * shape->kv_stride, a->qs->pos + i0,
+                                     b->pos + j0, Tq, Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Merges the attention of the local queries onto one held block into (out, lse). */
@@ -188,7 +188,7 @@ static void backward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b,
     const backward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
     const size_t H = (size_t)shape->n_heads, row = j0 * shape->kv_stride;
-    ctx->backend->attn_block_backward(a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
+    ctx->backend->attn_block_backward(ctx->backend, a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
                                       a->dout + i0 * shape->out_stride, a->qs->q + i0 * shape->q_stride, b->k + row,
                                       b->v + row, a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, b->pos + j0, Tq,
                                       Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
@@ -206,20 +206,20 @@ static void backward_held(const seqpar_ctx *ctx, float *dq, float *dk, float *dv
 static void init_running(const rt_backend *backend, float *out, float *lse, size_t Tl, const rt_attn_shape *shape) {
     size_t row_floats = (size_t)shape->n_heads * (size_t)shape->head_dim;
     if (shape->out_stride == row_floats) {
-        backend->memset_zero(out, Tl * row_floats * sizeof(float));
+        backend->memset_zero(backend, out, Tl * row_floats * sizeof(float));
     } else {
         for (size_t i = 0; i < Tl; i++)
-            backend->memset_zero(out + i * shape->out_stride, row_floats * sizeof(float));
+            backend->memset_zero(backend, out + i * shape->out_stride, row_floats * sizeof(float));
     }
     const size_t n_lse = Tl * (size_t)shape->n_heads;
     float minus_inf[LSE_FILL];
     for (size_t i = 0; i < LSE_FILL; i++)
         minus_inf[i] = -INFINITY;
     size_t filled = n_lse < LSE_FILL ? n_lse : LSE_FILL;
-    backend->copy(lse, minus_inf, filled * sizeof(float));
+    backend->copy(backend, lse, minus_inf, filled * sizeof(float));
     while (filled < n_lse) {
         const size_t more = n_lse - filled < filled ? n_lse - filled : filled;
-        backend->copy(lse + filled, lse, more * sizeof(float));
+        backend->copy(backend, lse + filled, lse, more * sizeof(float));
         filled += more;
     }
 }
@@ -291,7 +291,7 @@ static void ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capac
 
 /* The backend's attention workspace for local sequences of up to Tl tokens (queries and every key block). */
 static size_t workspace_bytes_for(const seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
-    return ctx->backend->attn_workspace_bytes(Tl, Tl, shape);
+    return ctx->backend->attn_workspace_bytes(ctx->backend, Tl, Tl, shape);
 }
 
 static void ensure_workspace(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
@@ -318,22 +318,22 @@ void seqpar_ctx_free(seqpar_ctx *ctx) {
 static void copy_rows(const rt_backend *backend, float *dst, size_t dst_stride, const float *src, size_t src_stride,
                       size_t n, size_t width) {
     if (dst_stride == width && src_stride == width) {
-        backend->copy(dst, src, n * width * sizeof(float));
+        backend->copy(backend, dst, src, n * width * sizeof(float));
         return;
     }
     for (size_t i = 0; i < n; i++)
-        backend->copy(dst + i * dst_stride, src + i * src_stride, width * sizeof(float));
+        backend->copy(backend, dst + i * dst_stride, src + i * src_stride, width * sizeof(float));
 }
 
 /* dst rows (at dst_stride) += src rows (packed, width floats). */
 static void add_rows(const rt_backend *backend, float *dst, size_t dst_stride, const float *src, size_t n,
                      size_t width) {
     if (dst_stride == width) {
-        backend->add(dst, dst, src, n * width);
+        backend->add(backend, dst, dst, src, n * width);
         return;
     }
     for (size_t i = 0; i < n; i++)
-        backend->add(dst + i * dst_stride, dst + i * dst_stride, src + i * width, width);
+        backend->add(backend, dst + i * dst_stride, dst + i * dst_stride, src + i * width, width);
 }
 
 /* Views of a packed K/V block. */
@@ -346,7 +346,7 @@ static float *packed_v(void *block, size_t Tl, const rt_attn_shape *shape) {
 static void pack_block(const rt_backend *backend, void *block, const float *k, const float *v, const int64_t *pos,
                        size_t Tl, const rt_attn_shape *shape) {
     const size_t width = kv_row_floats(shape);
-    backend->copy(packed_pos(block), pos, Tl * sizeof(int64_t));
+    backend->copy(backend, packed_pos(block), pos, Tl * sizeof(int64_t));
     copy_rows(backend, packed_k(block, Tl), width, k, shape->kv_stride, Tl, width);
     copy_rows(backend, packed_v(block, Tl, shape), width, v, shape->kv_stride, Tl, width);
 }
@@ -421,7 +421,7 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
     if (P > 1) check_group_agrees(ctx, Tl, shape);
     if (Tl == 0) return;
     const rt_backend *backend = ctx->backend;
-    backend->attn_delta(delta, out, dout, Tl, shape);
+    backend->attn_delta(backend, delta, out, dout, Tl, shape);
     ensure_workspace(ctx, Tl, shape);
     const query_set qs = query_set_make(backend, q, pos, Tl);
     const size_t bytes = kv_block_bytes(Tl, shape), dkv_bytes = dkv_block_bytes(Tl, shape);
@@ -448,7 +448,7 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
             backward_held(ctx, dq, dk, dv, dout, lse, delta, &qs, &b);
         } else {
             const held_block b = held_packed(backend, held, Tl, shape);
-            backend->memset_zero(partial[s % 2], dkv_bytes);
+            backend->memset_zero(backend, partial[s % 2], dkv_bytes);
             backward_held(ctx, dq, partial[s % 2], partial[s % 2] + Tl * width, dout, lse, delta, &qs, &b);
         }
         if (s + 1 < P) {
@@ -460,7 +460,7 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
             timed_wait(ctx, &dkv_recv_req[(s - 1) % 2]);
             timed_wait(ctx, &dkv_send_req);
             ctx->dkv_blocks_received++;
-            backend->add(partial[s % 2], partial[s % 2], received[(s - 1) % 2], 2 * Tl * width);
+            backend->add(backend, partial[s % 2], partial[s % 2], received[(s - 1) % 2], 2 * Tl * width);
         }
         if (s >= 1) comm->ops->isend(comm, partial[s % 2], dkv_bytes, to, TAG_DKV, &dkv_send_req);
     }

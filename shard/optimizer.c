@@ -57,13 +57,13 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
     if (zero_stage == 2 &&
         !(opt->reduce_scratch = rt_device_alloc(mem, scratch * sizeof(float), "gradient reduce scratch", err)))
         return -1;
-    if (zero_stage != 0) backend->copy(opt->master, params + opt->shard_begin, bytes);
+    if (zero_stage != 0) backend->copy(backend, opt->master, params + opt->shard_begin, bytes);
     opt->state_bytes = checked_mul(zero_stage == 0 ? 2 : 3, bytes, "optimizer state bytes");
     return 0;
 }
 
 void rt_optimizer_begin_step(rt_optimizer *opt) {
-    if (opt->shard_grad) opt->backend->memset_zero(opt->shard_grad, opt->shard_size * sizeof(float));
+    if (opt->shard_grad) opt->backend->memset_zero(opt->backend, opt->shard_grad, opt->shard_size * sizeof(float));
 }
 
 /* Reduces grads of [offset, offset+count) (count <= REDUCE_CHUNK) and adds this rank's part to its shard. */
@@ -83,7 +83,7 @@ static void reduce_piece(rt_optimizer *opt, const float *grads, size_t offset, s
     size_t mine = counts[world->rank];
     if (mine == 0) return;
     size_t first = offset > opt->shard_begin ? offset - opt->shard_begin : 0;
-    opt->backend->add(opt->shard_grad + first, opt->shard_grad + first, opt->reduce_scratch, mine);
+    opt->backend->add(opt->backend, opt->shard_grad + first, opt->shard_grad + first, opt->reduce_scratch, mine);
 }
 
 void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t offset, size_t count) {
@@ -109,7 +109,7 @@ static float *shard_gradient(const rt_optimizer *opt, float *grads) {
 
 void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst) {
     if (opt->stage == 0) {
-        opt->backend->copy(dst, grads, opt->n_params * sizeof(float));
+        opt->backend->copy(opt->backend, dst, grads, opt->n_params * sizeof(float));
         return;
     }
     float *all = malloc_check(checked_mul(opt->padded, sizeof(float), "gathered gradient bytes"));
@@ -123,11 +123,11 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
     float *shard_grad = shard_gradient(opt, grads);
     /* At stage 0 the padding is not part of the gradient; at stages 1-2 it is zero. */
     size_t n_grad = opt->stage == 0 ? opt->n_params : opt->shard_size;
-    double sum_squares = be->sum_squares(shard_grad, n_grad);
+    double sum_squares = be->sum_squares(be, shard_grad, n_grad);
     if (opt->stage != 0) rt_allreduce_sum_f64(opt->world, &sum_squares, 1);
     double norm = sqrt(sum_squares);
     if (!isfinite(norm)) return norm;
-    if (grad_clip > 0.0f && norm > grad_clip) be->scale(shard_grad, (float)(grad_clip / norm), n_grad);
+    if (grad_clip > 0.0f && norm > grad_clip) be->scale(be, shard_grad, (float)(grad_clip / norm), n_grad);
     opt->t++;
     const size_t shard_end = opt->shard_begin + opt->shard_size;
     for (int i = 0; i < opt->table->count; i++) {
@@ -136,7 +136,7 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
         size_t end = view->offset + view->numel < shard_end ? view->offset + view->numel : shard_end;
         if (begin >= end) continue;
         size_t local = begin - opt->shard_begin;
-        be->adamw_update(opt->master + local, shard_grad + local, opt->m + local, opt->v + local, end - begin, lr,
+        be->adamw_update(be, opt->master + local, shard_grad + local, opt->m + local, opt->v + local, end - begin, lr,
                          opt->beta1, opt->beta2, opt->eps, view->weight_decay ? opt->weight_decay : 0.0f, opt->t);
     }
     rt_optimizer_publish_params(opt, params);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../runtime/backend.h"
 #include "../runtime/config.h"
 #include "testing.h"
 
@@ -639,14 +640,30 @@ static void test_validate_cross_field(void) {
     ASSERT_HAS(msg, "data.train is not set: give a token file (see `ringtrain prepare`)");
 
     cfg = valid_config();
-    cfg.device_kind = RT_DEVICE_CUDA;
-    msg = validate_fails(&cfg);
-    ASSERT_HAS(msg, "device.kind = cuda: this build has no CUDA backend yet (CPU only); use device.kind = cpu");
-
-    cfg = valid_config();
     cfg.steps = 0;
     msg = validate_fails(&cfg);
     ASSERT_HAS(msg, "train.steps = 0");
+}
+
+/* device.kind picks the backend instance: cpu is the shared CPU table; cuda opens a GPU or, on a machine
+ * without one (or a build without CUDA), fails with one line that names device.kind; other kinds are refused. */
+static void test_backend_open(void) {
+    const rt_backend *be = NULL;
+    rt_error err;
+    CU_ASSERT_EQUAL(rt_backend_open(&be, "cpu", 0, &err), 0);
+    CU_ASSERT_PTR_EQUAL(be, rt_backend_cpu());
+    rt_backend_close(be);
+    CU_ASSERT_EQUAL(rt_backend_open(&be, "tpu", 0, &err), -1);
+    ASSERT_HAS(err.msg, "device.kind = tpu: expected cpu or cuda");
+    if (rt_backend_open(&be, "cuda", 0, &err) == 0) {
+        CU_ASSERT_STRING_EQUAL(be->name, "cuda");
+        rt_backend_close(be);
+    } else {
+        CU_ASSERT_PTR_NULL(be);
+        ASSERT_HAS(err.msg, "device.kind = cuda: ");
+        CU_ASSERT(strstr(err.msg, "no CUDA backend") || strstr(err.msg, "no CUDA device is visible"));
+        CU_ASSERT_PTR_NULL(strchr(err.msg, '\n'));
+    }
 }
 
 /* vocab_size near INT_MAX: refused by validation (padding it to 128 overflowed int in the model shape). */
@@ -723,6 +740,7 @@ int main(void) {
         {"error: malformed --set, missing file", test_error_malformed_set_and_missing_file},
         {"validate cross-field checks", test_validate_cross_field},
         {"validate: vocab_size near INT_MAX", test_validate_vocab_near_int_max},
+        {"backend: device.kind opens the instance it names", test_backend_open},
         {"validate: stored config", test_validate_stored_config},
         {"error: FIFO as config", test_config_fifo_refused},
     };

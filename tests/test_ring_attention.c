@@ -382,7 +382,7 @@ static void test_buffers_grow(void) {
 static void test_reserve_covers_calls(void) {
     ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1}, 600);
     const size_t width = (size_t)p.c.Hkv * p.c.D;
-    const size_t workspace = rt_backend_cpu()->attn_workspace_bytes(p.Tl, p.Tl, &p.shape);
+    const size_t workspace = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), p.Tl, p.Tl, &p.shape);
     const size_t ring = n_ranks == 1 ? 0
                                      : 2 * (p.Tl * sizeof(int64_t) + 2 * p.Tl * width * sizeof(float)) +
                                            4 * (2 * p.Tl * width * sizeof(float));
