@@ -45,8 +45,13 @@
  *   before it by the copy_async contract (backend.h), so on CUDA the host
  *   never waits for the backward's kernels.
  * Data written by a copy is read only after its event completed: restore
- * synchronizes before returning, and the forward's host copies are read
- * only in the backward, after the drain.
+ * makes the compute stream wait for it (stream_wait_event: the host does not
+ * wait on CUDA), and the forward's host copies are read only in the
+ * backward, after the drain. The drain is the one host wait of a step with
+ * copies that keep up with compute: it sits between the forward and the
+ * backward, where the last copies to the host have had the head and the
+ * loss to finish in; the forward's waits (save, input_buffer) happen only
+ * when the copies fall behind, and bound the slots in flight.
  *
  * The ordering rules the model must follow (each checked, fatal otherwise):
  * input_buffer in order 0..L-1, starting a fresh pass; save(l) only for the
@@ -177,7 +182,10 @@ static void free_slot(rt_offloader *off, int layer, input_state new_state) {
 static int take_slot(rt_offloader *off, int layer, const char *call) {
     for (int s = 0; s < off->n_slots; s++) {
         if (off->slots[s].layer != -1) continue;
-        if (!off->backend->event_query(off->backend, off->slots[s].copy_done))
+        /* In the backward a released slot's prefetch may still be pending as the host sees it (the compute
+         * waited for it on the device): the next prefetch into the slot queues behind it on the same stream,
+         * after the compute that read it (copy_async's contract). In the forward nothing may be pending. */
+        if (!off->in_backward && !off->backend->event_query(off->backend, off->slots[s].copy_done))
             rt_fatal("offload %s(%d): device slot %d is free but a copy on it is still pending", call, layer, s);
         off->slots[s].layer = layer;
         off->layers[layer].slot = s;
@@ -357,8 +365,10 @@ float *rt_offload_restore(rt_offloader *off, int layer) {
     if (in->state == INPUT_ON_HOST) issue_prefetch(off, layer, "restore");
     if (in->state != INPUT_H2D && in->state != INPUT_RESIDENT)
         rt_fatal("offload restore(%d): input is %s", layer, input_state_names[in->state]);
+    /* The compute that reads the slot waits for the copy, not the host: on CUDA the host runs ahead and the
+     * kernels start when the prefetch lands (on CPU the compute stream is this thread, so this blocks). */
     double t0 = rt_now_s();
-    off->backend->event_synchronize(off->backend, off->slots[in->slot].copy_done);
+    off->backend->stream_wait_event(off->backend, NULL, off->slots[in->slot].copy_done);
     off->stats.prefetch_wait_s += rt_now_s() - t0;
     in->state = INPUT_RESTORED;
     off->next_restore = layer - 1;
@@ -390,8 +400,10 @@ void rt_offload_end_pass(rt_offloader *off) {
         if (off->output_slot >= 0) rt_offload_release_output(off);
     }
     if (off->output_slot >= 0) rt_fatal("offload end_pass: the output buffer was not released");
+    /* After a backward the last prefetches may still be pending on the host's view (see take_slot); the next
+     * forward's first copy to the host is ordered behind them by the compute that waited for them. */
     for (int s = 0; s < off->n_slots; s++) {
-        if (off->slots[s].layer != -1 || !be->event_query(be, off->slots[s].copy_done))
+        if (off->slots[s].layer != -1 || (!off->in_backward && !be->event_query(be, off->slots[s].copy_done)))
             rt_fatal("offload end_pass: device slot %d is still in use", s);
     }
     for (int l = 0; l < off->n_layers; l++) {
