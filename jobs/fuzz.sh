@@ -16,7 +16,7 @@ if ! command -v clang >/dev/null; then
   echo "fuzz.sh: clang not found (jobs/install-deps.sh installs clang and libclang-rt-14-dev)"; exit 1
 fi
 echo "== build (libFuzzer + ASan + UBSan, clang) in $build"
-cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DRINGTRAIN_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake -S "$root" -B "$build" -DCMAKE_C_COMPILER=clang -DRINGTRAIN_FUZZ=ON -DRINGTRAIN_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j"$(nproc)" --target fuzzers
 
 work="$build/fuzz-work"

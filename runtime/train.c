@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "../io/tokens_validate.h"
+#include "comm_device.h"
 #include "model_io.h"
 #include "trainer_internal.h"
 
@@ -199,8 +200,13 @@ int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, c
     if (validate_data(t, err)) return -1;
     if (rt_mesh_init(&t->mesh, world, t->cfg.dp, t->cfg.sp, err)) return -1; /* cannot fail after setup_local */
     t->mesh_ready = 1;
-    t->seqpar = (seqpar_ctx){.backend = t->backend, .mem = &t->mem, .comm = t->mesh.comm[1]};
-    return agree(world, setup_model(t, err), err);
+    if (rt_comm_device_plane(&t->dev_world, world, t->backend, err) ||
+        rt_comm_device_plane(&t->dev_sp, t->mesh.comm[RT_MESH_SP], t->backend, err))
+        return -1; /* every rank alike */
+    t->seqpar = (seqpar_ctx){.backend = t->backend, .mem = &t->mem, .comm = t->dev_sp};
+    if (agree(world, setup_model(t, err), err)) return -1;
+    t->opt.dev = t->dev_world;
+    return 0;
 }
 
 /* Tokens are checked against the file's own vocabulary, which setup_data checked fits the model's. */
@@ -345,6 +351,8 @@ void rt_trainer_free(rt_trainer *t) {
     if (t->model_ready) rt_model_free(&t->model);
     seqpar_ctx_free(&t->seqpar);
     rt_device_memory_destroy(&t->mem);
+    rt_comm_device_plane_free(t->dev_sp);
+    rt_comm_device_plane_free(t->dev_world);
     if (t->mesh_ready) rt_mesh_free(&t->mesh);
     if (t->owns_backend) rt_backend_close(t->backend);
     free(t);

@@ -23,6 +23,9 @@ struct rt_trainer {
     rt_comm *world;
     rt_mesh mesh;
     int mesh_ready;
+    /* Device planes (comm_device.h) of the world (ZeRO's reductions and gathers) and of the sp group (the
+     * ring); the mesh's communicators stay the host plane. */
+    rt_comm *dev_world, *dev_sp;
     int dp_rank;
     rt_span spans[2];
     size_t local_len, local_seqs;

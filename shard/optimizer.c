@@ -27,6 +27,7 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
     rt_comm *world = mesh->world;
     *opt = (rt_optimizer){.backend = backend,
                           .world = world,
+                          .dev = world,
                           .table = table,
                           .stage = zero_stage,
                           .n_params = table->total,
@@ -68,7 +69,7 @@ void rt_optimizer_begin_step(rt_optimizer *opt) {
 
 /* Reduces grads of [offset, offset+count) (count <= REDUCE_CHUNK) and adds this rank's part to its shard. */
 static void reduce_piece(rt_optimizer *opt, const float *grads, size_t offset, size_t count, size_t *counts) {
-    rt_comm *world = opt->world;
+    rt_comm *world = opt->dev;
     /* Rank q receives the part of the piece that falls in its shard. */
     for (int q = 0; q < world->size; q++) {
         int coords[RT_MESH_MAX_DIMS];
@@ -97,9 +98,9 @@ void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t off
 
 void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads) {
     if (opt->stage == 0)
-        rt_allreduce_sum_f32(opt->world, grads, opt->n_params);
+        rt_allreduce_sum_f32(opt->dev, grads, opt->n_params);
     else if (opt->stage == 1)
-        opt->world->ops->reduce_scatter_sum_f32(opt->world, grads, grads, opt->padded);
+        opt->dev->ops->reduce_scatter_sum_f32(opt->dev, grads, grads, opt->padded);
 }
 
 /* Where this rank's summed gradient shard is after rt_optimizer_reduce_grads. */
@@ -112,8 +113,11 @@ void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst
         opt->backend->copy(opt->backend, dst, grads, opt->n_params * sizeof(float));
         return;
     }
+    /* A probe for tests and the pre-clip record, not the step: gathered on the host plane, any backend. */
     float *all = malloc_check(checked_mul(opt->padded, sizeof(float), "gathered gradient bytes"));
-    opt->world->ops->allgather_f32(opt->world, all, shard_gradient(opt, (float *)grads), opt->shard_size);
+    float *mine = all + (size_t)opt->world->rank * opt->shard_size;
+    opt->backend->copy(opt->backend, mine, shard_gradient(opt, (float *)grads), opt->shard_size * sizeof(float));
+    opt->world->ops->allgather_f32(opt->world, all, mine, opt->shard_size);
     memcpy(dst, all, opt->n_params * sizeof(float));
     free(all);
 }
@@ -144,7 +148,7 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
 }
 
 void rt_optimizer_publish_params(rt_optimizer *opt, float *params) {
-    if (opt->stage != 0) opt->world->ops->allgather_f32(opt->world, params, opt->master, opt->shard_size);
+    if (opt->stage != 0) opt->dev->ops->allgather_f32(opt->dev, params, opt->master, opt->shard_size);
 }
 
 float rt_lr_schedule(int step, int total_steps, int warmup_steps, float lr, float min_lr) {

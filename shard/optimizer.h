@@ -38,7 +38,10 @@
  */
 typedef struct {
     const rt_backend *backend;
-    rt_comm *world;
+    rt_comm *world; /* host plane: the norm's sum */
+    /* Device plane over the same ranks (comm_device.h): the gradient reductions and the parameter gathers.
+     * rt_optimizer_init sets it to world (right on CPU); a trainer on a GPU sets its own plane after init. */
+    rt_comm *dev;
     rt_dtensor state; /* the padded flat buffer's placement: Shard(0) on every mesh dimension, or Replicate */
     const rt_view_table *table;
     int stage;

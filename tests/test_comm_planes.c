@@ -1,0 +1,529 @@
+/* test_comm_planes.c: the staged device plane against the host (direct) plane, bit for bit, on the CPU backend;
+ * its staging never reallocated in a steady loop; rt_comm_device_plane's choice and refusals. Runs under mpirun
+ * on 1, 2 and 4 ranks. */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/backend.h"
+#include "../runtime/comm.h"
+#include "../runtime/comm_device.h"
+#include "../runtime/common.h"
+#include "testing.h"
+
+/*
+ * Every op runs twice on the same inputs: on the host plane (world, what
+ * the direct plane is) and on the staged plane over world. Inputs are full
+ * random floats (any mantissa), so results agree bit for bit only when the
+ * staged plane makes the same MPI call as the host plane, in place or out
+ * of place alike (MPI may sum in another order for MPI_IN_PLACE). Buffers
+ * are device buffers of the backend with GUARD sentinels past their end,
+ * which no op may touch. Segment sizes: 0 (one MPI call) and 7, where the
+ * host plane cuts every call into rounds underneath the staging.
+ */
+
+#define GUARD 8
+#define SENTINEL 12345.0f
+
+static rt_comm *world, *staged;
+static const rt_backend *be;
+static const size_t segments[] = {0, 7};
+static const size_t counts[] = {0, 1, 5, 17, 100, 1000};
+#define N_SEGMENTS (sizeof segments / sizeof *segments)
+#define N_COUNTS (sizeof counts / sizeof *counts)
+
+static float *dev_floats(size_t n) {
+    float *p = be->device_alloc(be, (n + GUARD) * sizeof(float));
+    CU_ASSERT_FATAL(p != NULL);
+    return p;
+}
+
+/* Random floats in [-1, 1) for (seed, rank), then GUARD sentinels. */
+static void fill(float *x, size_t n, uint64_t seed, int rank) {
+    test_fill_uniform(x, n, -1.0f, 1.0f, seed * 1000 + (uint64_t)rank);
+    for (size_t i = n; i < n + GUARD; i++)
+        x[i] = SENTINEL;
+}
+
+static int failures_reported;
+/* 1 when the n floats (or bytes, elem 1) of got and want differ; reports the first few. */
+static int differs(const char *what, size_t seg, size_t count, const void *got, const void *want, size_t bytes) {
+    if (memcmp(got, want, bytes) == 0) return 0;
+    if (failures_reported++ < 8) {
+        size_t i = 0;
+        while (((const unsigned char *)got)[i] == ((const unsigned char *)want)[i])
+            i++;
+        fprintf(stderr, "\n  rank %d: %s, segment %zu, count %zu: byte %zu of %zu differs from the host plane\n",
+                world->rank, what, seg, count, i, bytes);
+    }
+    return 1;
+}
+
+/* Every rank's failures count: a rank that passes must not report success while another failed. */
+static void assert_no_failures_anywhere(int failures) {
+    double total = failures;
+    world->ops->allreduce_sum_f64(world, &total, 1);
+    CU_ASSERT_EQUAL(total, 0.0);
+}
+
+/* ------------------------------------------------------------------ collectives */
+
+static void test_allreduce(void) {
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (size_t c = 0; c < N_COUNTS; c++) {
+            const size_t n = counts[c];
+            float *a = dev_floats(n), *b = dev_floats(n);
+            fill(a, n, 10 + c, world->rank);
+            memcpy(b, a, (n + GUARD) * sizeof *a);
+            world->ops->allreduce_sum_f32(world, a, n);
+            staged->ops->allreduce_sum_f32(staged, b, n);
+            failures += differs("allreduce_sum_f32", segments[s], n, b, a, (n + GUARD) * sizeof *a);
+            double *da = be->device_alloc(be, (n + GUARD) * sizeof *da),
+                   *db = be->device_alloc(be, (n + GUARD) * sizeof *db);
+            fill(a, n, 20 + c, world->rank);
+            for (size_t i = 0; i < n + GUARD; i++)
+                da[i] = (double)a[i] + (double)a[(i * 7) % (n + GUARD)] * 0x1p-30; /* bits past float's */
+            for (int op = 0; op < 2; op++) {
+                memcpy(db, da, (n + GUARD) * sizeof *da);
+                double *host_result = malloc_check((n + GUARD) * sizeof *host_result);
+                memcpy(host_result, da, (n + GUARD) * sizeof *da);
+                if (op == 0) {
+                    world->ops->allreduce_sum_f64(world, host_result, n);
+                    staged->ops->allreduce_sum_f64(staged, db, n);
+                } else {
+                    world->ops->allreduce_max_f64(world, host_result, n);
+                    staged->ops->allreduce_max_f64(staged, db, n);
+                }
+                failures += differs(op == 0 ? "allreduce_sum_f64" : "allreduce_max_f64", segments[s], n, db,
+                                    host_result, (n + GUARD) * sizeof *db);
+                free(host_result);
+            }
+            be->device_free(be, a), be->device_free(be, b), be->device_free(be, da), be->device_free(be, db);
+        }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    assert_no_failures_anywhere(failures);
+}
+
+/* One reduce-scatter (block when cnt is NULL, else _v with cnt), in and out of place, on both planes. */
+static int check_reduce_scatter(size_t seg, size_t per_rank, const size_t *cnt, uint64_t seed) {
+    const size_t P = (size_t)world->size;
+    size_t total = per_rank * P, mine = per_rank;
+    if (cnt) {
+        total = 0;
+        for (size_t q = 0; q < P; q++)
+            total += cnt[q];
+        mine = cnt[world->rank];
+    }
+    const char *name = cnt ? "reduce_scatter_v" : "reduce_scatter";
+    char what[96];
+    int failures = 0;
+    float *send = dev_floats(total), *copy = dev_floats(total);
+    float *recv_host = dev_floats(mine), *recv_staged = dev_floats(mine);
+    fill(send, total, seed, world->rank);
+    memcpy(copy, send, (total + GUARD) * sizeof *send);
+    fill(recv_host, mine, seed + 1, world->rank);
+    memcpy(recv_staged, recv_host, (mine + GUARD) * sizeof *recv_host);
+    if (cnt) {
+        world->ops->reduce_scatter_sum_f32_v(world, recv_host, send, cnt);
+        staged->ops->reduce_scatter_sum_f32_v(staged, recv_staged, send, cnt);
+    } else {
+        world->ops->reduce_scatter_sum_f32(world, recv_host, send, total);
+        staged->ops->reduce_scatter_sum_f32(staged, recv_staged, send, total);
+    }
+    snprintf(what, sizeof what, "%s out of place", name);
+    failures += differs(what, seg, mine, recv_staged, recv_host, (mine + GUARD) * sizeof(float));
+    snprintf(what, sizeof what, "%s left send alone", name);
+    failures += differs(what, seg, total, send, copy, (total + GUARD) * sizeof(float));
+    /* in place: this rank's part at the start; the rest of the buffer is unspecified, the guard untouched */
+    float *in_host = dev_floats(total), *in_staged = dev_floats(total);
+    fill(in_host, total, seed + 2, world->rank); /* not send's values: stale staging must not pass for them */
+    memcpy(in_staged, in_host, (total + GUARD) * sizeof *in_host);
+    if (cnt) {
+        world->ops->reduce_scatter_sum_f32_v(world, in_host, in_host, cnt);
+        staged->ops->reduce_scatter_sum_f32_v(staged, in_staged, in_staged, cnt);
+    } else {
+        world->ops->reduce_scatter_sum_f32(world, in_host, in_host, total);
+        staged->ops->reduce_scatter_sum_f32(staged, in_staged, in_staged, total);
+    }
+    snprintf(what, sizeof what, "%s in place", name);
+    failures += differs(what, seg, mine, in_staged, in_host, mine * sizeof(float));
+    snprintf(what, sizeof what, "%s in place (guard)", name);
+    failures += differs(what, seg, total, in_staged + total, copy + total, GUARD * sizeof(float));
+    be->device_free(be, send), be->device_free(be, copy), be->device_free(be, recv_host);
+    be->device_free(be, recv_staged), be->device_free(be, in_host), be->device_free(be, in_staged);
+    return failures;
+}
+
+static void test_reduce_scatter_block(void) {
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (size_t c = 0; c < N_COUNTS; c++)
+            failures += check_reduce_scatter(segments[s], counts[c], NULL, 100 + c);
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    assert_no_failures_anywhere(failures);
+}
+
+/* Uneven counts: patterns with zeros, one receiving rank, all zero, growing blocks, and a first block shorter
+ * than a later rank's (its in-place part overlaps its own destination). */
+static void v_counts(int pattern, int k, size_t *out) {
+    const int P = world->size;
+    for (int q = 0; q < P; q++) {
+        switch (pattern) {
+        case 0: out[q] = (size_t)((q * 5 + k * 3) % 11); break;
+        case 1: out[q] = q == P - 1 ? (size_t)(7 * k + 3) : 0; break;
+        case 2: out[q] = 0; break;
+        case 3: out[q] = q == 0 ? 1 : (size_t)(40 * k + 17); break;
+        default: out[q] = (size_t)(k * 9 + q * 4 + 1); break;
+        }
+    }
+}
+
+static void test_reduce_scatter_v(void) {
+    size_t *cnt = malloc_check((size_t)world->size * sizeof *cnt);
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (int pattern = 0; pattern < 5; pattern++)
+            for (int k = 0; k < 4; k++) {
+                v_counts(pattern, k, cnt);
+                failures += check_reduce_scatter(segments[s], 0, cnt, 200 + (uint64_t)(pattern * 4 + k));
+            }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    free(cnt);
+    assert_no_failures_anywhere(failures);
+}
+
+static void test_allgather(void) {
+    const size_t P = (size_t)world->size, me = (size_t)world->rank;
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (size_t c = 0; c < N_COUNTS; c++) {
+            const size_t n = counts[c];
+            float *send = dev_floats(n), *copy = dev_floats(n);
+            float *recv_host = dev_floats(P * n), *recv_staged = dev_floats(P * n);
+            fill(send, n, 300 + c, world->rank);
+            memcpy(copy, send, (n + GUARD) * sizeof *send);
+            fill(recv_host, P * n, 400 + c, world->rank); /* stale contents: every block must be overwritten */
+            memcpy(recv_staged, recv_host, (P * n + GUARD) * sizeof *recv_host);
+            world->ops->allgather_f32(world, recv_host, send, n);
+            staged->ops->allgather_f32(staged, recv_staged, send, n);
+            failures += differs("allgather out of place", segments[s], n, recv_staged, recv_host,
+                                (P * n + GUARD) * sizeof(float));
+            failures += differs("allgather left send alone", segments[s], n, send, copy, (n + GUARD) * sizeof(float));
+            fill(recv_host, P * n, 450 + c, world->rank); /* new values: stale staging must not pass for them */
+            fill(send, n, 350 + c, world->rank);
+            memcpy(recv_host + me * n, send, n * sizeof *send);
+            memcpy(recv_staged, recv_host, (P * n + GUARD) * sizeof *recv_host);
+            world->ops->allgather_f32(world, recv_host, recv_host + me * n, n);
+            staged->ops->allgather_f32(staged, recv_staged, recv_staged + me * n, n);
+            failures +=
+                differs("allgather in place", segments[s], n, recv_staged, recv_host, (P * n + GUARD) * sizeof(float));
+            be->device_free(be, send), be->device_free(be, copy);
+            be->device_free(be, recv_host), be->device_free(be, recv_staged);
+        }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    assert_no_failures_anywhere(failures);
+}
+
+static void test_broadcast(void) {
+    static const size_t sizes[] = {0, 1, 5, 17, 100, 1000};
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (size_t c = 0; c < sizeof sizes / sizeof *sizes; c++)
+            for (int root = 0; root<world->size; root += world->size> 1 ? world->size - 1 : 1) {
+                const size_t bytes = sizes[c];
+                unsigned char *a = be->device_alloc(be, bytes + GUARD), *b = be->device_alloc(be, bytes + GUARD);
+                test_fill_uniform((float *)a, (bytes + GUARD) / sizeof(float), -1, 1, 500 + c + (uint64_t)world->rank);
+                for (size_t i = (bytes + GUARD) / sizeof(float) * sizeof(float); i < bytes + GUARD; i++)
+                    a[i] = (unsigned char)(world->rank + i);
+                memcpy(b, a, bytes + GUARD);
+                world->ops->broadcast(world, a, bytes, root);
+                staged->ops->broadcast(staged, b, bytes, root);
+                failures += differs("broadcast", segments[s], bytes, b, a, bytes + GUARD);
+                be->device_free(be, a), be->device_free(be, b);
+            }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    assert_no_failures_anywhere(failures);
+}
+
+/* ------------------------------------------------------------------ transfers */
+
+static unsigned char pattern_byte(uint64_t seed, int q, size_t i) {
+    return (unsigned char)((i * 131u + seed * 17u + (size_t)q * 59u + (i >> 8)) & 0xFF);
+}
+
+/*
+ * A ring exchange on plane: two messages each way (two tags), on one request (one_request) or one request per
+ * message; received bytes land in in[m] (with one guard byte 0xA5 after each).
+ */
+static void ring_exchange(rt_comm *plane, unsigned char *const out[2], unsigned char *const in[2], const size_t n[2],
+                          int one_request) {
+    const int P = world->size, to = (world->rank + 1) % P, from = (world->rank + P - 1) % P;
+    rt_comm_request sends[2] = {{0}, {0}}, recvs[2] = {{0}, {0}};
+    for (int m = 0; m < 2; m++)
+        plane->ops->irecv(plane, in[m], n[m], from, 10 + m, &recvs[one_request ? 0 : m]);
+    for (int m = 0; m < 2; m++)
+        plane->ops->isend(plane, out[m], n[m], to, 10 + m, &sends[one_request ? 0 : m]);
+    for (int m = 0; m < 2; m++) {
+        plane->ops->wait(plane, &recvs[m]); /* a request with nothing posted: a no-op */
+        CU_ASSERT(recvs[m].impl == NULL && recvs[m].n == 0);
+    }
+    for (int m = 0; m < 2; m++)
+        plane->ops->wait(plane, &sends[m]);
+}
+
+static void test_isend_irecv(void) {
+    static const size_t sizes[] = {0, 1, 5, 17, 100, 1000};
+    const size_t n_sizes = sizeof sizes / sizeof *sizes;
+    const int P = world->size, from = (world->rank + P - 1) % P;
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (size_t c = 0; c < n_sizes; c++)
+            for (int one_request = 0; one_request < 2; one_request++) {
+                const size_t n[2] = {sizes[c], sizes[(c + 3) % n_sizes]};
+                const uint64_t seed[2] = {600 + c + 2 * (uint64_t)one_request, 700 + c + 2 * (uint64_t)one_request};
+                unsigned char *out[2], *in_host[2], *in_staged[2];
+                for (int m = 0; m < 2; m++) {
+                    out[m] = be->device_alloc(be, n[m] + 1);
+                    in_host[m] = be->device_alloc(be, n[m] + 1);
+                    in_staged[m] = be->device_alloc(be, n[m] + 1);
+                    for (size_t i = 0; i < n[m]; i++)
+                        out[m][i] = pattern_byte(seed[m], world->rank, i);
+                    memset(in_host[m], 0xA5, n[m] + 1);
+                    memset(in_staged[m], 0xA5, n[m] + 1);
+                }
+                ring_exchange(world, out, in_host, n, one_request);
+                ring_exchange(staged, out, in_staged, n, one_request);
+                for (int m = 0; m < 2; m++) {
+                    failures += differs("isend/irecv", segments[s], n[m], in_staged[m], in_host[m], n[m] + 1);
+                    for (size_t i = 0; i < n[m]; i++)
+                        if (in_staged[m][i] != pattern_byte(seed[m], from, i)) {
+                            fprintf(stderr, "\n  rank %d: isend/irecv of %zu bytes: byte %zu is not rank %d's\n",
+                                    world->rank, n[m], i, from);
+                            failures++;
+                            break;
+                        }
+                    be->device_free(be, out[m]), be->device_free(be, in_host[m]), be->device_free(be, in_staged[m]);
+                }
+            }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    assert_no_failures_anywhere(failures);
+}
+
+/* ------------------------------------------------------------------ steady state */
+
+/* One training step's communication on the staged plane: ZeRO's reduce-scatter and all-gather, a loss sum,
+ * a ring of P-1 double-buffered exchanges of a K/V block and a smaller dK/dV block. */
+static void one_step(float *grads, float *params, float *kv[2], float *dkv[2], size_t n, size_t block, int step) {
+    const int P = world->size, to = (world->rank + 1) % P, from = (world->rank + P - 1) % P;
+    size_t *cnt = malloc_check((size_t)P * sizeof *cnt);
+    for (int q = 0; q < P; q++)
+        cnt[q] = n / (size_t)P + (q == P - 1 ? n % (size_t)P : 0);
+    fill(grads, n, 800 + (uint64_t)step, world->rank);
+    staged->ops->reduce_scatter_sum_f32_v(staged, params, grads, cnt); /* out of place into the shard */
+    staged->ops->allgather_f32(staged, grads, grads + (size_t)world->rank * (n / (size_t)P), n / (size_t)P);
+    staged->ops->allreduce_sum_f32(staged, params, 3);
+    for (int s = 0; s + 1 < P; s++) {
+        rt_comm_request kv_req = {0}, dkv_req = {0};
+        staged->ops->irecv(staged, kv[(s + 1) % 2], block * sizeof(float), from, 1, &kv_req);
+        staged->ops->isend(staged, kv[s % 2], block * sizeof(float), to, 1, &kv_req);
+        staged->ops->irecv(staged, dkv[(s + 1) % 2], block / 2 * sizeof(float), from, 2, &dkv_req);
+        staged->ops->isend(staged, dkv[s % 2], block / 2 * sizeof(float), to, 2, &dkv_req);
+        staged->ops->wait(staged, &kv_req);
+        staged->ops->wait(staged, &dkv_req);
+    }
+    free(cnt);
+}
+
+static void test_staging_steady(void) {
+    const size_t n = 1000, block = 300;
+    float *grads = dev_floats(n), *params = dev_floats(n), *kv[2] = {dev_floats(block), dev_floats(block)};
+    float *dkv[2] = {dev_floats(block), dev_floats(block)};
+    fill(kv[0], block, 1, world->rank), fill(dkv[0], block, 2, world->rank);
+    rt_comm *plane = rt_comm_staged_plane(world, be); /* a fresh plane: nothing allocated yet */
+    rt_comm *keep = staged;
+    staged = plane;
+    rt_comm_staged_stats first, later;
+    rt_comm_staged_stats_of(plane, &first);
+    CU_ASSERT_EQUAL(first.allocations, 0);
+    CU_ASSERT_EQUAL(first.transfer_buffers, 0);
+    one_step(grads, params, kv, dkv, n, block, 0);
+    rt_comm_staged_stats_of(plane, &first);
+    if (world->size > 1) {
+        CU_ASSERT(first.allocations > 0);
+        CU_ASSERT(first.staging_bytes >= n * sizeof(float)); /* the largest call: the gathered n floats */
+        CU_ASSERT_EQUAL(first.transfer_buffers, 4);          /* two requests of two transfers in flight */
+    }
+    int changed = 0;
+    for (int step = 1; step <= 20; step++) {
+        one_step(grads, params, kv, dkv, n, block, step);
+        rt_comm_staged_stats_of(plane, &later);
+        changed |= memcmp(&later, &first, sizeof later) != 0;
+    }
+    if (changed)
+        fprintf(stderr,
+                "\n  rank %d: staged plane allocated in the steady loop: %zu host_allocs after step 0, %zu later\n",
+                world->rank, first.allocations, later.allocations);
+    assert_no_failures_anywhere(changed);
+    if (world->size > 1) {
+        /* grown only when a call needs more than it holds */
+        float *big = dev_floats(4 * n);
+        fill(big, 4 * n, 3, world->rank);
+        staged->ops->allreduce_sum_f32(staged, big, 4 * n);
+        rt_comm_staged_stats_of(plane, &later);
+        CU_ASSERT_EQUAL(later.allocations, first.allocations + 1);
+        CU_ASSERT_EQUAL(later.staging_bytes, 4 * n * sizeof(float));
+        staged->ops->allreduce_sum_f32(staged, big, 2 * n);
+        rt_comm_staged_stats_of(plane, &first);
+        CU_ASSERT_EQUAL(first.allocations, later.allocations);
+        be->device_free(be, big);
+    }
+    staged = keep;
+    rt_comm_device_plane_free(plane);
+    be->device_free(be, grads), be->device_free(be, params);
+    for (int m = 0; m < 2; m++)
+        be->device_free(be, kv[m]), be->device_free(be, dkv[m]);
+}
+
+/* split and split_node of the staged plane are host-plane comms of the same ranks. */
+static void test_split(void) {
+    rt_comm *halves = staged->ops->split(staged, world->rank % 2, world->rank);
+    CU_ASSERT(halves->ops == world->ops);
+    CU_ASSERT_EQUAL(halves->size, (world->size + (world->rank % 2 == 0)) / 2);
+    CU_ASSERT_EQUAL(halves->rank, world->rank / 2);
+    double one = 1.0;
+    halves->ops->allreduce_sum_f64(halves, &one, 1);
+    CU_ASSERT_EQUAL(one, (double)halves->size);
+    halves->ops->destroy(halves);
+    rt_comm *node = staged->ops->split_node(staged);
+    CU_ASSERT(node->ops == world->ops);
+    CU_ASSERT_EQUAL(node->size, world->size); /* mpirun on one machine */
+    node->ops->destroy(node);
+    CU_ASSERT_EQUAL(rt_comm_plane_kind(staged), RT_PLANE_STAGED);
+    CU_ASSERT_EQUAL(staged->rank, world->rank);
+    CU_ASSERT_EQUAL(staged->size, world->size);
+}
+
+/* ------------------------------------------------------------------ the choice */
+
+/* Sets RINGTRAIN_DEVICE_PLANE on rank 0 to zero_value and on the others to other_value (NULL: unset). */
+static void set_choice(const char *zero_value, const char *other_value) {
+    const char *value = world->rank == 0 ? zero_value : other_value;
+    if (value)
+        setenv("RINGTRAIN_DEVICE_PLANE", value, 1);
+    else
+        unsetenv("RINGTRAIN_DEVICE_PLANE");
+}
+
+/* 1 when every rank failed with a non-empty message that is rank 0's and starts with prefix. */
+static int failed_alike(int rc, const rt_error *err, const char *prefix) {
+    rt_error first = *err;
+    world->ops->broadcast(world, first.msg, sizeof first.msg, 0);
+    int ok = rc == -1 && err->msg[0] != '\0' && strcmp(err->msg, first.msg) == 0 &&
+             strncmp(err->msg, prefix, strlen(prefix)) == 0 && strchr(err->msg, '\n') == NULL;
+    if (!ok) fprintf(stderr, "\n  rank %d: rc %d, '%s' (rank 0: '%s')\n", world->rank, rc, err->msg, first.msg);
+    return ok;
+}
+
+static void test_choice(void) {
+    const char *saved = getenv("RINGTRAIN_DEVICE_PLANE");
+    char *restore = saved ? strdup(saved) : NULL;
+    rt_comm *plane = NULL;
+    rt_error err = {{0}};
+    int bad = 0;
+
+    /* unset on CPU: direct, the host comm itself; freeing it leaves world alone */
+    set_choice(NULL, "staged"); /* rank 0's (unset) wins */
+    bad += rt_comm_device_plane(&plane, world, be, &err) != 0 || plane != world;
+    bad += rt_comm_plane_kind(plane) != RT_PLANE_DIRECT;
+    rt_comm_device_plane_free(plane);
+    rt_comm_device_plane_free(NULL);
+    world->ops->barrier(world); /* world still works */
+
+    /* direct, asked for on CPU */
+    set_choice("direct", NULL);
+    bad += rt_comm_device_plane(&plane, world, be, &err) != 0 || plane != world;
+
+    /* staged: its own comm over the same ranks */
+    set_choice("staged", "nccl");
+    bad += rt_comm_device_plane(&plane, world, be, &err) != 0;
+    CU_ASSERT_FATAL(plane != NULL);
+    bad += rt_comm_plane_kind(plane) != RT_PLANE_STAGED || plane == world;
+    bad += plane->rank != world->rank || plane->size != world->size;
+    float sum = 1.0f;
+    plane->ops->allreduce_sum_f32(plane, &sum, 1);
+    bad += sum != (float)world->size;
+    rt_comm_device_plane_free(plane);
+
+    /* nccl on CPU: one line, every rank, whether the build has NCCL or not */
+    set_choice("nccl", "staged");
+    plane = world;
+    int rc = rt_comm_device_plane(&plane, world, be, &err);
+    bad += !failed_alike(rc, &err, "RINGTRAIN_DEVICE_PLANE = nccl: ") || plane != NULL;
+    bad += strstr(err.msg, "this build has no NCCL") == NULL && strstr(err.msg, "cpu backend") == NULL;
+
+    /* an unknown kind names itself */
+    set_choice("mpi", "direct");
+    rc = rt_comm_device_plane(&plane, world, be, &err);
+    bad += !failed_alike(rc, &err, "RINGTRAIN_DEVICE_PLANE = mpi: expected direct, nccl or staged");
+
+    /* a device backend (the CPU's ops under another name): direct is refused, unset gives staged (NCCL,
+     * if built, refuses a backend that is not cuda) */
+    rt_backend device = *rt_backend_cpu();
+    device.name = "gpu-like";
+    set_choice("direct", NULL);
+    rc = rt_comm_device_plane(&plane, world, &device, &err);
+    bad += !failed_alike(rc, &err, "RINGTRAIN_DEVICE_PLANE = direct: the gpu-like backend");
+    set_choice(NULL, "direct");
+    bad += rt_comm_device_plane(&plane, world, &device, &err) != 0 || rt_comm_plane_kind(plane) != RT_PLANE_STAGED;
+    rt_comm_device_plane_free(plane);
+
+    CU_ASSERT_STRING_EQUAL(rt_comm_plane_kind_name(RT_PLANE_DIRECT), "direct");
+    CU_ASSERT_STRING_EQUAL(rt_comm_plane_kind_name(RT_PLANE_NCCL), "nccl");
+    CU_ASSERT_STRING_EQUAL(rt_comm_plane_kind_name(RT_PLANE_STAGED), "staged");
+
+    if (restore)
+        setenv("RINGTRAIN_DEVICE_PLANE", restore, 1);
+    else
+        unsetenv("RINGTRAIN_DEVICE_PLANE");
+    free(restore);
+    assert_no_failures_anywhere(bad);
+}
+
+int main(int argc, char **argv) {
+    world = rt_comm_world_mpi(&argc, &argv);
+    be = rt_backend_cpu();
+    staged = rt_comm_staged_plane(world, be);
+    /* one CUnit report: rank 0's (the tests combine failures over ranks before asserting) */
+    if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2;
+    test_case cases[] = {
+        {"allreduce f32/f64 sum, f64 max: staged = host", test_allreduce},
+        {"reduce_scatter (block), in and out of place: staged = host", test_reduce_scatter_block},
+        {"reduce_scatter_v, uneven counts with zeros: staged = host", test_reduce_scatter_v},
+        {"allgather, in and out of place: staged = host", test_allgather},
+        {"broadcast from first and last rank: staged = host", test_broadcast},
+        {"isend/irecv ring, two tags: staged = host", test_isend_irecv},
+        {"staging allocated once, grown only when needed", test_staging_steady},
+        {"split and split_node give host comms", test_split},
+        {"rt_comm_device_plane: choice, rank 0's setting, refusals", test_choice},
+    };
+    int status = test_run_suite("test_comm_planes", cases, (int)(sizeof cases / sizeof *cases));
+    int worst = 0;
+    MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    rt_comm_device_plane_free(staged);
+    rt_comm_finalize();
+    return worst;
+}
