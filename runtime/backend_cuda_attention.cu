@@ -10,8 +10,8 @@
 
 #include "backend_cuda.h"
 
-/* common.h is a C header; _Noreturn is C's spelling of C++'s [[noreturn]]. */
-#define _Noreturn [[noreturn]]
+/* common.h is a C header; C++ spells _Noreturn differently. */
+#define _Noreturn __attribute__((noreturn))
 extern "C" {
 #include "common.h"
 }
