@@ -17,7 +17,8 @@
  *
  * Kinds, chosen by rt_comm_device_plane:
  * - direct: the backend's device memory is host memory (CPU), so the plane
- *   is the host communicator itself, shared, not owned (destroy is a no-op).
+ *   is the host communicator itself, shared, not owned: free it with
+ *   rt_comm_device_plane_free (a no-op for it), never with ops->destroy.
  * - nccl: one NCCL communicator per plane, made from an id that rank 0
  *   draws and the host plane broadcasts; collectives run on the plane's own
  *   communication stream, ordered after the compute issued before them and
@@ -29,7 +30,9 @@
  *   tested on one GPU; and on CPU, where the test suite forces it
  *   (RINGTRAIN_DEVICE_PLANE=staged) to keep the path honest.
  * The environment variable RINGTRAIN_DEVICE_PLANE (direct, nccl, staged;
- * unset = the best that works) overrides the choice; rank 0's value wins.
+ * unset = the best that works) overrides the choice; the value of rank 0
+ * of host wins (host's rank 0, not the world's: one setting per job, as
+ * mpirun -x or SLURM's export give, keeps every plane of a job alike).
  *
  * split and split_node of a device plane return host-plane communicators:
  * a device plane is made per mesh dimension from that dimension's host comm.
@@ -39,9 +42,11 @@ typedef enum { RT_PLANE_DIRECT = 0, RT_PLANE_NCCL, RT_PLANE_STAGED } rt_plane_ki
 /* The device plane over the ranks of host, for buffers of be. Collective over host. -1 with err (every rank
  * alike) when the kind asked for cannot run here ("RINGTRAIN_DEVICE_PLANE = nccl: this build has no NCCL"). */
 int rt_comm_device_plane(rt_comm **out, rt_comm *host, const rt_backend *be, rt_error *err);
+/* The kind of a plane from rt_comm_device_plane (told by its ops table; any other comm reads as direct). */
 rt_plane_kind rt_comm_plane_kind(const rt_comm *plane);
 const char *rt_comm_plane_kind_name(rt_plane_kind kind);
-/* Frees a plane from rt_comm_device_plane (not the host comm it came from). Safe on NULL. */
+/* Frees a plane from rt_comm_device_plane (not the host comm it came from; a direct plane is that comm, so
+ * nothing). Safe on NULL. Every transfer posted on it must have been waited for. */
 void rt_comm_device_plane_free(rt_comm *plane);
 
 /* The staged plane (comm_staged.c), on any backend: also what rt_comm_device_plane picks when asked.

@@ -419,20 +419,38 @@ static void test_split(void) {
 
 /* ------------------------------------------------------------------ the choice */
 
-/* Sets RINGTRAIN_DEVICE_PLANE on rank 0 to zero_value and on the others to other_value (NULL: unset). */
-static void set_choice(const char *zero_value, const char *other_value) {
+/* 1 when rc and the plane's kind are not the same on every rank: a choice that differs between ranks would
+ * hang the next collective of the plane, so it is caught here and the plane is not used. */
+static int split_choice(int rc, const rt_comm *plane) {
+    const double kind = plane ? (double)rt_comm_plane_kind(plane) : -1.0;
+    double v[4] = {(double)rc, kind, -(double)rc, -kind};
+    world->ops->allreduce_max_f64(world, v, 4);
+    int split = v[0] != -v[2] || v[1] != -v[3];
+    if (split && world->rank == 0) fprintf(stderr, "\n  the ranks chose different device planes\n");
+    return split;
+}
+
+/* rt_comm_device_plane with RINGTRAIN_DEVICE_PLANE = zero_value on rank 0 and other_value on the others (NULL:
+ * unset); *split is set when the ranks disagree. */
+static int choose(const char *zero_value, const char *other_value, const rt_backend *backend, rt_comm **plane,
+                  rt_error *err, int *split) {
     const char *value = world->rank == 0 ? zero_value : other_value;
     if (value)
         setenv("RINGTRAIN_DEVICE_PLANE", value, 1);
     else
         unsetenv("RINGTRAIN_DEVICE_PLANE");
+    err->msg[0] = '\0';
+    *plane = world; /* overwritten: NULL on failure */
+    int rc = rt_comm_device_plane(plane, world, backend, err);
+    *split = split_choice(rc, *plane);
+    return rc;
 }
 
 /* 1 when every rank failed with a non-empty message that is rank 0's and starts with prefix. */
-static int failed_alike(int rc, const rt_error *err, const char *prefix) {
+static int failed_alike(int rc, const rt_comm *plane, const rt_error *err, const char *prefix) {
     rt_error first = *err;
     world->ops->broadcast(world, first.msg, sizeof first.msg, 0);
-    int ok = rc == -1 && err->msg[0] != '\0' && strcmp(err->msg, first.msg) == 0 &&
+    int ok = rc == -1 && plane == NULL && err->msg[0] != '\0' && strcmp(err->msg, first.msg) == 0 &&
              strncmp(err->msg, prefix, strlen(prefix)) == 0 && strchr(err->msg, '\n') == NULL;
     if (!ok) fprintf(stderr, "\n  rank %d: rc %d, '%s' (rank 0: '%s')\n", world->rank, rc, err->msg, first.msg);
     return ok;
@@ -443,53 +461,50 @@ static void test_choice(void) {
     char *restore = saved ? strdup(saved) : NULL;
     rt_comm *plane = NULL;
     rt_error err = {{0}};
-    int bad = 0;
+    int bad = 0, split = 0, rc;
 
-    /* unset on CPU: direct, the host comm itself; freeing it leaves world alone */
-    set_choice(NULL, "staged"); /* rank 0's (unset) wins */
-    bad += rt_comm_device_plane(&plane, world, be, &err) != 0 || plane != world;
-    bad += rt_comm_plane_kind(plane) != RT_PLANE_DIRECT;
+    /* unset on CPU: direct, the host comm itself, whatever the other ranks' environment says; freeing it
+     * leaves world alone */
+    rc = choose(NULL, "staged", be, &plane, &err, &split);
+    bad += split || rc != 0 || plane != world || rt_comm_plane_kind(plane) != RT_PLANE_DIRECT;
     rt_comm_device_plane_free(plane);
     rt_comm_device_plane_free(NULL);
     world->ops->barrier(world); /* world still works */
 
     /* direct, asked for on CPU */
-    set_choice("direct", NULL);
-    bad += rt_comm_device_plane(&plane, world, be, &err) != 0 || plane != world;
+    rc = choose("direct", NULL, be, &plane, &err, &split);
+    bad += split || rc != 0 || plane != world;
 
     /* staged: its own comm over the same ranks */
-    set_choice("staged", "nccl");
-    bad += rt_comm_device_plane(&plane, world, be, &err) != 0;
-    CU_ASSERT_FATAL(plane != NULL);
-    bad += rt_comm_plane_kind(plane) != RT_PLANE_STAGED || plane == world;
-    bad += plane->rank != world->rank || plane->size != world->size;
-    float sum = 1.0f;
-    plane->ops->allreduce_sum_f32(plane, &sum, 1);
-    bad += sum != (float)world->size;
-    rt_comm_device_plane_free(plane);
+    rc = choose("staged", "nccl", be, &plane, &err, &split);
+    bad += split || rc != 0 || plane == NULL;
+    if (!split && plane) {
+        bad += rt_comm_plane_kind(plane) != RT_PLANE_STAGED || plane == world;
+        bad += plane->rank != world->rank || plane->size != world->size;
+        float sum = 1.0f;
+        plane->ops->allreduce_sum_f32(plane, &sum, 1);
+        bad += sum != (float)world->size;
+    }
+    if (!split) rt_comm_device_plane_free(plane);
 
     /* nccl on CPU: one line, every rank, whether the build has NCCL or not */
-    set_choice("nccl", "staged");
-    plane = world;
-    int rc = rt_comm_device_plane(&plane, world, be, &err);
-    bad += !failed_alike(rc, &err, "RINGTRAIN_DEVICE_PLANE = nccl: ") || plane != NULL;
+    rc = choose("nccl", "staged", be, &plane, &err, &split);
+    bad += split || !failed_alike(rc, plane, &err, "RINGTRAIN_DEVICE_PLANE = nccl: ");
     bad += strstr(err.msg, "this build has no NCCL") == NULL && strstr(err.msg, "cpu backend") == NULL;
 
     /* an unknown kind names itself */
-    set_choice("mpi", "direct");
-    rc = rt_comm_device_plane(&plane, world, be, &err);
-    bad += !failed_alike(rc, &err, "RINGTRAIN_DEVICE_PLANE = mpi: expected direct, nccl or staged");
+    rc = choose("mpi", "direct", be, &plane, &err, &split);
+    bad += split || !failed_alike(rc, plane, &err, "RINGTRAIN_DEVICE_PLANE = mpi: expected direct, nccl or staged");
 
-    /* a device backend (the CPU's ops under another name): direct is refused, unset gives staged (NCCL,
-     * if built, refuses a backend that is not cuda) */
+    /* a device backend (the CPU's ops under another name): direct is refused, unset gives staged (NCCL, if
+     * built, refuses a backend that is not cuda) */
     rt_backend device = *rt_backend_cpu();
     device.name = "gpu-like";
-    set_choice("direct", NULL);
-    rc = rt_comm_device_plane(&plane, world, &device, &err);
-    bad += !failed_alike(rc, &err, "RINGTRAIN_DEVICE_PLANE = direct: the gpu-like backend");
-    set_choice(NULL, "direct");
-    bad += rt_comm_device_plane(&plane, world, &device, &err) != 0 || rt_comm_plane_kind(plane) != RT_PLANE_STAGED;
-    rt_comm_device_plane_free(plane);
+    rc = choose("direct", NULL, &device, &plane, &err, &split);
+    bad += split || !failed_alike(rc, plane, &err, "RINGTRAIN_DEVICE_PLANE = direct: the gpu-like backend");
+    rc = choose(NULL, "direct", &device, &plane, &err, &split);
+    bad += split || rc != 0 || plane == NULL || rt_comm_plane_kind(plane) != RT_PLANE_STAGED;
+    if (!split) rt_comm_device_plane_free(plane);
 
     CU_ASSERT_STRING_EQUAL(rt_comm_plane_kind_name(RT_PLANE_DIRECT), "direct");
     CU_ASSERT_STRING_EQUAL(rt_comm_plane_kind_name(RT_PLANE_NCCL), "nccl");
