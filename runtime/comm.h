@@ -40,6 +40,9 @@ typedef struct {
     /* recv (n*size) = concatenation of every rank's send (n), in rank order. In place when send is
      * recv + rank*n (this rank's block already in recv). */
     void (*allgather_f32)(rt_comm *comm, float *recv, const float *send, size_t n);
+    /* Uneven all-gather: recv = concatenation of every rank's counts[q] floats, in rank order (counts may be
+     * 0). In place when send is recv + counts[0] + ... + counts[rank-1]. */
+    void (*allgather_f32_v)(rt_comm *comm, float *recv, const float *send, const size_t *counts);
     void (*broadcast)(rt_comm *comm, void *buf, size_t bytes, int root);
     void (*barrier)(rt_comm *comm);
     /* Nonblocking byte transfers to/from a peer; wait completes them. */

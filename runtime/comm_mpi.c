@@ -18,6 +18,9 @@
  *     recv's offsets below (r+1)*len are such elements.
  *   - all-gather: round r all-gathers piece r of every rank's send into the
  *     staging buffer and unpacks piece q to recv + q*n + r*len.
+ *   - uneven all-gather: above one segment, one broadcast per rank of its
+ *     block (broadcast goes in pieces itself); its callers (ZeRO-3's layer
+ *     gathers) send pieces far below a segment.
  * Every rank computes the same rounds from the same counts, so the calls
  * match. The MPI-4 large-count calls (MPI_Reduce_scatter_block_c, ...) would
  * do this in the library; the rounds work on every MPI.
@@ -179,6 +182,35 @@ static void allgather_f32(rt_comm *comm, float *recv, const float *send, size_t 
     }
 }
 
+static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root);
+
+static void allgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+    const int size = comm->size;
+    size_t total = 0, mine_at = 0;
+    for (int q = 0; q < size; q++) {
+        if (q == comm->rank) mine_at = total;
+        if (__builtin_add_overflow(total, counts[q], &total)) rt_fatal("allgather counts overflow size_t");
+    }
+    const int in_place = send == recv + mine_at;
+    if (total <= segment_elems) {
+        int *int_counts = malloc_check((size_t)size * 2 * sizeof *int_counts), *displs = int_counts + size;
+        for (int q = 0, at = 0; q < size; at += int_counts[q], q++) {
+            int_counts[q] = (int)counts[q];
+            displs[q] = at;
+        }
+        MPI_Allgatherv(in_place ? MPI_IN_PLACE : send, (int)counts[comm->rank], MPI_FLOAT, recv, int_counts, displs,
+                       MPI_FLOAT, mpi_of(comm));
+        free(int_counts);
+        return;
+    }
+    if (!in_place) memcpy(recv + mine_at, send, counts[comm->rank] * sizeof(float));
+    size_t at = 0;
+    for (int q = 0; q < size; q++) {
+        broadcast(comm, recv + at, counts[q] * sizeof(float), q);
+        at += counts[q];
+    }
+}
+
 static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
     for (size_t done = 0; done < bytes; done += segment_elems) {
         size_t count = min_size(bytes - done, segment_elems);
@@ -258,6 +290,7 @@ static const rt_comm_ops mpi_ops = {
     .reduce_scatter_sum_f32 = reduce_scatter_sum_f32,
     .reduce_scatter_sum_f32_v = reduce_scatter_sum_f32_v,
     .allgather_f32 = allgather_f32,
+    .allgather_f32_v = allgather_f32_v,
     .broadcast = broadcast,
     .barrier = barrier,
     .isend = isend,

@@ -52,6 +52,10 @@
  * at the first such call, never in ZeRO's out-of-place steady state; it is
  * a raw device_alloc outside the rt_device_memory accounting).
  *
+ * Uneven all-gather (_v): one ncclBroadcast per rank with a non-zero count,
+ * rooted there, into its place in recv, in one group; in place the root's
+ * send already is that place (NCCL's in-place broadcast).
+ *
  * Zero counts skip the NCCL call (every rank passes the same counts, so
  * every rank skips it). NCCL failures end the job: after one, the
  * communicator cannot be trusted, and other ranks would hang.
@@ -224,6 +228,21 @@ static void allgather_f32(rt_comm *comm, float *recv, const float *send, size_t 
     end(impl);
 }
 
+static void allgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+    nccl_impl *impl = impl_of(comm);
+    cudaStream_t s = begin(impl);
+    NCCL_CHECK(ncclGroupStart());
+    size_t offset = 0;
+    for (int q = 0; q < comm->size; q++) {
+        float *part = recv + offset;
+        offset += counts[q];
+        if (counts[q] == 0) continue;
+        NCCL_CHECK(ncclBroadcast(q == comm->rank ? send : part, part, counts[q], ncclFloat, q, impl->nccl, s));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    end(impl);
+}
+
 static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
     nccl_impl *impl = impl_of(comm);
     if (bytes == 0) return;
@@ -315,6 +334,7 @@ const rt_comm_ops rt_comm_nccl_ops = {
     .reduce_scatter_sum_f32 = reduce_scatter_sum_f32,
     .reduce_scatter_sum_f32_v = reduce_scatter_sum_f32_v,
     .allgather_f32 = allgather_f32,
+    .allgather_f32_v = allgather_f32_v,
     .broadcast = broadcast,
     .barrier = barrier,
     .isend = isend,

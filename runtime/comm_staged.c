@@ -20,6 +20,7 @@
  *   reduce_scatter_v   likewise with sum(counts) and counts[rank]
  *   allgather          in place:     stage my block at rank*n, copy size*n back
  *                      out of place: stage recv size*n | send n, copy size*n back
+ *   allgather_v        likewise with sum(counts) and counts[rank]
  *   broadcast          root stages, non-roots copy back
  * One rank needs no host call: the op is at most one device copy.
  *
@@ -195,6 +196,27 @@ static void allgather_f32(rt_comm *comm, float *recv, const float *send, size_t 
     to_device(impl, recv, host_recv, gathered * sizeof(float));
 }
 
+static void allgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+    staged_impl *impl = impl_of(comm);
+    size_t total = 0, mine_at = 0;
+    for (int q = 0; q < comm->size; q++) {
+        if (q == comm->rank) mine_at = total;
+        total = checked_add(total, counts[q], "allgather_v counts");
+    }
+    const size_t mine = counts[comm->rank];
+    const int in_place = send == recv + mine_at;
+    if (comm->size == 1) {
+        if (!in_place) to_device(impl, recv, send, mine * sizeof(float));
+        return;
+    }
+    size_t elems = in_place ? total : checked_add(total, mine, "allgather_v");
+    float *host_recv = staging(impl, checked_mul(elems, sizeof(float), "allgather_v"));
+    float *host_send = in_place ? host_recv + mine_at : host_recv + total;
+    to_host(impl, host_send, send, mine * sizeof(float));
+    impl->host->ops->allgather_f32_v(impl->host, host_recv, host_send, counts);
+    to_device(impl, recv, host_recv, total * sizeof(float));
+}
+
 static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
     staged_impl *impl = impl_of(comm);
     if (comm->size == 1) return;
@@ -349,6 +371,7 @@ const rt_comm_ops rt_comm_staged_ops = {
     .reduce_scatter_sum_f32 = reduce_scatter_sum_f32,
     .reduce_scatter_sum_f32_v = reduce_scatter_sum_f32_v,
     .allgather_f32 = allgather_f32,
+    .allgather_f32_v = allgather_f32_v,
     .broadcast = broadcast,
     .barrier = barrier,
     .isend = isend,

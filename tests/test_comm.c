@@ -173,6 +173,43 @@ static void test_reduce_scatter_v(void) {
     assert_no_failures_anywhere(failures);
 }
 
+/* Every rank's block is its fill_values at its counts; the segments reach the broadcast path. */
+static void test_allgather_v(void) {
+    const int P = world->size;
+    size_t *cnt = malloc_check((size_t)P * sizeof *cnt);
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (int pattern = 0; pattern < 4; pattern++)
+            for (int k = 0; k < 4; k++) {
+                v_counts(pattern, k, cnt);
+                size_t total = 0, first = 0;
+                for (int q = 0; q < P; q++) {
+                    if (q == world->rank) first = total;
+                    total += cnt[q];
+                }
+                const size_t mine = cnt[world->rank];
+                const uint64_t seed = 500 + (uint64_t)(pattern * 4 + k);
+                float *want = malloc_check((total + 1) * sizeof *want), *send = malloc_check((mine + 1) * sizeof *send);
+                float *recv = malloc_check((total + GUARD) * sizeof *recv);
+                for (int q = 0, at = 0; q < P; at += (int)cnt[q], q++)
+                    fill_values(want + at, cnt[q], seed, q);
+                fill_values(send, mine, seed, world->rank);
+                fill_sentinel(recv, total + GUARD);
+                world->ops->allgather_f32_v(world, recv, send, cnt);
+                failures += check("allgather_v out of place", segments[s], total, recv, want, GUARD);
+                fill_sentinel(recv, total + GUARD);
+                fill_values(recv + first, mine, seed, world->rank);
+                world->ops->allgather_f32_v(world, recv, recv + first, cnt);
+                failures += check("allgather_v in place", segments[s], total, recv, want, GUARD);
+                free(want), free(send), free(recv);
+            }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    free(cnt);
+    assert_no_failures_anywhere(failures);
+}
+
 static void test_allgather(void) {
     const size_t P = (size_t)world->size, me = (size_t)world->rank;
     int failures = 0;
@@ -489,6 +526,7 @@ int main(int argc, char **argv) {
         {"reduce_scatter (block), in and out of place", test_reduce_scatter_block},
         {"reduce_scatter_v, uneven counts with zeros", test_reduce_scatter_v},
         {"allgather, in and out of place", test_allgather},
+        {"allgather_v: uneven and empty blocks, in and out of place", test_allgather_v},
         {"allreduce f32/f64 sum, f64 max", test_allreduce},
         {"broadcast from first and last rank", test_broadcast},
         {"isend/irecv ring, two tags", test_isend_irecv},

@@ -234,6 +234,46 @@ static void test_allgather(void) {
     assert_no_failures_anywhere(failures);
 }
 
+static void test_allgather_v(void) {
+    const int P = world->size;
+    size_t *cnt = malloc_check((size_t)P * sizeof *cnt);
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (int pattern = 0; pattern < 4; pattern++)
+            for (int k = 0; k < 4; k++) {
+                v_counts(pattern, k, cnt);
+                size_t total = 0, first = 0;
+                for (int q = 0; q < P; q++) {
+                    if (q == world->rank) first = total;
+                    total += cnt[q];
+                }
+                const size_t mine = cnt[world->rank];
+                const uint64_t seed = 600 + (uint64_t)(pattern * 4 + k);
+                float *send = dev_floats(mine), *recv_host = dev_floats(total), *recv_staged = dev_floats(total);
+                fill(send, mine, seed, world->rank);
+                fill(recv_host, total, seed + 1, world->rank); /* stale contents: every block must be overwritten */
+                memcpy(recv_staged, recv_host, (total + GUARD) * sizeof *recv_host);
+                world->ops->allgather_f32_v(world, recv_host, send, cnt);
+                staged->ops->allgather_f32_v(staged, recv_staged, send, cnt);
+                failures += differs("allgather_v out of place", segments[s], total, recv_staged, recv_host,
+                                    (total + GUARD) * sizeof(float));
+                fill(recv_host, total, seed + 2, world->rank); /* new values: stale staging must not pass */
+                fill(send, mine, seed + 3, world->rank);
+                memcpy(recv_host + first, send, mine * sizeof *send);
+                memcpy(recv_staged, recv_host, (total + GUARD) * sizeof *recv_host);
+                world->ops->allgather_f32_v(world, recv_host, recv_host + first, cnt);
+                staged->ops->allgather_f32_v(staged, recv_staged, recv_staged + first, cnt);
+                failures += differs("allgather_v in place", segments[s], total, recv_staged, recv_host,
+                                    (total + GUARD) * sizeof(float));
+                be->device_free(be, send), be->device_free(be, recv_host), be->device_free(be, recv_staged);
+            }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    free(cnt);
+    assert_no_failures_anywhere(failures);
+}
+
 static void test_broadcast(void) {
     static const size_t sizes[] = {0, 1, 5, 17, 100, 1000};
     int failures = 0;
@@ -528,6 +568,7 @@ int main(int argc, char **argv) {
         {"allreduce f32/f64 sum, f64 max: staged = host", test_allreduce},
         {"reduce_scatter (block), in and out of place: staged = host", test_reduce_scatter_block},
         {"reduce_scatter_v, uneven counts with zeros: staged = host", test_reduce_scatter_v},
+        {"allgather_v, uneven counts with zeros: staged = host", test_allgather_v},
         {"allgather, in and out of place: staged = host", test_allgather},
         {"broadcast from first and last rank: staged = host", test_broadcast},
         {"isend/irecv ring, two tags: staged = host", test_isend_irecv},
