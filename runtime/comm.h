@@ -49,6 +49,16 @@ typedef struct {
     void (*isend)(rt_comm *comm, const void *buf, size_t bytes, int peer, int tag, rt_comm_request *req);
     void (*irecv)(rt_comm *comm, void *buf, size_t bytes, int peer, int tag, rt_comm_request *req);
     void (*wait)(rt_comm *comm, rt_comm_request *req);
+    /* Nonblocking uneven reduce-scatter and all-gather (as the _v ops above, out of place only: send != recv),
+     * on an empty request (zeroed, or waited); wait completes them, and until then neither buffer may be
+     * touched. Every rank posts the same collectives in the same order. A plane may complete one at the
+     * post (the staged plane always; MPI above one segment), which is still correct, only not overlapped. */
+    void (*ireduce_scatter_sum_f32_v)(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                                      rt_comm_request *req);
+    void (*iallgather_f32_v)(rt_comm *comm, float *recv, const float *send, const size_t *counts, rt_comm_request *req);
+    /* Lets the library move the request's data now, without waiting: Open MPI advances large messages only
+     * inside MPI calls, so a rank that computes between post and wait calls this now and then. */
+    void (*progress)(rt_comm *comm, rt_comm_request *req);
     /* A sub-communicator of the ranks with the same color, ordered by key. */
     rt_comm *(*split)(rt_comm *comm, int color, int key);
     /* A sub-communicator of the ranks that share this rank's node (its shared memory), in rank order. */

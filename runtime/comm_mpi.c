@@ -32,6 +32,7 @@
 #include <limits.h>
 #include <mpi.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -259,6 +260,63 @@ static void wait_all(rt_comm *comm, rt_comm_request *req) {
     req->n = 0;
 }
 
+/* A nonblocking collective's request impl: the MPI request first, so wait_all sees an MPI_Request[1], then the
+ * int counts and displacements MPI reads until the collective completes. */
+typedef struct {
+    MPI_Request request;
+    int ints[];
+} collective_request;
+
+static int *post_collective(rt_comm_request *req, int size) {
+    if (req->n != 0) rt_fatal("a nonblocking collective posted on a request that is still pending");
+    collective_request *c = malloc_check(sizeof *c + 2 * (size_t)size * sizeof(int));
+    req->impl = c;
+    req->n = 1;
+    return c->ints;
+}
+
+/* Sum of counts, or SIZE_MAX when past one segment (then the blocking rounds run at the post). */
+static size_t one_segment_total(const rt_comm *comm, const size_t *counts) {
+    size_t total = 0;
+    for (int q = 0; q < comm->size; q++)
+        if (__builtin_add_overflow(total, counts[q], &total) || total > segment_elems) return SIZE_MAX;
+    return total;
+}
+
+static void ireduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                                      rt_comm_request *req) {
+    if (comm->size == 1 || one_segment_total(comm, counts) == SIZE_MAX) {
+        reduce_scatter_sum_f32_v(comm, recv, send, counts);
+        return;
+    }
+    int *ints = post_collective(req, comm->size);
+    for (int q = 0; q < comm->size; q++)
+        ints[q] = (int)counts[q];
+    MPI_Ireduce_scatter(send, recv, ints, MPI_FLOAT, MPI_SUM, mpi_of(comm),
+                        &((collective_request *)req->impl)->request);
+}
+
+static void iallgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                             rt_comm_request *req) {
+    if (comm->size == 1 || one_segment_total(comm, counts) == SIZE_MAX) {
+        allgather_f32_v(comm, recv, send, counts);
+        return;
+    }
+    int *ints = post_collective(req, comm->size), *displs = ints + comm->size;
+    for (int q = 0, at = 0; q < comm->size; at += ints[q], q++) {
+        ints[q] = (int)counts[q];
+        displs[q] = at;
+    }
+    MPI_Iallgatherv(send, ints[comm->rank], MPI_FLOAT, recv, ints, displs, MPI_FLOAT, mpi_of(comm),
+                    &((collective_request *)req->impl)->request);
+}
+
+static void progress(rt_comm *comm, rt_comm_request *req) {
+    (void)comm;
+    int done;
+    if (req->n) MPI_Testall(req->n, (MPI_Request *)req->impl, &done, MPI_STATUSES_IGNORE);
+}
+
 static rt_comm *wrap(MPI_Comm mpi_comm);
 
 static rt_comm *split(rt_comm *comm, int color, int key) {
@@ -296,6 +354,9 @@ static const rt_comm_ops mpi_ops = {
     .isend = isend,
     .irecv = irecv,
     .wait = wait_all,
+    .ireduce_scatter_sum_f32_v = ireduce_scatter_sum_f32_v,
+    .iallgather_f32_v = iallgather_f32_v,
+    .progress = progress,
     .split = split,
     .split_node = split_node,
     .destroy = destroy,

@@ -297,6 +297,22 @@ static void wait_all(rt_comm *comm, rt_comm_request *req) {
     req->n = 0;
 }
 
+/* The nonblocking collectives are the stream-ordered ones: the host does not wait for them either way, and the
+ * compute stream waits for their comm_done (see the top). NCCL progresses on its own. */
+static void ireduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                                      rt_comm_request *req) {
+    (void)req;
+    reduce_scatter_sum_f32_v(comm, recv, send, counts);
+}
+
+static void iallgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                             rt_comm_request *req) {
+    (void)req;
+    allgather_f32_v(comm, recv, send, counts);
+}
+
+static void progress(rt_comm *comm, rt_comm_request *req) { (void)comm, (void)req; }
+
 /* ------------------------------------------------------------------ communicators */
 
 static rt_comm *split(rt_comm *comm, int color, int key) {
@@ -340,6 +356,9 @@ const rt_comm_ops rt_comm_nccl_ops = {
     .isend = isend,
     .irecv = irecv,
     .wait = wait_all,
+    .ireduce_scatter_sum_f32_v = ireduce_scatter_sum_f32_v,
+    .iallgather_f32_v = iallgather_f32_v,
+    .progress = progress,
     .split = split,
     .split_node = split_node,
     .destroy = destroy,

@@ -22,6 +22,11 @@
  *                      out of place: stage recv size*n | send n, copy size*n back
  *   allgather_v        likewise with sum(counts) and counts[rank]
  *   broadcast          root stages, non-roots copy back
+ * The nonblocking reduce-scatter and all-gather run at their wait, the
+ * latest moment comm.h allows: the plane has no overlap to give (every copy
+ * here is synchronous), and running them late makes a caller that reuses a
+ * buffer before the wait compute wrong numbers, which the parity suite,
+ * run on this plane, then sees.
  * One rank needs no host call: the op is at most one device copy.
  *
  * Transfers. isend copies the device bytes into a transfer buffer and posts
@@ -56,10 +61,17 @@ typedef struct {
     transfer_buffer *buffer;
 } staged_transfer;
 
+/* A nonblocking collective, run at its wait (see the top). */
+typedef enum { DEFERRED_NONE, DEFERRED_REDUCE_SCATTER, DEFERRED_ALLGATHER } deferred_kind;
+
 typedef struct staged_request {
     rt_comm_request host_req; /* every host transfer posted on this request */
     staged_transfer *transfers;
     int n_transfers, cap_transfers;
+    deferred_kind deferred;
+    float *deferred_recv;
+    const float *deferred_send;
+    size_t *deferred_counts; /* (size), kept across reuse of the request */
     struct staged_request *next_free;
 } staged_request;
 
@@ -319,6 +331,11 @@ static void wait_all(rt_comm *comm, rt_comm_request *req) {
     staged_impl *impl = impl_of(comm);
     staged_request *sreq = req->impl;
     if (!sreq) return;
+    if (sreq->deferred == DEFERRED_REDUCE_SCATTER)
+        reduce_scatter_sum_f32_v(comm, sreq->deferred_recv, sreq->deferred_send, sreq->deferred_counts);
+    else if (sreq->deferred == DEFERRED_ALLGATHER)
+        allgather_f32_v(comm, sreq->deferred_recv, sreq->deferred_send, sreq->deferred_counts);
+    sreq->deferred = DEFERRED_NONE;
     impl->host->ops->wait(impl->host, &sreq->host_req);
     for (int i = 0; i < sreq->n_transfers; i++) {
         staged_transfer *t = &sreq->transfers[i];
@@ -330,6 +347,34 @@ static void wait_all(rt_comm *comm, rt_comm_request *req) {
     impl->free_requests = sreq;
     req->impl = NULL;
     req->n = 0;
+}
+
+static void defer(rt_comm *comm, deferred_kind kind, float *recv, const float *send, const size_t *counts,
+                  rt_comm_request *req) {
+    staged_request *sreq = request_of(impl_of(comm), req);
+    if (sreq->deferred != DEFERRED_NONE || sreq->n_transfers)
+        rt_fatal("a nonblocking collective posted on a request that is still pending");
+    if (!sreq->deferred_counts) sreq->deferred_counts = malloc_check((size_t)comm->size * sizeof(size_t));
+    memcpy(sreq->deferred_counts, counts, (size_t)comm->size * sizeof(size_t));
+    sreq->deferred = kind;
+    sreq->deferred_recv = recv;
+    sreq->deferred_send = send;
+    req->n = 1;
+}
+
+static void ireduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                                      rt_comm_request *req) {
+    defer(comm, DEFERRED_REDUCE_SCATTER, recv, send, counts, req);
+}
+
+static void iallgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                             rt_comm_request *req) {
+    defer(comm, DEFERRED_ALLGATHER, recv, send, counts, req);
+}
+
+static void progress(rt_comm *comm, rt_comm_request *req) {
+    staged_request *sreq = req->impl;
+    if (sreq) impl_of(comm)->host->ops->progress(impl_of(comm)->host, &sreq->host_req);
 }
 
 /* ------------------------------------------------------------------ communicators */
@@ -356,6 +401,7 @@ static void destroy(rt_comm *comm) {
     while (impl->free_requests) {
         staged_request *next = impl->free_requests->next_free;
         free(impl->free_requests->transfers);
+        free(impl->free_requests->deferred_counts);
         free(impl->free_requests);
         impl->free_requests = next;
     }
@@ -377,6 +423,9 @@ const rt_comm_ops rt_comm_staged_ops = {
     .isend = isend,
     .irecv = irecv,
     .wait = wait_all,
+    .ireduce_scatter_sum_f32_v = ireduce_scatter_sum_f32_v,
+    .iallgather_f32_v = iallgather_f32_v,
+    .progress = progress,
     .split = split,
     .split_node = split_node,
     .destroy = destroy,

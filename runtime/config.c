@@ -119,9 +119,10 @@ static const key_spec config_keys[] = {
     INT_KEY("parallel", "sp", sp, 1, 1 << 20),
     INT_KEY("parallel", "dp", dp, 1, 1 << 20),
 
-    INT_KEY("zero", "stage", zero_stage, 0, 2),
+    INT_KEY("zero", "stage", zero_stage, 0, 3),
 
     ENUM_KEY("activations", "mode", activation_mode, activation_names),
+    INT_KEY("activations", "mlp_tile_mib", mlp_tile_mib, 0, BIG),
 
     INT_KEY("offload", "max_inflight", offload_max_inflight, 1, 1024),
 
@@ -149,6 +150,7 @@ static const preset_spec presets[] = {
     {"tiny", RT_FAMILY_LLAMA, 2, 64, 4, 2, 128, 256, 256},
     {"small", RT_FAMILY_LLAMA, 4, 256, 8, 4, 688, 256, 1024},
     {"gpt2-124m", RT_FAMILY_GPT2, 12, 768, 12, 12, 3072, 50257, 1024},
+    {"llama-336m", RT_FAMILY_LLAMA, 24, 1024, 16, 4, 2816, 32000, 32768},
 };
 
 #define N_PRESETS ((int)(sizeof presets / sizeof presets[0]))
@@ -464,6 +466,7 @@ void rt_config_defaults(rt_config *cfg) {
     cfg->dp = 1;
     cfg->zero_stage = 0;
     cfg->activation_mode = RT_ACT_KEEP;
+    cfg->mlp_tile_mib = 0;
     cfg->offload_max_inflight = 1; /* one copy in flight hides behind a layer; each more costs a layer input */
     cfg->device_kind = RT_DEVICE_CPU;
     cfg->memory_limit = 0;
@@ -513,6 +516,16 @@ void rt_config_resolve(rt_config *cfg) {
 int rt_config_is_explicit(const rt_config *cfg, const char *section, const char *key) {
     int index = find_key(section, key);
     return index >= 0 && (cfg->explicit_keys >> index) & 1;
+}
+
+size_t rt_config_mlp_tile(const rt_config *cfg, size_t local_tokens) {
+    if (cfg->mlp_tile_mib <= 0) return 0;
+    /* FC as the model has it (rt_fc_width): llama's fc holds gate and up. */
+    const size_t F = (size_t)cfg->d_ff, FC = cfg->family == RT_FAMILY_LLAMA ? 2 * F : F;
+    const size_t token_bytes = (2 * FC + 2 * F) * sizeof(float);
+    size_t tokens = ((size_t)cfg->mlp_tile_mib << 20) / token_bytes;
+    if (tokens < 1) tokens = 1;
+    return tokens >= local_tokens ? 0 : tokens;
 }
 
 /* ---- load: collect entries from the file and the overrides, then apply ---- */

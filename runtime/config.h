@@ -41,6 +41,7 @@ typedef struct {
     int zero_stage;
     /* [activations] */
     rt_activation_mode activation_mode;
+    int mlp_tile_mib; /* MiB the MLP's per-tile intermediates may take; 0 = untiled (see rt_config_mlp_tile) */
     /* [offload] */
     int offload_max_inflight;
     /* [device] */
@@ -101,5 +102,10 @@ void rt_config_resolve(rt_config *cfg);
 
 /* 1 when section.key was set by a file or --set (not by defaults or a preset), else 0. */
 int rt_config_is_explicit(const rt_config *cfg, const char *section, const char *key);
+
+/* Tokens per MLP tile for activations.mlp_tile_mib and local_tokens per micro-batch: the largest tile whose
+ * fc, act, d_fc and d_act ((2*FC + 2*F) floats per token) fit in the MiB, at least 1; 0 (untiled) when the key
+ * is 0 or the tile would hold every local token. */
+size_t rt_config_mlp_tile(const rt_config *cfg, size_t local_tokens);
 
 #endif

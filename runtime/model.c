@@ -97,14 +97,27 @@ size_t rt_model_param_count(const rt_model_shape *shape) {
     return total;
 }
 
-/* Where flat offset lives in base: directly, except for streamed gradients (see rt_model in model.h). */
+/* Where flat offset lives in base (m->params or m->grads): directly, except for streamed gradients and sharded
+ * parameters, which keep the tensors outside the layers in one buffer and a layer's in a layer-sized one (see
+ * rt_model in model.h). */
 static float *locate(const rt_model *m, float *base, size_t offset) {
-    if (!(m->stream_grads && base == m->grads)) return base + offset;
+    float *top, *layer_bufs[2];
+    if (base == m->grads && m->stream_grads) {
+        top = m->grads;
+        layer_bufs[0] = m->layer_grad_scratch[0];
+        layer_bufs[1] = m->layer_grad_scratch[1];
+    } else if (base == m->params && m->shard_params) {
+        top = m->top_param_buf;
+        layer_bufs[0] = m->layer_param_buf[0];
+        layer_bufs[1] = m->layer_param_buf[1];
+    } else {
+        return base + offset;
+    }
     const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
-    if (offset < lo[0]) return m->grads + offset;
-    if (offset >= lo[L]) return m->grads + lo[0] + (offset - lo[L]);
+    if (offset < lo[0]) return top + offset;
+    if (offset >= lo[L]) return top + lo[0] + (offset - lo[L]);
     size_t layer = (offset - lo[0]) / (lo[1] - lo[0]); /* all layers have the same size */
-    return m->layer_grad_scratch + (offset - lo[layer]);
+    return layer_bufs[layer % 2] + (offset - lo[layer]);
 }
 
 static float *view_ptr(const rt_model *m, float *base, const char *name, int layer) {
@@ -169,8 +182,8 @@ static void alloc_act_set(rt_model *m, rt_layer_acts *a, rt_error *err, int *fai
     a->norm2 = ALLOC_F(N * C, "activations (norm2)");
     a->norm2_mean = ALLOC_F(N, "activations (norm2 mean)");
     a->norm2_rstd = ALLOC_F(N, "activations (norm2 rstd)");
-    a->fc = ALLOC_F(N * rt_fc_width(s), "activations (mlp fc)");
-    a->act = ALLOC_F(N * s->d_ff, "activations (mlp activation)");
+    a->fc = ALLOC_F(m->mlp_tile * rt_fc_width(s), "activations (mlp fc)");
+    a->act = ALLOC_F(m->mlp_tile * s->d_ff, "activations (mlp activation)");
     *failed_out = failed;
 }
 
@@ -215,6 +228,9 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->mem = mem;
     m->local_seqpar = (seqpar_ctx){.backend = backend, .mem = mem};
     m->seqpar = seqpar ? seqpar : &m->local_seqpar;
+    /* Collective over the sequence-parallel group: first, before anything that could fail on one rank only. */
+    const rt_attn_shape attn = rt_attention_shape(shape);
+    if (seqpar_agree_shapes(m->seqpar, max_seqs, max_local_len, &attn, err)) return -1;
     m->mode = mode;
     m->max_seqs = max_seqs;
     m->max_local_len = max_local_len;
@@ -228,16 +244,31 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     if (n_alloc < m->table.total) n_alloc = m->table.total;
     m->n_alloc = n_alloc;
     int failed = 0;
-    m->params = ALLOC_F(n_alloc, "parameters");
+    const size_t *lo = m->layer_offset;
+    if (options->param_gather) {
+        if (!options->grad_hook || !options->param_wait)
+            rt_fatal("rt_model_init: sharded parameters (param_gather) need param_wait and streamed gradients");
+        m->shard_params = 1;
+        m->param_gather = options->param_gather;
+        m->param_wait = options->param_wait;
+        m->param_gather_ctx = options->param_gather_ctx;
+        m->top_param_buf = ALLOC_F(lo[0] + (m->table.total - lo[L]), "parameters (gathered embeddings and head)");
+        for (int i = 0; i < 2; i++)
+            m->layer_param_buf[i] = ALLOC_F(lo[1] - lo[0], "parameters (gathered layer)");
+    } else {
+        m->params = ALLOC_F(n_alloc, "parameters");
+    }
+    m->progress = options->progress;
+    m->progress_ctx = options->progress_ctx;
     m->interrupt_poll = options->interrupt_poll;
     m->interrupt_ctx = options->interrupt_ctx;
     if (options->grad_hook) {
-        const size_t *lo = m->layer_offset;
         m->stream_grads = 1;
         m->grad_hook = options->grad_hook;
         m->grad_hook_ctx = options->grad_hook_ctx;
         m->grads = ALLOC_F(lo[0] + (m->table.total - lo[L]), "gradients (embeddings and head)");
-        m->layer_grad_scratch = ALLOC_F(lo[1] - lo[0], "gradients (one layer)");
+        for (int i = 0; i < 2; i++)
+            m->layer_grad_scratch[i] = ALLOC_F(lo[1] - lo[0], "gradients (one layer, two buffers)");
     } else {
         m->grads = ALLOC_F(n_alloc, "gradients");
     }
@@ -252,6 +283,7 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->head_tile = HEAD_TILE_BYTES / (Vp * sizeof(float));
     if (m->head_tile < 1) m->head_tile = 1;
     if (m->head_tile > N) m->head_tile = N;
+    m->mlp_tile = options->mlp_tile_tokens && options->mlp_tile_tokens < N ? options->mlp_tile_tokens : N;
 
     if (mode == RT_ACT_OFFLOAD) {
         if (failed) return -1;
@@ -285,13 +317,12 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->d_norm = ALLOC_F(N * C, "gradient scratch (norm)");
     m->d_att = ALLOC_F(N * s->n_heads * s->head_dim, "gradient scratch (attention)");
     m->d_qkv = ALLOC_F(N * rt_qkv_width(s), "gradient scratch (qkv)");
-    m->d_fc = ALLOC_F(N * rt_fc_width(s), "gradient scratch (mlp fc)");
-    m->d_act = ALLOC_F(N * s->d_ff, "gradient scratch (mlp activation)");
+    m->d_fc = ALLOC_F(m->mlp_tile * rt_fc_width(s), "gradient scratch (mlp fc)");
+    m->d_act = ALLOC_F(m->mlp_tile * s->d_ff, "gradient scratch (mlp activation)");
     m->delta = ALLOC_F(N * s->n_heads, "gradient scratch (attention delta)");
     m->branch = ALLOC_F(N * C, "activations (branch output)");
     if (failed) return -1;
-    rt_attn_shape attn = rt_attention_shape(s);
-    return seqpar_reserve(m->seqpar, max_local_len, &attn, err);
+    return seqpar_reserve(m->seqpar, max_seqs, max_local_len, &attn, err);
 }
 
 int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
@@ -338,8 +369,15 @@ static int ends_with(const char *text, const char *suffix) {
 }
 
 void rt_model_init_params(rt_model *m, uint64_t seed) {
-    const rt_model_shape *s = &m->shape;
+    if (m->shard_params) rt_fatal("rt_model_init_params: the parameters are sharded; their owner initializes them");
     float *host = malloc_check(m->table.total * sizeof(float));
+    rt_model_init_params_host(m, seed, host);
+    m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
+    free(host);
+}
+
+void rt_model_init_params_host(const rt_model *m, uint64_t seed, float *host) {
+    const rt_model_shape *s = &m->shape;
     const double std = 0.02, resid_std = 0.02 / sqrt(2.0 * s->n_layers);
     for (int i = 0; i < m->table.count; i++) {
         const rt_named_view *v = &m->table.views[i];
@@ -359,14 +397,57 @@ void rt_model_init_params(rt_model *m, uint64_t seed) {
             memset(dst + (size_t)s->vocab_size * s->d_model, 0,
                    (size_t)(s->padded_vocab - s->vocab_size) * s->d_model * sizeof(float));
     }
-    m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
-    free(host);
 }
 
 void rt_model_zero_grads(rt_model *m) {
     const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
     size_t n = m->stream_grads ? lo[0] + (m->table.total - lo[L]) : m->n_alloc;
     m->backend->memset_zero(m->backend, m->grads, n * sizeof(float));
+}
+
+/* Sharded parameters: a pass starts with nothing resident (the optimizer may have changed the parameters since
+ * the last one), and gathers each unit when it first needs it. Every rank runs the same passes, so the gathers
+ * (collectives) match. */
+static void forget_params(rt_model *m) {
+    m->resident_top = 0;
+    m->resident_layer[0] = m->resident_layer[1] = -1;
+}
+
+/* Completes a posted gather (a prefetch): its buffer is resident from here on. */
+static void wait_params(rt_model *m) {
+    if (!m->gather_posted) return;
+    m->param_wait(m->param_gather_ctx);
+    m->gather_posted = 0;
+}
+
+static void need_top_params(rt_model *m) {
+    if (!m->shard_params || m->resident_top) return;
+    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
+    m->param_gather(m->param_gather_ctx, m->top_param_buf, 0, lo[0]);
+    m->param_gather(m->param_gather_ctx, m->top_param_buf + lo[0], lo[L], m->table.total - lo[L]);
+    m->gather_posted = 1;
+    wait_params(m);
+    m->resident_top = 1;
+}
+
+/* Posts the gather of layer l (when it is not resident) into its buffer; the layer that buffer held must be
+ * done with. */
+static void post_layer_params(rt_model *m, int l) {
+    if (l < 0 || l >= m->shape.n_layers || m->resident_layer[l % 2] == l) return;
+    const size_t *lo = m->layer_offset;
+    m->param_gather(m->param_gather_ctx, m->layer_param_buf[l % 2], lo[l], lo[l + 1] - lo[l]);
+    m->resident_layer[l % 2] = l;
+    m->gather_posted = 1;
+}
+
+/* Layer l's parameters for its use now, and the gather of the layer used next (next_l, -1 none) posted, to
+ * overlap this one's compute: it goes into the other buffer, whose layer (the one before l in this pass) is
+ * done. */
+static void need_layer_params(rt_model *m, int l, int next_l) {
+    if (!m->shard_params) return;
+    post_layer_params(m, l);
+    wait_params(m);
+    post_layer_params(m, next_l);
 }
 
 static size_t load_batch(rt_model *m, const rt_batch *batch) {
@@ -381,9 +462,11 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
             ids[i] = (int64_t)(((uint64_t)(batch->first_seq + b) << 40) | (uint64_t)batch->pos[i]);
         }
     const rt_backend *be = m->backend;
+    forget_params(m);
     be->copy(be, m->tokens, batch->inputs, N * sizeof(int32_t));
     be->copy(be, m->targets, batch->targets, N * sizeof(int32_t));
     be->copy(be, m->pos, batch->pos, N * sizeof(int64_t));
+    m->host_pos = batch->pos;
     be->copy(be, m->dropout_ids, ids, N * sizeof(int64_t));
     return N;
 }
@@ -419,6 +502,8 @@ static void forward_input_written(rt_model *m, int l, size_t N, int training) {
 static int interrupted(rt_model *m) {
     if (!m->interrupt_poll || !m->interrupt_poll(m->interrupt_ctx)) return 0;
     if (m->mode == RT_ACT_OFFLOAD) rt_offload_abandon_pass(&m->offloader);
+    if (m->shard_params) wait_params(m); /* every rank posted the same prefetch */
+    if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, NULL, 0, 0);
     m->interrupted = 1;
     return 1;
 }
@@ -428,10 +513,12 @@ static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_p
     const size_t N = batch->n_seqs * batch->local_len;
     const rt_top_params *top = &m->top;
     float *x = forward_input(m, 0, N);
+    need_top_params(m);
     m->backend->embedding_forward(m->backend, x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
     forward_input_written(m, 0, N, training);
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *y = forward_input(m, l + 1, N);
+        need_layer_params(m, l, l + 1);
         rt_layer_forward(m, l, acts_for(m, l), x, y, batch->n_seqs, batch->local_len, dropout);
         forward_input_written(m, l + 1, N, training);
         if (training && interrupted(m)) return -1;
@@ -506,6 +593,7 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         rt_layer_acts *acts = acts_for(m, l);
         if (offload && l > 0) rt_offload_prefetch(&m->offloader, l - 1); /* overlaps this layer's work */
         float *x = offload ? rt_offload_restore(&m->offloader, l) : layer_input(m, l, N);
+        need_layer_params(m, l, l - 1);
         /* Recompute: the same ops on the same input, dropout masks included, so bit for bit the forward's
          * activations. Its output is dead: it goes where nobody reads it (recompute: the stored output;
          * offload: d_norm, which the layer's backward only starts using after zeroing it). */
@@ -514,10 +602,10 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
                              batch->local_len, dropout);
         const size_t *lo = m->layer_offset;
         if (m->stream_grads)
-            m->backend->memset_zero(m->backend, m->layer_grad_scratch, (lo[1] - lo[0]) * sizeof(float));
+            m->backend->memset_zero(m->backend, m->layer_grad_scratch[l % 2], (lo[1] - lo[0]) * sizeof(float));
         rt_layer_backward(m, l, acts, x, batch->n_seqs, batch->local_len, dropout);
         if (offload) rt_offload_release(&m->offloader, l);
-        if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch, lo[l], lo[l + 1] - lo[l]);
+        if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch[l % 2], lo[l], lo[l + 1] - lo[l]);
         if (l > 0 && interrupted(m)) return NAN;
     }
     end_pass(m);
@@ -527,6 +615,7 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
         m->grad_hook(m->grad_hook_ctx, m->grads, 0, lo[0]);
         m->grad_hook(m->grad_hook_ctx, m->grads + lo[0], lo[L], m->table.total - lo[L]);
+        m->grad_hook(m->grad_hook_ctx, NULL, 0, 0);
         /* Reduced by the hook: the next micro-batch accumulates from zero. */
         rt_model_zero_grads(m);
     }

@@ -66,8 +66,8 @@ typedef struct {
     float *res1;                    /* (N, C) x + dropout(att @ proj^T) */
     float *norm2;                   /* (N, C) */
     float *norm2_mean, *norm2_rstd; /* (N) */
-    float *fc;                      /* (N, FC) */
-    float *act;                     /* (N, F) gelu(fc) or swiglu(fc) */
+    float *fc;                      /* (mlp_tile, FC): all N rows untiled, one tile's with a tiled MLP */
+    float *act;                     /* (mlp_tile, F) gelu(fc) or swiglu(fc), as fc */
 } rt_layer_acts;
 
 /* Counters a test or the log can read. */
@@ -86,7 +86,7 @@ typedef struct {
 
     rt_view_table table;
     size_t n_alloc; /* parameter buffer length: table.total padded for sharding (padding stays zero) */
-    float *params;  /* (n_alloc) device */
+    float *params;  /* (n_alloc) device; NULL with sharded parameters */
     float *grads;   /* (n_alloc) device; with streamed gradients only the non-layer tensors, see below */
     rt_layer_params *layers, *layer_grads; /* (L) views into params / grads */
     rt_top_params top, top_grads;
@@ -95,6 +95,7 @@ typedef struct {
     /* capacity, fixed at init */
     size_t max_seqs, max_local_len, max_tokens;
     size_t head_tile; /* tokens per LM head tile */
+    size_t mlp_tile;  /* tokens per MLP tile (model_mlp.c); max_tokens = untiled */
 
     /* activations */
     float *layer_inputs;    /* keep, recompute: (L+1, N, C): layer l's input at l*N*C, the final hidden state last */
@@ -109,6 +110,7 @@ typedef struct {
     float *losses;                    /* (N) */
     int32_t *tokens, *targets;        /* (N) device copies */
     int64_t *pos;                     /* (N) */
+    const int64_t *host_pos;          /* (N) the pass's rt_batch.pos (host, the caller's): attention's bookkeeping */
     int64_t *dropout_ids;             /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
     int64_t *host_ids;                /* (N) host staging of dropout_ids, allocated at setup */
     float *host_losses;               /* (N) host copy of losses, allocated at setup */
@@ -119,19 +121,38 @@ typedef struct {
     float *d_norm;   /* (N, C) */
     float *d_att;    /* (N, H*D) */
     float *d_qkv;    /* (N, QKV) */
-    float *d_fc;     /* (N, FC) */
-    float *d_act;    /* (N, F) */
+    float *d_fc;     /* (mlp_tile, FC) */
+    float *d_act;    /* (mlp_tile, F) */
     float *delta;    /* (N, H) */
     float *branch;   /* (N, C) forward scratch: a branch output before the residual add */
 
-    /* Streamed gradients (ZeRO stage 2): every layer's gradients go to one layer-sized scratch that is
-     * handed to grad_hook right after the layer's backward and then reused, so no full gradient buffer
-     * exists; grads holds only the embedding/head tensors [0, layer_offset[0]) then
-     * [layer_offset[L], total), handed over at the end of the backward. */
+    /* Streamed gradients (ZeRO stages 2-3): layer l's gradients go to the layer-sized scratch l % 2, handed
+     * to grad_hook right after the layer's backward; the hook may keep reading it until its next call, while
+     * the next layer's backward fills the other scratch. So no full gradient buffer exists; grads holds only
+     * the embedding/head tensors [0, layer_offset[0]) then [layer_offset[L], total), handed over at the end
+     * of the backward, followed by grad_hook(ctx, NULL, 0, 0): "finish with everything handed over". */
     int stream_grads;
-    float *layer_grad_scratch; /* (layer_offset[1] - layer_offset[0]) */
+    float *layer_grad_scratch[2]; /* (layer_offset[1] - layer_offset[0]) each */
     void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
     void *grad_hook_ctx;
+
+    /* Sharded parameters (ZeRO-3, see rt_model_options.param_gather): no full parameter buffer. The views in
+     * top point into top_param_buf (every tensor outside the layers: [0, layer_offset[0]) then
+     * [layer_offset[L], total)), those of layer l into layer_param_buf[l % 2]; a pass gathers a unit into its
+     * buffer right before it first uses it (resident_top: whether top_param_buf holds them; resident_layer: the
+     * layer each buffer holds, -1 none; every pass starts with nothing resident, since the optimizer may have
+     * changed the parameters). */
+    int shard_params;
+    void (*param_gather)(void *ctx, float *dst, size_t offset, size_t count);
+    void (*param_wait)(void *ctx);
+    void *param_gather_ctx;
+    float *top_param_buf;
+    float *layer_param_buf[2];
+    int resident_top, resident_layer[2];
+    int gather_posted; /* a gather was posted and not yet waited for (the next layer's, prefetched) */
+    /* Called between the ops of a layer, so communication in flight moves (see rt_model_options.progress). */
+    void (*progress)(void *ctx);
+    void *progress_ctx;
 
     /* Stop polling (see rt_model_options); interrupted: the last training pass was abandoned. */
     int (*interrupt_poll)(void *ctx);
@@ -151,12 +172,30 @@ typedef struct {
     int offload_max_inflight;       /* offload: device -> host copies in flight at most */
     size_t max_seqs, max_local_len; /* capacity: sequences per micro-batch, local tokens per sequence */
     size_t n_alloc;                 /* parameter/gradient buffer length; 0 = the parameter count */
-    seqpar_ctx *seqpar;             /* NULL: attention over local tokens only */
+    seqpar_ctx *seqpar; /* NULL: attention over local tokens only; a group of more than one rank makes rt_model_init
+                         * collective over it (the group agrees on max_seqs x max_local_len, which every pass must
+                         * then have: seqpar_agree_shapes) */
+    /* Tokens per MLP tile: the MLP's (tokens, FC) and (tokens, F) intermediates are then held for one tile at
+     * a time and recomputed per tile in backward (model_mlp.c). 0, or at least max_seqs * max_local_len:
+     * untiled, bit for bit the MLP without tiles. */
+    size_t mlp_tile_tokens;
     /* Streamed gradients (see rt_model) when grad_hook is set: hook(ctx, grads, offset, count) receives the
-     * gradients of the flat range [offset, offset+count) of one micro-batch; every rank calls it with the
-     * same ranges in the same order. No full gradient buffer is ever allocated. */
+     * gradients of the flat range [offset, offset+count) of one micro-batch, and may read them until its next
+     * call; hook(ctx, NULL, 0, 0) ends each backward (also an abandoned one): from then on it may not. Every
+     * rank calls it with the same ranges in the same order. No full gradient buffer is ever allocated. */
     void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
     void *grad_hook_ctx;
+    /* Sharded parameters (ZeRO-3) when param_gather is set: no full parameter buffer is allocated (params is
+     * NULL); param_gather(ctx, dst, offset, count) must fill dst with the parameters of the flat range
+     * [offset, offset+count) by the time param_wait(ctx) returns (it may post a nonblocking collective): the
+     * model posts the next layer's gather before it computes the current one. Every rank calls both with the
+     * same ranges in the same order. Needs grad_hook: the gradients stream as well. */
+    void (*param_gather)(void *ctx, float *dst, size_t offset, size_t count);
+    void (*param_wait)(void *ctx);
+    void *param_gather_ctx;
+    /* Called between the ops of every layer (NULL: never): lets communication in flight move. */
+    void (*progress)(void *ctx);
+    void *progress_ctx;
     /* Stop polling: a training pass calls interrupt_poll(ctx) after each layer's forward and each layer's
      * backward (every rank at the same points, so the poll may be a collective); when it returns non-zero the
      * pass is abandoned there, rt_model_forward_backward returns NAN and sets interrupted, and the
@@ -182,8 +221,11 @@ void rt_model_free(rt_model *m);
 void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out);
 
 /* Random init, deterministic in seed and independent of rank count: N(0, 0.02), residual output projections
- * scaled by 1/sqrt(2L), norms weight 1, biases 0, padded vocab rows 0. */
+ * scaled by 1/sqrt(2L), norms weight 1, biases 0, padded vocab rows 0. Not with sharded parameters: their
+ * owner fills its shards from rt_model_init_params_host. */
 void rt_model_init_params(rt_model *m, uint64_t seed);
+/* The same initial parameters into host (table.total floats). */
+void rt_model_init_params_host(const rt_model *m, uint64_t seed, float *host);
 
 void rt_model_zero_grads(rt_model *m);
 

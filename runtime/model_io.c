@@ -120,21 +120,31 @@ static int check_shape(const rt_model_shape *s, const rt_llmc_header *h, const c
     return 0;
 }
 
-int rt_model_load_llmc(rt_model *m, const char *path, rt_error *err) {
+/* An llm.c file's weights into host (table.total floats, the table's order). */
+static int read_llmc(const rt_model *m, const char *path, float *host, rt_error *err) {
     rt_llmc_header hdr;
     if (rt_llmc_read_header(path, &hdr, err)) return -1;
     if (check_shape(&m->shape, &hdr, path, err)) return -1;
     float *file_params = malloc_check(llmc_total(&hdr) * sizeof(float));
-    if (rt_llmc_read_params(path, &hdr, file_params, err)) {
-        free(file_params);
-        return -1;
-    }
-    float *host = malloc_check(m->table.total * sizeof(float));
-    map_llmc(&m->table, &hdr, file_params, host, TO_TABLE);
-    m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
-    free(host);
+    int rc = rt_llmc_read_params(path, &hdr, file_params, err);
+    if (rc == 0) map_llmc(&m->table, &hdr, file_params, host, TO_TABLE);
     free(file_params);
-    return 0;
+    return rc;
+}
+
+/* Loads into m's full parameter buffer what read fills on the host. */
+static int load_through_host(rt_model *m, int (*read)(const rt_model *, const char *, float *, rt_error *),
+                             const char *path, rt_error *err) {
+    if (m->shard_params) rt_fatal("%s: the model's parameters are sharded; their owner loads them", path);
+    float *host = malloc_check(m->table.total * sizeof(float));
+    int rc = read(m, path, host, err);
+    if (rc == 0) m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
+    free(host);
+    return rc;
+}
+
+int rt_model_load_llmc(rt_model *m, const char *path, rt_error *err) {
+    return load_through_host(m, read_llmc, path, err);
 }
 
 /* Whether llm.c's train_gpt2.c runs this shape as the same model; the error names what (a file) has it. */
@@ -183,13 +193,11 @@ int rt_model_save(const rt_model *m, const char *path, const char *config_text, 
     return rc;
 }
 
-int rt_model_load(rt_model *m, const char *path, rt_error *err) {
-    float *host = malloc_check(m->table.total * sizeof(float));
-    int rc = rt_checkpoint_read_params(path, &m->table, host, err);
-    if (rc == 0) m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
-    free(host);
-    return rc;
+static int read_hdf5(const rt_model *m, const char *path, float *host, rt_error *err) {
+    return rt_checkpoint_read_params(path, &m->table, host, err);
 }
+
+int rt_model_load(rt_model *m, const char *path, rt_error *err) { return load_through_host(m, read_hdf5, path, err); }
 
 /* ---- telling the file kinds apart, and the config a ringtrain file stores ---- */
 
@@ -254,6 +262,12 @@ int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err) {
     int hdf5 = rt_model_file_is_hdf5(path, err);
     if (hdf5 < 0) return -1;
     return hdf5 ? rt_model_load(m, path, err) : rt_model_load_llmc(m, path, err);
+}
+
+int rt_model_read_init_file(const rt_model *m, const char *path, float *host, rt_error *err) {
+    int hdf5 = rt_model_file_is_hdf5(path, err);
+    if (hdf5 < 0) return -1;
+    return hdf5 ? read_hdf5(m, path, host, err) : read_llmc(m, path, host, err);
 }
 
 int rt_export_llmc(const char *checkpoint_path, const char *out_path, rt_config *info, rt_error *err) {

@@ -38,6 +38,8 @@ int rt_config_from_checkpoint(rt_config *cfg, const char *path, rt_error *err);
 int rt_config_from_init_file(rt_config *cfg, const char *path, rt_error *err);
 /* model.init_from: the weights only (the optimizer starts fresh), from either kind of file. */
 int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err);
+/* The same weights into host (table.total floats) instead: for sharded parameters, whose owner keeps shards. */
+int rt_model_read_init_file(const rt_model *m, const char *path, float *host, rt_error *err);
 
 /* `ringtrain export`: the /model of a checkpoint (or model.h5) as an llm.c GPT-2 file at out_path. On
  * success *info (may be NULL) gets the exported config. */

@@ -8,6 +8,7 @@
  * backward accumulates its input gradient into it, which adds the residual
  * path for free. Dropout masks are recomputed from the counter-based RNG
  * (keyed by step, layer, site, global position and channel), never stored.
+ * The MLP itself (which may run in token tiles) is model_mlp.c.
  */
 #include <string.h>
 
@@ -69,31 +70,27 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
     const rt_backend *be = m->backend;
     const rt_model_shape *s = &m->shape;
     const rt_layer_params *p = &m->layers[layer];
-    const size_t N = n_seqs * local_len, C = (size_t)s->d_model, F = (size_t)s->d_ff;
-    const size_t QKV = rt_qkv_width(s), FC = rt_fc_width(s), HD = (size_t)s->n_heads * s->head_dim;
+    const size_t N = n_seqs * local_len, C = (size_t)s->d_model;
+    const size_t QKV = rt_qkv_width(s), HD = (size_t)s->n_heads * s->head_dim;
     const rt_attn_shape shape = rt_attention_shape(s);
 
     norm_forward(m, a->norm1, a->norm1_mean, a->norm1_rstd, x, p->norm1_w, p->norm1_b, N);
     be->matmul_forward(be, a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
+    rt_model_progress(m);
     if (s->family == RT_FAMILY_LLAMA) rope(m, a->qkv, m->pos, N, 0);
-    for (size_t b = 0; b < n_seqs; b++) {
-        const float *q = a->qkv + b * local_len * QKV;
-        seqpar_attention_forward(m->seqpar, a->att + b * local_len * HD, a->lse + b * local_len * s->n_heads, q, q + HD,
-                                 q + HD + (size_t)s->n_kv_heads * s->head_dim, m->pos + b * local_len, local_len,
-                                 &shape);
-    }
+    /* every sequence in one call: one ring message per hop carries them all */
+    const seqpar_tokens tokens = {.n_seqs = n_seqs, .Tl = local_len, .pos = m->pos, .host_pos = m->host_pos};
+    const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
+    seqpar_attention_forward(m->seqpar, a->att, a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
+    rt_model_progress(m);
     be->matmul_forward(be, m->branch, a->att, p->proj_w, p->proj_b, N, (int)HD, (int)C);
+    rt_model_progress(m);
     if (dropout_on(dropout))
         be->dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
     be->add(be, a->res1, x, m->branch, N * C);
 
     norm_forward(m, a->norm2, a->norm2_mean, a->norm2_rstd, a->res1, p->norm2_w, p->norm2_b, N);
-    be->matmul_forward(be, a->fc, a->norm2, p->fc_w, p->fc_b, N, (int)C, (int)FC);
-    if (s->family == RT_FAMILY_GPT2)
-        be->gelu_forward(be, a->act, a->fc, N * F);
-    else
-        be->swiglu_forward(be, a->act, a->fc, N, (int)F);
-    be->matmul_forward(be, m->branch, a->act, p->fcproj_w, p->fcproj_b, N, (int)F, (int)C);
+    rt_mlp_forward(m, layer, a, m->branch, N);
     if (dropout_on(dropout))
         be->dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
     be->add(be, out, a->res1, m->branch, N * C);
@@ -106,23 +103,15 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
     const rt_model_shape *s = &m->shape;
     const rt_layer_params *p = &m->layers[layer];
     const rt_layer_params *g = &m->layer_grads[layer];
-    const size_t N = n_seqs * local_len, C = (size_t)s->d_model, F = (size_t)s->d_ff;
-    const size_t QKV = rt_qkv_width(s), FC = rt_fc_width(s), HD = (size_t)s->n_heads * s->head_dim;
+    const size_t N = n_seqs * local_len, C = (size_t)s->d_model;
+    const size_t QKV = rt_qkv_width(s), HD = (size_t)s->n_heads * s->head_dim;
     const rt_attn_shape shape = rt_attention_shape(s);
 
     /* MLP branch: d_resid = d(out) = d(res1) so far. */
     be->copy(be, m->d_branch, m->d_resid, N * C * sizeof(float));
     if (dropout_on(dropout))
         be->dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
-    be->memset_zero(be, m->d_act, N * F * sizeof(float));
-    be->matmul_backward(be, m->d_act, g->fcproj_w, g->fcproj_b, m->d_branch, a->act, p->fcproj_w, N, (int)F, (int)C);
-    be->memset_zero(be, m->d_fc, N * FC * sizeof(float));
-    if (s->family == RT_FAMILY_GPT2)
-        be->gelu_backward(be, m->d_fc, a->fc, m->d_act, N * F);
-    else
-        be->swiglu_backward(be, m->d_fc, m->d_act, a->fc, N, (int)F);
-    be->memset_zero(be, m->d_norm, N * C * sizeof(float));
-    be->matmul_backward(be, m->d_norm, g->fc_w, g->fc_b, m->d_fc, a->norm2, p->fc_w, N, (int)C, (int)FC);
+    rt_mlp_backward(m, layer, a, m->d_branch, m->d_norm, N);
     norm_backward(m, m->d_resid, g->norm2_w, g->norm2_b, m->d_norm, a->res1, p->norm2_w, a->norm2_mean, a->norm2_rstd,
                   N);
 
@@ -132,19 +121,17 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
         be->dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
     be->memset_zero(be, m->d_att, N * HD * sizeof(float));
     be->matmul_backward(be, m->d_att, g->proj_w, g->proj_b, m->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
+    rt_model_progress(m);
     be->memset_zero(be, m->d_qkv, N * QKV * sizeof(float));
-    for (size_t b = 0; b < n_seqs; b++) {
-        const float *q = a->qkv + b * local_len * QKV;
-        float *dq = m->d_qkv + b * local_len * QKV;
-        const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
-        seqpar_attention_backward(m->seqpar, dq, dq + k_off, dq + v_off, m->delta + b * local_len * s->n_heads,
-                                  m->d_att + b * local_len * HD, a->att + b * local_len * HD,
-                                  a->lse + b * local_len * s->n_heads, q, q + k_off, q + v_off, m->pos + b * local_len,
-                                  local_len, &shape);
-    }
+    const seqpar_tokens tokens = {.n_seqs = n_seqs, .Tl = local_len, .pos = m->pos, .host_pos = m->host_pos};
+    const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
+    seqpar_attention_backward(m->seqpar, m->d_qkv, m->d_qkv + k_off, m->d_qkv + v_off, m->delta, m->d_att, a->att,
+                              a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
+    rt_model_progress(m);
     if (s->family == RT_FAMILY_LLAMA) rope(m, m->d_qkv, m->pos, N, 1);
     be->memset_zero(be, m->d_norm, N * C * sizeof(float));
     be->matmul_backward(be, m->d_norm, g->qkv_w, g->qkv_b, m->d_qkv, a->norm1, p->qkv_w, N, (int)C, (int)QKV);
+    rt_model_progress(m);
     norm_backward(m, m->d_resid, g->norm1_w, g->norm1_b, m->d_norm, x, p->norm1_w, a->norm1_mean, a->norm1_rstd, N);
     m->counters.layer_backwards++;
 }

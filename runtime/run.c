@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../io/checkpoint.h"
 #include "ckpt_dir.h"
 #include "model_io.h"
 
@@ -386,13 +387,18 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
         goto restore_signals;
     }
     int saved = 0;
+    /* Every rank takes part in gathering the weights (ZeRO-3 holds them in shards). */
+    const rt_view_table *table = &rt_trainer_model(t)->table;
+    float *weights = malloc_check(table->total * sizeof(float));
+    rt_trainer_params(t, weights);
     if (is_root) {
         char path[RT_PATH_LEN + 32];
         snprintf(path, sizeof path, "%s/model.h5", cfg->run_dir);
         saved = rt_metrics_close(&metrics, err);
-        if (saved == 0) saved = rt_model_save(rt_trainer_model(t), path, config_text, done, err);
+        if (saved == 0) saved = rt_checkpoint_write(path, table, weights, config_text, done, err);
         if (saved == 0) printf("saved %s (step %d)\n", path, done);
     }
+    free(weights);
     rc = rt_comm_agree(world, saved, err) ? RT_TRAIN_FAILED_EVERYWHERE : 0;
 restore_signals:
     rt_trainer_stop_on(t, NULL);

@@ -114,10 +114,23 @@ static int setup_data(rt_trainer *t, int vocab_size, rt_error *err) {
     return 0;
 }
 
-/* ZeRO stage 2: the model hands over each layer's gradients as its backward ends. */
+/* ZeRO stages 2-3: the model hands over each layer's gradients as its backward ends. */
 static void stream_to_optimizer(void *ctx, const float *grads, size_t offset, size_t count) {
-    rt_optimizer_reduce_range(ctx, grads, offset, count);
+    if (grads)
+        rt_optimizer_reduce_range(ctx, grads, offset, count);
+    else
+        rt_optimizer_finish_reductions(ctx); /* the end of a backward: the model reuses its buffers next */
 }
+
+/* ZeRO stage 3: the model gathers each unit's parameters from the optimizer's shards when it needs them. */
+static void gather_from_optimizer(void *ctx, float *dst, size_t offset, size_t count) {
+    rt_optimizer_gather_params(ctx, dst, offset, count);
+}
+
+static void wait_for_optimizer(void *ctx) { rt_optimizer_wait_gathers(ctx); }
+
+/* Between the ops of a layer: the optimizer's collectives in flight move (Open MPI needs the calls). */
+static void progress_optimizer(void *ctx) { rt_optimizer_progress(ctx); }
 
 /* Between layers of a training pass: any rank asked to stop (every rank polls at the same points). */
 static int poll_stop(void *ctx) {
@@ -150,22 +163,38 @@ static int setup_model(rt_trainer *t, rt_error *err) {
                                           .offload_max_inflight = cfg->offload_max_inflight,
                                           .max_seqs = t->local_seqs,
                                           .max_local_len = t->local_len,
+                                          .mlp_tile_tokens = rt_config_mlp_tile(cfg, t->local_seqs * t->local_len),
                                           .n_alloc = n_alloc,
                                           .seqpar = &t->seqpar,
-                                          .grad_hook = cfg->zero_stage == 2 ? stream_to_optimizer : NULL,
+                                          .grad_hook = cfg->zero_stage >= 2 ? stream_to_optimizer : NULL,
                                           .grad_hook_ctx = &t->opt,
+                                          .param_gather = cfg->zero_stage == 3 ? gather_from_optimizer : NULL,
+                                          .param_wait = wait_for_optimizer,
+                                          .param_gather_ctx = &t->opt,
+                                          .progress = cfg->zero_stage >= 2 ? progress_optimizer : NULL,
+                                          .progress_ctx = &t->opt,
                                           .interrupt_poll = poll_stop,
                                           .interrupt_ctx = t},
                       err))
         return -1;
     t->model_ready = 1;
-    if (cfg->init_from[0]) {
-        if (rt_model_load_init_file(&t->model, cfg->init_from, err)) return -1;
-    } else {
+    /* Stage 3 has no full parameter buffer: the initial weights pass through the host, and the optimizer keeps
+     * this rank's shard of them (padded: the last shard's tail stays zero). */
+    const int sharded = t->model.shard_params;
+    float *initial = sharded ? calloc_check(n_alloc, sizeof(float)) : t->model.params;
+    int rc = 0;
+    if (cfg->init_from[0])
+        rc = sharded ? rt_model_read_init_file(&t->model, cfg->init_from, initial, err)
+                     : rt_model_load_init_file(&t->model, cfg->init_from, err);
+    else if (sharded)
+        rt_model_init_params_host(&t->model, cfg->seed, initial);
+    else
         rt_model_init_params(&t->model, cfg->seed);
-    }
-    return rt_optimizer_init(&t->opt, t->backend, &t->mem, &t->mesh, cfg->zero_stage, &t->model.table, t->model.params,
-                             cfg->adam_beta1, cfg->adam_beta2, cfg->adam_eps, cfg->weight_decay, err);
+    if (rc == 0)
+        rc = rt_optimizer_init(&t->opt, t->backend, &t->mem, &t->mesh, cfg->zero_stage, &t->model.table, initial,
+                               cfg->adam_beta1, cfg->adam_beta2, cfg->adam_eps, cfg->weight_decay, err);
+    if (sharded) free(initial);
+    return rc;
 }
 
 /* The backend of device.kind, on the GPU of this rank's place among the ranks of its node. */
@@ -247,6 +276,7 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     double t0 = rt_now_s();
     rt_device_memory_reset_peak(&t->mem);
     t->seqpar.comm_exposed_s = 0.0;
+    t->opt.comm_exposed_s = 0.0;
     /* Load the whole step first: the loss scale needs the step's target count over all ranks. An interrupted
      * step puts the loader back where it was. */
     const uint64_t epoch_before = t->train_loader.epoch;
@@ -301,7 +331,7 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
         .val_loss = NAN,
         .peak_device_bytes = t->mem.peak,
         .optimizer_bytes = t->opt.state_bytes,
-        .comm_exposed_s = t->seqpar.comm_exposed_s,
+        .comm_exposed_s = t->seqpar.comm_exposed_s + t->opt.comm_exposed_s,
         .offloaded_bytes = offload.offloaded_bytes,
         .prefetch_wait_s = offload.prefetch_wait_s,
         .offload_host_bytes = offload.host_pool_bytes,
@@ -316,6 +346,21 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
 }
 
 void rt_trainer_gradients(rt_trainer *t, float *dst) { rt_optimizer_gather_grads(&t->opt, t->model.grads, dst); }
+
+void rt_trainer_params(rt_trainer *t, float *dst) {
+    const rt_optimizer *opt = &t->opt;
+    if (!t->model.shard_params) {
+        t->backend->copy(t->backend, dst, t->model.params, opt->n_params * sizeof(float));
+        return;
+    }
+    /* Stage 3: the shards, gathered on the host plane (like the gradient probe). */
+    float *all = malloc_check(opt->padded * sizeof(float));
+    float *mine = all + (size_t)t->world->rank * opt->shard_size;
+    t->backend->copy(t->backend, mine, opt->master, opt->shard_size * sizeof(float));
+    t->world->ops->allgather_f32(t->world, all, mine, opt->shard_size);
+    memcpy(dst, all, opt->n_params * sizeof(float));
+    free(all);
+}
 
 void rt_trainer_probe_preclip_gradients(rt_trainer *t, float *dst) { t->preclip_probe = dst; }
 

@@ -55,6 +55,8 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err);
 /* The reduced gradient of the last step as the update used it (after clipping), all parameters, gathered from
  * the shards; collective. */
 void rt_trainer_gradients(rt_trainer *t, float *dst);
+/* Writes all Ψ parameters into dst (host); collective: at ZeRO stage 3 they are gathered from the shards. */
+void rt_trainer_params(rt_trainer *t, float *dst);
 /* For tests: from the next step on, each step also writes its reduced gradient BEFORE clipping (all Ψ
  * parameters, gathered from the shards, one extra collective) into dst; NULL stops it. */
 void rt_trainer_probe_preclip_gradients(rt_trainer *t, float *dst);

@@ -5,7 +5,7 @@
  * Memory and file are two placements of the same global tensors. The padded
  * flat buffer of Ψ parameters is split [Shard(0), Shard(0)] over the dp x sp
  * mesh (shard/dtensor.h); rank r writes, of every named tensor, the part that
- * falls in its box. That is its ZeRO shard at stages 1-2, and at stage 0
+ * falls in its box. That is its ZeRO shard at stages 1-3, and at stage 0
  * (where every rank holds everything) the same even split, so replicated
  * state is written once and by all ranks in parallel. A flat box cuts 2-D
  * tensors mid-row: the store writes such pieces as hyperslabs, so shard
@@ -14,7 +14,8 @@
  * Loading reads, of /optim/{master,m,v}, the ranges of this rank's shard
  * under the NEW layout (stage 0: everything); the parameters then come from
  * the master weights exactly as after an update (stage 0 updates them in
- * place; stages 1-2 all-gather the shards). /model is not read back on the
+ * place; stages 1-2 all-gather the shards; at stage 3 the shards are the
+ * parameters, which the model gathers layer by layer). /model is not read back on the
  * fp32 CPU backend, where it equals /optim/master: it is there for
  * weights-only readers (init_from, sample, inspect, export, h5py).
  */
@@ -127,9 +128,11 @@ int rt_trainer_save(rt_trainer *t, const char *path, rt_error *err) {
         rt_fatal("checkpoint split [%zu, +%zu) differs from the ZeRO shard [%zu, +%zu)", begin, size, opt->shard_begin,
                  opt->shard_size);
     piece_list list;
-    float *const base[N_GROUPS] = {t->model.params, opt->master, opt->m, opt->v};
-    /* /model comes from the parameters (offset 0); the state arrays start at the shard (0 at stage 0). */
-    plan_pieces(&list, &t->model.table, 1u << GROUP_MODEL, begin, begin + size, base, 0);
+    /* /model comes from the parameters (offset 0), or at stage 3 from the master shard, which is this rank's
+     * part of them; the state arrays start at the shard (0 at stage 0). */
+    const int sharded = t->model.shard_params;
+    float *const base[N_GROUPS] = {sharded ? opt->master : t->model.params, opt->master, opt->m, opt->v};
+    plan_pieces(&list, &t->model.table, 1u << GROUP_MODEL, begin, begin + size, base, sharded ? opt->shard_begin : 0);
     piece_list state;
     plan_pieces(&state, &t->model.table, ~(1u << GROUP_MODEL), begin, begin + size, base, opt->shard_begin);
     memcpy(list.pieces + list.n, state.pieces, (size_t)state.n * sizeof *state.pieces);

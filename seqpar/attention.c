@@ -5,10 +5,12 @@
 #include "seqpar.h"
 
 /*
- * Tl = local tokens (the same on every rank of the group), H = query heads,
- * Hkv = key/value heads, D = head dim, P = ranks in the group, r = this
- * rank. The local q, k, v rows are the caller's (strides in rt_attn_shape),
- * out (Tl, H*D) at out_stride, lse and delta (Tl, H) contiguous.
+ * B = sequences of the call, Tl = local tokens per sequence (the same on
+ * every rank of the group), n = B*Tl local rows, H = query heads, Hkv =
+ * key/value heads, D = head dim, W = Hkv*D, P = ranks in the group, r =
+ * this rank. The local q, k, v rows are the caller's (strides in
+ * rt_attn_shape), out (n, H*D) at out_stride, lse and delta (n, H)
+ * contiguous; sequence b is rows [b*Tl, (b+1)*Tl) of each.
  *
  * Forward: out = 0, lse = -inf, then every key/value block this rank holds
  * is merged into (out, lse) by the backend's attn_block_forward, which
@@ -16,46 +18,66 @@
  * for the result (it is fixed anyway, so runs give the same bits).
  * Backward: delta = rowsum(dout * out) once, then every held block adds
  * its share to dq, dk, dv with the final lse (attn_block_backward).
+ * Sequences never mix: the queries of sequence b only meet the keys of
+ * sequence b.
  *
  * The ring (P > 1). Rank r sends to r+1 and receives from r-1. At step
- * s = 0..P-1 it holds the K/V block of rank (r - s) mod P: its own at step
- * 0 (read straight from the caller's buffers), the others received. A
- * block travels packed, one message:
- *     [positions int64 (Tl) | K (Tl, Hkv*D) | V (Tl, Hkv*D)]
- * (GQA: only the Hkv kv heads travel), so on a held copy kv_stride is
- * Hkv*D. Before computing on the held block, a rank posts the send of that
- * block and the receive of the next one into the other buffer of
- * kv_ring[2]; it waits after the compute. Time in waits is exposed
- * communication (ctx->comm_exposed_s).
+ * s = 0..P-1 it holds the K/V of rank (r - s) mod P for every sequence of
+ * the call: its own at step 0 (read straight from the caller's buffers),
+ * the others received. They travel as one message per hop,
+ *     [K (n, W) | V (n, W)]      (row b*Tl + i: token i of sequence b)
+ * (GQA: only the Hkv kv heads travel), so on a held copy kv_stride is W.
+ * Before computing on the held block, a rank posts the send of that block
+ * and the receive of the next one into the other buffer of kv_ring[2]; it
+ * waits after the compute of every sequence on the held one. Time in waits
+ * is exposed communication (ctx->comm_exposed_s). A layer's attention thus
+ * makes P-1 hops whatever B: the per-message latency is paid once, not B
+ * times, and a bigger message overlaps a longer compute.
  *
  * Backward ring: K/V travel as in forward. dK/dV of a block collect on a
  * second ring (tag TAG_DKV), one step behind: at step s >= 1 a rank
  * computes the contribution of its queries to the held block (owner
- * r - s) into a zeroed partial, then adds the accumulator of that block
- * received from r-1 (which computed on it at step s-1; none at s = 1),
- * and sends the sum to r+1. The owner's own contribution (step 0) goes
- * straight into the caller's dk/dv, so each accumulator makes P-1 hops
- * (owner+1 -> ... -> owner+P-1 -> owner) and each rank receives P-1 of
- * them: P-2 to add to and finally its own, which it adds into dk/dv.
- * Receives are posted a step ahead, so the transfer of an accumulator
- * overlaps the compute of the next partial. Buffers dkv_ring[4]: two
- * partials (one computed while the other is sent) and two receive slots.
- * The sums run in a fixed order, so results are the same bits run to run.
+ * r - s) into a zeroed partial [dK (n, W) | dV (n, W)], then adds the
+ * accumulator of that block received from r-1 (which computed on it at
+ * step s-1; none at s = 1), and sends the sum to r+1. The owner's own
+ * contribution (step 0) goes straight into the caller's dk/dv, so each
+ * accumulator makes P-1 hops (owner+1 -> ... -> owner+P-1 -> owner) and
+ * each rank receives P-1 of them: P-2 to add to and finally its own, which
+ * it adds into dk/dv. Receives are posted a step ahead, so the transfer of
+ * an accumulator overlaps the compute of the next partial. Buffers
+ * dkv_ring[4]: two partials (one computed while the other is sent) and two
+ * receive slots.
+ *
+ * Summation order. Per sequence the kernel calls (step, key block, query
+ * run) come in the same order as in a call of that sequence alone, every
+ * add is elementwise, and delta is per row, so each sequence gets the same
+ * bits as alone (B = 1), and runs repeat bit for bit.
  *
  * Which (query, key) pairs are computed. Positions are cut into runs of
  * consecutive positions (the zigzag gives each rank two runs, one per
- * chunk); a held run is visited in blocks of at most ctx->block_size
- * keys (0 = the whole run), and a (query run, key block) pair is skipped
- * when causal and every key comes after every query (the upper halves of
- * the zigzag; a whole held block when all of it is masked). Inside a call
- * the kernel skips masked tiles too. More than MAX_RUNS runs (unordered
- * positions) are treated as one run: the skipping is then the kernel's.
+ * chunk, or one for rank P-1, whose chunks touch); a held run is visited
+ * in blocks of at most ctx->block_size keys (0 = the whole run), and a
+ * (query run, key block) pair is skipped when causal and every key comes
+ * after every query (the upper halves of the zigzag; a whole held block
+ * when all of it is masked). Inside a call the kernel skips masked tiles
+ * too. More than MAX_RUNS runs (unordered positions) are treated as one
+ * run: the skipping is then the kernel's.
  *
- * Positions are device memory; the run bookkeeping reads them in chunks
- * into the stack. Nothing here allocates during a call: the attention
- * workspace (the backend's scratch, attn_workspace_bytes for Tl queries and
- * Tl keys) and the ring buffers come from ctx->mem, reserved at setup by
- * seqpar_reserve (or on a first call that needs them).
+ * Where the runs come from: host data only, never the device. One rank:
+ * the caller's host positions. A ring: every sequence's positions are this
+ * rank's zigzag share (checked on the host each call, see seqpar.h), so
+ * the runs of any rank's block follow from that rank's spans, and a
+ * received key of position p is masked by key_positions[p] (a device copy
+ * of 0..P*Tl-1 made once, at reserve): positions never travel and no call
+ * reads device memory back. (The chunks of two ranks never interleave, so
+ * a computed (query run, received key block) pair is always entirely
+ * visible and those masks never bind; the kernels take positions anyway.) The shapes were agreed by the group once, at
+ * setup (seqpar_agree_shapes); a call only compares with them.
+ *
+ * Nothing here allocates during a call: the attention workspace (the
+ * backend's scratch, attn_workspace_bytes for Tl queries and Tl keys), the
+ * ring buffers and the key positions come from ctx->mem, reserved at setup
+ * by seqpar_reserve (or on a first call that needs them).
  */
 
 enum { TAG_KV = 7301, TAG_DKV = 7302, MAX_RUNS = 4, POS_CHUNK = 1024, LSE_FILL = 256 };
@@ -67,35 +89,54 @@ typedef struct {
     int consecutive; /* positions are min, min + 1, ..., max in row order */
 } pos_run;
 
-/* Cuts n device positions into runs of consecutive positions; one run (not consecutive) over all n when there
- * would be more than MAX_RUNS. Reads the positions POS_CHUNK at a time into the stack. */
-static int find_runs(const rt_backend *backend, pos_run runs[MAX_RUNS], const int64_t *pos, size_t n) {
-    int64_t chunk[POS_CHUNK];
-    int n_runs = 0, too_many = 0;
-    int64_t prev = 0, min = 0, max = 0;
-    for (size_t c0 = 0; c0 < n; c0 += POS_CHUNK) {
-        const size_t len = n - c0 < POS_CHUNK ? n - c0 : POS_CHUNK;
-        backend->copy(backend, chunk, pos + c0, len * sizeof(int64_t));
-        for (size_t c = 0; c < len; c++) {
-            const size_t i = c0 + c;
-            const int64_t p = chunk[c];
-            min = i == 0 || p < min ? p : min;
-            max = i == 0 || p > max ? p : max;
-            if (too_many) {
-            } else if (i > 0 && p == prev + 1) {
-                runs[n_runs - 1].len++;
-                runs[n_runs - 1].max = p;
-            } else if (n_runs == MAX_RUNS) {
-                too_many = 1;
-            } else {
-                runs[n_runs++] = (pos_run){.start = i, .len = 1, .min = p, .max = p, .consecutive = 1};
-            }
-            prev = p;
-        }
+/* The runs of one block of rows, in row order. */
+typedef struct {
+    pos_run runs[MAX_RUNS];
+    int n;
+} run_list;
+
+/* Appends rows [start, start + len) at positions min, min + 1, ...: extends the last run when it continues it.
+ * 0 when that would take more than MAX_RUNS runs. */
+static int push_run(run_list *list, size_t start, size_t len, int64_t min) {
+    pos_run *last = list->n > 0 ? &list->runs[list->n - 1] : NULL;
+    if (last && last->start + last->len == start && last->max + 1 == min) {
+        last->len += len;
+        last->max += (int64_t)len;
+        return 1;
     }
-    if (!too_many) return n_runs;
-    runs[0] = (pos_run){.start = 0, .len = n, .min = min, .max = max, .consecutive = 0};
+    if (list->n == MAX_RUNS) return 0;
+    list->runs[list->n++] =
+        (pos_run){.start = start, .len = len, .min = min, .max = min + (int64_t)len - 1, .consecutive = 1};
     return 1;
+}
+
+/* Cuts n >= 1 host positions into runs of consecutive positions; one run (not consecutive) over all n when there
+ * would be more than MAX_RUNS. */
+static run_list runs_of_positions(const int64_t *pos, size_t n) {
+    run_list list = {.n = 0};
+    int64_t min = pos[0], max = pos[0];
+    int fits = 1;
+    for (size_t i = 0; i < n; i++) {
+        min = pos[i] < min ? pos[i] : min;
+        max = pos[i] > max ? pos[i] : max;
+        fits = fits && push_run(&list, i, 1, pos[i]);
+    }
+    if (fits) return list;
+    list.runs[0] = (pos_run){.start = 0, .len = n, .min = min, .max = max, .consecutive = 0};
+    list.n = 1;
+    return list;
+}
+
+/* The runs of one sequence's rows on rank owner of P: its two zigzag chunks, cut as runs_of_positions would cut
+ * their positions (so a received block makes the same kernel calls as if its positions had been read). */
+static run_list runs_of_owner(int owner, int P, size_t Tl) {
+    rt_span spans[2];
+    rt_error err;
+    if (seqpar_zigzag_spans(owner, P, (size_t)P * Tl, spans, &err)) rt_fatal("seqpar: %s", err.msg);
+    run_list list = {.n = 0};
+    push_run(&list, 0, spans[0].len, (int64_t)spans[0].start);
+    push_run(&list, spans[0].len, spans[1].len, (int64_t)spans[1].start);
+    return list;
 }
 
 /* Rows [j0, j0 + len) of a run. Without consecutive positions their extent is taken as the run's: a pair is
@@ -109,48 +150,40 @@ static pos_run sub_run(const pos_run *run, size_t j0, size_t len) {
     return part;
 }
 
-/* The local queries of one call: device pointers and their runs. */
+/* The local queries of one sequence: device pointers and their runs. */
 typedef struct {
     const float *q;
     const int64_t *pos; /* device */
-    size_t Tq;
-    pos_run runs[MAX_RUNS];
-    int n_runs;
+    run_list runs;
 } query_set;
 
-/* One held block of keys/values: device rows at shape.kv_stride, positions on the device, and their runs. */
+/* One sequence's held block of keys/values: device rows at shape.kv_stride, and their runs. */
 typedef struct {
     const float *k, *v;
-    const int64_t *pos;
-    size_t Tk;
+    const int64_t *pos;  /* device positions of the rows; NULL: the runs are consecutive, position p is
+                          * key_positions[p] */
     rt_attn_shape shape; /* the caller's, with this block's kv_stride */
-    pos_run runs[MAX_RUNS];
-    int n_runs;
+    run_list runs;
 } held_block;
 
-static held_block held_block_make(const rt_backend *backend, const float *k, const float *v, const int64_t *pos,
-                                  size_t Tk, const rt_attn_shape *shape, size_t kv_stride) {
-    held_block b = {.k = k, .v = v, .pos = pos, .Tk = Tk, .shape = *shape};
-    b.shape.kv_stride = kv_stride;
-    b.n_runs = find_runs(backend, b.runs, pos, Tk);
-    return b;
-}
-
-/* What to do with one (query run, key block) pair: queries [i0, i0 + Tq), keys [j0, j0 + Tk) of the block. */
+/* What to do with one (query run, key block) pair: queries [i0, i0 + Tq), keys [j0, j0 + Tk) of the block at
+ * device positions k_pos. */
 typedef void (*pair_fn)(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
-                        size_t Tk);
+                        size_t Tk, const int64_t *k_pos);
 
 /* Calls fn on every (query run, key block) pair that is not fully masked, in a fixed order. */
 static void for_each_pair(const seqpar_ctx *ctx, const query_set *qs, const held_block *b, pair_fn fn, void *arg) {
-    for (int kr = 0; kr < b->n_runs; kr++) {
-        const pos_run *run = &b->runs[kr];
+    for (int kr = 0; kr < b->runs.n; kr++) {
+        const pos_run *run = &b->runs.runs[kr];
         const size_t block = ctx->block_size == 0 ? run->len : ctx->block_size;
         for (size_t j0 = run->start; j0 < run->start + run->len; j0 += block) {
             const size_t len = run->start + run->len - j0 < block ? run->start + run->len - j0 : block;
             const pos_run keys = sub_run(run, j0, len);
-            for (int qr = 0; qr < qs->n_runs; qr++) {
-                if (b->shape.causal && keys.min > qs->runs[qr].max) continue; /* every key after every query */
-                fn(ctx, arg, b, qs->runs[qr].start, qs->runs[qr].len, keys.start, keys.len);
+            const int64_t *k_pos = b->pos ? b->pos + j0 : (const int64_t *)ctx->key_positions + keys.min;
+            for (int qr = 0; qr < qs->runs.n; qr++) {
+                const pos_run *queries = &qs->runs.runs[qr];
+                if (b->shape.causal && keys.min > queries->max) continue; /* every key after every query */
+                fn(ctx, arg, b, queries->start, queries->len, keys.start, keys.len, k_pos);
             }
         }
     }
@@ -162,16 +195,16 @@ typedef struct {
 } forward_args;
 
 static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
-                         size_t Tk) {
+                         size_t Tk, const int64_t *k_pos) {
     const forward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
     ctx->backend->attn_block_forward(ctx->backend, a->out + i0 * shape->out_stride,
                                      a->lse + i0 * (size_t)shape->n_heads, a->qs->q + i0 * shape->q_stride,
-                                     b->k + j0 * shape->kv_stride, b->v + j0 * shape->kv_stride, a->qs->pos + i0,
-                                     b->pos + j0, Tq, Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
+                                     b->k + j0 * shape->kv_stride, b->v + j0 * shape->kv_stride, a->qs->pos + i0, k_pos,
+                                     Tq, Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
-/* Merges the attention of the local queries onto one held block into (out, lse). */
+/* Merges the attention of one sequence's local queries onto its held block into (out, lse). */
 static void forward_held(const seqpar_ctx *ctx, float *out, float *lse, const query_set *qs, const held_block *b) {
     forward_args a = {out, lse, qs};
     for_each_pair(ctx, qs, b, forward_pair, &a);
@@ -184,14 +217,14 @@ typedef struct {
 } backward_args;
 
 static void backward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
-                          size_t Tk) {
+                          size_t Tk, const int64_t *k_pos) {
     const backward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
     const size_t H = (size_t)shape->n_heads, row = j0 * shape->kv_stride;
     ctx->backend->attn_block_backward(ctx->backend, a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
                                       a->dout + i0 * shape->out_stride, a->qs->q + i0 * shape->q_stride, b->k + row,
-                                      b->v + row, a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, b->pos + j0, Tq,
-                                      Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
+                                      b->v + row, a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, k_pos, Tq, Tk,
+                                      shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Adds the gradients through one held block: dq of the local queries, dk/dv (rows at the block's kv_stride). */
@@ -203,15 +236,15 @@ static void backward_held(const seqpar_ctx *ctx, float *dq, float *dk, float *dv
 
 /* out = 0 (the H*D columns of every row) and lse = -inf, through the backend (device memory): LSE_FILL values
  * from the stack, then doubling copies on the device. */
-static void init_running(const rt_backend *backend, float *out, float *lse, size_t Tl, const rt_attn_shape *shape) {
+static void init_running(const rt_backend *backend, float *out, float *lse, size_t n, const rt_attn_shape *shape) {
     size_t row_floats = (size_t)shape->n_heads * (size_t)shape->head_dim;
     if (shape->out_stride == row_floats) {
-        backend->memset_zero(backend, out, Tl * row_floats * sizeof(float));
+        backend->memset_zero(backend, out, n * row_floats * sizeof(float));
     } else {
-        for (size_t i = 0; i < Tl; i++)
+        for (size_t i = 0; i < n; i++)
             backend->memset_zero(backend, out + i * shape->out_stride, row_floats * sizeof(float));
     }
-    const size_t n_lse = Tl * (size_t)shape->n_heads;
+    const size_t n_lse = n * (size_t)shape->n_heads;
     float minus_inf[LSE_FILL];
     for (size_t i = 0; i < LSE_FILL; i++)
         minus_inf[i] = -INFINITY;
@@ -224,45 +257,91 @@ static void init_running(const rt_backend *backend, float *out, float *lse, size
     }
 }
 
-static query_set query_set_make(const rt_backend *backend, const float *q, const int64_t *pos, size_t Tq) {
-    query_set qs = {.q = q, .pos = pos, .Tq = Tq};
-    qs.n_runs = find_runs(backend, qs.runs, pos, Tq);
+static int ring_size(const seqpar_ctx *ctx) { return ctx->comm == NULL ? 1 : ctx->comm->size; }
+
+/* The local queries of sequence b. Their runs: on one rank from the host positions; in a ring from this rank's
+ * spans, which check_ring_call found the positions to be. */
+static query_set query_set_of(const seqpar_ctx *ctx, const float *q, const seqpar_tokens *tokens, size_t b,
+                              const rt_attn_shape *shape) {
+    const size_t row0 = b * tokens->Tl;
+    query_set qs = {.q = q + row0 * shape->q_stride, .pos = tokens->pos + row0};
+    const int P = ring_size(ctx);
+    qs.runs =
+        P > 1 ? runs_of_owner(ctx->comm->rank, P, tokens->Tl) : runs_of_positions(tokens->host_pos + row0, tokens->Tl);
     return qs;
 }
 
-/* The local keys/values, read in place: same positions, so same runs, as the local queries. */
-static held_block held_local(const float *k, const float *v, const query_set *qs, const rt_attn_shape *shape) {
-    held_block b = {.k = k, .v = v, .pos = qs->pos, .Tk = qs->Tq, .shape = *shape, .n_runs = qs->n_runs};
-    for (int r = 0; r < qs->n_runs; r++)
-        b.runs[r] = qs->runs[r];
-    return b;
+/* Sequence b's local keys/values, read in place: same positions, so same runs, as its local queries. */
+static held_block held_local(const float *k, const float *v, const query_set *qs, size_t b, size_t Tl,
+                             const rt_attn_shape *shape) {
+    const size_t row0 = b * Tl * shape->kv_stride;
+    return (held_block){.k = k + row0, .v = v + row0, .pos = qs->pos, .shape = *shape, .runs = qs->runs};
 }
 
 /* ------------------------------------------------------------------ the ring */
 
-static int ring_size(const seqpar_ctx *ctx) { return ctx->comm == NULL ? 1 : ctx->comm->size; }
-
 static size_t kv_row_floats(const rt_attn_shape *shape) { return (size_t)shape->n_kv_heads * (size_t)shape->head_dim; }
 
-/* Bytes of one packed K/V block and of one dK/dV accumulator of Tl tokens. */
-static size_t kv_block_bytes(size_t Tl, const rt_attn_shape *shape) {
-    return Tl * sizeof(int64_t) + 2 * Tl * kv_row_floats(shape) * sizeof(float);
-}
-static size_t dkv_block_bytes(size_t Tl, const rt_attn_shape *shape) {
-    return 2 * Tl * kv_row_floats(shape) * sizeof(float);
+/* Bytes of one ring message of n rows: [K | V] and [dK | dV] alike. */
+static size_t kv_message_bytes(size_t n, const rt_attn_shape *shape) {
+    return 2 * n * kv_row_floats(shape) * sizeof(float);
 }
 
-/* Every rank of the group must call with the same Tl and kv row width: a mismatch is a programming error. */
-static void check_group_agrees(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
-    double extremes[4] = {(double)Tl, -(double)Tl, (double)kv_row_floats(shape), -(double)kv_row_floats(shape)};
-    const double t0 = rt_now_s();
-    ctx->comm->ops->allreduce_max_f64(ctx->comm, extremes, 4);
-    ctx->comm_exposed_s += rt_now_s() - t0;
-    if (extremes[0] != -extremes[1] || extremes[2] != -extremes[3])
-        rt_fatal("seqpar: the ranks of a sequence-parallel group disagree on the attention call: local tokens "
-                 "%.0f..%.0f (this rank %zu), kv row floats %.0f..%.0f; every rank must hold the same number of "
-                 "tokens of the same sequence",
-                 -extremes[1], extremes[0], Tl, -extremes[3], extremes[2]);
+int seqpar_agree_shapes(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn_shape *shape, rt_error *err) {
+    const int P = ring_size(ctx);
+    const size_t width = kv_row_floats(shape);
+    ctx->group_agreed = 0;
+    if (P > 1) {
+        /* Host values, so a host-plane communicator of the same ranks: a device plane's collectives take device
+         * buffers. */
+        rt_comm *host = ctx->comm->ops->split(ctx->comm, 0, ctx->comm->rank);
+        double extremes[6] = {(double)n_seqs, -(double)n_seqs, (double)Tl, -(double)Tl, (double)width, -(double)width};
+        host->ops->allreduce_max_f64(host, extremes, 6);
+        host->ops->destroy(host);
+        if (extremes[0] != -extremes[1] || extremes[2] != -extremes[3] || extremes[4] != -extremes[5])
+            return rt_fail(err,
+                           "seqpar: the ranks of a sequence-parallel group disagree on the attention shapes: "
+                           "sequences %.0f..%.0f (this rank %zu), local tokens %.0f..%.0f (this rank %zu), kv row "
+                           "floats %.0f..%.0f (this rank %zu); every rank must hold the same number of tokens of the "
+                           "same sequences",
+                           -extremes[1], extremes[0], n_seqs, -extremes[3], extremes[2], Tl, -extremes[5], extremes[4],
+                           width);
+        rt_span spans[2];
+        if (Tl > 0 && seqpar_zigzag_spans(ctx->comm->rank, P, (size_t)P * Tl, spans, err)) return -1;
+    }
+    ctx->group_agreed = 1;
+    ctx->group_seqs = n_seqs;
+    ctx->group_len = Tl;
+    ctx->group_kv_width = width;
+    return 0;
+}
+
+/* A ring call: the agreed shapes, and this rank's zigzag positions (what the peers' runs are derived from). */
+static void check_ring_call(const seqpar_ctx *ctx, const seqpar_tokens *tokens, const rt_attn_shape *shape) {
+    const int P = ctx->comm->size, r = ctx->comm->rank;
+    const size_t Tl = tokens->Tl;
+    if (!ctx->group_agreed)
+        rt_fatal("seqpar: ring attention over %d ranks before the group agreed on its shapes (seqpar_agree_shapes "
+                 "at setup)",
+                 P);
+    if (tokens->n_seqs != ctx->group_seqs || Tl != ctx->group_len || kv_row_floats(shape) != ctx->group_kv_width)
+        rt_fatal("seqpar: a ring attention call of %zu sequences x %zu local tokens (kv rows of %zu floats) on a "
+                 "group that agreed on %zu x %zu (%zu) at setup; every rank must call with the agreed shapes",
+                 tokens->n_seqs, Tl, kv_row_floats(shape), ctx->group_seqs, ctx->group_len, ctx->group_kv_width);
+    if (tokens->n_seqs == 0 || Tl == 0) return;
+    rt_span spans[2];
+    rt_error err;
+    if (seqpar_zigzag_spans(r, P, (size_t)P * Tl, spans, &err)) rt_fatal("seqpar: %s", err.msg);
+    for (size_t b = 0; b < tokens->n_seqs; b++)
+        for (size_t i = 0; i < Tl; i++) {
+            const size_t expected = i < spans[0].len ? spans[0].start + i : spans[1].start + (i - spans[0].len);
+            const int64_t got = tokens->host_pos[b * Tl + i];
+            if (got != (int64_t)expected)
+                rt_fatal("seqpar: ring attention over %d ranks needs every sequence's positions to be this rank's "
+                         "zigzag share of %zu tokens: sequence %zu, local token %zu is at position %lld, where rank "
+                         "%d holds position %zu",
+                         P, (size_t)P * Tl, b, i, (long long)got, r, expected);
+        }
 }
 
 /* Grows n buffers of *capacity bytes each to at least bytes (contents are not kept); -1 with err when the
@@ -283,10 +362,35 @@ static int try_ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *ca
     return 0;
 }
 
-/* As try_ensure_buffers inside a step, where a refusal can only end the job (seqpar_reserve avoids it). */
-static void ensure_buffers(seqpar_ctx *ctx, void **buffers, int n, size_t *capacity, size_t bytes, const char *what) {
-    rt_error err;
-    if (try_ensure_buffers(ctx, buffers, n, capacity, bytes, what, &err)) rt_fatal("%s", err.msg);
+/* key_positions for P*Tl keys: 0, 1, ..., filled through the backend POS_CHUNK at a time whenever the buffer is
+ * (re)allocated. */
+static int try_ensure_key_positions(seqpar_ctx *ctx, size_t n, rt_error *err) {
+    const size_t before = ctx->key_positions_bytes;
+    if (try_ensure_buffers(ctx, &ctx->key_positions, 1, &ctx->key_positions_bytes, n * sizeof(int64_t),
+                           "ring attention key positions", err))
+        return -1;
+    if (ctx->key_positions_bytes == before) return 0;
+    const size_t len = ctx->key_positions_bytes / sizeof(int64_t);
+    int64_t chunk[POS_CHUNK];
+    for (size_t c0 = 0; c0 < len; c0 += POS_CHUNK) {
+        const size_t count = len - c0 < POS_CHUNK ? len - c0 : POS_CHUNK;
+        for (size_t c = 0; c < count; c++)
+            chunk[c] = (int64_t)(c0 + c);
+        ctx->backend->copy(ctx->backend, (int64_t *)ctx->key_positions + c0, chunk, count * sizeof(int64_t));
+    }
+    return 0;
+}
+
+/* The ring's buffers for calls of n_seqs x Tl: K/V messages, (with_dkv) dK/dV messages, key positions. */
+static int try_ensure_ring(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn_shape *shape, int with_dkv,
+                           rt_error *err) {
+    const size_t bytes = kv_message_bytes(n_seqs * Tl, shape);
+    if (try_ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks", err))
+        return -1;
+    if (with_dkv &&
+        try_ensure_buffers(ctx, ctx->dkv_ring, 4, &ctx->dkv_ring_bytes, bytes, "ring attention dK/dV blocks", err))
+        return -1;
+    return try_ensure_key_positions(ctx, (size_t)ring_size(ctx) * Tl, err);
 }
 
 /* The backend's attention workspace for local sequences of up to Tl tokens (queries and every key block). */
@@ -294,24 +398,32 @@ static size_t workspace_bytes_for(const seqpar_ctx *ctx, size_t Tl, const rt_att
     return ctx->backend->attn_workspace_bytes(ctx->backend, Tl, Tl, shape);
 }
 
-static void ensure_workspace(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
-    ensure_buffers(ctx, &ctx->attn_workspace, 1, &ctx->attn_workspace_bytes, workspace_bytes_for(ctx, Tl, shape),
-                   "attention workspace");
+/* The buffers of a call, inside a step, where a refusal can only end the job (seqpar_reserve avoids it). */
+static void ensure_call_buffers(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn_shape *shape, int with_dkv) {
+    rt_error err;
+    if (try_ensure_buffers(ctx, &ctx->attn_workspace, 1, &ctx->attn_workspace_bytes,
+                           workspace_bytes_for(ctx, Tl, shape), "attention workspace", &err) ||
+        (ring_size(ctx) > 1 && try_ensure_ring(ctx, n_seqs, Tl, shape, with_dkv, &err)))
+        rt_fatal("%s", err.msg);
+}
+
+int seqpar_reserve(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn_shape *shape, rt_error *err) {
+    if (n_seqs == 0 || Tl == 0) return 0;
+    if (try_ensure_buffers(ctx, &ctx->attn_workspace, 1, &ctx->attn_workspace_bytes,
+                           workspace_bytes_for(ctx, Tl, shape), "attention workspace", err))
+        return -1;
+    if (ring_size(ctx) <= 1) return 0;
+    return try_ensure_ring(ctx, n_seqs, Tl, shape, 1, err);
 }
 
 void seqpar_ctx_free(seqpar_ctx *ctx) {
-    if (ctx->attn_workspace) rt_device_free(ctx->mem, ctx->attn_workspace);
-    ctx->attn_workspace = NULL;
-    ctx->attn_workspace_bytes = 0;
-    for (int i = 0; i < 2; i++) {
-        if (ctx->kv_ring[i]) rt_device_free(ctx->mem, ctx->kv_ring[i]);
-        ctx->kv_ring[i] = NULL;
+    void **buffers[] = {&ctx->attn_workspace, &ctx->kv_ring[0],  &ctx->kv_ring[1],  &ctx->dkv_ring[0],
+                        &ctx->dkv_ring[1],    &ctx->dkv_ring[2], &ctx->dkv_ring[3], &ctx->key_positions};
+    for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) {
+        if (*buffers[i]) rt_device_free(ctx->mem, *buffers[i]);
+        *buffers[i] = NULL;
     }
-    for (int i = 0; i < 4; i++) {
-        if (ctx->dkv_ring[i]) rt_device_free(ctx->mem, ctx->dkv_ring[i]);
-        ctx->dkv_ring[i] = NULL;
-    }
-    ctx->kv_ring_bytes = ctx->dkv_ring_bytes = 0;
+    ctx->attn_workspace_bytes = ctx->kv_ring_bytes = ctx->dkv_ring_bytes = ctx->key_positions_bytes = 0;
 }
 
 /* Copies n rows of width floats at src_stride into rows at dst_stride (device to device). */
@@ -336,25 +448,28 @@ static void add_rows(const rt_backend *backend, float *dst, size_t dst_stride, c
         backend->add(backend, dst + i * dst_stride, dst + i * dst_stride, src + i * width, width);
 }
 
-/* Views of a packed K/V block. */
-static int64_t *packed_pos(void *block) { return (int64_t *)block; }
-static float *packed_k(void *block, size_t Tl) { return (float *)((int64_t *)block + Tl); }
-static float *packed_v(void *block, size_t Tl, const rt_attn_shape *shape) {
-    return packed_k(block, Tl) + Tl * kv_row_floats(shape);
+/* Views of a ring message of n rows: [K | V] (or [dK | dV]), each (n, W). */
+static float *message_k(void *message) { return (float *)message; }
+static float *message_v(void *message, size_t n, const rt_attn_shape *shape) {
+    return (float *)message + n * kv_row_floats(shape);
 }
 
-static void pack_block(const rt_backend *backend, void *block, const float *k, const float *v, const int64_t *pos,
-                       size_t Tl, const rt_attn_shape *shape) {
+/* The local K/V of every sequence (n rows) into one message. */
+static void pack_kv(const rt_backend *backend, void *message, const float *k, const float *v, size_t n,
+                    const rt_attn_shape *shape) {
     const size_t width = kv_row_floats(shape);
-    backend->copy(backend, packed_pos(block), pos, Tl * sizeof(int64_t));
-    copy_rows(backend, packed_k(block, Tl), width, k, shape->kv_stride, Tl, width);
-    copy_rows(backend, packed_v(block, Tl, shape), width, v, shape->kv_stride, Tl, width);
+    copy_rows(backend, message_k(message), width, k, shape->kv_stride, n, width);
+    copy_rows(backend, message_v(message, n, shape), width, v, shape->kv_stride, n, width);
 }
 
-/* The held copy of a received block. */
-static held_block held_packed(const rt_backend *backend, void *block, size_t Tl, const rt_attn_shape *shape) {
-    return held_block_make(backend, packed_k(block, Tl), packed_v(block, Tl, shape), packed_pos(block), Tl, shape,
-                           kv_row_floats(shape));
+/* Sequence b of a received message (B sequences of Tl rows) from rank owner. */
+static held_block held_received(const seqpar_ctx *ctx, void *message, size_t b, const seqpar_tokens *tokens, int owner,
+                                const rt_attn_shape *shape) {
+    const size_t width = kv_row_floats(shape), n = tokens->n_seqs * tokens->Tl, row0 = b * tokens->Tl * width;
+    held_block held = {.k = message_k(message) + row0, .v = message_v(message, n, shape) + row0, .shape = *shape};
+    held.shape.kv_stride = width;
+    held.runs = runs_of_owner(owner, ring_size(ctx), tokens->Tl);
+    return held;
 }
 
 static void timed_wait(seqpar_ctx *ctx, rt_comm_request *req) {
@@ -363,7 +478,7 @@ static void timed_wait(seqpar_ctx *ctx, rt_comm_request *req) {
     ctx->comm_exposed_s += rt_now_s() - t0;
 }
 
-/* Posts the send of the held block to r+1 and the receive of the next one from r-1. */
+/* Posts the send of the held message to r+1 and the receive of the next one from r-1. */
 static void post_kv_exchange(seqpar_ctx *ctx, void *held, void *next, size_t bytes, rt_comm_request *req) {
     rt_comm *comm = ctx->comm;
     const int to = (comm->rank + 1) % comm->size, from = (comm->rank + comm->size - 1) % comm->size;
@@ -371,29 +486,33 @@ static void post_kv_exchange(seqpar_ctx *ctx, void *held, void *next, size_t byt
     comm->ops->isend(comm, held, bytes, to, TAG_KV, req);
 }
 
+/* Rank whose K/V this rank holds at step s. */
+static int owner_at(const seqpar_ctx *ctx, int s) { return (ctx->comm->rank + ctx->comm->size - s) % ctx->comm->size; }
+
 /* ------------------------------------------------------------------ forward and backward */
 
 void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
-                              const int64_t *pos, size_t Tl, const rt_attn_shape *shape) {
+                              const seqpar_tokens *tokens, const rt_attn_shape *shape) {
     const int P = ring_size(ctx);
-    if (P > 1) check_group_agrees(ctx, Tl, shape);
-    if (Tl == 0) return;
+    if (P > 1) check_ring_call(ctx, tokens, shape);
+    const size_t B = tokens->n_seqs, Tl = tokens->Tl, n = B * Tl, H = (size_t)shape->n_heads;
+    if (n == 0) return;
     const rt_backend *backend = ctx->backend;
-    init_running(backend, out, lse, Tl, shape);
-    ensure_workspace(ctx, Tl, shape);
-    const query_set qs = query_set_make(backend, q, pos, Tl);
-    const size_t bytes = kv_block_bytes(Tl, shape);
-    if (P > 1) {
-        ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks");
-        pack_block(backend, ctx->kv_ring[0], k, v, pos, Tl, shape);
-    }
+    init_running(backend, out, lse, n, shape);
+    ensure_call_buffers(ctx, B, Tl, shape, 0);
+    const size_t bytes = kv_message_bytes(n, shape);
+    if (P > 1) pack_kv(backend, ctx->kv_ring[0], k, v, n, shape);
     for (int s = 0; s < P; s++) {
         void *held = ctx->kv_ring[s % 2];
         rt_comm_request kv_req = {0};
         if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
-        /* step 0: the local keys, read in place; then the received copies */
-        const held_block b = s == 0 ? held_local(k, v, &qs, shape) : held_packed(backend, held, Tl, shape);
-        forward_held(ctx, out, lse, &qs, &b);
+        for (size_t b = 0; b < B; b++) {
+            const query_set qs = query_set_of(ctx, q, tokens, b, shape);
+            /* step 0: the local keys, read in place; then the received copies */
+            const held_block kv = s == 0 ? held_local(k, v, &qs, b, Tl, shape)
+                                         : held_received(ctx, held, b, tokens, owner_at(ctx, s), shape);
+            forward_held(ctx, out + b * Tl * shape->out_stride, lse + b * Tl * H, &qs, &kv);
+        }
         if (s + 1 < P) {
             timed_wait(ctx, &kv_req);
             ctx->kv_blocks_received++;
@@ -401,38 +520,20 @@ void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const flo
     }
 }
 
-int seqpar_reserve(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape, rt_error *err) {
-    if (Tl == 0) return 0;
-    if (try_ensure_buffers(ctx, &ctx->attn_workspace, 1, &ctx->attn_workspace_bytes,
-                           workspace_bytes_for(ctx, Tl, shape), "attention workspace", err))
-        return -1;
-    if (ring_size(ctx) <= 1) return 0;
-    if (try_ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, kv_block_bytes(Tl, shape),
-                           "ring attention K/V blocks", err))
-        return -1;
-    return try_ensure_buffers(ctx, ctx->dkv_ring, 4, &ctx->dkv_ring_bytes, dkv_block_bytes(Tl, shape),
-                              "ring attention dK/dV blocks", err);
-}
-
 void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv, float *delta, const float *dout,
                                const float *out, const float *lse, const float *q, const float *k, const float *v,
-                               const int64_t *pos, size_t Tl, const rt_attn_shape *shape) {
+                               const seqpar_tokens *tokens, const rt_attn_shape *shape) {
     const int P = ring_size(ctx);
-    if (P > 1) check_group_agrees(ctx, Tl, shape);
-    if (Tl == 0) return;
+    if (P > 1) check_ring_call(ctx, tokens, shape);
+    const size_t B = tokens->n_seqs, Tl = tokens->Tl, n = B * Tl, H = (size_t)shape->n_heads;
+    if (n == 0) return;
     const rt_backend *backend = ctx->backend;
-    backend->attn_delta(backend, delta, out, dout, Tl, shape);
-    ensure_workspace(ctx, Tl, shape);
-    const query_set qs = query_set_make(backend, q, pos, Tl);
-    const size_t bytes = kv_block_bytes(Tl, shape), dkv_bytes = dkv_block_bytes(Tl, shape);
-    const size_t width = kv_row_floats(shape);
+    backend->attn_delta(backend, delta, out, dout, n, shape);
+    ensure_call_buffers(ctx, B, Tl, shape, 1);
+    const size_t bytes = kv_message_bytes(n, shape), width = kv_row_floats(shape);
     rt_comm_request dkv_recv_req[2] = {{0}, {0}}, dkv_send_req = {0};
-    if (P > 1) {
-        ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks");
-        ensure_buffers(ctx, ctx->dkv_ring, 4, &ctx->dkv_ring_bytes, dkv_bytes, "ring attention dK/dV blocks");
-        pack_block(backend, ctx->kv_ring[0], k, v, pos, Tl, shape);
-    }
-    /* dkv_ring: two partials and two receive slots, each [dK (Tl, width) | dV (Tl, width)] */
+    if (P > 1) pack_kv(backend, ctx->kv_ring[0], k, v, n, shape);
+    /* dkv_ring: two partials and two receive slots, each [dK (n, W) | dV (n, W)] */
     float *partial[2] = {ctx->dkv_ring[0], ctx->dkv_ring[1]}, *received[2] = {ctx->dkv_ring[2], ctx->dkv_ring[3]};
     rt_comm *comm = ctx->comm;
     const int to = comm ? (comm->rank + 1) % P : 0, from = comm ? (comm->rank + P - 1) % P : 0;
@@ -441,15 +542,24 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
         rt_comm_request kv_req = {0};
         if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
         /* the accumulator r-1 sends at its step s: added at step s+1, or this rank's own after the last step */
-        if (s >= 1) comm->ops->irecv(comm, received[s % 2], dkv_bytes, from, TAG_DKV, &dkv_recv_req[s % 2]);
-        if (s == 0) {
-            /* the local keys: their gradients go straight into the caller's dk, dv */
-            const held_block b = held_local(k, v, &qs, shape);
-            backward_held(ctx, dq, dk, dv, dout, lse, delta, &qs, &b);
-        } else {
-            const held_block b = held_packed(backend, held, Tl, shape);
-            backend->memset_zero(backend, partial[s % 2], dkv_bytes);
-            backward_held(ctx, dq, partial[s % 2], partial[s % 2] + Tl * width, dout, lse, delta, &qs, &b);
+        if (s >= 1) comm->ops->irecv(comm, received[s % 2], bytes, from, TAG_DKV, &dkv_recv_req[s % 2]);
+        if (s >= 1) backend->memset_zero(backend, partial[s % 2], bytes);
+        for (size_t b = 0; b < B; b++) {
+            const size_t row0 = b * Tl;
+            const query_set qs = query_set_of(ctx, q, tokens, b, shape);
+            float *dq_seq = dq + row0 * shape->q_stride;
+            const float *dout_seq = dout + row0 * shape->out_stride, *lse_seq = lse + row0 * H;
+            const float *delta_seq = delta + row0 * H;
+            if (s == 0) {
+                /* the local keys: their gradients go straight into the caller's dk, dv */
+                const held_block kv = held_local(k, v, &qs, b, Tl, shape);
+                const size_t kv_row0 = row0 * shape->kv_stride;
+                backward_held(ctx, dq_seq, dk + kv_row0, dv + kv_row0, dout_seq, lse_seq, delta_seq, &qs, &kv);
+            } else {
+                const held_block kv = held_received(ctx, held, b, tokens, owner_at(ctx, s), shape);
+                float *dk_seq = partial[s % 2] + row0 * width, *dv_seq = partial[s % 2] + (n + row0) * width;
+                backward_held(ctx, dq_seq, dk_seq, dv_seq, dout_seq, lse_seq, delta_seq, &qs, &kv);
+            }
         }
         if (s + 1 < P) {
             timed_wait(ctx, &kv_req);
@@ -460,16 +570,16 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
             timed_wait(ctx, &dkv_recv_req[(s - 1) % 2]);
             timed_wait(ctx, &dkv_send_req);
             ctx->dkv_blocks_received++;
-            backend->add(backend, partial[s % 2], partial[s % 2], received[(s - 1) % 2], 2 * Tl * width);
+            backend->add(backend, partial[s % 2], partial[s % 2], received[(s - 1) % 2], 2 * n * width);
         }
-        if (s >= 1) comm->ops->isend(comm, partial[s % 2], dkv_bytes, to, TAG_DKV, &dkv_send_req);
+        if (s >= 1) comm->ops->isend(comm, partial[s % 2], bytes, to, TAG_DKV, &dkv_send_req);
     }
     if (P > 1) {
-        /* this rank's own accumulator, back after P-1 hops */
+        /* this rank's own accumulators, back after P-1 hops */
         timed_wait(ctx, &dkv_recv_req[(P - 1) % 2]);
         timed_wait(ctx, &dkv_send_req);
         ctx->dkv_blocks_received++;
-        add_rows(backend, dk, shape->kv_stride, received[(P - 1) % 2], Tl, width);
-        add_rows(backend, dv, shape->kv_stride, received[(P - 1) % 2] + Tl * width, Tl, width);
+        add_rows(backend, dk, shape->kv_stride, received[(P - 1) % 2], n, width);
+        add_rows(backend, dv, shape->kv_stride, received[(P - 1) % 2] + n * width, n, width);
     }
 }

@@ -31,49 +31,87 @@ typedef struct {
     rt_device_memory *mem; /* where the workspace and ring buffers are allocated (accounted) */
     rt_comm *comm;
     size_t block_size;
-    /* stats, accumulated until the caller resets them */
+    /* stats, accumulated until the caller resets them: ring messages received, each carrying the blocks of every
+     * sequence of its call (P-1 K/V per forward; P-1 K/V and P-1 dK/dV per backward) */
     size_t kv_blocks_received;
     size_t dkv_blocks_received;
     double comm_exposed_s;
+    /* The shapes every ring call has, agreed by the group at setup (seqpar_agree_shapes). */
+    int group_agreed;
+    size_t group_seqs, group_len, group_kv_width;
     /* Buffers, allocated from mem (accounted) by seqpar_reserve at setup, or on first use and grown when a call
      * needs more; reused across calls; seqpar_ctx_free (or destroying mem) releases them.
      * The attention workspace (every group size): the backend's scratch for attn_block_forward/backward,
-     * attn_workspace_bytes(Tl, Tl, shape) for local sequences of up to Tl tokens. Ring buffers: groups of
-     * more than one rank. */
+     * attn_workspace_bytes(Tl, Tl, shape) for local sequences of up to Tl tokens. Ring buffers and key
+     * positions: groups of more than one rank. B = sequences of a call. */
     size_t attn_workspace_bytes; /* bytes of attn_workspace */
     void *attn_workspace;
     size_t kv_ring_bytes;  /* bytes of each kv_ring buffer */
     size_t dkv_ring_bytes; /* bytes of each dkv_ring buffer */
-    void *kv_ring[2];  /* packed K/V blocks [positions int64 (Tl) | K (Tl, Hkv*D) | V (Tl, Hkv*D)], double-buffered */
-    void *dkv_ring[4]; /* fp32 [dK | dV] (Tl, 2*Hkv*D): two partials being computed/sent, two being received */
+    void *kv_ring[2];      /* fp32 [K (B*Tl, Hkv*D) | V (B*Tl, Hkv*D)]: one message per hop, double-buffered */
+    void *dkv_ring[4];     /* fp32 [dK | dV] (B*Tl, Hkv*D) each: two partials being computed/sent, two being received */
+    size_t key_positions_bytes;
+    void *key_positions; /* int64 (P*Tl) 0, 1, ..., P*Tl - 1: what the kernels mask received keys by */
 } seqpar_ctx;
 
-/* Allocates the attention workspace and (groups of more than one rank) the ring buffers for local sequences
- * of up to Tl tokens now, so that training allocates no memory after setup: a run that starts fits. The
- * workspace is sized for the thread count of now (see attn_workspace_bytes in backend.h): set it before.
- * -1 with err when the memory limit refuses. */
-int seqpar_reserve(seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape, rt_error *err);
+/*
+ * The tokens of one call: n_seqs sequences of Tl local tokens; row
+ * b*Tl + i of q, k, v, out, lse, dq, dk, dv, delta (each at its stride of
+ * rt_attn_shape; lse and delta (., H) contiguous) and of the positions is
+ * local token i of sequence b.
+ */
+typedef struct {
+    size_t n_seqs, Tl;
+    const int64_t *pos;      /* (n_seqs*Tl) device: the kernels mask by these */
+    const int64_t *host_pos; /* (n_seqs*Tl) host, the same values: which (query, key block) pairs to compute */
+} seqpar_tokens;
+
+/*
+ * Contract of a group of more than one rank (comm->size > 1):
+ *  - at setup every rank calls seqpar_agree_shapes (collective), with the
+ *    n_seqs and Tl of its calls;
+ *  - every call then has exactly those n_seqs and Tl and that kv row width
+ *    (checked on each rank, rt_fatal otherwise), and every rank makes the
+ *    same calls in the same order: nothing is exchanged per call that could
+ *    catch a rank calling with other shapes;
+ *  - every sequence's positions are this rank's zigzag share of a sequence
+ *    of P*Tl tokens (seqpar_zigzag_spans order; checked on the host,
+ *    rt_fatal otherwise): what the other ranks hold is known from their
+ *    spans, so no positions travel.
+ * A group of one rank takes any shapes and any positions (unordered too).
+ */
+
+/* Collective over ctx->comm (a no-op without a group of more than one rank): the group agrees that its calls
+ * carry n_seqs sequences of Tl local tokens with the kv row width of shape, which the calls then check
+ * locally. -1 with err on every rank when the ranks differ, or Tl is no zigzag share (2 chunks) of P*Tl. */
+int seqpar_agree_shapes(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn_shape *shape, rt_error *err);
+
+/* Allocates the attention workspace and (groups of more than one rank) the ring buffers and key positions for
+ * calls of up to n_seqs sequences of Tl local tokens now, so that training allocates no memory after setup: a
+ * run that starts fits. Not collective. The workspace is sized for the thread count of now (see
+ * attn_workspace_bytes in backend.h): set it before. -1 with err when the memory limit refuses. */
+int seqpar_reserve(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn_shape *shape, rt_error *err);
 
 /* Frees the workspace and ring buffers (call before destroying ctx->mem); the context stays usable and
  * allocates again. */
 void seqpar_ctx_free(seqpar_ctx *ctx);
 
 /*
- * Forward of exact (causal) attention for one sequence: the local tokens'
- * q (Tl rows), k, v and positions pos (Tl) -> out (Tl, H*D) and lse (Tl, H),
- * over the keys of the whole sequence (all ranks of the group).
+ * Forward of exact (causal) attention for every sequence of tokens at
+ * once: the local q, k, v -> out (., H*D) and lse (., H), over the keys of
+ * the whole sequence (all ranks of the group). One message per ring hop.
  */
 void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const float *q, const float *k, const float *v,
-                              const int64_t *pos, size_t Tl, const rt_attn_shape *shape);
+                              const seqpar_tokens *tokens, const rt_attn_shape *shape);
 
 /*
  * Backward: given dout, and the out and lse of the forward, accumulates
  * dq (+=) for local queries and dk, dv (+=) for the local keys/values,
  * the latter including the contributions of other ranks' queries.
- * delta (Tl, H) is scratch the caller provides.
+ * delta (., H) is scratch the caller provides.
  */
 void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv, float *delta, const float *dout,
                                const float *out, const float *lse, const float *q, const float *k, const float *v,
-                               const int64_t *pos, size_t Tl, const rt_attn_shape *shape);
+                               const seqpar_tokens *tokens, const rt_attn_shape *shape);
 
 #endif

@@ -253,27 +253,31 @@ typedef struct {
     double *out, *lse, *dq, *dk, *dv;
 } reference;
 
-static reference reference_make(const attn_problem *p) {
+/* Of rows [row0, row0 + T) alone, as one sequence. */
+static reference reference_of_rows(const attn_problem *p, size_t row0, size_t T) {
     const attn_case *c = &p->c;
     ref_shape r = {c->H, c->Hkv, c->D, c->causal};
-    double *q = pack_double(p->q, c->T, p->row_q, p->shape.q_stride);
-    double *k = pack_double(p->k, c->T, p->row_kv, p->shape.kv_stride);
-    double *v = pack_double(p->v, c->T, p->row_kv, p->shape.kv_stride);
-    double *dout = pack_double(p->dout, c->T, p->row_q, p->shape.out_stride);
+    const int64_t *pos = p->pos + row0;
+    double *q = pack_double(p->q + row0 * p->shape.q_stride, T, p->row_q, p->shape.q_stride);
+    double *k = pack_double(p->k + row0 * p->shape.kv_stride, T, p->row_kv, p->shape.kv_stride);
+    double *v = pack_double(p->v + row0 * p->shape.kv_stride, T, p->row_kv, p->shape.kv_stride);
+    double *dout = pack_double(p->dout + row0 * p->shape.out_stride, T, p->row_q, p->shape.out_stride);
     reference ref;
-    ref.out = malloc(c->T * p->row_q * sizeof(double));
-    ref.lse = malloc(c->T * c->H * sizeof(double));
-    ref.dq = malloc(c->T * p->row_q * sizeof(double));
-    ref.dk = malloc(c->T * p->row_kv * sizeof(double));
-    ref.dv = malloc(c->T * p->row_kv * sizeof(double));
-    ref_forward(ref.out, ref.lse, &r, q, k, v, p->pos, p->pos, c->T, c->T);
-    ref_backward(ref.dq, ref.dk, ref.dv, &r, dout, q, k, v, p->pos, p->pos, c->T, c->T);
+    ref.out = malloc(T * p->row_q * sizeof(double));
+    ref.lse = malloc(T * c->H * sizeof(double));
+    ref.dq = malloc(T * p->row_q * sizeof(double));
+    ref.dk = malloc(T * p->row_kv * sizeof(double));
+    ref.dv = malloc(T * p->row_kv * sizeof(double));
+    ref_forward(ref.out, ref.lse, &r, q, k, v, pos, pos, T, T);
+    ref_backward(ref.dq, ref.dk, ref.dv, &r, dout, q, k, v, pos, pos, T, T);
     free(q);
     free(k);
     free(v);
     free(dout);
     return ref;
 }
+
+static reference reference_make(const attn_problem *p) { return reference_of_rows(p, 0, p->c.T); }
 
 static void reference_free(reference *ref) {
     free(ref->out);
@@ -341,7 +345,12 @@ static void workspace_free(test_workspace *ws) {
 /* The attention kernels are the CPU table's; memory ops are plain host ones (what the CPU backend does), so
  * these tests depend on nothing else of the backend. */
 static void host_memset_zero(const rt_backend *be, void *dst, size_t bytes) { (void)be, memset(dst, 0, bytes); }
+/* Copies that read [watched_lo, watched_hi) (a call's device positions, which only the kernels may read). */
+static uintptr_t watched_lo, watched_hi;
+static size_t watched_reads;
 static void host_copy(const rt_backend *be, void *dst, const void *src, size_t bytes) {
+    const uintptr_t from = (uintptr_t)src;
+    if (from < watched_hi && from + bytes > watched_lo) watched_reads++;
     (void)be, memcpy(dst, src, bytes);
 }
 
@@ -365,20 +374,27 @@ static seqpar_ctx ctx_make(const attn_problem *p, size_t block_size) {
     ctx.comm = NULL;
     ctx.block_size = block_size;
     rt_error err;
-    CU_ASSERT_FATAL(seqpar_reserve(&ctx, p->c.T, &p->shape, &err) == 0);
+    CU_ASSERT_FATAL(seqpar_reserve(&ctx, 1, p->c.T, &p->shape, &err) == 0);
     return ctx;
+}
+
+/* The problem as one sequence of T tokens; host memory is the CPU's device memory, so one array serves both. */
+static seqpar_tokens whole_sequence(const attn_problem *p, size_t T) {
+    return (seqpar_tokens){.n_seqs = 1, .Tl = T, .pos = p->pos, .host_pos = p->pos};
 }
 
 static void run_forward(attn_problem *p, size_t block_size) {
     seqpar_ctx ctx = ctx_make(p, block_size);
-    seqpar_attention_forward(&ctx, p->out, p->lse, p->q, p->k, p->v, p->pos, p->c.T, &p->shape);
+    const seqpar_tokens tokens = whole_sequence(p, p->c.T);
+    seqpar_attention_forward(&ctx, p->out, p->lse, p->q, p->k, p->v, &tokens, &p->shape);
     seqpar_ctx_free(&ctx);
 }
 
 static void run_backward(attn_problem *p, size_t block_size) {
     seqpar_ctx ctx = ctx_make(p, block_size);
-    seqpar_attention_backward(&ctx, p->dq, p->dk, p->dv, p->delta, p->dout, p->out, p->lse, p->q, p->k, p->v, p->pos,
-                              p->c.T, &p->shape);
+    const seqpar_tokens tokens = whole_sequence(p, p->c.T);
+    seqpar_attention_backward(&ctx, p->dq, p->dk, p->dv, p->delta, p->dout, p->out, p->lse, p->q, p->k, p->v, &tokens,
+                              &p->shape);
     seqpar_ctx_free(&ctx);
 }
 
@@ -678,6 +694,89 @@ static void test_no_visible_key(void) {
     problem_free(&p);
 }
 
+/* ------------------------------------------------------------------ several sequences in one seqpar call */
+
+/* B = 3 sequences of 150 tokens in one local call, each with positions of its own: in order, shuffled (more runs
+ * than the bookkeeping tracks), and two runs out of order (the later half first). Every sequence against the
+ * reference of that sequence alone; the run bookkeeping reads the host positions (a separate array), never the
+ * device ones; and one call of all three gives the same bits as three calls of one. */
+static void test_seqpar_sequences_in_one_call(void) {
+    const size_t B = 3, T = 150;
+    attn_problem p = problem_make((attn_case){B * T, 4, 2, 16, 1, 1}, 1300);
+    uint64_t state = 777;
+    for (size_t i = 0; i < T; i++)
+        p.pos[i] = (int64_t)i, p.pos[T + i] = (int64_t)i, p.pos[2 * T + i] = (int64_t)((i + T / 2) % T);
+    for (size_t i = T - 1; i > 0; i--) {
+        const size_t j = (size_t)(test_rand_u64(&state) % (i + 1));
+        const int64_t t = p.pos[T + i];
+        p.pos[T + i] = p.pos[T + j], p.pos[T + j] = t;
+    }
+    int64_t *host_pos = malloc(B * T * sizeof(int64_t));
+    memcpy(host_pos, p.pos, B * T * sizeof(int64_t));
+    const seqpar_tokens tokens = {.n_seqs = B, .Tl = T, .pos = p.pos, .host_pos = host_pos};
+    const size_t total = B * T * (p.row_q + 2 * p.row_kv), n_out = B * T * p.shape.out_stride;
+    float *out_each = malloc(n_out * sizeof(float)), *lse_each = malloc(B * T * p.c.H * sizeof(float));
+    float *dqkv_each = malloc(total * sizeof(float));
+    static const size_t sizes[] = {0, 7, 64};
+    for (int bi = 0; bi < 3; bi++) {
+        seqpar_ctx ctx = ctx_make(&p, sizes[bi]);
+        memset(p.dqkv, 0, total * sizeof(float));
+        watched_lo = (uintptr_t)p.pos, watched_hi = watched_lo + B * T * sizeof(int64_t), watched_reads = 0;
+        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, &tokens, &p.shape);
+        seqpar_attention_backward(&ctx, p.dq, p.dk, p.dv, p.delta, p.dout, p.out, p.lse, p.q, p.k, p.v, &tokens,
+                                  &p.shape);
+        CU_ASSERT_EQUAL(watched_reads, 0);
+        watched_lo = watched_hi = 0;
+        for (size_t b = 0; b < B; b++) {
+            char label[160];
+            reference ref = reference_of_rows(&p, b * T, T);
+            const size_t r0 = b * T, H = (size_t)p.c.H;
+            snprintf(label, sizeof label, "sequence %zu of 3, block=%zu out", b, sizes[bi]);
+            check_rows(p.out + r0 * p.shape.out_stride, p.shape.out_stride, ref.out, T, p.row_q, OUT_FLOOR, OUT_TOL,
+                       label);
+            snprintf(label, sizeof label, "sequence %zu of 3, block=%zu lse", b, sizes[bi]);
+            check_rows(p.lse + r0 * H, H, ref.lse, T, H, LSE_FLOOR, LSE_TOL, label);
+            const double floor_dq = 1e-2 * max_abs(ref.dq, T * p.row_q),
+                         floor_dk = 1e-2 * max_abs(ref.dk, T * p.row_kv);
+            const double floor_dv = 1e-2 * max_abs(ref.dv, T * p.row_kv);
+            snprintf(label, sizeof label, "sequence %zu of 3, block=%zu dq", b, sizes[bi]);
+            check_rows(p.dq + r0 * p.shape.q_stride, p.shape.q_stride, ref.dq, T, p.row_q, floor_dq, GRAD_TOL, label);
+            snprintf(label, sizeof label, "sequence %zu of 3, block=%zu dk", b, sizes[bi]);
+            check_rows(p.dk + r0 * p.shape.kv_stride, p.shape.kv_stride, ref.dk, T, p.row_kv, floor_dk, GRAD_TOL,
+                       label);
+            snprintf(label, sizeof label, "sequence %zu of 3, block=%zu dv", b, sizes[bi]);
+            check_rows(p.dv + r0 * p.shape.kv_stride, p.shape.kv_stride, ref.dv, T, p.row_kv, floor_dv, GRAD_TOL,
+                       label);
+            reference_free(&ref);
+        }
+        /* one sequence per call, into copies of the buffers */
+        memcpy(out_each, p.out, n_out * sizeof(float));
+        memset(dqkv_each, 0, total * sizeof(float));
+        const size_t q_shift = (size_t)(p.q - p.qkv), k_shift = (size_t)(p.k - p.qkv), v_shift = (size_t)(p.v - p.qkv);
+        for (size_t b = 0; b < B; b++) {
+            const size_t r0 = b * T, H = (size_t)p.c.H;
+            const seqpar_tokens one = {.n_seqs = 1, .Tl = T, .pos = p.pos + r0, .host_pos = host_pos + r0};
+            float *out = out_each + r0 * p.shape.out_stride, *lse = lse_each + r0 * H;
+            const float *q = p.q + r0 * p.shape.q_stride, *k = p.k + r0 * p.shape.kv_stride;
+            const float *v = p.v + r0 * p.shape.kv_stride;
+            float *dq = dqkv_each + q_shift + r0 * p.shape.q_stride, *dk = dqkv_each + k_shift + r0 * p.shape.kv_stride;
+            float *dv = dqkv_each + v_shift + r0 * p.shape.kv_stride;
+            seqpar_attention_forward(&ctx, out, lse, q, k, v, &one, &p.shape);
+            seqpar_attention_backward(&ctx, dq, dk, dv, p.delta + r0 * H, p.dout + r0 * p.shape.out_stride, out, lse, q,
+                                      k, v, &one, &p.shape);
+        }
+        CU_ASSERT(memcmp(out_each, p.out, n_out * sizeof(float)) == 0);
+        CU_ASSERT(memcmp(lse_each, p.lse, B * T * p.c.H * sizeof(float)) == 0);
+        CU_ASSERT(memcmp(dqkv_each, p.dqkv, total * sizeof(float)) == 0);
+        seqpar_ctx_free(&ctx);
+    }
+    free(out_each);
+    free(lse_each);
+    free(dqkv_each);
+    free(host_pos);
+    problem_free(&p);
+}
+
 /* ------------------------------------------------------------------ merge order, accumulation, determinism */
 
 static void test_block_order_independent(void) {
@@ -879,28 +978,29 @@ static void test_seqpar_reserve_counts_workspace(void) {
         rt_device_memory_init(&mem, test_backend(), 0);
         seqpar_ctx ctx = {.backend = test_backend(), .mem = &mem, .block_size = 64};
         rt_error err;
-        CU_ASSERT_FATAL(seqpar_reserve(&ctx, p.c.T, &p.shape, &err) == 0);
+        CU_ASSERT_FATAL(seqpar_reserve(&ctx, 1, p.c.T, &p.shape, &err) == 0);
         const size_t expected = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), p.c.T, p.c.T, &p.shape);
         CU_ASSERT_EQUAL(ctx.attn_workspace_bytes, expected);
         CU_ASSERT_EQUAL(mem.in_use, expected);
         CU_ASSERT_EQUAL(mem.n_live, 1);
         rt_device_memory_reset_peak(&mem);
-        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T, &p.shape);
-        seqpar_attention_backward(&ctx, p.dq, p.dk, p.dv, p.delta, p.dout, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T,
+        const seqpar_tokens tokens = whole_sequence(&p, p.c.T), shorter = whole_sequence(&p, 200);
+        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, &tokens, &p.shape);
+        seqpar_attention_backward(&ctx, p.dq, p.dk, p.dv, p.delta, p.dout, p.out, p.lse, p.q, p.k, p.v, &tokens,
                                   &p.shape);
-        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, p.pos, 200, &p.shape); /* a shorter call */
+        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, &shorter, &p.shape); /* a shorter call */
         CU_ASSERT_EQUAL(mem.n_live, 1);
         CU_ASSERT_EQUAL(mem.peak, expected);
         /* at the tightest limit that lets the workspace be reserved; one byte less is refused, naming it */
         seqpar_ctx_free(&ctx);
         CU_ASSERT_EQUAL(mem.in_use, 0);
         mem.limit = expected - 1;
-        CU_ASSERT(seqpar_reserve(&ctx, p.c.T, &p.shape, &err) != 0);
+        CU_ASSERT(seqpar_reserve(&ctx, 1, p.c.T, &p.shape, &err) != 0);
         CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "attention workspace"));
         mem.limit = expected;
-        CU_ASSERT_FATAL(seqpar_reserve(&ctx, p.c.T, &p.shape, &err) == 0);
-        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T, &p.shape);
-        seqpar_attention_backward(&ctx, p.dq, p.dk, p.dv, p.delta, p.dout, p.out, p.lse, p.q, p.k, p.v, p.pos, p.c.T,
+        CU_ASSERT_FATAL(seqpar_reserve(&ctx, 1, p.c.T, &p.shape, &err) == 0);
+        seqpar_attention_forward(&ctx, p.out, p.lse, p.q, p.k, p.v, &tokens, &p.shape);
+        seqpar_attention_backward(&ctx, p.dq, p.dk, p.dv, p.delta, p.dout, p.out, p.lse, p.q, p.k, p.v, &tokens,
                                   &p.shape);
         CU_ASSERT_EQUAL(mem.peak, expected);
         seqpar_ctx_free(&ctx);
@@ -919,6 +1019,7 @@ int main(void) {
         {"zigzag queries over all keys", test_zigzag_queries},
         {"shuffled positions", test_shuffled_positions},
         {"query with no visible key is untouched", test_no_visible_key},
+        {"seqpar: sequences with their own positions in one call", test_seqpar_sequences_in_one_call},
         {"block order does not matter", test_block_order_independent},
         {"backward accumulates", test_backward_accumulates},
         {"deterministic run to run", test_deterministic},

@@ -274,6 +274,58 @@ static void test_allgather_v(void) {
     assert_no_failures_anywhere(failures);
 }
 
+/* The staged plane's nonblocking pair, both in flight, progressed and waited in the other order than posted,
+ * against the host plane's blocking ops on the same inputs. */
+static void test_nonblocking(void) {
+    const int P = world->size;
+    size_t *cnt = malloc_check((size_t)P * sizeof *cnt);
+    int failures = 0;
+    for (size_t s = 0; s < N_SEGMENTS; s++) {
+        rt_comm_mpi_set_segment_elems(segments[s]);
+        for (int pattern = 0; pattern < 4; pattern++)
+            for (int k = 0; k < 4; k++) {
+                v_counts(pattern, k, cnt);
+                size_t total = 0;
+                for (int q = 0; q < P; q++)
+                    total += cnt[q];
+                const size_t mine = cnt[world->rank];
+                const uint64_t seed = 800 + (uint64_t)(pattern * 4 + k);
+                float *rs_send = dev_floats(total), *rs_copy = dev_floats(total);
+                float *rs_host = dev_floats(mine), *rs_staged = dev_floats(mine);
+                float *ag_send = dev_floats(mine), *ag_host = dev_floats(total), *ag_staged = dev_floats(total);
+                fill(rs_send, total, seed, world->rank);
+                memcpy(rs_copy, rs_send, (total + GUARD) * sizeof(float));
+                fill(ag_send, mine, seed + 1, world->rank);
+                fill(rs_host, mine, seed + 2, world->rank); /* stale contents: must be overwritten */
+                memcpy(rs_staged, rs_host, (mine + GUARD) * sizeof(float));
+                fill(ag_host, total, seed + 3, world->rank);
+                memcpy(ag_staged, ag_host, (total + GUARD) * sizeof(float));
+                world->ops->reduce_scatter_sum_f32_v(world, rs_host, rs_send, cnt);
+                world->ops->allgather_f32_v(world, ag_host, ag_send, cnt);
+                rt_comm_request rs = {0}, ag = {0};
+                staged->ops->ireduce_scatter_sum_f32_v(staged, rs_staged, rs_send, cnt, &rs);
+                staged->ops->iallgather_f32_v(staged, ag_staged, ag_send, cnt, &ag);
+                staged->ops->progress(staged, &rs);
+                staged->ops->progress(staged, &ag);
+                staged->ops->wait(staged, &ag);
+                staged->ops->wait(staged, &rs);
+                failures += rs.n != 0 || ag.n != 0;
+                failures += differs("ireduce_scatter_v", segments[s], total, rs_staged, rs_host,
+                                    (mine + GUARD) * sizeof(float));
+                failures += differs("ireduce_scatter_v left send alone", segments[s], total, rs_send, rs_copy,
+                                    (total + GUARD) * sizeof(float));
+                failures +=
+                    differs("iallgather_v", segments[s], total, ag_staged, ag_host, (total + GUARD) * sizeof(float));
+                be->device_free(be, rs_send), be->device_free(be, rs_copy), be->device_free(be, rs_host);
+                be->device_free(be, rs_staged), be->device_free(be, ag_send), be->device_free(be, ag_host);
+                be->device_free(be, ag_staged);
+            }
+    }
+    rt_comm_mpi_set_segment_elems(0);
+    free(cnt);
+    assert_no_failures_anywhere(failures);
+}
+
 static void test_broadcast(void) {
     static const size_t sizes[] = {0, 1, 5, 17, 100, 1000};
     int failures = 0;
@@ -569,6 +621,7 @@ int main(int argc, char **argv) {
         {"reduce_scatter (block), in and out of place: staged = host", test_reduce_scatter_block},
         {"reduce_scatter_v, uneven counts with zeros: staged = host", test_reduce_scatter_v},
         {"allgather_v, uneven counts with zeros: staged = host", test_allgather_v},
+        {"ireduce_scatter_v + iallgather_v in flight together: staged = host", test_nonblocking},
         {"allgather, in and out of place: staged = host", test_allgather},
         {"broadcast from first and last rank: staged = host", test_broadcast},
         {"isend/irecv ring, two tags: staged = host", test_isend_irecv},

@@ -115,6 +115,7 @@ static void test_defaults(void) {
     CU_ASSERT_EQUAL(cfg.dp, 1);
     CU_ASSERT_EQUAL(cfg.zero_stage, 0);
     CU_ASSERT_EQUAL(cfg.activation_mode, RT_ACT_KEEP);
+    CU_ASSERT_EQUAL(cfg.mlp_tile_mib, 0);
     CU_ASSERT_EQUAL(cfg.offload_max_inflight, 1);
     CU_ASSERT_EQUAL(cfg.device_kind, RT_DEVICE_CPU);
     CU_ASSERT_EQUAL(cfg.memory_limit, 0);
@@ -441,9 +442,9 @@ static void test_error_values(void) {
     /* out of range, from --set */
     msg = set_fails("train.steps=-3");
     ASSERT_HAS(msg, "--set train.steps = '-3': must be >= 1");
-    msg = set_fails("zero.stage=3");
-    ASSERT_HAS(msg, "zero.stage = '3'");
-    ASSERT_HAS(msg, "must be in [0, 2]");
+    msg = set_fails("zero.stage=4");
+    ASSERT_HAS(msg, "zero.stage = '4'");
+    ASSERT_HAS(msg, "must be in [0, 3]");
     msg = load_fails("[model]\ndropout = 1\n", NULL, 0);
     ASSERT_HAS(msg, "[model] dropout = '1': must be in [0, 1)");
     msg = set_fails("model.norm_eps=0");
@@ -721,6 +722,58 @@ static void test_config_fifo_refused(void) {
     unlink(path);
 }
 
+/* activations.mlp_tile_mib: parsed from a file and --set, written and read back, a negative refused naming the
+ * key and the range, and turned into tokens per tile: floor(MiB / ((2*FC + 2*F) * 4 bytes)), at least 1, 0
+ * (untiled) when that covers every local token. */
+static void test_mlp_tile(void) {
+    rt_config cfg;
+    rt_config_defaults(&cfg);
+    rt_error err = {{0}};
+    const char *path = write_ini("tile.ini", "[activations]\nmode = recompute\nmlp_tile_mib = 3\n");
+    CU_ASSERT_EQUAL_FATAL(rt_config_load(&cfg, path, NULL, 0, &err), 0);
+    CU_ASSERT_EQUAL(cfg.mlp_tile_mib, 3);
+    CU_ASSERT(rt_config_is_explicit(&cfg, "activations", "mlp_tile_mib"));
+    const char *overrides[] = {"activations.mlp_tile_mib=64"};
+    CU_ASSERT_EQUAL_FATAL(rt_config_load(&cfg, NULL, overrides, 1, &err), 0);
+    CU_ASSERT_EQUAL(cfg.mlp_tile_mib, 64);
+    char *text = rt_config_to_text(&cfg);
+    ASSERT_HAS(text, "[activations]\nmode = recompute\nmlp_tile_mib = 64\n");
+    rt_config loaded;
+    rt_config_defaults(&loaded);
+    CU_ASSERT_EQUAL(rt_config_load_text(&loaded, text, "stored", &err), 0);
+    CU_ASSERT_EQUAL(loaded.mlp_tile_mib, 64);
+    free(text);
+
+    const char *msg = set_fails("activations.mlp_tile_mib=-1");
+    ASSERT_HAS(msg, "--set activations.mlp_tile_mib = '-1': must be >= 0");
+    msg = load_fails("[activations]\nmlp_tile_mib = -8\n", NULL, 0);
+    ASSERT_HAS(msg, "fail.ini:2: [activations] mlp_tile_mib = '-8': must be >= 0");
+    msg = set_fails("activations.mlp_tile_mib=0.5");
+    ASSERT_HAS(msg, "activations.mlp_tile_mib = '0.5': expected an integer");
+    rt_config bad = valid_config();
+    bad.mlp_tile_mib = -1;
+    msg = validate_fails(&bad);
+    ASSERT_HAS(msg, "activations.mlp_tile_mib = -1: must be >= 0");
+
+    /* tiny is llama, d_ff 128: FC = 256, (512 + 256) * 4 = 3072 bytes a token, 341 tokens in 1 MiB */
+    rt_config_defaults(&cfg);
+    CU_ASSERT_EQUAL(rt_config_mlp_tile(&cfg, 512), 0); /* 0 MiB: untiled */
+    cfg.mlp_tile_mib = 1;
+    CU_ASSERT_EQUAL(rt_config_mlp_tile(&cfg, 512), 341);
+    CU_ASSERT_EQUAL(rt_config_mlp_tile(&cfg, 342), 341);
+    CU_ASSERT_EQUAL(rt_config_mlp_tile(&cfg, 341), 0); /* one tile holds every token */
+    cfg.mlp_tile_mib = 3;
+    CU_ASSERT_EQUAL(rt_config_mlp_tile(&cfg, 4096), 1024);
+    /* gpt2 has no gate: FC = F = 128, 2048 bytes a token */
+    cfg.family = RT_FAMILY_GPT2;
+    CU_ASSERT_EQUAL(rt_config_mlp_tile(&cfg, 4096), 1536);
+    /* a token needing more than the budget (llama d_ff 2^20: 24 MiB a token) still gets a tile of 1 */
+    cfg.family = RT_FAMILY_LLAMA;
+    cfg.d_ff = 1 << 20;
+    cfg.mlp_tile_mib = 1;
+    CU_ASSERT_EQUAL(rt_config_mlp_tile(&cfg, 2), 1);
+}
+
 int main(void) {
     snprintf(temp_dir, sizeof temp_dir, "/tmp/test_config_XXXXXX");
     if (!mkdtemp(temp_dir)) {
@@ -743,6 +796,7 @@ int main(void) {
         {"backend: device.kind opens the instance it names", test_backend_open},
         {"validate: stored config", test_validate_stored_config},
         {"error: FIFO as config", test_config_fifo_refused},
+        {"activations.mlp_tile_mib", test_mlp_tile},
     };
     int status = test_run_suite("test_config", cases, (int)(sizeof cases / sizeof cases[0]));
     for (int i = 0; i < n_temp_files; i++)

@@ -93,13 +93,6 @@ static void base_config(rt_config *cfg, rt_family family) {
     cfg->adam_eps = 1e-3f; /* see the top comment */
 }
 
-/* Host copy of n floats from the backend's memory. */
-static float *to_host(const rt_backend *be, const float *src, size_t n) {
-    float *dst = malloc(n * sizeof *dst + 1);
-    be->copy(be, dst, src, n * sizeof *dst);
-    return dst;
-}
-
 static void free_record(run_record *rec) {
     for (int s = 0; s < rec->steps; s++)
         free(rec->preclip[s]);
@@ -125,7 +118,8 @@ static int record_run(const rt_config *cfg, rt_comm *comm, const rt_backend *be,
     rec->views = malloc(rec->n_views * sizeof *rec->views);
     memcpy(rec->views, model->table.views, rec->n_views * sizeof *rec->views);
     rec->steps = cfg->steps;
-    rec->params_initial = to_host(be, model->params, rec->n_params);
+    rec->params_initial = malloc(rec->n_params * sizeof(float));
+    rt_trainer_params(t, rec->params_initial);
     for (int s = 0; s < cfg->steps; s++) {
         rec->preclip[s] = malloc(rec->n_params * sizeof(float));
         rt_trainer_probe_preclip_gradients(t, rec->preclip[s]);
@@ -139,7 +133,8 @@ static int record_run(const rt_config *cfg, rt_comm *comm, const rt_backend *be,
         rec->grad_norm[s] = m.grad_norm;
     }
     rt_trainer_probe_preclip_gradients(t, NULL);
-    rec->params_final = to_host(be, rt_trainer_model(t)->params, rec->n_params);
+    rec->params_final = malloc(rec->n_params * sizeof(float));
+    rt_trainer_params(t, rec->params_final);
     rt_trainer_free(t);
     return 0;
 }

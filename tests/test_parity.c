@@ -90,7 +90,7 @@ static void base_config(rt_config *cfg, rt_family family, float dropout) {
 
 static float *copy_params(rt_trainer *t, size_t n) {
     float *dst = malloc(n * sizeof *dst);
-    memcpy(dst, rt_trainer_model(t)->params, n * sizeof *dst);
+    rt_trainer_params(t, dst);
     return dst;
 }
 
@@ -301,6 +301,133 @@ static void test_zero_stages(void) {
     }
 }
 
+/*
+ * ZeRO-3 on mesh dp x sp against the stages 0-2 on the same mesh and against one rank: loss and grad_norm of
+ * every step, and the parameters themselves after the last (per tensor, max |p - ref| / max |ref|), within
+ * same_tol (same rank count) and other_tol (one rank). Against stage 2, which reduces the same ranges in the
+ * same order, the gathers only move values: the same bits.
+ */
+static int zero3_close(const run_record *got, const run_record *ref, const rt_config *cfg, double tol,
+                       const char *what) {
+    double worst_scalar = 0.0;
+    for (int s = 0; s < cfg->steps; s++)
+        worst_scalar = fmax(worst_scalar,
+                            fmax(rel_diff(got->loss[s], ref->loss[s]), rel_diff(got->grad_norm[s], ref->grad_norm[s])));
+    char name[64] = "?";
+    double param_err = tensor_error(cfg, got->params_final, NULL, ref->params_final, NULL, name);
+    int ok = worst_scalar <= tol && param_err <= tol;
+    if (!ok && world->rank == 0)
+        fprintf(stderr, "\n  ZeRO-3 dp=%d sp=%d vs %s: loss/grad_norm err %.2e, parameter err %.2e (%s), tol %.0e\n",
+                cfg->dp, cfg->sp, what, worst_scalar, param_err, name, tol);
+    return ok;
+}
+
+static int zero3_same_bits(const run_record *a, const run_record *b, const rt_config *cfg) {
+    int same = memcmp(a->loss, b->loss, sizeof a->loss) == 0 &&
+               memcmp(a->grad_norm, b->grad_norm, sizeof a->grad_norm) == 0 &&
+               memcmp(a->params_final, b->params_final, a->n_params * sizeof(float)) == 0;
+    for (int s = 0; s < cfg->steps; s++)
+        same &= memcmp(a->preclip[s], b->preclip[s], a->n_params * sizeof(float)) == 0;
+    if (!same && world->rank == 0)
+        fprintf(stderr, "\n  ZeRO-3 dp=%d sp=%d: not the bits of stage 2\n", cfg->dp, cfg->sp);
+    return same;
+}
+
+#define ZERO3_SAME_TOL 1e-6
+#define ZERO3_OTHER_TOL 1e-5
+
+/* stages: the stages below 3 to compare with (bit i: stage i); stage 2 always, for the bitwise check. */
+static void check_zero3(rt_config cfg, unsigned stages) {
+    run_record single, runs[4];
+    rt_config one = cfg;
+    one.dp = one.sp = 1;
+    one.zero_stage = 0;
+    stages |= 1u << 2;
+    CU_ASSERT_FATAL(record_run(&one, self, &single) == 0);
+    for (int stage = 0; stage < 4; stage++) {
+        if (stage < 3 && !(stages & (1u << stage))) continue;
+        cfg.zero_stage = stage;
+        CU_ASSERT_FATAL(record_run(&cfg, world, &runs[stage]) == 0);
+    }
+    const char *names[] = {"stage 0", "stage 1", "stage 2"};
+    for (int stage = 0; stage < 3; stage++)
+        if (stages & (1u << stage)) CU_ASSERT(zero3_close(&runs[3], &runs[stage], &cfg, ZERO3_SAME_TOL, names[stage]));
+    CU_ASSERT(zero3_same_bits(&runs[3], &runs[2], &cfg));
+    CU_ASSERT(zero3_close(&runs[3], &single, &cfg, ZERO3_OTHER_TOL, "1 rank"));
+    check_clip_arithmetic(&runs[3], cfg.grad_clip, cfg.grad_clip > 0.0f, "ZeRO-3");
+    free_record(&single);
+    for (int stage = 0; stage < 4; stage++)
+        if (stage == 3 || (stages & (1u << stage))) free_record(&runs[stage]);
+}
+
+/* Every dp x sp mesh of the job (1x3 and 3x1 on 3 ranks: shards of uneven tensor cuts), 5 steps, against
+ * stages 0 and 2. */
+static void test_zero3_meshes(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.1f);
+    cfg.steps = 5;
+    cfg.grad_accum = 2;
+    cfg.n_layers = 3; /* a gather buffer that changes layers within a pass */
+    for (int dp = 1; dp <= world->size; dp++) {
+        if (world->size % dp != 0 || cfg.batch_size % dp != 0) continue;
+        cfg.dp = dp;
+        cfg.sp = world->size / dp;
+        check_zero3(cfg, 1u << 0);
+    }
+}
+
+/* Clipping that acts (asserted by check_clip_arithmetic), gpt2 with its tied head, on the ZeRO mesh. */
+static void test_zero3_clipped_gpt2(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_GPT2, 0.0f);
+    cfg.steps = 5;
+    cfg.grad_clip = 0.1f;
+    zero_mesh(&cfg);
+    check_zero3(cfg, 1u << 0 | 1u << 1);
+}
+
+/* Device bytes of a trainer of cfg on the world after setup (parameters, gradients, optimizer, activations). */
+static size_t device_bytes(const rt_config *cfg) {
+    rt_trainer *t = NULL;
+    rt_error err;
+    size_t bytes = 0;
+    if (rt_trainer_init_on(&t, cfg, world, rt_backend_cpu(), &err) == 0)
+        bytes = rt_trainer_device_bytes(t);
+    else
+        fprintf(stderr, "rank %d: trainer init: %s\n", world->rank, err.msg);
+    rt_trainer_free(t);
+    return bytes;
+}
+
+/*
+ * ZeRO-3 drops the full parameter buffer (padded Ψ floats) for two layers' worth of gather buffers and one for
+ * the tensors outside the layers: from stage 2 to 3 the device bytes fall by exactly that, with the layer
+ * and outside sizes computed here from the llama shape. Every other buffer (gradient shard, moments, master,
+ * activations) is the same at both stages.
+ */
+static void test_zero3_memory(void) {
+    rt_config cfg;
+    base_config(&cfg, RT_FAMILY_LLAMA, 0.0f);
+    zero_mesh(&cfg);
+    cfg.n_layers = 6; /* more layers than gather buffers */
+    const size_t C = (size_t)cfg.d_model, D = C / (size_t)cfg.n_heads, F = (size_t)cfg.d_ff;
+    const size_t Vp = ((size_t)cfg.vocab_size + 127) / 128 * 128;
+    const size_t layer =
+        2 * C + (size_t)(cfg.n_heads + 2 * cfg.n_kv_heads) * D * C + C * (size_t)cfg.n_heads * D + 2 * F * C + C * F;
+    const size_t outside = 2 * Vp * C + C; /* wte, lm_head, the final norm */
+    const size_t psi = (size_t)cfg.n_layers * layer + outside;
+    cfg.zero_stage = 2;
+    const size_t stage2 = device_bytes(&cfg);
+    cfg.zero_stage = 3;
+    const size_t stage3 = device_bytes(&cfg);
+    const size_t saved = (rt_optimizer_padded_size(psi, world->size) - outside - 2 * layer) * sizeof(float);
+    if (stage2 - stage3 != saved && world->rank == 0)
+        fprintf(stderr, "\n  device bytes: stage 2 %zu, stage 3 %zu: %zu saved, expected %zu\n", stage2, stage3,
+                stage2 - stage3, saved);
+    CU_ASSERT(stage2 > stage3);
+    CU_ASSERT_EQUAL(stage2 - stage3, saved);
+}
+
 /* Clipping that acts: the pre-clip norms of these runs are above 0.2 (asserted), so 0.1 scales every step. */
 static void test_clipping_llama_zero2(void) {
     rt_config cfg;
@@ -453,6 +580,9 @@ int main(int argc, char **argv) {
         {"seqpar: gpt2 == 1 rank", test_seqpar_gpt2},
         {"meshes dp x sp == 1 rank", test_meshes},
         {"ZeRO stages 0/1/2 == 1 rank", test_zero_stages},
+        {"ZeRO-3 == stages 0-2 == 1 rank, every mesh", test_zero3_meshes},
+        {"ZeRO-3 with clipping that acts, gpt2 == stages 0-2 == 1 rank", test_zero3_clipped_gpt2},
+        {"ZeRO-3 memory: the full parameter buffer gone, gather buffers instead", test_zero3_memory},
         {"clipping that acts: llama, ZeRO-2 == 1 rank", test_clipping_llama_zero2},
         {"clipping that acts: gpt2, ZeRO-1 == 1 rank", test_clipping_gpt2_zero1},
         {"dropout keys: distinct masks, same on every mesh", test_dropout_keys},

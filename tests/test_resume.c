@@ -5,7 +5,7 @@
  *   test_resume              on the job's ranks: 6 steps straight against 3
  *                            steps, save, a new trainer, load, 3 steps: the
  *                            same losses, grad norms, data positions and final
- *                            parameters, bit for bit, at ZeRO stages 0, 1, 2,
+ *                            parameters, bit for bit, at ZeRO stages 0-3,
  *                            llama with dropout and gpt2, over an epoch
  *                            boundary (sp = ranks, or dp 2 x sp 2 on 4); a step abandoned by a stop request
  *                            changes nothing; a changed d_model is refused.
@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../io/checkpoint.h"
 #include "../io/tokens.h"
 #include "../runtime/comm.h"
 #include "../runtime/train.h"
@@ -94,7 +95,7 @@ static void train(rt_trainer *t, int from, int to, record *rec) {
     rec->n_params = rt_trainer_model(t)->table.total;
     free(rec->params);
     rec->params = malloc(rec->n_params * sizeof(float));
-    memcpy(rec->params, rt_trainer_model(t)->params, rec->n_params * sizeof(float));
+    rt_trainer_params(t, rec->params);
 }
 
 static void save(rt_trainer *t, const char *path) {
@@ -125,6 +126,14 @@ static void bitwise_case(rt_family family, float dropout, int sp, int stage) {
     t = make_trainer(&cfg);
     train(t, 0, HALF, &resumed);
     save(t, path);
+    /* The file's /model, for weights-only readers, holds the parameters (at stage 3 written from the shards). */
+    if (world->rank == 0) {
+        float *weights = malloc(resumed.n_params * sizeof(float));
+        rt_error err;
+        CU_ASSERT_FATAL(rt_checkpoint_read_params(path, &rt_trainer_model(t)->table, weights, &err) == 0);
+        CU_ASSERT(memcmp(weights, resumed.params, resumed.n_params * sizeof(float)) == 0);
+        free(weights);
+    }
     rt_trainer_free(t);
     t = make_trainer(&cfg); /* a fresh trainer: everything it continues with comes from the file */
     load(t, path);
@@ -156,9 +165,11 @@ static void bitwise_all_layouts(rt_family family, float dropout, int stage) {
 static void test_bitwise_llama_stage0(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 0); }
 static void test_bitwise_llama_stage1(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 1); }
 static void test_bitwise_llama_stage2(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 2); }
+static void test_bitwise_llama_stage3(void) { bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 3); }
 static void test_bitwise_gpt2_stage0(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 0); }
 static void test_bitwise_gpt2_stage1(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 1); }
 static void test_bitwise_gpt2_stage2(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 2); }
+static void test_bitwise_gpt2_stage3(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 3); }
 
 /* A stop request abandons the step at the first layer boundary; the next steps are those of a run never
  * stopped, in every activation mode (offload must drain and free its slots). */
@@ -309,9 +320,11 @@ int main(int argc, char **argv) {
             {"bitwise resume: llama + dropout, ZeRO 0", test_bitwise_llama_stage0},
             {"bitwise resume: llama + dropout, ZeRO 1", test_bitwise_llama_stage1},
             {"bitwise resume: llama + dropout, ZeRO 2", test_bitwise_llama_stage2},
+            {"bitwise resume: llama + dropout, ZeRO 3", test_bitwise_llama_stage3},
             {"bitwise resume: gpt2, ZeRO 0", test_bitwise_gpt2_stage0},
             {"bitwise resume: gpt2, ZeRO 1", test_bitwise_gpt2_stage1},
             {"bitwise resume: gpt2, ZeRO 2", test_bitwise_gpt2_stage2},
+            {"bitwise resume: gpt2, ZeRO 3", test_bitwise_gpt2_stage3},
             {"a step abandoned by a stop request changes nothing", test_interrupted_step},
             {"a changed d_model is refused by name", test_changed_shape_refused},
         };

@@ -4,20 +4,24 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../runtime/comm.h"
 #include "../seqpar/seqpar.h"
 #include "testing.h"
 
 /*
- * Every rank builds the same full sequence (q, k, v in one interleaved
+ * Every rank builds the same B full sequences (q, k, v in one interleaved
  * (T, (H + 2 Hkv) D) buffer like the model's qkv, and dout), seeded, for
- * T = 2P * chunk, takes its zigzag rows, and runs seqpar_attention_forward
- * and _backward with the world as the sequence-parallel group. The
- * reference is causal softmax attention over the whole sequence written
- * out in double (every score, one max, one sum; the analytic backward),
- * restricted to the rank's rows: out, lse and dq of its queries; dk and dv
- * of its keys, which collect from the queries of every rank.
+ * T = 2P * chunk, takes its zigzag rows of each (local row b*Tl + i:
+ * token i of sequence b, as the model lays out a micro-batch), and runs
+ * seqpar_attention_forward and _backward on all B at once with the world
+ * as the sequence-parallel group. The reference is causal softmax
+ * attention over each whole sequence on its own, written out in double
+ * (every score, one max, one sum; the analytic backward), restricted to
+ * the rank's rows: out, lse and dq of its queries; dk and dv of its keys,
+ * which collect from the queries of every rank.
  *
  * Tolerances (max relative error, testing.h, against the double
  * reference rounded to float), the issue's 1e-5 throughout:
@@ -29,7 +33,9 @@
  *        sums of up to T * H/Hkv terms of both signs; an element that
  *        cancels to 1e-3 of the largest keeps the absolute error of the
  *        large terms, so elements below a tenth of the largest are held
- *        to 1e-6 of the largest in absolute terms.
+ *        to 1e-6 of the largest in absolute terms. The largest is that
+ *        sequence's: each sequence of a batch is checked on its own.
+ * B sequences in one call against B calls of one: bitwise (memcmp).
  * The worst errors met over all cases and ranks are printed by rank 0.
  */
 #define TOL 1e-5
@@ -117,27 +123,51 @@ static void ref_attention(double *out, double *lse, double *dq, double *dk, doub
     free(dp);
 }
 
-/* ------------------------------------------------------------------ one problem: the full sequence and this rank's
- * part */
+/* ------------------------------------------------------------------ the backend: the CPU's, watching the positions */
+
+/* Copies that read the device positions of the call: the run bookkeeping must take host positions only, and no
+ * positions travel the ring, so none is expected. */
+static const int64_t *watched_pos;
+static size_t watched_len, pos_reads;
+
+static void watching_copy(const rt_backend *be, void *dst, const void *src, size_t bytes) {
+    const uintptr_t lo = (uintptr_t)watched_pos, hi = lo + watched_len * sizeof(int64_t), from = (uintptr_t)src;
+    if (from < hi && from + bytes > lo) pos_reads++;
+    rt_backend_cpu()->copy(be, dst, src, bytes);
+}
+
+static const rt_backend *test_backend(void) {
+    static rt_backend backend;
+    backend = *rt_backend_cpu();
+    backend.copy = watching_copy;
+    return &backend;
+}
+
+/* ------------------------------------------------------------------ one problem: B full sequences and this rank's
+ * part of each */
 
 typedef struct {
     int H, Hkv, D;
     size_t chunk; /* tokens per zigzag chunk: T = 2P * chunk */
     int causal;
+    size_t n_seqs; /* B */
 } ring_case;
 
 typedef struct {
     ring_case c;
-    size_t T, Tl, W, HD, KD; /* W = (H + 2 Hkv) D: the interleaved qkv row */
+    size_t B, T, Tl, W, HD, KD; /* W = (H + 2 Hkv) D: the interleaved qkv row */
     rt_attn_shape shape;
-    float *qkv, *dout;  /* full sequence: (T, W), (T, HD) */
-    size_t *rows;       /* the Tl rows of this rank, zigzag order */
-    float *local_qkv;   /* (Tl, W) */
-    float *local_dout;  /* (Tl, HD) */
-    int64_t *local_pos; /* (Tl) */
-    /* reference rounded to float, restricted to this rank's rows */
-    float *ref_out, *ref_lse, *ref_dq, *ref_dk, *ref_dv;
-    double max_dq, max_dk, max_dv; /* max |reference| over the whole sequence */
+    size_t *rows;             /* (Tl) the rows of this rank in every sequence, zigzag order */
+    float *local_qkv;         /* (B*Tl, W): row b*Tl + i is local token i of sequence b */
+    float *local_dout;        /* (B*Tl, HD) */
+    int64_t *local_pos;       /* (B*Tl) the "device" positions */
+    int64_t *host_pos;        /* (B*Tl) the same values in another array: what the bookkeeping may read */
+    seqpar_tokens tokens;     /* all B sequences */
+    float *ref_out, *ref_lse; /* reference rounded to float, this rank's rows: (B*Tl, HD), (B*Tl, H) */
+    float *ref_dq, *ref_dk;   /* (B*Tl, HD), (B*Tl, KD) */
+    float *ref_dv;            /* (B*Tl, KD) */
+    double *max_dq, *max_dk;  /* (B) max |reference| over each whole sequence */
+    double *max_dv;           /* (B) */
 } ring_problem;
 
 static void fill_rows(float *dst, size_t n, size_t stride, size_t offset, size_t width, float lo, float hi,
@@ -154,13 +184,11 @@ static double *rows_to_double(const float *src, size_t n, size_t stride, size_t 
     return dst;
 }
 
-/* Rows `rows` (n) of a packed double array of width, rounded to float. */
-static float *pick_rows(const double *src, const size_t *rows, size_t n, size_t width) {
-    float *dst = malloc(n * width * sizeof(float));
+/* Rows `rows` (n) of a packed double array of width, rounded to float, into dst. */
+static void pick_rows(float *dst, const double *src, const size_t *rows, size_t n, size_t width) {
     for (size_t i = 0; i < n; i++)
         for (size_t c = 0; c < width; c++)
             dst[i * width + c] = (float)src[rows[i] * width + c];
-    return dst;
 }
 
 static double max_abs(const double *x, size_t n) {
@@ -170,90 +198,138 @@ static double max_abs(const double *x, size_t n) {
     return m;
 }
 
+/* Sequence b of the batch: the full (T, W) qkv and (T, HD) dout, the same on every rank; this rank's rows into the
+ * local arrays, and the reference of the whole sequence restricted to them. */
+static void sequence_make(ring_problem *p, size_t b, uint64_t seed) {
+    const size_t T = p->T, Tl = p->Tl, W = p->W, HD = p->HD, KD = p->KD, r0 = b * Tl;
+    float *qkv = malloc(T * W * sizeof(float)), *dout_f = malloc(T * HD * sizeof(float));
+    /* q, k in [-2, 2] (scores with std ~1.3: a peaked softmax), v and dout in [-1, 1] */
+    fill_rows(qkv, T, W, 0, HD + KD, -2.0f, 2.0f, seed);
+    fill_rows(qkv, T, W, HD + KD, KD, -1.0f, 1.0f, seed + 1);
+    fill_rows(dout_f, T, HD, 0, HD, -1.0f, 1.0f, seed + 2);
+    for (size_t i = 0; i < Tl; i++) {
+        memcpy(p->local_qkv + (r0 + i) * W, qkv + p->rows[i] * W, W * sizeof(float));
+        memcpy(p->local_dout + (r0 + i) * HD, dout_f + p->rows[i] * HD, HD * sizeof(float));
+        p->local_pos[r0 + i] = p->host_pos[r0 + i] = (int64_t)p->rows[i];
+    }
+    const ring_case *c = &p->c;
+    const ref_dims r = {c->H, c->Hkv, c->D, c->causal};
+    double *q = rows_to_double(qkv, T, W, 0, HD), *k = rows_to_double(qkv, T, W, HD, KD);
+    double *v = rows_to_double(qkv, T, W, HD + KD, KD), *dout = rows_to_double(dout_f, T, HD, 0, HD);
+    double *out = malloc(T * HD * sizeof(double)), *lse = malloc(T * c->H * sizeof(double));
+    double *dq = malloc(T * HD * sizeof(double)), *dk = malloc(T * KD * sizeof(double));
+    double *dv = malloc(T * KD * sizeof(double));
+    ref_attention(out, lse, dq, dk, dv, &r, q, k, v, dout, T);
+    pick_rows(p->ref_out + r0 * HD, out, p->rows, Tl, HD);
+    pick_rows(p->ref_lse + r0 * c->H, lse, p->rows, Tl, (size_t)c->H);
+    pick_rows(p->ref_dq + r0 * HD, dq, p->rows, Tl, HD);
+    pick_rows(p->ref_dk + r0 * KD, dk, p->rows, Tl, KD);
+    pick_rows(p->ref_dv + r0 * KD, dv, p->rows, Tl, KD);
+    p->max_dq[b] = max_abs(dq, T * HD);
+    p->max_dk[b] = max_abs(dk, T * KD);
+    p->max_dv[b] = max_abs(dv, T * KD);
+    free(qkv), free(dout_f);
+    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+}
+
 static ring_problem problem_make(ring_case c, uint64_t seed) {
     ring_problem p;
     memset(&p, 0, sizeof p);
     p.c = c;
+    p.B = c.n_seqs;
     p.T = 2 * (size_t)n_ranks * c.chunk;
     p.HD = (size_t)c.H * c.D;
     p.KD = (size_t)c.Hkv * c.D;
     p.W = p.HD + 2 * p.KD;
     p.shape = (rt_attn_shape){c.H, c.Hkv, c.D, p.W, p.W, p.HD, c.causal};
-    p.qkv = malloc(p.T * p.W * sizeof(float));
-    p.dout = malloc(p.T * p.HD * sizeof(float));
-    /* q, k in [-2, 2] (scores with std ~1.3: a peaked softmax), v and dout in [-1, 1]; the same on every rank */
-    fill_rows(p.qkv, p.T, p.W, 0, p.HD + p.KD, -2.0f, 2.0f, seed);
-    fill_rows(p.qkv, p.T, p.W, p.HD + p.KD, p.KD, -1.0f, 1.0f, seed + 1);
-    fill_rows(p.dout, p.T, p.HD, 0, p.HD, -1.0f, 1.0f, seed + 2);
-
     rt_span spans[2];
     rt_error err;
     CU_ASSERT_FATAL(seqpar_zigzag_spans(my_rank, n_ranks, p.T, spans, &err) == 0);
     p.Tl = spans[0].len + spans[1].len;
     p.rows = malloc(p.Tl * sizeof(size_t));
-    p.local_qkv = malloc(p.Tl * p.W * sizeof(float));
-    p.local_dout = malloc(p.Tl * p.HD * sizeof(float));
-    p.local_pos = malloc(p.Tl * sizeof(int64_t));
     size_t n = 0;
     for (int s = 0; s < 2; s++)
         for (size_t t = spans[s].start; t < spans[s].start + spans[s].len; t++)
             p.rows[n++] = t;
-    for (size_t i = 0; i < p.Tl; i++) {
-        memcpy(p.local_qkv + i * p.W, p.qkv + p.rows[i] * p.W, p.W * sizeof(float));
-        memcpy(p.local_dout + i * p.HD, p.dout + p.rows[i] * p.HD, p.HD * sizeof(float));
-        p.local_pos[i] = (int64_t)p.rows[i];
-    }
-
-    const ref_dims r = {c.H, c.Hkv, c.D, c.causal};
-    double *q = rows_to_double(p.qkv, p.T, p.W, 0, p.HD), *k = rows_to_double(p.qkv, p.T, p.W, p.HD, p.KD);
-    double *v = rows_to_double(p.qkv, p.T, p.W, p.HD + p.KD, p.KD), *dout = rows_to_double(p.dout, p.T, p.HD, 0, p.HD);
-    double *out = malloc(p.T * p.HD * sizeof(double)), *lse = malloc(p.T * c.H * sizeof(double));
-    double *dq = malloc(p.T * p.HD * sizeof(double)), *dk = malloc(p.T * p.KD * sizeof(double));
-    double *dv = malloc(p.T * p.KD * sizeof(double));
-    ref_attention(out, lse, dq, dk, dv, &r, q, k, v, dout, p.T);
-    p.ref_out = pick_rows(out, p.rows, p.Tl, p.HD);
-    p.ref_lse = pick_rows(lse, p.rows, p.Tl, (size_t)c.H);
-    p.ref_dq = pick_rows(dq, p.rows, p.Tl, p.HD);
-    p.ref_dk = pick_rows(dk, p.rows, p.Tl, p.KD);
-    p.ref_dv = pick_rows(dv, p.rows, p.Tl, p.KD);
-    p.max_dq = max_abs(dq, p.T * p.HD);
-    p.max_dk = max_abs(dk, p.T * p.KD);
-    p.max_dv = max_abs(dv, p.T * p.KD);
-    free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+    const size_t N = p.B * p.Tl;
+    p.local_qkv = malloc(N * p.W * sizeof(float));
+    p.local_dout = malloc(N * p.HD * sizeof(float));
+    p.local_pos = malloc(N * sizeof(int64_t));
+    p.host_pos = malloc(N * sizeof(int64_t));
+    p.ref_out = malloc(N * p.HD * sizeof(float));
+    p.ref_lse = malloc(N * c.H * sizeof(float));
+    p.ref_dq = malloc(N * p.HD * sizeof(float));
+    p.ref_dk = malloc(N * p.KD * sizeof(float));
+    p.ref_dv = malloc(N * p.KD * sizeof(float));
+    p.max_dq = malloc(p.B * sizeof(double));
+    p.max_dk = malloc(p.B * sizeof(double));
+    p.max_dv = malloc(p.B * sizeof(double));
+    /* sequence 0 from seed, the others their own data, so a mixed-up sequence shows */
+    for (size_t b = 0; b < p.B; b++)
+        sequence_make(&p, b, seed + 1000 * b);
+    p.tokens = (seqpar_tokens){.n_seqs = p.B, .Tl = p.Tl, .pos = p.local_pos, .host_pos = p.host_pos};
     return p;
 }
 
 static void problem_free(ring_problem *p) {
-    free(p->qkv), free(p->dout), free(p->rows), free(p->local_qkv), free(p->local_dout), free(p->local_pos);
+    free(p->rows), free(p->local_qkv), free(p->local_dout), free(p->local_pos), free(p->host_pos);
     free(p->ref_out), free(p->ref_lse), free(p->ref_dq), free(p->ref_dk), free(p->ref_dv);
+    free(p->max_dq), free(p->max_dk), free(p->max_dv);
 }
 
 /* What one forward + backward through seqpar gives on this rank. */
 typedef struct {
-    float *out, *lse, *delta, *dqkv; /* (Tl, HD), (Tl, H), (Tl, H), (Tl, W) like the model's d_qkv */
+    float *out, *lse, *delta, *dqkv; /* (B*Tl, HD), (B*Tl, H), (B*Tl, H), (B*Tl, W) like the model's d_qkv */
 } ring_result;
 
 static ring_result result_make(const ring_problem *p) {
+    const size_t N = p->B * p->Tl;
     ring_result r;
-    r.out = malloc(p->Tl * p->HD * sizeof(float));
-    r.lse = malloc(p->Tl * p->c.H * sizeof(float));
-    r.delta = malloc(p->Tl * p->c.H * sizeof(float));
-    r.dqkv = calloc(p->Tl * p->W, sizeof(float));
+    r.out = calloc(N * p->HD, sizeof(float));
+    r.lse = calloc(N * p->c.H, sizeof(float));
+    r.delta = calloc(N * p->c.H, sizeof(float));
+    r.dqkv = calloc(N * p->W, sizeof(float));
     return r;
 }
 
 static void result_free(ring_result *r) { free(r->out), free(r->lse), free(r->delta), free(r->dqkv); }
 
-static void run_forward(seqpar_ctx *ctx, const ring_problem *p, ring_result *r) {
-    const float *q = p->local_qkv;
-    seqpar_attention_forward(ctx, r->out, r->lse, q, q + p->HD, q + p->HD + p->KD, p->local_pos, p->Tl, &p->shape);
+/* A context over the world for the problem's calls: the group agrees on B x Tl (collective). */
+static seqpar_ctx ctx_make(rt_device_memory *mem, const ring_problem *p, size_t block_size) {
+    seqpar_ctx ctx = {.backend = test_backend(), .mem = mem, .comm = world, .block_size = block_size};
+    rt_error err;
+    CU_ASSERT_FATAL(seqpar_agree_shapes(&ctx, p->B, p->Tl, &p->shape, &err) == 0);
+    return ctx;
 }
 
+/* Forward and backward of sequences [b0, b0 + tokens->n_seqs) of the problem. */
+static void run_forward_of(seqpar_ctx *ctx, const ring_problem *p, ring_result *r, size_t b0,
+                           const seqpar_tokens *tokens) {
+    const size_t row0 = b0 * p->Tl;
+    const float *q = p->local_qkv + row0 * p->W;
+    watched_pos = tokens->pos, watched_len = tokens->n_seqs * tokens->Tl;
+    seqpar_attention_forward(ctx, r->out + row0 * p->HD, r->lse + row0 * p->c.H, q, q + p->HD, q + p->HD + p->KD,
+                             tokens, &p->shape);
+    watched_pos = NULL, watched_len = 0;
+}
+
+static void run_backward_of(seqpar_ctx *ctx, const ring_problem *p, ring_result *r, size_t b0,
+                            const seqpar_tokens *tokens) {
+    const size_t row0 = b0 * p->Tl;
+    const float *q = p->local_qkv + row0 * p->W;
+    float *dq = r->dqkv + row0 * p->W;
+    watched_pos = tokens->pos, watched_len = tokens->n_seqs * tokens->Tl;
+    seqpar_attention_backward(ctx, dq, dq + p->HD, dq + p->HD + p->KD, r->delta + row0 * p->c.H,
+                              p->local_dout + row0 * p->HD, r->out + row0 * p->HD, r->lse + row0 * p->c.H, q, q + p->HD,
+                              q + p->HD + p->KD, tokens, &p->shape);
+    watched_pos = NULL, watched_len = 0;
+}
+
+static void run_forward(seqpar_ctx *ctx, const ring_problem *p, ring_result *r) {
+    run_forward_of(ctx, p, r, 0, &p->tokens);
+}
 static void run_backward(seqpar_ctx *ctx, const ring_problem *p, ring_result *r) {
-    const float *q = p->local_qkv;
-    float *dq = r->dqkv;
-    seqpar_attention_backward(ctx, dq, dq + p->HD, dq + p->HD + p->KD, r->delta, p->local_dout, r->out, r->lse, q,
-                              q + p->HD, q + p->HD + p->KD, p->local_pos, p->Tl, &p->shape);
+    run_backward_of(ctx, p, r, 0, &p->tokens);
 }
 
 /* Max relative error of n rows of width floats (at stride, from offset) against packed ref; asserts <= TOL. */
@@ -271,12 +347,20 @@ static void check_rows(const float *got, size_t stride, size_t offset, const flo
     free(packed);
 }
 
-static void check_result(const ring_problem *p, const ring_result *r, const char *label) {
-    check_rows(r->out, p->HD, 0, p->ref_out, p->Tl, p->HD, OUT_FLOOR, Q_OUT, label);
-    check_rows(r->lse, (size_t)p->c.H, 0, p->ref_lse, p->Tl, (size_t)p->c.H, LSE_FLOOR, Q_LSE, label);
-    check_rows(r->dqkv, p->W, 0, p->ref_dq, p->Tl, p->HD, GRAD_FLOOR_FRACTION * p->max_dq, Q_DQ, label);
-    check_rows(r->dqkv, p->W, p->HD, p->ref_dk, p->Tl, p->KD, GRAD_FLOOR_FRACTION * p->max_dk, Q_DK, label);
-    check_rows(r->dqkv, p->W, p->HD + p->KD, p->ref_dv, p->Tl, p->KD, GRAD_FLOOR_FRACTION * p->max_dv, Q_DV, label);
+/* Every sequence against its own reference (its own gradient floors). */
+static void check_result(const ring_problem *p, const ring_result *r, const char *what) {
+    const size_t Tl = p->Tl, W = p->W, HD = p->HD, KD = p->KD, H = (size_t)p->c.H;
+    for (size_t b = 0; b < p->B; b++) {
+        char label[200];
+        snprintf(label, sizeof label, "%s, sequence %zu of %zu", what, b, p->B);
+        const size_t r0 = b * Tl;
+        check_rows(r->out + r0 * HD, HD, 0, p->ref_out + r0 * HD, Tl, HD, OUT_FLOOR, Q_OUT, label);
+        check_rows(r->lse + r0 * H, H, 0, p->ref_lse + r0 * H, Tl, H, LSE_FLOOR, Q_LSE, label);
+        const float *dqkv = r->dqkv + r0 * W;
+        check_rows(dqkv, W, 0, p->ref_dq + r0 * HD, Tl, HD, GRAD_FLOOR_FRACTION * p->max_dq[b], Q_DQ, label);
+        check_rows(dqkv, W, HD, p->ref_dk + r0 * KD, Tl, KD, GRAD_FLOOR_FRACTION * p->max_dk[b], Q_DK, label);
+        check_rows(dqkv, W, HD + KD, p->ref_dv + r0 * KD, Tl, KD, GRAD_FLOOR_FRACTION * p->max_dv[b], Q_DV, label);
+    }
 }
 
 /* ------------------------------------------------------------------ tests */
@@ -286,21 +370,23 @@ static void check_case(ring_case c, uint64_t seed) {
     ring_problem p = problem_make(c, seed);
     for (int bi = 0; bi < 2; bi++) {
         char label[160];
-        snprintf(label, sizeof label, "H=%d Hkv=%d D=%d chunk=%zu causal=%d block=%zu", c.H, c.Hkv, c.D, c.chunk,
-                 c.causal, block_sizes[bi]);
+        snprintf(label, sizeof label, "H=%d Hkv=%d D=%d chunk=%zu causal=%d B=%zu block=%zu", c.H, c.Hkv, c.D, c.chunk,
+                 c.causal, c.n_seqs, block_sizes[bi]);
         rt_device_memory mem;
         rt_device_memory_init(&mem, rt_backend_cpu(), 0);
-        seqpar_ctx ctx = {.backend = rt_backend_cpu(), .mem = &mem, .comm = world, .block_size = block_sizes[bi]};
+        seqpar_ctx ctx = ctx_make(&mem, &p, block_sizes[bi]);
         ring_result r = result_make(&p);
+        pos_reads = 0;
         run_forward(&ctx, &p, &r);
-        /* the ring really ran: P-1 K/V blocks came in */
+        /* the ring really ran, one message per hop whatever B: P-1 came in */
         CU_ASSERT_EQUAL(ctx.kv_blocks_received, (size_t)(n_ranks - 1));
         CU_ASSERT_EQUAL(ctx.dkv_blocks_received, 0);
         run_backward(&ctx, &p, &r);
-        /* backward: K/V travel again (P-1 more) and P-1 dK/dV accumulators come in, the last one this rank's own */
+        /* backward: K/V travel again (P-1 more) and P-1 dK/dV messages come in, the last one this rank's own */
         CU_ASSERT_EQUAL(ctx.kv_blocks_received, 2 * (size_t)(n_ranks - 1));
         CU_ASSERT_EQUAL(ctx.dkv_blocks_received, (size_t)(n_ranks - 1));
         CU_ASSERT(n_ranks == 1 ? ctx.comm_exposed_s == 0.0 : ctx.comm_exposed_s > 0.0);
+        CU_ASSERT_EQUAL(pos_reads, 0); /* the device positions were only handed to the kernels */
         check_result(&p, &r, label);
         seqpar_ctx_free(&ctx);
         CU_ASSERT_EQUAL(mem.in_use, 0); /* workspace and ring buffers were the only allocations, and they are gone */
@@ -310,7 +396,8 @@ static void check_case(ring_case c, uint64_t seed) {
     problem_free(&p);
 }
 
-/* MHA and GQA, head dims 16 and 64, chunks of 8 and 33 tokens (not multiples of the kernel's tiles). */
+/* MHA and GQA, head dims 16 and 64, chunks of 8 and 33 tokens (not multiples of the kernel's tiles), one sequence;
+ * then three sequences per call (head dim 16). */
 static void test_matches_full_attention(void) {
     static const int heads[][2] = {{4, 4}, {4, 2}, {4, 1}};
     static const int head_dims[] = {16, 64};
@@ -319,22 +406,72 @@ static void test_matches_full_attention(void) {
     for (int hi = 0; hi < 3; hi++)
         for (int di = 0; di < 2; di++)
             for (int ci = 0; ci < 2; ci++)
-                check_case((ring_case){heads[hi][0], heads[hi][1], head_dims[di], chunks[ci], 1}, seed++);
+                check_case((ring_case){heads[hi][0], heads[hi][1], head_dims[di], chunks[ci], 1, 1}, seed++);
+    for (int hi = 0; hi < 3; hi++)
+        for (int ci = 0; ci < 2; ci++)
+            check_case((ring_case){heads[hi][0], heads[hi][1], 16, chunks[ci], 1, 3}, seed++);
 }
 
 /* Without the causal mask nothing is skipped: every rank's queries see every key. */
-static void test_not_causal(void) { check_case((ring_case){4, 2, 16, 9, 0}, 200); }
+static void test_not_causal(void) {
+    check_case((ring_case){4, 2, 16, 9, 0, 1}, 200);
+    check_case((ring_case){4, 2, 16, 9, 0, 3}, 201);
+}
+
+/* B sequences in one call give the same bits as B calls of one sequence each (the same kernel calls on each
+ * sequence, in the same order), with P-1 messages per call instead of B(P-1). */
+static void test_batched_equals_one_at_a_time(void) {
+    static const ring_case batched_cases[] = {
+        {4, 4, 16, 8, 1, 3}, {4, 2, 16, 33, 1, 3}, {4, 1, 64, 8, 1, 3}, {4, 2, 16, 9, 0, 3}};
+    static const size_t block_sizes[] = {0, 5};
+    for (int ci = 0; ci < 4; ci++) {
+        const ring_case c = batched_cases[ci];
+        ring_problem p = problem_make(c, 700 + (uint64_t)ci);
+        for (int bi = 0; bi < 2; bi++) {
+            rt_device_memory mem;
+            rt_device_memory_init(&mem, rt_backend_cpu(), 0);
+            seqpar_ctx batched = ctx_make(&mem, &p, block_sizes[bi]);
+            ring_result all = result_make(&p), each = result_make(&p);
+            run_forward(&batched, &p, &all);
+            run_backward(&batched, &p, &all);
+            /* one sequence per call: a context whose group agreed on 1 x Tl */
+            seqpar_ctx single = {.backend = test_backend(), .mem = &mem, .comm = world, .block_size = block_sizes[bi]};
+            rt_error err;
+            CU_ASSERT_FATAL(seqpar_agree_shapes(&single, 1, p.Tl, &p.shape, &err) == 0);
+            for (size_t b = 0; b < p.B; b++) {
+                const seqpar_tokens one = {
+                    .n_seqs = 1, .Tl = p.Tl, .pos = p.local_pos + b * p.Tl, .host_pos = p.host_pos + b * p.Tl};
+                run_forward_of(&single, &p, &each, b, &one);
+                run_backward_of(&single, &p, &each, b, &one);
+            }
+            const size_t N = p.B * p.Tl;
+            CU_ASSERT(memcmp(all.out, each.out, N * p.HD * sizeof(float)) == 0);
+            CU_ASSERT(memcmp(all.lse, each.lse, N * p.c.H * sizeof(float)) == 0);
+            CU_ASSERT(memcmp(all.dqkv, each.dqkv, N * p.W * sizeof(float)) == 0);
+            CU_ASSERT_EQUAL(batched.kv_blocks_received, 2 * (size_t)(n_ranks - 1));
+            CU_ASSERT_EQUAL(batched.dkv_blocks_received, (size_t)(n_ranks - 1));
+            CU_ASSERT_EQUAL(single.kv_blocks_received, 2 * p.B * (size_t)(n_ranks - 1));
+            CU_ASSERT_EQUAL(single.dkv_blocks_received, p.B * (size_t)(n_ranks - 1));
+            seqpar_ctx_free(&batched);
+            seqpar_ctx_free(&single);
+            rt_device_memory_destroy(&mem);
+            result_free(&all);
+            result_free(&each);
+        }
+        problem_free(&p);
+    }
+}
 
 /* The backward accumulates: a second call adds the same again; buffers are reused, counters grow per call. */
 static void test_backward_accumulates(void) {
-    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1}, 300);
+    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 2}, 300);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), 0);
-    seqpar_ctx ctx = {.backend = rt_backend_cpu(), .mem = &mem, .comm = world, .block_size = 7};
+    seqpar_ctx ctx = ctx_make(&mem, &p, 7);
     ring_result r = result_make(&p);
     run_forward(&ctx, &p, &r);
     run_backward(&ctx, &p, &r);
-    const size_t n = p.Tl * p.W, live = mem.n_live;
+    const size_t n = p.B * p.Tl * p.W, live = mem.n_live;
     float *once = malloc(n * sizeof(float));
     double largest = 0.0;
     for (size_t i = 0; i < n; i++) {
@@ -357,14 +494,16 @@ static void test_backward_accumulates(void) {
     problem_free(&p);
 }
 
-/* Buffers sized for a short sequence grow for a longer one; results stay right. */
+/* Buffers sized for a short sequence grow for a longer one (the group agreeing again); results stay right. */
 static void test_buffers_grow(void) {
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), 0);
-    seqpar_ctx ctx = {.backend = rt_backend_cpu(), .mem = &mem, .comm = world, .block_size = 0};
+    seqpar_ctx ctx = {.backend = test_backend(), .mem = &mem, .comm = world, .block_size = 0};
     static const size_t chunks[] = {4, 20};
     for (int ci = 0; ci < 2; ci++) {
-        ring_problem p = problem_make((ring_case){2, 1, 16, chunks[ci], 1}, 400 + (uint64_t)ci);
+        ring_problem p = problem_make((ring_case){2, 1, 16, chunks[ci], 1, 2}, 400 + (uint64_t)ci);
+        rt_error err;
+        CU_ASSERT_FATAL(seqpar_agree_shapes(&ctx, p.B, p.Tl, &p.shape, &err) == 0);
         ring_result r = result_make(&p);
         run_forward(&ctx, &p, &r);
         run_backward(&ctx, &p, &r);
@@ -377,22 +516,27 @@ static void test_buffers_grow(void) {
 }
 
 /* seqpar_reserve covers every buffer of the calls: the accounted bytes are the attention workspace and the ring
- * buffers (2 K/V blocks, 4 dK/dV blocks), and a forward and backward after it allocate nothing (no new
- * allocation, no new peak), also at a limit of exactly those bytes. */
+ * buffers (2 K/V messages, 4 dK/dV messages of all B sequences, the key positions), and a forward and backward
+ * after it allocate nothing (no new allocation, no new peak), also at a limit of exactly those bytes. */
 static void test_reserve_covers_calls(void) {
-    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1}, 600);
-    const size_t width = (size_t)p.c.Hkv * p.c.D;
+    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 3}, 600);
+    const size_t width = (size_t)p.c.Hkv * p.c.D, message = 2 * p.B * p.Tl * width * sizeof(float);
     const size_t workspace = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), p.Tl, p.Tl, &p.shape);
-    const size_t ring = n_ranks == 1 ? 0
-                                     : 2 * (p.Tl * sizeof(int64_t) + 2 * p.Tl * width * sizeof(float)) +
-                                           4 * (2 * p.Tl * width * sizeof(float));
+    const size_t ring = n_ranks == 1 ? 0 : 6 * message + (size_t)n_ranks * p.Tl * sizeof(int64_t);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), workspace + ring);
-    seqpar_ctx ctx = {.backend = rt_backend_cpu(), .mem = &mem, .comm = world, .block_size = 5};
+    seqpar_ctx ctx = ctx_make(&mem, &p, 5);
     rt_error err;
-    CU_ASSERT_FATAL(seqpar_reserve(&ctx, p.Tl, &p.shape, &err) == 0);
+    CU_ASSERT_FATAL(seqpar_reserve(&ctx, p.B, p.Tl, &p.shape, &err) == 0);
     CU_ASSERT_EQUAL(ctx.attn_workspace_bytes, workspace);
     CU_ASSERT_EQUAL(mem.in_use, workspace + ring);
+    if (n_ranks > 1) { /* the positions received keys are masked by: every position of a sequence, in order */
+        const int64_t *key_positions = ctx.key_positions;
+        int in_order = ctx.key_positions_bytes == (size_t)n_ranks * p.Tl * sizeof(int64_t);
+        for (size_t i = 0; in_order && i < (size_t)n_ranks * p.Tl; i++)
+            in_order = key_positions[i] == (int64_t)i;
+        CU_ASSERT(in_order);
+    }
     const size_t live = mem.n_live;
     ring_result r = result_make(&p);
     run_forward(&ctx, &p, &r);
@@ -408,23 +552,139 @@ static void test_reserve_covers_calls(void) {
 
 /* Two runs from fresh buffers give the same bits. */
 static void test_deterministic(void) {
-    ring_problem p = problem_make((ring_case){4, 1, 32, 17, 1}, 500);
+    ring_problem p = problem_make((ring_case){4, 1, 32, 17, 1, 2}, 500);
     ring_result r[2];
     for (int run = 0; run < 2; run++) {
         rt_device_memory mem;
         rt_device_memory_init(&mem, rt_backend_cpu(), 0);
-        seqpar_ctx ctx = {.backend = rt_backend_cpu(), .mem = &mem, .comm = world, .block_size = 5};
+        seqpar_ctx ctx = ctx_make(&mem, &p, 5);
         r[run] = result_make(&p);
         run_forward(&ctx, &p, &r[run]);
         run_backward(&ctx, &p, &r[run]);
         seqpar_ctx_free(&ctx);
         rt_device_memory_destroy(&mem);
     }
-    CU_ASSERT(memcmp(r[0].out, r[1].out, p.Tl * p.HD * sizeof(float)) == 0);
-    CU_ASSERT(memcmp(r[0].lse, r[1].lse, p.Tl * p.c.H * sizeof(float)) == 0);
-    CU_ASSERT(memcmp(r[0].dqkv, r[1].dqkv, p.Tl * p.W * sizeof(float)) == 0);
+    const size_t N = p.B * p.Tl;
+    CU_ASSERT(memcmp(r[0].out, r[1].out, N * p.HD * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(r[0].lse, r[1].lse, N * p.c.H * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(r[0].dqkv, r[1].dqkv, N * p.W * sizeof(float)) == 0);
     result_free(&r[0]);
     result_free(&r[1]);
+    problem_free(&p);
+}
+
+/* The group check at setup: one rank with other sequences, local tokens or kv heads fails it on every rank, naming
+ * the ranges; a Tl that is no zigzag share fails it too. One rank has no group: anything goes. */
+static void test_agreement(void) {
+    const rt_attn_shape shape = {4, 2, 16, 64, 64, 64, 1}, other_kv = {4, 1, 16, 64, 64, 64, 1};
+    const int last = n_ranks - 1;
+    struct {
+        size_t n_seqs, Tl;
+        const rt_attn_shape *shape;
+        const char *names;
+    } odd_one[] = {
+        {my_rank == last ? 3 : 2, 8, &shape, "sequences 2..3"},
+        {2, my_rank == last ? 10 : 8, &shape, "local tokens 8..10"},
+        {2, 8, my_rank == last ? &other_kv : &shape, "kv row floats 16..32"},
+    };
+    for (int i = 0; i < 3; i++) {
+        seqpar_ctx ctx = {.backend = test_backend(), .comm = world};
+        rt_error err = {{0}};
+        const int rc = seqpar_agree_shapes(&ctx, odd_one[i].n_seqs, odd_one[i].Tl, odd_one[i].shape, &err);
+        if (n_ranks == 1) {
+            CU_ASSERT(rc == 0 && ctx.group_agreed);
+            continue;
+        }
+        CU_ASSERT(rc == -1 && !ctx.group_agreed);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, "disagree"));
+        if (!strstr(err.msg, odd_one[i].names))
+            fprintf(stderr, "\n  expected \"%s\" in: %s\n", odd_one[i].names, err.msg);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err.msg, odd_one[i].names));
+    }
+    seqpar_ctx ctx = {.backend = test_backend(), .comm = world};
+    rt_error err = {{0}};
+    const int rc = seqpar_agree_shapes(&ctx, 2, 7, &shape, &err); /* 7 tokens: no two equal chunks */
+    CU_ASSERT(n_ranks == 1 ? rc == 0 : rc == -1 && strstr(err.msg, "divide") != NULL);
+}
+
+/* ------------------------------------------------------------------ misuse of a ring call: fatal, before any
+ * transfer (so a forked child can show it without MPI) */
+
+static void child_abort(int exit_code) { _exit(exit_code); }
+
+/* Runs misuse(arg) in a child; expects exit 1 and message on stderr. */
+static void expect_fatal(void (*misuse)(void *arg), void *arg, const char *message) {
+    int pipe_fds[2];
+    CU_ASSERT_EQUAL_FATAL(pipe(pipe_fds), 0);
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        dup2(pipe_fds[1], STDERR_FILENO);
+        close(pipe_fds[0]);
+        rt_set_abort_hook(child_abort);
+        alarm(10); /* a call that goes on to the ring would wait for peers that never come */
+        misuse(arg);
+        _exit(0); /* not caught */
+    }
+    close(pipe_fds[1]);
+    char text[2048] = {0};
+    size_t len = 0;
+    ssize_t got;
+    while (len < sizeof text - 1 && (got = read(pipe_fds[0], text + len, sizeof text - 1 - len)) > 0)
+        len += (size_t)got;
+    close(pipe_fds[0]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    if (!strstr(text, message)) fprintf(stderr, "\n  expected \"%s\" in: %s\n", message, text);
+    CU_ASSERT_PTR_NOT_NULL(strstr(text, message));
+}
+
+typedef struct {
+    seqpar_ctx *ctx;
+    ring_problem *p;
+    seqpar_tokens tokens;
+} misuse_call;
+
+static void misuse_forward(void *arg) {
+    misuse_call *call = arg;
+    ring_result r = result_make(call->p);
+    run_forward_of(call->ctx, call->p, &r, 0, &call->tokens);
+}
+
+static void misuse_backward(void *arg) {
+    misuse_call *call = arg;
+    ring_result r = result_make(call->p);
+    run_backward_of(call->ctx, call->p, &r, 0, &call->tokens);
+}
+
+/* A ring call before the group agreed, with other shapes than agreed, or with positions that are not this rank's
+ * zigzag share ends the job naming what is wrong; one rank takes all of it. */
+static void test_ring_call_misuse(void) {
+    if (n_ranks == 1) return; /* no group: nothing to agree on, any positions */
+    ring_problem p = problem_make((ring_case){4, 2, 16, 6, 1, 3}, 800);
+    rt_device_memory mem;
+    rt_device_memory_init(&mem, rt_backend_cpu(), 0);
+    seqpar_ctx unagreed = {.backend = test_backend(), .mem = &mem, .comm = world};
+    misuse_call call = {&unagreed, &p, p.tokens};
+    expect_fatal(misuse_forward, &call, "before the group agreed");
+    seqpar_ctx ctx = ctx_make(&mem, &p, 0);
+    call.ctx = &ctx;
+    call.tokens.n_seqs = 2;
+    expect_fatal(misuse_forward, &call, "call of 2 sequences x 12 local tokens");
+    expect_fatal(misuse_backward, &call, "agreed on 3 x 12");
+    call.tokens.n_seqs = 3;
+    int64_t *moved = malloc(p.B * p.Tl * sizeof(int64_t));
+    memcpy(moved, p.host_pos, p.B * p.Tl * sizeof(int64_t));
+    moved[2 * p.Tl + 7] += 1; /* sequence 2, local token 7 */
+    call.tokens.host_pos = moved;
+    expect_fatal(misuse_forward, &call, "sequence 2, local token 7");
+    expect_fatal(misuse_backward, &call, "zigzag share");
+    free(moved);
+    seqpar_ctx_free(&ctx);
+    rt_device_memory_destroy(&mem);
     problem_free(&p);
 }
 
@@ -487,12 +747,15 @@ int main(int argc, char **argv) {
     test_case tests[] = {
         {"ring matches full attention (MHA, GQA, head dims, chunks, block sizes)", test_matches_full_attention},
         {"ring without the causal mask", test_not_causal},
+        {"B sequences in one call == one at a time, bitwise; P-1 messages per call", test_batched_equals_one_at_a_time},
         {"backward accumulates, buffers reused", test_backward_accumulates},
         {"buffers grow with the sequence", test_buffers_grow},
         {"seqpar_reserve covers every buffer of the calls", test_reserve_covers_calls},
         {"deterministic run to run", test_deterministic},
         {"zigzag spans cover the sequence", test_spans_cover_sequence},
         {"bad layout gives a clear error", test_bad_layout},
+        {"the group agrees on the shapes at setup", test_agreement},
+        {"a ring call off the agreed shapes or the zigzag is fatal", test_ring_call_misuse},
     };
     int rc = run_suite(tests, (int)(sizeof tests / sizeof tests[0]));
     /* every rank exits with the same status */

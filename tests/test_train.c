@@ -113,7 +113,7 @@ static float *train_bits(const rt_config *cfg, double *losses, double *norms, si
     }
     *n_params = rt_trainer_model(t)->table.total;
     float *params = malloc(*n_params * sizeof *params);
-    memcpy(params, rt_trainer_model(t)->params, *n_params * sizeof *params);
+    rt_trainer_params(t, params);
     rt_trainer_free(t);
     return params;
 }
