@@ -8,7 +8,10 @@
  * limit. The probe backend allocates lazily (no zero-fill), so probing
  * layouts of many GiB costs nothing.
  *
- *   mpirun -np P bench_memory PRESET LIMIT ZERO_STAGE MODE...
+ *   mpirun -np P bench_memory PRESET LIMIT ZERO_STAGE [--mlp-tile-mib=N] MODE...
+ *
+ * --mlp-tile-mib=N runs the MLP in tiles whose intermediates take N MiB
+ * (activations.mlp_tile_mib) for the modes after it.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +27,10 @@ static void no_zero(const rt_backend *be, void *dst, size_t bytes) { (void)be, (
 static void no_hook(void *ctx, const float *grads, size_t offset, size_t count) {
     (void)ctx, (void)grads, (void)offset, (void)count;
 }
+static void no_gather(void *ctx, float *dst, size_t offset, size_t count) {
+    (void)ctx, (void)dst, (void)offset, (void)count;
+}
+static void no_wait(void *ctx) { (void)ctx; }
 
 /* 1 when setup for one sequence of T tokens fits limit on this rank. */
 static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *mesh, size_t limit, int stage,
@@ -39,16 +46,23 @@ static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *me
     rt_optimizer opt;
     rt_error err;
     size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), world->size);
+    const size_t local = T / (size_t)world->size;
     rt_model_options options = {.mode = mode,
                                 .offload_max_inflight = cfg.offload_max_inflight,
                                 .max_seqs = 1,
-                                .max_local_len = T / (size_t)world->size,
+                                .max_local_len = local,
                                 .n_alloc = n_alloc,
                                 .seqpar = &sp,
-                                .grad_hook = stage == 2 ? no_hook : NULL};
-    int ok =
-        rt_model_init(&model, &shape, be, &mem, &options, &err) == 0 &&
-        rt_optimizer_init(&opt, be, &mem, mesh, stage, &model.table, model.params, 0.9f, 0.95f, 1e-8f, 0.1f, &err) == 0;
+                                .mlp_tile_tokens = rt_config_mlp_tile(&cfg, local),
+                                .grad_hook = stage >= 2 ? no_hook : NULL,
+                                .param_gather = stage == 3 ? no_gather : NULL,
+                                .param_wait = no_wait};
+    int ok = rt_model_init(&model, &shape, be, &mem, &options, &err) == 0;
+    /* Stage 3 has no full parameter buffer: the initial weights come from the host (untouched pages). */
+    float *initial = stage == 3 ? calloc(n_alloc, sizeof(float)) : model.params;
+    ok = ok &&
+         rt_optimizer_init(&opt, be, &mem, mesh, stage, &model.table, initial, 0.9f, 0.95f, 1e-8f, 0.1f, &err) == 0;
+    if (stage == 3) free(initial);
     seqpar_ctx_free(&sp);
     rt_model_free(&model);
     rt_device_memory_destroy(&mem);
@@ -81,6 +95,10 @@ int main(int argc, char **argv) {
     probe.memset_zero = no_zero;
     const size_t grain = 64 * 2 * (size_t)world->size; /* T divides into 2P chunks of whole 64-token tiles */
     for (int a = 4; a < argc; a++) {
+        if (strncmp(argv[a], "--mlp-tile-mib=", 15) == 0) {
+            cfg.mlp_tile_mib = atoi(argv[a] + 15);
+            continue;
+        }
         rt_activation_mode mode = strcmp(argv[a], "keep") == 0        ? RT_ACT_KEEP
                                   : strcmp(argv[a], "recompute") == 0 ? RT_ACT_RECOMPUTE
                                                                       : RT_ACT_OFFLOAD;
@@ -97,8 +115,8 @@ int main(int argc, char **argv) {
                 hi = mid;
         }
         if (world->rank == 0)
-            printf("%-10s P=%d zero=%d %-9s limit %s: longest T = %zu (%zu per rank)\n", argv[1], world->size, stage,
-                   argv[a], argv[2], lo, lo / (size_t)world->size);
+            printf("%-10s P=%d zero=%d mlp_tile_mib=%d %-9s limit %s: longest T = %zu (%zu per rank)\n", argv[1],
+                   world->size, stage, cfg.mlp_tile_mib, argv[a], argv[2], lo, lo / (size_t)world->size);
     }
     rt_mesh_free(&mesh);
     rt_comm_finalize();
