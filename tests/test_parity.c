@@ -504,15 +504,17 @@ static void test_dropout_keys(void) {
     dropout_log_free(&ref);
 }
 
-/* keep, recompute and offload on the job's ranks (sp = P): bitwise the same losses, norms, gradients and
- * parameters. */
+/* keep, recompute and offload on the job's ranks (sp = P) at every ZeRO stage: bitwise the same losses, norms,
+ * gradients and parameters. */
 static void test_activation_modes_bitwise(void) {
     const rt_family families[] = {RT_FAMILY_LLAMA, RT_FAMILY_GPT2};
-    for (int f = 0; f < 2; f++) {
+    for (int case_ = 0; case_ < 2 * 4; case_++) {
+        const int f = case_ % 2, stage = case_ / 2;
         rt_config cfg;
         base_config(&cfg, families[f], families[f] == RT_FAMILY_LLAMA ? 0.1f : 0.0f);
         cfg.sp = world->size;
         cfg.n_layers = 3;
+        cfg.zero_stage = stage;
         run_record runs[3];
         const rt_activation_mode modes[] = {RT_ACT_KEEP, RT_ACT_RECOMPUTE, RT_ACT_OFFLOAD};
         for (int i = 0; i < 3; i++) {
@@ -586,7 +588,7 @@ int main(int argc, char **argv) {
         {"clipping that acts: llama, ZeRO-2 == 1 rank", test_clipping_llama_zero2},
         {"clipping that acts: gpt2, ZeRO-1 == 1 rank", test_clipping_gpt2_zero1},
         {"dropout keys: distinct masks, same on every mesh", test_dropout_keys},
-        {"keep == recompute == offload, bitwise", test_activation_modes_bitwise},
+        {"keep == recompute == offload, bitwise, every ZeRO stage", test_activation_modes_bitwise},
         {"same seed, same ranks: the same bits, run to run", test_run_to_run_bitwise},
     };
     int status = test_run_suite("parity", cases, (int)(sizeof cases / sizeof cases[0]));
