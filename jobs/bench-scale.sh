@@ -3,12 +3,12 @@
 # (jobs/bench_memory: every device buffer of a run is allocated at setup, through the accounted arena), for
 # gpt2-124m and llama-336m, offload + ZeRO-3 + tiled MLP at P = 1, 2, 4 (sequence parallel over all ranks),
 # against keep mode, ZeRO-0, untiled on one rank. Prints the ratio per doubling of P and against that baseline.
-# Usage: jobs/bench-scale.sh [MLP_TILE_MIB]   (default 64)
+# Usage: jobs/bench-scale.sh [MLP_TILE_MIB]   (default 32)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash jobs/build.sh build >/dev/null
-tile=${1:-64}
+tile=${1:-32}
 mpirun_flags=(--oversubscribe -x OMP_NUM_THREADS=1)
 [ "$(id -u)" -eq 0 ] && mpirun_flags+=(--allow-run-as-root)
 longest() { # P PRESET STAGE TILE MODE -> longest T

@@ -300,7 +300,6 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->acts = calloc_check((size_t)m->n_act_sets, sizeof *m->acts);
     for (int i = 0; i < m->n_act_sets; i++)
         alloc_act_set(m, &m->acts[i], err, &failed);
-    m->norm_f = ALLOC_F(N * C, "activations (final norm)");
     m->norm_f_mean = ALLOC_F(N, "activations (final norm mean)");
     m->norm_f_rstd = ALLOC_F(N, "activations (final norm rstd)");
     m->logits = ALLOC_F(m->head_tile * Vp, "logits tile");
@@ -314,13 +313,23 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->host_losses = malloc_check(N * sizeof *m->host_losses);
     m->d_resid = ALLOC_F(N * C, "gradient scratch (residual)");
     m->d_branch = ALLOC_F(N * C, "gradient scratch (branch)");
-    m->d_norm = ALLOC_F(N * C, "gradient scratch (norm)");
-    m->d_att = ALLOC_F(N * s->n_heads * s->head_dim, "gradient scratch (attention)");
-    m->d_qkv = ALLOC_F(N * rt_qkv_width(s), "gradient scratch (qkv)");
+    /* A layer's backward reads d_att only between the output projection's backward and the attention's,
+     * while d_norm lies dead (written by the MLP's backward and read by norm2's before; zeroed for the QKV
+     * backward after): they share a buffer. */
+    const size_t HD = (size_t)s->n_heads * s->head_dim;
+    m->d_norm = ALLOC_F(N * (HD > C ? HD : C), "gradient scratch (norm; attention output)");
+    m->d_att = m->d_norm;
+    /* The final norm's output lives from the head's forward to the end of its backward, when no layer's
+     * backward runs, and every layer backward zeroes d_qkv before use: they share a buffer. */
+    const size_t qkv = rt_qkv_width(s);
+    m->d_qkv = ALLOC_F(N * (qkv > C ? qkv : C), "gradient scratch (qkv; the final norm's output)");
+    m->norm_f = m->d_qkv;
     m->d_fc = ALLOC_F(m->mlp_tile * rt_fc_width(s), "gradient scratch (mlp fc)");
     m->d_act = ALLOC_F(m->mlp_tile * s->d_ff, "gradient scratch (mlp activation)");
     m->delta = ALLOC_F(N * s->n_heads, "gradient scratch (attention delta)");
-    m->branch = ALLOC_F(N * C, "activations (branch output)");
+    /* A branch's output is dead once added to the residual, and a layer's backward (which follows its
+     * recompute) writes d_branch before it reads it: one buffer serves both. */
+    m->branch = m->d_branch;
     if (failed) return -1;
     return seqpar_reserve(m->seqpar, max_seqs, max_local_len, &attn, err);
 }

@@ -104,7 +104,7 @@ typedef struct {
     float *final_hidden; /* offload: (N, C) the last layer's output, in an offloader slot during a pass */
     rt_layer_acts *acts; /* L sets (keep) or 1 set (recompute) */
     int n_act_sets;
-    float *norm_f;                    /* (N, C) */
+    float *norm_f;                    /* (N, C), inside d_qkv (model.c says why) */
     float *norm_f_mean, *norm_f_rstd; /* (N) */
     float *logits;                    /* (head_tile, Vp) */
     float *losses;                    /* (N) */
@@ -118,13 +118,13 @@ typedef struct {
     /* backward scratch, shared by all layers */
     float *d_resid;  /* (N, C) gradient flowing down the residual stream */
     float *d_branch; /* (N, C) gradient of a branch output (after dropout mask) */
-    float *d_norm;   /* (N, C) */
-    float *d_att;    /* (N, H*D) */
-    float *d_qkv;    /* (N, QKV) */
+    float *d_norm;   /* (N, max(C, H*D)) */
+    float *d_att;    /* (N, H*D) = d_norm, which is at least as large */
+    float *d_qkv;    /* (N, max(QKV, C)): also holds norm_f */
     float *d_fc;     /* (mlp_tile, FC) */
     float *d_act;    /* (mlp_tile, F) */
     float *delta;    /* (N, H) */
-    float *branch;   /* (N, C) forward scratch: a branch output before the residual add */
+    float *branch;   /* (N, C) forward scratch: a branch output before the residual add; = d_branch */
 
     /* Streamed gradients (ZeRO stages 2-3): layer l's gradients go to the layer-sized scratch l % 2, handed
      * to grad_hook right after the layer's backward; the hook may keep reading it until its next call, while

@@ -43,10 +43,11 @@
  * contribution (step 0) goes straight into the caller's dk/dv, so each
  * accumulator makes P-1 hops (owner+1 -> ... -> owner+P-1 -> owner) and
  * each rank receives P-1 of them: P-2 to add to and finally its own, which
- * it adds into dk/dv. Receives are posted a step ahead, so the transfer of
- * an accumulator overlaps the compute of the next partial. Buffers
- * dkv_ring[4]: two partials (one computed while the other is sent) and two
- * receive slots.
+ * it adds into dk/dv. A receive is posted at the end of a step, when r-1
+ * sends, so the transfer of an accumulator overlaps the compute of the next
+ * partial. Buffers dkv_ring[3]: two partials (one computed while the other
+ * is sent) and one receive slot (free again once its accumulator is added,
+ * before the next receive is posted).
  *
  * Summation order. Per sequence the kernel calls (step, key block, query
  * run) come in the same order as in a call of that sequence alone, every
@@ -388,7 +389,7 @@ static int try_ensure_ring(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_a
     if (try_ensure_buffers(ctx, ctx->kv_ring, 2, &ctx->kv_ring_bytes, bytes, "ring attention K/V blocks", err))
         return -1;
     if (with_dkv &&
-        try_ensure_buffers(ctx, ctx->dkv_ring, 4, &ctx->dkv_ring_bytes, bytes, "ring attention dK/dV blocks", err))
+        try_ensure_buffers(ctx, ctx->dkv_ring, 3, &ctx->dkv_ring_bytes, bytes, "ring attention dK/dV blocks", err))
         return -1;
     return try_ensure_key_positions(ctx, (size_t)ring_size(ctx) * Tl, err);
 }
@@ -417,8 +418,8 @@ int seqpar_reserve(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn_shap
 }
 
 void seqpar_ctx_free(seqpar_ctx *ctx) {
-    void **buffers[] = {&ctx->attn_workspace, &ctx->kv_ring[0],  &ctx->kv_ring[1],  &ctx->dkv_ring[0],
-                        &ctx->dkv_ring[1],    &ctx->dkv_ring[2], &ctx->dkv_ring[3], &ctx->key_positions};
+    void **buffers[] = {&ctx->attn_workspace, &ctx->kv_ring[0],  &ctx->kv_ring[1],   &ctx->dkv_ring[0],
+                        &ctx->dkv_ring[1],    &ctx->dkv_ring[2], &ctx->key_positions};
     for (size_t i = 0; i < sizeof buffers / sizeof buffers[0]; i++) {
         if (*buffers[i]) rt_device_free(ctx->mem, *buffers[i]);
         *buffers[i] = NULL;
@@ -531,18 +532,16 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
     backend->attn_delta(backend, delta, out, dout, n, shape);
     ensure_call_buffers(ctx, B, Tl, shape, 1);
     const size_t bytes = kv_message_bytes(n, shape), width = kv_row_floats(shape);
-    rt_comm_request dkv_recv_req[2] = {{0}, {0}}, dkv_send_req = {0};
+    rt_comm_request dkv_recv_req = {0}, dkv_send_req = {0};
     if (P > 1) pack_kv(backend, ctx->kv_ring[0], k, v, n, shape);
-    /* dkv_ring: two partials and two receive slots, each [dK (n, W) | dV (n, W)] */
-    float *partial[2] = {ctx->dkv_ring[0], ctx->dkv_ring[1]}, *received[2] = {ctx->dkv_ring[2], ctx->dkv_ring[3]};
+    /* dkv_ring: two partials and one receive slot, each [dK (n, W) | dV (n, W)] */
+    float *partial[2] = {ctx->dkv_ring[0], ctx->dkv_ring[1]}, *received = ctx->dkv_ring[2];
     rt_comm *comm = ctx->comm;
     const int to = comm ? (comm->rank + 1) % P : 0, from = comm ? (comm->rank + P - 1) % P : 0;
     for (int s = 0; s < P; s++) {
         void *held = ctx->kv_ring[s % 2];
         rt_comm_request kv_req = {0};
         if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
-        /* the accumulator r-1 sends at its step s: added at step s+1, or this rank's own after the last step */
-        if (s >= 1) comm->ops->irecv(comm, received[s % 2], bytes, from, TAG_DKV, &dkv_recv_req[s % 2]);
         if (s >= 1) backend->memset_zero(backend, partial[s % 2], bytes);
         for (size_t b = 0; b < B; b++) {
             const size_t row0 = b * Tl;
@@ -567,19 +566,25 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
         }
         if (s >= 2) {
             /* the block's accumulator from r-1 (posted last step), and our send of last step (frees its partial) */
-            timed_wait(ctx, &dkv_recv_req[(s - 1) % 2]);
+            timed_wait(ctx, &dkv_recv_req);
             timed_wait(ctx, &dkv_send_req);
             ctx->dkv_blocks_received++;
-            backend->add(backend, partial[s % 2], partial[s % 2], received[(s - 1) % 2], 2 * n * width);
+            backend->add(backend, partial[s % 2], partial[s % 2], received, 2 * n * width);
         }
-        if (s >= 1) comm->ops->isend(comm, partial[s % 2], bytes, to, TAG_DKV, &dkv_send_req);
+        if (s >= 1) {
+            comm->ops->isend(comm, partial[s % 2], bytes, to, TAG_DKV, &dkv_send_req);
+            /* the accumulator r-1 sends at the end of its step s, as we do: added at step s+1, or this rank's
+             * own after the last step. Posted once the slot's last one is added, so one slot serves; r-1 sends
+             * it about now, so it still moves during the next step's compute. */
+            comm->ops->irecv(comm, received, bytes, from, TAG_DKV, &dkv_recv_req);
+        }
     }
     if (P > 1) {
         /* this rank's own accumulators, back after P-1 hops */
-        timed_wait(ctx, &dkv_recv_req[(P - 1) % 2]);
+        timed_wait(ctx, &dkv_recv_req);
         timed_wait(ctx, &dkv_send_req);
         ctx->dkv_blocks_received++;
-        add_rows(backend, dk, shape->kv_stride, received[(P - 1) % 2], n, width);
-        add_rows(backend, dv, shape->kv_stride, received[(P - 1) % 2] + n * width, n, width);
+        add_rows(backend, dk, shape->kv_stride, received, n, width);
+        add_rows(backend, dv, shape->kv_stride, received + n * width, n, width);
     }
 }

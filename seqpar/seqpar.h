@@ -49,7 +49,7 @@ typedef struct {
     size_t kv_ring_bytes;  /* bytes of each kv_ring buffer */
     size_t dkv_ring_bytes; /* bytes of each dkv_ring buffer */
     void *kv_ring[2];      /* fp32 [K (B*Tl, Hkv*D) | V (B*Tl, Hkv*D)]: one message per hop, double-buffered */
-    void *dkv_ring[4];     /* fp32 [dK | dV] (B*Tl, Hkv*D) each: two partials being computed/sent, two being received */
+    void *dkv_ring[3];     /* fp32 [dK | dV] (B*Tl, Hkv*D) each: two partials being computed/sent, one being received */
     size_t key_positions_bytes;
     void *key_positions; /* int64 (P*Tl) 0, 1, ..., P*Tl - 1: what the kernels mask received keys by */
 } seqpar_ctx;

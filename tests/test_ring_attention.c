@@ -516,13 +516,13 @@ static void test_buffers_grow(void) {
 }
 
 /* seqpar_reserve covers every buffer of the calls: the accounted bytes are the attention workspace and the ring
- * buffers (2 K/V messages, 4 dK/dV messages of all B sequences, the key positions), and a forward and backward
+ * buffers (2 K/V messages, 3 dK/dV messages of all B sequences, the key positions), and a forward and backward
  * after it allocate nothing (no new allocation, no new peak), also at a limit of exactly those bytes. */
 static void test_reserve_covers_calls(void) {
     ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 3}, 600);
     const size_t width = (size_t)p.c.Hkv * p.c.D, message = 2 * p.B * p.Tl * width * sizeof(float);
     const size_t workspace = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), p.Tl, p.Tl, &p.shape);
-    const size_t ring = n_ranks == 1 ? 0 : 6 * message + (size_t)n_ranks * p.Tl * sizeof(int64_t);
+    const size_t ring = n_ranks == 1 ? 0 : 5 * message + (size_t)n_ranks * p.Tl * sizeof(int64_t);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), workspace + ring);
     seqpar_ctx ctx = ctx_make(&mem, &p, 5);
