@@ -8,7 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash jobs/build.sh build >/dev/null
 bash jobs/prepare-corpus.sh >/dev/null
-steps=${1:-3}
+steps=${1:-5}
 mpirun_flags=(--oversubscribe -x OMP_NUM_THREADS=1)
 [ "$(id -u)" -eq 0 ] && mpirun_flags+=(--allow-run-as-root)
 out=$(mktemp -d /tmp/rt_bench_overlap.XXXXXX)
