@@ -9,7 +9,7 @@
 #   mpirun (CPU)          test_ring_attention on 2 ranks through the bundled mpirun: MPI itself works here
 #   test_cuda_ops         every op, CUDA vs CPU
 #   test_cuda_train np1   tiny llama and gpt2, CUDA vs CPU; keep == recompute == offload on the GPU
-#   test_cuda_train np2   2 ranks sharing the GPU (RINGTRAIN_DEVICE_PLANE=staged): ring attention + ZeRO-2 vs 1 rank
+#   test_cuda_train np2   2 ranks sharing the GPU (RINGTRAIN_DEVICE_PLANE=staged): ring attention + ZeRO-2/3 vs 1 rank
 #   bench-gpu             throughput, MFU, offload vs recompute, attention vs PyTorch (numbers, not pass/fail,
 #                         but a benchmark that fails to run fails the check)
 # A GPU test that skips (exit 77) fails here: on this machine a GPU must be visible.

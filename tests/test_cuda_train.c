@@ -240,8 +240,9 @@ static void test_activation_modes_bitwise(void) {
     }
 }
 
-/* 2 ranks sharing the GPU: ring attention (sp = P) with ZeRO-2 and grad_accum 2 against 1 rank, both CUDA. */
-static void test_ring_zero2_vs_one_rank(void) {
+/* 2 ranks sharing the GPU: ring attention (sp = P) with ZeRO-2 and ZeRO-3 (parameters gathered per layer,
+ * nonblocking reductions) and grad_accum 2 against 1 rank, all on CUDA. */
+static void test_ring_zero_vs_one_rank(void) {
     if (world->size == 1) {
         if (verbose()) fprintf(stderr, "\n  1 rank: nothing to split (run under mpirun -np 2)");
         return;
@@ -250,19 +251,22 @@ static void test_ring_zero2_vs_one_rank(void) {
     for (int f = 0; f < 2; f++) {
         rt_config cfg;
         base_config(&cfg, families[f]);
-        cfg.grad_accum = 2; /* stage 2 accumulates its shard over micro-batches */
+        cfg.grad_accum = 2; /* stages 2-3 accumulate their shard over micro-batches */
         rt_config single = cfg;
-        cfg.sp = world->size;
-        cfg.zero_stage = 2;
-        run_record one, split;
+        run_record one;
         CU_ASSERT_FATAL(record_run(&single, self, gpu, &one) == 0);
-        CU_ASSERT_FATAL(record_run(&cfg, world, gpu, &split) == 0);
-        char what[96];
-        snprintf(what, sizeof what, "%s sp=%d ZeRO-2 vs 1 rank (CUDA, staged plane)",
-                 families[f] == RT_FAMILY_LLAMA ? "llama" : "gpt2", world->size);
-        compare_runs(&split, &one, SPLIT_TOL, what);
+        for (int stage = 2; stage <= 3; stage++) {
+            cfg.sp = world->size;
+            cfg.zero_stage = stage;
+            run_record split;
+            CU_ASSERT_FATAL(record_run(&cfg, world, gpu, &split) == 0);
+            char what[96];
+            snprintf(what, sizeof what, "%s sp=%d ZeRO-%d vs 1 rank (CUDA, staged plane)",
+                     families[f] == RT_FAMILY_LLAMA ? "llama" : "gpt2", world->size, stage);
+            compare_runs(&split, &one, SPLIT_TOL, what);
+            free_record(&split);
+        }
         free_record(&one);
-        free_record(&split);
     }
 }
 
@@ -316,7 +320,7 @@ int main(int argc, char **argv) {
     test_case cases[] = {
         {"tiny llama and gpt2: CUDA == CPU (3 steps)", test_cuda_vs_cpu},
         {"CUDA: keep == recompute == offload, bitwise", test_activation_modes_bitwise},
-        {"CUDA, 2 ranks on one GPU: ring attention + ZeRO-2 == 1 rank", test_ring_zero2_vs_one_rank},
+        {"CUDA, 2 ranks on one GPU: ring attention + ZeRO-2 and ZeRO-3 == 1 rank", test_ring_zero_vs_one_rank},
     };
     int status = test_run_suite("cuda_train", cases, (int)(sizeof cases / sizeof cases[0]));
     int worst = status;
