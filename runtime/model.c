@@ -255,6 +255,7 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
         m->top_param_buf = ALLOC_F(lo[0] + (m->table.total - lo[L]), "parameters (gathered embeddings and head)");
         for (int i = 0; i < 2; i++)
             m->layer_param_buf[i] = ALLOC_F(lo[1] - lo[0], "parameters (gathered layer)");
+        rt_model_params_changed(m); /* nothing resident yet */
     } else {
         m->params = ALLOC_F(n_alloc, "parameters");
     }
@@ -414,10 +415,11 @@ void rt_model_zero_grads(rt_model *m) {
     m->backend->memset_zero(m->backend, m->grads, n * sizeof(float));
 }
 
-/* Sharded parameters: a pass starts with nothing resident (the optimizer may have changed the parameters since
- * the last one), and gathers each unit when it first needs it. Every rank runs the same passes, so the gathers
+/* Sharded parameters: a pass gathers each unit when it first needs it, unless its buffer still holds it from
+ * an earlier pass since the parameters last changed (the micro-batches of a step share the backward's last
+ * layers and the embeddings and head). Every rank runs the same passes and updates, so the gathers
  * (collectives) match. */
-static void forget_params(rt_model *m) {
+void rt_model_params_changed(rt_model *m) {
     m->resident_top = 0;
     m->resident_layer[0] = m->resident_layer[1] = -1;
 }
@@ -471,7 +473,6 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
             ids[i] = (int64_t)(((uint64_t)(batch->first_seq + b) << 40) | (uint64_t)batch->pos[i]);
         }
     const rt_backend *be = m->backend;
-    forget_params(m);
     be->copy(be, m->tokens, batch->inputs, N * sizeof(int32_t));
     be->copy(be, m->targets, batch->targets, N * sizeof(int32_t));
     be->copy(be, m->pos, batch->pos, N * sizeof(int64_t));

@@ -140,8 +140,7 @@ typedef struct {
      * top point into top_param_buf (every tensor outside the layers: [0, layer_offset[0]) then
      * [layer_offset[L], total)), those of layer l into layer_param_buf[l % 2]; a pass gathers a unit into its
      * buffer right before it first uses it (resident_top: whether top_param_buf holds them; resident_layer: the
-     * layer each buffer holds, -1 none; every pass starts with nothing resident, since the optimizer may have
-     * changed the parameters). */
+     * layer each buffer holds, -1 none; both kept across passes until rt_model_params_changed). */
     int shard_params;
     void (*param_gather)(void *ctx, float *dst, size_t offset, size_t count);
     void (*param_wait)(void *ctx);
@@ -228,6 +227,9 @@ void rt_model_init_params(rt_model *m, uint64_t seed);
 void rt_model_init_params_host(const rt_model *m, uint64_t seed, float *host);
 
 void rt_model_zero_grads(rt_model *m);
+/* The parameters changed (an optimizer update, a checkpoint load): at ZeRO-3 the gathered copies are stale, and
+ * the next pass gathers again. A no-op for a model that holds its parameters. */
+void rt_model_params_changed(rt_model *m);
 
 /* What one micro-batch step needs: B sequences of T local tokens (host arrays, copied to the device). */
 typedef struct {

@@ -306,6 +306,7 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     if (t->preclip_probe) rt_optimizer_gather_grads(&t->opt, m->grads, t->preclip_probe);
     float lr = rt_lr_schedule(step, cfg->steps, cfg->warmup_steps, cfg->lr, cfg->min_lr);
     double grad_norm = rt_optimizer_update(&t->opt, m->params, m->grads, lr, cfg->grad_clip);
+    rt_model_params_changed(m);
     double loss = loss_sum / step_targets;
     /* Both are reduced over the world: every rank fails here alike, and rank 0 says so. */
     if (!isfinite(loss) || !isfinite(grad_norm)) {

@@ -300,6 +300,7 @@ int rt_trainer_load(rt_trainer *t, const char *path, char *changes, size_t cap, 
     unsigned groups = (1u << GROUP_MASTER) | (1u << GROUP_M) | (1u << GROUP_V);
     plan_pieces(&list, &t->model.table, groups, opt->shard_begin, opt->shard_begin + opt->shard_size, base,
                 opt->shard_begin);
+    rt_model_params_changed(&t->model); /* also when the read fails part way */
     rc = rt_ckpt_store_read(rt_comm_mpi_handle(t->world), path, list.pieces, list.n, NULL, err);
     piece_list_free(&list);
     if (rc) goto fail;

@@ -171,6 +171,38 @@ static void test_bitwise_gpt2_stage1(void) { bitwise_all_layouts(RT_FAMILY_GPT2,
 static void test_bitwise_gpt2_stage2(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 2); }
 static void test_bitwise_gpt2_stage3(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 3); }
 
+/* A trainer that trained on past its checkpoint loads it and redoes those steps: the straight run's bits (at
+ * ZeRO-3 the gathered copies it still holds are of later parameters and must not be used). */
+static void test_load_into_used_trainer(void) {
+    for (int stage = 0; stage <= 3; stage += 3) {
+        rt_config cfg;
+        base_config(&cfg, RT_FAMILY_LLAMA, 0.1f, world->size == 4 ? 2 : world->size, stage);
+        cfg.val_fraction = 0.2f; /* a validation pass after every step: the last pass before the load gathered */
+        cfg.val_every = 1;
+        cfg.val_steps = 1;
+        char path[300];
+        snprintf(path, sizeof path, "%s/used.h5", work_dir);
+        record straight = {0}, redone = {0};
+        rt_trainer *t = make_trainer(&cfg);
+        train(t, 0, STEPS, &straight);
+        rt_trainer_free(t);
+
+        t = make_trainer(&cfg);
+        train(t, 0, HALF, &redone);
+        save(t, path);
+        train(t, HALF, STEPS, &redone);
+        load(t, path);
+        train(t, HALF, STEPS, &redone);
+        rt_trainer_free(t);
+        CU_ASSERT(memcmp(straight.loss, redone.loss, sizeof straight.loss) == 0);
+        CU_ASSERT(memcmp(straight.grad_norm, redone.grad_norm, sizeof straight.grad_norm) == 0);
+        CU_ASSERT(memcmp(straight.params, redone.params, straight.n_params * sizeof(float)) == 0);
+        free(straight.params);
+        free(redone.params);
+        if (world->rank == 0) unlink(path);
+    }
+}
+
 /* A stop request abandons the step at the first layer boundary; the next steps are those of a run never
  * stopped, in every activation mode (offload must drain and free its slots). */
 static void interrupted_case(rt_activation_mode mode, int stage) {
@@ -325,6 +357,7 @@ int main(int argc, char **argv) {
             {"bitwise resume: gpt2, ZeRO 1", test_bitwise_gpt2_stage1},
             {"bitwise resume: gpt2, ZeRO 2", test_bitwise_gpt2_stage2},
             {"bitwise resume: gpt2, ZeRO 3", test_bitwise_gpt2_stage3},
+            {"a trainer that ran on loads its checkpoint == straight run (ZeRO 0, 3)", test_load_into_used_trainer},
             {"a step abandoned by a stop request changes nothing", test_interrupted_step},
             {"a changed d_model is refused by name", test_changed_shape_refused},
         };
