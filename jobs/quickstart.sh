@@ -27,7 +27,7 @@ fi
 [ "$status" -eq 0 ] || exit "$status"
 echo
 echo "== checkpoints in $run_dir/checkpoints (latest: $(cat "$run_dir/checkpoints/latest"))"
-build/ringtrain inspect "$run_dir/checkpoints/$(cat "$run_dir/checkpoints/latest")" | head -8
+build/ringtrain inspect "$run_dir/checkpoints/$(cat "$run_dir/checkpoints/latest")" | sed -n 1,8p  # sed reads it all: head would end inspect with SIGPIPE (exit 141 under pipefail)
 
 echo
 echo "== sample from $run_dir/model.h5"
