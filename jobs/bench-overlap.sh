@@ -11,7 +11,7 @@ bash jobs/prepare-corpus.sh >/dev/null
 steps=${1:-5}
 mpirun_flags=(--oversubscribe -x OMP_NUM_THREADS=1)
 [ "$(id -u)" -eq 0 ] && mpirun_flags+=(--allow-run-as-root)
-out=$(mktemp -d /tmp/rt_bench_overlap.XXXXXX)
+out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 step_metrics() { # NP RUN TRANSPORT MODE STAGE T -> "step_s comm_exposed_s tokens_per_s"
   local btl=()
