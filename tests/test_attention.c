@@ -9,6 +9,7 @@
 
 #include "../runtime/backend_cpu_internal.h"
 #include "../seqpar/seqpar.h"
+#include "expect_fatal.h"
 #include "testing.h"
 
 /*
@@ -891,36 +892,22 @@ static void test_workspace_sizes(void) {
     omp_set_num_threads(saved);
 }
 
-static void child_abort(int exit_code) { _exit(exit_code); }
+typedef struct {
+    void (*misuse)(unsigned char *ws, size_t bytes);
+    unsigned char *ws;
+    size_t bytes;
+} workspace_misuse;
+
+static void run_workspace_misuse(void *arg) {
+    const workspace_misuse *w = arg;
+    w->misuse(w->ws, w->bytes);
+}
 
 /* Runs misuse(ws, bytes) in a child; expects exit 1 and message on stderr. */
 static void expect_fatal(void (*misuse)(unsigned char *ws, size_t bytes), unsigned char *ws, size_t bytes,
                          const char *message) {
-    int pipe_fds[2];
-    CU_ASSERT_EQUAL_FATAL(pipe(pipe_fds), 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        dup2(pipe_fds[1], STDERR_FILENO);
-        close(pipe_fds[0]);
-        rt_set_abort_hook(child_abort);
-        misuse(ws, bytes);
-        _exit(0); /* not caught */
-    }
-    close(pipe_fds[1]);
-    char text[2048] = {0};
-    size_t len = 0;
-    ssize_t got;
-    while (len < sizeof text - 1 && (got = read(pipe_fds[0], text + len, sizeof text - 1 - len)) > 0)
-        len += (size_t)got;
-    close(pipe_fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    if (!strstr(text, message)) fprintf(stderr, "\n  expected \"%s\" in: %s\n", message, text);
-    CU_ASSERT_PTR_NOT_NULL(strstr(text, message));
+    workspace_misuse w = {misuse, ws, bytes};
+    test_expect_fatal(run_workspace_misuse, &w, 0, message);
 }
 
 /* The misuse cases: one call of 100 queries on 130 keys of misuse_problem. */

@@ -16,6 +16,7 @@
 
 #include "../offload/offload.h"
 #include "../runtime/backend_cpu_internal.h"
+#include "expect_fatal.h"
 #include "testing.h"
 
 #define WORDS 1024 /* uint32 words per layer input */
@@ -506,40 +507,20 @@ static void test_init_errors(void) {
  * misuse is fatal: each case runs in a forked child
  */
 
-static void child_abort(int exit_code) { _exit(exit_code); }
+/* In the child: a fresh 4-layer offloader (max_inflight 1) for the misuse. */
+static void run_offloader_misuse(void *arg) {
+    void (*misuse)(rt_offloader * off) = *(void (**)(rt_offloader *))arg;
+    rt_device_memory mem;
+    rt_device_memory_init(&mem, rt_backend_cpu(), 0);
+    rt_offloader off;
+    rt_error err;
+    if (rt_offloader_init(&off, rt_backend_cpu(), &mem, 4, BYTES, 1, &err) != 0) _exit(3);
+    misuse(&off);
+}
 
 /* Runs misuse(off) on a fresh 4-layer offloader (max_inflight 1) in a child; expects exit 1 and `message`. */
 static void expect_fatal(void (*misuse)(rt_offloader *off), const char *message) {
-    int pipe_fds[2];
-    CU_ASSERT_EQUAL_FATAL(pipe(pipe_fds), 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        dup2(pipe_fds[1], STDERR_FILENO);
-        close(pipe_fds[0]);
-        rt_set_abort_hook(child_abort);
-        rt_device_memory mem;
-        rt_device_memory_init(&mem, rt_backend_cpu(), 0);
-        rt_offloader off;
-        rt_error err;
-        if (rt_offloader_init(&off, rt_backend_cpu(), &mem, 4, BYTES, 1, &err) != 0) _exit(3);
-        misuse(&off);
-        _exit(0); /* not caught */
-    }
-    close(pipe_fds[1]);
-    char text[2048] = {0};
-    size_t len = 0;
-    ssize_t got;
-    while (len < sizeof text - 1 && (got = read(pipe_fds[0], text + len, sizeof text - 1 - len)) > 0)
-        len += (size_t)got;
-    close(pipe_fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    if (!strstr(text, message)) fprintf(stderr, "\n  expected \"%s\" in: %s\n", message, text);
-    CU_ASSERT_PTR_NOT_NULL(strstr(text, message));
+    test_expect_fatal(run_offloader_misuse, &misuse, 0, message);
 }
 
 static void forward(rt_offloader *off, int skip_save_of) {

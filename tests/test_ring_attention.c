@@ -9,6 +9,7 @@
 
 #include "../runtime/comm.h"
 #include "../seqpar/seqpar.h"
+#include "expect_fatal.h"
 #include "testing.h"
 
 /*
@@ -610,36 +611,10 @@ static void test_agreement(void) {
 /* ------------------------------------------------------------------ misuse of a ring call: fatal, before any
  * transfer (so a forked child can show it without MPI) */
 
-static void child_abort(int exit_code) { _exit(exit_code); }
-
-/* Runs misuse(arg) in a child; expects exit 1 and message on stderr. */
+/* Runs misuse(arg) in a child; expects exit 1 and message on stderr. The alarm: a call that goes on to the ring
+ * would wait for peers that never come. */
 static void expect_fatal(void (*misuse)(void *arg), void *arg, const char *message) {
-    int pipe_fds[2];
-    CU_ASSERT_EQUAL_FATAL(pipe(pipe_fds), 0);
-    fflush(stdout);
-    fflush(stderr);
-    pid_t pid = fork();
-    CU_ASSERT_FATAL(pid >= 0);
-    if (pid == 0) {
-        dup2(pipe_fds[1], STDERR_FILENO);
-        close(pipe_fds[0]);
-        rt_set_abort_hook(child_abort);
-        alarm(10); /* a call that goes on to the ring would wait for peers that never come */
-        misuse(arg);
-        _exit(0); /* not caught */
-    }
-    close(pipe_fds[1]);
-    char text[2048] = {0};
-    size_t len = 0;
-    ssize_t got;
-    while (len < sizeof text - 1 && (got = read(pipe_fds[0], text + len, sizeof text - 1 - len)) > 0)
-        len += (size_t)got;
-    close(pipe_fds[0]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
-    if (!strstr(text, message)) fprintf(stderr, "\n  expected \"%s\" in: %s\n", message, text);
-    CU_ASSERT_PTR_NOT_NULL(strstr(text, message));
+    test_expect_fatal(misuse, arg, 10, message);
 }
 
 typedef struct {
