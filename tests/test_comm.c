@@ -132,16 +132,6 @@ static void v_counts(int pattern, int k, size_t *out) {
     }
 }
 
-/* The sum of the counts, and in *first where this rank's block starts. */
-static size_t counts_total(const size_t *cnt, size_t *first) {
-    size_t total = 0;
-    for (int q = 0; q < world->size; q++) {
-        if (q == world->rank) *first = total;
-        total += cnt[q];
-    }
-    return total;
-}
-
 static void test_reduce_scatter_v(void) {
     const int P = world->size;
     size_t *cnt = malloc_check((size_t)P * sizeof *cnt);
@@ -152,7 +142,7 @@ static void test_reduce_scatter_v(void) {
             for (int k = 0; k < 4; k++) {
                 v_counts(pattern, k, cnt);
                 size_t first = 0;
-                const size_t total = counts_total(cnt, &first);
+                const size_t total = test_counts_total(cnt, P, world->rank, &first);
                 size_t mine = cnt[world->rank];
                 uint64_t seed = 200 + (uint64_t)(pattern * 4 + k);
                 float *send = malloc_check((total + 1) * sizeof *send),
@@ -191,7 +181,7 @@ static void test_allgather_v(void) {
             for (int k = 0; k < 4; k++) {
                 v_counts(pattern, k, cnt);
                 size_t first = 0;
-                const size_t total = counts_total(cnt, &first);
+                const size_t total = test_counts_total(cnt, P, world->rank, &first);
                 const size_t mine = cnt[world->rank];
                 const uint64_t seed = 500 + (uint64_t)(pattern * 4 + k);
                 float *want = malloc_check((total + 1) * sizeof *want), *send = malloc_check((mine + 1) * sizeof *send);
@@ -226,7 +216,7 @@ static void test_nonblocking(void) {
             for (int k = 0; k < 4; k++) {
                 v_counts(pattern, k, cnt);
                 size_t first = 0;
-                const size_t total = counts_total(cnt, &first);
+                const size_t total = test_counts_total(cnt, P, world->rank, &first);
                 const size_t mine = cnt[world->rank];
                 const uint64_t seed = 700 + (uint64_t)(pattern * 4 + k);
                 float *rs_send = malloc_check((total + 1) * sizeof(float)),

@@ -243,11 +243,8 @@ static void test_allgather_v(void) {
         for (int pattern = 0; pattern < 4; pattern++)
             for (int k = 0; k < 4; k++) {
                 v_counts(pattern, k, cnt);
-                size_t total = 0, first = 0;
-                for (int q = 0; q < P; q++) {
-                    if (q == world->rank) first = total;
-                    total += cnt[q];
-                }
+                size_t first = 0;
+                const size_t total = test_counts_total(cnt, P, world->rank, &first);
                 const size_t mine = cnt[world->rank];
                 const uint64_t seed = 600 + (uint64_t)(pattern * 4 + k);
                 float *send = dev_floats(mine), *recv_host = dev_floats(total), *recv_staged = dev_floats(total);
@@ -285,9 +282,7 @@ static void test_nonblocking(void) {
         for (int pattern = 0; pattern < 4; pattern++)
             for (int k = 0; k < 4; k++) {
                 v_counts(pattern, k, cnt);
-                size_t total = 0;
-                for (int q = 0; q < P; q++)
-                    total += cnt[q];
+                const size_t total = test_counts_total(cnt, P, world->rank, NULL);
                 const size_t mine = cnt[world->rank];
                 const uint64_t seed = 800 + (uint64_t)(pattern * 4 + k);
                 float *rs_send = dev_floats(total), *rs_copy = dev_floats(total);

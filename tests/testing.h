@@ -47,6 +47,16 @@ static inline double test_max_rel_error(const float *a, const float *b, size_t n
         CU_ASSERT(rel_err_ <= (tol));                                                                                  \
     } while (0)
 
+/* The sum of P block counts, and in *first (unless NULL) where block `rank` starts. */
+static inline size_t test_counts_total(const size_t *cnt, int P, int rank, size_t *first) {
+    size_t total = 0;
+    for (int q = 0; q < P; q++) {
+        if (q == rank && first) *first = total;
+        total += cnt[q];
+    }
+    return total;
+}
+
 typedef struct {
     const char *name;
     void (*fn)(void);
