@@ -43,7 +43,7 @@ static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *me
     rt_device_memory_init(&mem, be, limit);
     seqpar_ctx sp = {.backend = be, .mem = &mem, .comm = world};
     rt_model model;
-    rt_optimizer opt;
+    rt_optimizer opt = {0};
     rt_error err;
     size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), world->size);
     const size_t local = T / (size_t)world->size;
@@ -63,6 +63,7 @@ static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *me
     ok = ok &&
          rt_optimizer_init(&opt, be, &mem, mesh, stage, &model.table, initial, 0.9f, 0.95f, 1e-8f, 0.1f, &err) == 0;
     if (stage == 3) free(initial);
+    rt_optimizer_free(&opt);
     seqpar_ctx_free(&sp);
     rt_model_free(&model);
     rt_device_memory_destroy(&mem);

@@ -116,6 +116,7 @@ int main(int argc, char **argv) {
     free(inputs);
     free(targets);
     free(pos);
+    rt_optimizer_free(&opt);
     rt_model_free(&model);
     rt_device_memory_destroy(&mem);
     rt_mesh_free(&mesh);

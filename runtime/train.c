@@ -395,6 +395,7 @@ void rt_trainer_free(rt_trainer *t) {
     if (t->has_train_file) rt_tokens_close(&t->train_tokens);
     if (t->has_val_file) rt_tokens_close(&t->val_tokens);
     if (t->model_ready) rt_model_free(&t->model);
+    rt_optimizer_free(&t->opt);
     seqpar_ctx_free(&t->seqpar);
     rt_device_memory_destroy(&t->mem);
     rt_comm_device_plane_free(t->dev_sp);

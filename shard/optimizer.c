@@ -45,6 +45,7 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
                           .eps = eps,
                           .weight_decay = weight_decay};
     if (zero_stage < 0 || zero_stage > 3) return rt_fail(err, "zero.stage = %d: expected 0, 1, 2 or 3", zero_stage);
+    opt->piece_counts = malloc_check((size_t)world->size * sizeof *opt->piece_counts);
     opt->padded = rt_optimizer_padded_size(opt->n_params, world->size);
     rt_placement placements[RT_MESH_MAX_DIMS] = {{0}};
     for (int d = 0; d < mesh->ndim; d++)
@@ -118,7 +119,7 @@ void rt_optimizer_finish_reductions(rt_optimizer *opt) {
 void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t offset, size_t count) {
     /* The previous range's reductions overlapped whatever the caller computed since; they end here. */
     rt_optimizer_finish_reductions(opt);
-    size_t *counts = malloc_check((size_t)opt->dev->size * sizeof *counts);
+    size_t *counts = opt->piece_counts; /* the planes copy the counts at the post */
     for (size_t done = 0; done < count; done += REDUCE_CHUNK) {
         const size_t piece = count - done < REDUCE_CHUNK ? count - done : REDUCE_CHUNK;
         shard_counts(opt, offset + done, piece, counts);
@@ -132,7 +133,11 @@ void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t off
                                                  counts, &f->req);
         opt->scratch_used += mine;
     }
-    free(counts);
+}
+
+void rt_optimizer_free(rt_optimizer *opt) {
+    free(opt->piece_counts);
+    opt->piece_counts = NULL;
 }
 
 void rt_optimizer_progress(rt_optimizer *opt) {
@@ -219,7 +224,7 @@ void rt_optimizer_wait_gathers(rt_optimizer *opt) {
 void rt_optimizer_gather_params(rt_optimizer *opt, float *dst, size_t offset, size_t count) {
     if (opt->stage != 3)
         rt_fatal("rt_optimizer_gather_params at zero.stage %d: only stage 3 shards the parameters", opt->stage);
-    size_t *counts = malloc_check((size_t)opt->dev->size * sizeof *counts);
+    size_t *counts = opt->piece_counts;
     for (size_t done = 0; done < count; done += REDUCE_CHUNK) {
         const size_t piece = count - done < REDUCE_CHUNK ? count - done : REDUCE_CHUNK;
         shard_counts(opt, offset + done, piece, counts);
@@ -229,7 +234,6 @@ void rt_optimizer_gather_params(rt_optimizer *opt, float *dst, size_t offset, si
         opt->dev->ops->iallgather_f32_v(opt->dev, dst + done, opt->master + shard_index(opt, offset + done), counts,
                                         &f->req);
     }
-    free(counts);
 }
 
 float rt_lr_schedule(int step, int total_steps, int warmup_steps, float lr, float min_lr) {

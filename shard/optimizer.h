@@ -74,11 +74,15 @@ typedef struct {
     size_t scratch_used;
     rt_in_flight reducing[RT_OPT_MAX_IN_FLIGHT], gathering[RT_OPT_MAX_IN_FLIGHT];
     int n_reducing, n_gathering;
+    size_t *piece_counts;  /* (world size) host scratch: each rank's part of the piece being posted */
     double comm_exposed_s; /* time in this optimizer's blocking collectives and waits, until the caller resets it */
     float beta1, beta2, eps, weight_decay;
     int t;              /* updates done so far */
     size_t state_bytes; /* stage >= 1: master + moments, 12 * S; stage 0: the moments, 8 * padded */
 } rt_optimizer;
+
+/* Host state (device buffers go back with the arena); a zeroed optimizer or one whose init failed is fine. */
+void rt_optimizer_free(rt_optimizer *opt);
 
 /* Ψ rounded up to a multiple of n_ranks: the length to allocate parameter and gradient buffers with. */
 size_t rt_optimizer_padded_size(size_t n_params, int n_ranks);
