@@ -132,7 +132,11 @@ case "${1:-}" in
   --check)
     system_lib='SYSTEM_LIB'
     bad=0
+    checked=0
     for elf in "$here"/bin/* "$here"/ompi/lib/openmpi3/*.so "$here"/pmix/lib/pmix/*.so; do
+      # a failing ldd (no loader, no /dev/fd, ...) must not read as "nothing missing"
+      if ! deps=$(ldd "$elf" 2>&1); then echo "ldd failed on $(basename "$elf"): $deps"; bad=1; continue; fi
+      checked=$((checked + 1))
       while read -r name arrow path rest; do
         [ "$arrow" = "=>" ] || continue
         if [ "$path" = "not" ]; then echo "missing: $name (needed by $(basename "$elf"))"; bad=1; continue; fi
@@ -140,12 +144,12 @@ case "${1:-}" in
         if ! echo "$name" | grep -Eq "$system_lib"; then
           echo "from the system, not the bundle: $name => $path (needed by $(basename "$elf"))"; bad=1
         fi
-      done < <(ldd "$elf")
+      done <<<"$deps"
     done
     for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
       echo "$lib => $(for elf in "$here"/bin/*; do ldd "$elf"; done | awk -v l="$lib" '$1 == l { print $3; exit }')"
     done
-    [ $bad = 0 ] && echo "every library resolves"
+    [ $bad = 0 ] && echo "every library of the $checked programs and components resolves"
     exit $bad ;;
   mpirun)
     shift
