@@ -4,8 +4,9 @@
  * channels; buffers are row-major fp32 device memory.
  *
  * The instance. rt_backend_cuda_open picks device local_rank % count, makes
- * one non-blocking compute stream on which every op runs in issue order, a
- * cuBLAS handle bound to it, and reserves everything the ops will ever need
+ * one non-blocking compute stream on which every op runs in issue order (and
+ * the communication stream the NCCL planes share, backend_cuda.h), a
+ * cuBLAS handle bound to compute, and reserves everything the ops will ever need
  * beyond their arguments (cuBLAS workspace, the ops' reduction scratch, the
  * sum_squares partials), so no op allocates and rt_backend.reserved_bytes
  * tells the memory accounting the whole cost up front.
@@ -275,11 +276,13 @@ static void cuda_close(rt_backend *be) {
     rt_cuda_state *st = rt_cuda_state_of(be);
     CUDA_CHECK(cudaSetDevice(st->device));
     CUDA_CHECK(cudaStreamSynchronize(st->compute));
+    CUDA_CHECK(cudaStreamSynchronize(st->comm));
     CUBLAS_CHECK(cublasDestroy(st->cublas));
     CUDA_CHECK(cudaFree(st->cublas_workspace));
     CUDA_CHECK(cudaFree(st->op_scratch));
     CUDA_CHECK(cudaFree(st->reduce_scratch));
     CUDA_CHECK(cudaFreeHost(st->reduce_host));
+    CUDA_CHECK(cudaStreamDestroy(st->comm));
     CUDA_CHECK(cudaStreamDestroy(st->compute));
     free(st);
     free(be);
@@ -300,6 +303,7 @@ int rt_backend_cuda_open(const rt_backend **out, int local_rank, rt_error *err) 
     CUDA_CHECK(cudaSetDevice(st->device));
     CUDA_CHECK(cudaDeviceGetAttribute(&st->n_sms, cudaDevAttrMultiProcessorCount, st->device));
     CUDA_CHECK(cudaStreamCreateWithFlags(&st->compute, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&st->comm, cudaStreamNonBlocking));
 
     CUBLAS_CHECK(cublasCreate(&st->cublas));
     /* cublasSetStream resets the workspace to cuBLAS's own pool, so the workspace is set after it */

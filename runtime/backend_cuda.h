@@ -13,8 +13,13 @@ extern "C" {
 
 /* What rt_backend.state points to on CUDA. */
 typedef struct {
-    int device;             /* the CUDA device of this instance */
-    cudaStream_t compute;   /* every op runs here, in issue order */
+    int device;           /* the CUDA device of this instance */
+    cudaStream_t compute; /* every op runs here, in issue order */
+    /* The NCCL planes' one communication stream (comm_nccl.c), shared by every plane of this instance: NCCL
+     * calls of two communicators on two streams may run at once, and then each rank's kernels of one can wait
+     * for peers busy in the other (a deadlock NCCL warns of); on one stream they run in posting order, which
+     * the same program gives every rank. */
+    cudaStream_t comm;
     cublasHandle_t cublas;  /* bound to compute */
     void *cublas_workspace; /* reserved at open (rt_backend.reserved_bytes), given to cuBLAS */
     size_t cublas_workspace_bytes;

@@ -1,4 +1,5 @@
-/* comm.h: the communicator interface (MPI now, NCCL later) used by seqpar, shard and the trainer. */
+/* comm.h: the communicator interface (MPI; the device planes of comm_device.h) used by seqpar, shard and the
+ * trainer. */
 #ifndef RT_COMM_H
 #define RT_COMM_H
 
@@ -51,9 +52,9 @@ typedef struct {
     void (*wait)(rt_comm *comm, rt_comm_request *req);
     /* Nonblocking uneven reduce-scatter and all-gather (as the _v ops above, out of place only: send != recv),
      * on an empty request (zeroed, or waited); wait completes them, and until then neither buffer may be
-     * touched. Every rank posts the same collectives in the same order. A plane may run one at the post
-     * (MPI above one segment; NCCL, which orders the compute stream after it there) or at the wait (the
-     * staged plane), which is still correct, only not overlapped. */
+     * touched. Every rank posts the same collectives in the same order. NCCL launches one at the post on its
+     * communication stream and orders the compute stream after it at the wait; MPI may run one at the post
+     * (above one segment) and the staged plane runs it at the wait: still correct, only not overlapped. */
     void (*ireduce_scatter_sum_f32_v)(rt_comm *comm, float *recv, const float *send, const size_t *counts,
                                       rt_comm_request *req);
     void (*iallgather_f32_v)(rt_comm *comm, float *recv, const float *send, const size_t *counts, rt_comm_request *req);

@@ -4,17 +4,25 @@
  * One NCCL communicator per plane, over the ranks of its host comm in the
  * same order: rank 0 draws the id (ncclGetUniqueId), the host comm
  * broadcasts it, every rank joins with ncclCommInitRank on the backend's
- * device. The plane's communication stream (non-blocking) runs every NCCL
- * call; compute keeps the backend's compute stream.
+ * device. Every NCCL call of every plane of a backend instance runs on the
+ * instance's one communication stream (rt_cuda_state.comm: two planes on two
+ * streams could run their NCCL kernels at once and deadlock, backend_cuda.h);
+ * compute keeps the backend's compute stream.
  *
- * Ordering, with two events per plane and no host wait:
+ * Ordering, with events and no host wait:
  *   before a call: record compute_ready on the compute stream and make the
  *     comm stream wait on it, so NCCL reads (and overwrites) buffers only
  *     after the compute issued before the call;
- *   after a collective: record comm_done on the comm stream and make the
- *     compute stream wait on it, so compute issued after the call sees the
- *     result. Re-recording an event is safe: a stream wait takes the record
- *     current at the time of the wait call.
+ *   after a blocking collective: record comm_done on the comm stream and
+ *     make the compute stream wait on it, so compute issued after the call
+ *     sees the result. Re-recording an event is safe: a stream wait takes
+ *     the record current at the time of the wait call;
+ *   a nonblocking collective (ireduce_scatter_sum_f32_v, iallgather_f32_v)
+ *     is a launch like a group of transfers (below): its end is recorded on
+ *     a launch event, and only the request's wait makes the compute stream
+ *     wait on it, so the compute issued between post and wait (the next
+ *     layer's, for ZeRO's gathers and reductions) runs beside it. As on MPI,
+ *     the caller leaves its buffers alone until the wait.
  *
  * Transfers. NCCL pairs a send with the peer's receive in posting order and
  * a lone send blocks its stream until the receive runs: the ring's "irecv
@@ -26,11 +34,16 @@
  * plane. A launch does not wait on the host, so the compute the caller
  * issued between post and wait (already queued on the compute stream) runs
  * beside the transfer. Launch g records launch_done[g % LAUNCH_EVENTS] on
- * the comm stream; a request holds the number g of the launch that carries
- * its transfers (in impl, as an integer: nothing to allocate or free), and
- * wait makes the compute stream wait on that event. A request older than
- * LAUNCH_EVENTS launches finds its slot re-recorded by a later launch,
- * which finishes later on the same stream: the wait is longer, still right.
+ * the comm stream; a request holds the number g of the latest launch that
+ * carries its work (in impl, as an integer: nothing to allocate or free;
+ * launches end in order on the one stream, so the latest covers the rest),
+ * and wait makes the compute stream wait on that event. A request older
+ * than LAUNCH_EVENTS launches finds its slot re-recorded by a later launch,
+ * which finishes later on the same stream: the wait is longer, still right,
+ * but it would hold compute for work posted after the request; so
+ * LAUNCH_EVENTS is more than a step keeps in flight (ZeRO: up to 128
+ * reductions and 128 gathers, RT_OPT_MAX_IN_FLIGHT, and the ring's one
+ * launch per hop).
  * Tags are not sent (NCCL has none); comm_device.h says so.
  *
  * Reduce-scatter in place. comm.h puts this rank's slice at the start of
@@ -70,7 +83,7 @@
 #include "comm_device.h"
 #include "common.h"
 
-#define LAUNCH_EVENTS 4
+#define LAUNCH_EVENTS 512 /* see the top: more launches than are ever in flight */
 
 static void nccl_check(ncclResult_t rc, const char *call, const char *file, int line) {
     if (rc != ncclSuccess)
@@ -89,7 +102,7 @@ typedef struct {
     rt_comm *host;
     const rt_backend *be;
     ncclComm_t nccl;
-    cudaStream_t stream;       /* the plane's communication stream */
+    cudaStream_t stream;       /* the backend instance's communication stream, shared by its planes */
     cudaEvent_t compute_ready; /* compute before a call: the comm stream waits on it */
     cudaEvent_t comm_done;     /* a collective's end: the compute stream waits on it */
     queued_transfer *queued;   /* posted, not launched yet */
@@ -108,6 +121,19 @@ static void comm_after_compute(nccl_impl *impl) {
     CUDA_CHECK(cudaStreamWaitEvent(impl->stream, impl->compute_ready, 0));
 }
 
+/* The end of what was just issued on the comm stream, as launch number impl->launches. */
+static uint64_t record_launch(nccl_impl *impl) {
+    impl->launches++;
+    CUDA_CHECK(cudaEventRecord(impl->launch_done[impl->launches % LAUNCH_EVENTS], impl->stream));
+    return impl->launches;
+}
+
+/* The request now also waits for launch g (the latest of its launches is what its wait waits on). */
+static void request_covers(rt_comm_request *req, uint64_t g) {
+    if ((uint64_t)(uintptr_t)req->impl < g) req->impl = (void *)(uintptr_t)g;
+    req->n++;
+}
+
 static void launch_queued(nccl_impl *impl) {
     if (impl->n_queued == 0) return;
     NCCL_CHECK(ncclGroupStart());
@@ -120,8 +146,7 @@ static void launch_queued(nccl_impl *impl) {
     }
     NCCL_CHECK(ncclGroupEnd());
     impl->n_queued = 0;
-    impl->launches++;
-    CUDA_CHECK(cudaEventRecord(impl->launch_done[impl->launches % LAUNCH_EVENTS], impl->stream));
+    record_launch(impl);
 }
 
 /* Every collective: queued transfers first (posting order is NCCL's order), then after the compute before it. */
@@ -131,7 +156,12 @@ static cudaStream_t begin(nccl_impl *impl) {
     return impl->stream;
 }
 
-static void end(nccl_impl *impl) {
+/* After a collective: blocking (req NULL), compute waits for it now; nonblocking, at req's wait. */
+static void end(nccl_impl *impl, rt_comm_request *req) {
+    if (req) {
+        request_covers(req, record_launch(impl));
+        return;
+    }
     CUDA_CHECK(cudaEventRecord(impl->comm_done, impl->stream));
     CUDA_CHECK(cudaStreamWaitEvent(compute_stream(impl), impl->comm_done, 0));
 }
@@ -143,13 +173,13 @@ static void allreduce(rt_comm *comm, void *buf, size_t n, ncclDataType_t type, n
     if (n == 0) return;
     cudaStream_t s = begin(impl);
     NCCL_CHECK(ncclAllReduce(buf, buf, n, type, op, impl->nccl, s));
-    end(impl);
+    end(impl, NULL);
 }
 static void allreduce_sum_f32(rt_comm *comm, float *buf, size_t n) { allreduce(comm, buf, n, ncclFloat, ncclSum); }
 static void allreduce_sum_f64(rt_comm *comm, double *buf, size_t n) { allreduce(comm, buf, n, ncclDouble, ncclSum); }
 static void allreduce_max_f64(rt_comm *comm, double *buf, size_t n) { allreduce(comm, buf, n, ncclDouble, ncclMax); }
 
-static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send, size_t n) {
+static void reduce_scatter_block(rt_comm *comm, float *recv, const float *send, size_t n, rt_comm_request *req) {
     nccl_impl *impl = impl_of(comm);
     const size_t per_rank = n / (size_t)comm->size, me = (size_t)comm->rank;
     if (per_rank * (size_t)comm->size != n)
@@ -163,7 +193,11 @@ static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send
     } else {
         NCCL_CHECK(ncclReduceScatter(send, recv, per_rank, ncclFloat, ncclSum, impl->nccl, s));
     }
-    end(impl);
+    end(impl, req);
+}
+
+static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send, size_t n) {
+    reduce_scatter_block(comm, recv, send, n, NULL);
 }
 
 /* Device scratch of at least elems floats, grown outside any queued work of the plane. */
@@ -178,7 +212,9 @@ static float *scratch(nccl_impl *impl, size_t elems) {
     return impl->scratch;
 }
 
-static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+/* Blocking when req is NULL (see end). */
+static void reduce_scatter_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
+                             rt_comm_request *req) {
     nccl_impl *impl = impl_of(comm);
     const int size = comm->size, me = comm->rank;
     size_t total = 0, first = 0;
@@ -189,7 +225,7 @@ static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *se
         equal &= counts[q] == counts[0];
     }
     if (equal) {
-        reduce_scatter_sum_f32(comm, recv, send, total);
+        reduce_scatter_block(comm, recv, send, total, req);
         return;
     }
     const size_t mine = counts[me];
@@ -216,7 +252,11 @@ static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *se
             CUDA_CHECK(cudaMemcpyAsync(recv, recv + first, bytes, cudaMemcpyDeviceToDevice, s));
         }
     }
-    end(impl);
+    end(impl, req);
+}
+
+static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+    reduce_scatter_v(comm, recv, send, counts, NULL);
 }
 
 /* In place when send is recv + rank*n: NCCL's in-place convention is comm.h's. */
@@ -225,10 +265,11 @@ static void allgather_f32(rt_comm *comm, float *recv, const float *send, size_t 
     if (n == 0) return;
     cudaStream_t s = begin(impl);
     NCCL_CHECK(ncclAllGather(send, recv, n, ncclFloat, impl->nccl, s));
-    end(impl);
+    end(impl, NULL);
 }
 
-static void allgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+/* Blocking when req is NULL (see end). */
+static void allgather_v(rt_comm *comm, float *recv, const float *send, const size_t *counts, rt_comm_request *req) {
     nccl_impl *impl = impl_of(comm);
     cudaStream_t s = begin(impl);
     NCCL_CHECK(ncclGroupStart());
@@ -240,7 +281,11 @@ static void allgather_f32_v(rt_comm *comm, float *recv, const float *send, const
         NCCL_CHECK(ncclBroadcast(q == comm->rank ? send : part, part, counts[q], ncclFloat, q, impl->nccl, s));
     }
     NCCL_CHECK(ncclGroupEnd());
-    end(impl);
+    end(impl, req);
+}
+
+static void allgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts) {
+    allgather_v(comm, recv, send, counts, NULL);
 }
 
 static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
@@ -248,7 +293,7 @@ static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
     if (bytes == 0) return;
     cudaStream_t s = begin(impl);
     NCCL_CHECK(ncclBroadcast(buf, buf, bytes, ncclUint8, root, impl->nccl, s));
-    end(impl);
+    end(impl, NULL);
 }
 
 /* The ranks meet on the host (queued transfers launched first); device work is not waited for. */
@@ -273,8 +318,7 @@ static void queue_transfer(rt_comm *comm, int is_send, void *buf, size_t bytes, 
         impl->cap_queued = cap;
     }
     impl->queued[impl->n_queued++] = (queued_transfer){.is_send = is_send, .buf = buf, .bytes = bytes, .peer = peer};
-    req->impl = (void *)(uintptr_t)(impl->launches + 1); /* the launch that will carry it */
-    req->n++;
+    request_covers(req, impl->launches + 1); /* the launch that will carry it */
 }
 
 static void isend(rt_comm *comm, const void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
@@ -297,18 +341,16 @@ static void wait_all(rt_comm *comm, rt_comm_request *req) {
     req->n = 0;
 }
 
-/* The nonblocking collectives are the stream-ordered ones: the host does not wait for them either way, and the
- * compute stream waits for their comm_done (see the top). NCCL progresses on its own. */
+/* Launched at the post; the compute stream waits for them at the request's wait (see the top). NCCL progresses
+ * on its own. */
 static void ireduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
                                       rt_comm_request *req) {
-    (void)req;
-    reduce_scatter_sum_f32_v(comm, recv, send, counts);
+    reduce_scatter_v(comm, recv, send, counts, req);
 }
 
 static void iallgather_f32_v(rt_comm *comm, float *recv, const float *send, const size_t *counts,
                              rt_comm_request *req) {
-    (void)req;
-    allgather_f32_v(comm, recv, send, counts);
+    allgather_v(comm, recv, send, counts, req);
 }
 
 static void progress(rt_comm *comm, rt_comm_request *req) { (void)comm, (void)req; }
@@ -335,8 +377,7 @@ static void destroy(rt_comm *comm) {
     CUDA_CHECK(cudaEventDestroy(impl->compute_ready));
     CUDA_CHECK(cudaEventDestroy(impl->comm_done));
     for (int i = 0; i < LAUNCH_EVENTS; i++)
-        CUDA_CHECK(cudaEventDestroy(impl->launch_done[i]));
-    CUDA_CHECK(cudaStreamDestroy(impl->stream));
+        CUDA_CHECK(cudaEventDestroy(impl->launch_done[i])); /* the stream is the backend's */
     if (impl->scratch) impl->be->device_free(impl->be, impl->scratch);
     free(impl->queued);
     free(impl);
@@ -394,7 +435,7 @@ rt_comm *rt_comm_nccl_plane(rt_comm *host, const rt_backend *be, rt_error *err) 
     impl->host = host;
     impl->be = be;
     impl->nccl = nccl;
-    CUDA_CHECK(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+    impl->stream = rt_cuda_state_of(be)->comm;
     CUDA_CHECK(cudaEventCreateWithFlags(&impl->compute_ready, cudaEventDisableTiming));
     CUDA_CHECK(cudaEventCreateWithFlags(&impl->comm_done, cudaEventDisableTiming));
     for (int i = 0; i < LAUNCH_EVENTS; i++)
