@@ -20,9 +20,10 @@
  *   is the host communicator itself, shared, not owned: free it with
  *   rt_comm_device_plane_free (a no-op for it), never with ops->destroy.
  * - nccl: one NCCL communicator per plane, made from an id that rank 0
- *   draws and the host plane broadcasts; collectives run on the plane's own
- *   communication stream, ordered after the compute issued before them and
- *   before the compute issued after them (events, no host wait). Needs every
+ *   draws and the host plane broadcasts; collectives run on the backend
+ *   instance's communication stream (one for all its planes), ordered after
+ *   the compute issued before them and before the compute issued after them
+ *   (a nonblocking one: after its wait; events, no host wait). Needs every
  *   rank of the plane on its own GPU (NCCL refuses two ranks on one).
  * - staged: device -> pinned host -> MPI -> device, through host buffers
  *   the plane allocates once (grown to the largest call, never per step),

@@ -1,5 +1,6 @@
 /*
- * comm_nccl.c: the NCCL device plane: collectives and ring transfers on CUDA buffers, on a stream of its own.
+ * comm_nccl.c: the NCCL device plane: collectives and ring transfers on CUDA buffers, on the backend's
+ * communication stream.
  *
  * One NCCL communicator per plane, over the ranks of its host comm in the
  * same order: rank 0 draws the id (ncclGetUniqueId), the host comm
@@ -128,9 +129,10 @@ static uint64_t record_launch(nccl_impl *impl) {
     return impl->launches;
 }
 
-/* The request now also waits for launch g (the latest of its launches is what its wait waits on). */
+/* The request now also waits for launch g. Launch numbers only grow (g is launches or launches + 1, both at
+ * least any number handed out before), so the last one given is the latest, and its end covers the rest. */
 static void request_covers(rt_comm_request *req, uint64_t g) {
-    if ((uint64_t)(uintptr_t)req->impl < g) req->impl = (void *)(uintptr_t)g;
+    req->impl = (void *)(uintptr_t)g;
     req->n++;
 }
 

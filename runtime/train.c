@@ -394,12 +394,13 @@ void rt_trainer_free(rt_trainer *t) {
     if (t->has_val) rt_loader_free(&t->val_loader);
     if (t->has_train_file) rt_tokens_close(&t->train_tokens);
     if (t->has_val_file) rt_tokens_close(&t->val_tokens);
+    /* the planes first: an NCCL plane's destroy launches what is still queued, on buffers freed below */
+    rt_comm_device_plane_free(t->dev_sp);
+    rt_comm_device_plane_free(t->dev_world);
     if (t->model_ready) rt_model_free(&t->model);
     rt_optimizer_free(&t->opt);
     seqpar_ctx_free(&t->seqpar);
     rt_device_memory_destroy(&t->mem);
-    rt_comm_device_plane_free(t->dev_sp);
-    rt_comm_device_plane_free(t->dev_world);
     if (t->mesh_ready) rt_mesh_free(&t->mesh);
     if (t->owns_backend) rt_backend_close(t->backend);
     free(t);

@@ -1,6 +1,9 @@
 /* test_comm_planes.c: the staged device plane against the host (direct) plane, bit for bit, on the CPU backend;
  * its staging never reallocated in a steady loop; rt_comm_device_plane's choice and refusals. Runs under mpirun
- * on 1, 2 and 4 ranks. */
+ * on 1, 2 and 4 ranks. Built a second time as test_comm_nccl_fake (TEST_FAKE_NCCL): the same comparisons on
+ * the NCCL plane, compiled against tests/fake_cuda (NCCL calls run as MPI calls, streams and events modelled),
+ * plus its ordering: compute waits for a nonblocking collective at the wait, not at the post. */
+#include <math.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,6 +14,13 @@
 #include "../runtime/comm_device.h"
 #include "../runtime/common.h"
 #include "testing.h"
+#ifdef TEST_FAKE_NCCL
+#include "fake_cuda/fake_cuda.h"
+#define PLANE "nccl"
+static const rt_backend *fake_be; /* the "cuda" backend the NCCL plane was made for */
+#else
+#define PLANE "staged"
+#endif
 
 /*
  * Every op runs twice on the same inputs: on the host plane (world, what
@@ -21,12 +31,17 @@
  * are device buffers of the backend with GUARD sentinels past their end,
  * which no op may touch. Segment sizes: 0 (one MPI call) and 7, where the
  * host plane cuts every call into rounds underneath the staging.
+ *
+ * The fake NCCL sums with MPI calls other than the host plane's (a reduce
+ * per root, a reduce-scatter of blocks), which may add in another order;
+ * there the inputs are multiples of 2^-10 in [-1, 1), whose sums over 4
+ * ranks are exact in any order, so bit-for-bit still holds.
  */
 
 #define GUARD 8
 #define SENTINEL 12345.0f
 
-static rt_comm *world, *staged;
+static rt_comm *world, *tested;
 static const rt_backend *be;
 static const size_t segments[] = {0, 7};
 static const size_t counts[] = {0, 1, 5, 17, 100, 1000};
@@ -42,6 +57,10 @@ static float *dev_floats(size_t n) {
 /* Random floats in [-1, 1) for (seed, rank), then GUARD sentinels. */
 static void fill(float *x, size_t n, uint64_t seed, int rank) {
     test_fill_uniform(x, n, -1.0f, 1.0f, seed * 1000 + (uint64_t)rank);
+#ifdef TEST_FAKE_NCCL
+    for (size_t i = 0; i < n; i++)
+        x[i] = floorf(x[i] * 1024.0f) / 1024.0f;
+#endif
     for (size_t i = n; i < n + GUARD; i++)
         x[i] = SENTINEL;
 }
@@ -62,6 +81,11 @@ static int differs(const char *what, size_t seg, size_t count, const void *got, 
 
 /* Every rank's failures count: a rank that passes must not report success while another failed. */
 static void assert_no_failures_anywhere(int failures) {
+#ifdef TEST_FAKE_NCCL
+    static int breaches_before; /* the fake's breaches of NCCL's rules since the last check count too */
+    failures += fake_nccl_breaches() - breaches_before;
+    breaches_before = fake_nccl_breaches();
+#endif
     double total = failures;
     world->ops->allreduce_sum_f64(world, &total, 1);
     CU_ASSERT_EQUAL(total, 0.0);
@@ -79,7 +103,7 @@ static void test_allreduce(void) {
             fill(a, n, 10 + c, world->rank);
             memcpy(b, a, (n + GUARD) * sizeof *a);
             world->ops->allreduce_sum_f32(world, a, n);
-            staged->ops->allreduce_sum_f32(staged, b, n);
+            tested->ops->allreduce_sum_f32(tested, b, n);
             failures += differs("allreduce_sum_f32", segments[s], n, b, a, (n + GUARD) * sizeof *a);
             double *da = be->device_alloc(be, (n + GUARD) * sizeof *da),
                    *db = be->device_alloc(be, (n + GUARD) * sizeof *db);
@@ -92,10 +116,10 @@ static void test_allreduce(void) {
                 memcpy(host_result, da, (n + GUARD) * sizeof *da);
                 if (op == 0) {
                     world->ops->allreduce_sum_f64(world, host_result, n);
-                    staged->ops->allreduce_sum_f64(staged, db, n);
+                    tested->ops->allreduce_sum_f64(tested, db, n);
                 } else {
                     world->ops->allreduce_max_f64(world, host_result, n);
-                    staged->ops->allreduce_max_f64(staged, db, n);
+                    tested->ops->allreduce_max_f64(tested, db, n);
                 }
                 failures += differs(op == 0 ? "allreduce_sum_f64" : "allreduce_max_f64", segments[s], n, db,
                                     host_result, (n + GUARD) * sizeof *db);
@@ -122,39 +146,39 @@ static int check_reduce_scatter(size_t seg, size_t per_rank, const size_t *cnt, 
     char what[96];
     int failures = 0;
     float *send = dev_floats(total), *copy = dev_floats(total);
-    float *recv_host = dev_floats(mine), *recv_staged = dev_floats(mine);
+    float *recv_host = dev_floats(mine), *recv_tested = dev_floats(mine);
     fill(send, total, seed, world->rank);
     memcpy(copy, send, (total + GUARD) * sizeof *send);
     fill(recv_host, mine, seed + 1, world->rank);
-    memcpy(recv_staged, recv_host, (mine + GUARD) * sizeof *recv_host);
+    memcpy(recv_tested, recv_host, (mine + GUARD) * sizeof *recv_host);
     if (cnt) {
         world->ops->reduce_scatter_sum_f32_v(world, recv_host, send, cnt);
-        staged->ops->reduce_scatter_sum_f32_v(staged, recv_staged, send, cnt);
+        tested->ops->reduce_scatter_sum_f32_v(tested, recv_tested, send, cnt);
     } else {
         world->ops->reduce_scatter_sum_f32(world, recv_host, send, total);
-        staged->ops->reduce_scatter_sum_f32(staged, recv_staged, send, total);
+        tested->ops->reduce_scatter_sum_f32(tested, recv_tested, send, total);
     }
     snprintf(what, sizeof what, "%s out of place", name);
-    failures += differs(what, seg, mine, recv_staged, recv_host, (mine + GUARD) * sizeof(float));
+    failures += differs(what, seg, mine, recv_tested, recv_host, (mine + GUARD) * sizeof(float));
     snprintf(what, sizeof what, "%s left send alone", name);
     failures += differs(what, seg, total, send, copy, (total + GUARD) * sizeof(float));
     /* in place: this rank's part at the start; the rest of the buffer is unspecified, the guard untouched */
-    float *in_host = dev_floats(total), *in_staged = dev_floats(total);
+    float *in_host = dev_floats(total), *in_tested = dev_floats(total);
     fill(in_host, total, seed + 2, world->rank); /* not send's values: stale staging must not pass for them */
-    memcpy(in_staged, in_host, (total + GUARD) * sizeof *in_host);
+    memcpy(in_tested, in_host, (total + GUARD) * sizeof *in_host);
     if (cnt) {
         world->ops->reduce_scatter_sum_f32_v(world, in_host, in_host, cnt);
-        staged->ops->reduce_scatter_sum_f32_v(staged, in_staged, in_staged, cnt);
+        tested->ops->reduce_scatter_sum_f32_v(tested, in_tested, in_tested, cnt);
     } else {
         world->ops->reduce_scatter_sum_f32(world, in_host, in_host, total);
-        staged->ops->reduce_scatter_sum_f32(staged, in_staged, in_staged, total);
+        tested->ops->reduce_scatter_sum_f32(tested, in_tested, in_tested, total);
     }
     snprintf(what, sizeof what, "%s in place", name);
-    failures += differs(what, seg, mine, in_staged, in_host, mine * sizeof(float));
+    failures += differs(what, seg, mine, in_tested, in_host, mine * sizeof(float));
     snprintf(what, sizeof what, "%s in place (guard)", name);
-    failures += differs(what, seg, total, in_staged + total, copy + total, GUARD * sizeof(float));
+    failures += differs(what, seg, total, in_tested + total, copy + total, GUARD * sizeof(float));
     be->device_free(be, send), be->device_free(be, copy), be->device_free(be, recv_host);
-    be->device_free(be, recv_staged), be->device_free(be, in_host), be->device_free(be, in_staged);
+    be->device_free(be, recv_tested), be->device_free(be, in_host), be->device_free(be, in_tested);
     return failures;
 }
 
@@ -208,26 +232,26 @@ static void test_allgather(void) {
         for (size_t c = 0; c < N_COUNTS; c++) {
             const size_t n = counts[c];
             float *send = dev_floats(n), *copy = dev_floats(n);
-            float *recv_host = dev_floats(P * n), *recv_staged = dev_floats(P * n);
+            float *recv_host = dev_floats(P * n), *recv_tested = dev_floats(P * n);
             fill(send, n, 300 + c, world->rank);
             memcpy(copy, send, (n + GUARD) * sizeof *send);
             fill(recv_host, P * n, 400 + c, world->rank); /* stale contents: every block must be overwritten */
-            memcpy(recv_staged, recv_host, (P * n + GUARD) * sizeof *recv_host);
+            memcpy(recv_tested, recv_host, (P * n + GUARD) * sizeof *recv_host);
             world->ops->allgather_f32(world, recv_host, send, n);
-            staged->ops->allgather_f32(staged, recv_staged, send, n);
-            failures += differs("allgather out of place", segments[s], n, recv_staged, recv_host,
+            tested->ops->allgather_f32(tested, recv_tested, send, n);
+            failures += differs("allgather out of place", segments[s], n, recv_tested, recv_host,
                                 (P * n + GUARD) * sizeof(float));
             failures += differs("allgather left send alone", segments[s], n, send, copy, (n + GUARD) * sizeof(float));
             fill(recv_host, P * n, 450 + c, world->rank); /* new values: stale staging must not pass for them */
             fill(send, n, 350 + c, world->rank);
             memcpy(recv_host + me * n, send, n * sizeof *send);
-            memcpy(recv_staged, recv_host, (P * n + GUARD) * sizeof *recv_host);
+            memcpy(recv_tested, recv_host, (P * n + GUARD) * sizeof *recv_host);
             world->ops->allgather_f32(world, recv_host, recv_host + me * n, n);
-            staged->ops->allgather_f32(staged, recv_staged, recv_staged + me * n, n);
+            tested->ops->allgather_f32(tested, recv_tested, recv_tested + me * n, n);
             failures +=
-                differs("allgather in place", segments[s], n, recv_staged, recv_host, (P * n + GUARD) * sizeof(float));
+                differs("allgather in place", segments[s], n, recv_tested, recv_host, (P * n + GUARD) * sizeof(float));
             be->device_free(be, send), be->device_free(be, copy);
-            be->device_free(be, recv_host), be->device_free(be, recv_staged);
+            be->device_free(be, recv_host), be->device_free(be, recv_tested);
         }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -247,23 +271,23 @@ static void test_allgather_v(void) {
                 const size_t total = test_counts_total(cnt, P, world->rank, &first);
                 const size_t mine = cnt[world->rank];
                 const uint64_t seed = 600 + (uint64_t)(pattern * 4 + k);
-                float *send = dev_floats(mine), *recv_host = dev_floats(total), *recv_staged = dev_floats(total);
+                float *send = dev_floats(mine), *recv_host = dev_floats(total), *recv_tested = dev_floats(total);
                 fill(send, mine, seed, world->rank);
                 fill(recv_host, total, seed + 1, world->rank); /* stale contents: every block must be overwritten */
-                memcpy(recv_staged, recv_host, (total + GUARD) * sizeof *recv_host);
+                memcpy(recv_tested, recv_host, (total + GUARD) * sizeof *recv_host);
                 world->ops->allgather_f32_v(world, recv_host, send, cnt);
-                staged->ops->allgather_f32_v(staged, recv_staged, send, cnt);
-                failures += differs("allgather_v out of place", segments[s], total, recv_staged, recv_host,
+                tested->ops->allgather_f32_v(tested, recv_tested, send, cnt);
+                failures += differs("allgather_v out of place", segments[s], total, recv_tested, recv_host,
                                     (total + GUARD) * sizeof(float));
                 fill(recv_host, total, seed + 2, world->rank); /* new values: stale staging must not pass */
                 fill(send, mine, seed + 3, world->rank);
                 memcpy(recv_host + first, send, mine * sizeof *send);
-                memcpy(recv_staged, recv_host, (total + GUARD) * sizeof *recv_host);
+                memcpy(recv_tested, recv_host, (total + GUARD) * sizeof *recv_host);
                 world->ops->allgather_f32_v(world, recv_host, recv_host + first, cnt);
-                staged->ops->allgather_f32_v(staged, recv_staged, recv_staged + first, cnt);
-                failures += differs("allgather_v in place", segments[s], total, recv_staged, recv_host,
+                tested->ops->allgather_f32_v(tested, recv_tested, recv_tested + first, cnt);
+                failures += differs("allgather_v in place", segments[s], total, recv_tested, recv_host,
                                     (total + GUARD) * sizeof(float));
-                be->device_free(be, send), be->device_free(be, recv_host), be->device_free(be, recv_staged);
+                be->device_free(be, send), be->device_free(be, recv_host), be->device_free(be, recv_tested);
             }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -286,34 +310,34 @@ static void test_nonblocking(void) {
                 const size_t mine = cnt[world->rank];
                 const uint64_t seed = 800 + (uint64_t)(pattern * 4 + k);
                 float *rs_send = dev_floats(total), *rs_copy = dev_floats(total);
-                float *rs_host = dev_floats(mine), *rs_staged = dev_floats(mine);
-                float *ag_send = dev_floats(mine), *ag_host = dev_floats(total), *ag_staged = dev_floats(total);
+                float *rs_host = dev_floats(mine), *rs_tested = dev_floats(mine);
+                float *ag_send = dev_floats(mine), *ag_host = dev_floats(total), *ag_tested = dev_floats(total);
                 fill(rs_send, total, seed, world->rank);
                 memcpy(rs_copy, rs_send, (total + GUARD) * sizeof(float));
                 fill(ag_send, mine, seed + 1, world->rank);
                 fill(rs_host, mine, seed + 2, world->rank); /* stale contents: must be overwritten */
-                memcpy(rs_staged, rs_host, (mine + GUARD) * sizeof(float));
+                memcpy(rs_tested, rs_host, (mine + GUARD) * sizeof(float));
                 fill(ag_host, total, seed + 3, world->rank);
-                memcpy(ag_staged, ag_host, (total + GUARD) * sizeof(float));
+                memcpy(ag_tested, ag_host, (total + GUARD) * sizeof(float));
                 world->ops->reduce_scatter_sum_f32_v(world, rs_host, rs_send, cnt);
                 world->ops->allgather_f32_v(world, ag_host, ag_send, cnt);
                 rt_comm_request rs = {0}, ag = {0};
-                staged->ops->ireduce_scatter_sum_f32_v(staged, rs_staged, rs_send, cnt, &rs);
-                staged->ops->iallgather_f32_v(staged, ag_staged, ag_send, cnt, &ag);
-                staged->ops->progress(staged, &rs);
-                staged->ops->progress(staged, &ag);
-                staged->ops->wait(staged, &ag);
-                staged->ops->wait(staged, &rs);
+                tested->ops->ireduce_scatter_sum_f32_v(tested, rs_tested, rs_send, cnt, &rs);
+                tested->ops->iallgather_f32_v(tested, ag_tested, ag_send, cnt, &ag);
+                tested->ops->progress(tested, &rs);
+                tested->ops->progress(tested, &ag);
+                tested->ops->wait(tested, &ag);
+                tested->ops->wait(tested, &rs);
                 failures += rs.n != 0 || ag.n != 0;
-                failures += differs("ireduce_scatter_v", segments[s], total, rs_staged, rs_host,
+                failures += differs("ireduce_scatter_v", segments[s], total, rs_tested, rs_host,
                                     (mine + GUARD) * sizeof(float));
                 failures += differs("ireduce_scatter_v left send alone", segments[s], total, rs_send, rs_copy,
                                     (total + GUARD) * sizeof(float));
                 failures +=
-                    differs("iallgather_v", segments[s], total, ag_staged, ag_host, (total + GUARD) * sizeof(float));
+                    differs("iallgather_v", segments[s], total, ag_tested, ag_host, (total + GUARD) * sizeof(float));
                 be->device_free(be, rs_send), be->device_free(be, rs_copy), be->device_free(be, rs_host);
-                be->device_free(be, rs_staged), be->device_free(be, ag_send), be->device_free(be, ag_host);
-                be->device_free(be, ag_staged);
+                be->device_free(be, rs_tested), be->device_free(be, ag_send), be->device_free(be, ag_host);
+                be->device_free(be, ag_tested);
             }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -335,7 +359,7 @@ static void test_broadcast(void) {
                     a[i] = (unsigned char)(world->rank + i);
                 memcpy(b, a, bytes + GUARD);
                 world->ops->broadcast(world, a, bytes, root);
-                staged->ops->broadcast(staged, b, bytes, root);
+                tested->ops->broadcast(tested, b, bytes, root);
                 failures += differs("broadcast", segments[s], bytes, b, a, bytes + GUARD);
                 be->device_free(be, a), be->device_free(be, b);
             }
@@ -381,28 +405,28 @@ static void test_isend_irecv(void) {
             for (int one_request = 0; one_request < 2; one_request++) {
                 const size_t n[2] = {sizes[c], sizes[(c + 3) % n_sizes]};
                 const uint64_t seed[2] = {600 + c + 2 * (uint64_t)one_request, 700 + c + 2 * (uint64_t)one_request};
-                unsigned char *out[2], *in_host[2], *in_staged[2];
+                unsigned char *out[2], *in_host[2], *in_tested[2];
                 for (int m = 0; m < 2; m++) {
                     out[m] = be->device_alloc(be, n[m] + 1);
                     in_host[m] = be->device_alloc(be, n[m] + 1);
-                    in_staged[m] = be->device_alloc(be, n[m] + 1);
+                    in_tested[m] = be->device_alloc(be, n[m] + 1);
                     for (size_t i = 0; i < n[m]; i++)
                         out[m][i] = pattern_byte(seed[m], world->rank, i);
                     memset(in_host[m], 0xA5, n[m] + 1);
-                    memset(in_staged[m], 0xA5, n[m] + 1);
+                    memset(in_tested[m], 0xA5, n[m] + 1);
                 }
                 ring_exchange(world, out, in_host, n, one_request);
-                ring_exchange(staged, out, in_staged, n, one_request);
+                ring_exchange(tested, out, in_tested, n, one_request);
                 for (int m = 0; m < 2; m++) {
-                    failures += differs("isend/irecv", segments[s], n[m], in_staged[m], in_host[m], n[m] + 1);
+                    failures += differs("isend/irecv", segments[s], n[m], in_tested[m], in_host[m], n[m] + 1);
                     for (size_t i = 0; i < n[m]; i++)
-                        if (in_staged[m][i] != pattern_byte(seed[m], from, i)) {
+                        if (in_tested[m][i] != pattern_byte(seed[m], from, i)) {
                             fprintf(stderr, "\n  rank %d: isend/irecv of %zu bytes: byte %zu is not rank %d's\n",
                                     world->rank, n[m], i, from);
                             failures++;
                             break;
                         }
-                    be->device_free(be, out[m]), be->device_free(be, in_host[m]), be->device_free(be, in_staged[m]);
+                    be->device_free(be, out[m]), be->device_free(be, in_host[m]), be->device_free(be, in_tested[m]);
                 }
             }
     }
@@ -410,6 +434,7 @@ static void test_isend_irecv(void) {
     assert_no_failures_anywhere(failures);
 }
 
+#ifndef TEST_FAKE_NCCL /* the staged plane's own: its staging and the choice of plane */
 /* ------------------------------------------------------------------ steady state */
 
 /* One training step's communication on the staged plane: ZeRO's reduce-scatter and all-gather, a loss sum,
@@ -420,17 +445,17 @@ static void one_step(float *grads, float *params, float *kv[2], float *dkv[2], s
     for (int q = 0; q < P; q++)
         cnt[q] = n / (size_t)P + (q == P - 1 ? n % (size_t)P : 0);
     fill(grads, n, 800 + (uint64_t)step, world->rank);
-    staged->ops->reduce_scatter_sum_f32_v(staged, params, grads, cnt); /* out of place into the shard */
-    staged->ops->allgather_f32(staged, grads, grads + (size_t)world->rank * (n / (size_t)P), n / (size_t)P);
-    staged->ops->allreduce_sum_f32(staged, params, 3);
+    tested->ops->reduce_scatter_sum_f32_v(tested, params, grads, cnt); /* out of place into the shard */
+    tested->ops->allgather_f32(tested, grads, grads + (size_t)world->rank * (n / (size_t)P), n / (size_t)P);
+    tested->ops->allreduce_sum_f32(tested, params, 3);
     for (int s = 0; s + 1 < P; s++) {
         rt_comm_request kv_req = {0}, dkv_req = {0};
-        staged->ops->irecv(staged, kv[(s + 1) % 2], block * sizeof(float), from, 1, &kv_req);
-        staged->ops->isend(staged, kv[s % 2], block * sizeof(float), to, 1, &kv_req);
-        staged->ops->irecv(staged, dkv[(s + 1) % 2], block / 2 * sizeof(float), from, 2, &dkv_req);
-        staged->ops->isend(staged, dkv[s % 2], block / 2 * sizeof(float), to, 2, &dkv_req);
-        staged->ops->wait(staged, &kv_req);
-        staged->ops->wait(staged, &dkv_req);
+        tested->ops->irecv(tested, kv[(s + 1) % 2], block * sizeof(float), from, 1, &kv_req);
+        tested->ops->isend(tested, kv[s % 2], block * sizeof(float), to, 1, &kv_req);
+        tested->ops->irecv(tested, dkv[(s + 1) % 2], block / 2 * sizeof(float), from, 2, &dkv_req);
+        tested->ops->isend(tested, dkv[s % 2], block / 2 * sizeof(float), to, 2, &dkv_req);
+        tested->ops->wait(tested, &kv_req);
+        tested->ops->wait(tested, &dkv_req);
     }
     free(cnt);
 }
@@ -441,8 +466,8 @@ static void test_staging_steady(void) {
     float *dkv[2] = {dev_floats(block), dev_floats(block)};
     fill(kv[0], block, 1, world->rank), fill(dkv[0], block, 2, world->rank);
     rt_comm *plane = rt_comm_staged_plane(world, be); /* a fresh plane: nothing allocated yet */
-    rt_comm *keep = staged;
-    staged = plane;
+    rt_comm *keep = tested;
+    tested = plane;
     rt_comm_staged_stats first, later;
     rt_comm_staged_stats_of(plane, &first);
     CU_ASSERT_EQUAL(first.allocations, 0);
@@ -469,25 +494,27 @@ static void test_staging_steady(void) {
         /* grown only when a call needs more than it holds */
         float *big = dev_floats(4 * n);
         fill(big, 4 * n, 3, world->rank);
-        staged->ops->allreduce_sum_f32(staged, big, 4 * n);
+        tested->ops->allreduce_sum_f32(tested, big, 4 * n);
         rt_comm_staged_stats_of(plane, &later);
         CU_ASSERT_EQUAL(later.allocations, first.allocations + 1);
         CU_ASSERT_EQUAL(later.staging_bytes, 4 * n * sizeof(float));
-        staged->ops->allreduce_sum_f32(staged, big, 2 * n);
+        tested->ops->allreduce_sum_f32(tested, big, 2 * n);
         rt_comm_staged_stats_of(plane, &first);
         CU_ASSERT_EQUAL(first.allocations, later.allocations);
         be->device_free(be, big);
     }
-    staged = keep;
+    tested = keep;
     rt_comm_device_plane_free(plane);
     be->device_free(be, grads), be->device_free(be, params);
     for (int m = 0; m < 2; m++)
         be->device_free(be, kv[m]), be->device_free(be, dkv[m]);
 }
 
-/* split and split_node of the staged plane are host-plane comms of the same ranks. */
+#endif
+
+/* split and split_node of the plane are host-plane comms of the same ranks. */
 static void test_split(void) {
-    rt_comm *halves = staged->ops->split(staged, world->rank % 2, world->rank);
+    rt_comm *halves = tested->ops->split(tested, world->rank % 2, world->rank);
     CU_ASSERT(halves->ops == world->ops);
     CU_ASSERT_EQUAL(halves->size, (world->size + (world->rank % 2 == 0)) / 2);
     CU_ASSERT_EQUAL(halves->rank, world->rank / 2);
@@ -495,15 +522,22 @@ static void test_split(void) {
     halves->ops->allreduce_sum_f64(halves, &one, 1);
     CU_ASSERT_EQUAL(one, (double)halves->size);
     halves->ops->destroy(halves);
-    rt_comm *node = staged->ops->split_node(staged);
+    rt_comm *node = tested->ops->split_node(tested);
     CU_ASSERT(node->ops == world->ops);
     CU_ASSERT_EQUAL(node->size, world->size); /* mpirun on one machine */
     node->ops->destroy(node);
-    CU_ASSERT_EQUAL(rt_comm_plane_kind(staged), RT_PLANE_STAGED);
-    CU_ASSERT_EQUAL(staged->rank, world->rank);
-    CU_ASSERT_EQUAL(staged->size, world->size);
+#ifdef TEST_FAKE_NCCL
+    CU_ASSERT(tested->ops == &rt_comm_nccl_ops);
+    CU_ASSERT(rt_comm_nccl_usable(world, fake_be, NULL)); /* the fake gives each rank its own bus id */
+    CU_ASSERT(!rt_comm_nccl_usable(world, be, NULL));     /* the CPU backend's buffers are host memory */
+#else
+    CU_ASSERT_EQUAL(rt_comm_plane_kind(tested), RT_PLANE_STAGED);
+#endif
+    CU_ASSERT_EQUAL(tested->rank, world->rank);
+    CU_ASSERT_EQUAL(tested->size, world->size);
 }
 
+#ifndef TEST_FAKE_NCCL
 /* ------------------------------------------------------------------ the choice */
 
 /* 1 when rc and the plane's kind are not the same on every rank: a choice that differs between ranks would
@@ -604,30 +638,145 @@ static void test_choice(void) {
     free(restore);
     assert_no_failures_anywhere(bad);
 }
+#endif
+
+#ifdef TEST_FAKE_NCCL
+/* ------------------------------------------------------------------ NCCL's ordering (the fake's streams) */
+
+/* Of the calls run on the comm stream so far, how many the compute stream is ordered after; and how many ran. */
+static unsigned long compute_waited(void) { return fake_cuda_compute_waited_for_comm(fake_be); }
+static unsigned long comm_calls(void) { return fake_cuda_comm_calls(fake_be); }
+
+/* Counts with no zero (every rank's part is a call), their total and this rank's part. */
+static size_t ordering_counts(size_t *cnt, size_t *mine) {
+    v_counts(0, 1, cnt);
+    for (int q = 0; q < world->size; q++)
+        cnt[q] += cnt[q] == 0;
+    *mine = cnt[world->rank];
+    return test_counts_total(cnt, world->size, world->rank, NULL);
+}
+
+/*
+ * The NCCL plane overlaps by ordering, not by waiting: a blocking collective leaves the compute stream
+ * ordered after it; a nonblocking one leaves compute alone until its wait, and that wait orders compute after
+ * that request's launch only (not after collectives posted later: with 300 in flight, more than ZeRO's 256, too);
+ * transfers queued before a collective launch before it, and their wait does not hold compute for it. The
+ * results still equal the host plane's, and the fake saw no breach of NCCL's rules (counted by the assert).
+ */
+static void test_nccl_ordering(void) {
+    enum { MANY = 300 };
+    const int P = world->size, to = (world->rank + 1) % P, from = (world->rank + P - 1) % P;
+    size_t *cnt = malloc_check((size_t)P * sizeof *cnt), mine = 0;
+    const size_t total = ordering_counts(cnt, &mine);
+    float *send = dev_floats(total), *part = dev_floats(mine), *shard = dev_floats(mine), *shard2 = dev_floats(mine);
+    float *want_shard = dev_floats(mine), *want_gathered = dev_floats(total);
+    float *gathered = dev_floats((size_t)MANY * total);
+    fill(send, total, 900, world->rank);
+    fill(part, mine, 901, world->rank);
+    world->ops->reduce_scatter_sum_f32_v(world, want_shard, send, cnt);
+    world->ops->allgather_f32_v(world, want_gathered, part, cnt);
+    int bad = 0;
+
+    fake_cuda_compute_work(fake_be);
+    float sum[3] = {1, 2, 3};
+    tested->ops->allreduce_sum_f32(tested, sum, 3);
+    bad += compute_waited() != comm_calls(); /* blocking: compute sees the result */
+
+    rt_comm_request rs = {0}, ag = {0};
+    fake_cuda_compute_work(fake_be);
+    const unsigned long before = compute_waited();
+    tested->ops->ireduce_scatter_sum_f32_v(tested, shard, send, cnt, &rs);
+    const unsigned long rs_end = comm_calls();
+    fake_cuda_compute_work(fake_be); /* the next layer's compute, between post and wait */
+    tested->ops->iallgather_f32_v(tested, gathered, part, cnt, &ag);
+    const unsigned long ag_end = comm_calls();
+    bad += compute_waited() != before; /* neither post held compute */
+    tested->ops->wait(tested, &rs);
+    bad += compute_waited() != rs_end; /* rs's end, not ag's */
+    tested->ops->wait(tested, &ag);
+    bad += compute_waited() != ag_end;
+    bad += rs.n != 0 || ag.n != 0;
+    bad += differs("ireduce_scatter_v (ordering)", 0, total, shard, want_shard, mine * sizeof(float));
+    bad += differs("iallgather_v (ordering)", 0, total, gathered, want_gathered, total * sizeof(float));
+
+    rt_comm_request many[MANY];
+    unsigned long end[MANY];
+    memset(many, 0, sizeof many);
+    for (int i = 0; i < MANY; i++) {
+        fake_cuda_compute_work(fake_be);
+        tested->ops->iallgather_f32_v(tested, gathered + (size_t)i * total, part, cnt, &many[i]);
+        end[i] = comm_calls();
+    }
+    for (int i = 0; i < MANY; i++) {
+        tested->ops->wait(tested, &many[i]);
+        bad += compute_waited() != end[i]; /* the first one's wait does not hold compute for the 299 after it */
+        bad += differs("iallgather_v (300 in flight)", 0, total, gathered + (size_t)i * total, want_gathered,
+                       total * sizeof(float));
+    }
+
+    unsigned char out[5] = {1, 2, 3, 4, (unsigned char)world->rank}, in[5] = {0};
+    rt_comm_request ring = {0}, rs2 = {0};
+    tested->ops->irecv(tested, in, sizeof in, from, 1, &ring);
+    tested->ops->isend(tested, out, sizeof out, to, 1, &ring);
+    const unsigned long queued = comm_calls(); /* queued, not launched */
+    tested->ops->ireduce_scatter_sum_f32_v(tested, shard2, send, cnt, &rs2);
+    const unsigned long after = comm_calls();
+    tested->ops->wait(tested, &ring);
+    bad += compute_waited() != queued + 2; /* the pair launched first (two calls), and its wait is for them */
+    bad += in[4] != (unsigned char)from || in[0] != 1;
+    tested->ops->wait(tested, &rs2);
+    bad += compute_waited() != after;
+    bad += differs("ireduce_scatter_v after transfers", 0, total, shard2, want_shard, mine * sizeof(float));
+
+    be->device_free(be, send), be->device_free(be, part), be->device_free(be, shard), be->device_free(be, shard2);
+    be->device_free(be, want_shard), be->device_free(be, want_gathered), be->device_free(be, gathered);
+    free(cnt);
+    assert_no_failures_anywhere(bad);
+}
+#endif
 
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     be = rt_backend_cpu();
-    staged = rt_comm_staged_plane(world, be);
+#ifdef TEST_FAKE_NCCL
+    fake_be = fake_cuda_backend();
+    rt_error err = {{0}};
+    tested = rt_comm_nccl_plane(world, fake_be, &err);
+    if (!tested) rt_fatal("test_comm_nccl_fake: %s", err.msg);
+#else
+    tested = rt_comm_staged_plane(world, be);
+#endif
     /* one CUnit report: rank 0's (the tests combine failures over ranks before asserting) */
     if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2;
     test_case cases[] = {
-        {"allreduce f32/f64 sum, f64 max: staged = host", test_allreduce},
-        {"reduce_scatter (block), in and out of place: staged = host", test_reduce_scatter_block},
-        {"reduce_scatter_v, uneven counts with zeros: staged = host", test_reduce_scatter_v},
-        {"allgather_v, uneven counts with zeros: staged = host", test_allgather_v},
-        {"ireduce_scatter_v + iallgather_v in flight together: staged = host", test_nonblocking},
-        {"allgather, in and out of place: staged = host", test_allgather},
-        {"broadcast from first and last rank: staged = host", test_broadcast},
-        {"isend/irecv ring, two tags: staged = host", test_isend_irecv},
-        {"staging allocated once, grown only when needed", test_staging_steady},
+        {"allreduce f32/f64 sum, f64 max: " PLANE " = host", test_allreduce},
+        {"reduce_scatter (block), in and out of place: " PLANE " = host", test_reduce_scatter_block},
+        {"reduce_scatter_v, uneven counts with zeros: " PLANE " = host", test_reduce_scatter_v},
+        {"allgather_v, uneven counts with zeros: " PLANE " = host", test_allgather_v},
+        {"ireduce_scatter_v + iallgather_v in flight together: " PLANE " = host", test_nonblocking},
+        {"allgather, in and out of place: " PLANE " = host", test_allgather},
+        {"broadcast from first and last rank: " PLANE " = host", test_broadcast},
+        {"isend/irecv ring, two tags: " PLANE " = host", test_isend_irecv},
         {"split and split_node give host comms", test_split},
+#ifdef TEST_FAKE_NCCL
+        {"compute waits at the wait, for that request only; transfers launch before a later collective",
+         test_nccl_ordering},
+    };
+    int status = test_run_suite("test_comm_nccl_fake", cases, (int)(sizeof cases / sizeof *cases));
+#else
+        {"staging allocated once, grown only when needed", test_staging_steady},
         {"rt_comm_device_plane: choice, rank 0's setting, refusals", test_choice},
     };
     int status = test_run_suite("test_comm_planes", cases, (int)(sizeof cases / sizeof *cases));
+#endif
     int worst = 0;
     MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-    rt_comm_device_plane_free(staged);
+#ifdef TEST_FAKE_NCCL
+    tested->ops->destroy(tested); /* rt_comm_device_plane_free knows the real NCCL plane's table, not this one */
+    fake_cuda_backend_free(fake_be);
+#else
+    rt_comm_device_plane_free(tested);
+#endif
     rt_comm_finalize();
     return worst;
 }
