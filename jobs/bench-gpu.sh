@@ -65,8 +65,9 @@ echo "== summary: offload / recompute and MFU"
 for f in "$out"/train_*.txt; do
   [ -e "$f" ] || continue
   name=$(basename "$f" .txt)
-  awk -v name="${name#train_}" '$1 == "recompute" || $1 == "keep" || $1 == "offload" {
+  awk -v name="${name#train_}" '$2 == "|" && ($1 == "recompute" || $1 == "keep" || $1 == "offload") {
       for (i = 1; i <= NF; i++) { if ($i == "MFU") mfu = $(i + 1); if ($i == "recompute" && i > 1) vs = $(i + 1) }
       printf "%-14s %-10s MFU %s  vs recompute %s\n", name, $1, mfu, vs }' "$f"
+  sed -n "s/^offload storage: /$(printf '%-14s' "${name#train_}") activations in fp32 vs bf16: /p" "$f"
 done
 exit $status

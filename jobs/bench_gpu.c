@@ -17,6 +17,14 @@
  * offload run the forward twice but are credited the same FLOPs, so their
  * MFU is the useful fraction. MFU = model FLOP/s / (PEAK_TFLOPS * 1e12). RT_BENCH_BACKEND=cpu runs the same
  * on the CPU backend: a check of the program on a machine without a GPU, not a benchmark.
+ *
+ * Activation storage, fp32 (what is built) or bf16 (half the bytes): offload moves each layer's input to
+ * pinned host memory in forward and back in backward, L * B * T * C * 4 bytes each way per step in fp32.
+ * The program times the copy engine on one layer's worth (device -> pinned host and back, on a side stream,
+ * as the offloader copies) and prints what a step's offload traffic costs in fp32 and would cost in bf16,
+ * as a fraction of the recompute step: where the fp32 traffic fits well under the step it hides behind
+ * compute and bf16 storage buys nothing but rounding; where it does not, offload's ratio to recompute
+ * shows it, and bf16 storage would halve the part that shows.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +43,34 @@ static double model_flops_per_step(const rt_model_shape *s, size_t B, size_t T) 
                              2.0 * 2.0 * HD * ((double)T + 1.0) / 2.0;
     double forward_per_token = s->n_layers * per_token_layer + 2.0 * C * s->padded_vocab;
     return 3.0 * forward_per_token * (double)(B * T);
+}
+
+/* Seconds per byte of the copy engine, device -> pinned host and back (the mean of both ways), on one side
+ * stream over bytes; 0 when the buffers do not fit. */
+static double copy_seconds_per_byte(const rt_backend *be, size_t bytes) {
+    void *dev = be->device_alloc(be, bytes), *host = be->host_alloc(be, bytes);
+    double per_byte = 0.0;
+    if (dev && host) {
+        be->memset_zero(be, dev, bytes);
+        rt_stream *s = be->stream_create(be);
+        rt_event *done = be->event_create(be);
+        for (int round = 0; round < 2; round++) { /* the first warms the path up */
+            be->synchronize(be);
+            const double t0 = rt_now_s();
+            for (int i = 0; i < 3; i++) {
+                be->copy_async(be, s, host, dev, bytes);
+                be->copy_async(be, s, dev, host, bytes);
+            }
+            be->event_record(be, done, s);
+            be->event_synchronize(be, done);
+            per_byte = (rt_now_s() - t0) / (6.0 * (double)bytes);
+        }
+        be->event_destroy(be, done);
+        be->stream_destroy(be, s);
+    }
+    if (dev) be->device_free(be, dev);
+    if (host) be->host_free(be, host);
+    return per_byte;
 }
 
 /* Applies "section.key=value" to cfg. */
@@ -112,7 +148,16 @@ int main(int argc, char **argv) {
            shape.n_kv_heads, shape.head_dim, shape.d_ff, shape.vocab_size, rt_model_param_count(&shape) / 1e6, B, T,
            flops, peak_tflops);
 
-    double recompute_tps = 0.0;
+    /* what offload moves per step, each way, with fp32 activations; the copy engine's rate on one layer of it */
+    const double offload_bytes = (double)shape.n_layers * (double)(B * T) * shape.d_model * sizeof(float);
+    const double copy_s_per_byte = copy_seconds_per_byte(gpu, (size_t)(B * T) * (size_t)shape.d_model * sizeof(float));
+    const double offload_copy_s = 2.0 * offload_bytes * copy_s_per_byte; /* out in forward, back in backward */
+    printf("offload traffic: %.1f MB each way per step in fp32; copy engine %.1f GB/s (device <-> pinned host, one "
+           "layer's input); %.1f ms of copies per step in fp32, %.1f ms in bf16\n",
+           offload_bytes / 1e6, copy_s_per_byte > 0 ? 1e-9 / copy_s_per_byte : 0.0, offload_copy_s * 1e3,
+           offload_copy_s * 0.5e3);
+
+    double recompute_tps = 0.0, recompute_step_s = 0.0;
     char modes[256];
     snprintf(modes, sizeof modes, "%s", modes_arg);
     for (char *mode = strtok(modes, ","); mode; mode = strtok(NULL, ",")) {
@@ -147,12 +192,17 @@ int main(int argc, char **argv) {
             continue;
         }
         const double tps = (double)(B * T) / step_s, tflops = flops / step_s / 1e12;
-        if (strcmp(mode, "recompute") == 0) recompute_tps = tps;
+        if (strcmp(mode, "recompute") == 0) recompute_tps = tps, recompute_step_s = step_s;
         char peak_text[32], vs[32] = "";
         if (recompute_tps > 0.0) snprintf(vs, sizeof vs, "%.3f", tps / recompute_tps);
         printf("%-10s | %10.0f tok/s | %7.3f s/step | %7.1f model TFLOP/s | MFU %.3f | vs recompute %-5s | peak %s | "
-               "loss %.4f | setup %.1f s\n",
+               "loss %.6f | setup %.1f s\n",
                mode, tps, step_s, tflops, tflops / peak_tflops, vs, rt_format_bytes(peak, peak_text), m.loss, setup_s);
+        if (strcmp(mode, "offload") == 0 && recompute_step_s > 0.0)
+            printf("offload storage: copies are %.1f%% of the recompute step in fp32, would be %.1f%% in bf16; "
+                   "offload runs at %.3f of recompute\n",
+                   100.0 * offload_copy_s / recompute_step_s, 50.0 * offload_copy_s / recompute_step_s,
+                   tps / recompute_tps);
         fflush(stdout);
         rt_trainer_free(t);
     }
