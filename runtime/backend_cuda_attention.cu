@@ -388,7 +388,12 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
             const float w_old = w_old_s[out_row], w_blk = w_blk_s[out_row];
             for (int cc = lane; cc < TILE; cc += 32) {
                 const int c = c0 + cc;
-                if (c < a.D) o[c] = o[c] * w_old + scores_w[rr * LD_SCORES + cc] * w_blk;
+                /* w_old is 0 for a row's first visible block (see above): out is written, not read, as on the CPU,
+                 * so whatever the caller left there cannot leak in */
+                if (c < a.D) {
+                    const float blk = scores_w[rr * LD_SCORES + cc] * w_blk;
+                    o[c] = w_old == 0.0f ? blk : o[c] * w_old + blk;
+                }
             }
         }
         __syncwarp();
@@ -622,7 +627,8 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, 2) attn_dkv_
                 const float col_lse = lse_s[i], col_delta = delta_s[i];
                 const int64_t query_pos = q_pos_s[i];
                 for (int rr = lane / FRAG; rr < FRAG; rr += 2) { /* key row; tail keys are never written back */
-                    const bool visible = col_lse != -INFINITY && (!a.causal || k_pos_s[warp * FRAG + rr] <= query_pos);
+                    const bool visible = col_lse != -INFINITY && warp * FRAG + rr < nk &&
+                                         (!a.causal || k_pos_s[warp * FRAG + rr] <= query_pos);
                     const float p = visible ? __expf(st_stage[rr * LD_CHUNK + c] * a.scale - col_lse) : 0.0f;
                     const float ds = p * (dpt_stage[rr * LD_CHUNK + c] - col_delta) * a.scale;
                     pt_w[rr * LD_PROBS + i] = __float2bfloat16_rn(p);   /* THE bf16 ROUNDING OF P^T IS HERE */

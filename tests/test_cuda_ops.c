@@ -1129,6 +1129,33 @@ static void test_attention_no_visible_key(void) {
     free(q_pos), free(k_pos);
 }
 
+/* The small head dims (the kernels' DP = 16 and 32 instantiations; the tiny presets have D = 16): a causal
+ * diagonal block with a tail tile, and a running merge of two zigzag blocks. */
+static void test_attention_small_head_dims(void) {
+    int64_t *pos130 = range_pos(130, 0), *rank0 = zigzag_pos(100, 0), *rank1 = zigzag_pos(100, 1);
+    attn_spec a = {.H = 4,
+                   .Hkv = 2,
+                   .D = 16,
+                   .causal = 1,
+                   .Tq = 130,
+                   .q_pos = pos130,
+                   .n_blocks = 1,
+                   .Tk = {130},
+                   .k_pos = {pos130}};
+    check_attention(&a, 2500, "causal diagonal T=130 H=4 Hkv=2 D=16");
+    attn_spec b = {.H = 6,
+                   .Hkv = 3,
+                   .D = 32,
+                   .causal = 1,
+                   .Tq = 200,
+                   .q_pos = rank0,
+                   .n_blocks = 2,
+                   .Tk = {200, 200},
+                   .k_pos = {rank0, rank1}};
+    check_attention(&b, 2510, "zigzag rank 0 of 2, own block then rank 1's, H=6 Hkv=3 D=32");
+    free(pos130), free(rank0), free(rank1);
+}
+
 /* attn_delta alone, on identical inputs: an fp32 row sum. */
 static void test_attn_delta(void) {
     const size_t Tq = 1000;
@@ -1276,6 +1303,7 @@ int main(void) {
         {"attention: whole block visible; non-causal", test_attention_whole_block_visible},
         {"attention: zigzag positions, running merge of two blocks", test_attention_zigzag_two_blocks},
         {"attention: query with no visible key", test_attention_no_visible_key},
+        {"attention: head dims 16 and 32", test_attention_small_head_dims},
         {"attention: delta", test_attn_delta},
         {"copy engine: streams, events, ordering with compute", test_copy_engine},
     };
