@@ -54,8 +54,6 @@ extern "C" {
 /* The ops' scratch: channel-reduction partials and the embedding backward's sort (backend_cuda_ops.cu sizes
  * its calls to fit, in chunks where needed). */
 #define CUDA_OP_SCRATCH_BYTES ((size_t)64 << 20)
-/* sum_squares partials: at most this many blocks per multiprocessor. */
-#define CUDA_REDUCE_BLOCKS_PER_SM 4
 /* Rows per cuBLAS call: within int, and a multiple of every tile size. */
 #define CUDA_GEMM_MAX_ROWS ((size_t)1 << 30)
 /* Smallest device allocation, so a zero-byte request still gets a unique pointer. */
@@ -108,10 +106,9 @@ static void cuda_memset_zero(const rt_backend *be, void *dst, size_t bytes) {
 
 /* Ordered after the ops before it on compute, and complete when it returns. */
 static void cuda_copy(const rt_backend *be, void *dst, const void *src, size_t bytes) {
-    if (!bytes || dst == src) return;
     cudaStream_t compute = rt_cuda_compute_stream(be);
-    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, compute));
-    CUDA_CHECK(cudaStreamSynchronize(compute));
+    if (bytes && dst != src) CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, compute));
+    CUDA_CHECK(cudaStreamSynchronize(compute)); /* even with nothing to copy: the host sees the ops before it */
 }
 
 /* ----------------------------------------------------------------------------

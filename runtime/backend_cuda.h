@@ -11,6 +11,9 @@
 extern "C" {
 #endif
 
+/* Blocks per multiprocessor of sum_squares' partial sums: reduce_scratch holds n_sms times this many doubles. */
+#define CUDA_REDUCE_BLOCKS_PER_SM 4
+
 /* What rt_backend.state points to on CUDA. */
 typedef struct {
     int device;           /* the CUDA device of this instance */
@@ -24,7 +27,7 @@ typedef struct {
     void *cublas_workspace; /* reserved at open (rt_backend.reserved_bytes), given to cuBLAS */
     size_t cublas_workspace_bytes;
     int n_sms;              /* multiprocessors: grid sizes of the reductions */
-    double *reduce_scratch; /* device: partial sums of sum_squares (n_sms * 4 doubles) */
+    double *reduce_scratch; /* device: partial sums of sum_squares (n_sms * CUDA_REDUCE_BLOCKS_PER_SM doubles) */
     double *reduce_host;    /* pinned host: its result */
     /* device, reserved at open: partial sums of the channel reductions (bias, norm weights) and the embedding
      * backward's sort buffers; the ops using it run one at a time on compute, so they share it */

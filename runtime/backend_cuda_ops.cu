@@ -909,8 +909,9 @@ static double cuda_sum_squares(const rt_backend *be, const float *x, size_t n) {
         return 0.0;
     }
     const int vec = aligned16(x);
-    size_t max_blocks = (size_t)st->n_sms * 4; /* the size of reduce_scratch */
-    size_t blocks = (vec ? (n + 3) / 4 : n + CUDA_THREADS - 1) / CUDA_THREADS;
+    size_t max_blocks = (size_t)st->n_sms * CUDA_REDUCE_BLOCKS_PER_SM; /* the size of reduce_scratch */
+    const size_t items = vec ? (n + 3) / 4 : n;                        /* float4s or floats */
+    size_t blocks = (items + CUDA_THREADS - 1) / CUDA_THREADS;
     if (blocks == 0) blocks = 1;
     if (blocks > max_blocks) blocks = max_blocks;
     if (vec)
