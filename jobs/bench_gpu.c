@@ -18,13 +18,13 @@
  * MFU is the useful fraction. MFU = model FLOP/s / (PEAK_TFLOPS * 1e12). RT_BENCH_BACKEND=cpu runs the same
  * on the CPU backend: a check of the program on a machine without a GPU, not a benchmark.
  *
- * Activation storage, fp32 (what is built) or bf16 (half the bytes): offload moves each layer's input to
- * pinned host memory in forward and back in backward, L * B * T * C * 4 bytes each way per step in fp32.
- * The program times the copy engine on one layer's worth (device -> pinned host and back, on a side stream,
- * as the offloader copies) and prints what a step's offload traffic costs in fp32 and would cost in bf16,
- * as a fraction of the recompute step: where the fp32 traffic fits well under the step it hides behind
- * compute and bf16 storage buys nothing but rounding; where it does not, offload's ratio to recompute
- * shows it, and bf16 storage would halve the part that shows.
+ * Activation storage, fp32 (what is built) or bf16 (half the bytes): offload moves each layer's input but
+ * the last to pinned host memory in forward and back in backward, (L-1) * B * T * C * 4 bytes each way per
+ * step in fp32 (the offload step's own count is what is printed). The program times the copy engine on one
+ * layer's worth (device -> pinned host and back, on a side stream, as the offloader copies) and prints what
+ * a step's offload traffic costs in fp32 and would cost in bf16, as a fraction of the recompute step: where the fp32
+ * traffic fits well under the step it hides behind compute and bf16 storage buys nothing but rounding; where it does
+ * not, offload's ratio to recompute shows it, and bf16 storage would halve the part that shows.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +46,7 @@ static double model_flops_per_step(const rt_model_shape *s, size_t B, size_t T) 
 }
 
 /* Seconds per byte of the copy engine, device -> pinned host and back (the mean of both ways), on one side
- * stream over bytes; 0 when the buffers do not fit. */
+ * stream over bytes; 0 when the buffers cannot be allocated. */
 static double copy_seconds_per_byte(const rt_backend *be, size_t bytes) {
     void *dev = be->device_alloc(be, bytes), *host = be->host_alloc(be, bytes);
     double per_byte = 0.0;
@@ -148,14 +148,15 @@ int main(int argc, char **argv) {
            shape.n_kv_heads, shape.head_dim, shape.d_ff, shape.vocab_size, rt_model_param_count(&shape) / 1e6, B, T,
            flops, peak_tflops);
 
-    /* what offload moves per step, each way, with fp32 activations; the copy engine's rate on one layer of it */
-    const double offload_bytes = (double)shape.n_layers * (double)(B * T) * shape.d_model * sizeof(float);
-    const double copy_s_per_byte = copy_seconds_per_byte(gpu, (size_t)(B * T) * (size_t)shape.d_model * sizeof(float));
-    const double offload_copy_s = 2.0 * offload_bytes * copy_s_per_byte; /* out in forward, back in backward */
-    printf("offload traffic: %.1f MB each way per step in fp32; copy engine %.1f GB/s (device <-> pinned host, one "
-           "layer's input); %.1f ms of copies per step in fp32, %.1f ms in bf16\n",
-           offload_bytes / 1e6, copy_s_per_byte > 0 ? 1e-9 / copy_s_per_byte : 0.0, offload_copy_s * 1e3,
-           offload_copy_s * 0.5e3);
+    /* the copy engine's rate on one layer's input, what offload moves per layer */
+    const size_t layer_bytes = (size_t)(B * T) * (size_t)shape.d_model * sizeof(float);
+    const double copy_s_per_byte = copy_seconds_per_byte(gpu, layer_bytes);
+    if (copy_s_per_byte > 0.0)
+        printf("copy engine: %.1f GB/s device <-> pinned host (one layer's input, %.1f MB, on a side stream)\n",
+               1e-9 / copy_s_per_byte, (double)layer_bytes / 1e6);
+    else
+        printf("copy engine: not measured (cannot allocate %zu bytes on the device and in pinned host memory)\n",
+               layer_bytes);
 
     double recompute_tps = 0.0, recompute_step_s = 0.0;
     char modes[256];
@@ -198,11 +199,14 @@ int main(int argc, char **argv) {
         printf("%-10s | %10.0f tok/s | %7.3f s/step | %7.1f model TFLOP/s | MFU %.3f | vs recompute %-5s | peak %s | "
                "loss %.6f | setup %.1f s\n",
                mode, tps, step_s, tflops, tflops / peak_tflops, vs, rt_format_bytes(peak, peak_text), m.loss, setup_s);
-        if (strcmp(mode, "offload") == 0 && recompute_step_s > 0.0)
-            printf("offload storage: copies are %.1f%% of the recompute step in fp32, would be %.1f%% in bf16; "
-                   "offload runs at %.3f of recompute\n",
-                   100.0 * offload_copy_s / recompute_step_s, 50.0 * offload_copy_s / recompute_step_s,
-                   tps / recompute_tps);
+        if (strcmp(mode, "offload") == 0 && recompute_step_s > 0.0 && copy_s_per_byte > 0.0) {
+            /* out in forward, back in backward: the step's own count of bytes offloaded, each way */
+            const double copy_s = 2.0 * (double)m.offloaded_bytes * copy_s_per_byte;
+            printf("offload storage: %.1f MB (%zu bytes) each way per step; copies are %.1f ms, %.1f%% of the "
+                   "recompute step in fp32, would be %.1f%% in bf16; offload runs at %.3f of recompute\n",
+                   (double)m.offloaded_bytes / 1e6, m.offloaded_bytes, copy_s * 1e3, 100.0 * copy_s / recompute_step_s,
+                   50.0 * copy_s / recompute_step_s, tps / recompute_tps);
+        }
         fflush(stdout);
         rt_trainer_free(t);
     }

@@ -911,8 +911,7 @@ static double cuda_sum_squares(const rt_backend *be, const float *x, size_t n) {
     const int vec = aligned16(x);
     size_t max_blocks = (size_t)st->n_sms * CUDA_REDUCE_BLOCKS_PER_SM; /* the size of reduce_scratch */
     const size_t items = vec ? (n + 3) / 4 : n;                        /* float4s or floats */
-    size_t blocks = (items + CUDA_THREADS - 1) / CUDA_THREADS;
-    if (blocks == 0) blocks = 1;
+    size_t blocks = (items + CUDA_THREADS - 1) / CUDA_THREADS;         /* n > 0: at least 1 */
     if (blocks > max_blocks) blocks = max_blocks;
     if (vec)
         sum_squares_partials_kernel<true><<<(unsigned)blocks, CUDA_THREADS, 0, stream>>>(st->reduce_scratch, x, n);

@@ -108,7 +108,7 @@ typedef struct {
     cudaEvent_t comm_done;     /* a collective's end: the compute stream waits on it */
     queued_transfer *queued;   /* posted, not launched yet */
     int n_queued, cap_queued;
-    uint64_t launches;                      /* groups of queued transfers launched so far */
+    uint64_t launches;                      /* launches so far: groups of queued transfers, nonblocking collectives */
     cudaEvent_t launch_done[LAUNCH_EVENTS]; /* launch g's end at g % LAUNCH_EVENTS */
     float *scratch;                         /* device: in-place reduce_scatter_v whose move overlaps */
     size_t scratch_elems;

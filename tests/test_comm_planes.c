@@ -18,6 +18,7 @@
 #include "fake_cuda/fake_cuda.h"
 #define PLANE "nccl"
 static const rt_backend *fake_be; /* the "cuda" backend the NCCL plane was made for */
+static rt_comm *nccl_plane;       /* the plane itself; the tests reach it through a checking wrapper (below) */
 #else
 #define PLANE "staged"
 #endif
@@ -527,7 +528,7 @@ static void test_split(void) {
     CU_ASSERT_EQUAL(node->size, world->size); /* mpirun on one machine */
     node->ops->destroy(node);
 #ifdef TEST_FAKE_NCCL
-    CU_ASSERT(tested->ops == &rt_comm_nccl_ops);
+    CU_ASSERT(nccl_plane->ops == &rt_comm_nccl_ops);
     CU_ASSERT(rt_comm_nccl_usable(world, fake_be, NULL)); /* the fake gives each rank its own bus id */
     CU_ASSERT(!rt_comm_nccl_usable(world, be, NULL));     /* the CPU backend's buffers are host memory */
 #else
@@ -651,7 +652,7 @@ static unsigned long comm_calls(void) { return fake_cuda_comm_calls(fake_be); }
 static size_t ordering_counts(size_t *cnt, size_t *mine) {
     v_counts(0, 1, cnt);
     for (int q = 0; q < world->size; q++)
-        cnt[q] += cnt[q] == 0;
+        cnt[q] += cnt[q] == 0; /* pattern 0 has a zero from 7 ranks on */
     *mine = cnt[world->rank];
     return test_counts_total(cnt, world->size, world->rank, NULL);
 }
@@ -735,14 +736,147 @@ static void test_nccl_ordering(void) {
 }
 #endif
 
+#ifdef TEST_FAKE_NCCL
+/* ------------------------------------------------------------------ the NCCL plane under a checking wrapper */
+
+/*
+ * Every test reaches the NCCL plane through this wrapper. Before each op it issues one compute op, so every
+ * call has compute before it to be ordered after (the fake then checks each collective's comm-stream wait);
+ * after it, the half of the protocol the fake cannot see by itself: a blocking collective leaves the compute
+ * stream ordered after all the comm stream ran, and a posted transfer (launched later) has the comm stream
+ * ordered after the compute before its post.
+ */
+static void before_op(void) { fake_cuda_compute_work(fake_be); }
+
+static void after_blocking(const char *op) {
+    const unsigned long waited = fake_cuda_compute_waited_for_comm(fake_be), ran = fake_cuda_comm_calls(fake_be);
+    if (waited != ran)
+        fake_nccl_breach("blocking %s returned with compute ordered after %lu of the comm stream's %lu calls", op,
+                         waited, ran);
+}
+
+static void after_transfer(const char *op) {
+    const unsigned long waited = fake_cuda_comm_waited_for_compute(fake_be), ran = fake_cuda_compute_calls(fake_be);
+    if (waited != ran)
+        fake_nccl_breach("%s posted with the comm stream ordered after %lu of compute's %lu ops", op, waited, ran);
+}
+
+static void w_allreduce_sum_f32(rt_comm *c, float *buf, size_t n) {
+    (void)c, before_op();
+    nccl_plane->ops->allreduce_sum_f32(nccl_plane, buf, n);
+    after_blocking("allreduce_sum_f32");
+}
+static void w_allreduce_sum_f64(rt_comm *c, double *buf, size_t n) {
+    (void)c, before_op();
+    nccl_plane->ops->allreduce_sum_f64(nccl_plane, buf, n);
+    after_blocking("allreduce_sum_f64");
+}
+static void w_allreduce_max_f64(rt_comm *c, double *buf, size_t n) {
+    (void)c, before_op();
+    nccl_plane->ops->allreduce_max_f64(nccl_plane, buf, n);
+    after_blocking("allreduce_max_f64");
+}
+static void w_reduce_scatter_sum_f32(rt_comm *c, float *recv, const float *send, size_t n) {
+    (void)c, before_op();
+    nccl_plane->ops->reduce_scatter_sum_f32(nccl_plane, recv, send, n);
+    after_blocking("reduce_scatter_sum_f32");
+}
+static void w_reduce_scatter_sum_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts) {
+    (void)c, before_op();
+    nccl_plane->ops->reduce_scatter_sum_f32_v(nccl_plane, recv, send, counts);
+    after_blocking("reduce_scatter_sum_f32_v");
+}
+static void w_allgather_f32(rt_comm *c, float *recv, const float *send, size_t n) {
+    (void)c, before_op();
+    nccl_plane->ops->allgather_f32(nccl_plane, recv, send, n);
+    after_blocking("allgather_f32");
+}
+static void w_allgather_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts) {
+    (void)c, before_op();
+    nccl_plane->ops->allgather_f32_v(nccl_plane, recv, send, counts);
+    after_blocking("allgather_f32_v");
+}
+static void w_broadcast(rt_comm *c, void *buf, size_t bytes, int root) {
+    (void)c, before_op();
+    nccl_plane->ops->broadcast(nccl_plane, buf, bytes, root);
+    after_blocking("broadcast");
+}
+static void w_barrier(rt_comm *c) { (void)c, nccl_plane->ops->barrier(nccl_plane); }
+static void w_isend(rt_comm *c, const void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
+    (void)c, before_op();
+    nccl_plane->ops->isend(nccl_plane, buf, bytes, peer, tag, req);
+    if (bytes) after_transfer("isend");
+}
+static void w_irecv(rt_comm *c, void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
+    (void)c, before_op();
+    nccl_plane->ops->irecv(nccl_plane, buf, bytes, peer, tag, req);
+    if (bytes) after_transfer("irecv");
+}
+static void w_wait(rt_comm *c, rt_comm_request *req) {
+    (void)c, before_op();
+    nccl_plane->ops->wait(nccl_plane, req);
+}
+static void w_ireduce_scatter_sum_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts,
+                                        rt_comm_request *req) {
+    (void)c, before_op();
+    nccl_plane->ops->ireduce_scatter_sum_f32_v(nccl_plane, recv, send, counts, req);
+}
+static void w_iallgather_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts, rt_comm_request *req) {
+    (void)c, before_op();
+    nccl_plane->ops->iallgather_f32_v(nccl_plane, recv, send, counts, req);
+}
+static void w_progress(rt_comm *c, rt_comm_request *req) { (void)c, nccl_plane->ops->progress(nccl_plane, req); }
+static rt_comm *w_split(rt_comm *c, int color, int key) {
+    (void)c;
+    return nccl_plane->ops->split(nccl_plane, color, key);
+}
+static rt_comm *w_split_node(rt_comm *c) {
+    (void)c;
+    return nccl_plane->ops->split_node(nccl_plane);
+}
+static void w_destroy(rt_comm *c) {
+    nccl_plane->ops->destroy(nccl_plane);
+    free(c);
+}
+
+static const rt_comm_ops checking_ops = {
+    .allreduce_sum_f32 = w_allreduce_sum_f32,
+    .allreduce_sum_f64 = w_allreduce_sum_f64,
+    .allreduce_max_f64 = w_allreduce_max_f64,
+    .reduce_scatter_sum_f32 = w_reduce_scatter_sum_f32,
+    .reduce_scatter_sum_f32_v = w_reduce_scatter_sum_f32_v,
+    .allgather_f32 = w_allgather_f32,
+    .allgather_f32_v = w_allgather_f32_v,
+    .broadcast = w_broadcast,
+    .barrier = w_barrier,
+    .isend = w_isend,
+    .irecv = w_irecv,
+    .wait = w_wait,
+    .ireduce_scatter_sum_f32_v = w_ireduce_scatter_sum_f32_v,
+    .iallgather_f32_v = w_iallgather_f32_v,
+    .progress = w_progress,
+    .split = w_split,
+    .split_node = w_split_node,
+    .destroy = w_destroy,
+};
+
+static rt_comm *checking_wrapper(rt_comm *plane) {
+    nccl_plane = plane;
+    rt_comm *w = calloc_check(1, sizeof *w);
+    *w = (rt_comm){.ops = &checking_ops, .rank = plane->rank, .size = plane->size, .impl = NULL};
+    return w;
+}
+#endif
+
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     be = rt_backend_cpu();
 #ifdef TEST_FAKE_NCCL
     fake_be = fake_cuda_backend();
     rt_error err = {{0}};
-    tested = rt_comm_nccl_plane(world, fake_be, &err);
-    if (!tested) rt_fatal("test_comm_nccl_fake: %s", err.msg);
+    rt_comm *plane = rt_comm_nccl_plane(world, fake_be, &err);
+    if (!plane) rt_fatal("test_comm_nccl_fake: %s", err.msg);
+    tested = checking_wrapper(plane);
 #else
     tested = rt_comm_staged_plane(world, be);
 #endif
@@ -773,6 +907,10 @@ int main(int argc, char **argv) {
     MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 #ifdef TEST_FAKE_NCCL
     tested->ops->destroy(tested); /* rt_comm_device_plane_free knows the real NCCL plane's table, not this one */
+    /* breaches after the last test (the plane's destroy) count too */
+    int late = fake_nccl_breaches(), any_late = 0;
+    MPI_Allreduce(&late, &any_late, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    if (any_late && worst == 0) worst = 1;
     fake_cuda_backend_free(fake_be);
 #else
     rt_comm_device_plane_free(tested);

@@ -48,16 +48,27 @@ static int n_streams;
 static struct fake_stream *compute_of_backend; /* the one fake backend's compute stream */
 static int breaches;
 
-static void breach(const char *fmt, ...) {
+static void vbreach(const char *fmt, va_list ap) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    va_list ap;
-    va_start(ap, fmt);
     fprintf(stderr, "\n  fake NCCL, rank %d: ", rank);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
-    va_end(ap);
     breaches++;
+}
+
+static void breach(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vbreach(fmt, ap);
+    va_end(ap);
+}
+
+void fake_nccl_breach(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vbreach(fmt, ap);
+    va_end(ap);
 }
 
 int fake_nccl_breaches(void) { return breaches; }
@@ -176,6 +187,11 @@ void fake_cuda_backend_free(const rt_backend *be) {
 
 void fake_cuda_compute_work(const rt_backend *be) { rt_cuda_state_of(be)->compute->calls++; }
 unsigned long fake_cuda_comm_calls(const rt_backend *be) { return rt_cuda_state_of(be)->comm->calls; }
+unsigned long fake_cuda_compute_calls(const rt_backend *be) { return rt_cuda_state_of(be)->compute->calls; }
+unsigned long fake_cuda_comm_waited_for_compute(const rt_backend *be) {
+    const rt_cuda_state *st = rt_cuda_state_of(be);
+    return st->comm->waited[st->compute->index];
+}
 unsigned long fake_cuda_compute_waited_for_comm(const rt_backend *be) {
     const rt_cuda_state *st = rt_cuda_state_of(be);
     return st->compute->waited[st->comm->index];
@@ -261,8 +277,10 @@ static void run_collective(const fake_op *o) {
     const MPI_Op op = o->op == ncclMax ? MPI_MAX : MPI_SUM;
     const int n = (int)o->count, P = o->comm->size, me = o->comm->rank;
     const size_t bytes = o->count * es;
-    if (o->count > (size_t)INT32_MAX)
+    if (o->count > (size_t)INT32_MAX) {
         breach("%s of %zu elements: beyond this fake's int counts", op_names[o->kind], o->count);
+        return;
+    }
     switch (o->kind) {
     case OP_ALLREDUCE:
         if (o->send != o->recv && overlap(o->send, bytes, o->recv, bytes)) breach("ncclAllReduce: buffers overlap");
@@ -368,7 +386,8 @@ ncclResult_t ncclGroupEnd(void) {
         for (int i = 0; i < n_group; i++)
             run_collective(&group[i]);
     n_group = 0;
-    if (!group_depth) free(group), group = NULL, cap_group = 0;
+    free(group);
+    group = NULL, cap_group = 0;
     return ncclSuccess;
 }
 

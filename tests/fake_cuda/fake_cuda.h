@@ -14,7 +14,12 @@ void fake_cuda_compute_work(const rt_backend *be);
 /* Calls run on be's comm stream so far, and how many of them the compute stream is ordered after. */
 unsigned long fake_cuda_comm_calls(const rt_backend *be);
 unsigned long fake_cuda_compute_waited_for_comm(const rt_backend *be);
-/* Breaches of NCCL's usage or the plane's ordering protocol seen so far on this rank (each printed). */
+/* How many of compute's ops the comm stream is ordered after, and how many ran. */
+unsigned long fake_cuda_compute_calls(const rt_backend *be);
+unsigned long fake_cuda_comm_waited_for_compute(const rt_backend *be);
+/* Breaches of NCCL's usage or the plane's ordering protocol seen so far on this rank (each printed), and a
+ * breach a test found (printed and counted with them). */
 int fake_nccl_breaches(void);
+void fake_nccl_breach(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 #endif
