@@ -19,8 +19,8 @@ bundle=$(realpath -m "${1:-$root/gpu-bundle}")
 [ "$(id -u)" = 0 ] || { echo "bundle-dryrun: needs root (chroot and mounts)"; exit 2; }
 cuda=$(realpath -e /usr/local/cuda 2>/dev/null) || { echo "bundle-dryrun: no CUDA toolkit at /usr/local/cuda"; exit 2; }
 
-jail=$(mktemp -d /tmp/rt_jail.XXXXXX)
-log=$(mktemp /tmp/rt_jail_log.XXXXXX)
+jail=$(mktemp -d)
+log=$(mktemp)
 trap 'rm -rf "$jail" "$log"' EXIT
 mkdir -p "$jail"/{usr/bin,usr/lib/x86_64-linux-gnu,usr/local,etc,proc,sys,dev/shm,tmp,repo,bundle}
 ln -s usr/bin "$jail/bin"

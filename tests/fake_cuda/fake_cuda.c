@@ -48,27 +48,16 @@ static int n_streams;
 static struct fake_stream *compute_of_backend; /* the one fake backend's compute stream */
 static int breaches;
 
-static void vbreach(const char *fmt, va_list ap) {
+void fake_nccl_breach(const char *fmt, ...) {
     int rank = 0;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    va_list ap;
+    va_start(ap, fmt);
     fprintf(stderr, "\n  fake NCCL, rank %d: ", rank);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
+    va_end(ap);
     breaches++;
-}
-
-static void breach(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vbreach(fmt, ap);
-    va_end(ap);
-}
-
-void fake_nccl_breach(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vbreach(fmt, ap);
-    va_end(ap);
 }
 
 int fake_nccl_breaches(void) { return breaches; }
@@ -127,7 +116,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags) {
     (void)flags;
     if (!event->stream) {
-        breach("stream %d waits on an event that was never recorded", stream->index);
+        fake_nccl_breach("stream %d waits on an event that was never recorded", stream->index);
         return cudaSuccess;
     }
     unsigned long *w = &stream->waited[event->stream->index];
@@ -144,7 +133,7 @@ static int overlap(const void *a, size_t a_bytes, const void *b, size_t b_bytes)
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream) {
     (void)kind;
     if (overlap(dst, bytes, src, bytes))
-        breach("cudaMemcpyAsync of %zu bytes between overlapping ranges", bytes);
+        fake_nccl_breach("cudaMemcpyAsync of %zu bytes between overlapping ranges", bytes);
     else if (bytes)
         memcpy(dst, src, bytes);
     stream->calls++;
@@ -270,26 +259,27 @@ static MPI_Datatype mpi_type(ncclDataType_t t, size_t *size) {
 static void run_collective(const fake_op *o) {
     struct fake_stream *compute = compute_of_backend;
     if (compute && o->stream != compute && o->stream->waited[compute->index] < compute->calls)
-        breach("%s on stream %d before it waited for the compute issued before it (%lu of %lu ops)", op_names[o->kind],
-               o->stream->index, o->stream->waited[compute->index], compute->calls);
+        fake_nccl_breach("%s on stream %d before it waited for the compute issued before it (%lu of %lu ops)",
+                         op_names[o->kind], o->stream->index, o->stream->waited[compute->index], compute->calls);
     size_t es = 0;
     const MPI_Datatype t = mpi_type(o->type, &es);
     const MPI_Op op = o->op == ncclMax ? MPI_MAX : MPI_SUM;
     const int n = (int)o->count, P = o->comm->size, me = o->comm->rank;
     const size_t bytes = o->count * es;
     if (o->count > (size_t)INT32_MAX) {
-        breach("%s of %zu elements: beyond this fake's int counts", op_names[o->kind], o->count);
+        fake_nccl_breach("%s of %zu elements: beyond this fake's int counts", op_names[o->kind], o->count);
         return;
     }
     switch (o->kind) {
     case OP_ALLREDUCE:
-        if (o->send != o->recv && overlap(o->send, bytes, o->recv, bytes)) breach("ncclAllReduce: buffers overlap");
+        if (o->send != o->recv && overlap(o->send, bytes, o->recv, bytes))
+            fake_nccl_breach("ncclAllReduce: buffers overlap");
         MPI_Allreduce(o->send == o->recv ? MPI_IN_PLACE : o->send, o->recv, n, t, op, o->comm->mpi);
         break;
     case OP_REDUCE_SCATTER: {
         if (o->recv != (const char *)o->send + (size_t)me * bytes &&
             overlap(o->send, bytes * (size_t)P, o->recv, bytes))
-            breach("ncclReduceScatter: recv overlaps send other than at send + rank * recvcount");
+            fake_nccl_breach("ncclReduceScatter: recv overlaps send other than at send + rank * recvcount");
         void *tmp = malloc_check(bytes ? bytes : 1);
         MPI_Reduce_scatter_block(o->send, tmp, n, t, op, o->comm->mpi);
         memcpy(o->recv, tmp, bytes);
@@ -299,7 +289,7 @@ static void run_collective(const fake_op *o) {
     case OP_ALLGATHER: {
         if (o->send != (const char *)o->recv + (size_t)me * bytes &&
             overlap(o->send, bytes, o->recv, bytes * (size_t)P))
-            breach("ncclAllGather: send overlaps recv other than at recv + rank * sendcount");
+            fake_nccl_breach("ncclAllGather: send overlaps recv other than at recv + rank * sendcount");
         void *tmp = malloc_check(bytes ? bytes : 1);
         memcpy(tmp, o->send, bytes);
         MPI_Allgather(tmp, n, t, o->recv, n, t, o->comm->mpi);
@@ -307,17 +297,17 @@ static void run_collective(const fake_op *o) {
         break;
     }
     case OP_REDUCE:
-        if (o->peer < 0 || o->peer >= P) breach("ncclReduce: root %d of %d ranks", o->peer, P);
+        if (o->peer < 0 || o->peer >= P) fake_nccl_breach("ncclReduce: root %d of %d ranks", o->peer, P);
         if (me == o->peer && o->send != o->recv && overlap(o->send, bytes, o->recv, bytes))
-            breach("ncclReduce: buffers overlap at the root");
+            fake_nccl_breach("ncclReduce: buffers overlap at the root");
         MPI_Reduce(me == o->peer && o->send == o->recv ? MPI_IN_PLACE : o->send, o->recv, n, t, op, o->peer,
                    o->comm->mpi);
         break;
     case OP_BROADCAST:
-        if (o->peer < 0 || o->peer >= P) breach("ncclBroadcast: root %d of %d ranks", o->peer, P);
+        if (o->peer < 0 || o->peer >= P) fake_nccl_breach("ncclBroadcast: root %d of %d ranks", o->peer, P);
         if (me == o->peer && o->send != o->recv) {
             if (overlap(o->send, bytes, o->recv, bytes))
-                breach("ncclBroadcast: buffers overlap at the root");
+                fake_nccl_breach("ncclBroadcast: buffers overlap at the root");
             else
                 memcpy(o->recv, o->send, bytes);
         }
@@ -350,7 +340,7 @@ static ncclResult_t submit(fake_op o) {
     const int transfer = o.kind == OP_SEND || o.kind == OP_RECV;
     if (group_depth == 0) {
         if (transfer) {
-            breach("%s outside a group: the plane launches transfers in groups", op_names[o.kind]);
+            fake_nccl_breach("%s outside a group: the plane launches transfers in groups", op_names[o.kind]);
             run_transfers(&o, 1);
         } else {
             run_collective(&o);
@@ -379,7 +369,7 @@ ncclResult_t ncclGroupEnd(void) {
     int transfers = 0;
     for (int i = 0; i < n_group; i++)
         transfers += group[i].kind == OP_SEND || group[i].kind == OP_RECV;
-    if (transfers && transfers != n_group) breach("a group mixes transfers and collectives");
+    if (transfers && transfers != n_group) fake_nccl_breach("a group mixes transfers and collectives");
     if (transfers)
         run_transfers(group, n_group);
     else
