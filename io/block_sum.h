@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/common.h"
+#include "runtime/core/common.h"
 
 /*
  * Why not HDF5's Fletcher32 filter: Debian 12's parallel HDF5 (1.10.8) allocates and fills every chunk of a

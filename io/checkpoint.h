@@ -5,8 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/common.h"
-#include "../runtime/tensor.h"
+#include "runtime/core/common.h"
+#include "runtime/core/tensor.h"
 
 /*
  * File layout (version 2), independent of how many ranks wrote it:

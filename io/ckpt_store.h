@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/common.h"
+#include "runtime/core/common.h"
 
 /*
  * The storage half of a torch.distributed.checkpoint-style save: the caller

@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "../runtime/common.h"
+#include "runtime/core/common.h"
 
 /*
  * Layout: int32[256] header: [0] magic 20240326, [1] version 3, [2] max_seq_len,

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/tensor.h"
+#include "runtime/core/tensor.h"
 #include "tokens.h"
 
 /*

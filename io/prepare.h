@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "../runtime/common.h"
+#include "runtime/core/common.h"
 
 /*
  * Text: byte-level tokens (vocab 256, token = byte) of the input files

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/common.h"
+#include "runtime/core/common.h"
 
 /*
  * ringtrain token file: a 1024-byte header of little-endian int32 fields

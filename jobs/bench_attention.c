@@ -19,8 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../runtime/backend.h"
-#include "../runtime/common.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/registry.h"
+#include "runtime/core/common.h"
 
 static float *device_random(const rt_backend *be, size_t n, float lo, float hi, uint64_t seed) {
     float *host = malloc_check(n * sizeof(float));

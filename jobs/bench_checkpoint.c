@@ -1,6 +1,6 @@
 /*
  * bench_checkpoint.c: seconds to save and to load a trainer's whole state
- * (weights and AdamW state, one collective HDF5 file: runtime/train_state.c)
+ * (weights and AdamW state, one collective HDF5 file: runtime/train/train_state.c)
  * on however many ranks mpirun starts. jobs/bench-checkpoint.sh runs it on
  * 1, 2 and 4 ranks next to dd on the same disk. Not a test: numbers depend
  * on the machine and its disk.
@@ -45,10 +45,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../runtime/comm.h"
-#include "../runtime/config.h"
-#include "../runtime/threads.h"
-#include "../runtime/train.h"
+#include "runtime/comm/comm.h"
+#include "runtime/comm/threads.h"
+#include "runtime/config/config.h"
+#include "runtime/train/train.h"
 
 /* The baseline, on rank 0 alone: what dd does. Writes bytes to path in 4 MiB writes, fsyncs and closes it
  * (writing) or reads its first bytes (reading); returns the seconds, or -1 on an error (printed). */

@@ -31,11 +31,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/tokens.h"
-#include "../runtime/comm.h"
-#include "../runtime/config.h"
-#include "../runtime/model_internal.h"
-#include "../runtime/train.h"
+#include "io/tokens.h"
+#include "runtime/backend/registry.h"
+#include "runtime/comm/comm.h"
+#include "runtime/config/config.h"
+#include "runtime/model/model_internal.h"
+#include "runtime/train/train.h"
 
 static double model_flops_per_step(const rt_model_shape *s, size_t B, size_t T) {
     const double C = s->d_model, HD = (double)s->n_heads * s->head_dim;

@@ -17,10 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/config.h"
-#include "../runtime/model.h"
-#include "../shard/mesh.h"
-#include "../shard/optimizer.h"
+#include "runtime/backend/registry.h"
+#include "runtime/config/config.h"
+#include "runtime/model/model.h"
+#include "shard/mesh.h"
+#include "shard/optimizer.h"
 
 static void *lazy_alloc(const rt_backend *be, size_t bytes) { return (void)be, malloc(bytes); }
 static void no_zero(const rt_backend *be, void *dst, size_t bytes) { (void)be, (void)dst, (void)bytes; }

@@ -16,11 +16,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/config.h"
-#include "../runtime/model.h"
-#include "../runtime/model_internal.h"
-#include "../shard/mesh.h"
-#include "../shard/optimizer.h"
+#include "runtime/backend/registry.h"
+#include "runtime/config/config.h"
+#include "runtime/model/model.h"
+#include "runtime/model/model_internal.h"
+#include "shard/mesh.h"
+#include "shard/optimizer.h"
 
 static double sgemm_gflops(int M, int N, int K) {
     float *a = calloc((size_t)M * K, sizeof(float)), *b = calloc((size_t)N * K, sizeof(float)),

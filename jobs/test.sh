@@ -17,6 +17,9 @@ else
   echo "clang-format not installed: skipping the format check"
 fi
 
+echo "== layering (jobs/check-layers.py: no #include points up a layer or across)"
+/usr/bin/python3 jobs/check-layers.py
+
 echo "== build (release)"
 bash jobs/build.sh "$root/build"
 echo "== build (AddressSanitizer + UBSan; CPU only: the release tree builds and links the CUDA backend)"

@@ -4,9 +4,9 @@
 
 #include <stddef.h>
 
-#include "../runtime/backend.h"
-#include "../runtime/common.h"
-#include "../runtime/memory.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/memory.h"
+#include "runtime/core/common.h"
 
 /*
  * L = n_layers; "input l" = the input of layer l (the hidden states it

@@ -5,11 +5,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/backend.h"
-#include "../runtime/comm.h"
-#include "../runtime/common.h"
-#include "../runtime/memory.h"
-#include "../runtime/tensor.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/memory.h"
+#include "runtime/comm/comm.h"
+#include "runtime/core/common.h"
+#include "runtime/core/tensor.h"
 
 /*
  * Layout: with P ranks in the sequence-parallel group, a sequence of T

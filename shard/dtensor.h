@@ -5,8 +5,8 @@
 
 #include <stddef.h>
 
-#include "../runtime/common.h"
 #include "mesh.h"
+#include "runtime/core/common.h"
 
 /*
  * A distributed tensor (the PyTorch DTensor idea) is a global shape, a mesh

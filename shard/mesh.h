@@ -3,8 +3,8 @@
 #ifndef RT_MESH_H
 #define RT_MESH_H
 
-#include "../runtime/comm.h"
-#include "../runtime/common.h"
+#include "runtime/comm/comm.h"
+#include "runtime/core/common.h"
 
 /*
  * A mesh lays the world's ranks out on a row-major grid: the last mesh

@@ -4,13 +4,13 @@
 
 #include <stddef.h>
 
-#include "../runtime/backend.h"
-#include "../runtime/comm.h"
-#include "../runtime/common.h"
-#include "../runtime/memory.h"
-#include "../runtime/tensor.h"
 #include "dtensor.h"
 #include "mesh.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/memory.h"
+#include "runtime/comm/comm.h"
+#include "runtime/core/common.h"
+#include "runtime/core/tensor.h"
 
 /*
  * The flat buffer of Ψ parameters is padded to a multiple of the world

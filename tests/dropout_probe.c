@@ -5,6 +5,7 @@
  * model encodes its keys; the tests compare keys and masks only.
  */
 #include "dropout_probe.h"
+#include "runtime/backend/registry.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/backend.h"
+#include "runtime/backend/backend.h"
 
 /* One row of one dropout call: the key the model passed, the row's counter and a hash of its mask bits. */
 typedef struct {

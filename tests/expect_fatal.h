@@ -6,7 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../runtime/common.h"
+#include "runtime/core/common.h"
 #include "testing.h"
 
 static void test_child_abort(int exit_code) { _exit(exit_code); }

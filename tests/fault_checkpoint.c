@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "../io/checkpoint.h"
+#include "io/checkpoint.h"
 
 int main(int argc, char **argv) {
     if (argc != 3) {

@@ -7,9 +7,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../runtime/backend_cpu_internal.h"
-#include "../seqpar/seqpar.h"
 #include "expect_fatal.h"
+#include "runtime/backend/cpu/backend_cpu_internal.h"
+#include "runtime/backend/registry.h"
+#include "seqpar/seqpar.h"
 #include "testing.h"
 
 /*

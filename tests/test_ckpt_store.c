@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../io/ckpt_store.h"
-#include "../runtime/comm.h"
+#include "io/ckpt_store.h"
+#include "runtime/comm/comm.h"
 #include "testing.h"
 
 /*

@@ -9,9 +9,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
-#include "../io/tokens_validate.h"
-#include "../runtime/comm.h"
-#include "../runtime/threads.h"
+#include "io/tokens_validate.h"
+#include "runtime/comm/comm.h"
+#include "runtime/comm/threads.h"
 #include "testing.h"
 
 /*

@@ -9,13 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/backend.h"
-#include "../runtime/comm.h"
-#include "../runtime/comm_device.h"
-#include "../runtime/common.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/registry.h"
+#include "runtime/comm/comm.h"
+#include "runtime/comm/comm_device.h"
+#include "runtime/core/common.h"
 #include "testing.h"
 #ifdef TEST_FAKE_NCCL
-#include "fake_cuda/fake_cuda.h"
+#include "tests/fake_cuda/fake_cuda.h"
 #define PLANE "nccl"
 static const rt_backend *fake_be; /* the "cuda" backend the NCCL plane was made for */
 static rt_comm *nccl_plane;       /* the plane itself; the tests reach it through a checking wrapper (below) */

@@ -10,8 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../runtime/backend.h"
-#include "../runtime/config.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/registry.h"
+#include "runtime/config/config.h"
 #include "testing.h"
 
 static char temp_dir[64];

@@ -59,8 +59,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/backend.h"
-#include "../runtime/common.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/registry.h"
+#include "runtime/core/common.h"
 #include "testing.h"
 
 static const rt_backend *gpu; /* the CUDA instance under test */

@@ -48,9 +48,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/tokens.h"
-#include "../runtime/comm.h"
-#include "../runtime/train.h"
+#include "io/tokens.h"
+#include "runtime/backend/registry.h"
+#include "runtime/comm/comm.h"
+#include "runtime/train/train.h"
 #include "testing.h"
 
 #define MAX_STEPS 3

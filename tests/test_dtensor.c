@@ -4,8 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "../shard/dtensor.h"
-#include "../shard/mesh.h"
+#include "shard/dtensor.h"
+#include "shard/mesh.h"
 #include "testing.h"
 
 /*

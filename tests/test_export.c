@@ -8,7 +8,7 @@
  *    parameters bit for bit, and so does the export of a model.h5 (rt_export_llmc);
  *  - refusals: llama, d_ff != 4 * d_model, norm_eps != 1e-5, a missing directory: -1, one message, no file
  *    and no .tmp left;
- *  - and, for the reader beside the exporter (`ringtrain inspect`, runtime/inspect.c): no HDF5 file or object
+ *  - and, for the reader beside the exporter (`ringtrain inspect`, runtime/app/inspect.c): no HDF5 file or object
  *    is left open after a good file or after a flipped byte in a chunk, which it reports naming the dataset
  *    (tests/checkpoint_tools.py checks its output against h5py).
  */
@@ -17,10 +17,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/llmc_model.h"
-#include "../runtime/inspect.h"
-#include "../runtime/model.h"
-#include "../runtime/model_io.h"
+#include "io/llmc_model.h"
+#include "runtime/app/inspect.h"
+#include "runtime/backend/registry.h"
+#include "runtime/model/model.h"
+#include "runtime/model/model_io.h"
 #include "testing.h"
 
 /* gpt2: L = 3, C = 16, H = 4, V = 50 (padded to 64), maxT = 32; extra model keys after them. train.seq_len
@@ -69,7 +70,7 @@ static void make_dir(char *dir) { CU_ASSERT_FATAL(mkdtemp(dir) != NULL); }
 
 static int exists(const char *path) { return access(path, F_OK) == 0; }
 
-/* llm.c's train_gpt2.c parameter order, spelled here apart from runtime/model_io.c: its name, our view name
+/* llm.c's train_gpt2.c parameter order, spelled here apart from runtime/model/model_io.c: its name, our view name
  * (per layer: after "layers.<l>."), and its element count per layer (or whole). */
 typedef struct {
     const char *llmc, *view;

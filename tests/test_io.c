@@ -15,11 +15,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "../io/checkpoint.h"
-#include "../io/llmc_model.h"
-#include "../io/loader.h"
-#include "../io/prepare.h"
-#include "../io/tokens.h"
+#include "io/checkpoint.h"
+#include "io/llmc_model.h"
+#include "io/loader.h"
+#include "io/prepare.h"
+#include "io/tokens.h"
 #include "testing.h"
 
 /* ---- helpers ---- */

@@ -14,11 +14,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/llmc_model.h"
-#include "../runtime/backend_cpu_internal.h"
-#include "../runtime/model.h"
-#include "../runtime/model_internal.h"
-#include "../runtime/model_io.h"
+#include "io/llmc_model.h"
+#include "runtime/backend/cpu/backend_cpu_internal.h"
+#include "runtime/backend/registry.h"
+#include "runtime/model/model.h"
+#include "runtime/model/model_internal.h"
+#include "runtime/model/model_io.h"
 #include "testing.h"
 
 static rt_model_shape tiny_shape(rt_family family, float dropout) {

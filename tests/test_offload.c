@@ -14,9 +14,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../offload/offload.h"
-#include "../runtime/backend_cpu_internal.h"
 #include "expect_fatal.h"
+#include "offload/offload.h"
+#include "runtime/backend/cpu/backend_cpu_internal.h"
+#include "runtime/backend/registry.h"
 #include "testing.h"
 
 #define WORDS 1024 /* uint32 words per layer input */

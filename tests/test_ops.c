@@ -19,7 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/backend.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/registry.h"
 #include "testing.h"
 
 /* Tolerances (max relative error, with the absolute floor given at each check). */

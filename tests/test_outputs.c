@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../runtime/run.h"
+#include "runtime/app/run.h"
 #include "testing.h"
 
 static rt_step_metrics sample_metrics(void) {

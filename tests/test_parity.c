@@ -37,11 +37,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/tokens.h"
-#include "../runtime/comm.h"
-#include "../runtime/train.h"
-#include "../shard/optimizer.h"
 #include "dropout_probe.h"
+#include "io/tokens.h"
+#include "runtime/backend/registry.h"
+#include "runtime/comm/comm.h"
+#include "runtime/train/train.h"
+#include "shard/optimizer.h"
 #include "testing.h"
 
 #define MAX_STEPS 5

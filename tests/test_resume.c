@@ -25,10 +25,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/checkpoint.h"
-#include "../io/tokens.h"
-#include "../runtime/comm.h"
-#include "../runtime/train.h"
+#include "io/checkpoint.h"
+#include "io/tokens.h"
+#include "runtime/comm/comm.h"
+#include "runtime/train/train.h"
 #include "testing.h"
 
 #define STEPS 6

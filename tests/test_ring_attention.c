@@ -7,9 +7,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../runtime/comm.h"
-#include "../seqpar/seqpar.h"
 #include "expect_fatal.h"
+#include "runtime/backend/registry.h"
+#include "runtime/comm/comm.h"
+#include "seqpar/seqpar.h"
 #include "testing.h"
 
 /*

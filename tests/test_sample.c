@@ -8,7 +8,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../runtime/sample.h"
+#include "runtime/app/sample.h"
 #include "testing.h"
 
 static const float base_logits[6] = {1.0f, 2.5f, -1.0f, 0.3f, 2.0f, -3.0f};

@@ -20,8 +20,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/model.h"
-#include "../runtime/model_internal.h"
+#include "runtime/backend/registry.h"
+#include "runtime/model/model.h"
+#include "runtime/model/model_internal.h"
 #include "testing.h"
 
 enum { B = 2, T = 12, N = B * T };

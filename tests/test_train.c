@@ -17,10 +17,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "../io/prepare.h"
-#include "../runtime/comm.h"
-#include "../runtime/config.h"
-#include "../runtime/run.h"
+#include "io/prepare.h"
+#include "runtime/app/run.h"
+#include "runtime/comm/comm.h"
+#include "runtime/config/config.h"
 #include "testing.h"
 
 static rt_comm *world;

@@ -1,4 +1,4 @@
-/* cuda_runtime.h (test fake): the part of the CUDA runtime API that runtime/comm_nccl.c calls, for
+/* cuda_runtime.h (test fake): the part of the CUDA runtime API that runtime/comm/comm_nccl.c calls, for
  * test_comm_nccl_fake (fake_cuda.c). Device memory is host memory; a stream runs each call at once, in order,
  * and counts them; an event remembers how many calls its stream had run when it was recorded, and a stream
  * wait keeps the largest such count per stream waited on, so a test can tell what the compute stream was

@@ -1,6 +1,6 @@
 /*
  * fake_cuda.c: a CUDA runtime and NCCL that run on the CPU, for test_comm_nccl_fake (the NCCL plane of
- * runtime/comm_nccl.c, compiled against this folder's headers, tested like the staged plane against the
+ * runtime/comm/comm_nccl.c, compiled against this folder's headers, tested like the staged plane against the
  * host plane).
  *
  * What is real: the data. Every NCCL call runs as the MPI call with the same result over the ranks that
@@ -20,11 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../../runtime/backend_cuda.h"
-#include "../../runtime/common.h"
 #include "cuda_runtime.h"
 #include "fake_cuda.h"
 #include "nccl.h"
+#include "runtime/backend/cuda/backend_cuda.h"
+#include "runtime/core/common.h"
 
 #define MAX_STREAMS 16
 

@@ -3,7 +3,7 @@
 #ifndef RT_FAKE_CUDA_H
 #define RT_FAKE_CUDA_H
 
-#include "../../runtime/backend.h"
+#include "runtime/backend/backend.h"
 
 /* A backend named "cuda" whose device memory is host memory (malloc), with the rt_cuda_state the NCCL plane
  * reads (device 0, fake compute and comm streams); only device_alloc and device_free are in its table. */

@@ -1,4 +1,4 @@
-/* nccl.h (test fake): the NCCL calls runtime/comm_nccl.c makes, run as MPI calls over the ranks that joined
+/* nccl.h (test fake): the NCCL calls runtime/comm/comm_nccl.c makes, run as MPI calls over the ranks that joined
  * the communicator (fake_cuda.c), so the plane's data paths run on the CPU against the host plane. A call is
  * checked the way NCCL would refuse or garble it (a collective's buffers overlapping other than in NCCL's
  * in-place form, a send or receive outside a group, a group mixing transfers and collectives) and against

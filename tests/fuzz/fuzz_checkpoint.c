@@ -2,10 +2,10 @@
  * tensors, read as `ringtrain sample` reads them. */
 #include <hdf5.h>
 
-#include "../../io/checkpoint.h"
-#include "../../runtime/config.h"
 #include "fuzz_common.h"
 #include "fuzz_views.h"
+#include "io/checkpoint.h"
+#include "runtime/config/config.h"
 
 /* Open HDF5 ids of each kind: after every input they must be back to what they were (no id leaked). */
 static const H5I_type_t id_kinds[] = {H5I_FILE, H5I_GROUP, H5I_DATATYPE, H5I_DATASPACE, H5I_DATASET, H5I_ATTR};

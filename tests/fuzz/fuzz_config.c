@@ -1,7 +1,7 @@
 /* fuzz_config.c: libFuzzer target for config text (INI, as --config and as stored in model.h5) and --set. */
-#include "../../runtime/config.h"
-#include "../../runtime/model.h"
 #include "fuzz_common.h"
+#include "runtime/config/config.h"
+#include "runtime/model/model.h"
 
 /* Loads, validates and sizes a model from the text; written back, a loaded config must read back the same. */
 static void check_text(const char *text) {

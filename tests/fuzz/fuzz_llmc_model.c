@@ -1,6 +1,6 @@
 /* fuzz_llmc_model.c: libFuzzer target for llm.c GPT-2 model files (header, then fp32 parameters). */
-#include "../../io/llmc_model.h"
 #include "fuzz_common.h"
+#include "io/llmc_model.h"
 
 /* Inputs are small (-max_len), so a header the size check lets through describes a small model. */
 #define MAX_PARAM_BYTES ((size_t)64 << 20)

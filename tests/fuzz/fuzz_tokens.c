@@ -1,6 +1,6 @@
 /* fuzz_tokens.c: libFuzzer target for token files, both formats (ringtrain's own and llm.c shards). */
-#include "../../io/tokens.h"
 #include "fuzz_common.h"
+#include "io/tokens.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *path = fuzz_write_input(data, size, ".tok");

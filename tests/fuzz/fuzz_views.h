@@ -2,7 +2,7 @@
 #ifndef RT_FUZZ_VIEWS_H
 #define RT_FUZZ_VIEWS_H
 
-#include "../../runtime/tensor.h"
+#include "runtime/core/tensor.h"
 
 /* wte (16, 8), one layer's norm (8) and a 3-d tensor: a few KB of file. */
 static inline void fuzz_views_make(rt_view_table *table) {

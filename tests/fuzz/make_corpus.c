@@ -11,10 +11,10 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "../../io/checkpoint.h"
-#include "../../io/llmc_model.h"
-#include "../../io/tokens.h"
 #include "fuzz_views.h"
+#include "io/checkpoint.h"
+#include "io/llmc_model.h"
+#include "io/tokens.h"
 
 static const char *out_dir;
 

@@ -1,0 +1,265 @@
+/* model.h: the decoder-only transformer (llama and gpt2 families): parameters, activations, forward and backward. */
+#ifndef RT_MODEL_H
+#define RT_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "offload/offload.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/memory.h"
+#include "runtime/config/config.h"
+#include "runtime/core/tensor.h"
+#include "seqpar/seqpar.h"
+
+/*
+ * Conventions: B = sequences in the micro-batch on this rank, T = local
+ * tokens per sequence (the whole sequence on one rank, T/sp with sequence
+ * parallelism), N = B*T, C = d_model, H/Hkv = query/key-value heads, D = C/H,
+ * F = d_ff, V = vocab, Vp = V padded to a multiple of 128 (row count of the
+ * embedding and of the logits; padded logits are ignored by the loss).
+ *
+ * Parameters live in ONE flat buffer described by a table of named views
+ * (rt_view_table). The layout is layer-major: embeddings, then every
+ * tensor of layer 0, then layer 1, ..., then the final norm and LM head, so
+ * one layer's parameters (and gradients) are one contiguous range: ZeRO
+ * stage 2 reduces a layer's gradients as soon as its backward is done.
+ * llm.c files store tensors layer-stacked; model_io.c reorders on load.
+ *
+ * Both families run the same layer code, with three small branches:
+ *   norm:  gpt2 LayerNorm (weight, bias)      llama RMSNorm (weight)
+ *   qkv:   gpt2 with bias                     llama no bias, RoPE on q and k
+ *   mlp:   gpt2 fc (4C) -> GELU -> proj       llama gate_up (2F) -> SwiGLU -> down
+ * gpt2 ties the LM head to wte and adds learned position embeddings.
+ */
+
+typedef struct {
+    rt_family family;
+    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, vocab_size, padded_vocab, max_seq_len;
+    float dropout, rope_theta, norm_eps;
+} rt_model_shape;
+
+/* Pointers into the flat parameter (or gradient) buffer for one layer; NULL where the family has none. */
+typedef struct {
+    float *norm1_w, *norm1_b;   /* (C) */
+    float *qkv_w, *qkv_b;       /* ((H+2Hkv)*D, C), ((H+2Hkv)*D) */
+    float *proj_w, *proj_b;     /* (C, H*D), (C) */
+    float *norm2_w, *norm2_b;   /* (C) */
+    float *fc_w, *fc_b;         /* (FC, C), (FC): FC = F (gpt2) or 2F (llama gate|up) */
+    float *fcproj_w, *fcproj_b; /* (C, F), (C) */
+} rt_layer_params;
+
+typedef struct {
+    float *wte;                 /* (Vp, C) */
+    float *wpe;                 /* (maxT, C), gpt2 only */
+    float *norm_f_w, *norm_f_b; /* (C) */
+    float *lm_head;             /* (Vp, C): wte for gpt2 (tied), its own tensor for llama */
+} rt_top_params;
+
+/* Activations of one layer for one micro-batch; everything backward needs besides the layer input. */
+typedef struct {
+    float *norm1;                   /* (N, C) */
+    float *norm1_mean, *norm1_rstd; /* (N) */
+    float *qkv;                     /* (N, QKV), q and k after RoPE */
+    float *att;                     /* (N, H*D) attention output, before proj */
+    float *lse;                     /* (N, H) log-sum-exp of the attention rows */
+    float *res1;                    /* (N, C) x + dropout(att @ proj^T) */
+    float *norm2;                   /* (N, C) */
+    float *norm2_mean, *norm2_rstd; /* (N) */
+    float *fc;                      /* (mlp_tile, FC): all N rows untiled, one tile's with a tiled MLP */
+    float *act;                     /* (mlp_tile, F) gelu(fc) or swiglu(fc), as fc */
+} rt_layer_acts;
+
+/* Counters a test or the log can read. */
+typedef struct {
+    uint64_t layer_forwards; /* layer forward executions, recomputes included */
+    uint64_t layer_backwards;
+} rt_model_counters;
+
+typedef struct {
+    rt_model_shape shape;
+    const rt_backend *backend;
+    rt_device_memory *mem;
+    seqpar_ctx *seqpar;
+    seqpar_ctx local_seqpar; /* used when the caller gives none: attention over local tokens only */
+    rt_activation_mode mode;
+
+    rt_view_table table;
+    size_t n_alloc; /* parameter buffer length: table.total padded for sharding (padding stays zero) */
+    float *params;  /* (n_alloc) device; NULL with sharded parameters */
+    float *grads;   /* (n_alloc) device; with streamed gradients only the non-layer tensors, see below */
+    rt_layer_params *layers, *layer_grads; /* (L) views into params / grads */
+    rt_top_params top, top_grads;
+    size_t *layer_offset; /* (L+1): layer l's parameters are [layer_offset[l], layer_offset[l+1]) */
+
+    /* capacity, fixed at init */
+    size_t max_seqs, max_local_len, max_tokens;
+    size_t head_tile; /* tokens per LM head tile */
+    size_t mlp_tile;  /* tokens per MLP tile (model_mlp.c); max_tokens = untiled */
+
+    /* activations */
+    float *layer_inputs;    /* keep, recompute: (L+1, N, C): layer l's input at l*N*C, the final hidden state last */
+    rt_offloader offloader; /* offload: owns the inputs of layers 0..L-1 (device slots + host pool) */
+    int has_offloader;
+    float *final_hidden; /* offload: (N, C) the last layer's output, in an offloader slot during a pass */
+    rt_layer_acts *acts; /* L sets (keep) or 1 set (recompute) */
+    int n_act_sets;
+    float *norm_f;                    /* (N, C), inside d_qkv (model.c says why) */
+    float *norm_f_mean, *norm_f_rstd; /* (N) */
+    float *logits;                    /* (head_tile, Vp) */
+    float *losses;                    /* (N) */
+    int32_t *tokens, *targets;        /* (N) device copies */
+    int64_t *pos;                     /* (N) */
+    const int64_t *host_pos;          /* (N) the pass's rt_batch.pos (host, the caller's): attention's bookkeeping */
+    int64_t *dropout_ids;             /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
+    int64_t *host_ids;                /* (N) host staging of dropout_ids, allocated at setup */
+    float *host_losses;               /* (N) host copy of losses, allocated at setup */
+
+    /* backward scratch, shared by all layers */
+    float *d_resid;  /* (N, C) gradient flowing down the residual stream */
+    float *d_branch; /* (N, C) gradient of a branch output (after dropout mask) */
+    float *d_norm;   /* (N, max(C, H*D)) */
+    float *d_att;    /* (N, H*D) = d_norm, which is at least as large */
+    float *d_qkv;    /* (N, max(QKV, C)): also holds norm_f */
+    float *d_fc;     /* (mlp_tile, FC) */
+    float *d_act;    /* (mlp_tile, F) */
+    float *delta;    /* (N, H) */
+    float *branch;   /* (N, C) forward scratch: a branch output before the residual add; = d_branch */
+
+    /* Streamed gradients (ZeRO stages 2-3): layer l's gradients go to the layer-sized scratch l % 2, handed
+     * to grad_hook right after the layer's backward; the hook may keep reading it until its next call, while
+     * the next layer's backward fills the other scratch. So no full gradient buffer exists; grads holds only
+     * the embedding/head tensors [0, layer_offset[0]) then [layer_offset[L], total), handed over at the end
+     * of the backward, followed by grad_hook(ctx, NULL, 0, 0): "finish with everything handed over". */
+    int stream_grads;
+    float *layer_grad_scratch[2]; /* (layer_offset[1] - layer_offset[0]) each */
+    void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
+    void *grad_hook_ctx;
+
+    /* Sharded parameters (ZeRO-3, see rt_model_options.param_gather): no full parameter buffer. The views in
+     * top point into top_param_buf (every tensor outside the layers: [0, layer_offset[0]) then
+     * [layer_offset[L], total)), those of layer l into layer_param_buf[l % 2]; a pass gathers a unit into its
+     * buffer right before it first uses it (resident_top: whether top_param_buf holds them; resident_layer: the
+     * layer each buffer holds, -1 none; both kept across passes until rt_model_params_changed). */
+    int shard_params;
+    void (*param_gather)(void *ctx, float *dst, size_t offset, size_t count);
+    void (*param_wait)(void *ctx);
+    void *param_gather_ctx;
+    float *top_param_buf;
+    float *layer_param_buf[2];
+    int resident_top, resident_layer[2];
+    int gather_posted; /* a gather was posted and not yet waited for (the next layer's, prefetched) */
+    /* Called between the ops of a layer, so communication in flight moves (see rt_model_options.progress). */
+    void (*progress)(void *ctx);
+    void *progress_ctx;
+
+    /* Stop polling (see rt_model_options); interrupted: the last training pass was abandoned. */
+    int (*interrupt_poll)(void *ctx);
+    void *interrupt_ctx;
+    int interrupted;
+
+    rt_model_counters counters;
+} rt_model;
+
+/* Shape from a resolved config; Vp = V rounded up to a multiple of 128. */
+rt_model_shape rt_model_shape_from_config(const rt_config *cfg);
+/* Parameter count (the flat buffer's length) of a shape. */
+size_t rt_model_param_count(const rt_model_shape *shape);
+
+typedef struct {
+    rt_activation_mode mode;
+    int offload_max_inflight;       /* offload: device -> host copies in flight at most */
+    size_t max_seqs, max_local_len; /* capacity: sequences per micro-batch, local tokens per sequence */
+    size_t n_alloc;                 /* parameter/gradient buffer length; 0 = the parameter count */
+    seqpar_ctx *seqpar; /* NULL: attention over local tokens only; a group of more than one rank makes rt_model_init
+                         * collective over it (the group agrees on max_seqs x max_local_len, which every pass must
+                         * then have: seqpar_agree_shapes) */
+    /* Tokens per MLP tile: the MLP's (tokens, FC) and (tokens, F) intermediates are then held for one tile at
+     * a time and recomputed per tile in backward (model_mlp.c). 0, or at least max_seqs * max_local_len:
+     * untiled, bit for bit the MLP without tiles. */
+    size_t mlp_tile_tokens;
+    /* Streamed gradients (see rt_model) when grad_hook is set: hook(ctx, grads, offset, count) receives the
+     * gradients of the flat range [offset, offset+count) of one micro-batch, and may read them until its next
+     * call; hook(ctx, NULL, 0, 0) ends each backward (also an abandoned one): from then on it may not. Every
+     * rank calls it with the same ranges in the same order. No full gradient buffer is ever allocated. */
+    void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
+    void *grad_hook_ctx;
+    /* Sharded parameters (ZeRO-3) when param_gather is set: no full parameter buffer is allocated (params is
+     * NULL); param_gather(ctx, dst, offset, count) must fill dst with the parameters of the flat range
+     * [offset, offset+count) by the time param_wait(ctx) returns (it may post a nonblocking collective): the
+     * model posts the next layer's gather before it computes the current one. Every rank calls both with the
+     * same ranges in the same order. Needs grad_hook: the gradients stream as well. */
+    void (*param_gather)(void *ctx, float *dst, size_t offset, size_t count);
+    void (*param_wait)(void *ctx);
+    void *param_gather_ctx;
+    /* Called between the ops of every layer (NULL: never): lets communication in flight move. */
+    void (*progress)(void *ctx);
+    void *progress_ctx;
+    /* Stop polling: a training pass calls interrupt_poll(ctx) after each layer's forward and each layer's
+     * backward (every rank at the same points, so the poll may be a collective); when it returns non-zero the
+     * pass is abandoned there, rt_model_forward_backward returns NAN and sets interrupted, and the
+     * gradients are garbage until the next rt_model_zero_grads. NULL: never. */
+    int (*interrupt_poll)(void *ctx);
+    void *interrupt_ctx;
+} rt_model_options;
+
+/*
+ * Allocates parameters, gradients and activations for the capacity in
+ * options. Activation modes: keep (every layer's activations stay),
+ * recompute (layer inputs stay, each layer re-runs before its backward),
+ * offload (as recompute, but layer inputs wait in host memory between
+ * forward and backward: device memory no longer grows with the layer
+ * count). Fails with err when the device memory limit refuses an allocation.
+ */
+int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *backend, rt_device_memory *mem,
+                  const rt_model_options *options, rt_error *err);
+
+void rt_model_free(rt_model *m);
+
+/* Offload counters since the last call (zeros unless mode is offload); resets them. */
+void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out);
+
+/* Random init, deterministic in seed and independent of rank count: N(0, 0.02), residual output projections
+ * scaled by 1/sqrt(2L), norms weight 1, biases 0, padded vocab rows 0. Not with sharded parameters: their
+ * owner fills its shards from rt_model_init_params_host. */
+void rt_model_init_params(rt_model *m, uint64_t seed);
+/* The same initial parameters into host (table.total floats). */
+void rt_model_init_params_host(const rt_model *m, uint64_t seed, float *host);
+
+void rt_model_zero_grads(rt_model *m);
+/* The parameters changed (an optimizer update, a checkpoint load): at ZeRO-3 the gathered copies are stale, and
+ * the next pass gathers again. A no-op for a model that holds its parameters. */
+void rt_model_params_changed(rt_model *m);
+
+/* What one micro-batch step needs: B sequences of T local tokens (host arrays, copied to the device). */
+typedef struct {
+    const int32_t *inputs;  /* (B, T) */
+    const int32_t *targets; /* (B, T), < 0 = no target */
+    const int64_t *pos;     /* (B, T) global positions */
+    size_t n_seqs, local_len;
+    size_t first_seq; /* index of the first sequence among all sequences of the step (all micro-batches, all
+                       * data-parallel ranks): dropout masks key on (sequence, position), never on the rank */
+} rt_batch;
+
+/* Dropout keys for a training step; dropout is off when p == 0 or for evaluation. */
+typedef struct {
+    float p;
+    uint64_t seed, step;
+} rt_dropout_plan;
+
+/*
+ * Forward, fused LM-head loss and backward of one micro-batch: gradients
+ * ACCUMULATE into m->grads; dlogits are scaled by dloss_scale (1 / the
+ * global number of targets of the whole step). Returns the SUM of the local
+ * token losses; *n_targets gets the local count.
+ */
+double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, float dloss_scale,
+                                 size_t *n_targets);
+
+/* Forward and loss only (validation); no dropout. Returns the local loss sum. */
+double rt_model_forward_loss(rt_model *m, const rt_batch *batch, size_t *n_targets);
+
+/* Forward of one sequence (n_seqs = 1) and the logits (V floats, host) of its LAST position. */
+void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out);
+
+#endif

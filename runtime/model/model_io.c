@@ -1,0 +1,297 @@
+/*
+ * model_io.c: model weights in and out. llm.c GPT-2 files (layer-stacked, read and written) and ringtrain's
+ * HDF5 files (model.h5 and checkpoints: /model/<name> per view of the table, the resolved config stored).
+ *
+ * llm.c stores each per-layer tensor of all L layers back to back (qkvw is (L, 3C, C)); the table is
+ * layer-major (layers.0.* then layers.1.* ...). map_llmc walks the 16 llm.c tensors once and copies each
+ * layer's slice between the two orders, in the direction asked, so import and export share one mapping.
+ * gpt2 ties the LM head to wte, as llm.c does, so the table has no tensor llm.c lacks.
+ */
+#include "model_io.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/checkpoint.h"
+#include "runtime/backend/registry.h"
+
+/* Our view name of each llm.c tensor; per-layer ones get the "layers.<l>." prefix. */
+static const struct {
+    const char *name;
+    int per_layer;
+} llmc_to_view[RT_LLMC_N_TENSORS] = {
+    {"wte", 0},
+    {"wpe", 0},
+    {"norm1.weight", 1},
+    {"norm1.bias", 1},
+    {"attn.qkv.weight", 1},
+    {"attn.qkv.bias", 1},
+    {"attn.proj.weight", 1},
+    {"attn.proj.bias", 1},
+    {"norm2.weight", 1},
+    {"norm2.bias", 1},
+    {"mlp.fc.weight", 1},
+    {"mlp.fc.bias", 1},
+    {"mlp.proj.weight", 1},
+    {"mlp.proj.bias", 1},
+    {"norm_f.weight", 0},
+    {"norm_f.bias", 0},
+};
+
+/* llm.c's layernorm epsilon (train_gpt2.c hard-codes it). */
+#define LLMC_NORM_EPS 1e-5f
+
+enum { TO_TABLE, TO_FILE };
+
+/* Copies every llm.c tensor between file_params (llm.c order) and host (table order), in direction. */
+static void map_llmc(const rt_view_table *table, const rt_llmc_header *hdr, float *file_params, float *host,
+                     int direction) {
+    size_t sizes[RT_LLMC_N_TENSORS];
+    rt_llmc_tensor_sizes(hdr, sizes);
+    float *file_tensor = file_params;
+    for (int i = 0; i < RT_LLMC_N_TENSORS; i++) {
+        int copies = llmc_to_view[i].per_layer ? hdr->n_layers : 1;
+        size_t per_copy = sizes[i] / (size_t)copies;
+        for (int l = 0; l < copies; l++) {
+            char name[RT_NAME_LEN];
+            if (llmc_to_view[i].per_layer)
+                snprintf(name, sizeof name, "layers.%d.%s", l, llmc_to_view[i].name);
+            else
+                snprintf(name, sizeof name, "%s", llmc_to_view[i].name);
+            const rt_named_view *view = rt_view_table_find(table, name);
+            if (!view || view->numel != per_copy)
+                rt_fatal("llm.c tensor %s does not match the model's view %s", rt_llmc_tensor_name(i), name);
+            float *in_file = file_tensor + (size_t)l * per_copy, *in_table = host + view->offset;
+            if (direction == TO_FILE)
+                memcpy(in_file, in_table, per_copy * sizeof(float));
+            else
+                memcpy(in_table, in_file, per_copy * sizeof(float));
+        }
+        file_tensor += sizes[i];
+    }
+}
+
+static size_t llmc_total(const rt_llmc_header *hdr) {
+    size_t sizes[RT_LLMC_N_TENSORS], total = 0;
+    rt_llmc_tensor_sizes(hdr, sizes);
+    for (int i = 0; i < RT_LLMC_N_TENSORS; i++)
+        total += sizes[i];
+    return total;
+}
+
+int rt_config_from_llmc(rt_config *cfg, const char *path, rt_error *err) {
+    rt_llmc_header hdr;
+    if (rt_llmc_read_header(path, &hdr, err)) return -1;
+    cfg->family = RT_FAMILY_GPT2;
+    cfg->n_layers = hdr.n_layers;
+    cfg->d_model = hdr.channels;
+    cfg->n_heads = hdr.n_heads;
+    cfg->n_kv_heads = hdr.n_heads;
+    cfg->d_ff = 4 * hdr.channels;
+    cfg->vocab_size = hdr.vocab_size;
+    cfg->max_seq_len = hdr.max_seq_len;
+    cfg->padded_vocab = hdr.padded_vocab_size;
+    return 0;
+}
+
+static int check_shape(const rt_model_shape *s, const rt_llmc_header *h, const char *path, rt_error *err) {
+    const struct {
+        const char *what;
+        int file, model;
+    } fields[] = {
+        {"n_layers", h->n_layers, s->n_layers},
+        {"channels", h->channels, s->d_model},
+        {"n_heads", h->n_heads, s->n_heads},
+        {"vocab_size", h->vocab_size, s->vocab_size},
+        {"padded_vocab_size", h->padded_vocab_size, s->padded_vocab},
+        {"max_seq_len", h->max_seq_len, s->max_seq_len},
+    };
+    if (s->family != RT_FAMILY_GPT2) return rt_fail(err, "%s: llm.c model files hold the gpt2 family only", path);
+    if (s->d_ff != 4 * s->d_model)
+        return rt_fail(err, "%s: llm.c models have d_ff = 4*d_model = %d, the model has %d", path, 4 * s->d_model,
+                       s->d_ff);
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        if (fields[i].file != fields[i].model)
+            return rt_fail(err, "%s: the file's %s is %d but the model's is %d", path, fields[i].what, fields[i].file,
+                           fields[i].model);
+    return 0;
+}
+
+/* An llm.c file's weights into host (table.total floats, the table's order). */
+static int read_llmc(const rt_model *m, const char *path, float *host, rt_error *err) {
+    rt_llmc_header hdr;
+    if (rt_llmc_read_header(path, &hdr, err)) return -1;
+    if (check_shape(&m->shape, &hdr, path, err)) return -1;
+    float *file_params = malloc_check(llmc_total(&hdr) * sizeof(float));
+    int rc = rt_llmc_read_params(path, &hdr, file_params, err);
+    if (rc == 0) map_llmc(&m->table, &hdr, file_params, host, TO_TABLE);
+    free(file_params);
+    return rc;
+}
+
+/* Loads into m's full parameter buffer what read fills on the host. */
+static int load_through_host(rt_model *m, int (*read)(const rt_model *, const char *, float *, rt_error *),
+                             const char *path, rt_error *err) {
+    if (m->shard_params) rt_fatal("%s: the model's parameters are sharded; their owner loads them", path);
+    float *host = malloc_check(m->table.total * sizeof(float));
+    int rc = read(m, path, host, err);
+    if (rc == 0) m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
+    free(host);
+    return rc;
+}
+
+int rt_model_load_llmc(rt_model *m, const char *path, rt_error *err) {
+    return load_through_host(m, read_llmc, path, err);
+}
+
+/* Whether llm.c's train_gpt2.c runs this shape as the same model; the error names what (a file) has it. */
+static int check_llmc_exportable(const rt_model_shape *s, const char *what, rt_error *err) {
+    if (s->family != RT_FAMILY_GPT2)
+        return rt_fail(err,
+                       "%s: a %s model cannot be written as an llm.c file: llm.c's train_gpt2.c has the gpt2 "
+                       "family only",
+                       what, rt_family_name(s->family));
+    if (s->d_ff != 4 * s->d_model)
+        return rt_fail(err, "%s: model.d_ff is %d, but llm.c's GPT-2 has d_ff = 4 * d_model = %d", what, s->d_ff,
+                       4 * s->d_model);
+    if (s->norm_eps != LLMC_NORM_EPS)
+        return rt_fail(err, "%s: model.norm_eps is %g, but llm.c's layernorm uses %g: it would compute another model",
+                       what, (double)s->norm_eps, (double)LLMC_NORM_EPS);
+    return 0;
+}
+
+int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
+    const rt_model_shape *s = &m->shape;
+    if (check_llmc_exportable(s, path, err)) return -1;
+    rt_llmc_header hdr = {.max_seq_len = s->max_seq_len,
+                          .vocab_size = s->vocab_size,
+                          .n_layers = s->n_layers,
+                          .n_heads = s->n_heads,
+                          .channels = s->d_model,
+                          .padded_vocab_size = s->padded_vocab};
+    size_t total = llmc_total(&hdr);
+    if (total != m->table.total)
+        rt_fatal("llm.c layout holds %zu parameters, the gpt2 table %zu", total, m->table.total);
+    float *host = malloc_check(m->table.total * sizeof(float));
+    float *file_params = malloc_check(total * sizeof(float));
+    m->backend->copy(m->backend, host, m->params, m->table.total * sizeof(float));
+    map_llmc(&m->table, &hdr, file_params, host, TO_FILE);
+    int rc = rt_llmc_write(path, &hdr, file_params, err);
+    free(file_params);
+    free(host);
+    return rc;
+}
+
+int rt_model_save(const rt_model *m, const char *path, const char *config_text, int64_t step, rt_error *err) {
+    float *host = malloc_check(m->table.total * sizeof(float));
+    m->backend->copy(m->backend, host, m->params, m->table.total * sizeof(float));
+    int rc = rt_checkpoint_write(path, &m->table, host, config_text, step, err);
+    free(host);
+    return rc;
+}
+
+static int read_hdf5(const rt_model *m, const char *path, float *host, rt_error *err) {
+    return rt_checkpoint_read_params(path, &m->table, host, err);
+}
+
+int rt_model_load(rt_model *m, const char *path, rt_error *err) { return load_through_host(m, read_hdf5, path, err); }
+
+/* ---- telling the file kinds apart, and the config a ringtrain file stores ---- */
+
+int rt_model_file_is_hdf5(const char *path, rt_error *err) {
+    static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    unsigned char head[8] = {0};
+    /* O_NONBLOCK: a FIFO must not block here; the reader it goes to next refuses it as not regular. */
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return rt_fail(err, "%s: cannot open model file: %s", path, strerror(errno));
+    struct stat st;
+    ssize_t got = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? read(fd, head, sizeof head) : 0;
+    close(fd);
+    return got == (ssize_t)sizeof head && memcmp(head, signature, sizeof head) == 0;
+}
+
+int rt_config_from_checkpoint(rt_config *cfg, const char *path, rt_error *err) {
+    char *config_text = NULL;
+    if (rt_checkpoint_read_meta(path, &config_text, NULL, err)) return -1;
+    rt_error inner;
+    int rc = rt_config_load_text(cfg, config_text, path, &inner);
+    free(config_text);
+    if (rc) return rt_fail(err, "%s: its stored config does not load: %s", path, inner.msg);
+    /* The same model checks as --config: a stored shape must be one ringtrain could have trained. */
+    if (rt_config_validate_model(cfg, &inner))
+        return rt_fail(err, "%s: its stored config is not valid: %s", path, inner.msg);
+    /* Size memory only from a config the file's tensors agree with: a stored shape far larger than the
+     * datasets must be refused here, not after allocating it. */
+    rt_model_shape shape = rt_model_shape_from_config(cfg);
+    size_t stored = 0, wanted = rt_model_param_count(&shape);
+    if (rt_checkpoint_count_params(path, &stored, err)) return -1;
+    if (stored != wanted)
+        return rt_fail(err,
+                       "%s: its stored config (n_layers %d, d_model %d, d_ff %d, vocab_size %d, max_seq_len %d) "
+                       "describes %zu parameters, but the file's /model tensors hold %zu",
+                       path, cfg->n_layers, cfg->d_model, cfg->d_ff, cfg->vocab_size, cfg->max_seq_len, wanted, stored);
+    return 0;
+}
+
+int rt_config_from_init_file(rt_config *cfg, const char *path, rt_error *err) {
+    int hdf5 = rt_model_file_is_hdf5(path, err);
+    if (hdf5 < 0) return -1;
+    if (!hdf5) return rt_config_from_llmc(cfg, path, err);
+    rt_config stored;
+    rt_config_defaults(&stored);
+    if (rt_config_from_checkpoint(&stored, path, err)) return -1;
+    /* The architecture only: the run keeps its own training, data, parallel and dropout settings. */
+    cfg->family = stored.family;
+    cfg->n_layers = stored.n_layers;
+    cfg->d_model = stored.d_model;
+    cfg->n_heads = stored.n_heads;
+    cfg->n_kv_heads = stored.n_kv_heads;
+    cfg->d_ff = stored.d_ff;
+    cfg->vocab_size = stored.vocab_size;
+    cfg->max_seq_len = stored.max_seq_len;
+    cfg->padded_vocab = stored.padded_vocab;
+    cfg->rope_theta = stored.rope_theta;
+    cfg->norm_eps = stored.norm_eps;
+    return 0;
+}
+
+int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err) {
+    int hdf5 = rt_model_file_is_hdf5(path, err);
+    if (hdf5 < 0) return -1;
+    return hdf5 ? rt_model_load(m, path, err) : rt_model_load_llmc(m, path, err);
+}
+
+int rt_model_read_init_file(const rt_model *m, const char *path, float *host, rt_error *err) {
+    int hdf5 = rt_model_file_is_hdf5(path, err);
+    if (hdf5 < 0) return -1;
+    return hdf5 ? read_hdf5(m, path, host, err) : read_llmc(m, path, host, err);
+}
+
+int rt_export_llmc(const char *checkpoint_path, const char *out_path, rt_config *info, rt_error *err) {
+    rt_config cfg;
+    rt_config_defaults(&cfg);
+    int hdf5 = rt_model_file_is_hdf5(checkpoint_path, err);
+    if (hdf5 < 0) return -1;
+    if (!hdf5)
+        return rt_fail(err, "%s: not an HDF5 file (expected a ringtrain checkpoint or model.h5)", checkpoint_path);
+    if (rt_config_from_checkpoint(&cfg, checkpoint_path, err)) return -1;
+    rt_model_shape shape = rt_model_shape_from_config(&cfg);
+    if (check_llmc_exportable(&shape, checkpoint_path, err)) return -1; /* before reading any weights */
+    const rt_backend *be = rt_backend_cpu();
+    rt_device_memory mem;
+    rt_device_memory_init(&mem, be, 0);
+    rt_model model;
+    /* Room for one token of activations: the model is only a table of weights here. */
+    int rc = rt_model_init(&model, &shape, be, &mem,
+                           &(rt_model_options){.mode = RT_ACT_RECOMPUTE, .max_seqs = 1, .max_local_len = 1}, err);
+    if (rc == 0) rc = rt_model_load(&model, checkpoint_path, err);
+    if (rc == 0) rc = rt_model_save_llmc(&model, out_path, err);
+    rt_model_free(&model);
+    rt_device_memory_destroy(&mem);
+    if (rc == 0 && info) *info = cfg;
+    return rc;
+}
