@@ -30,9 +30,9 @@ static float *device_random(const rt_backend *be, size_t n, float lo, float hi, 
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         host[i] = lo + (hi - lo) * (float)((x >> 40) * 0x1.0p-24);
     }
-    float *dev = be->device_alloc(be, n * sizeof(float));
+    float *dev = rt_be_device_alloc(be, n * sizeof(float));
     if (!dev) rt_fatal("bench_attention: no device memory for %zu floats", n);
-    be->copy(be, dev, host, n * sizeof(float));
+    rt_be_copy(be, dev, host, n * sizeof(float));
     free(host);
     return dev;
 }
@@ -57,31 +57,31 @@ int main(int argc, char **argv) {
     float *v = device_random(be, T * KD, -1.0f, 1.0f, 3), *dout = device_random(be, T * HD, -1.0f, 1.0f, 4);
     float *out = device_random(be, T * HD, 0.0f, 0.0f, 5), *dq = device_random(be, T * HD, 0.0f, 0.0f, 6);
     float *dk = device_random(be, T * KD, 0.0f, 0.0f, 7), *dv = device_random(be, T * KD, 0.0f, 0.0f, 8);
-    float *lse = be->device_alloc(be, T * H * sizeof(float)), *delta = be->device_alloc(be, T * H * sizeof(float));
+    float *lse = rt_be_device_alloc(be, T * H * sizeof(float)), *delta = rt_be_device_alloc(be, T * H * sizeof(float));
     float *lse_init = malloc_check(T * H * sizeof(float));
     for (size_t i = 0; i < T * (size_t)H; i++)
         lse_init[i] = -INFINITY;
     int64_t *pos_host = malloc_check(T * sizeof(int64_t));
     for (size_t i = 0; i < T; i++)
         pos_host[i] = (int64_t)i;
-    int64_t *pos = be->device_alloc(be, T * sizeof(int64_t));
-    be->copy(be, pos, pos_host, T * sizeof(int64_t));
-    const size_t ws_bytes = be->attn_workspace_bytes(be, T, T, &shape);
-    void *ws = be->device_alloc(be, ws_bytes ? ws_bytes : 64);
+    int64_t *pos = rt_be_device_alloc(be, T * sizeof(int64_t));
+    rt_be_copy(be, pos, pos_host, T * sizeof(int64_t));
+    const size_t ws_bytes = rt_be_attn_workspace_bytes(be, T, T, &shape);
+    void *ws = rt_be_device_alloc(be, ws_bytes ? ws_bytes : 64);
     if (!lse || !delta || !pos || !ws) rt_fatal("bench_attention: out of device memory");
 
     double fwd_s = 0.0, bwd_s = 0.0;
     for (int rep = -1; rep < reps; rep++) { /* rep -1 warms up */
-        be->memset_zero(be, out, T * HD * sizeof(float));
-        be->copy(be, lse, lse_init, T * H * sizeof(float));
-        be->synchronize(be);
+        rt_be_memset_zero(be, out, T * HD * sizeof(float));
+        rt_be_copy(be, lse, lse_init, T * H * sizeof(float));
+        rt_be_synchronize(be);
         double t0 = rt_now_s();
-        be->attn_block_forward(be, out, lse, q, k, v, pos, pos, T, T, &shape, ws, ws_bytes);
-        be->synchronize(be);
+        rt_be_attn_block_forward(be, out, lse, q, k, v, pos, pos, T, T, &shape, ws, ws_bytes);
+        rt_be_synchronize(be);
         double t1 = rt_now_s();
-        be->attn_delta(be, delta, out, dout, T, &shape);
-        be->attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, pos, pos, T, T, &shape, ws, ws_bytes);
-        be->synchronize(be);
+        rt_be_attn_delta(be, delta, out, dout, T, &shape);
+        rt_be_attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, pos, pos, T, T, &shape, ws, ws_bytes);
+        rt_be_synchronize(be);
         double t2 = rt_now_s();
         if (rep >= 0) fwd_s += t1 - t0, bwd_s += t2 - t1;
     }
@@ -93,9 +93,9 @@ int main(int argc, char **argv) {
            (fwd_flops + bwd_flops) / (fwd_s + bwd_s) / 1e12);
     float *bufs[] = {q, k, v, dout, out, dq, dk, dv, lse, delta};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        be->device_free(be, bufs[i]);
-    be->device_free(be, pos);
-    be->device_free(be, ws);
+        rt_be_device_free(be, bufs[i]);
+    rt_be_device_free(be, pos);
+    rt_be_device_free(be, ws);
     free(lse_init);
     free(pos_host);
     rt_backend_close(be);

@@ -89,7 +89,7 @@ static int drop_page_cache(void) {
 /* The wall time of the slowest rank, from a barrier before to this rank's return. */
 static double slowest(rt_comm *world, double start_s) {
     double elapsed = rt_now_s() - start_s;
-    world->ops->allreduce_max_f64(world, &elapsed, 1);
+    rt_allreduce_max_f64(world, &elapsed, 1);
     return elapsed;
 }
 
@@ -177,13 +177,13 @@ int main(int argc, char **argv) {
             if (saving) unlink(raw_path);
             if (!saving && cold && baseline_s >= 0 && drop_page_cache()) baseline_s = -1;
         }
-        world->ops->allreduce_max_f64(world, &baseline_s, 1);
+        rt_allreduce_max_f64(world, &baseline_s, 1);
         if (baseline_s < 0) {
             rc = 1;
             break;
         }
         char changes[256];
-        world->ops->barrier(world);
+        rt_barrier(world);
         double start = rt_now_s();
         rc = saving ? rt_trainer_save(t, path, &err) : rt_trainer_load(t, path, changes, sizeof changes, &err);
         double seconds = slowest(world, start);

@@ -49,28 +49,28 @@ static double model_flops_per_step(const rt_model_shape *s, size_t B, size_t T) 
 /* Seconds per byte of the copy engine, device -> pinned host and back (the mean of both ways), on one side
  * stream over bytes; 0 when the buffers cannot be allocated. */
 static double copy_seconds_per_byte(const rt_backend *be, size_t bytes) {
-    void *dev = be->device_alloc(be, bytes), *host = be->host_alloc(be, bytes);
+    void *dev = rt_be_device_alloc(be, bytes), *host = rt_be_host_alloc(be, bytes);
     double per_byte = 0.0;
     if (dev && host) {
-        be->memset_zero(be, dev, bytes);
-        rt_stream *s = be->stream_create(be);
-        rt_event *done = be->event_create(be);
+        rt_be_memset_zero(be, dev, bytes);
+        rt_stream *s = rt_be_stream_create(be);
+        rt_event *done = rt_be_event_create(be);
         for (int round = 0; round < 2; round++) { /* the first warms the path up */
-            be->synchronize(be);
+            rt_be_synchronize(be);
             const double t0 = rt_now_s();
             for (int i = 0; i < 3; i++) {
-                be->copy_async(be, s, host, dev, bytes);
-                be->copy_async(be, s, dev, host, bytes);
+                rt_be_copy_async(be, s, host, dev, bytes);
+                rt_be_copy_async(be, s, dev, host, bytes);
             }
-            be->event_record(be, done, s);
-            be->event_synchronize(be, done);
+            rt_be_event_record(be, done, s);
+            rt_be_event_synchronize(be, done);
             per_byte = (rt_now_s() - t0) / (6.0 * (double)bytes);
         }
-        be->event_destroy(be, done);
-        be->stream_destroy(be, s);
+        rt_be_event_destroy(be, done);
+        rt_be_stream_destroy(be, s);
     }
-    if (dev) be->device_free(be, dev);
-    if (host) be->host_free(be, host);
+    if (dev) rt_be_device_free(be, dev);
+    if (host) rt_be_host_free(be, host);
     return per_byte;
 }
 
@@ -179,14 +179,14 @@ int main(int argc, char **argv) {
         const double setup_s = rt_now_s() - setup_t0;
         rt_step_metrics m;
         int failed = rt_trainer_step(t, &m, &err) != 0; /* warm-up */
-        gpu->synchronize(gpu);
+        rt_be_synchronize(gpu);
         const double t0 = rt_now_s();
         size_t peak = m.peak_device_bytes;
         for (int s = 0; s < steps && !failed; s++) {
             failed = rt_trainer_step(t, &m, &err) != 0;
             if (m.peak_device_bytes > peak) peak = m.peak_device_bytes;
         }
-        gpu->synchronize(gpu);
+        rt_be_synchronize(gpu);
         const double step_s = (rt_now_s() - t0) / steps;
         if (failed) {
             printf("%-10s failed: %s\n", mode, err.msg);

@@ -126,7 +126,7 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
     off->device_slots = rt_device_alloc(mem, slot_bytes, "offload device slots", err);
     if (!off->device_slots) return -1;
     size_t host_bytes = (size_t)(n_layers - 1) * bytes_per_layer;
-    off->host_pool = backend->host_alloc(backend, host_bytes);
+    off->host_pool = rt_be_host_alloc(backend, host_bytes);
     if (!off->host_pool) {
         char want[32];
         rt_device_free(mem, off->device_slots);
@@ -135,13 +135,13 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
                        rt_format_bytes(host_bytes, want), n_layers - 1);
     }
 
-    off->d2h_stream = backend->stream_create(backend);
-    off->h2d_stream = backend->stream_create(backend);
-    off->drain_event = backend->event_create(backend);
+    off->d2h_stream = rt_be_stream_create(backend);
+    off->h2d_stream = rt_be_stream_create(backend);
+    off->drain_event = rt_be_event_create(backend);
     off->slots = calloc_check((size_t)off->n_slots, sizeof *off->slots);
     for (int s = 0; s < off->n_slots; s++) {
         off->slots[s].layer = -1;
-        off->slots[s].copy_done = backend->event_create(backend);
+        off->slots[s].copy_done = rt_be_event_create(backend);
     }
     off->layers = calloc_check((size_t)n_layers, sizeof *off->layers);
     for (int l = 0; l < n_layers; l++)
@@ -154,14 +154,14 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
 void rt_offloader_free(rt_offloader *off) {
     if (!off->backend) return;
     const rt_backend *be = off->backend;
-    if (off->d2h_stream) be->stream_destroy(be, off->d2h_stream); /* drains */
-    if (off->h2d_stream) be->stream_destroy(be, off->h2d_stream);
-    if (off->drain_event) be->event_destroy(be, off->drain_event);
+    if (off->d2h_stream) rt_be_stream_destroy(be, off->d2h_stream); /* drains */
+    if (off->h2d_stream) rt_be_stream_destroy(be, off->h2d_stream);
+    if (off->drain_event) rt_be_event_destroy(be, off->drain_event);
     for (int s = 0; off->slots && s < off->n_slots; s++)
-        be->event_destroy(be, off->slots[s].copy_done);
+        rt_be_event_destroy(be, off->slots[s].copy_done);
     free(off->slots);
     free(off->layers);
-    if (off->host_pool) be->host_free(be, off->host_pool);
+    if (off->host_pool) rt_be_host_free(be, off->host_pool);
     if (off->device_slots) rt_device_free(off->mem, off->device_slots);
     memset(off, 0, sizeof *off);
 }
@@ -185,7 +185,7 @@ static int take_slot(rt_offloader *off, int layer, const char *call) {
         /* In the backward a released slot's prefetch may still be pending as the host sees it (the compute
          * waited for it on the device): the next prefetch into the slot queues behind it on the same stream,
          * after the compute that read it (copy_async's contract). In the forward nothing may be pending. */
-        if (!off->in_backward && !off->backend->event_query(off->backend, off->slots[s].copy_done))
+        if (!off->in_backward && !rt_be_event_query(off->backend, off->slots[s].copy_done))
             rt_fatal("offload %s(%d): device slot %d is free but a copy on it is still pending", call, layer, s);
         off->slots[s].layer = layer;
         off->layers[layer].slot = s;
@@ -198,8 +198,7 @@ static int take_slot(rt_offloader *off, int layer, const char *call) {
 static int oldest_d2h(const rt_offloader *off, int below) {
     for (int l = 0; l < below; l++) {
         const struct rt_offload_layer *in = &off->layers[l];
-        if (in->state == INPUT_D2H && !off->backend->event_query(off->backend, off->slots[in->slot].copy_done))
-            return l;
+        if (in->state == INPUT_D2H && !rt_be_event_query(off->backend, off->slots[in->slot].copy_done)) return l;
     }
     return -1;
 }
@@ -208,7 +207,7 @@ static int d2h_in_flight(const rt_offloader *off) {
     int count = 0;
     for (int l = 0; l < off->n_layers; l++) {
         const struct rt_offload_layer *in = &off->layers[l];
-        count += in->state == INPUT_D2H && !off->backend->event_query(off->backend, off->slots[in->slot].copy_done);
+        count += in->state == INPUT_D2H && !rt_be_event_query(off->backend, off->slots[in->slot].copy_done);
     }
     return count;
 }
@@ -219,7 +218,7 @@ static void reclaim_forward_slots(rt_offloader *off, int last) {
         struct rt_offload_layer *in = &off->layers[l];
         if (in->state == INPUT_WRITING)
             free_slot(off, l, INPUT_NONE); /* forward-only pass: never saved */
-        else if (in->state == INPUT_D2H && off->backend->event_query(off->backend, off->slots[in->slot].copy_done))
+        else if (in->state == INPUT_D2H && rt_be_event_query(off->backend, off->slots[in->slot].copy_done))
             free_slot(off, l, INPUT_ON_HOST);
     }
 }
@@ -236,7 +235,7 @@ float *rt_offload_input_buffer(rt_offloader *off, int layer) {
         int oldest = oldest_d2h(off, layer - 1);
         if (oldest < 0) rt_fatal("offload input_buffer(%d): all %d device slots are held", layer, off->n_slots);
         double t0 = rt_now_s();
-        off->backend->event_synchronize(off->backend, off->slots[off->layers[oldest].slot].copy_done);
+        rt_be_event_synchronize(off->backend, off->slots[off->layers[oldest].slot].copy_done);
         off->stats.offload_wait_s += rt_now_s() - t0;
         reclaim_forward_slots(off, layer - 2);
         slot = take_slot(off, layer, "input_buffer");
@@ -255,7 +254,7 @@ float *rt_offload_output_buffer(rt_offloader *off) {
         reclaim_forward_slots(off, off->n_layers - 2);
         for (int s = 0; s < off->n_slots; s++) {
             if (off->slots[s].layer != -1) continue;
-            if (!off->backend->event_query(off->backend, off->slots[s].copy_done))
+            if (!rt_be_event_query(off->backend, off->slots[s].copy_done))
                 rt_fatal("offload output_buffer: device slot %d is free but a copy on it is still pending", s);
             off->slots[s].layer = off->n_layers; /* owned by the output */
             off->output_slot = s;
@@ -264,7 +263,7 @@ float *rt_offload_output_buffer(rt_offloader *off) {
         int oldest = oldest_d2h(off, off->n_layers - 1);
         if (oldest < 0) rt_fatal("offload output_buffer: all %d device slots are held", off->n_slots);
         double t0 = rt_now_s();
-        off->backend->event_synchronize(off->backend, off->slots[off->layers[oldest].slot].copy_done);
+        rt_be_event_synchronize(off->backend, off->slots[off->layers[oldest].slot].copy_done);
         off->stats.offload_wait_s += rt_now_s() - t0;
     }
 }
@@ -295,12 +294,12 @@ void rt_offload_save(rt_offloader *off, int layer, size_t bytes) {
         int oldest = oldest_d2h(off, layer);
         if (oldest < 0) break; /* completed between the two queries */
         double t0 = rt_now_s();
-        be->event_synchronize(be, off->slots[off->layers[oldest].slot].copy_done);
+        rt_be_event_synchronize(be, off->slots[off->layers[oldest].slot].copy_done);
         off->stats.offload_wait_s += rt_now_s() - t0;
     }
     struct rt_offload_slot *slot = &off->slots[in->slot];
-    be->copy_async(be, off->d2h_stream, host_ptr(off, layer), slot_ptr(off, in->slot), bytes);
-    be->event_record(be, slot->copy_done, off->d2h_stream);
+    rt_be_copy_async(be, off->d2h_stream, host_ptr(off, layer), slot_ptr(off, in->slot), bytes);
+    rt_be_event_record(be, slot->copy_done, off->d2h_stream);
     in->state = INPUT_D2H;
     off->stats.offloaded_bytes += bytes;
 }
@@ -318,8 +317,8 @@ static void begin_backward(rt_offloader *off, int layer, const char *call) {
     }
     const rt_backend *be = off->backend;
     double t0 = rt_now_s();
-    be->event_record(be, off->drain_event, off->d2h_stream);
-    be->event_synchronize(be, off->drain_event);
+    rt_be_event_record(be, off->drain_event, off->d2h_stream);
+    rt_be_event_synchronize(be, off->drain_event);
     off->stats.prefetch_wait_s += rt_now_s() - t0;
     reclaim_forward_slots(off, off->n_layers - 2);
     for (int l = 0; l < off->n_layers - 1; l++)
@@ -336,8 +335,8 @@ static void issue_prefetch(rt_offloader *off, int layer, const char *call) {
                  "prefetching further ahead",
                  call, layer, off->n_slots);
     const rt_backend *be = off->backend;
-    be->copy_async(be, off->h2d_stream, slot_ptr(off, s), host_ptr(off, layer), in->bytes);
-    be->event_record(be, off->slots[s].copy_done, off->h2d_stream);
+    rt_be_copy_async(be, off->h2d_stream, slot_ptr(off, s), host_ptr(off, layer), in->bytes);
+    rt_be_event_record(be, off->slots[s].copy_done, off->h2d_stream);
     in->state = INPUT_H2D;
     off->stats.restored_bytes += in->bytes;
 }
@@ -368,7 +367,7 @@ float *rt_offload_restore(rt_offloader *off, int layer) {
     /* The compute that reads the slot waits for the copy, not the host: on CUDA the host runs ahead and the
      * kernels start when the prefetch lands (on CPU the compute stream is this thread, so this blocks). */
     double t0 = rt_now_s();
-    off->backend->stream_wait_event(off->backend, NULL, off->slots[in->slot].copy_done);
+    rt_be_stream_wait_event(off->backend, NULL, off->slots[in->slot].copy_done);
     off->stats.prefetch_wait_s += rt_now_s() - t0;
     in->state = INPUT_RESTORED;
     off->next_restore = layer - 1;
@@ -393,8 +392,8 @@ void rt_offload_end_pass(rt_offloader *off) {
                          l, input_state_names[off->layers[l].state]);
     } else {
         /* forward-only pass: copies it may have queued are waited for and thrown away */
-        be->event_record(be, off->drain_event, off->d2h_stream);
-        be->event_synchronize(be, off->drain_event);
+        rt_be_event_record(be, off->drain_event, off->d2h_stream);
+        rt_be_event_synchronize(be, off->drain_event);
         for (int l = 0; l < off->n_layers; l++)
             if (off->layers[l].slot >= 0) free_slot(off, l, INPUT_NONE);
         if (off->output_slot >= 0) rt_offload_release_output(off);
@@ -403,7 +402,7 @@ void rt_offload_end_pass(rt_offloader *off) {
     /* After a backward the last prefetches may still be pending on the host's view (see take_slot); the next
      * forward's first copy to the host is ordered behind them by the compute that waited for them. */
     for (int s = 0; s < off->n_slots; s++) {
-        if (off->slots[s].layer != -1 || (!off->in_backward && !be->event_query(be, off->slots[s].copy_done)))
+        if (off->slots[s].layer != -1 || (!off->in_backward && !rt_be_event_query(be, off->slots[s].copy_done)))
             rt_fatal("offload end_pass: device slot %d is still in use", s);
     }
     for (int l = 0; l < off->n_layers; l++) {
@@ -418,8 +417,8 @@ void rt_offload_end_pass(rt_offloader *off) {
 
 void rt_offload_abandon_pass(rt_offloader *off) {
     const rt_backend *be = off->backend;
-    be->event_record(be, off->drain_event, off->h2d_stream);
-    be->event_synchronize(be, off->drain_event);
+    rt_be_event_record(be, off->drain_event, off->h2d_stream);
+    rt_be_event_synchronize(be, off->drain_event);
     /* Now a forward-only pass as far as end_pass is concerned: it drains the d2h stream, frees every slot
      * still held and the output buffer. */
     off->in_backward = 0;

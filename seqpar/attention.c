@@ -199,10 +199,10 @@ static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, 
                          size_t Tk, const int64_t *k_pos) {
     const forward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
-    ctx->backend->attn_block_forward(ctx->backend, a->out + i0 * shape->out_stride,
-                                     a->lse + i0 * (size_t)shape->n_heads, a->qs->q + i0 * shape->q_stride,
-                                     b->k + j0 * shape->kv_stride, b->v + j0 * shape->kv_stride, a->qs->pos + i0, k_pos,
-                                     Tq, Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
+    rt_be_attn_block_forward(ctx->backend, a->out + i0 * shape->out_stride, a->lse + i0 * (size_t)shape->n_heads,
+                             a->qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
+                             b->v + j0 * shape->kv_stride, a->qs->pos + i0, k_pos, Tq, Tk, shape, ctx->attn_workspace,
+                             ctx->attn_workspace_bytes);
 }
 
 /* Merges the attention of one sequence's local queries onto its held block into (out, lse). */
@@ -222,10 +222,10 @@ static void backward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b,
     const backward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
     const size_t H = (size_t)shape->n_heads, row = j0 * shape->kv_stride;
-    ctx->backend->attn_block_backward(ctx->backend, a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
-                                      a->dout + i0 * shape->out_stride, a->qs->q + i0 * shape->q_stride, b->k + row,
-                                      b->v + row, a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, k_pos, Tq, Tk,
-                                      shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
+    rt_be_attn_block_backward(ctx->backend, a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
+                              a->dout + i0 * shape->out_stride, a->qs->q + i0 * shape->q_stride, b->k + row, b->v + row,
+                              a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, k_pos, Tq, Tk, shape,
+                              ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Adds the gradients through one held block: dq of the local queries, dk/dv (rows at the block's kv_stride). */
@@ -240,20 +240,20 @@ static void backward_held(const seqpar_ctx *ctx, float *dq, float *dk, float *dv
 static void init_running(const rt_backend *backend, float *out, float *lse, size_t n, const rt_attn_shape *shape) {
     size_t row_floats = (size_t)shape->n_heads * (size_t)shape->head_dim;
     if (shape->out_stride == row_floats) {
-        backend->memset_zero(backend, out, n * row_floats * sizeof(float));
+        rt_be_memset_zero(backend, out, n * row_floats * sizeof(float));
     } else {
         for (size_t i = 0; i < n; i++)
-            backend->memset_zero(backend, out + i * shape->out_stride, row_floats * sizeof(float));
+            rt_be_memset_zero(backend, out + i * shape->out_stride, row_floats * sizeof(float));
     }
     const size_t n_lse = n * (size_t)shape->n_heads;
     float minus_inf[LSE_FILL];
     for (size_t i = 0; i < LSE_FILL; i++)
         minus_inf[i] = -INFINITY;
     size_t filled = n_lse < LSE_FILL ? n_lse : LSE_FILL;
-    backend->copy(backend, lse, minus_inf, filled * sizeof(float));
+    rt_be_copy(backend, lse, minus_inf, filled * sizeof(float));
     while (filled < n_lse) {
         const size_t more = n_lse - filled < filled ? n_lse - filled : filled;
-        backend->copy(backend, lse + filled, lse, more * sizeof(float));
+        rt_be_copy(backend, lse + filled, lse, more * sizeof(float));
         filled += more;
     }
 }
@@ -295,10 +295,10 @@ int seqpar_agree_shapes(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn
     if (P > 1) {
         /* Host values, so a host-plane communicator of the same ranks: a device plane's collectives take device
          * buffers. */
-        rt_comm *host = ctx->comm->ops->split(ctx->comm, 0, ctx->comm->rank);
+        rt_comm *host = rt_comm_split(ctx->comm, 0, ctx->comm->rank);
         double extremes[6] = {(double)n_seqs, -(double)n_seqs, (double)Tl, -(double)Tl, (double)width, -(double)width};
-        host->ops->allreduce_max_f64(host, extremes, 6);
-        host->ops->destroy(host);
+        rt_allreduce_max_f64(host, extremes, 6);
+        rt_comm_destroy(host);
         if (extremes[0] != -extremes[1] || extremes[2] != -extremes[3] || extremes[4] != -extremes[5])
             return rt_fail(err,
                            "seqpar: the ranks of a sequence-parallel group disagree on the attention shapes: "
@@ -377,7 +377,7 @@ static int try_ensure_key_positions(seqpar_ctx *ctx, size_t n, rt_error *err) {
         const size_t count = len - c0 < POS_CHUNK ? len - c0 : POS_CHUNK;
         for (size_t c = 0; c < count; c++)
             chunk[c] = (int64_t)(c0 + c);
-        ctx->backend->copy(ctx->backend, (int64_t *)ctx->key_positions + c0, chunk, count * sizeof(int64_t));
+        rt_be_copy(ctx->backend, (int64_t *)ctx->key_positions + c0, chunk, count * sizeof(int64_t));
     }
     return 0;
 }
@@ -396,7 +396,7 @@ static int try_ensure_ring(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_a
 
 /* The backend's attention workspace for local sequences of up to Tl tokens (queries and every key block). */
 static size_t workspace_bytes_for(const seqpar_ctx *ctx, size_t Tl, const rt_attn_shape *shape) {
-    return ctx->backend->attn_workspace_bytes(ctx->backend, Tl, Tl, shape);
+    return rt_be_attn_workspace_bytes(ctx->backend, Tl, Tl, shape);
 }
 
 /* The buffers of a call, inside a step, where a refusal can only end the job (seqpar_reserve avoids it). */
@@ -431,22 +431,22 @@ void seqpar_ctx_free(seqpar_ctx *ctx) {
 static void copy_rows(const rt_backend *backend, float *dst, size_t dst_stride, const float *src, size_t src_stride,
                       size_t n, size_t width) {
     if (dst_stride == width && src_stride == width) {
-        backend->copy(backend, dst, src, n * width * sizeof(float));
+        rt_be_copy(backend, dst, src, n * width * sizeof(float));
         return;
     }
     for (size_t i = 0; i < n; i++)
-        backend->copy(backend, dst + i * dst_stride, src + i * src_stride, width * sizeof(float));
+        rt_be_copy(backend, dst + i * dst_stride, src + i * src_stride, width * sizeof(float));
 }
 
 /* dst rows (at dst_stride) += src rows (packed, width floats). */
 static void add_rows(const rt_backend *backend, float *dst, size_t dst_stride, const float *src, size_t n,
                      size_t width) {
     if (dst_stride == width) {
-        backend->add(backend, dst, dst, src, n * width);
+        rt_be_add(backend, dst, dst, src, n * width);
         return;
     }
     for (size_t i = 0; i < n; i++)
-        backend->add(backend, dst + i * dst_stride, dst + i * dst_stride, src + i * width, width);
+        rt_be_add(backend, dst + i * dst_stride, dst + i * dst_stride, src + i * width, width);
 }
 
 /* Views of a ring message of n rows: [K | V] (or [dK | dV]), each (n, W). */
@@ -475,7 +475,7 @@ static held_block held_received(const seqpar_ctx *ctx, void *message, size_t b, 
 
 static void timed_wait(seqpar_ctx *ctx, rt_comm_request *req) {
     const double t0 = rt_now_s();
-    ctx->comm->ops->wait(ctx->comm, req);
+    rt_comm_wait(ctx->comm, req);
     ctx->comm_exposed_s += rt_now_s() - t0;
 }
 
@@ -483,8 +483,8 @@ static void timed_wait(seqpar_ctx *ctx, rt_comm_request *req) {
 static void post_kv_exchange(seqpar_ctx *ctx, void *held, void *next, size_t bytes, rt_comm_request *req) {
     rt_comm *comm = ctx->comm;
     const int to = (comm->rank + 1) % comm->size, from = (comm->rank + comm->size - 1) % comm->size;
-    comm->ops->irecv(comm, next, bytes, from, TAG_KV, req);
-    comm->ops->isend(comm, held, bytes, to, TAG_KV, req);
+    rt_comm_irecv(comm, next, bytes, from, TAG_KV, req);
+    rt_comm_isend(comm, held, bytes, to, TAG_KV, req);
 }
 
 /* Rank whose K/V this rank holds at step s. */
@@ -529,7 +529,7 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
     const size_t B = tokens->n_seqs, Tl = tokens->Tl, n = B * Tl, H = (size_t)shape->n_heads;
     if (n == 0) return;
     const rt_backend *backend = ctx->backend;
-    backend->attn_delta(backend, delta, out, dout, n, shape);
+    rt_be_attn_delta(backend, delta, out, dout, n, shape);
     ensure_call_buffers(ctx, B, Tl, shape, 1);
     const size_t bytes = kv_message_bytes(n, shape), width = kv_row_floats(shape);
     rt_comm_request dkv_recv_req = {0}, dkv_send_req = {0};
@@ -542,7 +542,7 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
         void *held = ctx->kv_ring[s % 2];
         rt_comm_request kv_req = {0};
         if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
-        if (s >= 1) backend->memset_zero(backend, partial[s % 2], bytes);
+        if (s >= 1) rt_be_memset_zero(backend, partial[s % 2], bytes);
         for (size_t b = 0; b < B; b++) {
             const size_t row0 = b * Tl;
             const query_set qs = query_set_of(ctx, q, tokens, b, shape);
@@ -569,14 +569,14 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
             timed_wait(ctx, &dkv_recv_req);
             timed_wait(ctx, &dkv_send_req);
             ctx->dkv_blocks_received++;
-            backend->add(backend, partial[s % 2], partial[s % 2], received, 2 * n * width);
+            rt_be_add(backend, partial[s % 2], partial[s % 2], received, 2 * n * width);
         }
         if (s >= 1) {
-            comm->ops->isend(comm, partial[s % 2], bytes, to, TAG_DKV, &dkv_send_req);
+            rt_comm_isend(comm, partial[s % 2], bytes, to, TAG_DKV, &dkv_send_req);
             /* the accumulator r-1 sends at the end of its step s, as we do: added at step s+1, or this rank's
              * own after the last step. Posted once the slot's last one is added, so one slot serves; r-1 sends
              * it about now, so it still moves during the next step's compute. */
-            comm->ops->irecv(comm, received, bytes, from, TAG_DKV, &dkv_recv_req);
+            rt_comm_irecv(comm, received, bytes, from, TAG_DKV, &dkv_recv_req);
         }
     }
     if (P > 1) {

@@ -187,7 +187,7 @@ static void allgather_padded(const rt_dtensor *from, const float *from_local, co
     float *send = calloc_check(frame_numel, sizeof *send);
     float *recv = malloc_check((size_t)n * frame_numel * sizeof *recv);
     copy_region(ndim, send, &my_frame, from_local, &my_box, &my_box);
-    mesh->comm[m]->ops->allgather_f32(mesh->comm[m], recv, send, frame_numel);
+    rt_allgather_f32(mesh->comm[m], recv, send, frame_numel);
     for (int i = 0; i < n; i++) {
         int coords[RT_MESH_MAX_DIMS];
         box member_box, frame = padded_frame(&group_box, d, chunk, i);
@@ -219,7 +219,7 @@ static void reduce_scatter_padded(const rt_dtensor *from, const float *from_loca
         box_of(to, to->placements, coords, &member_box);
         copy_region(ndim, send + (size_t)i * frame_numel, &frame, from_local, &group_box, &member_box);
     }
-    mesh->comm[m]->ops->reduce_scatter_sum_f32(mesh->comm[m], recv, send, (size_t)n * frame_numel);
+    rt_reduce_scatter_sum_f32(mesh->comm[m], recv, send, (size_t)n * frame_numel);
     copy_region(ndim, to_local, &my_box, recv, &my_frame, &my_box);
     free(send);
     free(recv);
@@ -266,20 +266,20 @@ static void exchange_boxes(const rt_dtensor *from, const float *from_local, cons
         size_t n = box_intersect(ndim, &peer_from, &my_to, &recv_regions[peer]);
         if (n) {
             recv_bufs[peer] = malloc_check(n * sizeof(float));
-            world->ops->irecv(world, recv_bufs[peer], n * sizeof(float), peer, REDISTRIBUTE_TAG, &recvs);
+            rt_comm_irecv(world, recv_bufs[peer], n * sizeof(float), peer, REDISTRIBUTE_TAG, &recvs);
         }
         n = box_intersect(ndim, &my_from, &peer_to, &region);
         if (n) {
             send_bufs[peer] = malloc_check(n * sizeof(float));
             copy_region(ndim, send_bufs[peer], &region, from_local, &my_from, &region);
-            world->ops->isend(world, send_bufs[peer], n * sizeof(float), peer, REDISTRIBUTE_TAG, &sends);
+            rt_comm_isend(world, send_bufs[peer], n * sizeof(float), peer, REDISTRIBUTE_TAG, &sends);
         }
     }
-    world->ops->wait(world, &recvs);
+    rt_comm_wait(world, &recvs);
     for (int peer = 0; peer < world->size; peer++)
         if (recv_bufs[peer])
             copy_region(ndim, to_local, &my_to, recv_bufs[peer], &recv_regions[peer], &recv_regions[peer]);
-    world->ops->wait(world, &sends);
+    rt_comm_wait(world, &sends);
     for (int peer = 0; peer < world->size; peer++) {
         free(send_bufs[peer]);
         free(recv_bufs[peer]);
@@ -312,7 +312,7 @@ static float *move_one(const rt_dtensor *from, const float *from_local, int m, r
         (p.kind == RT_SHARD && sharded_after(from, m, p.dim)) || (q.kind == RT_SHARD && sharded_after(from, m, q.dim));
     if (p.kind == RT_PARTIAL_SUM && q.kind == RT_REPLICATE) {
         memcpy(to_local, from_local, from_numel * sizeof *to_local);
-        mesh->comm[m]->ops->allreduce_sum_f32(mesh->comm[m], to_local, to_numel);
+        rt_allreduce_sum_f32(mesh->comm[m], to_local, to_numel);
     } else if (p.kind == RT_PARTIAL_SUM) {
         reduce_scatter_padded(from, from_local, to, to_local, m);
     } else if (q.kind == RT_PARTIAL_SUM) { /* from Replicate: the box does not change */

@@ -49,7 +49,7 @@ int rt_mesh_init_nd(rt_mesh *mesh, rt_comm *world, int ndim, const int *shape, r
         int line_start[RT_MESH_MAX_DIMS];
         memcpy(line_start, mesh->coords, sizeof line_start);
         line_start[i] = 0;
-        mesh->comm[i] = world->ops->split(world, rt_mesh_rank_of(mesh, line_start), mesh->coords[i]);
+        mesh->comm[i] = rt_comm_split(world, rt_mesh_rank_of(mesh, line_start), mesh->coords[i]);
     }
     return 0;
 }
@@ -67,6 +67,6 @@ int rt_mesh_init(rt_mesh *mesh, rt_comm *world, int dp, int sp, rt_error *err) {
 
 void rt_mesh_free(rt_mesh *mesh) {
     for (int i = 0; i < RT_MESH_MAX_DIMS; i++)
-        if (mesh->comm[i]) mesh->comm[i]->ops->destroy(mesh->comm[i]);
+        if (mesh->comm[i]) rt_comm_destroy(mesh->comm[i]);
     memset(mesh, 0, sizeof *mesh);
 }

@@ -73,13 +73,13 @@ int rt_optimizer_init(rt_optimizer *opt, const rt_backend *backend, rt_device_me
     if (zero_stage >= 2 &&
         !(opt->reduce_scratch = rt_device_alloc(mem, scratch * sizeof(float), "gradient reduce scratch", err)))
         return -1;
-    if (zero_stage != 0) backend->copy(backend, opt->master, params + opt->shard_begin, bytes);
+    if (zero_stage != 0) rt_be_copy(backend, opt->master, params + opt->shard_begin, bytes);
     opt->state_bytes = checked_mul(zero_stage == 0 ? 2 : 3, bytes, "optimizer state bytes");
     return 0;
 }
 
 void rt_optimizer_begin_step(rt_optimizer *opt) {
-    if (opt->shard_grad) opt->backend->memset_zero(opt->backend, opt->shard_grad, opt->shard_size * sizeof(float));
+    if (opt->shard_grad) rt_be_memset_zero(opt->backend, opt->shard_grad, opt->shard_size * sizeof(float));
 }
 
 /* counts[q] = the part of [offset, offset+count) in rank q's shard: what q receives of a reduction of the
@@ -106,10 +106,10 @@ void rt_optimizer_finish_reductions(rt_optimizer *opt) {
     const double t0 = rt_now_s();
     for (int i = 0; i < opt->n_reducing; i++) {
         rt_in_flight *f = &opt->reducing[i];
-        opt->dev->ops->wait(opt->dev, &f->req);
+        rt_comm_wait(opt->dev, &f->req);
         if (f->count)
-            opt->backend->add(opt->backend, opt->shard_grad + f->shard_at, opt->shard_grad + f->shard_at,
-                              opt->reduce_scratch + f->scratch_at, f->count);
+            rt_be_add(opt->backend, opt->shard_grad + f->shard_at, opt->shard_grad + f->shard_at,
+                      opt->reduce_scratch + f->scratch_at, f->count);
     }
     opt->n_reducing = 0;
     opt->scratch_used = 0;
@@ -129,8 +129,7 @@ void rt_optimizer_reduce_range(rt_optimizer *opt, const float *grads, size_t off
         rt_in_flight *f = &opt->reducing[opt->n_reducing++];
         *f =
             (rt_in_flight){.shard_at = shard_index(opt, offset + done), .scratch_at = opt->scratch_used, .count = mine};
-        opt->dev->ops->ireduce_scatter_sum_f32_v(opt->dev, opt->reduce_scratch + opt->scratch_used, grads + done,
-                                                 counts, &f->req);
+        rt_ireduce_scatter_sum_f32_v(opt->dev, opt->reduce_scratch + opt->scratch_used, grads + done, counts, &f->req);
         opt->scratch_used += mine;
     }
 }
@@ -142,9 +141,9 @@ void rt_optimizer_free(rt_optimizer *opt) {
 
 void rt_optimizer_progress(rt_optimizer *opt) {
     for (int i = 0; i < opt->n_reducing; i++)
-        opt->dev->ops->progress(opt->dev, &opt->reducing[i].req);
+        rt_comm_progress(opt->dev, &opt->reducing[i].req);
     for (int i = 0; i < opt->n_gathering; i++)
-        opt->dev->ops->progress(opt->dev, &opt->gathering[i].req);
+        rt_comm_progress(opt->dev, &opt->gathering[i].req);
 }
 
 void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads) {
@@ -152,7 +151,7 @@ void rt_optimizer_reduce_grads(rt_optimizer *opt, float *grads) {
     if (opt->stage == 0)
         rt_allreduce_sum_f32(opt->dev, grads, opt->n_params);
     else if (opt->stage == 1)
-        opt->dev->ops->reduce_scatter_sum_f32(opt->dev, grads, grads, opt->padded);
+        rt_reduce_scatter_sum_f32(opt->dev, grads, grads, opt->padded);
     opt->comm_exposed_s += rt_now_s() - t0;
     rt_optimizer_finish_reductions(opt);
 }
@@ -164,14 +163,14 @@ static float *shard_gradient(const rt_optimizer *opt, float *grads) {
 
 void rt_optimizer_gather_grads(rt_optimizer *opt, const float *grads, float *dst) {
     if (opt->stage == 0) {
-        opt->backend->copy(opt->backend, dst, grads, opt->n_params * sizeof(float));
+        rt_be_copy(opt->backend, dst, grads, opt->n_params * sizeof(float));
         return;
     }
     /* A probe for tests and the pre-clip record, not the step: gathered on the host plane, any backend. */
     float *all = malloc_check(checked_mul(opt->padded, sizeof(float), "gathered gradient bytes"));
     float *mine = all + (size_t)opt->world->rank * opt->shard_size;
-    opt->backend->copy(opt->backend, mine, shard_gradient(opt, (float *)grads), opt->shard_size * sizeof(float));
-    opt->world->ops->allgather_f32(opt->world, all, mine, opt->shard_size);
+    rt_be_copy(opt->backend, mine, shard_gradient(opt, (float *)grads), opt->shard_size * sizeof(float));
+    rt_allgather_f32(opt->world, all, mine, opt->shard_size);
     memcpy(dst, all, opt->n_params * sizeof(float));
     free(all);
 }
@@ -181,7 +180,7 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
     float *shard_grad = shard_gradient(opt, grads);
     /* At stage 0 the padding is not part of the gradient; at stages 1-2 it is zero. */
     size_t n_grad = opt->stage == 0 ? opt->n_params : opt->shard_size;
-    double sum_squares = be->sum_squares(be, shard_grad, n_grad);
+    double sum_squares = rt_be_sum_squares(be, shard_grad, n_grad);
     if (opt->stage != 0) {
         const double t0 = rt_now_s();
         rt_allreduce_sum_f64(opt->world, &sum_squares, 1);
@@ -189,7 +188,7 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
     }
     double norm = sqrt(sum_squares);
     if (!isfinite(norm)) return norm;
-    if (grad_clip > 0.0f && norm > grad_clip) be->scale(be, shard_grad, (float)(grad_clip / norm), n_grad);
+    if (grad_clip > 0.0f && norm > grad_clip) rt_be_scale(be, shard_grad, (float)(grad_clip / norm), n_grad);
     opt->t++;
     const size_t shard_end = opt->shard_begin + opt->shard_size;
     for (int i = 0; i < opt->table->count; i++) {
@@ -198,8 +197,8 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
         size_t end = view->offset + view->numel < shard_end ? view->offset + view->numel : shard_end;
         if (begin >= end) continue;
         size_t local = begin - opt->shard_begin;
-        be->adamw_update(be, opt->master + local, shard_grad + local, opt->m + local, opt->v + local, end - begin, lr,
-                         opt->beta1, opt->beta2, opt->eps, view->weight_decay ? opt->weight_decay : 0.0f, opt->t);
+        rt_be_adamw_update(be, opt->master + local, shard_grad + local, opt->m + local, opt->v + local, end - begin, lr,
+                           opt->beta1, opt->beta2, opt->eps, view->weight_decay ? opt->weight_decay : 0.0f, opt->t);
     }
     rt_optimizer_publish_params(opt, params);
     return norm;
@@ -207,15 +206,14 @@ double rt_optimizer_update(rt_optimizer *opt, float *params, float *grads, float
 
 void rt_optimizer_publish_params(rt_optimizer *opt, float *params) {
     const double t0 = rt_now_s();
-    if (opt->stage == 1 || opt->stage == 2)
-        opt->dev->ops->allgather_f32(opt->dev, params, opt->master, opt->shard_size);
+    if (opt->stage == 1 || opt->stage == 2) rt_allgather_f32(opt->dev, params, opt->master, opt->shard_size);
     opt->comm_exposed_s += rt_now_s() - t0;
 }
 
 void rt_optimizer_wait_gathers(rt_optimizer *opt) {
     const double t0 = rt_now_s();
     for (int i = 0; i < opt->n_gathering; i++)
-        opt->dev->ops->wait(opt->dev, &opt->gathering[i].req);
+        rt_comm_wait(opt->dev, &opt->gathering[i].req);
     opt->n_gathering = 0;
     opt->comm_exposed_s += rt_now_s() - t0;
 }
@@ -231,8 +229,7 @@ void rt_optimizer_gather_params(rt_optimizer *opt, float *dst, size_t offset, si
         if (opt->n_gathering == RT_OPT_MAX_IN_FLIGHT) rt_optimizer_wait_gathers(opt);
         rt_in_flight *f = &opt->gathering[opt->n_gathering++];
         *f = (rt_in_flight){0};
-        opt->dev->ops->iallgather_f32_v(opt->dev, dst + done, opt->master + shard_index(opt, offset + done), counts,
-                                        &f->req);
+        rt_iallgather_f32_v(opt->dev, dst + done, opt->master + shard_index(opt, offset + done), counts, &f->req);
     }
 }
 

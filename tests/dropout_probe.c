@@ -18,7 +18,7 @@ static void record_rows(const int64_t *pos, size_t N, int C, float p, rt_rng_key
     if (!ones) abort();
     for (size_t i = 0; i < N * (size_t)C; i++)
         ones[i] = 1.0f;
-    rt_backend_cpu()->dropout(rt_backend_cpu(), ones, pos, N, C, p, key);
+    rt_be_dropout(rt_backend_cpu(), ones, pos, N, C, p, key);
     if (active_log->n + N > active_log->cap) {
         active_log->cap = 2 * (active_log->n + N);
         active_log->rows = realloc(active_log->rows, active_log->cap * sizeof *active_log->rows);
@@ -38,7 +38,7 @@ static void probe_dropout(const rt_backend *be, float *x, const int64_t *pos, si
                           rt_rng_key key) {
     (void)be; /* the probe's table; the CPU instance does the work */
     if (active_log && p > 0.0f) record_rows(pos, N, C, p, key);
-    rt_backend_cpu()->dropout(rt_backend_cpu(), x, pos, N, C, p, key);
+    rt_be_dropout(rt_backend_cpu(), x, pos, N, C, p, key);
 }
 
 const rt_backend *dropout_probe_backend(dropout_log *log) {

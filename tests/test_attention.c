@@ -326,7 +326,7 @@ typedef struct {
 
 static test_workspace workspace_make(size_t Tq, size_t Tk, const rt_attn_shape *shape) {
     test_workspace ws;
-    ws.bytes = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), Tq, Tk, shape);
+    ws.bytes = rt_be_attn_workspace_bytes(rt_backend_cpu(), Tq, Tk, shape);
     ws.ptr = aligned_alloc(64, (ws.bytes + GUARD_BYTES + 63) / 64 * 64);
     memset(ws.ptr + ws.bytes, GUARD_BYTE, GUARD_BYTES);
     return ws;
@@ -547,14 +547,14 @@ static void kernel_subset(const attn_problem *p, const size_t *q_rows, size_t Tq
     test_workspace ws = workspace_make(Tq, T < block_size ? T : block_size, &shape);
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
-        b->attn_block_forward(b, out, lse, q, p->k + row, p->v + row, q_pos, p->pos + j0, Tq, len, &shape, ws.ptr,
-                              ws.bytes);
+        rt_be_attn_block_forward(b, out, lse, q, p->k + row, p->v + row, q_pos, p->pos + j0, Tq, len, &shape, ws.ptr,
+                                 ws.bytes);
     }
-    b->attn_delta(b, delta, out, dout, Tq, &shape);
+    rt_be_attn_delta(b, delta, out, dout, Tq, &shape);
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
-        b->attn_block_backward(b, dq, dk + row, dv + row, dout, q, p->k + row, p->v + row, lse, delta, q_pos,
-                               p->pos + j0, Tq, len, &shape, ws.ptr, ws.bytes);
+        rt_be_attn_block_backward(b, dq, dk + row, dv + row, dout, q, p->k + row, p->v + row, lse, delta, q_pos,
+                                  p->pos + j0, Tq, len, &shape, ws.ptr, ws.bytes);
     }
     workspace_free(&ws);
     free(q);
@@ -676,16 +676,16 @@ static void test_no_visible_key(void) {
     /* queries: tokens 0..7; keys: tokens 8..23 */
     const float *k = p.k + 8 * p.row_kv, *v = p.v + 8 * p.row_kv;
     test_workspace ws = workspace_make(Tq, Tk, &p.shape);
-    b->attn_block_forward(b, out, lse, p.q, k, v, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr, ws.bytes);
+    rt_be_attn_block_forward(b, out, lse, p.q, k, v, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr, ws.bytes);
     int untouched = 1;
     for (size_t i = 0; i < Tq * p.row_q; i++)
         untouched &= out[i] == 0.0f;
     for (size_t i = 0; i < Tq * H; i++)
         untouched &= lse[i] == -INFINITY;
     CU_ASSERT(untouched);
-    b->attn_delta(b, delta, out, p.dout, Tq, &p.shape);
-    b->attn_block_backward(b, dq, dk, dv, p.dout, p.q, k, v, lse, delta, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr,
-                           ws.bytes);
+    rt_be_attn_delta(b, delta, out, p.dout, Tq, &p.shape);
+    rt_be_attn_block_backward(b, dq, dk, dv, p.dout, p.q, k, v, lse, delta, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr,
+                              ws.bytes);
     workspace_free(&ws);
     int no_grad = 1;
     for (size_t i = 0; i < Tq * p.row_q; i++)
@@ -794,8 +794,8 @@ static void test_block_order_independent(void) {
         test_workspace ws = workspace_make(T, block, &p.shape);
         for (size_t n = n_blocks; n-- > 0;) {
             const size_t j0 = n * block, len = T - j0 < block ? T - j0 : block;
-            b->attn_block_forward(b, out_rev, lse_rev, p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos, p.pos + j0,
-                                  T, len, &p.shape, ws.ptr, ws.bytes);
+            rt_be_attn_block_forward(b, out_rev, lse_rev, p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos,
+                                     p.pos + j0, T, len, &p.shape, ws.ptr, ws.bytes);
         }
         workspace_free(&ws);
         TEST_ASSERT_CLOSE(out_rev, p.out, T * p.row_q, 1.0, 1e-6,
@@ -876,13 +876,13 @@ static void test_workspace_sizes(void) {
     const size_t D = 64, short_T = 1024, long_T = 65536;
     for (int threads = 1; threads <= 4; threads++) {
         omp_set_num_threads(threads);
-        const size_t at_short = b->attn_workspace_bytes(b, short_T, short_T, &shape);
-        const size_t at_long = b->attn_workspace_bytes(b, long_T, long_T, &shape);
+        const size_t at_short = rt_be_attn_workspace_bytes(b, short_T, short_T, &shape);
+        const size_t at_long = rt_be_attn_workspace_bytes(b, long_T, long_T, &shape);
         if (getenv("TEST_ATTN_VERBOSE"))
             fprintf(stderr, "\n  H=12 Hkv=4 D=64, %d threads: workspace %zu bytes at Tk=%zu, %zu at Tk=%zu", threads,
                     at_short, short_T, at_long, long_T);
         CU_ASSERT(at_short > 0 && at_long >= at_short);
-        CU_ASSERT_EQUAL(b->attn_workspace_bytes(b, 1, long_T, &shape), at_long); /* nothing grows with Tq */
+        CU_ASSERT_EQUAL(rt_be_attn_workspace_bytes(b, 1, long_T, &shape), at_long); /* nothing grows with Tq */
         if (4 % threads != 0) {
             CU_ASSERT(at_long - at_short >= (size_t)threads * 2 * (long_T - short_T) * D * sizeof(float));
         } else {
@@ -916,14 +916,14 @@ static attn_problem misuse_problem;
 
 static void misuse_forward(unsigned char *ws, size_t bytes) {
     attn_problem *p = &misuse_problem;
-    rt_backend_cpu()->attn_block_forward(rt_backend_cpu(), p->out, p->lse, p->q, p->k, p->v, p->pos, p->pos, 100, 130,
-                                         &p->shape, ws, bytes);
+    rt_be_attn_block_forward(rt_backend_cpu(), p->out, p->lse, p->q, p->k, p->v, p->pos, p->pos, 100, 130, &p->shape,
+                             ws, bytes);
 }
 
 static void misuse_backward(unsigned char *ws, size_t bytes) {
     attn_problem *p = &misuse_problem;
-    rt_backend_cpu()->attn_block_backward(rt_backend_cpu(), p->dq, p->dk, p->dv, p->dout, p->q, p->k, p->v, p->lse,
-                                          p->delta, p->pos, p->pos, 100, 130, &p->shape, ws, bytes);
+    rt_be_attn_block_backward(rt_backend_cpu(), p->dq, p->dk, p->dv, p->dout, p->q, p->k, p->v, p->lse, p->delta,
+                              p->pos, p->pos, 100, 130, &p->shape, ws, bytes);
 }
 
 /* A workspace smaller than the call needs (by one byte), or misaligned, ends the job naming the size needed;
@@ -941,13 +941,13 @@ static void test_workspace_too_small_is_fatal(void) {
         expect_fatal(misuse_backward, ws.ptr, ws.bytes - 1, needs);
         expect_fatal(misuse_forward, ws.ptr + 8, ws.bytes, "not aligned to 64 bytes"); /* the guard is behind */
         /* sized for fewer keys than the call has */
-        const size_t fewer = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), 100, 129, &p->shape);
+        const size_t fewer = rt_be_attn_workspace_bytes(rt_backend_cpu(), 100, 129, &p->shape);
         if (fewer < ws.bytes) expect_fatal(misuse_backward, ws.ptr, fewer, needs);
         memset(p->out, 0, 100 * p->shape.out_stride * sizeof(float));
         for (size_t i = 0; i < 100 * (size_t)p->c.H; i++)
             p->lse[i] = -INFINITY;
         misuse_forward(ws.ptr, ws.bytes);
-        rt_backend_cpu()->attn_delta(rt_backend_cpu(), p->delta, p->out, p->dout, 100, &p->shape);
+        rt_be_attn_delta(rt_backend_cpu(), p->delta, p->out, p->dout, 100, &p->shape);
         misuse_backward(ws.ptr, ws.bytes);
         workspace_free(&ws);
     }
@@ -967,7 +967,7 @@ static void test_seqpar_reserve_counts_workspace(void) {
         seqpar_ctx ctx = {.backend = test_backend(), .mem = &mem, .block_size = 64};
         rt_error err;
         CU_ASSERT_FATAL(seqpar_reserve(&ctx, 1, p.c.T, &p.shape, &err) == 0);
-        const size_t expected = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), p.c.T, p.c.T, &p.shape);
+        const size_t expected = rt_be_attn_workspace_bytes(rt_backend_cpu(), p.c.T, p.c.T, &p.shape);
         CU_ASSERT_EQUAL(ctx.attn_workspace_bytes, expected);
         CU_ASSERT_EQUAL(mem.in_use, expected);
         CU_ASSERT_EQUAL(mem.n_live, 1);

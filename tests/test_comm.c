@@ -73,7 +73,7 @@ static int check(const char *what, size_t seg, size_t n, const float *got, const
 /* Every rank's failures count: a rank that passes must not report success while another failed. */
 static void assert_no_failures_anywhere(int failures) {
     double total = failures;
-    world->ops->allreduce_sum_f64(world, &total, 1);
+    rt_allreduce_sum_f64(world, &total, 1);
     CU_ASSERT_EQUAL(total, 0.0);
 }
 
@@ -104,12 +104,12 @@ static void test_reduce_scatter_block(void) {
             fill_values(send, n, seed, world->rank);
             memcpy(copy, send, n * sizeof *send);
             fill_sentinel(recv, per_rank + GUARD);
-            world->ops->reduce_scatter_sum_f32(world, recv, send, n);
+            rt_reduce_scatter_sum_f32(world, recv, send, n);
             failures += check("reduce_scatter out of place", segments[s], per_rank, recv, want, GUARD);
             failures += check("reduce_scatter left send alone", segments[s], n, send, copy, 0);
             fill_sentinel(buf, n + GUARD);
             fill_values(buf, n, seed, world->rank);
-            world->ops->reduce_scatter_sum_f32(world, buf, buf, n);
+            rt_reduce_scatter_sum_f32(world, buf, buf, n);
             failures += check("reduce_scatter in place", segments[s], per_rank, buf, want, 0);
             failures += check("reduce_scatter in place (guard)", segments[s], 0, buf + n, want, GUARD);
             free(send), free(copy), free(recv), free(buf), free(want);
@@ -154,12 +154,12 @@ static void test_reduce_scatter_v(void) {
                 fill_values(send, total, seed, world->rank);
                 memcpy(copy, send, total * sizeof *send);
                 fill_sentinel(recv, mine + GUARD);
-                world->ops->reduce_scatter_sum_f32_v(world, recv, send, cnt);
+                rt_reduce_scatter_sum_f32_v(world, recv, send, cnt);
                 failures += check("reduce_scatter_v out of place", segments[s], mine, recv, want, GUARD);
                 failures += check("reduce_scatter_v left send alone", segments[s], total, send, copy, 0);
                 fill_sentinel(buf, total + GUARD);
                 fill_values(buf, total, seed, world->rank);
-                world->ops->reduce_scatter_sum_f32_v(world, buf, buf, cnt);
+                rt_reduce_scatter_sum_f32_v(world, buf, buf, cnt);
                 failures += check("reduce_scatter_v in place", segments[s], mine, buf, want, 0);
                 failures += check("reduce_scatter_v in place (guard)", segments[s], 0, buf + total, want, GUARD);
                 free(send), free(copy), free(recv), free(buf), free(want);
@@ -190,11 +190,11 @@ static void test_allgather_v(void) {
                     fill_values(want + at, cnt[q], seed, q);
                 fill_values(send, mine, seed, world->rank);
                 fill_sentinel(recv, total + GUARD);
-                world->ops->allgather_f32_v(world, recv, send, cnt);
+                rt_allgather_f32_v(world, recv, send, cnt);
                 failures += check("allgather_v out of place", segments[s], total, recv, want, GUARD);
                 fill_sentinel(recv, total + GUARD);
                 fill_values(recv + first, mine, seed, world->rank);
-                world->ops->allgather_f32_v(world, recv, recv + first, cnt);
+                rt_allgather_f32_v(world, recv, recv + first, cnt);
                 failures += check("allgather_v in place", segments[s], total, recv, want, GUARD);
                 free(want), free(send), free(recv);
             }
@@ -235,14 +235,14 @@ static void test_nonblocking(void) {
                 fill_sentinel(rs_recv, mine + GUARD);
                 fill_sentinel(ag_recv, total + GUARD);
                 rt_comm_request rs = {0}, ag = {0};
-                world->ops->ireduce_scatter_sum_f32_v(world, rs_recv, rs_send, cnt, &rs);
-                world->ops->iallgather_f32_v(world, ag_recv, ag_send, cnt, &ag);
+                rt_ireduce_scatter_sum_f32_v(world, rs_recv, rs_send, cnt, &rs);
+                rt_iallgather_f32_v(world, ag_recv, ag_send, cnt, &ag);
                 for (int i = 0; i < 3; i++) {
-                    world->ops->progress(world, &rs);
-                    world->ops->progress(world, &ag);
+                    rt_comm_progress(world, &rs);
+                    rt_comm_progress(world, &ag);
                 }
-                world->ops->wait(world, &ag);
-                world->ops->wait(world, &rs);
+                rt_comm_wait(world, &ag);
+                rt_comm_wait(world, &rs);
                 failures += rs.n != 0 || ag.n != 0;
                 failures += check("ireduce_scatter_v", segments[s], mine, rs_recv, rs_want, GUARD);
                 failures += check("ireduce_scatter_v left send alone", segments[s], total, rs_send, rs_copy, 0);
@@ -270,11 +270,11 @@ static void test_allgather(void) {
                 fill_values(want + q * n, n, seed, (int)q);
             fill_values(send, n, seed, world->rank);
             fill_sentinel(recv, P * n + GUARD);
-            world->ops->allgather_f32(world, recv, send, n);
+            rt_allgather_f32(world, recv, send, n);
             failures += check("allgather out of place", segments[s], P * n, recv, want, GUARD);
             fill_sentinel(recv, P * n + GUARD);
             fill_values(recv + me * n, n, seed, world->rank);
-            world->ops->allgather_f32(world, recv, recv + me * n, n);
+            rt_allgather_f32(world, recv, recv + me * n, n);
             failures += check("allgather in place", segments[s], P * n, recv, want, GUARD);
             free(want), free(send), free(recv);
         }
@@ -306,10 +306,10 @@ static void test_allreduce(void) {
             fill_values(buf, n, seed, world->rank);
             for (size_t i = 0; i < n + GUARD; i++)
                 sum64[i] = max64[i] = (double)buf[i];
-            world->ops->allreduce_sum_f32(world, buf, n);
+            rt_allreduce_sum_f32(world, buf, n);
             failures += check("allreduce_sum_f32", segments[s], n, buf, want_sum, GUARD);
-            world->ops->allreduce_sum_f64(world, sum64, n);
-            world->ops->allreduce_max_f64(world, max64, n);
+            rt_allreduce_sum_f64(world, sum64, n);
+            rt_allreduce_max_f64(world, max64, n);
             for (size_t i = 0; i < n + GUARD; i++)
                 buf[i] = (float)sum64[i];
             failures += check("allreduce_sum_f64", segments[s], n, buf, want_sum, GUARD);
@@ -351,7 +351,7 @@ static void test_broadcast(void) {
                 unsigned char *buf = malloc_check(n + GUARD);
                 for (size_t i = 0; i < n + GUARD; i++)
                     buf[i] = world->rank == root ? pattern_byte(seed, root, i) : 0xA5;
-                world->ops->broadcast(world, buf, n, root);
+                rt_comm_broadcast(world, buf, n, root);
                 failures += check_bytes("broadcast", segments[s], buf, n, seed, root);
                 for (size_t i = n; i < n + GUARD; i++)
                     if (buf[i] != (world->rank == root ? pattern_byte(seed, root, i) : 0xA5)) {
@@ -384,12 +384,12 @@ static void test_isend_irecv(void) {
                 for (size_t i = 0; i < n[m]; i++)
                     out[m][i] = pattern_byte(seed[m], world->rank, i);
                 memset(in[m], 0xA5, n[m] + 1);
-                world->ops->irecv(world, in[m], n[m], from, 10 + m, &recvs);
+                rt_comm_irecv(world, in[m], n[m], from, 10 + m, &recvs);
             }
             for (int m = 0; m < 2; m++)
-                world->ops->isend(world, out[m], n[m], to, 10 + m, &sends);
-            world->ops->wait(world, &recvs);
-            world->ops->wait(world, &sends);
+                rt_comm_isend(world, out[m], n[m], to, 10 + m, &sends);
+            rt_comm_wait(world, &recvs);
+            rt_comm_wait(world, &sends);
             for (int m = 0; m < 2; m++) {
                 failures += check_bytes("isend/irecv", segments[s], in[m], n[m], seed[m], from);
                 if (in[m][n[m]] != 0xA5) {
@@ -425,7 +425,7 @@ static void test_broadcast_above_int_max(void) {
     for (size_t done = 0; done < n; done += block)
         memcpy(buf + done, world->rank == root ? pattern : pattern + 1, n - done < block ? n - done : block);
     double t1 = MPI_Wtime();
-    world->ops->broadcast(world, buf, n, root);
+    rt_comm_broadcast(world, buf, n, root);
     double t2 = MPI_Wtime();
     size_t bad_block = n;
     for (size_t done = 0; done < n && bad_block == n; done += block)
@@ -498,7 +498,7 @@ static void test_threads_default(void) {
     unsetenv("OMP_NUM_THREADS");
     rt_threads_setup(world, &th);
     double spread[2] = {th.cpus, -th.cpus};
-    world->ops->allreduce_max_f64(world, spread, 2);
+    rt_allreduce_max_f64(world, spread, 2);
     CU_ASSERT_EQUAL(th.from_env, 0);
     CU_ASSERT(th.cpus >= 1);
     if (spread[0] == -spread[1]) { /* the same number of CPUs everywhere: taken as one shared mask */
@@ -545,7 +545,7 @@ static void test_token_shares(void) {
     int rc = rt_tokens_validate_range(&tf, first, count, &err);
     CU_ASSERT_EQUAL(rc != 0, (first <= 29 && 29 < first + count) || (first <= 33 && 33 < first + count));
     double lowest_failing = rc ? -(double)world->rank : -(double)world->size;
-    world->ops->allreduce_max_f64(world, &lowest_failing, 1);
+    rt_allreduce_max_f64(world, &lowest_failing, 1);
     const char *expected = "shares.bin: token 29 has id 10, not below the file's vocab_size 10";
     int wrong = world->rank == (int)-lowest_failing && strcmp(err.msg, expected) != 0;
     if (wrong) fprintf(stderr, "\n  rank %d: share [%zu, %zu): '%s'\n", world->rank, first, first + count, err.msg);

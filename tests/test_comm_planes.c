@@ -51,7 +51,7 @@ static const size_t counts[] = {0, 1, 5, 17, 100, 1000};
 #define N_COUNTS (sizeof counts / sizeof *counts)
 
 static float *dev_floats(size_t n) {
-    float *p = be->device_alloc(be, (n + GUARD) * sizeof(float));
+    float *p = rt_be_device_alloc(be, (n + GUARD) * sizeof(float));
     CU_ASSERT_FATAL(p != NULL);
     return p;
 }
@@ -89,7 +89,7 @@ static void assert_no_failures_anywhere(int failures) {
     breaches_before = fake_nccl_breaches();
 #endif
     double total = failures;
-    world->ops->allreduce_sum_f64(world, &total, 1);
+    rt_allreduce_sum_f64(world, &total, 1);
     CU_ASSERT_EQUAL(total, 0.0);
 }
 
@@ -104,11 +104,11 @@ static void test_allreduce(void) {
             float *a = dev_floats(n), *b = dev_floats(n);
             fill(a, n, 10 + c, world->rank);
             memcpy(b, a, (n + GUARD) * sizeof *a);
-            world->ops->allreduce_sum_f32(world, a, n);
-            tested->ops->allreduce_sum_f32(tested, b, n);
+            rt_allreduce_sum_f32(world, a, n);
+            rt_allreduce_sum_f32(tested, b, n);
             failures += differs("allreduce_sum_f32", segments[s], n, b, a, (n + GUARD) * sizeof *a);
-            double *da = be->device_alloc(be, (n + GUARD) * sizeof *da),
-                   *db = be->device_alloc(be, (n + GUARD) * sizeof *db);
+            double *da = rt_be_device_alloc(be, (n + GUARD) * sizeof *da),
+                   *db = rt_be_device_alloc(be, (n + GUARD) * sizeof *db);
             fill(a, n, 20 + c, world->rank);
             for (size_t i = 0; i < n + GUARD; i++)
                 da[i] = (double)a[i] + (double)a[(i * 7) % (n + GUARD)] * 0x1p-30; /* bits past float's */
@@ -117,17 +117,17 @@ static void test_allreduce(void) {
                 double *host_result = malloc_check((n + GUARD) * sizeof *host_result);
                 memcpy(host_result, da, (n + GUARD) * sizeof *da);
                 if (op == 0) {
-                    world->ops->allreduce_sum_f64(world, host_result, n);
-                    tested->ops->allreduce_sum_f64(tested, db, n);
+                    rt_allreduce_sum_f64(world, host_result, n);
+                    rt_allreduce_sum_f64(tested, db, n);
                 } else {
-                    world->ops->allreduce_max_f64(world, host_result, n);
-                    tested->ops->allreduce_max_f64(tested, db, n);
+                    rt_allreduce_max_f64(world, host_result, n);
+                    rt_allreduce_max_f64(tested, db, n);
                 }
                 failures += differs(op == 0 ? "allreduce_sum_f64" : "allreduce_max_f64", segments[s], n, db,
                                     host_result, (n + GUARD) * sizeof *db);
                 free(host_result);
             }
-            be->device_free(be, a), be->device_free(be, b), be->device_free(be, da), be->device_free(be, db);
+            rt_be_device_free(be, a), rt_be_device_free(be, b), rt_be_device_free(be, da), rt_be_device_free(be, db);
         }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -154,11 +154,11 @@ static int check_reduce_scatter(size_t seg, size_t per_rank, const size_t *cnt, 
     fill(recv_host, mine, seed + 1, world->rank);
     memcpy(recv_tested, recv_host, (mine + GUARD) * sizeof *recv_host);
     if (cnt) {
-        world->ops->reduce_scatter_sum_f32_v(world, recv_host, send, cnt);
-        tested->ops->reduce_scatter_sum_f32_v(tested, recv_tested, send, cnt);
+        rt_reduce_scatter_sum_f32_v(world, recv_host, send, cnt);
+        rt_reduce_scatter_sum_f32_v(tested, recv_tested, send, cnt);
     } else {
-        world->ops->reduce_scatter_sum_f32(world, recv_host, send, total);
-        tested->ops->reduce_scatter_sum_f32(tested, recv_tested, send, total);
+        rt_reduce_scatter_sum_f32(world, recv_host, send, total);
+        rt_reduce_scatter_sum_f32(tested, recv_tested, send, total);
     }
     snprintf(what, sizeof what, "%s out of place", name);
     failures += differs(what, seg, mine, recv_tested, recv_host, (mine + GUARD) * sizeof(float));
@@ -169,18 +169,18 @@ static int check_reduce_scatter(size_t seg, size_t per_rank, const size_t *cnt, 
     fill(in_host, total, seed + 2, world->rank); /* not send's values: stale staging must not pass for them */
     memcpy(in_tested, in_host, (total + GUARD) * sizeof *in_host);
     if (cnt) {
-        world->ops->reduce_scatter_sum_f32_v(world, in_host, in_host, cnt);
-        tested->ops->reduce_scatter_sum_f32_v(tested, in_tested, in_tested, cnt);
+        rt_reduce_scatter_sum_f32_v(world, in_host, in_host, cnt);
+        rt_reduce_scatter_sum_f32_v(tested, in_tested, in_tested, cnt);
     } else {
-        world->ops->reduce_scatter_sum_f32(world, in_host, in_host, total);
-        tested->ops->reduce_scatter_sum_f32(tested, in_tested, in_tested, total);
+        rt_reduce_scatter_sum_f32(world, in_host, in_host, total);
+        rt_reduce_scatter_sum_f32(tested, in_tested, in_tested, total);
     }
     snprintf(what, sizeof what, "%s in place", name);
     failures += differs(what, seg, mine, in_tested, in_host, mine * sizeof(float));
     snprintf(what, sizeof what, "%s in place (guard)", name);
     failures += differs(what, seg, total, in_tested + total, copy + total, GUARD * sizeof(float));
-    be->device_free(be, send), be->device_free(be, copy), be->device_free(be, recv_host);
-    be->device_free(be, recv_tested), be->device_free(be, in_host), be->device_free(be, in_tested);
+    rt_be_device_free(be, send), rt_be_device_free(be, copy), rt_be_device_free(be, recv_host);
+    rt_be_device_free(be, recv_tested), rt_be_device_free(be, in_host), rt_be_device_free(be, in_tested);
     return failures;
 }
 
@@ -239,8 +239,8 @@ static void test_allgather(void) {
             memcpy(copy, send, (n + GUARD) * sizeof *send);
             fill(recv_host, P * n, 400 + c, world->rank); /* stale contents: every block must be overwritten */
             memcpy(recv_tested, recv_host, (P * n + GUARD) * sizeof *recv_host);
-            world->ops->allgather_f32(world, recv_host, send, n);
-            tested->ops->allgather_f32(tested, recv_tested, send, n);
+            rt_allgather_f32(world, recv_host, send, n);
+            rt_allgather_f32(tested, recv_tested, send, n);
             failures += differs("allgather out of place", segments[s], n, recv_tested, recv_host,
                                 (P * n + GUARD) * sizeof(float));
             failures += differs("allgather left send alone", segments[s], n, send, copy, (n + GUARD) * sizeof(float));
@@ -248,12 +248,12 @@ static void test_allgather(void) {
             fill(send, n, 350 + c, world->rank);
             memcpy(recv_host + me * n, send, n * sizeof *send);
             memcpy(recv_tested, recv_host, (P * n + GUARD) * sizeof *recv_host);
-            world->ops->allgather_f32(world, recv_host, recv_host + me * n, n);
-            tested->ops->allgather_f32(tested, recv_tested, recv_tested + me * n, n);
+            rt_allgather_f32(world, recv_host, recv_host + me * n, n);
+            rt_allgather_f32(tested, recv_tested, recv_tested + me * n, n);
             failures +=
                 differs("allgather in place", segments[s], n, recv_tested, recv_host, (P * n + GUARD) * sizeof(float));
-            be->device_free(be, send), be->device_free(be, copy);
-            be->device_free(be, recv_host), be->device_free(be, recv_tested);
+            rt_be_device_free(be, send), rt_be_device_free(be, copy);
+            rt_be_device_free(be, recv_host), rt_be_device_free(be, recv_tested);
         }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -277,19 +277,19 @@ static void test_allgather_v(void) {
                 fill(send, mine, seed, world->rank);
                 fill(recv_host, total, seed + 1, world->rank); /* stale contents: every block must be overwritten */
                 memcpy(recv_tested, recv_host, (total + GUARD) * sizeof *recv_host);
-                world->ops->allgather_f32_v(world, recv_host, send, cnt);
-                tested->ops->allgather_f32_v(tested, recv_tested, send, cnt);
+                rt_allgather_f32_v(world, recv_host, send, cnt);
+                rt_allgather_f32_v(tested, recv_tested, send, cnt);
                 failures += differs("allgather_v out of place", segments[s], total, recv_tested, recv_host,
                                     (total + GUARD) * sizeof(float));
                 fill(recv_host, total, seed + 2, world->rank); /* new values: stale staging must not pass */
                 fill(send, mine, seed + 3, world->rank);
                 memcpy(recv_host + first, send, mine * sizeof *send);
                 memcpy(recv_tested, recv_host, (total + GUARD) * sizeof *recv_host);
-                world->ops->allgather_f32_v(world, recv_host, recv_host + first, cnt);
-                tested->ops->allgather_f32_v(tested, recv_tested, recv_tested + first, cnt);
+                rt_allgather_f32_v(world, recv_host, recv_host + first, cnt);
+                rt_allgather_f32_v(tested, recv_tested, recv_tested + first, cnt);
                 failures += differs("allgather_v in place", segments[s], total, recv_tested, recv_host,
                                     (total + GUARD) * sizeof(float));
-                be->device_free(be, send), be->device_free(be, recv_host), be->device_free(be, recv_tested);
+                rt_be_device_free(be, send), rt_be_device_free(be, recv_host), rt_be_device_free(be, recv_tested);
             }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -321,15 +321,15 @@ static void test_nonblocking(void) {
                 memcpy(rs_tested, rs_host, (mine + GUARD) * sizeof(float));
                 fill(ag_host, total, seed + 3, world->rank);
                 memcpy(ag_tested, ag_host, (total + GUARD) * sizeof(float));
-                world->ops->reduce_scatter_sum_f32_v(world, rs_host, rs_send, cnt);
-                world->ops->allgather_f32_v(world, ag_host, ag_send, cnt);
+                rt_reduce_scatter_sum_f32_v(world, rs_host, rs_send, cnt);
+                rt_allgather_f32_v(world, ag_host, ag_send, cnt);
                 rt_comm_request rs = {0}, ag = {0};
-                tested->ops->ireduce_scatter_sum_f32_v(tested, rs_tested, rs_send, cnt, &rs);
-                tested->ops->iallgather_f32_v(tested, ag_tested, ag_send, cnt, &ag);
-                tested->ops->progress(tested, &rs);
-                tested->ops->progress(tested, &ag);
-                tested->ops->wait(tested, &ag);
-                tested->ops->wait(tested, &rs);
+                rt_ireduce_scatter_sum_f32_v(tested, rs_tested, rs_send, cnt, &rs);
+                rt_iallgather_f32_v(tested, ag_tested, ag_send, cnt, &ag);
+                rt_comm_progress(tested, &rs);
+                rt_comm_progress(tested, &ag);
+                rt_comm_wait(tested, &ag);
+                rt_comm_wait(tested, &rs);
                 failures += rs.n != 0 || ag.n != 0;
                 failures += differs("ireduce_scatter_v", segments[s], total, rs_tested, rs_host,
                                     (mine + GUARD) * sizeof(float));
@@ -337,9 +337,9 @@ static void test_nonblocking(void) {
                                     (total + GUARD) * sizeof(float));
                 failures +=
                     differs("iallgather_v", segments[s], total, ag_tested, ag_host, (total + GUARD) * sizeof(float));
-                be->device_free(be, rs_send), be->device_free(be, rs_copy), be->device_free(be, rs_host);
-                be->device_free(be, rs_tested), be->device_free(be, ag_send), be->device_free(be, ag_host);
-                be->device_free(be, ag_tested);
+                rt_be_device_free(be, rs_send), rt_be_device_free(be, rs_copy), rt_be_device_free(be, rs_host);
+                rt_be_device_free(be, rs_tested), rt_be_device_free(be, ag_send), rt_be_device_free(be, ag_host);
+                rt_be_device_free(be, ag_tested);
             }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -355,15 +355,15 @@ static void test_broadcast(void) {
         for (size_t c = 0; c < sizeof sizes / sizeof *sizes; c++)
             for (int root = 0; root<world->size; root += world->size> 1 ? world->size - 1 : 1) {
                 const size_t bytes = sizes[c];
-                unsigned char *a = be->device_alloc(be, bytes + GUARD), *b = be->device_alloc(be, bytes + GUARD);
+                unsigned char *a = rt_be_device_alloc(be, bytes + GUARD), *b = rt_be_device_alloc(be, bytes + GUARD);
                 test_fill_uniform((float *)a, (bytes + GUARD) / sizeof(float), -1, 1, 500 + c + (uint64_t)world->rank);
                 for (size_t i = (bytes + GUARD) / sizeof(float) * sizeof(float); i < bytes + GUARD; i++)
                     a[i] = (unsigned char)(world->rank + i);
                 memcpy(b, a, bytes + GUARD);
-                world->ops->broadcast(world, a, bytes, root);
-                tested->ops->broadcast(tested, b, bytes, root);
+                rt_comm_broadcast(world, a, bytes, root);
+                rt_comm_broadcast(tested, b, bytes, root);
                 failures += differs("broadcast", segments[s], bytes, b, a, bytes + GUARD);
-                be->device_free(be, a), be->device_free(be, b);
+                rt_be_device_free(be, a), rt_be_device_free(be, b);
             }
     }
     rt_comm_mpi_set_segment_elems(0);
@@ -385,15 +385,15 @@ static void ring_exchange(rt_comm *plane, unsigned char *const out[2], unsigned 
     const int P = world->size, to = (world->rank + 1) % P, from = (world->rank + P - 1) % P;
     rt_comm_request sends[2] = {{0}, {0}}, recvs[2] = {{0}, {0}};
     for (int m = 0; m < 2; m++)
-        plane->ops->irecv(plane, in[m], n[m], from, 10 + m, &recvs[one_request ? 0 : m]);
+        rt_comm_irecv(plane, in[m], n[m], from, 10 + m, &recvs[one_request ? 0 : m]);
     for (int m = 0; m < 2; m++)
-        plane->ops->isend(plane, out[m], n[m], to, 10 + m, &sends[one_request ? 0 : m]);
+        rt_comm_isend(plane, out[m], n[m], to, 10 + m, &sends[one_request ? 0 : m]);
     for (int m = 0; m < 2; m++) {
-        plane->ops->wait(plane, &recvs[m]); /* a request with nothing posted: a no-op */
+        rt_comm_wait(plane, &recvs[m]); /* a request with nothing posted: a no-op */
         CU_ASSERT(recvs[m].impl == NULL && recvs[m].n == 0);
     }
     for (int m = 0; m < 2; m++)
-        plane->ops->wait(plane, &sends[m]);
+        rt_comm_wait(plane, &sends[m]);
 }
 
 static void test_isend_irecv(void) {
@@ -409,9 +409,9 @@ static void test_isend_irecv(void) {
                 const uint64_t seed[2] = {600 + c + 2 * (uint64_t)one_request, 700 + c + 2 * (uint64_t)one_request};
                 unsigned char *out[2], *in_host[2], *in_tested[2];
                 for (int m = 0; m < 2; m++) {
-                    out[m] = be->device_alloc(be, n[m] + 1);
-                    in_host[m] = be->device_alloc(be, n[m] + 1);
-                    in_tested[m] = be->device_alloc(be, n[m] + 1);
+                    out[m] = rt_be_device_alloc(be, n[m] + 1);
+                    in_host[m] = rt_be_device_alloc(be, n[m] + 1);
+                    in_tested[m] = rt_be_device_alloc(be, n[m] + 1);
                     for (size_t i = 0; i < n[m]; i++)
                         out[m][i] = pattern_byte(seed[m], world->rank, i);
                     memset(in_host[m], 0xA5, n[m] + 1);
@@ -428,7 +428,8 @@ static void test_isend_irecv(void) {
                             failures++;
                             break;
                         }
-                    be->device_free(be, out[m]), be->device_free(be, in_host[m]), be->device_free(be, in_tested[m]);
+                    rt_be_device_free(be, out[m]), rt_be_device_free(be, in_host[m]),
+                        rt_be_device_free(be, in_tested[m]);
                 }
             }
     }
@@ -447,17 +448,17 @@ static void one_step(float *grads, float *params, float *kv[2], float *dkv[2], s
     for (int q = 0; q < P; q++)
         cnt[q] = n / (size_t)P + (q == P - 1 ? n % (size_t)P : 0);
     fill(grads, n, 800 + (uint64_t)step, world->rank);
-    tested->ops->reduce_scatter_sum_f32_v(tested, params, grads, cnt); /* out of place into the shard */
-    tested->ops->allgather_f32(tested, grads, grads + (size_t)world->rank * (n / (size_t)P), n / (size_t)P);
-    tested->ops->allreduce_sum_f32(tested, params, 3);
+    rt_reduce_scatter_sum_f32_v(tested, params, grads, cnt); /* out of place into the shard */
+    rt_allgather_f32(tested, grads, grads + (size_t)world->rank * (n / (size_t)P), n / (size_t)P);
+    rt_allreduce_sum_f32(tested, params, 3);
     for (int s = 0; s + 1 < P; s++) {
         rt_comm_request kv_req = {0}, dkv_req = {0};
-        tested->ops->irecv(tested, kv[(s + 1) % 2], block * sizeof(float), from, 1, &kv_req);
-        tested->ops->isend(tested, kv[s % 2], block * sizeof(float), to, 1, &kv_req);
-        tested->ops->irecv(tested, dkv[(s + 1) % 2], block / 2 * sizeof(float), from, 2, &dkv_req);
-        tested->ops->isend(tested, dkv[s % 2], block / 2 * sizeof(float), to, 2, &dkv_req);
-        tested->ops->wait(tested, &kv_req);
-        tested->ops->wait(tested, &dkv_req);
+        rt_comm_irecv(tested, kv[(s + 1) % 2], block * sizeof(float), from, 1, &kv_req);
+        rt_comm_isend(tested, kv[s % 2], block * sizeof(float), to, 1, &kv_req);
+        rt_comm_irecv(tested, dkv[(s + 1) % 2], block / 2 * sizeof(float), from, 2, &dkv_req);
+        rt_comm_isend(tested, dkv[s % 2], block / 2 * sizeof(float), to, 2, &dkv_req);
+        rt_comm_wait(tested, &kv_req);
+        rt_comm_wait(tested, &dkv_req);
     }
     free(cnt);
 }
@@ -496,38 +497,38 @@ static void test_staging_steady(void) {
         /* grown only when a call needs more than it holds */
         float *big = dev_floats(4 * n);
         fill(big, 4 * n, 3, world->rank);
-        tested->ops->allreduce_sum_f32(tested, big, 4 * n);
+        rt_allreduce_sum_f32(tested, big, 4 * n);
         rt_comm_staged_stats_of(plane, &later);
         CU_ASSERT_EQUAL(later.allocations, first.allocations + 1);
         CU_ASSERT_EQUAL(later.staging_bytes, 4 * n * sizeof(float));
-        tested->ops->allreduce_sum_f32(tested, big, 2 * n);
+        rt_allreduce_sum_f32(tested, big, 2 * n);
         rt_comm_staged_stats_of(plane, &first);
         CU_ASSERT_EQUAL(first.allocations, later.allocations);
-        be->device_free(be, big);
+        rt_be_device_free(be, big);
     }
     tested = keep;
     rt_comm_device_plane_free(plane);
-    be->device_free(be, grads), be->device_free(be, params);
+    rt_be_device_free(be, grads), rt_be_device_free(be, params);
     for (int m = 0; m < 2; m++)
-        be->device_free(be, kv[m]), be->device_free(be, dkv[m]);
+        rt_be_device_free(be, kv[m]), rt_be_device_free(be, dkv[m]);
 }
 
 #endif
 
 /* split and split_node of the plane are host-plane comms of the same ranks. */
 static void test_split(void) {
-    rt_comm *halves = tested->ops->split(tested, world->rank % 2, world->rank);
+    rt_comm *halves = rt_comm_split(tested, world->rank % 2, world->rank);
     CU_ASSERT(halves->ops == world->ops);
     CU_ASSERT_EQUAL(halves->size, (world->size + (world->rank % 2 == 0)) / 2);
     CU_ASSERT_EQUAL(halves->rank, world->rank / 2);
     double one = 1.0;
-    halves->ops->allreduce_sum_f64(halves, &one, 1);
+    rt_allreduce_sum_f64(halves, &one, 1);
     CU_ASSERT_EQUAL(one, (double)halves->size);
-    halves->ops->destroy(halves);
-    rt_comm *node = tested->ops->split_node(tested);
+    rt_comm_destroy(halves);
+    rt_comm *node = rt_comm_split_node(tested);
     CU_ASSERT(node->ops == world->ops);
     CU_ASSERT_EQUAL(node->size, world->size); /* mpirun on one machine */
-    node->ops->destroy(node);
+    rt_comm_destroy(node);
 #ifdef TEST_FAKE_NCCL
     CU_ASSERT(nccl_plane->ops == &rt_comm_nccl_ops);
     CU_ASSERT(rt_comm_nccl_usable(world, fake_be, NULL)); /* the fake gives each rank its own bus id */
@@ -547,7 +548,7 @@ static void test_split(void) {
 static int split_choice(int rc, const rt_comm *plane) {
     const double kind = plane ? (double)rt_comm_plane_kind(plane) : -1.0;
     double v[4] = {(double)rc, kind, -(double)rc, -kind};
-    world->ops->allreduce_max_f64(world, v, 4);
+    rt_allreduce_max_f64(world, v, 4);
     int split = v[0] != -v[2] || v[1] != -v[3];
     if (split && world->rank == 0) fprintf(stderr, "\n  the ranks chose different device planes\n");
     return split;
@@ -572,7 +573,7 @@ static int choose(const char *zero_value, const char *other_value, const rt_back
 /* 1 when every rank failed with a non-empty message that is rank 0's and starts with prefix. */
 static int failed_alike(int rc, const rt_comm *plane, const rt_error *err, const char *prefix) {
     rt_error first = *err;
-    world->ops->broadcast(world, first.msg, sizeof first.msg, 0);
+    rt_comm_broadcast(world, first.msg, sizeof first.msg, 0);
     int ok = rc == -1 && plane == NULL && err->msg[0] != '\0' && strcmp(err->msg, first.msg) == 0 &&
              strncmp(err->msg, prefix, strlen(prefix)) == 0 && strchr(err->msg, '\n') == NULL;
     if (!ok) fprintf(stderr, "\n  rank %d: rc %d, '%s' (rank 0: '%s')\n", world->rank, rc, err->msg, first.msg);
@@ -592,7 +593,7 @@ static void test_choice(void) {
     bad += split || rc != 0 || plane != world || rt_comm_plane_kind(plane) != RT_PLANE_DIRECT;
     rt_comm_device_plane_free(plane);
     rt_comm_device_plane_free(NULL);
-    world->ops->barrier(world); /* world still works */
+    rt_barrier(world); /* world still works */
 
     /* direct, asked for on CPU */
     rc = choose("direct", NULL, be, &plane, &err, &split);
@@ -605,7 +606,7 @@ static void test_choice(void) {
         bad += rt_comm_plane_kind(plane) != RT_PLANE_STAGED || plane == world;
         bad += plane->rank != world->rank || plane->size != world->size;
         float sum = 1.0f;
-        plane->ops->allreduce_sum_f32(plane, &sum, 1);
+        rt_allreduce_sum_f32(plane, &sum, 1);
         bad += sum != (float)world->size;
     }
     if (!split) rt_comm_device_plane_free(plane);
@@ -675,27 +676,27 @@ static void test_nccl_ordering(void) {
     float *gathered = dev_floats((size_t)MANY * total);
     fill(send, total, 900, world->rank);
     fill(part, mine, 901, world->rank);
-    world->ops->reduce_scatter_sum_f32_v(world, want_shard, send, cnt);
-    world->ops->allgather_f32_v(world, want_gathered, part, cnt);
+    rt_reduce_scatter_sum_f32_v(world, want_shard, send, cnt);
+    rt_allgather_f32_v(world, want_gathered, part, cnt);
     int bad = 0;
 
     fake_cuda_compute_work(fake_be);
     float sum[3] = {1, 2, 3};
-    tested->ops->allreduce_sum_f32(tested, sum, 3);
+    rt_allreduce_sum_f32(tested, sum, 3);
     bad += compute_waited() != comm_calls(); /* blocking: compute sees the result */
 
     rt_comm_request rs = {0}, ag = {0};
     fake_cuda_compute_work(fake_be);
     const unsigned long before = compute_waited();
-    tested->ops->ireduce_scatter_sum_f32_v(tested, shard, send, cnt, &rs);
+    rt_ireduce_scatter_sum_f32_v(tested, shard, send, cnt, &rs);
     const unsigned long rs_end = comm_calls();
     fake_cuda_compute_work(fake_be); /* the next layer's compute, between post and wait */
-    tested->ops->iallgather_f32_v(tested, gathered, part, cnt, &ag);
+    rt_iallgather_f32_v(tested, gathered, part, cnt, &ag);
     const unsigned long ag_end = comm_calls();
     bad += compute_waited() != before; /* neither post held compute */
-    tested->ops->wait(tested, &rs);
+    rt_comm_wait(tested, &rs);
     bad += compute_waited() != rs_end; /* rs's end, not ag's */
-    tested->ops->wait(tested, &ag);
+    rt_comm_wait(tested, &ag);
     bad += compute_waited() != ag_end;
     bad += rs.n != 0 || ag.n != 0;
     bad += differs("ireduce_scatter_v (ordering)", 0, total, shard, want_shard, mine * sizeof(float));
@@ -706,11 +707,11 @@ static void test_nccl_ordering(void) {
     memset(many, 0, sizeof many);
     for (int i = 0; i < MANY; i++) {
         fake_cuda_compute_work(fake_be);
-        tested->ops->iallgather_f32_v(tested, gathered + (size_t)i * total, part, cnt, &many[i]);
+        rt_iallgather_f32_v(tested, gathered + (size_t)i * total, part, cnt, &many[i]);
         end[i] = comm_calls();
     }
     for (int i = 0; i < MANY; i++) {
-        tested->ops->wait(tested, &many[i]);
+        rt_comm_wait(tested, &many[i]);
         bad += compute_waited() != end[i]; /* the first one's wait does not hold compute for the 299 after it */
         bad += differs("iallgather_v (300 in flight)", 0, total, gathered + (size_t)i * total, want_gathered,
                        total * sizeof(float));
@@ -718,20 +719,21 @@ static void test_nccl_ordering(void) {
 
     unsigned char out[5] = {1, 2, 3, 4, (unsigned char)world->rank}, in[5] = {0};
     rt_comm_request ring = {0}, rs2 = {0};
-    tested->ops->irecv(tested, in, sizeof in, from, 1, &ring);
-    tested->ops->isend(tested, out, sizeof out, to, 1, &ring);
+    rt_comm_irecv(tested, in, sizeof in, from, 1, &ring);
+    rt_comm_isend(tested, out, sizeof out, to, 1, &ring);
     const unsigned long queued = comm_calls(); /* queued, not launched */
-    tested->ops->ireduce_scatter_sum_f32_v(tested, shard2, send, cnt, &rs2);
+    rt_ireduce_scatter_sum_f32_v(tested, shard2, send, cnt, &rs2);
     const unsigned long after = comm_calls();
-    tested->ops->wait(tested, &ring);
+    rt_comm_wait(tested, &ring);
     bad += compute_waited() != queued + 2; /* the pair launched first (two calls), and its wait is for them */
     bad += in[4] != (unsigned char)from || in[0] != 1;
-    tested->ops->wait(tested, &rs2);
+    rt_comm_wait(tested, &rs2);
     bad += compute_waited() != after;
     bad += differs("ireduce_scatter_v after transfers", 0, total, shard2, want_shard, mine * sizeof(float));
 
-    be->device_free(be, send), be->device_free(be, part), be->device_free(be, shard), be->device_free(be, shard2);
-    be->device_free(be, want_shard), be->device_free(be, want_gathered), be->device_free(be, gathered);
+    rt_be_device_free(be, send), rt_be_device_free(be, part), rt_be_device_free(be, shard),
+        rt_be_device_free(be, shard2);
+    rt_be_device_free(be, want_shard), rt_be_device_free(be, want_gathered), rt_be_device_free(be, gathered);
     free(cnt);
     assert_no_failures_anywhere(bad);
 }
@@ -764,79 +766,79 @@ static void after_transfer(const char *op) {
 
 static void w_allreduce_sum_f32(rt_comm *c, float *buf, size_t n) {
     (void)c, before_op();
-    nccl_plane->ops->allreduce_sum_f32(nccl_plane, buf, n);
+    rt_allreduce_sum_f32(nccl_plane, buf, n);
     after_blocking("allreduce_sum_f32");
 }
 static void w_allreduce_sum_f64(rt_comm *c, double *buf, size_t n) {
     (void)c, before_op();
-    nccl_plane->ops->allreduce_sum_f64(nccl_plane, buf, n);
+    rt_allreduce_sum_f64(nccl_plane, buf, n);
     after_blocking("allreduce_sum_f64");
 }
 static void w_allreduce_max_f64(rt_comm *c, double *buf, size_t n) {
     (void)c, before_op();
-    nccl_plane->ops->allreduce_max_f64(nccl_plane, buf, n);
+    rt_allreduce_max_f64(nccl_plane, buf, n);
     after_blocking("allreduce_max_f64");
 }
 static void w_reduce_scatter_sum_f32(rt_comm *c, float *recv, const float *send, size_t n) {
     (void)c, before_op();
-    nccl_plane->ops->reduce_scatter_sum_f32(nccl_plane, recv, send, n);
+    rt_reduce_scatter_sum_f32(nccl_plane, recv, send, n);
     after_blocking("reduce_scatter_sum_f32");
 }
 static void w_reduce_scatter_sum_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts) {
     (void)c, before_op();
-    nccl_plane->ops->reduce_scatter_sum_f32_v(nccl_plane, recv, send, counts);
+    rt_reduce_scatter_sum_f32_v(nccl_plane, recv, send, counts);
     after_blocking("reduce_scatter_sum_f32_v");
 }
 static void w_allgather_f32(rt_comm *c, float *recv, const float *send, size_t n) {
     (void)c, before_op();
-    nccl_plane->ops->allgather_f32(nccl_plane, recv, send, n);
+    rt_allgather_f32(nccl_plane, recv, send, n);
     after_blocking("allgather_f32");
 }
 static void w_allgather_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts) {
     (void)c, before_op();
-    nccl_plane->ops->allgather_f32_v(nccl_plane, recv, send, counts);
+    rt_allgather_f32_v(nccl_plane, recv, send, counts);
     after_blocking("allgather_f32_v");
 }
 static void w_broadcast(rt_comm *c, void *buf, size_t bytes, int root) {
     (void)c, before_op();
-    nccl_plane->ops->broadcast(nccl_plane, buf, bytes, root);
+    rt_comm_broadcast(nccl_plane, buf, bytes, root);
     after_blocking("broadcast");
 }
-static void w_barrier(rt_comm *c) { (void)c, nccl_plane->ops->barrier(nccl_plane); }
+static void w_barrier(rt_comm *c) { (void)c, rt_barrier(nccl_plane); }
 static void w_isend(rt_comm *c, const void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
     (void)c, before_op();
-    nccl_plane->ops->isend(nccl_plane, buf, bytes, peer, tag, req);
+    rt_comm_isend(nccl_plane, buf, bytes, peer, tag, req);
     if (bytes) after_transfer("isend");
 }
 static void w_irecv(rt_comm *c, void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
     (void)c, before_op();
-    nccl_plane->ops->irecv(nccl_plane, buf, bytes, peer, tag, req);
+    rt_comm_irecv(nccl_plane, buf, bytes, peer, tag, req);
     if (bytes) after_transfer("irecv");
 }
 static void w_wait(rt_comm *c, rt_comm_request *req) {
     (void)c, before_op();
-    nccl_plane->ops->wait(nccl_plane, req);
+    rt_comm_wait(nccl_plane, req);
 }
 static void w_ireduce_scatter_sum_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts,
                                         rt_comm_request *req) {
     (void)c, before_op();
-    nccl_plane->ops->ireduce_scatter_sum_f32_v(nccl_plane, recv, send, counts, req);
+    rt_ireduce_scatter_sum_f32_v(nccl_plane, recv, send, counts, req);
 }
 static void w_iallgather_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts, rt_comm_request *req) {
     (void)c, before_op();
-    nccl_plane->ops->iallgather_f32_v(nccl_plane, recv, send, counts, req);
+    rt_iallgather_f32_v(nccl_plane, recv, send, counts, req);
 }
-static void w_progress(rt_comm *c, rt_comm_request *req) { (void)c, nccl_plane->ops->progress(nccl_plane, req); }
+static void w_progress(rt_comm *c, rt_comm_request *req) { (void)c, rt_comm_progress(nccl_plane, req); }
 static rt_comm *w_split(rt_comm *c, int color, int key) {
     (void)c;
-    return nccl_plane->ops->split(nccl_plane, color, key);
+    return rt_comm_split(nccl_plane, color, key);
 }
 static rt_comm *w_split_node(rt_comm *c) {
     (void)c;
-    return nccl_plane->ops->split_node(nccl_plane);
+    return rt_comm_split_node(nccl_plane);
 }
 static void w_destroy(rt_comm *c) {
-    nccl_plane->ops->destroy(nccl_plane);
+    rt_comm_destroy(nccl_plane);
     free(c);
 }
 
@@ -907,7 +909,7 @@ int main(int argc, char **argv) {
     int worst = 0;
     MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 #ifdef TEST_FAKE_NCCL
-    tested->ops->destroy(tested); /* rt_comm_device_plane_free knows the real NCCL plane's table, not this one */
+    rt_comm_destroy(tested); /* rt_comm_device_plane_free knows the real NCCL plane's table, not this one */
     /* breaches after the last test (the plane's destroy) count too */
     int late = fake_nccl_breaches(), any_late = 0;
     MPI_Allreduce(&late, &any_late, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

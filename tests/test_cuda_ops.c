@@ -117,7 +117,7 @@ static void check_host(const float *got, const float *ref, size_t n, tolerance t
 
 static void *download(const void *dev, size_t bytes) {
     void *host = malloc_check(bytes + 1);
-    gpu->copy(gpu, host, dev, bytes);
+    rt_be_copy(gpu, host, dev, bytes);
     return host;
 }
 
@@ -171,21 +171,21 @@ typedef struct {
 } fbuf;
 
 static void *dev_alloc(size_t bytes) {
-    void *ptr = gpu->device_alloc(gpu, bytes);
+    void *ptr = rt_be_device_alloc(gpu, bytes);
     CU_ASSERT_PTR_NOT_NULL_FATAL(ptr);
     return ptr;
 }
 
 static void *dev_from(const void *host, size_t bytes) {
     void *ptr = dev_alloc(bytes);
-    gpu->copy(gpu, ptr, host, bytes);
+    rt_be_copy(gpu, ptr, host, bytes);
     return ptr;
 }
 
 /* Sets both copies to values (n floats). */
 static void fbuf_set(fbuf *b, const float *values) {
     memcpy(b->h, values, b->n * sizeof(float));
-    gpu->copy(gpu, b->d, values, b->n * sizeof(float));
+    rt_be_copy(gpu, b->d, values, b->n * sizeof(float));
 }
 
 static fbuf fbuf_new(size_t n) {
@@ -196,7 +196,7 @@ static fbuf fbuf_new(size_t n) {
 static fbuf fbuf_rand(size_t n, float lo, float hi, uint64_t seed) {
     fbuf b = fbuf_new(n);
     test_fill_uniform(b.h, n, lo, hi, seed);
-    gpu->copy(gpu, b.d, b.h, n * sizeof(float));
+    rt_be_copy(gpu, b.d, b.h, n * sizeof(float));
     return b;
 }
 
@@ -204,13 +204,13 @@ static fbuf fbuf_fill(size_t n, float value) {
     fbuf b = fbuf_new(n);
     for (size_t i = 0; i < n; i++)
         b.h[i] = value;
-    gpu->copy(gpu, b.d, b.h, n * sizeof(float));
+    rt_be_copy(gpu, b.d, b.h, n * sizeof(float));
     return b;
 }
 
 static void fbuf_free(fbuf *b) {
     free(b->h);
-    gpu->device_free(gpu, b->d);
+    rt_be_device_free(gpu, b->d);
 }
 
 static float *rand_host(size_t n, float lo, float hi, uint64_t seed) {
@@ -251,25 +251,25 @@ static void test_memory(void) {
     float *a = dev_alloc(n * sizeof(float)), *b = dev_alloc(n * sizeof(float));
     CU_ASSERT((uintptr_t)a % 64 == 0);
     CU_ASSERT((uintptr_t)b % 64 == 0);
-    gpu->copy(gpu, a, src, n * sizeof(float));  /* host -> device */
-    gpu->copy(gpu, b, a, n * sizeof(float));    /* device -> device */
-    gpu->copy(gpu, back, b, n * sizeof(float)); /* device -> host */
+    rt_be_copy(gpu, a, src, n * sizeof(float));  /* host -> device */
+    rt_be_copy(gpu, b, a, n * sizeof(float));    /* device -> device */
+    rt_be_copy(gpu, back, b, n * sizeof(float)); /* device -> host */
     assert_same_bits(back, src, n * sizeof(float), "copy host -> device -> device -> host");
-    gpu->memset_zero(gpu, b + 1, (n - 2) * sizeof(float)); /* all but the first and last float */
-    gpu->copy(gpu, back, b, n * sizeof(float));
+    rt_be_memset_zero(gpu, b + 1, (n - 2) * sizeof(float)); /* all but the first and last float */
+    rt_be_copy(gpu, back, b, n * sizeof(float));
     size_t nonzero = 0;
     for (size_t i = 1; i + 1 < n; i++)
         nonzero += back[i] != 0.0f;
     CU_ASSERT_EQUAL(nonzero, 0);
     CU_ASSERT(back[0] == src[0] && back[n - 1] == src[n - 1]);
-    void *empty1 = gpu->device_alloc(gpu, 0), *empty2 = gpu->device_alloc(gpu, 0);
+    void *empty1 = rt_be_device_alloc(gpu, 0), *empty2 = rt_be_device_alloc(gpu, 0);
     CU_ASSERT_PTR_NOT_NULL(empty1);
     CU_ASSERT_PTR_NOT_NULL(empty2);
     CU_ASSERT(empty1 != empty2);
-    gpu->device_free(gpu, empty1);
-    gpu->device_free(gpu, empty2);
-    gpu->device_free(gpu, a);
-    gpu->device_free(gpu, b);
+    rt_be_device_free(gpu, empty1);
+    rt_be_device_free(gpu, empty2);
+    rt_be_device_free(gpu, a);
+    rt_be_device_free(gpu, b);
     free(src);
     free(back);
 }
@@ -295,9 +295,9 @@ static void test_matmul_forward(void) {
             fbuf inp = fbuf_rand(N * C, -1.0f, 1.0f, 10 + s), weight = fbuf_rand((size_t)OC * C, -1.0f, 1.0f, 20 + s);
             fbuf bias = fbuf_rand(OC, -1.0f, 1.0f, 30 + s), out = fbuf_fill(N * OC, 7.0f),
                  again = fbuf_fill(N * OC, 7.0f);
-            cpu->matmul_forward(cpu, out.h, inp.h, weight.h, with_bias ? bias.h : NULL, N, C, OC);
-            gpu->matmul_forward(gpu, out.d, inp.d, weight.d, with_bias ? bias.d : NULL, N, C, OC);
-            gpu->matmul_forward(gpu, again.d, inp.d, weight.d, with_bias ? bias.d : NULL, N, C, OC);
+            rt_be_matmul_forward(cpu, out.h, inp.h, weight.h, with_bias ? bias.h : NULL, N, C, OC);
+            rt_be_matmul_forward(gpu, out.d, inp.d, weight.d, with_bias ? bias.d : NULL, N, C, OC);
+            rt_be_matmul_forward(gpu, again.d, inp.d, weight.d, with_bias ? bias.d : NULL, N, C, OC);
             char what[128];
             snprintf(what, sizeof what, "matmul_forward N=%zu C=%d OC=%d bias=%d", N, C, OC, with_bias);
             check_dev(out.d, out.h, N * OC, BF16, what);
@@ -319,7 +319,7 @@ static void test_matmul_backward(void) {
         float *zero_grads[3];
         for (int k = 0; k < 3; k++)
             zero_grads[k] = calloc_check(sizes[k] + 1, sizeof(float));
-        cpu->matmul_backward(cpu, zero_grads[0], zero_grads[1], zero_grads[2], dout.h, inp.h, weight.h, N, C, OC);
+        rt_be_matmul_backward(cpu, zero_grads[0], zero_grads[1], zero_grads[2], dout.h, inp.h, weight.h, N, C, OC);
         fbuf grads[3], rerun[3];
         float *init[3];
         for (int k = 0; k < 3; k++) {
@@ -327,9 +327,9 @@ static void test_matmul_backward(void) {
             grads[k] = fbuf_new(sizes[k]), rerun[k] = fbuf_new(sizes[k]);
             fbuf_set(&grads[k], init[k]), fbuf_set(&rerun[k], init[k]);
         }
-        cpu->matmul_backward(cpu, grads[0].h, grads[1].h, grads[2].h, dout.h, inp.h, weight.h, N, C, OC);
-        gpu->matmul_backward(gpu, grads[0].d, grads[1].d, grads[2].d, dout.d, inp.d, weight.d, N, C, OC);
-        gpu->matmul_backward(gpu, rerun[0].d, rerun[1].d, rerun[2].d, dout.d, inp.d, weight.d, N, C, OC);
+        rt_be_matmul_backward(cpu, grads[0].h, grads[1].h, grads[2].h, dout.h, inp.h, weight.h, N, C, OC);
+        rt_be_matmul_backward(gpu, grads[0].d, grads[1].d, grads[2].d, dout.d, inp.d, weight.d, N, C, OC);
+        rt_be_matmul_backward(gpu, rerun[0].d, rerun[1].d, rerun[2].d, dout.d, inp.d, weight.d, N, C, OC);
         const char *names[3] = {"dinp", "dweight", "dbias"};
         const tolerance tols[3] = {BF16, BF16, FP32}; /* dbias: column sums in double */
         for (int k = 0; k < 3; k++) {
@@ -341,7 +341,7 @@ static void test_matmul_backward(void) {
         }
         /* NULL gradients are skipped: dinp alone from zero equals the CPU's dinp from zero */
         fbuf dinp_only = fbuf_fill(N * C, 0.0f);
-        gpu->matmul_backward(gpu, dinp_only.d, NULL, NULL, dout.d, inp.d, weight.d, N, C, OC);
+        rt_be_matmul_backward(gpu, dinp_only.d, NULL, NULL, dout.d, inp.d, weight.d, N, C, OC);
         check_dev(dinp_only.d, zero_grads[0], N * C, BF16, "matmul_backward dinp alone (dweight, dbias NULL)");
         fbuf_free(&dinp_only);
         for (int k = 0; k < 3; k++)
@@ -372,8 +372,8 @@ static void check_embedding(size_t N, int C, int V, size_t T, uint64_t seed) {
     /* forward: one fp32 add per element, the same bits */
     for (int with_wpe = 1; with_wpe >= 0; with_wpe--) {
         fbuf out = fbuf_fill(N * C, 0.0f);
-        cpu->embedding_forward(cpu, out.h, tokens, pos, wte.h, with_wpe ? wpe.h : NULL, N, C);
-        gpu->embedding_forward(gpu, out.d, tokens_d, pos_d, wte.d, with_wpe ? wpe.d : NULL, N, C);
+        rt_be_embedding_forward(cpu, out.h, tokens, pos, wte.h, with_wpe ? wpe.h : NULL, N, C);
+        rt_be_embedding_forward(gpu, out.d, tokens_d, pos_d, wte.d, with_wpe ? wpe.d : NULL, N, C);
         snprintf(what, sizeof what, "embedding_forward N=%zu C=%d wpe=%d", N, C, with_wpe);
         check_dev_bits(out.d, out.h, N * C * sizeof(float), what);
         fbuf_free(&out);
@@ -386,9 +386,9 @@ static void check_embedding(size_t N, int C, int V, size_t T, uint64_t seed) {
     fbuf dwte = fbuf_new((size_t)V * C), dwpe = fbuf_new(T * C), dwte2 = fbuf_new((size_t)V * C),
          dwpe2 = fbuf_new(T * C);
     fbuf_set(&dwte, init_wte), fbuf_set(&dwpe, init_wpe), fbuf_set(&dwte2, init_wte), fbuf_set(&dwpe2, init_wpe);
-    cpu->embedding_backward(cpu, dwte.h, dwpe.h, dout.h, tokens, pos, N, C);
-    gpu->embedding_backward(gpu, dwte.d, dwpe.d, dout.d, tokens_d, pos_d, N, C);
-    gpu->embedding_backward(gpu, dwte2.d, dwpe2.d, dout.d, tokens_d, pos_d, N, C);
+    rt_be_embedding_backward(cpu, dwte.h, dwpe.h, dout.h, tokens, pos, N, C);
+    rt_be_embedding_backward(gpu, dwte.d, dwpe.d, dout.d, tokens_d, pos_d, N, C);
+    rt_be_embedding_backward(gpu, dwte2.d, dwpe2.d, dout.d, tokens_d, pos_d, N, C);
     snprintf(what, sizeof what, "embedding_backward dwte N=%zu C=%d V=%d", N, C, V);
     check_dev(dwte.d, dwte.h, (size_t)V * C, FP32, what);
     check_dev_bits(dwte.d, dwte.h, (size_t)V * C * sizeof(float), what);
@@ -399,13 +399,13 @@ static void check_embedding(size_t N, int C, int V, size_t T, uint64_t seed) {
     check_dev_same(dwpe.d, dwpe2.d, T * C * sizeof(float), "embedding_backward dwpe: rerun");
     /* dwpe NULL: dwte alone is the same */
     fbuf_set(&dwte2, init_wte);
-    gpu->embedding_backward(gpu, dwte2.d, NULL, dout.d, tokens_d, pos_d, N, C);
+    rt_be_embedding_backward(gpu, dwte2.d, NULL, dout.d, tokens_d, pos_d, N, C);
     check_dev_same(dwte.d, dwte2.d, (size_t)V * C * sizeof(float), "embedding_backward dwte alone (dwpe NULL)");
 
     fbuf_free(&wte), fbuf_free(&wpe), fbuf_free(&dout), fbuf_free(&dwte), fbuf_free(&dwpe), fbuf_free(&dwte2);
     fbuf_free(&dwpe2);
-    gpu->device_free(gpu, tokens_d);
-    gpu->device_free(gpu, pos_d);
+    rt_be_device_free(gpu, tokens_d);
+    rt_be_device_free(gpu, pos_d);
     free(tokens), free(pos), free(init_wte), free(init_wpe);
 }
 
@@ -438,8 +438,8 @@ static void test_layernorm(void) {
         fbuf_set(&inp, x);
         fbuf weight = fbuf_rand(C, 0.5f, 1.5f, 310 + s), bias = fbuf_rand(C, -0.5f, 0.5f, 320 + s);
         fbuf out = fbuf_fill(N * C, 0.0f), mean = fbuf_fill(N, 0.0f), rstd = fbuf_fill(N, 0.0f);
-        cpu->layernorm_forward(cpu, out.h, mean.h, rstd.h, inp.h, weight.h, bias.h, N, C, eps);
-        gpu->layernorm_forward(gpu, out.d, mean.d, rstd.d, inp.d, weight.d, bias.d, N, C, eps);
+        rt_be_layernorm_forward(cpu, out.h, mean.h, rstd.h, inp.h, weight.h, bias.h, N, C, eps);
+        rt_be_layernorm_forward(gpu, out.d, mean.d, rstd.d, inp.d, weight.d, bias.d, N, C, eps);
         char what[128];
         snprintf(what, sizeof what, "layernorm_forward out N=%zu C=%d", N, C);
         check_dev(out.d, out.h, N * C, FP32, what);
@@ -449,14 +449,14 @@ static void test_layernorm(void) {
         check_dev(rstd.d, rstd.h, N, FP32, what);
 
         /* backward with the CPU's statistics on both, so it is tested alone */
-        gpu->copy(gpu, mean.d, mean.h, N * sizeof(float));
-        gpu->copy(gpu, rstd.d, rstd.h, N * sizeof(float));
+        rt_be_copy(gpu, mean.d, mean.h, N * sizeof(float));
+        rt_be_copy(gpu, rstd.d, rstd.h, N * sizeof(float));
         fbuf dout = fbuf_rand(N * C, -1.0f, 1.0f, 330 + s);
         const size_t sizes[3] = {N * C, (size_t)C, (size_t)C};
         float *zero[3];
         for (int k = 0; k < 3; k++)
             zero[k] = calloc_check(sizes[k] + 1, sizeof(float));
-        cpu->layernorm_backward(cpu, zero[0], zero[1], zero[2], dout.h, inp.h, weight.h, mean.h, rstd.h, N, C);
+        rt_be_layernorm_backward(cpu, zero[0], zero[1], zero[2], dout.h, inp.h, weight.h, mean.h, rstd.h, N, C);
         fbuf g[3], again[3];
         float *init[3];
         for (int k = 0; k < 3; k++) {
@@ -464,9 +464,10 @@ static void test_layernorm(void) {
             g[k] = fbuf_new(sizes[k]), again[k] = fbuf_new(sizes[k]);
             fbuf_set(&g[k], init[k]), fbuf_set(&again[k], init[k]);
         }
-        cpu->layernorm_backward(cpu, g[0].h, g[1].h, g[2].h, dout.h, inp.h, weight.h, mean.h, rstd.h, N, C);
-        gpu->layernorm_backward(gpu, g[0].d, g[1].d, g[2].d, dout.d, inp.d, weight.d, mean.d, rstd.d, N, C);
-        gpu->layernorm_backward(gpu, again[0].d, again[1].d, again[2].d, dout.d, inp.d, weight.d, mean.d, rstd.d, N, C);
+        rt_be_layernorm_backward(cpu, g[0].h, g[1].h, g[2].h, dout.h, inp.h, weight.h, mean.h, rstd.h, N, C);
+        rt_be_layernorm_backward(gpu, g[0].d, g[1].d, g[2].d, dout.d, inp.d, weight.d, mean.d, rstd.d, N, C);
+        rt_be_layernorm_backward(gpu, again[0].d, again[1].d, again[2].d, dout.d, inp.d, weight.d, mean.d, rstd.d, N,
+                                 C);
         const char *names[3] = {"dinp", "dweight", "dbias"};
         for (int k = 0; k < 3; k++) {
             snprintf(what, sizeof what, "layernorm_backward %s (+= init) N=%zu C=%d", names[k], N, C);
@@ -491,21 +492,21 @@ static void test_rmsnorm(void) {
         fbuf_set(&inp, x);
         fbuf weight = fbuf_rand(C, 0.5f, 1.5f, 410 + s);
         fbuf out = fbuf_fill(N * C, 0.0f), rstd = fbuf_fill(N, 0.0f);
-        cpu->rmsnorm_forward(cpu, out.h, rstd.h, inp.h, weight.h, N, C, eps);
-        gpu->rmsnorm_forward(gpu, out.d, rstd.d, inp.d, weight.d, N, C, eps);
+        rt_be_rmsnorm_forward(cpu, out.h, rstd.h, inp.h, weight.h, N, C, eps);
+        rt_be_rmsnorm_forward(gpu, out.d, rstd.d, inp.d, weight.d, N, C, eps);
         char what[128];
         snprintf(what, sizeof what, "rmsnorm_forward out N=%zu C=%d", N, C);
         check_dev(out.d, out.h, N * C, FP32, what);
         snprintf(what, sizeof what, "rmsnorm_forward rstd N=%zu C=%d", N, C);
         check_dev(rstd.d, rstd.h, N, FP32, what);
 
-        gpu->copy(gpu, rstd.d, rstd.h, N * sizeof(float));
+        rt_be_copy(gpu, rstd.d, rstd.h, N * sizeof(float));
         fbuf dout = fbuf_rand(N * C, -1.0f, 1.0f, 420 + s);
         const size_t sizes[2] = {N * C, (size_t)C};
         float *zero[2];
         for (int k = 0; k < 2; k++)
             zero[k] = calloc_check(sizes[k] + 1, sizeof(float));
-        cpu->rmsnorm_backward(cpu, zero[0], zero[1], dout.h, inp.h, weight.h, rstd.h, N, C);
+        rt_be_rmsnorm_backward(cpu, zero[0], zero[1], dout.h, inp.h, weight.h, rstd.h, N, C);
         fbuf g[2], again[2];
         float *init[2];
         for (int k = 0; k < 2; k++) {
@@ -513,9 +514,9 @@ static void test_rmsnorm(void) {
             g[k] = fbuf_new(sizes[k]), again[k] = fbuf_new(sizes[k]);
             fbuf_set(&g[k], init[k]), fbuf_set(&again[k], init[k]);
         }
-        cpu->rmsnorm_backward(cpu, g[0].h, g[1].h, dout.h, inp.h, weight.h, rstd.h, N, C);
-        gpu->rmsnorm_backward(gpu, g[0].d, g[1].d, dout.d, inp.d, weight.d, rstd.d, N, C);
-        gpu->rmsnorm_backward(gpu, again[0].d, again[1].d, dout.d, inp.d, weight.d, rstd.d, N, C);
+        rt_be_rmsnorm_backward(cpu, g[0].h, g[1].h, dout.h, inp.h, weight.h, rstd.h, N, C);
+        rt_be_rmsnorm_backward(gpu, g[0].d, g[1].d, dout.d, inp.d, weight.d, rstd.d, N, C);
+        rt_be_rmsnorm_backward(gpu, again[0].d, again[1].d, dout.d, inp.d, weight.d, rstd.d, N, C);
         const char *names[2] = {"dinp", "dweight"};
         for (int k = 0; k < 2; k++) {
             snprintf(what, sizeof what, "rmsnorm_backward %s (+= init) N=%zu C=%d", names[k], N, C);
@@ -541,9 +542,9 @@ static void check_rope(size_t N, int H, int D, size_t stride, const int64_t *pos
     memcpy(x0, x.h, N * stride * sizeof(float));
     fbuf_set(&again, x0);
     char what[128];
-    cpu->rope_forward(cpu, x.h, pos, N, H, D, stride, theta);
-    gpu->rope_forward(gpu, x.d, pos_d, N, H, D, stride, theta);
-    gpu->rope_forward(gpu, again.d, pos_d, N, H, D, stride, theta);
+    rt_be_rope_forward(cpu, x.h, pos, N, H, D, stride, theta);
+    rt_be_rope_forward(gpu, x.d, pos_d, N, H, D, stride, theta);
+    rt_be_rope_forward(gpu, again.d, pos_d, N, H, D, stride, theta);
     snprintf(what, sizeof what, "rope_forward N=%zu H=%d D=%d stride=%zu", N, H, D, stride);
     check_dev(x.d, x.h, N * stride, FP32, what); /* the columns past H*D are x0 on the CPU: checked too */
     check_dev_same(x.d, again.d, N * stride * sizeof(float), "rope_forward: rerun");
@@ -558,14 +559,14 @@ static void check_rope(size_t N, int H, int D, size_t stride, const int64_t *pos
 
     /* backward (rotation by -angle) of a gradient, and backward(forward(x)) == x */
     fbuf dx = fbuf_rand(N * stride, -1.0f, 1.0f, seed + 1);
-    cpu->rope_backward(cpu, dx.h, pos, N, H, D, stride, theta);
-    gpu->rope_backward(gpu, dx.d, pos_d, N, H, D, stride, theta);
+    rt_be_rope_backward(cpu, dx.h, pos, N, H, D, stride, theta);
+    rt_be_rope_backward(gpu, dx.d, pos_d, N, H, D, stride, theta);
     snprintf(what, sizeof what, "rope_backward N=%zu H=%d D=%d", N, H, D);
     check_dev(dx.d, dx.h, N * stride, FP32, what);
-    gpu->rope_backward(gpu, x.d, pos_d, N, H, D, stride, theta);
+    rt_be_rope_backward(gpu, x.d, pos_d, N, H, D, stride, theta);
     check_dev(x.d, x0, N * stride, FP32, "rope_backward(rope_forward(x)) == x");
     fbuf_free(&x), fbuf_free(&again), fbuf_free(&dx);
-    gpu->device_free(gpu, pos_d);
+    rt_be_device_free(gpu, pos_d);
     free(x0);
 }
 
@@ -592,21 +593,21 @@ static void test_gelu(void) {
     for (int offset = 0; offset <= 1; offset++) { /* offset 1: not 16-byte aligned, the scalar path */
         fbuf inp = fbuf_rand(n + 1, -6.0f, 6.0f, 600);
         inp.h[1] = 0.0f, inp.h[2] = 30.0f, inp.h[3] = -30.0f; /* saturated tails */
-        gpu->copy(gpu, inp.d, inp.h, (n + 1) * sizeof(float));
+        rt_be_copy(gpu, inp.d, inp.h, (n + 1) * sizeof(float));
         fbuf out = fbuf_fill(n + 1, 0.0f);
-        cpu->gelu_forward(cpu, out.h + offset, inp.h + offset, n);
-        gpu->gelu_forward(gpu, out.d + offset, inp.d + offset, n);
+        rt_be_gelu_forward(cpu, out.h + offset, inp.h + offset, n);
+        rt_be_gelu_forward(gpu, out.d + offset, inp.d + offset, n);
         check_dev(out.d, out.h, n + 1, FP32, offset ? "gelu_forward (unaligned)" : "gelu_forward");
 
         fbuf dout = fbuf_rand(n + 1, -1.0f, 1.0f, 601);
         float *zero = calloc_check(n + 1, sizeof(float));
-        cpu->gelu_backward(cpu, zero, inp.h, dout.h, n + 1);
+        rt_be_gelu_backward(cpu, zero, inp.h, dout.h, n + 1);
         float *init = init_like(zero, n + 1, 602);
         fbuf dinp = fbuf_new(n + 1), again = fbuf_new(n + 1);
         fbuf_set(&dinp, init), fbuf_set(&again, init);
-        cpu->gelu_backward(cpu, dinp.h + offset, inp.h + offset, dout.h + offset, n);
-        gpu->gelu_backward(gpu, dinp.d + offset, inp.d + offset, dout.d + offset, n);
-        gpu->gelu_backward(gpu, again.d + offset, inp.d + offset, dout.d + offset, n);
+        rt_be_gelu_backward(cpu, dinp.h + offset, inp.h + offset, dout.h + offset, n);
+        rt_be_gelu_backward(gpu, dinp.d + offset, inp.d + offset, dout.d + offset, n);
+        rt_be_gelu_backward(gpu, again.d + offset, inp.d + offset, dout.d + offset, n);
         check_dev(dinp.d, dinp.h, n + 1, FP32,
                   offset ? "gelu_backward (+= init, unaligned)" : "gelu_backward (+= init)");
         check_dev_same(dinp.d, again.d, (n + 1) * sizeof(float), "gelu_backward: rerun");
@@ -622,20 +623,20 @@ static void test_swiglu(void) {
         const size_t N = Ns[s];
         const int F = Fs[s];
         fbuf gate_up = fbuf_rand(N * 2 * F, -4.0f, 4.0f, 700 + s), out = fbuf_fill(N * F, 0.0f);
-        cpu->swiglu_forward(cpu, out.h, gate_up.h, N, F);
-        gpu->swiglu_forward(gpu, out.d, gate_up.d, N, F);
+        rt_be_swiglu_forward(cpu, out.h, gate_up.h, N, F);
+        rt_be_swiglu_forward(gpu, out.d, gate_up.d, N, F);
         char what[128];
         snprintf(what, sizeof what, "swiglu_forward N=%zu F=%d", N, F);
         check_dev(out.d, out.h, N * F, FP32, what);
         fbuf dout = fbuf_rand(N * F, -1.0f, 1.0f, 710 + s);
         float *zero = calloc_check(N * 2 * F + 1, sizeof(float));
-        cpu->swiglu_backward(cpu, zero, dout.h, gate_up.h, N, F);
+        rt_be_swiglu_backward(cpu, zero, dout.h, gate_up.h, N, F);
         float *init = init_like(zero, N * 2 * F, 720 + s);
         fbuf dgu = fbuf_new(N * 2 * F), again = fbuf_new(N * 2 * F);
         fbuf_set(&dgu, init), fbuf_set(&again, init);
-        cpu->swiglu_backward(cpu, dgu.h, dout.h, gate_up.h, N, F);
-        gpu->swiglu_backward(gpu, dgu.d, dout.d, gate_up.d, N, F);
-        gpu->swiglu_backward(gpu, again.d, dout.d, gate_up.d, N, F);
+        rt_be_swiglu_backward(cpu, dgu.h, dout.h, gate_up.h, N, F);
+        rt_be_swiglu_backward(gpu, dgu.d, dout.d, gate_up.d, N, F);
+        rt_be_swiglu_backward(gpu, again.d, dout.d, gate_up.d, N, F);
         snprintf(what, sizeof what, "swiglu_backward (+= init) N=%zu F=%d", N, F);
         check_dev(dgu.d, dgu.h, N * 2 * F, FP32, what);
         check_dev_same(dgu.d, again.d, N * 2 * F * sizeof(float), "swiglu_backward: rerun");
@@ -649,14 +650,14 @@ static void test_add_scale(void) {
     for (int offset = 0; offset <= 1; offset++) {
         fbuf a = fbuf_rand(n + 1, -1.0f, 1.0f, 800), b = fbuf_rand(n + 1, -1.0f, 1.0f, 801),
              out = fbuf_fill(n + 1, 0.0f);
-        cpu->add(cpu, out.h + offset, a.h + offset, b.h + offset, n);
-        gpu->add(gpu, out.d + offset, a.d + offset, b.d + offset, n);
+        rt_be_add(cpu, out.h + offset, a.h + offset, b.h + offset, n);
+        rt_be_add(gpu, out.d + offset, a.d + offset, b.d + offset, n);
         check_dev_bits(out.d, out.h, (n + 1) * sizeof(float), offset ? "add (unaligned)" : "add");
-        cpu->add(cpu, a.h + offset, a.h + offset, b.h + offset, n); /* out aliases a */
-        gpu->add(gpu, a.d + offset, a.d + offset, b.d + offset, n);
+        rt_be_add(cpu, a.h + offset, a.h + offset, b.h + offset, n); /* out aliases a */
+        rt_be_add(gpu, a.d + offset, a.d + offset, b.d + offset, n);
         check_dev_bits(a.d, a.h, (n + 1) * sizeof(float), "add, out aliasing a");
-        cpu->scale(cpu, b.h + offset, 0.37f, n);
-        gpu->scale(gpu, b.d + offset, 0.37f, n);
+        rt_be_scale(cpu, b.h + offset, 0.37f, n);
+        rt_be_scale(gpu, b.d + offset, 0.37f, n);
         check_dev_bits(b.d, b.h, (n + 1) * sizeof(float), offset ? "scale (unaligned)" : "scale");
         fbuf_free(&a), fbuf_free(&b), fbuf_free(&out);
     }
@@ -673,14 +674,14 @@ static void check_dropout(size_t N, int C, float p, rt_rng_key key, uint64_t see
     pos[N - 1] = (int64_t)1 << 33; /* the high word of the counter */
     int64_t *pos_d = dev_from(pos, N * sizeof(int64_t));
     fbuf ones = fbuf_fill(N * C + 1, 1.0f), x = fbuf_rand(N * C + 1, -1.0f, 1.0f, seed);
-    cpu->dropout(cpu, ones.h, pos, N, C, p, key);
-    gpu->dropout(gpu, ones.d, pos_d, N, C, p, key);
+    rt_be_dropout(cpu, ones.h, pos, N, C, p, key);
+    rt_be_dropout(gpu, ones.d, pos_d, N, C, p, key);
     char label[160];
     snprintf(label, sizeof label, "dropout mask %s", what);
     check_dev_bits(ones.d, ones.h, (N * C + 1) * sizeof(float), label);
     /* on a gradient, at an unaligned start: what the backward does */
-    cpu->dropout(cpu, x.h + 1, pos, N, C, p, key);
-    gpu->dropout(gpu, x.d + 1, pos_d, N, C, p, key);
+    rt_be_dropout(cpu, x.h + 1, pos, N, C, p, key);
+    rt_be_dropout(gpu, x.d + 1, pos_d, N, C, p, key);
     snprintf(label, sizeof label, "dropout of a gradient %s (unaligned)", what);
     check_dev_bits(x.d, x.h, (N * C + 1) * sizeof(float), label);
     size_t kept = 0;
@@ -688,7 +689,7 @@ static void check_dropout(size_t N, int C, float p, rt_rng_key key, uint64_t see
         kept += ones.h[i] != 0.0f;
     if (p > 0.0f) CU_ASSERT(fabs((double)kept / (double)(N * C) - (1.0 - p)) < 0.02);
     fbuf_free(&ones), fbuf_free(&x);
-    gpu->device_free(gpu, pos_d);
+    rt_be_device_free(gpu, pos_d);
     free(pos);
 }
 
@@ -726,17 +727,17 @@ static void check_softmax_xent(size_t n, int V, int Vp, uint64_t seed) {
     char what[128];
 
     /* dloss_scale == 0: losses only, logits untouched */
-    cpu->softmax_xent(cpu, logits.h, losses.h, targets, n, V, Vp, 0.0f);
-    gpu->softmax_xent(gpu, logits.d, losses.d, targets_d, n, V, Vp, 0.0f);
+    rt_be_softmax_xent(cpu, logits.h, losses.h, targets, n, V, Vp, 0.0f);
+    rt_be_softmax_xent(gpu, logits.d, losses.d, targets_d, n, V, Vp, 0.0f);
     snprintf(what, sizeof what, "softmax_xent losses n=%zu V=%d Vp=%d", n, V, Vp);
     check_dev(losses.d, losses.h, n, FP32, what);
     check_dev_bits(logits.d, logits0, n * Vp * sizeof(float), "softmax_xent, dloss_scale 0: logits untouched");
 
     /* with gradients: the same losses, dlogits = (softmax - onehot) * scale, padding and ignored rows 0 */
     const float scale = 0.2f;
-    cpu->softmax_xent(cpu, logits.h, losses2.h, targets, n, V, Vp, scale);
-    gpu->softmax_xent(gpu, logits.d, losses2.d, targets_d, n, V, Vp, scale);
-    gpu->softmax_xent(gpu, again.d, losses3.d, targets_d, n, V, Vp, scale);
+    rt_be_softmax_xent(cpu, logits.h, losses2.h, targets, n, V, Vp, scale);
+    rt_be_softmax_xent(gpu, logits.d, losses2.d, targets_d, n, V, Vp, scale);
+    rt_be_softmax_xent(gpu, again.d, losses3.d, targets_d, n, V, Vp, scale);
     check_dev_same(losses.d, losses2.d, n * sizeof(float), "softmax_xent losses with and without dlogits");
     snprintf(what, sizeof what, "softmax_xent dlogits n=%zu V=%d Vp=%d", n, V, Vp);
     check_dev(logits.d, logits.h, n * Vp, FP32, what);
@@ -753,7 +754,7 @@ static void check_softmax_xent(size_t n, int V, int Vp, uint64_t seed) {
     if (n > 2) CU_ASSERT(got_losses[1] == 0.0f);
     free(got), free(got_losses);
     fbuf_free(&logits), fbuf_free(&again), fbuf_free(&losses), fbuf_free(&losses2), fbuf_free(&losses3);
-    gpu->device_free(gpu, targets_d);
+    rt_be_device_free(gpu, targets_d);
     free(targets), free(logits0);
 }
 
@@ -773,24 +774,24 @@ static void test_sum_squares(void) {
         const size_t n = sizes[s];
         for (int offset = 0; offset <= 1; offset++) {
             fbuf x = fbuf_rand(n + 1, -3.0f, 3.0f, 1300 + s);
-            const double want = cpu->sum_squares(cpu, x.h + offset, n);
-            const double got = gpu->sum_squares(gpu, x.d + offset, n);
-            const double again = gpu->sum_squares(gpu, x.d + offset, n);
+            const double want = rt_be_sum_squares(cpu, x.h + offset, n);
+            const double got = rt_be_sum_squares(gpu, x.d + offset, n);
+            const double again = rt_be_sum_squares(gpu, x.d + offset, n);
             const double rel = fabs(got - want) / want;
             if (verbose() || !(rel <= 1e-11))
                 fprintf(stderr, "\n  sum_squares n=%zu offset=%d: rel err %.2e (tol 1e-11)", n, offset, rel);
             CU_ASSERT(rel <= 1e-11);
             CU_ASSERT(memcmp(&got, &again, sizeof got) == 0);
             /* the value returned waits for the ops before it: x2 then the sum is 4x */
-            gpu->scale(gpu, x.d + offset, 2.0f, n);
-            const double scaled = gpu->sum_squares(gpu, x.d + offset, n);
+            rt_be_scale(gpu, x.d + offset, 2.0f, n);
+            const double scaled = rt_be_sum_squares(gpu, x.d + offset, n);
             CU_ASSERT(fabs(scaled - 4.0 * got) <= 1e-11 * 4.0 * got);
             fbuf_free(&x);
         }
     }
     fbuf one = fbuf_fill(2, 3.0f);
-    CU_ASSERT(gpu->sum_squares(gpu, one.d, 0) == 0.0);
-    CU_ASSERT(gpu->sum_squares(gpu, one.d, 1) == 9.0);
+    CU_ASSERT(rt_be_sum_squares(gpu, one.d, 0) == 0.0);
+    CU_ASSERT(rt_be_sum_squares(gpu, one.d, 1) == 9.0);
     fbuf_free(&one);
 }
 
@@ -804,11 +805,11 @@ static void test_adamw(void) {
         for (int t = 1; t <= 5; t++) {
             fbuf grad = fbuf_rand(n + 1, -1.0f, 1.0f, 1410 + t);
             grad.h[1] = 0.0f; /* a zero gradient still decays */
-            gpu->copy(gpu, grad.d, grad.h, (n + 1) * sizeof(float));
-            cpu->adamw_update(cpu, param.h + offset, grad.h + offset, m.h + offset, v.h + offset, n, lr, beta1, beta2,
-                              eps, decays[w], t);
-            gpu->adamw_update(gpu, param.d + offset, grad.d + offset, m.d + offset, v.d + offset, n, lr, beta1, beta2,
-                              eps, decays[w], t);
+            rt_be_copy(gpu, grad.d, grad.h, (n + 1) * sizeof(float));
+            rt_be_adamw_update(cpu, param.h + offset, grad.h + offset, m.h + offset, v.h + offset, n, lr, beta1, beta2,
+                               eps, decays[w], t);
+            rt_be_adamw_update(gpu, param.d + offset, grad.d + offset, m.d + offset, v.d + offset, n, lr, beta1, beta2,
+                               eps, decays[w], t);
             fbuf_free(&grad);
         }
         check_dev(param.d, param.h, n + 1, FP32,
@@ -881,9 +882,9 @@ static void attn_forward_all(const rt_backend *be, const attn_spec *s, const att
                              void *ws, size_t ws_bytes) {
     const int dev = be == gpu;
     for (int b = 0; b < s->n_blocks; b++)
-        be->attn_block_forward(be, out, lse, attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
-                               attn_ptr(a, a->store, 2, b, dev), dev ? a->q_pos_d : s->q_pos,
-                               dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b], &a->shape, ws, ws_bytes);
+        rt_be_attn_block_forward(be, out, lse, attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
+                                 attn_ptr(a, a->store, 2, b, dev), dev ? a->q_pos_d : s->q_pos,
+                                 dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b], &a->shape, ws, ws_bytes);
 }
 
 /* Backward of every block into the gradient storage grads (laid out as a->grad), with be's lse and delta. */
@@ -891,7 +892,7 @@ static void attn_backward_all(const rt_backend *be, const attn_spec *s, const at
                               size_t ws_bytes) {
     const int dev = be == gpu;
     for (int b = 0; b < s->n_blocks; b++)
-        be->attn_block_backward(
+        rt_be_attn_block_backward(
             be, attn_ptr(a, grads, 0, b, dev), attn_ptr(a, grads, 1, b, dev), attn_ptr(a, grads, 2, b, dev),
             dev ? a->dout.d : a->dout.h, attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
             attn_ptr(a, a->store, 2, b, dev), dev ? a->lse.d : a->lse.h, dev ? a->delta.d : a->delta.h,
@@ -918,7 +919,7 @@ static void check_attention(const attn_spec *s, uint64_t seed, const char *what)
         a.store[0] = fbuf_rand(s->Tq * W, -2.0f, 2.0f, seed);
         for (size_t i = 0; i < s->Tq; i++)
             test_fill_uniform(a.store[0].h + i * W + HD + KD, KD, -1.0f, 1.0f, seed + 1 + i);
-        gpu->copy(gpu, a.store[0].d, a.store[0].h, s->Tq * W * sizeof(float));
+        rt_be_copy(gpu, a.store[0].d, a.store[0].h, s->Tq * W * sizeof(float));
     } else {
         a.shape = (rt_attn_shape){s->H, s->Hkv, s->D, HD, KD, HD, s->causal};
         a.store[0] = fbuf_rand(s->Tq * HD, -2.0f, 2.0f, seed);
@@ -940,8 +941,8 @@ static void check_attention(const attn_spec *s, uint64_t seed, const char *what)
     a.lse = fbuf_fill(s->Tq * s->H, -INFINITY);
 
     /* workspaces: the CPU's for this thread count (host, 64-byte aligned), the GPU's on the device */
-    const size_t cpu_ws_bytes = cpu->attn_workspace_bytes(cpu, s->Tq, max_Tk, &a.shape);
-    const size_t gpu_ws_bytes = gpu->attn_workspace_bytes(gpu, s->Tq, max_Tk, &a.shape);
+    const size_t cpu_ws_bytes = rt_be_attn_workspace_bytes(cpu, s->Tq, max_Tk, &a.shape);
+    const size_t gpu_ws_bytes = rt_be_attn_workspace_bytes(gpu, s->Tq, max_Tk, &a.shape);
     void *cpu_ws = aligned_alloc(64, (cpu_ws_bytes + 63) / 64 * 64 + 64);
     void *gpu_ws = dev_alloc(gpu_ws_bytes);
     char label[200];
@@ -968,8 +969,8 @@ static void check_attention(const attn_spec *s, uint64_t seed, const char *what)
     check_dev_same(a.lse.d, lse2.d, s->Tq * s->H * sizeof(float), label);
 
     /* delta from each side's own out (attn_delta alone is checked on identical inputs in its own test) */
-    cpu->attn_delta(cpu, a.delta.h, a.out.h, a.dout.h, s->Tq, &a.shape);
-    gpu->attn_delta(gpu, a.delta.d, a.out.d, a.dout.d, s->Tq, &a.shape);
+    rt_be_attn_delta(cpu, a.delta.h, a.out.h, a.dout.h, s->Tq, &a.shape);
+    rt_be_attn_delta(gpu, a.delta.d, a.out.d, a.dout.d, s->Tq, &a.shape);
     snprintf(label, sizeof label, "attention %s: delta", what);
     check_dev(a.delta.d, a.delta.h, s->Tq * s->H, BF16, label);
 
@@ -1010,10 +1011,10 @@ static void check_attention(const attn_spec *s, uint64_t seed, const char *what)
         fbuf_free(&a.store[k]), fbuf_free(&a.grad[k]), fbuf_free(&again[k]);
     }
     fbuf_free(&a.out), fbuf_free(&a.lse), fbuf_free(&a.dout), fbuf_free(&a.delta), fbuf_free(&out2), fbuf_free(&lse2);
-    gpu->device_free(gpu, a.q_pos_d);
+    rt_be_device_free(gpu, a.q_pos_d);
     for (int b = 0; b < s->n_blocks; b++)
-        gpu->device_free(gpu, a.k_pos_d[b]);
-    gpu->device_free(gpu, gpu_ws);
+        rt_be_device_free(gpu, a.k_pos_d[b]);
+    rt_be_device_free(gpu, gpu_ws);
     free(cpu_ws), free(out0);
 }
 
@@ -1164,8 +1165,8 @@ static void test_attn_delta(void) {
     fbuf out = fbuf_rand(Tq * shape.out_stride, -1.0f, 1.0f, 2400),
          dout = fbuf_rand(Tq * shape.out_stride, -1.0f, 1.0f, 2401);
     fbuf delta = fbuf_fill(Tq * 8, 0.0f);
-    cpu->attn_delta(cpu, delta.h, out.h, dout.h, Tq, &shape);
-    gpu->attn_delta(gpu, delta.d, out.d, dout.d, Tq, &shape);
+    rt_be_attn_delta(cpu, delta.h, out.h, dout.h, Tq, &shape);
+    rt_be_attn_delta(gpu, delta.d, out.d, dout.d, Tq, &shape);
     check_dev(delta.d, delta.h, Tq * 8, FP32, "attn_delta Tq=1000 H=8 D=128, padded rows");
     fbuf_free(&out), fbuf_free(&dout), fbuf_free(&delta);
 }
@@ -1177,96 +1178,97 @@ static void test_attn_delta(void) {
 /* About 25 ms of compute on an H200 (64 Mi floats) that leaves x as it was: 200 negations on the compute stream. */
 static void busy_compute(float *x, size_t n) {
     for (int i = 0; i < 200; i++)
-        gpu->scale(gpu, x, -1.0f, n);
+        rt_be_scale(gpu, x, -1.0f, n);
 }
 
 static void test_copy_engine(void) {
     /* 256 MiB: milliseconds per copy on the GPU (the harness check on the CPU takes 16 MiB) */
     const size_t n = on_gpu ? (size_t)64 << 20 : (size_t)4 << 20, bytes = n * sizeof(float);
-    float *src = gpu->host_alloc(gpu, bytes), *dst = gpu->host_alloc(gpu, bytes), *dst2 = gpu->host_alloc(gpu, bytes);
+    float *src = rt_be_host_alloc(gpu, bytes), *dst = rt_be_host_alloc(gpu, bytes),
+          *dst2 = rt_be_host_alloc(gpu, bytes);
     CU_ASSERT_PTR_NOT_NULL_FATAL(src);
     CU_ASSERT_PTR_NOT_NULL_FATAL(dst);
     CU_ASSERT_PTR_NOT_NULL_FATAL(dst2);
-    void *tiny1 = gpu->host_alloc(gpu, 0), *tiny2 = gpu->host_alloc(gpu, 0);
+    void *tiny1 = rt_be_host_alloc(gpu, 0), *tiny2 = rt_be_host_alloc(gpu, 0);
     CU_ASSERT(tiny1 && tiny2 && tiny1 != tiny2);
-    gpu->host_free(gpu, tiny1);
-    gpu->host_free(gpu, tiny2);
+    rt_be_host_free(gpu, tiny1);
+    rt_be_host_free(gpu, tiny2);
     test_fill_uniform(src, n, -1.0f, 1.0f, 3000);
     float *twice = malloc_check(bytes);
     for (size_t i = 0; i < n; i++)
         twice[i] = 2.0f * src[i];
     float *d = dev_alloc(bytes), *d2 = dev_alloc(bytes);
-    rt_stream *s = gpu->stream_create(gpu), *s2 = gpu->stream_create(gpu);
-    rt_event *e = gpu->event_create(gpu), *e2 = gpu->event_create(gpu);
+    rt_stream *s = rt_be_stream_create(gpu), *s2 = rt_be_stream_create(gpu);
+    rt_event *e = rt_be_event_create(gpu), *e2 = rt_be_event_create(gpu);
 
     /* an event never recorded is complete */
-    CU_ASSERT_EQUAL(gpu->event_query(gpu, e), 1);
-    gpu->event_synchronize(gpu, e);
+    CU_ASSERT_EQUAL(rt_be_event_query(gpu, e), 1);
+    rt_be_event_synchronize(gpu, e);
 
     /* host -> device on s; compute waits for it (stream_wait_event on NULL) and then sees the copied data */
-    gpu->memset_zero(gpu, d, bytes);
-    gpu->copy_async(gpu, s, d, src, bytes);
-    gpu->event_record(gpu, e, s);
-    gpu->stream_wait_event(gpu, NULL, e);
-    gpu->scale(gpu, d, 2.0f, n);
-    gpu->copy(gpu, dst, d, bytes);
+    rt_be_memset_zero(gpu, d, bytes);
+    rt_be_copy_async(gpu, s, d, src, bytes);
+    rt_be_event_record(gpu, e, s);
+    rt_be_stream_wait_event(gpu, NULL, e);
+    rt_be_scale(gpu, d, 2.0f, n);
+    rt_be_copy(gpu, dst, d, bytes);
     assert_same_bits(dst, twice, bytes, "compute after stream_wait_event(NULL, e) sees the copy");
 
     /* device -> host on s starts after the compute issued before it (~25 ms of it): pending just after */
-    gpu->copy(gpu, d, src, bytes);
+    rt_be_copy(gpu, d, src, bytes);
     memset(dst, 0, bytes);
     busy_compute(d, n);
-    gpu->scale(gpu, d, 2.0f, n);
-    gpu->copy_async(gpu, s, dst, d, bytes);
-    gpu->event_record(gpu, e, s);
-    const int pending = gpu->event_query(gpu, e) == 0;
+    rt_be_scale(gpu, d, 2.0f, n);
+    rt_be_copy_async(gpu, s, dst, d, bytes);
+    rt_be_event_record(gpu, e, s);
+    const int pending = rt_be_event_query(gpu, e) == 0;
     if (on_gpu && !pending)
         fprintf(stderr, "\n  event_query said complete right after a copy queued behind ~25 ms of compute");
     if (on_gpu) CU_ASSERT(pending); /* on the CPU the compute is done by now and the copy may be too */
-    gpu->event_synchronize(gpu, e);
-    CU_ASSERT_EQUAL(gpu->event_query(gpu, e), 1);
+    rt_be_event_synchronize(gpu, e);
+    CU_ASSERT_EQUAL(rt_be_event_query(gpu, e), 1);
     assert_same_bits(dst, twice, bytes, "copy_async device -> host after compute sees its result");
 
     /* an event on the compute stream (NULL): pending behind compute, complete after synchronize */
     busy_compute(d, n);
-    gpu->event_record(gpu, e2, NULL);
-    if (on_gpu) CU_ASSERT_EQUAL(gpu->event_query(gpu, e2), 0); /* on CPU the ops are done: complete at once */
-    gpu->synchronize(gpu);
-    CU_ASSERT_EQUAL(gpu->event_query(gpu, e2), 1);
+    rt_be_event_record(gpu, e2, NULL);
+    if (on_gpu) CU_ASSERT_EQUAL(rt_be_event_query(gpu, e2), 0); /* on CPU the ops are done: complete at once */
+    rt_be_synchronize(gpu);
+    CU_ASSERT_EQUAL(rt_be_event_query(gpu, e2), 1);
 
     /* one copy stream waits for another: s2 copies out d2 only after s has filled it */
-    gpu->copy_async(gpu, s, d2, src, bytes);
-    gpu->event_record(gpu, e, s);
-    gpu->stream_wait_event(gpu, s2, e);
+    rt_be_copy_async(gpu, s, d2, src, bytes);
+    rt_be_event_record(gpu, e, s);
+    rt_be_stream_wait_event(gpu, s2, e);
     memset(dst2, 0, bytes);
-    gpu->copy_async(gpu, s2, dst2, d2, bytes);
-    gpu->event_record(gpu, e2, s2);
-    gpu->event_synchronize(gpu, e2);
+    rt_be_copy_async(gpu, s2, dst2, d2, bytes);
+    rt_be_event_record(gpu, e2, s2);
+    rt_be_event_synchronize(gpu, e2);
     assert_same_bits(dst2, src, bytes, "stream_wait_event(s2, e of s) orders s2's copy after s's");
 
     /* two streams at once, each its own half; then stream_destroy waits for what is queued */
     memset(dst, 0, bytes);
-    gpu->copy_async(gpu, s, dst, d2, bytes / 2);
-    gpu->copy_async(gpu, s2, (char *)dst + bytes / 2, (char *)d2 + bytes / 2, bytes / 2);
-    gpu->stream_destroy(gpu, s);
-    gpu->stream_destroy(gpu, s2);
+    rt_be_copy_async(gpu, s, dst, d2, bytes / 2);
+    rt_be_copy_async(gpu, s2, (char *)dst + bytes / 2, (char *)d2 + bytes / 2, bytes / 2);
+    rt_be_stream_destroy(gpu, s);
+    rt_be_stream_destroy(gpu, s2);
     assert_same_bits(dst, src, bytes, "copies on two streams, complete after stream_destroy");
 
     /* an event destroyed with its record pending is waited for first */
-    rt_stream *s3 = gpu->stream_create(gpu);
+    rt_stream *s3 = rt_be_stream_create(gpu);
     busy_compute(d, n);
-    gpu->copy_async(gpu, s3, dst2, d, bytes);
-    gpu->event_record(gpu, e, s3);
-    gpu->event_destroy(gpu, e);
-    gpu->event_destroy(gpu, e2);
-    gpu->stream_destroy(gpu, s3);
+    rt_be_copy_async(gpu, s3, dst2, d, bytes);
+    rt_be_event_record(gpu, e, s3);
+    rt_be_event_destroy(gpu, e);
+    rt_be_event_destroy(gpu, e2);
+    rt_be_stream_destroy(gpu, s3);
     assert_same_bits(dst2, twice, bytes, "copy complete after event_destroy and stream_destroy");
 
-    gpu->device_free(gpu, d);
-    gpu->device_free(gpu, d2);
-    gpu->host_free(gpu, src);
-    gpu->host_free(gpu, dst);
-    gpu->host_free(gpu, dst2);
+    rt_be_device_free(gpu, d);
+    rt_be_device_free(gpu, d2);
+    rt_be_host_free(gpu, src);
+    rt_be_host_free(gpu, dst);
+    rt_be_host_free(gpu, dst2);
     free(twice);
 }
 

@@ -287,15 +287,15 @@ static void write_data(void) {
         if (rt_tokens_write(path, tokens, 20000, 256, &err)) exit(2);
         free(tokens);
     }
-    world->ops->broadcast(world, dir, sizeof dir, 0);
+    rt_comm_broadcast(world, dir, sizeof dir, 0);
     snprintf(data_path, sizeof data_path, "%s/tokens.bin", dir);
 }
 
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
-    rt_comm *node = world->ops->split_node(world);
+    rt_comm *node = rt_comm_split_node(world);
     const int local_rank = node->rank;
-    node->ops->destroy(node);
+    rt_comm_destroy(node);
     rt_error err;
     static rt_backend harness; /* TEST_CUDA_BACKEND=cpu: see the top comment */
     const char *backend_env = getenv("TEST_CUDA_BACKEND");
@@ -307,7 +307,7 @@ int main(int argc, char **argv) {
         rc = rt_backend_open(&gpu, "cuda", local_rank, &err);
     }
     double failed = rc != 0;
-    world->ops->allreduce_max_f64(world, &failed, 1);
+    rt_allreduce_max_f64(world, &failed, 1);
     if (failed) { /* every rank skips alike; one line, rank 0's */
         if (world->rank == 0) printf("test_cuda_train: skipped: %s\n", rc ? err.msg : "another rank has no GPU");
         rt_backend_close(gpu);
@@ -315,7 +315,7 @@ int main(int argc, char **argv) {
         return 77;
     }
     if (world->size > 1) setenv("RINGTRAIN_DEVICE_PLANE", "staged", 0);
-    self = world->ops->split(world, world->rank, 0);
+    self = rt_comm_split(world, world->rank, 0);
     write_data();
     if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2; /* one CUnit report, rank 0's */
     test_case cases[] = {
@@ -332,7 +332,7 @@ int main(int argc, char **argv) {
         *strrchr(data_path, '/') = '\0';
         rmdir(data_path);
     }
-    self->ops->destroy(self);
+    rt_comm_destroy(self);
     rt_backend_close(gpu);
     rt_comm_finalize();
     return worst;

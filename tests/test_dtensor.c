@@ -208,7 +208,7 @@ static void test_mesh_layout(void) {
             failures += comm->size != mesh.shape[m] || comm->rank != mesh.coords[m];
             /* member i of comm[m] is the world rank with coordinate i on m and ours elsewhere */
             float mine = (float)world->rank, members[8];
-            comm->ops->allgather_f32(comm, members, &mine, 1);
+            rt_allgather_f32(comm, members, &mine, 1);
             for (int i = 0; i < comm->size; i++) {
                 int expected = m == RT_MESH_DP ? i * sp + mesh.coords[RT_MESH_SP] : mesh.coords[RT_MESH_DP] * sp + i;
                 failures += (int)members[i] != expected;
@@ -229,7 +229,7 @@ static void test_mesh_layout(void) {
             rt_comm *comm = mesh.comm[m];
             failures += comm->size != mesh.shape[m] || comm->rank != mesh.coords[m];
             float mine = (float)world->rank, members[8];
-            comm->ops->allgather_f32(comm, members, &mine, 1);
+            rt_allgather_f32(comm, members, &mine, 1);
             for (int i = 0; i < comm->size; i++) {
                 int other[RT_MESH_MAX_DIMS];
                 memcpy(other, mesh.coords, sizeof other);

@@ -382,7 +382,7 @@ static void test_step_allocates_nothing(void) {
     const rt_backend *be = rt_backend_cpu();
     rt_model_shape shape = tiny_shape(RT_FAMILY_LLAMA, 0.1f);
     const rt_attn_shape attn = rt_attention_shape(&shape);
-    const size_t workspace = be->attn_workspace_bytes(be, 12, 12, &attn);
+    const size_t workspace = rt_be_attn_workspace_bytes(be, 12, 12, &attn);
     const rt_activation_mode modes[] = {RT_ACT_KEEP, RT_ACT_RECOMPUTE, RT_ACT_OFFLOAD};
     test_batch tb;
     make_batch(&tb, shape.vocab_size, 13);

@@ -60,7 +60,7 @@ static struct {
 
 static void *counted_host_alloc(const rt_backend *be, size_t bytes) {
     (void)be;
-    void *ptr = rt_backend_cpu()->host_alloc(rt_backend_cpu(), bytes);
+    void *ptr = rt_be_host_alloc(rt_backend_cpu(), bytes);
     for (int i = 0; i < 16; i++) {
         if (host_count.ptrs[i]) continue;
         host_count.ptrs[i] = ptr;
@@ -80,7 +80,7 @@ static void counted_host_free(const rt_backend *be, void *ptr) {
         host_count.ptrs[i] = NULL;
         break;
     }
-    rt_backend_cpu()->host_free(rt_backend_cpu(), ptr);
+    rt_be_host_free(rt_backend_cpu(), ptr);
 }
 
 /* Copies in flight on one watched stream (the offloader's device -> host stream): each copy queued there gets an
@@ -99,14 +99,14 @@ static void watched_copy_async(const rt_backend *be, rt_stream *s, void *dst, co
     if (s == d2h_watch.stream) {
         int in_flight = 1;
         for (int i = 0; i < WATCH_EVENTS; i++)
-            in_flight += d2h_watch.done[i] && !cpu->event_query(cpu, d2h_watch.done[i]);
+            in_flight += d2h_watch.done[i] && !rt_be_event_query(cpu, d2h_watch.done[i]);
         if (in_flight > d2h_watch.max_in_flight) d2h_watch.max_in_flight = in_flight;
-        cpu->copy_async(cpu, s, dst, src, bytes);
+        rt_be_copy_async(cpu, s, dst, src, bytes);
         rt_event **e = &d2h_watch.done[d2h_watch.n_copies++ % WATCH_EVENTS];
-        if (!*e) *e = cpu->event_create(cpu);
-        cpu->event_record(cpu, *e, s);
+        if (!*e) *e = rt_be_event_create(cpu);
+        rt_be_event_record(cpu, *e, s);
     } else {
-        cpu->copy_async(cpu, s, dst, src, bytes);
+        rt_be_copy_async(cpu, s, dst, src, bytes);
     }
 }
 
@@ -118,7 +118,7 @@ static void watch_d2h(rt_stream *stream) {
 
 static void unwatch_d2h(void) {
     for (int i = 0; i < WATCH_EVENTS; i++) {
-        if (d2h_watch.done[i]) rt_backend_cpu()->event_destroy(rt_backend_cpu(), d2h_watch.done[i]);
+        if (d2h_watch.done[i]) rt_be_event_destroy(rt_backend_cpu(), d2h_watch.done[i]);
         d2h_watch.done[i] = NULL;
     }
     d2h_watch.stream = NULL;
@@ -171,33 +171,33 @@ static int training_pass(rt_offloader *off, int L, int step, int prefetch) {
 
 static void test_event_never_recorded_is_complete(void) {
     const rt_backend *be = rt_backend_cpu();
-    rt_event *e = be->event_create(be);
-    CU_ASSERT_EQUAL(be->event_query(be, e), 1);
-    be->event_synchronize(be, e); /* returns at once */
-    be->event_destroy(be, e);
+    rt_event *e = rt_be_event_create(be);
+    CU_ASSERT_EQUAL(rt_be_event_query(be, e), 1);
+    rt_be_event_synchronize(be, e); /* returns at once */
+    rt_be_event_destroy(be, e);
 }
 
 /* A chain of copies through intermediate buffers only gives the source at the end if they ran in order. */
 static void test_copies_run_in_order(void) {
     const rt_backend *be = rt_backend_cpu();
     rt_cpu_copy_engine_set_delay_us(5000);
-    rt_stream *s = be->stream_create(be);
-    rt_event *e = be->event_create(be);
+    rt_stream *s = rt_be_stream_create(be);
+    rt_event *e = rt_be_event_create(be);
     uint32_t src[WORDS], hop[4][WORDS];
     fill_pattern(src, 1, 1);
     memset(hop, 0, sizeof hop);
-    be->copy_async(be, s, hop[0], src, BYTES);
+    rt_be_copy_async(be, s, hop[0], src, BYTES);
     for (int i = 1; i < 4; i++)
-        be->copy_async(be, s, hop[i], hop[i - 1], BYTES);
-    be->event_record(be, e, s);
-    CU_ASSERT_EQUAL(be->event_query(be, e), 0); /* 4 copies of 5 ms each were just queued */
-    be->event_synchronize(be, e);
-    CU_ASSERT_EQUAL(be->event_query(be, e), 1);
+        rt_be_copy_async(be, s, hop[i], hop[i - 1], BYTES);
+    rt_be_event_record(be, e, s);
+    CU_ASSERT_EQUAL(rt_be_event_query(be, e), 0); /* 4 copies of 5 ms each were just queued */
+    rt_be_event_synchronize(be, e);
+    CU_ASSERT_EQUAL(rt_be_event_query(be, e), 1);
     for (int i = 0; i < 4; i++)
         CU_ASSERT(has_pattern(hop[i], 1, 1));
     rt_cpu_copy_engine_set_delay_us(0);
-    be->event_destroy(be, e);
-    be->stream_destroy(be, s);
+    rt_be_event_destroy(be, e);
+    rt_be_stream_destroy(be, s);
 }
 
 /* Several copies into one destination: the last one queued wins; an event recorded between two copies
@@ -205,67 +205,67 @@ static void test_copies_run_in_order(void) {
 static void test_event_completes_after_prior_copies(void) {
     const rt_backend *be = rt_backend_cpu();
     rt_cpu_copy_engine_set_delay_us(500);
-    rt_stream *s = be->stream_create(be);
+    rt_stream *s = rt_be_stream_create(be);
     enum { N_COPIES = 64 };
     static uint32_t srcs[N_COPIES][WORDS], dsts[N_COPIES][WORDS], shared_dst[WORDS];
     rt_event *events[N_COPIES];
     for (int i = 0; i < N_COPIES; i++) {
         fill_pattern(srcs[i], 2, i);
         memset(dsts[i], 0, BYTES);
-        events[i] = be->event_create(be);
+        events[i] = rt_be_event_create(be);
     }
     for (int i = 0; i < N_COPIES; i++) {
-        be->copy_async(be, s, dsts[i], srcs[i], BYTES);
-        be->copy_async(be, s, shared_dst, srcs[i], BYTES);
-        be->event_record(be, events[i], s);
+        rt_be_copy_async(be, s, dsts[i], srcs[i], BYTES);
+        rt_be_copy_async(be, s, shared_dst, srcs[i], BYTES);
+        rt_be_event_record(be, events[i], s);
     }
     int bad = 0;
     for (int i = 0; i < N_COPIES; i++) {
         if (i % 7 == 0)
-            be->event_synchronize(be, events[i]);
+            rt_be_event_synchronize(be, events[i]);
         else
-            while (!be->event_query(be, events[i])) {
+            while (!rt_be_event_query(be, events[i])) {
             }
         /* event i complete: copies 0..i are done, whatever came later */
         for (int j = 0; j <= i; j++)
             bad += !has_pattern(dsts[j], 2, j);
         for (int j = 0; j < i; j++)
-            bad += !be->event_query(be, events[j]);
+            bad += !rt_be_event_query(be, events[j]);
     }
     CU_ASSERT_EQUAL(bad, 0);
     CU_ASSERT(has_pattern(shared_dst, 2, N_COPIES - 1));
     rt_cpu_copy_engine_set_delay_us(0);
     for (int i = 0; i < N_COPIES; i++)
-        be->event_destroy(be, events[i]);
-    be->stream_destroy(be, s);
+        rt_be_event_destroy(be, events[i]);
+    rt_be_stream_destroy(be, s);
 }
 
 /* Thousands of small copies with no delay, one event re-recorded over and over, two streams at once. */
 static void test_many_queued_copies(void) {
     const rt_backend *be = rt_backend_cpu();
-    rt_stream *streams[2] = {be->stream_create(be), be->stream_create(be)};
-    rt_event *e = be->event_create(be);
+    rt_stream *streams[2] = {rt_be_stream_create(be), rt_be_stream_create(be)};
+    rt_event *e = rt_be_event_create(be);
     enum { N_CHUNKS = 4096 };
     uint32_t *src = malloc_check(N_CHUNKS * sizeof(uint32_t) * 16);
     uint32_t *dst = calloc_check(N_CHUNKS * 16, sizeof(uint32_t));
     for (size_t i = 0; i < (size_t)N_CHUNKS * 16; i++)
         src[i] = pattern_word(3, 0, i);
     for (int c = 0; c < N_CHUNKS; c++) {
-        be->copy_async(be, streams[c % 2], dst + (size_t)c * 16, src + (size_t)c * 16, 16 * sizeof(uint32_t));
-        if (c % 100 == 99) be->event_record(be, e, streams[c % 2]);
+        rt_be_copy_async(be, streams[c % 2], dst + (size_t)c * 16, src + (size_t)c * 16, 16 * sizeof(uint32_t));
+        if (c % 100 == 99) rt_be_event_record(be, e, streams[c % 2]);
     }
-    rt_event *done[2] = {be->event_create(be), be->event_create(be)};
+    rt_event *done[2] = {rt_be_event_create(be), rt_be_event_create(be)};
     for (int k = 0; k < 2; k++) {
-        be->event_record(be, done[k], streams[k]);
-        be->event_synchronize(be, done[k]);
+        rt_be_event_record(be, done[k], streams[k]);
+        rt_be_event_synchronize(be, done[k]);
     }
     CU_ASSERT_EQUAL(memcmp(src, dst, (size_t)N_CHUNKS * 16 * sizeof(uint32_t)), 0);
-    CU_ASSERT_EQUAL(be->event_query(be, e), 1);
+    CU_ASSERT_EQUAL(rt_be_event_query(be, e), 1);
     for (int k = 0; k < 2; k++) {
-        be->event_destroy(be, done[k]);
-        be->stream_destroy(be, streams[k]);
+        rt_be_event_destroy(be, done[k]);
+        rt_be_stream_destroy(be, streams[k]);
     }
-    be->event_destroy(be, e);
+    rt_be_event_destroy(be, e);
     free(src);
     free(dst);
 }
@@ -274,16 +274,16 @@ static void test_many_queued_copies(void) {
 static void test_destroy_drains(void) {
     const rt_backend *be = rt_backend_cpu();
     rt_cpu_copy_engine_set_delay_us(3000);
-    rt_stream *s = be->stream_create(be);
-    rt_event *e = be->event_create(be);
+    rt_stream *s = rt_be_stream_create(be);
+    rt_event *e = rt_be_event_create(be);
     uint32_t src[WORDS], dst[WORDS];
     fill_pattern(src, 4, 0);
     memset(dst, 0, sizeof dst);
-    be->copy_async(be, s, dst, src, BYTES);
-    be->event_record(be, e, s);
-    be->event_destroy(be, e); /* marker still queued behind a 3 ms copy */
-    be->copy_async(be, s, dst, src, BYTES);
-    be->stream_destroy(be, s);
+    rt_be_copy_async(be, s, dst, src, BYTES);
+    rt_be_event_record(be, e, s);
+    rt_be_event_destroy(be, e); /* marker still queued behind a 3 ms copy */
+    rt_be_copy_async(be, s, dst, src, BYTES);
+    rt_be_stream_destroy(be, s);
     CU_ASSERT(has_pattern(dst, 4, 0));
     rt_cpu_copy_engine_set_delay_us(0);
 }

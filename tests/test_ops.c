@@ -222,25 +222,25 @@ static void ref_xent_losses(double *losses, const double *logits, const int32_t 
 
 static void test_memory(void) {
     size_t n = 1000;
-    float *a = backend->device_alloc(backend, n * sizeof(float));
-    float *b = backend->device_alloc(backend, n * sizeof(float));
+    float *a = rt_be_device_alloc(backend, n * sizeof(float));
+    float *b = rt_be_device_alloc(backend, n * sizeof(float));
     CU_ASSERT_PTR_NOT_NULL_FATAL(a);
     CU_ASSERT_PTR_NOT_NULL_FATAL(b);
     CU_ASSERT((uintptr_t)a % 64 == 0);
     CU_ASSERT((uintptr_t)b % 64 == 0);
     test_fill_uniform(a, n, -1.0f, 1.0f, 1);
-    backend->copy(backend, b, a, n * sizeof(float));
+    rt_be_copy(backend, b, a, n * sizeof(float));
     CU_ASSERT(memcmp(a, b, n * sizeof(float)) == 0);
-    backend->memset_zero(backend, a, n * sizeof(float));
+    rt_be_memset_zero(backend, a, n * sizeof(float));
     int all_zero = 1;
     for (size_t i = 0; i < n; i++)
         all_zero &= a[i] == 0.0f;
     CU_ASSERT(all_zero);
-    void *empty = backend->device_alloc(backend, 0);
+    void *empty = rt_be_device_alloc(backend, 0);
     CU_ASSERT_PTR_NOT_NULL(empty);
-    backend->device_free(backend, empty);
-    backend->device_free(backend, a);
-    backend->device_free(backend, b);
+    rt_be_device_free(backend, empty);
+    rt_be_device_free(backend, a);
+    rt_be_device_free(backend, b);
 }
 
 /* ----------------------------------------------------------------------------
@@ -252,7 +252,7 @@ static void check_matmul_forward(size_t N, int C, int OC, int with_bias, uint64_
     float *weight = rand_floats((size_t)OC * C, -1.0f, 1.0f, seed + 1);
     float *bias = with_bias ? rand_floats(OC, -1.0f, 1.0f, seed + 2) : NULL;
     float *out = zero_floats(N * OC);
-    backend->matmul_forward(backend, out, inp, weight, bias, N, C, OC);
+    rt_be_matmul_forward(backend, out, inp, weight, bias, N, C, OC);
     double *inp_d = to_double(inp, N * C), *weight_d = to_double(weight, (size_t)OC * C);
     double *bias_d = with_bias ? to_double(bias, OC) : NULL;
     double *ref = malloc(N * OC * sizeof(double));
@@ -285,7 +285,7 @@ static void check_matmul_backward(int with_bias) {
     float *bias = rand_floats(OC, -1.0f, 1.0f, 102);
     float *dout = rand_floats(N * OC, -1.0f, 1.0f, 103);
     float *dinp = zero_floats(N * C), *dweight = zero_floats((size_t)OC * C), *dbias = zero_floats(OC);
-    backend->matmul_backward(backend, dinp, dweight, with_bias ? dbias : NULL, dout, inp, weight, N, C, OC);
+    rt_be_matmul_backward(backend, dinp, dweight, with_bias ? dbias : NULL, dout, inp, weight, N, C, OC);
 
     double *r = to_double(dout, N * OC), *scratch = malloc(N * OC * sizeof(double));
     fd_ctx ctx = {.N = N,
@@ -310,7 +310,7 @@ static void check_matmul_backward(int with_bias) {
 
     /* NULL gradients are skipped and the others are unchanged */
     float *dinp_only = zero_floats(N * C);
-    backend->matmul_backward(backend, dinp_only, NULL, NULL, dout, inp, weight, N, C, OC);
+    rt_be_matmul_backward(backend, dinp_only, NULL, NULL, dout, inp, weight, N, C, OC);
     CU_ASSERT(memcmp(dinp_only, dinp, N * C * sizeof(float)) == 0);
 
     free(inp), free(weight), free(bias), free(dout), free(dinp), free(dweight), free(dbias), free(r), free(scratch);
@@ -341,11 +341,11 @@ static void test_embedding(void) {
     double *ref = malloc(N * C * sizeof(double));
     float *out = zero_floats(N * C);
 
-    backend->embedding_forward(backend, out, tokens, pos, wte, wpe, N, C);
+    rt_be_embedding_forward(backend, out, tokens, pos, wte, wpe, N, C);
     ref_embedding(ref, tokens, pos, wte_d, wpe_d, N, C);
     float *ref_f = to_float(ref, N * C);
     check_close(out, ref_f, N * C, 1e-3, 0.0, "embedding_forward (wte + wpe)"); /* one fp32 add: exact */
-    backend->embedding_forward(backend, out, tokens, pos, wte, NULL, N, C);
+    rt_be_embedding_forward(backend, out, tokens, pos, wte, NULL, N, C);
     ref_embedding(ref, tokens, pos, wte_d, NULL, N, C);
     free(ref_f);
     ref_f = to_float(ref, N * C);
@@ -353,7 +353,7 @@ static void test_embedding(void) {
 
     float *dout = rand_floats(N * C, -1.0f, 1.0f, 202);
     float *dwte = zero_floats(VP * C), *dwpe = zero_floats(MAX_T * C);
-    backend->embedding_backward(backend, dwte, dwpe, dout, tokens, pos, N, C);
+    rt_be_embedding_backward(backend, dwte, dwpe, dout, tokens, pos, N, C);
     double *r = to_double(dout, N * C);
     fd_ctx ctx = {.N = N,
                   .C = C,
@@ -371,7 +371,7 @@ static void test_embedding(void) {
 
     /* dwpe == NULL: no position gradient, dwte the same */
     float *dwte_only = zero_floats(VP * C);
-    backend->embedding_backward(backend, dwte_only, NULL, dout, tokens, pos, N, C);
+    rt_be_embedding_backward(backend, dwte_only, NULL, dout, tokens, pos, N, C);
     CU_ASSERT(memcmp(dwte_only, dwte, VP * C * sizeof(float)) == 0);
 
     free(wte), free(wpe), free(wte_d), free(wpe_d), free(ref), free(out), free(ref_f), free(dout), free(dwte);
@@ -405,7 +405,7 @@ static void test_layernorm(void) {
     float *inp = norm_inputs(N, C, 300), *weight = rand_floats(C, 0.5f, 1.5f, 301);
     float *bias = rand_floats(C, -0.5f, 0.5f, 302), *dout = rand_floats(N * C, -1.0f, 1.0f, 303);
     float *out = zero_floats(N * C), *mean = zero_floats(N), *rstd = zero_floats(N);
-    backend->layernorm_forward(backend, out, mean, rstd, inp, weight, bias, N, C, eps);
+    rt_be_layernorm_forward(backend, out, mean, rstd, inp, weight, bias, N, C, eps);
 
     fd_ctx ctx = {.N = N,
                   .C = C,
@@ -424,7 +424,7 @@ static void test_layernorm(void) {
     check_close(rstd, ref_rstd_f, N, 1e-1, FWD_TOL, "layernorm_forward rstd");
 
     float *dinp = zero_floats(N * C), *dweight = zero_floats(C), *dbias = zero_floats(C);
-    backend->layernorm_backward(backend, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    rt_be_layernorm_backward(backend, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
     float *fd_inp = fd_gradient(ctx.inp, N * C, layernorm_loss, &ctx);
     float *fd_weight = fd_gradient(ctx.weight, C, layernorm_loss, &ctx);
     float *fd_bias = fd_gradient(ctx.bias, C, layernorm_loss, &ctx);
@@ -451,7 +451,7 @@ static void test_rmsnorm(void) {
     float *inp = norm_inputs(N, C, 400), *weight = rand_floats(C, 0.5f, 1.5f, 401);
     float *dout = rand_floats(N * C, -1.0f, 1.0f, 402);
     float *out = zero_floats(N * C), *rstd = zero_floats(N);
-    backend->rmsnorm_forward(backend, out, rstd, inp, weight, N, C, eps);
+    rt_be_rmsnorm_forward(backend, out, rstd, inp, weight, N, C, eps);
 
     fd_ctx ctx = {.N = N,
                   .C = C,
@@ -468,7 +468,7 @@ static void test_rmsnorm(void) {
     check_close(rstd, ref_rstd_f, N, 1e-1, FWD_TOL, "rmsnorm_forward rstd");
 
     float *dinp = zero_floats(N * C), *dweight = zero_floats(C);
-    backend->rmsnorm_backward(backend, dinp, dweight, dout, inp, weight, rstd, N, C);
+    rt_be_rmsnorm_backward(backend, dinp, dweight, dout, inp, weight, rstd, N, C);
     float *fd_inp = fd_gradient(ctx.inp, N * C, rmsnorm_loss, &ctx);
     float *fd_weight = fd_gradient(ctx.weight, C, rmsnorm_loss, &ctx);
     check_close(dinp, fd_inp, N * C, 1e-2, GRAD_TOL, "rmsnorm dinp");
@@ -498,7 +498,7 @@ static void test_rope(void) {
     int64_t pos[N] = {0, 1, 17, 1000003, 123456789, 5000000000LL};
     float *x = rand_floats(N * stride, -1.0f, 1.0f, 500);
     float *y = copy_floats(x, N * stride);
-    backend->rope_forward(backend, y, pos, N, H, D, stride, theta);
+    rt_be_rope_forward(backend, y, pos, N, H, D, stride, theta);
 
     double *ref = to_double(x, N * stride);
     ref_rope(ref, pos, N, H, D, stride, theta);
@@ -510,14 +510,14 @@ static void test_rope(void) {
     CU_ASSERT(untouched);
 
     /* backward(forward(x)) == x */
-    backend->rope_backward(backend, y, pos, N, H, D, stride, theta);
+    rt_be_rope_backward(backend, y, pos, N, H, D, stride, theta);
     check_close(y, x, N * stride, 1e-2, FWD_TOL, "rope_backward(rope_forward(x)) == x");
 
     /* gradient of sum(rope(x) * R) on a dense layout: rope_backward transforms R in place */
     size_t dense = (size_t)H * D;
     float *r = rand_floats(N * dense, -1.0f, 1.0f, 501);
     float *dx = copy_floats(r, N * dense);
-    backend->rope_backward(backend, dx, pos, N, H, D, dense, theta);
+    rt_be_rope_backward(backend, dx, pos, N, H, D, dense, theta);
     double *r_d = to_double(r, N * dense);
     fd_ctx ctx = {.N = N,
                   .n_heads = H,
@@ -550,13 +550,13 @@ static void test_gelu(void) {
     float *inp = rand_floats(n, -5.0f, 5.0f, 600), *dout = rand_floats(n, -1.0f, 1.0f, 601);
     inp[0] = 0.0f, inp[1] = 30.0f, inp[2] = -30.0f; /* saturated tails */
     float *out = zero_floats(n), *dinp = zero_floats(n);
-    backend->gelu_forward(backend, out, inp, n);
+    rt_be_gelu_forward(backend, out, inp, n);
     fd_ctx ctx = {.inp = to_double(inp, n), .r = to_double(dout, n), .out = malloc(n * sizeof(double)), .n_out = n};
     ref_gelu(ctx.out, ctx.inp, n);
     float *ref = to_float(ctx.out, n);
     check_close(out, ref, n, 1e-1, FWD_TOL, "gelu_forward"); /* floor: fp32 tanh near -1 in the left tail */
 
-    backend->gelu_backward(backend, dinp, inp, dout, n);
+    rt_be_gelu_backward(backend, dinp, inp, dout, n);
     float *fd = fd_gradient(ctx.inp, n, gelu_loss, &ctx);
     check_close(dinp, fd, n, 1e-2, GRAD_TOL, "gelu_backward");
 
@@ -575,7 +575,7 @@ static void test_swiglu(void) {
     int F = 11;
     float *gate_up = rand_floats(N * 2 * F, -4.0f, 4.0f, 700), *dout = rand_floats(N * F, -1.0f, 1.0f, 701);
     float *out = zero_floats(N * F), *dgate_up = zero_floats(N * 2 * F);
-    backend->swiglu_forward(backend, out, gate_up, N, F);
+    rt_be_swiglu_forward(backend, out, gate_up, N, F);
     fd_ctx ctx = {.N = N,
                   .F = F,
                   .inp = to_double(gate_up, N * 2 * F),
@@ -586,7 +586,7 @@ static void test_swiglu(void) {
     float *ref = to_float(ctx.out, N * F);
     check_close(out, ref, N * F, 1e-2, FWD_TOL, "swiglu_forward");
 
-    backend->swiglu_backward(backend, dgate_up, dout, gate_up, N, F);
+    rt_be_swiglu_backward(backend, dgate_up, dout, gate_up, N, F);
     float *fd = fd_gradient(ctx.inp, N * 2 * F, swiglu_loss, &ctx);
     check_close(dgate_up, fd, N * 2 * F, 1e-2, GRAD_TOL, "swiglu_backward (gate and up)");
 
@@ -600,13 +600,13 @@ static void test_add_scale(void) {
     float *out = zero_floats(n), *expected = malloc(n * sizeof(float));
     for (size_t i = 0; i < n; i++)
         expected[i] = a[i] + b[i];
-    backend->add(backend, out, a, b, n);
+    rt_be_add(backend, out, a, b, n);
     CU_ASSERT(memcmp(out, expected, n * sizeof(float)) == 0);
-    backend->add(backend, a, a, b, n); /* out aliases a */
+    rt_be_add(backend, a, a, b, n); /* out aliases a */
     CU_ASSERT(memcmp(a, expected, n * sizeof(float)) == 0);
     for (size_t i = 0; i < n; i++)
         expected[i] = b[i] * 0.37f;
-    backend->scale(backend, b, 0.37f, n);
+    rt_be_scale(backend, b, 0.37f, n);
     CU_ASSERT(memcmp(b, expected, n * sizeof(float)) == 0);
     free(a), free(b), free(out), free(expected);
 }
@@ -634,9 +634,9 @@ static void test_backward_accumulates(void) {
     size_t sizes[3] = {N * C, (size_t)OC * C, (size_t)OC}; /* matmul: dinp, dweight, dbias */
     for (int k = 0; k < 3; k++)
         g1[k] = zero_floats(slot), g2[k] = zero_floats(slot);
-    backend->matmul_backward(backend, g1[0], g1[1], g1[2], dout, inp, weight, N, C, OC);
+    rt_be_matmul_backward(backend, g1[0], g1[1], g1[2], dout, inp, weight, N, C, OC);
     for (int rep = 0; rep < 2; rep++)
-        backend->matmul_backward(backend, g2[0], g2[1], g2[2], dout, inp, weight, N, C, OC);
+        rt_be_matmul_backward(backend, g2[0], g2[1], g2[2], dout, inp, weight, N, C, OC);
     check_doubles(g1[0], g2[0], sizes[0], "matmul dinp accumulates");
     check_doubles(g1[1], g2[1], sizes[1], "matmul dweight accumulates");
     check_doubles(g1[2], g2[2], sizes[2], "matmul dbias accumulates");
@@ -646,10 +646,10 @@ static void test_backward_accumulates(void) {
     /* layernorm: dinp, dweight, dbias (C each for the weights) */
     float *mean = zero_floats(N), *rstd = zero_floats(N), *out = zero_floats(N * C);
     float *dout_c = rand_floats(N * C, -1.0f, 1.0f, 903), *norm_weight = rand_floats(C, 0.5f, 1.5f, 904);
-    backend->layernorm_forward(backend, out, mean, rstd, inp, norm_weight, norm_weight, N, C, 1e-5f);
-    backend->layernorm_backward(backend, g1[0], g1[1], g1[2], dout_c, inp, norm_weight, mean, rstd, N, C);
+    rt_be_layernorm_forward(backend, out, mean, rstd, inp, norm_weight, norm_weight, N, C, 1e-5f);
+    rt_be_layernorm_backward(backend, g1[0], g1[1], g1[2], dout_c, inp, norm_weight, mean, rstd, N, C);
     for (int rep = 0; rep < 2; rep++)
-        backend->layernorm_backward(backend, g2[0], g2[1], g2[2], dout_c, inp, norm_weight, mean, rstd, N, C);
+        rt_be_layernorm_backward(backend, g2[0], g2[1], g2[2], dout_c, inp, norm_weight, mean, rstd, N, C);
     check_doubles(g1[0], g2[0], N * C, "layernorm dinp accumulates");
     check_doubles(g1[1], g2[1], C, "layernorm dweight accumulates");
     check_doubles(g1[2], g2[2], C, "layernorm dbias accumulates");
@@ -657,10 +657,10 @@ static void test_backward_accumulates(void) {
         memset(g1[k], 0, slot * sizeof(float)), memset(g2[k], 0, slot * sizeof(float));
 
     /* rmsnorm */
-    backend->rmsnorm_forward(backend, out, rstd, inp, norm_weight, N, C, 1e-5f);
-    backend->rmsnorm_backward(backend, g1[0], g1[1], dout_c, inp, norm_weight, rstd, N, C);
+    rt_be_rmsnorm_forward(backend, out, rstd, inp, norm_weight, N, C, 1e-5f);
+    rt_be_rmsnorm_backward(backend, g1[0], g1[1], dout_c, inp, norm_weight, rstd, N, C);
     for (int rep = 0; rep < 2; rep++)
-        backend->rmsnorm_backward(backend, g2[0], g2[1], dout_c, inp, norm_weight, rstd, N, C);
+        rt_be_rmsnorm_backward(backend, g2[0], g2[1], dout_c, inp, norm_weight, rstd, N, C);
     check_doubles(g1[0], g2[0], N * C, "rmsnorm dinp accumulates");
     check_doubles(g1[1], g2[1], C, "rmsnorm dweight accumulates");
     for (int k = 0; k < 3; k++)
@@ -669,23 +669,23 @@ static void test_backward_accumulates(void) {
     /* embedding (tokens < OC rows of the (OC, C) table, positions < N) */
     int32_t tokens[9] = {1, 4, 1, 12, 0, 4, 4, 7, 1};
     int64_t pos[9] = {0, 1, 2, 3, 4, 5, 6, 7, 8};
-    backend->embedding_backward(backend, g1[1], g1[0], dout_c, tokens, pos, N, C);
+    rt_be_embedding_backward(backend, g1[1], g1[0], dout_c, tokens, pos, N, C);
     for (int rep = 0; rep < 2; rep++)
-        backend->embedding_backward(backend, g2[1], g2[0], dout_c, tokens, pos, N, C);
+        rt_be_embedding_backward(backend, g2[1], g2[0], dout_c, tokens, pos, N, C);
     check_doubles(g1[1], g2[1], sizes[1], "embedding dwte accumulates");
     check_doubles(g1[0], g2[0], N * C, "embedding dwpe accumulates");
     for (int k = 0; k < 3; k++)
         memset(g1[k], 0, slot * sizeof(float)), memset(g2[k], 0, slot * sizeof(float));
 
     /* gelu (N*C elements) and swiglu (N rows of 2F = C) */
-    backend->gelu_backward(backend, g1[0], inp, dout_c, N * C);
+    rt_be_gelu_backward(backend, g1[0], inp, dout_c, N * C);
     for (int rep = 0; rep < 2; rep++)
-        backend->gelu_backward(backend, g2[0], inp, dout_c, N * C);
+        rt_be_gelu_backward(backend, g2[0], inp, dout_c, N * C);
     check_doubles(g1[0], g2[0], N * C, "gelu dinp accumulates");
     memset(g1[0], 0, slot * sizeof(float)), memset(g2[0], 0, slot * sizeof(float));
-    backend->swiglu_backward(backend, g1[0], dout_c, inp, N, F);
+    rt_be_swiglu_backward(backend, g1[0], dout_c, inp, N, F);
     for (int rep = 0; rep < 2; rep++)
-        backend->swiglu_backward(backend, g2[0], dout_c, inp, N, F);
+        rt_be_swiglu_backward(backend, g2[0], dout_c, inp, N, F);
     check_doubles(g1[0], g2[0], N * C, "swiglu dgate_up accumulates");
 
     for (int k = 0; k < 3; k++)
@@ -708,7 +708,7 @@ static void test_determinism(void) {
     for (size_t n = 0; n < N; n++)
         tokens[n] = (int32_t)((n * 7919) % VP), pos[n] = (int64_t)(n % 256);
     float *mean = zero_floats(N), *rstd = zero_floats(N), *out = zero_floats(N * C);
-    backend->layernorm_forward(backend, out, mean, rstd, inp, weight, weight, N, C, 1e-5f);
+    rt_be_layernorm_forward(backend, out, mean, rstd, inp, weight, weight, N, C, 1e-5f);
 
     float *results[3][5]; /* run (2 threads, 2 threads, 1 thread) x (dwte, dwpe, dinp, dweight, dbias) */
     size_t sizes[5] = {(size_t)VP * C, 256 * (size_t)C, N * C, (size_t)C, (size_t)C};
@@ -716,9 +716,9 @@ static void test_determinism(void) {
         omp_set_num_threads(run < 2 ? 2 : 1);
         for (int k = 0; k < 5; k++)
             results[run][k] = zero_floats(sizes[k]);
-        backend->embedding_backward(backend, results[run][0], results[run][1], dout, tokens, pos, N, C);
-        backend->layernorm_backward(backend, results[run][2], results[run][3], results[run][4], dout, inp, weight, mean,
-                                    rstd, N, C);
+        rt_be_embedding_backward(backend, results[run][0], results[run][1], dout, tokens, pos, N, C);
+        rt_be_layernorm_backward(backend, results[run][2], results[run][3], results[run][4], dout, inp, weight, mean,
+                                 rstd, N, C);
     }
     omp_set_num_threads(threads_before);
     const char *names[5] = {"dwte", "dwpe", "layernorm dinp", "layernorm dweight", "layernorm dbias"};
@@ -794,11 +794,11 @@ static void test_dropout(void) {
 
     /* p == 0 is a no-op */
     float *same = rand_floats(N * C, -1.0f, 1.0f, 1100), *same_copy = copy_floats(same, N * C);
-    backend->dropout(backend, same, pos, N, C, 0.0f, key);
+    rt_be_dropout(backend, same, pos, N, C, 0.0f, key);
     CU_ASSERT(memcmp(same, same_copy, N * C * sizeof(float)) == 0);
 
     /* kept fraction within 1% of 1-p; kept values scaled by exactly 1/(1-p); mask matches the reference */
-    backend->dropout(backend, x, pos, N, C, p, key);
+    rt_be_dropout(backend, x, pos, N, C, p, key);
     size_t kept = 0, bad_values = 0, ref_mismatch = 0;
     for (size_t n = 0; n < N; n++) {
         for (int c = 0; c < C; c++) {
@@ -821,7 +821,7 @@ static void test_dropout(void) {
         float *alone = malloc(C * sizeof(float));
         for (int c = 0; c < C; c++)
             alone[c] = 1.0f;
-        backend->dropout(backend, alone, pos + picks[k], 1, C, p, key);
+        rt_be_dropout(backend, alone, pos + picks[k], 1, C, p, key);
         CU_ASSERT(memcmp(alone, x + picks[k] * C, C * sizeof(float)) == 0);
         free(alone);
     }
@@ -831,7 +831,7 @@ static void test_dropout(void) {
         pos_reversed[n] = pos[N - 1 - n];
     for (size_t i = 0; i < N * C; i++)
         reversed[i] = 1.0f;
-    backend->dropout(backend, reversed, pos_reversed, N, C, p, key);
+    rt_be_dropout(backend, reversed, pos_reversed, N, C, p, key);
     int order_free = 1;
     for (size_t n = 0; n < N; n++)
         order_free &= memcmp(reversed + n * C, x + (N - 1 - n) * C, C * sizeof(float)) == 0;
@@ -842,7 +842,7 @@ static void test_dropout(void) {
     omp_set_num_threads(1);
     for (size_t i = 0; i < N * C; i++)
         reversed[i] = 1.0f;
-    backend->dropout(backend, reversed, pos, N, C, p, key);
+    rt_be_dropout(backend, reversed, pos, N, C, p, key);
     omp_set_num_threads(threads_before);
     CU_ASSERT(memcmp(reversed, x, N * C * sizeof(float)) == 0);
 
@@ -852,7 +852,7 @@ static void test_dropout(void) {
     for (int k = 0; k < 4; k++) {
         for (size_t i = 0; i < N * C; i++)
             reversed[i] = 1.0f;
-        backend->dropout(backend, reversed, pos, N, C, p, others[k]);
+        rt_be_dropout(backend, reversed, pos, N, C, p, others[k]);
         size_t differ = 0;
         for (size_t i = 0; i < N * C; i++)
             differ += (reversed[i] != 0.0f) != (x[i] != 0.0f);
@@ -861,7 +861,7 @@ static void test_dropout(void) {
 
     /* backward (the same call on the gradient) zeroes exactly the dropped elements and scales the rest */
     float *grad = rand_floats(N * C, -1.0f, 1.0f, 1101), *grad_in = copy_floats(grad, N * C);
-    backend->dropout(backend, grad, pos, N, C, p, key);
+    rt_be_dropout(backend, grad, pos, N, C, p, key);
     size_t inconsistent = 0;
     for (size_t i = 0; i < N * C; i++) {
         float expected = x[i] != 0.0f ? grad_in[i] * keep_scale : 0.0f;
@@ -901,7 +901,7 @@ static void test_softmax_xent(void) {
     double ref_losses[N];
 
     /* dloss_scale == 0: losses only, logits untouched */
-    backend->softmax_xent(backend, logits, losses, targets, N, V, VP, 0.0f);
+    rt_be_softmax_xent(backend, logits, losses, targets, N, V, VP, 0.0f);
     CU_ASSERT(memcmp(logits, logits_in, N * VP * sizeof(float)) == 0);
     double *logits_d = to_double(logits_in, N * VP);
     ref_xent_losses(ref_losses, logits_d, targets, N, V, VP);
@@ -912,7 +912,7 @@ static void test_softmax_xent(void) {
 
     /* with gradients: same losses, dlogits = d(scale * sum losses)/dlogits */
     float losses2[N];
-    backend->softmax_xent(backend, logits, losses2, targets, N, V, VP, dloss_scale);
+    rt_be_softmax_xent(backend, logits, losses2, targets, N, V, VP, dloss_scale);
     CU_ASSERT(memcmp(losses, losses2, sizeof losses) == 0);
     double scratch[N];
     fd_ctx ctx = {
@@ -941,18 +941,18 @@ static void test_sum_squares(void) {
     double expected = 0.0;
     for (size_t i = 0; i < n; i++)
         expected += (double)x[i] * (double)x[i];
-    double got = backend->sum_squares(backend, x, n);
+    double got = rt_be_sum_squares(backend, x, n);
     if (getenv("TEST_OPS_VERBOSE")) fprintf(stderr, "\n  sum_squares rel err %.3g", fabs(got - expected) / expected);
     CU_ASSERT(fabs(got - expected) <= 1e-12 * expected);
-    CU_ASSERT(backend->sum_squares(backend, x, 0) == 0.0);
-    CU_ASSERT(backend->sum_squares(backend, x, 1) == (double)x[0] * x[0]);
+    CU_ASSERT(rt_be_sum_squares(backend, x, 0) == 0.0);
+    CU_ASSERT(rt_be_sum_squares(backend, x, 1) == (double)x[0] * x[0]);
 
     int threads_before = omp_get_max_threads();
     omp_set_num_threads(1);
-    double one_thread = backend->sum_squares(backend, x, n);
+    double one_thread = rt_be_sum_squares(backend, x, n);
     omp_set_num_threads(threads_before);
     CU_ASSERT(memcmp(&one_thread, &got, sizeof got) == 0);
-    CU_ASSERT(backend->sum_squares(backend, x, n) == got);
+    CU_ASSERT(rt_be_sum_squares(backend, x, n) == got);
     free(x);
 }
 
@@ -967,7 +967,7 @@ static void test_adamw(void) {
         for (int t = 1; t <= 3; t++) {
             float *grad = rand_floats(n, -1.0f, 1.0f, 1410 + t);
             grad[0] = 0.0f; /* a zero gradient still decays */
-            backend->adamw_update(backend, param, grad, m, v, n, lr, beta1, beta2, eps, wd, t);
+            rt_be_adamw_update(backend, param, grad, m, v, n, lr, beta1, beta2, eps, wd, t);
             for (size_t i = 0; i < n; i++) {
                 double g = grad[i];
                 m_d[i] = beta1 * m_d[i] + (1.0 - beta1) * g;

@@ -280,7 +280,7 @@ static void write_data(void) {
         rt_error err;
         if (rt_tokens_write(path, tokens, 2000, 256, &err)) exit(2);
     }
-    world->ops->broadcast(world, dir, sizeof dir, 0);
+    rt_comm_broadcast(world, dir, sizeof dir, 0);
     snprintf(data_path, sizeof data_path, "%s/tokens.bin", dir);
     snprintf(work_dir, sizeof work_dir, "%s", dir);
 }

@@ -523,7 +523,7 @@ static void test_buffers_grow(void) {
 static void test_reserve_covers_calls(void) {
     ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 3}, 600);
     const size_t width = (size_t)p.c.Hkv * p.c.D, message = 2 * p.B * p.Tl * width * sizeof(float);
-    const size_t workspace = rt_backend_cpu()->attn_workspace_bytes(rt_backend_cpu(), p.Tl, p.Tl, &p.shape);
+    const size_t workspace = rt_be_attn_workspace_bytes(rt_backend_cpu(), p.Tl, p.Tl, &p.shape);
     const size_t ring = n_ranks == 1 ? 0 : 5 * message + (size_t)n_ranks * p.Tl * sizeof(int64_t);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), workspace + ring);

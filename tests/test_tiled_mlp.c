@@ -122,21 +122,21 @@ static void reference_mlp(const rt_model *m, int layer, const float *norm2, cons
     const size_t C = (size_t)s->d_model, F = (size_t)s->d_ff, FC = fc_width(s);
     float *fc = alloc_floats(N * FC), *act = alloc_floats(N * F), *d_fc = alloc_floats(N * FC),
           *d_act = alloc_floats(N * F);
-    be->matmul_forward(be, fc, norm2, p->fc_w, p->fc_b, N, (int)C, (int)FC);
+    rt_be_matmul_forward(be, fc, norm2, p->fc_w, p->fc_b, N, (int)C, (int)FC);
     if (s->family == RT_FAMILY_GPT2)
-        be->gelu_forward(be, act, fc, N * F);
+        rt_be_gelu_forward(be, act, fc, N * F);
     else
-        be->swiglu_forward(be, act, fc, N, (int)F);
-    be->matmul_forward(be, out, act, p->fcproj_w, p->fcproj_b, N, (int)F, (int)C);
-    be->memset_zero(be, d_act, N * F * sizeof(float));
-    be->matmul_backward(be, d_act, g->fcproj_w, g->fcproj_b, d_out, act, p->fcproj_w, N, (int)F, (int)C);
-    be->memset_zero(be, d_fc, N * FC * sizeof(float));
+        rt_be_swiglu_forward(be, act, fc, N, (int)F);
+    rt_be_matmul_forward(be, out, act, p->fcproj_w, p->fcproj_b, N, (int)F, (int)C);
+    rt_be_memset_zero(be, d_act, N * F * sizeof(float));
+    rt_be_matmul_backward(be, d_act, g->fcproj_w, g->fcproj_b, d_out, act, p->fcproj_w, N, (int)F, (int)C);
+    rt_be_memset_zero(be, d_fc, N * FC * sizeof(float));
     if (s->family == RT_FAMILY_GPT2)
-        be->gelu_backward(be, d_fc, fc, d_act, N * F);
+        rt_be_gelu_backward(be, d_fc, fc, d_act, N * F);
     else
-        be->swiglu_backward(be, d_fc, d_act, fc, N, (int)F);
-    be->memset_zero(be, d_norm, N * C * sizeof(float));
-    be->matmul_backward(be, d_norm, g->fc_w, g->fc_b, d_fc, norm2, p->fc_w, N, (int)C, (int)FC);
+        rt_be_swiglu_backward(be, d_fc, d_act, fc, N, (int)F);
+    rt_be_memset_zero(be, d_norm, N * C * sizeof(float));
+    rt_be_matmul_backward(be, d_norm, g->fc_w, g->fc_b, d_fc, norm2, p->fc_w, N, (int)C, (int)FC);
     free(fc);
     free(act);
     free(d_fc);

@@ -228,7 +228,7 @@ static int resolve_resume(run_state *r, char *path, size_t cap, rt_error *err) {
     int found = 0;
     if (r->world->rank == 0) found = rt_ckpt_dir_newest(r->ckpt_dir, path, cap, err);
     if (rt_comm_agree(r->world, found < 0, err)) return -1;
-    r->world->ops->broadcast(r->world, path, cap, 0);
+    rt_comm_broadcast(r->world, path, cap, 0);
     if (r->world->rank == 0 && !path[0]) {
         printf("checkpoint.resume = auto: no checkpoint in %s; starting from step 0\n", r->ckpt_dir);
         fflush(stdout);
@@ -326,7 +326,7 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
         /* Every rank must agree to stop, or the next collective would hang: 1 for a signal, 2 when rank 0
          * could not write metrics.jsonl (its message is the job's one line; every rank returns). */
         double stop = metrics_failed ? 2.0 : stop_signals > 0;
-        world->ops->allreduce_max_f64(world, &stop, 1);
+        rt_allreduce_max_f64(world, &stop, 1);
         if (stop >= 2.0) {
             if (is_root) {
                 size_t used = strlen(err->msg);

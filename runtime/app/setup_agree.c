@@ -11,7 +11,7 @@
 
 int rt_setup_agree_status(rt_comm *world, int rc, rt_error *err) {
     double failed = rc ? 1.0 : 0.0;
-    world->ops->allreduce_sum_f64(world, &failed, 1);
+    rt_allreduce_sum_f64(world, &failed, 1);
     if (failed == 0.0) return 0;
     if (rt_comm_agree(world, rc, err) == 0) return 0; /* not reached: some rank failed */
     if (err->msg[0] && failed < (double)world->size) {
@@ -81,10 +81,10 @@ static file_digest digest_of(const char *path) {
 int rt_setup_agree_inputs(rt_comm *world, const rt_config *cfg, rt_error *err) {
     char *text = rt_config_to_text(cfg);
     uint64_t len = strlen(text);
-    world->ops->broadcast(world, &len, sizeof len, 0);
+    rt_comm_broadcast(world, &len, sizeof len, 0);
     char *rank0 = malloc_check(len + 1);
     if (world->rank == 0) memcpy(rank0, text, len + 1);
-    world->ops->broadcast(world, rank0, len + 1, 0);
+    rt_comm_broadcast(world, rank0, len + 1, 0);
     int differs = strcmp(text, rank0) != 0;
     if (differs) describe_difference(text, rank0, world->rank, err);
     free(rank0);
@@ -98,7 +98,7 @@ int rt_setup_agree_inputs(rt_comm *world, const rt_config *cfg, rt_error *err) {
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         if (!files[i].path[0]) continue;
         file_digest mine = digest_of(files[i].path), theirs = mine;
-        world->ops->broadcast(world, &theirs, sizeof theirs, 0);
+        rt_comm_broadcast(world, &theirs, sizeof theirs, 0);
         differs = memcmp(&mine, &theirs, sizeof mine) != 0;
         if (differs && mine.exists != theirs.exists)
             rt_fail(err, "rank %d: %s: %s: %s here, %s on rank 0 (every node must hold the same file)", world->rank,

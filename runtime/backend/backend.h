@@ -222,4 +222,127 @@ struct rt_backend {
     void (*host_free)(const rt_backend *be, void *ptr);
 };
 
+/* Callers go through these wrappers, never be->op(be, ...): the instance is named once, and the table can
+ * change shape without touching every call site. Each does exactly what its slot above says. */
+static inline void *rt_be_device_alloc(const rt_backend *be, size_t bytes) { return be->device_alloc(be, bytes); }
+static inline void rt_be_device_free(const rt_backend *be, void *ptr) { be->device_free(be, ptr); }
+static inline void rt_be_memset_zero(const rt_backend *be, void *dst, size_t bytes) { be->memset_zero(be, dst, bytes); }
+static inline void rt_be_copy(const rt_backend *be, void *dst, const void *src, size_t bytes) {
+    be->copy(be, dst, src, bytes);
+}
+static inline void rt_be_matmul_forward(const rt_backend *be, float *out, const float *inp, const float *weight,
+                                        const float *bias, size_t N, int C, int OC) {
+    be->matmul_forward(be, out, inp, weight, bias, N, C, OC);
+}
+static inline void rt_be_matmul_backward(const rt_backend *be, float *dinp, float *dweight, float *dbias,
+                                         const float *dout, const float *inp, const float *weight, size_t N, int C,
+                                         int OC) {
+    be->matmul_backward(be, dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+}
+static inline void rt_be_embedding_forward(const rt_backend *be, float *out, const int32_t *tokens, const int64_t *pos,
+                                           const float *wte, const float *wpe, size_t N, int C) {
+    be->embedding_forward(be, out, tokens, pos, wte, wpe, N, C);
+}
+static inline void rt_be_embedding_backward(const rt_backend *be, float *dwte, float *dwpe, const float *dout,
+                                            const int32_t *tokens, const int64_t *pos, size_t N, int C) {
+    be->embedding_backward(be, dwte, dwpe, dout, tokens, pos, N, C);
+}
+static inline void rt_be_layernorm_forward(const rt_backend *be, float *out, float *mean, float *rstd, const float *inp,
+                                           const float *weight, const float *bias, size_t N, int C, float eps) {
+    be->layernorm_forward(be, out, mean, rstd, inp, weight, bias, N, C, eps);
+}
+static inline void rt_be_layernorm_backward(const rt_backend *be, float *dinp, float *dweight, float *dbias,
+                                            const float *dout, const float *inp, const float *weight, const float *mean,
+                                            const float *rstd, size_t N, int C) {
+    be->layernorm_backward(be, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+}
+static inline void rt_be_rmsnorm_forward(const rt_backend *be, float *out, float *rstd, const float *inp,
+                                         const float *weight, size_t N, int C, float eps) {
+    be->rmsnorm_forward(be, out, rstd, inp, weight, N, C, eps);
+}
+static inline void rt_be_rmsnorm_backward(const rt_backend *be, float *dinp, float *dweight, const float *dout,
+                                          const float *inp, const float *weight, const float *rstd, size_t N, int C) {
+    be->rmsnorm_backward(be, dinp, dweight, dout, inp, weight, rstd, N, C);
+}
+static inline void rt_be_rope_forward(const rt_backend *be, float *x, const int64_t *pos, size_t N, int n_heads,
+                                      int head_dim, size_t stride, float theta) {
+    be->rope_forward(be, x, pos, N, n_heads, head_dim, stride, theta);
+}
+static inline void rt_be_rope_backward(const rt_backend *be, float *dx, const int64_t *pos, size_t N, int n_heads,
+                                       int head_dim, size_t stride, float theta) {
+    be->rope_backward(be, dx, pos, N, n_heads, head_dim, stride, theta);
+}
+static inline void rt_be_gelu_forward(const rt_backend *be, float *out, const float *inp, size_t n) {
+    be->gelu_forward(be, out, inp, n);
+}
+static inline void rt_be_gelu_backward(const rt_backend *be, float *dinp, const float *inp, const float *dout,
+                                       size_t n) {
+    be->gelu_backward(be, dinp, inp, dout, n);
+}
+static inline void rt_be_swiglu_forward(const rt_backend *be, float *out, const float *gate_up, size_t N, int F) {
+    be->swiglu_forward(be, out, gate_up, N, F);
+}
+static inline void rt_be_swiglu_backward(const rt_backend *be, float *dgate_up, const float *dout, const float *gate_up,
+                                         size_t N, int F) {
+    be->swiglu_backward(be, dgate_up, dout, gate_up, N, F);
+}
+static inline void rt_be_add(const rt_backend *be, float *out, const float *a, const float *b, size_t n) {
+    be->add(be, out, a, b, n);
+}
+static inline void rt_be_dropout(const rt_backend *be, float *x, const int64_t *pos, size_t N, int C, float p,
+                                 rt_rng_key key) {
+    be->dropout(be, x, pos, N, C, p, key);
+}
+static inline size_t rt_be_attn_workspace_bytes(const rt_backend *be, size_t max_Tq, size_t max_Tk,
+                                                const rt_attn_shape *shape) {
+    return be->attn_workspace_bytes(be, max_Tq, max_Tk, shape);
+}
+static inline void rt_be_attn_block_forward(const rt_backend *be, float *out, float *lse, const float *q,
+                                            const float *k, const float *v, const int64_t *q_pos, const int64_t *k_pos,
+                                            size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
+                                            size_t workspace_bytes) {
+    be->attn_block_forward(be, out, lse, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace, workspace_bytes);
+}
+static inline void rt_be_attn_delta(const rt_backend *be, float *delta, const float *out, const float *dout, size_t Tq,
+                                    const rt_attn_shape *shape) {
+    be->attn_delta(be, delta, out, dout, Tq, shape);
+}
+static inline void rt_be_attn_block_backward(const rt_backend *be, float *dq, float *dk, float *dv, const float *dout,
+                                             const float *q, const float *k, const float *v, const float *lse,
+                                             const float *delta, const int64_t *q_pos, const int64_t *k_pos, size_t Tq,
+                                             size_t Tk, const rt_attn_shape *shape, void *workspace,
+                                             size_t workspace_bytes) {
+    be->attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, q_pos, k_pos, Tq, Tk, shape, workspace,
+                            workspace_bytes);
+}
+static inline void rt_be_softmax_xent(const rt_backend *be, float *logits, float *losses, const int32_t *targets,
+                                      size_t n, int V, int Vp, float dloss_scale) {
+    be->softmax_xent(be, logits, losses, targets, n, V, Vp, dloss_scale);
+}
+static inline double rt_be_sum_squares(const rt_backend *be, const float *x, size_t n) {
+    return be->sum_squares(be, x, n);
+}
+static inline void rt_be_scale(const rt_backend *be, float *x, float factor, size_t n) { be->scale(be, x, factor, n); }
+static inline void rt_be_adamw_update(const rt_backend *be, float *param, const float *grad, float *m, float *v,
+                                      size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
+                                      int t) {
+    be->adamw_update(be, param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
+}
+static inline rt_stream *rt_be_stream_create(const rt_backend *be) { return be->stream_create(be); }
+static inline void rt_be_stream_destroy(const rt_backend *be, rt_stream *s) { be->stream_destroy(be, s); }
+static inline void rt_be_copy_async(const rt_backend *be, rt_stream *s, void *dst, const void *src, size_t bytes) {
+    be->copy_async(be, s, dst, src, bytes);
+}
+static inline rt_event *rt_be_event_create(const rt_backend *be) { return be->event_create(be); }
+static inline void rt_be_event_destroy(const rt_backend *be, rt_event *e) { be->event_destroy(be, e); }
+static inline void rt_be_event_record(const rt_backend *be, rt_event *e, rt_stream *s) { be->event_record(be, e, s); }
+static inline void rt_be_stream_wait_event(const rt_backend *be, rt_stream *s, rt_event *e) {
+    be->stream_wait_event(be, s, e);
+}
+static inline void rt_be_synchronize(const rt_backend *be) { be->synchronize(be); }
+static inline void rt_be_event_synchronize(const rt_backend *be, rt_event *e) { be->event_synchronize(be, e); }
+static inline int rt_be_event_query(const rt_backend *be, rt_event *e) { return be->event_query(be, e); }
+static inline void *rt_be_host_alloc(const rt_backend *be, size_t bytes) { return be->host_alloc(be, bytes); }
+static inline void rt_be_host_free(const rt_backend *be, void *ptr) { be->host_free(be, ptr); }
+
 #endif

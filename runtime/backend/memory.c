@@ -22,7 +22,7 @@ void rt_device_memory_destroy(rt_device_memory *mem) {
     struct rt_allocation *a = mem->live;
     while (a) {
         struct rt_allocation *next = a->next;
-        mem->backend->device_free(mem->backend, a->ptr);
+        rt_be_device_free(mem->backend, a->ptr);
         free(a);
         a = next;
     }
@@ -41,13 +41,13 @@ void *rt_device_alloc(rt_device_memory *mem, size_t bytes, const char *what, rt_
                 rt_format_bytes(mem->limit, limit));
         return NULL;
     }
-    void *ptr = mem->backend->device_alloc(mem->backend, bytes ? bytes : 1);
+    void *ptr = rt_be_device_alloc(mem->backend, bytes ? bytes : 1);
     if (!ptr) {
         rt_fail(err, "the device has no memory left allocating %s for %s (%s in use)", rt_format_bytes(bytes, asked),
                 what, rt_format_bytes(mem->in_use, used));
         return NULL;
     }
-    mem->backend->memset_zero(mem->backend, ptr, bytes);
+    rt_be_memset_zero(mem->backend, ptr, bytes);
     struct rt_allocation *a = malloc_check(sizeof *a);
     a->ptr = ptr;
     a->bytes = bytes;
@@ -74,7 +74,7 @@ void rt_device_free(rt_device_memory *mem, void *ptr) {
         *link = a->next;
         mem->in_use -= a->bytes;
         mem->n_live--;
-        mem->backend->device_free(mem->backend, ptr);
+        rt_be_device_free(mem->backend, ptr);
         free(a);
         return;
     }

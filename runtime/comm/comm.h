@@ -94,9 +94,44 @@ size_t rt_comm_mpi_segment_elems(void);
 struct rt_error;
 int rt_comm_agree(rt_comm *world, int rc, struct rt_error *err);
 
-/* Convenience wrappers. */
+/* Callers go through these wrappers, never c->ops->op(c, ...). Each does what its slot above says. */
 static inline void rt_allreduce_sum_f32(rt_comm *c, float *buf, size_t n) { c->ops->allreduce_sum_f32(c, buf, n); }
 static inline void rt_allreduce_sum_f64(rt_comm *c, double *buf, size_t n) { c->ops->allreduce_sum_f64(c, buf, n); }
+static inline void rt_allreduce_max_f64(rt_comm *c, double *buf, size_t n) { c->ops->allreduce_max_f64(c, buf, n); }
+static inline void rt_reduce_scatter_sum_f32(rt_comm *c, float *recv, const float *send, size_t n) {
+    c->ops->reduce_scatter_sum_f32(c, recv, send, n);
+}
+static inline void rt_reduce_scatter_sum_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts) {
+    c->ops->reduce_scatter_sum_f32_v(c, recv, send, counts);
+}
+static inline void rt_allgather_f32(rt_comm *c, float *recv, const float *send, size_t n) {
+    c->ops->allgather_f32(c, recv, send, n);
+}
+static inline void rt_allgather_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts) {
+    c->ops->allgather_f32_v(c, recv, send, counts);
+}
+static inline void rt_comm_broadcast(rt_comm *c, void *buf, size_t bytes, int root) {
+    c->ops->broadcast(c, buf, bytes, root);
+}
 static inline void rt_barrier(rt_comm *c) { c->ops->barrier(c); }
+static inline void rt_comm_isend(rt_comm *c, const void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
+    c->ops->isend(c, buf, bytes, peer, tag, req);
+}
+static inline void rt_comm_irecv(rt_comm *c, void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
+    c->ops->irecv(c, buf, bytes, peer, tag, req);
+}
+static inline void rt_comm_wait(rt_comm *c, rt_comm_request *req) { c->ops->wait(c, req); }
+static inline void rt_ireduce_scatter_sum_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts,
+                                                rt_comm_request *req) {
+    c->ops->ireduce_scatter_sum_f32_v(c, recv, send, counts, req);
+}
+static inline void rt_iallgather_f32_v(rt_comm *c, float *recv, const float *send, const size_t *counts,
+                                       rt_comm_request *req) {
+    c->ops->iallgather_f32_v(c, recv, send, counts, req);
+}
+static inline void rt_comm_progress(rt_comm *c, rt_comm_request *req) { c->ops->progress(c, req); }
+static inline rt_comm *rt_comm_split(rt_comm *c, int color, int key) { return c->ops->split(c, color, key); }
+static inline rt_comm *rt_comm_split_node(rt_comm *c) { return c->ops->split_node(c); }
+static inline void rt_comm_destroy(rt_comm *c) { c->ops->destroy(c); }
 
 #endif

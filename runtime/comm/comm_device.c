@@ -45,7 +45,7 @@ rt_plane_kind rt_comm_plane_kind(const rt_comm *plane) {
 
 void rt_comm_device_plane_free(rt_comm *plane) {
     if (!plane || rt_comm_plane_kind(plane) == RT_PLANE_DIRECT) return; /* the host comm: not ours */
-    plane->ops->destroy(plane);
+    rt_comm_destroy(plane);
 }
 
 /* What the unset variable means on a device backend. Collective over host (rt_comm_nccl_usable). */
@@ -97,7 +97,7 @@ int rt_comm_device_plane(rt_comm **out, rt_comm *host, const rt_backend *be, rt_
         const char *env = getenv("RINGTRAIN_DEVICE_PLANE");
         if (env) snprintf(asked, sizeof asked, "%s", env);
     }
-    host->ops->broadcast(host, asked, sizeof asked, 0);
+    rt_comm_broadcast(host, asked, sizeof asked, 0);
     rt_plane_kind kind = RT_PLANE_DIRECT;
     if (decide(host, be, asked, &kind, err)) return -1;
     switch (kind) {

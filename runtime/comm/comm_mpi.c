@@ -437,7 +437,7 @@ void rt_comm_finalize(void) {
 int rt_comm_agree(rt_comm *world, int rc, rt_error *err) {
     double first_failing = rc ? (double)world->rank : (double)world->size;
     double negated = -first_failing; /* the communicator has max, not min */
-    world->ops->allreduce_max_f64(world, &negated, 1);
+    rt_allreduce_max_f64(world, &negated, 1);
     int first = (int)-negated;
     if (first >= world->size) return 0;
     if (world->rank != first) err->msg[0] = '\0';

@@ -206,8 +206,8 @@ static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send
 static float *scratch(nccl_impl *impl, size_t elems) {
     if (impl->scratch_elems < elems) {
         CUDA_CHECK(cudaStreamSynchronize(impl->stream));
-        if (impl->scratch) impl->be->device_free(impl->be, impl->scratch);
-        impl->scratch = impl->be->device_alloc(impl->be, elems * sizeof(float));
+        if (impl->scratch) rt_be_device_free(impl->be, impl->scratch);
+        impl->scratch = rt_be_device_alloc(impl->be, elems * sizeof(float));
         if (!impl->scratch) rt_fatal("NCCL plane: out of device memory for %zu floats of scratch", elems);
         impl->scratch_elems = elems;
     }
@@ -302,7 +302,7 @@ static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
 static void barrier(rt_comm *comm) {
     nccl_impl *impl = impl_of(comm);
     launch_queued(impl);
-    impl->host->ops->barrier(impl->host);
+    rt_barrier(impl->host);
 }
 
 /* ------------------------------------------------------------------ transfers */
@@ -361,12 +361,12 @@ static void progress(rt_comm *comm, rt_comm_request *req) { (void)comm, (void)re
 
 static rt_comm *split(rt_comm *comm, int color, int key) {
     rt_comm *host = impl_of(comm)->host;
-    return host->ops->split(host, color, key);
+    return rt_comm_split(host, color, key);
 }
 
 static rt_comm *split_node(rt_comm *comm) {
     rt_comm *host = impl_of(comm)->host;
-    return host->ops->split_node(host);
+    return rt_comm_split_node(host);
 }
 
 static void destroy(rt_comm *comm) {
@@ -380,7 +380,7 @@ static void destroy(rt_comm *comm) {
     CUDA_CHECK(cudaEventDestroy(impl->comm_done));
     for (int i = 0; i < LAUNCH_EVENTS; i++)
         CUDA_CHECK(cudaEventDestroy(impl->launch_done[i])); /* the stream is the backend's */
-    if (impl->scratch) impl->be->device_free(impl->be, impl->scratch);
+    if (impl->scratch) rt_be_device_free(impl->be, impl->scratch);
     free(impl->queued);
     free(impl);
     free(comm);
@@ -419,7 +419,7 @@ rt_comm *rt_comm_nccl_plane(rt_comm *host, const rt_backend *be, rt_error *err) 
     } drawn;
     memset(&drawn, 0, sizeof drawn);
     if (host->rank == 0) drawn.rc = (int)ncclGetUniqueId(&drawn.id);
-    host->ops->broadcast(host, &drawn, sizeof drawn, 0);
+    rt_comm_broadcast(host, &drawn, sizeof drawn, 0);
     if (drawn.rc != (int)ncclSuccess) {
         rt_fail(err, "ncclGetUniqueId failed on rank 0: %s", ncclGetErrorString((ncclResult_t)drawn.rc));
         return NULL;
@@ -480,16 +480,16 @@ int rt_comm_nccl_usable(rt_comm *host, const rt_backend *be, rt_error *why) {
     const int device = rt_cuda_state_of(be)->device;
     float mine[4];
     int node = host->rank, domain = 0, bus = 0, pci_device = 0;
-    rt_comm *node_comm = host->ops->split_node(host);
-    node_comm->ops->broadcast(node_comm, &node, sizeof node, 0); /* the host rank of the node's first rank */
-    node_comm->ops->destroy(node_comm);
+    rt_comm *node_comm = rt_comm_split_node(host);
+    rt_comm_broadcast(node_comm, &node, sizeof node, 0); /* the host rank of the node's first rank */
+    rt_comm_destroy(node_comm);
     CUDA_CHECK(cudaDeviceGetAttribute(&domain, cudaDevAttrPciDomainId, device));
     CUDA_CHECK(cudaDeviceGetAttribute(&bus, cudaDevAttrPciBusId, device));
     CUDA_CHECK(cudaDeviceGetAttribute(&pci_device, cudaDevAttrPciDeviceId, device));
     mine[0] = (float)node, mine[1] = (float)domain, mine[2] = (float)bus, mine[3] = (float)pci_device;
     const size_t P = (size_t)host->size;
     float *all = malloc_check(P * 4 * sizeof *all);
-    host->ops->allgather_f32(host, all, mine, 4);
+    rt_allgather_f32(host, all, mine, 4);
     gpu_place *places = malloc_check(P * sizeof *places);
     for (size_t q = 0; q < P; q++)
         places[q] = (gpu_place){(int)all[4 * q], (int)all[4 * q + 1], (int)all[4 * q + 2], (int)all[4 * q + 3], (int)q};

@@ -101,7 +101,7 @@ static size_t checked_add(size_t a, size_t b, const char *what) {
 }
 
 static void *host_alloc_counted(staged_impl *impl, size_t bytes, const char *what) {
-    void *ptr = impl->be->host_alloc(impl->be, bytes);
+    void *ptr = rt_be_host_alloc(impl->be, bytes);
     if (!ptr) {
         char size[32];
         rt_fatal("staged plane: out of pinned host memory for %s (%s)", what, rt_format_bytes(bytes, size));
@@ -113,7 +113,7 @@ static void *host_alloc_counted(staged_impl *impl, size_t bytes, const char *wha
 /* The collectives' staging buffer, at least bytes long. */
 static void *staging(staged_impl *impl, size_t bytes) {
     if (impl->staging_bytes < bytes || !impl->staging) {
-        if (impl->staging) impl->be->host_free(impl->be, impl->staging);
+        if (impl->staging) rt_be_host_free(impl->be, impl->staging);
         impl->staging = host_alloc_counted(impl, bytes, "collective staging");
         impl->staging_bytes = bytes;
     }
@@ -121,10 +121,10 @@ static void *staging(staged_impl *impl, size_t bytes) {
 }
 
 static void to_host(staged_impl *impl, void *host_dst, const void *device_src, size_t bytes) {
-    if (bytes) impl->be->copy(impl->be, host_dst, device_src, bytes);
+    if (bytes) rt_be_copy(impl->be, host_dst, device_src, bytes);
 }
 static void to_device(staged_impl *impl, void *device_dst, const void *host_src, size_t bytes) {
-    if (bytes) impl->be->copy(impl->be, device_dst, host_src, bytes);
+    if (bytes) rt_be_copy(impl->be, device_dst, host_src, bytes);
 }
 
 /* ------------------------------------------------------------------ collectives */
@@ -135,7 +135,7 @@ static void allreduce_sum_f32(rt_comm *comm, float *buf, size_t n) {
     size_t bytes = checked_mul(n, sizeof(float), "allreduce");
     float *host_buf = staging(impl, bytes);
     to_host(impl, host_buf, buf, bytes);
-    impl->host->ops->allreduce_sum_f32(impl->host, host_buf, n);
+    rt_allreduce_sum_f32(impl->host, host_buf, n);
     to_device(impl, buf, host_buf, bytes);
 }
 
@@ -146,9 +146,9 @@ static void allreduce_f64(rt_comm *comm, double *buf, size_t n, int max) {
     double *host_buf = staging(impl, bytes);
     to_host(impl, host_buf, buf, bytes);
     if (max)
-        impl->host->ops->allreduce_max_f64(impl->host, host_buf, n);
+        rt_allreduce_max_f64(impl->host, host_buf, n);
     else
-        impl->host->ops->allreduce_sum_f64(impl->host, host_buf, n);
+        rt_allreduce_sum_f64(impl->host, host_buf, n);
     to_device(impl, buf, host_buf, bytes);
 }
 static void allreduce_sum_f64(rt_comm *comm, double *buf, size_t n) { allreduce_f64(comm, buf, n, 0); }
@@ -168,7 +168,7 @@ static void reduce_scatter_sum_f32(rt_comm *comm, float *recv, const float *send
     float *host_send = staging(impl, checked_mul(elems, sizeof(float), "reduce_scatter"));
     float *host_recv = in_place ? host_send : host_send + n;
     to_host(impl, host_send, send, n * sizeof(float));
-    impl->host->ops->reduce_scatter_sum_f32(impl->host, host_recv, host_send, n);
+    rt_reduce_scatter_sum_f32(impl->host, host_recv, host_send, n);
     to_device(impl, recv, host_recv, per_rank * sizeof(float));
 }
 
@@ -187,7 +187,7 @@ static void reduce_scatter_sum_f32_v(rt_comm *comm, float *recv, const float *se
     float *host_send = staging(impl, checked_mul(elems, sizeof(float), "reduce_scatter_v"));
     float *host_recv = in_place ? host_send : host_send + total;
     to_host(impl, host_send, send, total * sizeof(float));
-    impl->host->ops->reduce_scatter_sum_f32_v(impl->host, host_recv, host_send, counts);
+    rt_reduce_scatter_sum_f32_v(impl->host, host_recv, host_send, counts);
     to_device(impl, recv, host_recv, mine * sizeof(float));
 }
 
@@ -204,7 +204,7 @@ static void allgather_f32(rt_comm *comm, float *recv, const float *send, size_t 
     float *host_recv = staging(impl, checked_mul(elems, sizeof(float), "allgather"));
     float *host_send = in_place ? host_recv + me * n : host_recv + gathered;
     to_host(impl, host_send, send, n * sizeof(float));
-    impl->host->ops->allgather_f32(impl->host, host_recv, host_send, n);
+    rt_allgather_f32(impl->host, host_recv, host_send, n);
     to_device(impl, recv, host_recv, gathered * sizeof(float));
 }
 
@@ -225,7 +225,7 @@ static void allgather_f32_v(rt_comm *comm, float *recv, const float *send, const
     float *host_recv = staging(impl, checked_mul(elems, sizeof(float), "allgather_v"));
     float *host_send = in_place ? host_recv + mine_at : host_recv + total;
     to_host(impl, host_send, send, mine * sizeof(float));
-    impl->host->ops->allgather_f32_v(impl->host, host_recv, host_send, counts);
+    rt_allgather_f32_v(impl->host, host_recv, host_send, counts);
     to_device(impl, recv, host_recv, total * sizeof(float));
 }
 
@@ -234,14 +234,14 @@ static void broadcast(rt_comm *comm, void *buf, size_t bytes, int root) {
     if (comm->size == 1) return;
     void *host_buf = staging(impl, bytes);
     if (comm->rank == root) to_host(impl, host_buf, buf, bytes);
-    impl->host->ops->broadcast(impl->host, host_buf, bytes, root);
+    rt_comm_broadcast(impl->host, host_buf, bytes, root);
     if (comm->rank != root) to_device(impl, buf, host_buf, bytes);
 }
 
 /* The ranks meet on the host; every device op before it is already done (each op here copies synchronously). */
 static void barrier(rt_comm *comm) {
     staged_impl *impl = impl_of(comm);
-    impl->host->ops->barrier(impl->host);
+    rt_barrier(impl->host);
 }
 
 /* ------------------------------------------------------------------ transfers */
@@ -255,7 +255,7 @@ static transfer_buffer *acquire_buffer(staged_impl *impl, size_t bytes) {
         if (!largest || b->bytes > largest->bytes) largest = b;
     }
     if (!best && largest) { /* grow the largest free one: the pool keeps as many buffers as transfers in flight */
-        impl->be->host_free(impl->be, largest->ptr);
+        rt_be_host_free(impl->be, largest->ptr);
         largest->ptr = host_alloc_counted(impl, bytes, "a transfer buffer");
         largest->bytes = bytes;
         best = largest;
@@ -314,7 +314,7 @@ static void isend(rt_comm *comm, const void *buf, size_t bytes, int peer, int ta
     t->bytes = bytes;
     t->buffer = acquire_buffer(impl, bytes);
     to_host(impl, t->buffer->ptr, buf, bytes);
-    impl->host->ops->isend(impl->host, t->buffer->ptr, bytes, peer, tag, &sreq->host_req);
+    rt_comm_isend(impl->host, t->buffer->ptr, bytes, peer, tag, &sreq->host_req);
 }
 
 static void irecv(rt_comm *comm, void *buf, size_t bytes, int peer, int tag, rt_comm_request *req) {
@@ -324,7 +324,7 @@ static void irecv(rt_comm *comm, void *buf, size_t bytes, int peer, int tag, rt_
     t->device_dst = buf;
     t->bytes = bytes;
     t->buffer = acquire_buffer(impl, bytes);
-    impl->host->ops->irecv(impl->host, t->buffer->ptr, bytes, peer, tag, &sreq->host_req);
+    rt_comm_irecv(impl->host, t->buffer->ptr, bytes, peer, tag, &sreq->host_req);
 }
 
 static void wait_all(rt_comm *comm, rt_comm_request *req) {
@@ -336,7 +336,7 @@ static void wait_all(rt_comm *comm, rt_comm_request *req) {
     else if (sreq->deferred == DEFERRED_ALLGATHER)
         allgather_f32_v(comm, sreq->deferred_recv, sreq->deferred_send, sreq->deferred_counts);
     sreq->deferred = DEFERRED_NONE;
-    impl->host->ops->wait(impl->host, &sreq->host_req);
+    rt_comm_wait(impl->host, &sreq->host_req);
     for (int i = 0; i < sreq->n_transfers; i++) {
         staged_transfer *t = &sreq->transfers[i];
         if (t->device_dst) to_device(impl, t->device_dst, t->buffer->ptr, t->bytes);
@@ -374,19 +374,19 @@ static void iallgather_f32_v(rt_comm *comm, float *recv, const float *send, cons
 
 static void progress(rt_comm *comm, rt_comm_request *req) {
     staged_request *sreq = req->impl;
-    if (sreq) impl_of(comm)->host->ops->progress(impl_of(comm)->host, &sreq->host_req);
+    if (sreq) rt_comm_progress(impl_of(comm)->host, &sreq->host_req);
 }
 
 /* ------------------------------------------------------------------ communicators */
 
 static rt_comm *split(rt_comm *comm, int color, int key) {
     rt_comm *host = impl_of(comm)->host;
-    return host->ops->split(host, color, key);
+    return rt_comm_split(host, color, key);
 }
 
 static rt_comm *split_node(rt_comm *comm) {
     rt_comm *host = impl_of(comm)->host;
-    return host->ops->split_node(host);
+    return rt_comm_split_node(host);
 }
 
 static void destroy(rt_comm *comm) {
@@ -394,7 +394,7 @@ static void destroy(rt_comm *comm) {
     staged_impl *impl = impl_of(comm);
     for (int i = 0; i < impl->n_buffers; i++) {
         if (impl->buffers[i]->in_use) rt_fatal("staged plane destroyed with a transfer not waited for");
-        impl->be->host_free(impl->be, impl->buffers[i]->ptr);
+        rt_be_host_free(impl->be, impl->buffers[i]->ptr);
         free(impl->buffers[i]);
     }
     free(impl->buffers);
@@ -405,7 +405,7 @@ static void destroy(rt_comm *comm) {
         free(impl->free_requests);
         impl->free_requests = next;
     }
-    if (impl->staging) impl->be->host_free(impl->be, impl->staging);
+    if (impl->staging) rt_be_host_free(impl->be, impl->staging);
     free(impl);
     free(comm);
 }

@@ -58,10 +58,10 @@ void rt_threads_setup(rt_comm *world, rt_threads *out) {
     out->cpus = mark_affinity(mine);
     for (int c = 0; c < CPU_SETSIZE; c++)
         users[c] = mine[c];
-    rt_comm *node = world->ops->split_node(world); /* collective: every rank takes part, env set or not */
+    rt_comm *node = rt_comm_split_node(world); /* collective: every rank takes part, env set or not */
     out->node_ranks = node->size;
-    node->ops->allreduce_sum_f64(node, users, CPU_SETSIZE);
-    node->ops->destroy(node);
+    rt_allreduce_sum_f64(node, users, CPU_SETSIZE);
+    rt_comm_destroy(node);
     double share = 0.0;
     for (int c = 0; c < CPU_SETSIZE; c++)
         if (mine[c] > 0.0) share += 1.0 / users[c];

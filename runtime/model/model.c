@@ -382,7 +382,7 @@ void rt_model_init_params(rt_model *m, uint64_t seed) {
     if (m->shard_params) rt_fatal("rt_model_init_params: the parameters are sharded; their owner initializes them");
     float *host = malloc_check(m->table.total * sizeof(float));
     rt_model_init_params_host(m, seed, host);
-    m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
+    rt_be_copy(m->backend, m->params, host, m->table.total * sizeof(float));
     free(host);
 }
 
@@ -412,7 +412,7 @@ void rt_model_init_params_host(const rt_model *m, uint64_t seed, float *host) {
 void rt_model_zero_grads(rt_model *m) {
     const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
     size_t n = m->stream_grads ? lo[0] + (m->table.total - lo[L]) : m->n_alloc;
-    m->backend->memset_zero(m->backend, m->grads, n * sizeof(float));
+    rt_be_memset_zero(m->backend, m->grads, n * sizeof(float));
 }
 
 /* Sharded parameters: a pass gathers each unit when it first needs it, unless its buffer still holds it from
@@ -473,11 +473,11 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
             ids[i] = (int64_t)(((uint64_t)(batch->first_seq + b) << 40) | (uint64_t)batch->pos[i]);
         }
     const rt_backend *be = m->backend;
-    be->copy(be, m->tokens, batch->inputs, N * sizeof(int32_t));
-    be->copy(be, m->targets, batch->targets, N * sizeof(int32_t));
-    be->copy(be, m->pos, batch->pos, N * sizeof(int64_t));
+    rt_be_copy(be, m->tokens, batch->inputs, N * sizeof(int32_t));
+    rt_be_copy(be, m->targets, batch->targets, N * sizeof(int32_t));
+    rt_be_copy(be, m->pos, batch->pos, N * sizeof(int64_t));
     m->host_pos = batch->pos;
-    be->copy(be, m->dropout_ids, ids, N * sizeof(int64_t));
+    rt_be_copy(be, m->dropout_ids, ids, N * sizeof(int64_t));
     return N;
 }
 
@@ -524,7 +524,7 @@ static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_p
     const rt_top_params *top = &m->top;
     float *x = forward_input(m, 0, N);
     need_top_params(m);
-    m->backend->embedding_forward(m->backend, x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
+    rt_be_embedding_forward(m->backend, x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
     forward_input_written(m, 0, N, training);
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *y = forward_input(m, l + 1, N);
@@ -546,11 +546,10 @@ static void final_norm_forward(rt_model *m, size_t N) {
     const rt_model_shape *s = &m->shape;
     const float *x = final_hidden(m, N);
     if (s->family == RT_FAMILY_GPT2)
-        m->backend->layernorm_forward(m->backend, m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w,
-                                      m->top.norm_f_b, N, s->d_model, s->norm_eps);
+        rt_be_layernorm_forward(m->backend, m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w,
+                                m->top.norm_f_b, N, s->d_model, s->norm_eps);
     else
-        m->backend->rmsnorm_forward(m->backend, m->norm_f, m->norm_f_rstd, x, m->top.norm_f_w, N, s->d_model,
-                                    s->norm_eps);
+        rt_be_rmsnorm_forward(m->backend, m->norm_f, m->norm_f_rstd, x, m->top.norm_f_w, N, s->d_model, s->norm_eps);
 }
 
 /* Final norm, tiled LM head and loss; with backward, leaves d(last layer output) in d_resid. */
@@ -559,18 +558,18 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     const rt_model_shape *s = &m->shape;
     const size_t N = batch->n_seqs * batch->local_len, C = (size_t)s->d_model;
     final_norm_forward(m, N);
-    if (backward) be->memset_zero(be, m->d_norm, N * C * sizeof(float));
+    if (backward) rt_be_memset_zero(be, m->d_norm, N * C * sizeof(float));
     for (size_t t0 = 0; t0 < N; t0 += m->head_tile) {
         size_t n = N - t0 < m->head_tile ? N - t0 : m->head_tile;
-        be->matmul_forward(be, m->logits, m->norm_f + t0 * C, m->top.lm_head, NULL, n, (int)C, s->padded_vocab);
-        be->softmax_xent(be, m->logits, m->losses + t0, m->targets + t0, n, s->vocab_size, s->padded_vocab,
-                         backward ? dloss_scale : 0.0f);
+        rt_be_matmul_forward(be, m->logits, m->norm_f + t0 * C, m->top.lm_head, NULL, n, (int)C, s->padded_vocab);
+        rt_be_softmax_xent(be, m->logits, m->losses + t0, m->targets + t0, n, s->vocab_size, s->padded_vocab,
+                           backward ? dloss_scale : 0.0f);
         if (backward)
-            be->matmul_backward(be, m->d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits, m->norm_f + t0 * C,
-                                m->top.lm_head, n, (int)C, s->padded_vocab);
+            rt_be_matmul_backward(be, m->d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits, m->norm_f + t0 * C,
+                                  m->top.lm_head, n, (int)C, s->padded_vocab);
     }
     float *losses = m->host_losses;
-    be->copy(be, losses, m->losses, N * sizeof(float));
+    rt_be_copy(be, losses, m->losses, N * sizeof(float));
     double loss_sum = 0.0;
     size_t count = 0;
     for (size_t i = 0; i < N; i++) {
@@ -580,13 +579,13 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     *n_targets = count;
     if (backward) {
         const float *x = final_hidden(m, N);
-        be->memset_zero(be, m->d_resid, N * C * sizeof(float));
+        rt_be_memset_zero(be, m->d_resid, N * C * sizeof(float));
         if (s->family == RT_FAMILY_GPT2)
-            be->layernorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
-                                   m->top.norm_f_w, m->norm_f_mean, m->norm_f_rstd, N, s->d_model);
+            rt_be_layernorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
+                                     m->top.norm_f_w, m->norm_f_mean, m->norm_f_rstd, N, s->d_model);
         else
-            be->rmsnorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd,
-                                 N, s->d_model);
+            rt_be_rmsnorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd,
+                                   N, s->d_model);
     }
     return loss_sum;
 }
@@ -612,15 +611,15 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
                              batch->local_len, dropout);
         const size_t *lo = m->layer_offset;
         if (m->stream_grads)
-            m->backend->memset_zero(m->backend, m->layer_grad_scratch[l % 2], (lo[1] - lo[0]) * sizeof(float));
+            rt_be_memset_zero(m->backend, m->layer_grad_scratch[l % 2], (lo[1] - lo[0]) * sizeof(float));
         rt_layer_backward(m, l, acts, x, batch->n_seqs, batch->local_len, dropout);
         if (offload) rt_offload_release(&m->offloader, l);
         if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch[l % 2], lo[l], lo[l + 1] - lo[l]);
         if (l > 0 && interrupted(m)) return NAN;
     }
     end_pass(m);
-    m->backend->embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
-                                   m->shape.d_model);
+    rt_be_embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
+                             m->shape.d_model);
     if (m->stream_grads) {
         const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
         m->grad_hook(m->grad_hook_ctx, m->grads, 0, lo[0]);
@@ -646,9 +645,9 @@ void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out)
     forward_layers(m, batch, NULL, 0);
     final_norm_forward(m, N);
     end_pass(m);
-    m->backend->matmul_forward(m->backend, m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C,
-                               s->padded_vocab);
-    m->backend->copy(m->backend, logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
+    rt_be_matmul_forward(m->backend, m->logits, m->norm_f + (N - 1) * C, m->top.lm_head, NULL, 1, (int)C,
+                         s->padded_vocab);
+    rt_be_copy(m->backend, logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
 }
 
 void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out) {

@@ -139,7 +139,7 @@ static int load_through_host(rt_model *m, int (*read)(const rt_model *, const ch
     if (m->shard_params) rt_fatal("%s: the model's parameters are sharded; their owner loads them", path);
     float *host = malloc_check(m->table.total * sizeof(float));
     int rc = read(m, path, host, err);
-    if (rc == 0) m->backend->copy(m->backend, m->params, host, m->table.total * sizeof(float));
+    if (rc == 0) rt_be_copy(m->backend, m->params, host, m->table.total * sizeof(float));
     free(host);
     return rc;
 }
@@ -178,7 +178,7 @@ int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
         rt_fatal("llm.c layout holds %zu parameters, the gpt2 table %zu", total, m->table.total);
     float *host = malloc_check(m->table.total * sizeof(float));
     float *file_params = malloc_check(total * sizeof(float));
-    m->backend->copy(m->backend, host, m->params, m->table.total * sizeof(float));
+    rt_be_copy(m->backend, host, m->params, m->table.total * sizeof(float));
     map_llmc(&m->table, &hdr, file_params, host, TO_FILE);
     int rc = rt_llmc_write(path, &hdr, file_params, err);
     free(file_params);
@@ -188,7 +188,7 @@ int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
 
 int rt_model_save(const rt_model *m, const char *path, const char *config_text, int64_t step, rt_error *err) {
     float *host = malloc_check(m->table.total * sizeof(float));
-    m->backend->copy(m->backend, host, m->params, m->table.total * sizeof(float));
+    rt_be_copy(m->backend, host, m->params, m->table.total * sizeof(float));
     int rc = rt_checkpoint_write(path, &m->table, host, config_text, step, err);
     free(host);
     return rc;

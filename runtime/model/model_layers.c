@@ -37,18 +37,18 @@ static void norm_forward(const rt_model *m, float *out, float *mean, float *rstd
                          const float *b, size_t N) {
     const rt_model_shape *s = &m->shape;
     if (s->family == RT_FAMILY_GPT2)
-        m->backend->layernorm_forward(m->backend, out, mean, rstd, inp, w, b, N, s->d_model, s->norm_eps);
+        rt_be_layernorm_forward(m->backend, out, mean, rstd, inp, w, b, N, s->d_model, s->norm_eps);
     else
-        m->backend->rmsnorm_forward(m->backend, out, rstd, inp, w, N, s->d_model, s->norm_eps);
+        rt_be_rmsnorm_forward(m->backend, out, rstd, inp, w, N, s->d_model, s->norm_eps);
 }
 
 static void norm_backward(const rt_model *m, float *dinp, float *dw, float *db, const float *dout, const float *inp,
                           const float *w, const float *mean, const float *rstd, size_t N) {
     const rt_model_shape *s = &m->shape;
     if (s->family == RT_FAMILY_GPT2)
-        m->backend->layernorm_backward(m->backend, dinp, dw, db, dout, inp, w, mean, rstd, N, s->d_model);
+        rt_be_layernorm_backward(m->backend, dinp, dw, db, dout, inp, w, mean, rstd, N, s->d_model);
     else
-        m->backend->rmsnorm_backward(m->backend, dinp, dw, dout, inp, w, rstd, N, s->d_model);
+        rt_be_rmsnorm_backward(m->backend, dinp, dw, dout, inp, w, rstd, N, s->d_model);
 }
 
 /* Rotates q (H heads) and k (Hkv heads) of every token; backward rotates their gradients back. */
@@ -57,11 +57,11 @@ static void rope(const rt_model *m, float *qkv, const int64_t *pos, size_t N, in
     size_t stride = rt_qkv_width(s);
     float *k = qkv + (size_t)s->n_heads * s->head_dim;
     if (backward) {
-        m->backend->rope_backward(m->backend, qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
-        m->backend->rope_backward(m->backend, k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
+        rt_be_rope_backward(m->backend, qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
+        rt_be_rope_backward(m->backend, k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
     } else {
-        m->backend->rope_forward(m->backend, qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
-        m->backend->rope_forward(m->backend, k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
+        rt_be_rope_forward(m->backend, qkv, pos, N, s->n_heads, s->head_dim, stride, s->rope_theta);
+        rt_be_rope_forward(m->backend, k, pos, N, s->n_kv_heads, s->head_dim, stride, s->rope_theta);
     }
 }
 
@@ -75,7 +75,7 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
     const rt_attn_shape shape = rt_attention_shape(s);
 
     norm_forward(m, a->norm1, a->norm1_mean, a->norm1_rstd, x, p->norm1_w, p->norm1_b, N);
-    be->matmul_forward(be, a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
+    rt_be_matmul_forward(be, a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
     rt_model_progress(m);
     if (s->family == RT_FAMILY_LLAMA) rope(m, a->qkv, m->pos, N, 0);
     /* every sequence in one call: one ring message per hop carries them all */
@@ -83,17 +83,17 @@ void rt_layer_forward(rt_model *m, int layer, rt_layer_acts *a, const float *x, 
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_forward(m->seqpar, a->att, a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
     rt_model_progress(m);
-    be->matmul_forward(be, m->branch, a->att, p->proj_w, p->proj_b, N, (int)HD, (int)C);
+    rt_be_matmul_forward(be, m->branch, a->att, p->proj_w, p->proj_b, N, (int)HD, (int)C);
     rt_model_progress(m);
     if (dropout_on(dropout))
-        be->dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
-    be->add(be, a->res1, x, m->branch, N * C);
+        rt_be_dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    rt_be_add(be, a->res1, x, m->branch, N * C);
 
     norm_forward(m, a->norm2, a->norm2_mean, a->norm2_rstd, a->res1, p->norm2_w, p->norm2_b, N);
     rt_mlp_forward(m, layer, a, m->branch, N);
     if (dropout_on(dropout))
-        be->dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
-    be->add(be, out, a->res1, m->branch, N * C);
+        rt_be_dropout(be, m->branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+    rt_be_add(be, out, a->res1, m->branch, N * C);
     m->counters.layer_forwards++;
 }
 
@@ -108,29 +108,29 @@ void rt_layer_backward(rt_model *m, int layer, const rt_layer_acts *a, const flo
     const rt_attn_shape shape = rt_attention_shape(s);
 
     /* MLP branch: d_resid = d(out) = d(res1) so far. */
-    be->copy(be, m->d_branch, m->d_resid, N * C * sizeof(float));
+    rt_be_copy(be, m->d_branch, m->d_resid, N * C * sizeof(float));
     if (dropout_on(dropout))
-        be->dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
+        rt_be_dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 1));
     rt_mlp_backward(m, layer, a, m->d_branch, m->d_norm, N);
     norm_backward(m, m->d_resid, g->norm2_w, g->norm2_b, m->d_norm, a->res1, p->norm2_w, a->norm2_mean, a->norm2_rstd,
                   N);
 
     /* Attention branch: d_resid = d(res1). */
-    be->copy(be, m->d_branch, m->d_resid, N * C * sizeof(float));
+    rt_be_copy(be, m->d_branch, m->d_resid, N * C * sizeof(float));
     if (dropout_on(dropout))
-        be->dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
-    be->memset_zero(be, m->d_att, N * HD * sizeof(float));
-    be->matmul_backward(be, m->d_att, g->proj_w, g->proj_b, m->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
+        rt_be_dropout(be, m->d_branch, m->dropout_ids, N, (int)C, dropout->p, dropout_key(dropout, layer, 0));
+    rt_be_memset_zero(be, m->d_att, N * HD * sizeof(float));
+    rt_be_matmul_backward(be, m->d_att, g->proj_w, g->proj_b, m->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
     rt_model_progress(m);
-    be->memset_zero(be, m->d_qkv, N * QKV * sizeof(float));
+    rt_be_memset_zero(be, m->d_qkv, N * QKV * sizeof(float));
     const seqpar_tokens tokens = {.n_seqs = n_seqs, .Tl = local_len, .pos = m->pos, .host_pos = m->host_pos};
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_backward(m->seqpar, m->d_qkv, m->d_qkv + k_off, m->d_qkv + v_off, m->delta, m->d_att, a->att,
                               a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
     rt_model_progress(m);
     if (s->family == RT_FAMILY_LLAMA) rope(m, m->d_qkv, m->pos, N, 1);
-    be->memset_zero(be, m->d_norm, N * C * sizeof(float));
-    be->matmul_backward(be, m->d_norm, g->qkv_w, g->qkv_b, m->d_qkv, a->norm1, p->qkv_w, N, (int)C, (int)QKV);
+    rt_be_memset_zero(be, m->d_norm, N * C * sizeof(float));
+    rt_be_matmul_backward(be, m->d_norm, g->qkv_w, g->qkv_b, m->d_qkv, a->norm1, p->qkv_w, N, (int)C, (int)QKV);
     rt_model_progress(m);
     norm_backward(m, m->d_resid, g->norm1_w, g->norm1_b, m->d_norm, x, p->norm1_w, a->norm1_mean, a->norm1_rstd, N);
     m->counters.layer_backwards++;

@@ -29,11 +29,11 @@ static void fc_act_forward(const rt_model *m, const rt_layer_params *p, const rt
     const rt_backend *be = m->backend;
     const rt_model_shape *s = &m->shape;
     const size_t C = (size_t)s->d_model, F = (size_t)s->d_ff, FC = rt_fc_width(s);
-    be->matmul_forward(be, a->fc, norm2_rows, p->fc_w, p->fc_b, n, (int)C, (int)FC);
+    rt_be_matmul_forward(be, a->fc, norm2_rows, p->fc_w, p->fc_b, n, (int)C, (int)FC);
     if (s->family == RT_FAMILY_GPT2)
-        be->gelu_forward(be, a->act, a->fc, n * F);
+        rt_be_gelu_forward(be, a->act, a->fc, n * F);
     else
-        be->swiglu_forward(be, a->act, a->fc, n, (int)F);
+        rt_be_swiglu_forward(be, a->act, a->fc, n, (int)F);
 }
 
 static size_t tile_rows(const rt_model *m, size_t N, size_t t0) { return N - t0 < m->mlp_tile ? N - t0 : m->mlp_tile; }
@@ -45,7 +45,7 @@ void rt_mlp_forward(rt_model *m, int layer, const rt_layer_acts *a, float *out, 
     for (size_t t0 = 0; t0 < N; t0 += m->mlp_tile) {
         const size_t n = tile_rows(m, N, t0);
         fc_act_forward(m, p, a, a->norm2 + t0 * C, n);
-        be->matmul_forward(be, out + t0 * C, a->act, p->fcproj_w, p->fcproj_b, n, (int)F, (int)C);
+        rt_be_matmul_forward(be, out + t0 * C, a->act, p->fcproj_w, p->fcproj_b, n, (int)F, (int)C);
         rt_model_progress(m);
     }
 }
@@ -61,17 +61,17 @@ void rt_mlp_backward(rt_model *m, int layer, const rt_layer_acts *a, const float
         const size_t n = tile_rows(m, N, t0);
         const float *norm2_rows = a->norm2 + t0 * C;
         if (recompute) fc_act_forward(m, p, a, norm2_rows, n);
-        be->memset_zero(be, m->d_act, n * F * sizeof(float));
-        be->matmul_backward(be, m->d_act, g->fcproj_w, g->fcproj_b, d_out + t0 * C, a->act, p->fcproj_w, n, (int)F,
-                            (int)C);
-        be->memset_zero(be, m->d_fc, n * FC * sizeof(float));
+        rt_be_memset_zero(be, m->d_act, n * F * sizeof(float));
+        rt_be_matmul_backward(be, m->d_act, g->fcproj_w, g->fcproj_b, d_out + t0 * C, a->act, p->fcproj_w, n, (int)F,
+                              (int)C);
+        rt_be_memset_zero(be, m->d_fc, n * FC * sizeof(float));
         if (s->family == RT_FAMILY_GPT2)
-            be->gelu_backward(be, m->d_fc, a->fc, m->d_act, n * F);
+            rt_be_gelu_backward(be, m->d_fc, a->fc, m->d_act, n * F);
         else
-            be->swiglu_backward(be, m->d_fc, m->d_act, a->fc, n, (int)F);
+            rt_be_swiglu_backward(be, m->d_fc, m->d_act, a->fc, n, (int)F);
         rt_model_progress(m);
-        be->memset_zero(be, d_norm + t0 * C, n * C * sizeof(float));
-        be->matmul_backward(be, d_norm + t0 * C, g->fc_w, g->fc_b, m->d_fc, norm2_rows, p->fc_w, n, (int)C, (int)FC);
+        rt_be_memset_zero(be, d_norm + t0 * C, n * C * sizeof(float));
+        rt_be_matmul_backward(be, d_norm + t0 * C, g->fc_w, g->fc_b, m->d_fc, norm2_rows, p->fc_w, n, (int)C, (int)FC);
         rt_model_progress(m);
     }
 }

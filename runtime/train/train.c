@@ -138,7 +138,7 @@ static int poll_stop(void *ctx) {
     rt_trainer *t = ctx;
     if (!t->stop_flag) return 0;
     double stop = *t->stop_flag != 0;
-    t->world->ops->allreduce_max_f64(t->world, &stop, 1);
+    rt_allreduce_max_f64(t->world, &stop, 1);
     return stop > 0.0;
 }
 
@@ -200,9 +200,9 @@ static int setup_model(rt_trainer *t, rt_error *err) {
 
 /* The backend of device.kind, on the GPU of this rank's place among the ranks of its node. */
 static int open_backend(const rt_config *cfg, rt_comm *world, const rt_backend **out, rt_error *err) {
-    rt_comm *node = world->ops->split_node(world);
+    rt_comm *node = rt_comm_split_node(world);
     const int local_rank = node->rank;
-    node->ops->destroy(node);
+    rt_comm_destroy(node);
     return rt_backend_open(out, cfg->device_kind == RT_DEVICE_CUDA ? "cuda" : "cpu", local_rank, err);
 }
 
@@ -352,14 +352,14 @@ void rt_trainer_gradients(rt_trainer *t, float *dst) { rt_optimizer_gather_grads
 void rt_trainer_params(rt_trainer *t, float *dst) {
     const rt_optimizer *opt = &t->opt;
     if (!t->model.shard_params) {
-        t->backend->copy(t->backend, dst, t->model.params, opt->n_params * sizeof(float));
+        rt_be_copy(t->backend, dst, t->model.params, opt->n_params * sizeof(float));
         return;
     }
     /* Stage 3: the shards, gathered on the host plane (like the gradient probe). */
     float *all = malloc_check(opt->padded * sizeof(float));
     float *mine = all + (size_t)t->world->rank * opt->shard_size;
-    t->backend->copy(t->backend, mine, opt->master, opt->shard_size * sizeof(float));
-    t->world->ops->allgather_f32(t->world, all, mine, opt->shard_size);
+    rt_be_copy(t->backend, mine, opt->master, opt->shard_size * sizeof(float));
+    rt_allgather_f32(t->world, all, mine, opt->shard_size);
     memcpy(dst, all, opt->n_params * sizeof(float));
     free(all);
 }
