@@ -14,7 +14,7 @@
 
 #include "io/ckpt_store.h"
 #include "runtime/comm/comm.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 /*
  * Every value is a function of (tensor, flat index) that any rank computes

@@ -21,7 +21,7 @@
 
 #include "runtime/backend/backend.h"
 #include "runtime/backend/registry.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 /* Tolerances (max relative error, with the absolute floor given at each check). */
 #define FWD_TOL 1e-5    /* elementwise ops and norms, fp32 vs double reference */

@@ -52,7 +52,7 @@
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 #define MAX_STEPS 3
 #define TRAIN_TOL 2e-2

@@ -20,7 +20,7 @@
 #include "runtime/model/model.h"
 #include "runtime/model/model_internal.h"
 #include "runtime/model/model_io.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 static rt_model_shape tiny_shape(rt_family family, float dropout) {
     rt_model_shape s = {

@@ -5,7 +5,7 @@
 # nothing partial, and nothing the user had before changed.
 #
 # fault_outputs.sh RINGTRAIN FAULT_SHIM.so FAULT_CHECKPOINT
-# The write hook is tests/fault_inject.c, preloaded (see its header for RT_FAULT_*): it works in every build,
+# The write hook is tests/support/fault_inject.c, preloaded (see its header for RT_FAULT_*): it works in every build,
 # as any user. A real full tmpfs and a read-only mount are used too where mount works (root); elsewhere
 # those cases say "skip". RT_MPIRUN (as for cli_errors.sh) adds the 2-rank cases.
 set -u

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "runtime/app/sample.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 static const float base_logits[6] = {1.0f, 2.5f, -1.0f, 0.3f, 2.0f, -3.0f};
 

@@ -6,7 +6,7 @@
 
 #include "shard/dtensor.h"
 #include "shard/mesh.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 /*
  * Every rank builds the same global tensor G from the same seed, cuts its

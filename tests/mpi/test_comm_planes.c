@@ -1,7 +1,7 @@
 /* test_comm_planes.c: the staged device plane against the host (direct) plane, bit for bit, on the CPU backend;
  * its staging never reallocated in a steady loop; rt_comm_device_plane's choice and refusals. Runs under mpirun
  * on 1, 2 and 4 ranks. Built a second time as test_comm_nccl_fake (TEST_FAKE_NCCL): the same comparisons on
- * the NCCL plane, compiled against tests/fake_cuda (NCCL calls run as MPI calls, streams and events modelled),
+ * the NCCL plane, compiled against tests/support/fake_cuda (NCCL calls run as MPI calls, streams and events modelled),
  * plus its ordering: compute waits for a nonblocking collective at the wait, not at the post. */
 #include <math.h>
 #include <mpi.h>
@@ -14,9 +14,9 @@
 #include "runtime/comm/comm.h"
 #include "runtime/comm/comm_device.h"
 #include "runtime/core/common.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 #ifdef TEST_FAKE_NCCL
-#include "tests/fake_cuda/fake_cuda.h"
+#include "tests/support/fake_cuda/fake_cuda.h"
 #define PLANE "nccl"
 static const rt_backend *fake_be; /* the "cuda" backend the NCCL plane was made for */
 static rt_comm *nccl_plane;       /* the plane itself; the tests reach it through a checking wrapper (below) */

@@ -13,7 +13,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/backend/registry.h"
 #include "runtime/config/config.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 static char temp_dir[64];
 static int n_temp_files;

@@ -14,11 +14,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "expect_fatal.h"
 #include "offload/offload.h"
 #include "runtime/backend/cpu/backend_cpu_internal.h"
 #include "runtime/backend/registry.h"
-#include "testing.h"
+#include "tests/support/expect_fatal.h"
+#include "tests/support/testing.h"
 
 #define WORDS 1024 /* uint32 words per layer input */
 #define BYTES ((size_t)WORDS * sizeof(uint32_t))

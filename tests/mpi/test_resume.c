@@ -29,7 +29,7 @@
 #include "io/tokens.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 #define STEPS 6
 #define HALF 3

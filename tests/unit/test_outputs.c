@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "runtime/app/run.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 static rt_step_metrics sample_metrics(void) {
     return (rt_step_metrics){.step = 3,

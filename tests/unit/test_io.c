@@ -20,7 +20,7 @@
 #include "io/loader.h"
 #include "io/prepare.h"
 #include "io/tokens.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 /* ---- helpers ---- */
 

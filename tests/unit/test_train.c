@@ -21,7 +21,7 @@
 #include "runtime/app/run.h"
 #include "runtime/comm/comm.h"
 #include "runtime/config/config.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 static rt_comm *world;
 static char work_dir[] = "/tmp/rt_test_train_XXXXXX";

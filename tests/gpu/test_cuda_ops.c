@@ -62,7 +62,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/backend/registry.h"
 #include "runtime/core/common.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 static const rt_backend *gpu; /* the CUDA instance under test */
 static const rt_backend *cpu; /* the reference */

@@ -12,7 +12,7 @@
 #include "io/tokens_validate.h"
 #include "runtime/comm/comm.h"
 #include "runtime/comm/threads.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 /*
  * Every rank can compute what every other rank sends: rank q's buffer for a

@@ -1,8 +1,8 @@
 /*
- * fault_checkpoint.c: writes one checkpoint, for tests/fault_outputs.sh: fault_checkpoint PATH SEED.
+ * fault_checkpoint.c: writes one checkpoint, for tests/e2e/fault_outputs.sh: fault_checkpoint PATH SEED.
  *
  * The script runs it once to leave a good PATH, then again under the write
- * fault shim (tests/fault_inject.c) to check that a failed save leaves the
+ * fault shim (tests/support/fault_inject.c) to check that a failed save leaves the
  * old PATH byte for byte and no PATH.tmp, and that the process exits with
  * its one-line error (exit 1), not a crash in HDF5's shutdown at exit.
  */

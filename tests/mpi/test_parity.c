@@ -37,13 +37,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "dropout_probe.h"
 #include "io/tokens.h"
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
 #include "shard/optimizer.h"
-#include "testing.h"
+#include "tests/support/dropout_probe.h"
+#include "tests/support/testing.h"
 
 #define MAX_STEPS 5
 #define GRAD_TOL 1e-5 /* fp32 reductions in another order: measured <= 2e-6 */

@@ -11,7 +11,7 @@ Trains a tiny gpt2 on 2 ranks (sp 2, ZeRO 1) for 3 steps, then, with h5py and Nu
      truncated file and of a non-HDF5 file: exit 1, one line naming the file (and the dataset);
  (d) `sample --checkpoint` prints the prompt and the tokens asked for, the same text as from model.h5 and
      from the llm.c export;
- (e) export onto a full disk (tests/fault_inject.c: ENOSPC part way, or a failing fsync/close) over an
+ (e) export onto a full disk (tests/support/fault_inject.c: ENOSPC part way, or a failing fsync/close) over an
      earlier export: exit 1, one line naming the file, no .tmp, the earlier file byte for byte intact.
 The corpus is prepared from /usr/share/common-licenses (what data/corpus is made of; data/ is not in a
 fresh clone). Usage: checkpoint_tools.py RINGTRAIN FAULT_SHIM MPIRUN [MPIRUN ARGS...]

@@ -4,7 +4,7 @@
  * so recording depends neither on the values being dropped nor on how the
  * model encodes its keys; the tests compare keys and masks only.
  */
-#include "dropout_probe.h"
+#include "tests/support/dropout_probe.h"
 #include "runtime/backend/registry.h"
 
 #include <stdlib.h>

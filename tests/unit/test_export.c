@@ -10,7 +10,7 @@
  *    and no .tmp left;
  *  - and, for the reader beside the exporter (`ringtrain inspect`, runtime/app/inspect.c): no HDF5 file or object
  *    is left open after a good file or after a flipped byte in a chunk, which it reports naming the dataset
- *    (tests/checkpoint_tools.py checks its output against h5py).
+ *    (tests/e2e/checkpoint_tools.py checks its output against h5py).
  */
 #include <hdf5.h>
 #include <stdlib.h>
@@ -22,7 +22,7 @@
 #include "runtime/backend/registry.h"
 #include "runtime/model/model.h"
 #include "runtime/model/model_io.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 /* gpt2: L = 3, C = 16, H = 4, V = 50 (padded to 64), maxT = 32; extra model keys after them. train.seq_len
  * must fit maxT. */

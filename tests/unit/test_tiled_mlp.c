@@ -23,7 +23,7 @@
 #include "runtime/backend/registry.h"
 #include "runtime/model/model.h"
 #include "runtime/model/model_internal.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 enum { B = 2, T = 12, N = B * T };
 

@@ -7,7 +7,7 @@
 #include <unistd.h>
 
 #include "runtime/core/common.h"
-#include "testing.h"
+#include "tests/support/testing.h"
 
 static void test_child_abort(int exit_code) { _exit(exit_code); }
 

@@ -7,11 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "expect_fatal.h"
 #include "runtime/backend/cpu/backend_cpu_internal.h"
 #include "runtime/backend/registry.h"
 #include "seqpar/seqpar.h"
-#include "testing.h"
+#include "tests/support/expect_fatal.h"
+#include "tests/support/testing.h"
 
 /*
  * The reference is plain softmax attention written out in double: every

@@ -7,11 +7,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "expect_fatal.h"
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "seqpar/seqpar.h"
-#include "testing.h"
+#include "tests/support/expect_fatal.h"
+#include "tests/support/testing.h"
 
 /*
  * Every rank builds the same B full sequences (q, k, v in one interleaved
