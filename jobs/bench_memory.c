@@ -93,8 +93,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     rt_backend probe = *rt_backend_cpu();
-    probe.device_alloc = lazy_alloc;
-    probe.memset_zero = no_zero;
+    probe.memory.device_alloc = lazy_alloc;
+    probe.memory.memset_zero = no_zero;
     const size_t grain = 64 * 2 * (size_t)world->size; /* T divides into 2P chunks of whole 64-token tiles */
     for (int a = 4; a < argc; a++) {
         if (strncmp(argv[a], "--mlp-tile-mib=", 15) == 0) {

@@ -110,7 +110,7 @@ int rt_offloader_init(rt_offloader *off, const rt_backend *backend, rt_device_me
                        n_layers);
     if (max_inflight < 1) return rt_fail(err, "offload.max_inflight must be >= 1, got %d", max_inflight);
     if (bytes_per_layer == 0) return rt_fail(err, "activation offload: a layer input of 0 bytes");
-    if (!backend->copy_async || !backend->host_alloc)
+    if (!rt_be_has_copy_engine(backend))
         return rt_fail(err, "activation offload: backend '%s' has no copy engine", backend->name);
 
     off->backend = backend;

@@ -36,7 +36,7 @@
  *
  * Device memory is max_inflight + 1 slots of bytes_per_layer, allocated once
  * from the arena: it does not grow with L. Host memory is one pool of
- * (L-1) * bytes_per_layer from backend->host_alloc (pinned on CUDA),
+ * (L-1) * bytes_per_layer from rt_be_host_alloc (pinned on CUDA),
  * allocated once; input l (l < L-1) always goes to the same place in it.
  * Input L-1 never leaves the device: its backward comes first.
  *

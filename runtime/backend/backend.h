@@ -67,21 +67,17 @@ typedef struct rt_stream rt_stream;
 typedef struct rt_event rt_event;
 
 typedef struct rt_backend rt_backend;
-struct rt_backend {
-    const char *name; /* "cpu", "cuda" */
-    void *state;      /* the instance's own (CUDA: device, compute stream, cuBLAS handle); NULL on CPU */
-    /* Device bytes the instance reserved when it opened (CUDA: the cuBLAS workspace), counted by
-     * rt_device_memory_init against the limit so the accounting sees them. */
-    size_t reserved_bytes;
-    /* Waits for the instance's work and frees its state; NULL for an instance that is never freed (CPU). */
-    void (*close)(rt_backend *be);
 
-    /* --- raw memory (the accounting lives in memory.h, which calls these) --- */
+/* Raw device memory: the accounting lives in memory.h, which calls these. */
+typedef struct {
     void *(*device_alloc)(const rt_backend *be, size_t bytes); /* NULL on failure */
     void (*device_free)(const rt_backend *be, void *ptr);
     void (*memset_zero)(const rt_backend *be, void *dst, size_t bytes);
     void (*copy)(const rt_backend *be, void *dst, const void *src, size_t bytes); /* any direction, synchronous */
+} rt_backend_memory_ops;
 
+/* The compute ops: run on the instance's compute stream in issue order (conventions at the top). */
+typedef struct {
     /* --- dense --- */
     /* out (N,OC) = inp (N,C) @ weight (OC,C)^T + bias (OC) or no bias when NULL. */
     void (*matmul_forward)(const rt_backend *be, float *out, const float *inp, const float *weight, const float *bias,
@@ -176,20 +172,25 @@ struct rt_backend {
      * The caller passes weight_decay = 0 for ranges that take no decay (norms, biases). */
     void (*adamw_update)(const rt_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float lr,
                          float beta1, float beta2, float eps, float weight_decay, int t);
+} rt_backend_ops;
 
-    /* --- copy engine: asynchronous copies on streams, completion events (activation offload) ---
-     * CUDA mapping: stream = a non-blocking side stream (cudaStreamCreateWithFlags), copy_async =
-     * cudaMemcpyAsync(cudaMemcpyDefault) on it, event = cudaEvent_t (cudaEventDisableTiming), host_alloc =
-     * cudaMallocHost (pinned, so the copies really are asynchronous). On CPU each stream is a worker thread.
-     *
-     * Ordering with compute: a copy_async starts only after every op issued on the compute path before the
-     * call has finished (CUDA: the backend records an event on the compute stream and makes s wait on it
-     * before the copy), so a copy never reads a buffer before the op writing it is done, nor overwrites one
-     * an earlier op still reads. The other direction is the caller's: an op may touch a copy's destination
-     * (or overwrite its source) only after the event recorded behind the copy completed, as seen by
-     * event_synchronize or event_query on the host, or when the op is ordered after it by
-     * stream_wait_event(be, NULL, e). Reading a copy's source concurrently with the copy is fine.
-     * Creation failures are fatal (rt_fatal): like out-of-memory, nothing sensible can follow. */
+/*
+ * The copy engine: asynchronous copies on streams, completion events (activation offload).
+ * CUDA mapping: stream = a non-blocking side stream (cudaStreamCreateWithFlags), copy_async =
+ * cudaMemcpyAsync(cudaMemcpyDefault) on it, event = cudaEvent_t (cudaEventDisableTiming), host_alloc =
+ * cudaMallocHost (pinned, so the copies really are asynchronous). On CPU each stream is a worker thread.
+ *
+ * Ordering with compute: a copy_async starts only after every op issued on the compute path before the
+ * call has finished (CUDA: the backend records an event on the compute stream and makes s wait on it
+ * before the copy), so a copy never reads a buffer before the op writing it is done, nor overwrites one
+ * an earlier op still reads. The other direction is the caller's: an op may touch a copy's destination
+ * (or overwrite its source) only after the event recorded behind the copy completed, as seen by
+ * event_synchronize or event_query on the host, or when the op is ordered after it by
+ * stream_wait_event(be, NULL, e). Reading a copy's source concurrently with the copy is fine.
+ * Creation failures are fatal (rt_fatal): like out-of-memory, nothing sensible can follow. A table without
+ * a copy engine leaves its slots NULL (rt_be_has_copy_engine is then 0; activation offload refuses it).
+ */
+typedef struct {
     rt_stream *(*stream_create)(const rt_backend *be);
     /* Waits for the work queued on s, then frees it (cudaStreamSynchronize + cudaStreamDestroy). */
     void (*stream_destroy)(const rt_backend *be, rt_stream *s);
@@ -220,129 +221,160 @@ struct rt_backend {
      * NULL on failure; a zero-byte request still gets a unique pointer. */
     void *(*host_alloc)(const rt_backend *be, size_t bytes);
     void (*host_free)(const rt_backend *be, void *ptr);
+} rt_copy_engine;
+
+/* One instance: its state and its three tables. */
+struct rt_backend {
+    const char *name; /* "cpu", "cuda" */
+    void *state;      /* the instance's own (CUDA: device, compute stream, cuBLAS handle); NULL on CPU */
+    /* Device bytes the instance reserved when it opened (CUDA: the cuBLAS workspace), counted by
+     * rt_device_memory_init against the limit so the accounting sees them. */
+    size_t reserved_bytes;
+    /* Waits for the instance's work and frees its state; NULL for an instance that is never freed (CPU). */
+    void (*close)(rt_backend *be);
+
+    rt_backend_memory_ops memory; /* raw device memory */
+    rt_backend_ops ops;           /* compute */
+    rt_copy_engine copy_engine;   /* streams, events, host memory for asynchronous copies */
 };
 
-/* Callers go through these wrappers, never be->op(be, ...): the instance is named once, and the table can
- * change shape without touching every call site. Each does exactly what its slot above says. */
-static inline void *rt_be_device_alloc(const rt_backend *be, size_t bytes) { return be->device_alloc(be, bytes); }
-static inline void rt_be_device_free(const rt_backend *be, void *ptr) { be->device_free(be, ptr); }
-static inline void rt_be_memset_zero(const rt_backend *be, void *dst, size_t bytes) { be->memset_zero(be, dst, bytes); }
+/* Callers go through these wrappers, never be->ops.matmul_forward(be, ...): the instance is named once, and the table
+ * can change shape without touching every call site. Each does exactly what its slot above says. */
+static inline void *rt_be_device_alloc(const rt_backend *be, size_t bytes) {
+    return be->memory.device_alloc(be, bytes);
+}
+static inline void rt_be_device_free(const rt_backend *be, void *ptr) { be->memory.device_free(be, ptr); }
+static inline void rt_be_memset_zero(const rt_backend *be, void *dst, size_t bytes) {
+    be->memory.memset_zero(be, dst, bytes);
+}
 static inline void rt_be_copy(const rt_backend *be, void *dst, const void *src, size_t bytes) {
-    be->copy(be, dst, src, bytes);
+    be->memory.copy(be, dst, src, bytes);
 }
 static inline void rt_be_matmul_forward(const rt_backend *be, float *out, const float *inp, const float *weight,
                                         const float *bias, size_t N, int C, int OC) {
-    be->matmul_forward(be, out, inp, weight, bias, N, C, OC);
+    be->ops.matmul_forward(be, out, inp, weight, bias, N, C, OC);
 }
 static inline void rt_be_matmul_backward(const rt_backend *be, float *dinp, float *dweight, float *dbias,
                                          const float *dout, const float *inp, const float *weight, size_t N, int C,
                                          int OC) {
-    be->matmul_backward(be, dinp, dweight, dbias, dout, inp, weight, N, C, OC);
+    be->ops.matmul_backward(be, dinp, dweight, dbias, dout, inp, weight, N, C, OC);
 }
 static inline void rt_be_embedding_forward(const rt_backend *be, float *out, const int32_t *tokens, const int64_t *pos,
                                            const float *wte, const float *wpe, size_t N, int C) {
-    be->embedding_forward(be, out, tokens, pos, wte, wpe, N, C);
+    be->ops.embedding_forward(be, out, tokens, pos, wte, wpe, N, C);
 }
 static inline void rt_be_embedding_backward(const rt_backend *be, float *dwte, float *dwpe, const float *dout,
                                             const int32_t *tokens, const int64_t *pos, size_t N, int C) {
-    be->embedding_backward(be, dwte, dwpe, dout, tokens, pos, N, C);
+    be->ops.embedding_backward(be, dwte, dwpe, dout, tokens, pos, N, C);
 }
 static inline void rt_be_layernorm_forward(const rt_backend *be, float *out, float *mean, float *rstd, const float *inp,
                                            const float *weight, const float *bias, size_t N, int C, float eps) {
-    be->layernorm_forward(be, out, mean, rstd, inp, weight, bias, N, C, eps);
+    be->ops.layernorm_forward(be, out, mean, rstd, inp, weight, bias, N, C, eps);
 }
 static inline void rt_be_layernorm_backward(const rt_backend *be, float *dinp, float *dweight, float *dbias,
                                             const float *dout, const float *inp, const float *weight, const float *mean,
                                             const float *rstd, size_t N, int C) {
-    be->layernorm_backward(be, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
+    be->ops.layernorm_backward(be, dinp, dweight, dbias, dout, inp, weight, mean, rstd, N, C);
 }
 static inline void rt_be_rmsnorm_forward(const rt_backend *be, float *out, float *rstd, const float *inp,
                                          const float *weight, size_t N, int C, float eps) {
-    be->rmsnorm_forward(be, out, rstd, inp, weight, N, C, eps);
+    be->ops.rmsnorm_forward(be, out, rstd, inp, weight, N, C, eps);
 }
 static inline void rt_be_rmsnorm_backward(const rt_backend *be, float *dinp, float *dweight, const float *dout,
                                           const float *inp, const float *weight, const float *rstd, size_t N, int C) {
-    be->rmsnorm_backward(be, dinp, dweight, dout, inp, weight, rstd, N, C);
+    be->ops.rmsnorm_backward(be, dinp, dweight, dout, inp, weight, rstd, N, C);
 }
 static inline void rt_be_rope_forward(const rt_backend *be, float *x, const int64_t *pos, size_t N, int n_heads,
                                       int head_dim, size_t stride, float theta) {
-    be->rope_forward(be, x, pos, N, n_heads, head_dim, stride, theta);
+    be->ops.rope_forward(be, x, pos, N, n_heads, head_dim, stride, theta);
 }
 static inline void rt_be_rope_backward(const rt_backend *be, float *dx, const int64_t *pos, size_t N, int n_heads,
                                        int head_dim, size_t stride, float theta) {
-    be->rope_backward(be, dx, pos, N, n_heads, head_dim, stride, theta);
+    be->ops.rope_backward(be, dx, pos, N, n_heads, head_dim, stride, theta);
 }
 static inline void rt_be_gelu_forward(const rt_backend *be, float *out, const float *inp, size_t n) {
-    be->gelu_forward(be, out, inp, n);
+    be->ops.gelu_forward(be, out, inp, n);
 }
 static inline void rt_be_gelu_backward(const rt_backend *be, float *dinp, const float *inp, const float *dout,
                                        size_t n) {
-    be->gelu_backward(be, dinp, inp, dout, n);
+    be->ops.gelu_backward(be, dinp, inp, dout, n);
 }
 static inline void rt_be_swiglu_forward(const rt_backend *be, float *out, const float *gate_up, size_t N, int F) {
-    be->swiglu_forward(be, out, gate_up, N, F);
+    be->ops.swiglu_forward(be, out, gate_up, N, F);
 }
 static inline void rt_be_swiglu_backward(const rt_backend *be, float *dgate_up, const float *dout, const float *gate_up,
                                          size_t N, int F) {
-    be->swiglu_backward(be, dgate_up, dout, gate_up, N, F);
+    be->ops.swiglu_backward(be, dgate_up, dout, gate_up, N, F);
 }
 static inline void rt_be_add(const rt_backend *be, float *out, const float *a, const float *b, size_t n) {
-    be->add(be, out, a, b, n);
+    be->ops.add(be, out, a, b, n);
 }
 static inline void rt_be_dropout(const rt_backend *be, float *x, const int64_t *pos, size_t N, int C, float p,
                                  rt_rng_key key) {
-    be->dropout(be, x, pos, N, C, p, key);
+    be->ops.dropout(be, x, pos, N, C, p, key);
 }
 static inline size_t rt_be_attn_workspace_bytes(const rt_backend *be, size_t max_Tq, size_t max_Tk,
                                                 const rt_attn_shape *shape) {
-    return be->attn_workspace_bytes(be, max_Tq, max_Tk, shape);
+    return be->ops.attn_workspace_bytes(be, max_Tq, max_Tk, shape);
 }
 static inline void rt_be_attn_block_forward(const rt_backend *be, float *out, float *lse, const float *q,
                                             const float *k, const float *v, const int64_t *q_pos, const int64_t *k_pos,
                                             size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
                                             size_t workspace_bytes) {
-    be->attn_block_forward(be, out, lse, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace, workspace_bytes);
+    be->ops.attn_block_forward(be, out, lse, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace, workspace_bytes);
 }
 static inline void rt_be_attn_delta(const rt_backend *be, float *delta, const float *out, const float *dout, size_t Tq,
                                     const rt_attn_shape *shape) {
-    be->attn_delta(be, delta, out, dout, Tq, shape);
+    be->ops.attn_delta(be, delta, out, dout, Tq, shape);
 }
 static inline void rt_be_attn_block_backward(const rt_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                              const float *q, const float *k, const float *v, const float *lse,
                                              const float *delta, const int64_t *q_pos, const int64_t *k_pos, size_t Tq,
                                              size_t Tk, const rt_attn_shape *shape, void *workspace,
                                              size_t workspace_bytes) {
-    be->attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, q_pos, k_pos, Tq, Tk, shape, workspace,
-                            workspace_bytes);
+    be->ops.attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, q_pos, k_pos, Tq, Tk, shape, workspace,
+                                workspace_bytes);
 }
 static inline void rt_be_softmax_xent(const rt_backend *be, float *logits, float *losses, const int32_t *targets,
                                       size_t n, int V, int Vp, float dloss_scale) {
-    be->softmax_xent(be, logits, losses, targets, n, V, Vp, dloss_scale);
+    be->ops.softmax_xent(be, logits, losses, targets, n, V, Vp, dloss_scale);
 }
 static inline double rt_be_sum_squares(const rt_backend *be, const float *x, size_t n) {
-    return be->sum_squares(be, x, n);
+    return be->ops.sum_squares(be, x, n);
 }
-static inline void rt_be_scale(const rt_backend *be, float *x, float factor, size_t n) { be->scale(be, x, factor, n); }
+static inline void rt_be_scale(const rt_backend *be, float *x, float factor, size_t n) {
+    be->ops.scale(be, x, factor, n);
+}
 static inline void rt_be_adamw_update(const rt_backend *be, float *param, const float *grad, float *m, float *v,
                                       size_t n, float lr, float beta1, float beta2, float eps, float weight_decay,
                                       int t) {
-    be->adamw_update(be, param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
+    be->ops.adamw_update(be, param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
 }
-static inline rt_stream *rt_be_stream_create(const rt_backend *be) { return be->stream_create(be); }
-static inline void rt_be_stream_destroy(const rt_backend *be, rt_stream *s) { be->stream_destroy(be, s); }
+/* 1 when the table has a copy engine (the slots below are set). */
+static inline int rt_be_has_copy_engine(const rt_backend *be) {
+    return be->copy_engine.copy_async != NULL && be->copy_engine.host_alloc != NULL;
+}
+static inline rt_stream *rt_be_stream_create(const rt_backend *be) { return be->copy_engine.stream_create(be); }
+static inline void rt_be_stream_destroy(const rt_backend *be, rt_stream *s) { be->copy_engine.stream_destroy(be, s); }
 static inline void rt_be_copy_async(const rt_backend *be, rt_stream *s, void *dst, const void *src, size_t bytes) {
-    be->copy_async(be, s, dst, src, bytes);
+    be->copy_engine.copy_async(be, s, dst, src, bytes);
 }
-static inline rt_event *rt_be_event_create(const rt_backend *be) { return be->event_create(be); }
-static inline void rt_be_event_destroy(const rt_backend *be, rt_event *e) { be->event_destroy(be, e); }
-static inline void rt_be_event_record(const rt_backend *be, rt_event *e, rt_stream *s) { be->event_record(be, e, s); }
+static inline rt_event *rt_be_event_create(const rt_backend *be) { return be->copy_engine.event_create(be); }
+static inline void rt_be_event_destroy(const rt_backend *be, rt_event *e) { be->copy_engine.event_destroy(be, e); }
+static inline void rt_be_event_record(const rt_backend *be, rt_event *e, rt_stream *s) {
+    be->copy_engine.event_record(be, e, s);
+}
 static inline void rt_be_stream_wait_event(const rt_backend *be, rt_stream *s, rt_event *e) {
-    be->stream_wait_event(be, s, e);
+    be->copy_engine.stream_wait_event(be, s, e);
 }
-static inline void rt_be_synchronize(const rt_backend *be) { be->synchronize(be); }
-static inline void rt_be_event_synchronize(const rt_backend *be, rt_event *e) { be->event_synchronize(be, e); }
-static inline int rt_be_event_query(const rt_backend *be, rt_event *e) { return be->event_query(be, e); }
-static inline void *rt_be_host_alloc(const rt_backend *be, size_t bytes) { return be->host_alloc(be, bytes); }
-static inline void rt_be_host_free(const rt_backend *be, void *ptr) { be->host_free(be, ptr); }
+static inline void rt_be_synchronize(const rt_backend *be) { be->copy_engine.synchronize(be); }
+static inline void rt_be_event_synchronize(const rt_backend *be, rt_event *e) {
+    be->copy_engine.event_synchronize(be, e);
+}
+static inline int rt_be_event_query(const rt_backend *be, rt_event *e) { return be->copy_engine.event_query(be, e); }
+static inline void *rt_be_host_alloc(const rt_backend *be, size_t bytes) {
+    return be->copy_engine.host_alloc(be, bytes);
+}
+static inline void rt_be_host_free(const rt_backend *be, void *ptr) { be->copy_engine.host_free(be, ptr); }
 
 #endif

@@ -1,7 +1,7 @@
 /* test_cuda_ops.c: every op of the CUDA backend against the CPU backend on the same random inputs (needs a GPU). */
 /*
  * Each check runs one op on the CPU backend (host buffers) and on the CUDA
- * backend (device buffers from be->device_alloc, filled by be->copy) with
+ * backend (device buffers from rt_be_device_alloc, filled by rt_be_copy) with
  * the same inputs and the same initial outputs, and compares the CUDA
  * result with the CPU's. The CPU backend is the reference: test_ops and
  * test_attention check it against naive double loops and finite

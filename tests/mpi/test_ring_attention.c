@@ -135,13 +135,13 @@ static size_t watched_len, pos_reads;
 static void watching_copy(const rt_backend *be, void *dst, const void *src, size_t bytes) {
     const uintptr_t lo = (uintptr_t)watched_pos, hi = lo + watched_len * sizeof(int64_t), from = (uintptr_t)src;
     if (from < hi && from + bytes > lo) pos_reads++;
-    rt_backend_cpu()->copy(be, dst, src, bytes);
+    rt_backend_cpu()->memory.copy(be, dst, src, bytes);
 }
 
 static const rt_backend *test_backend(void) {
     static rt_backend backend;
     backend = *rt_backend_cpu();
-    backend.copy = watching_copy;
+    backend.memory.copy = watching_copy;
     return &backend;
 }
 

@@ -43,7 +43,7 @@ static void probe_dropout(const rt_backend *be, float *x, const int64_t *pos, si
 
 const rt_backend *dropout_probe_backend(dropout_log *log) {
     probe_backend = *rt_backend_cpu();
-    probe_backend.dropout = probe_dropout;
+    probe_backend.ops.dropout = probe_dropout;
     active_log = log;
     return &probe_backend;
 }

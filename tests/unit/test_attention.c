@@ -359,8 +359,8 @@ static void host_copy(const rt_backend *be, void *dst, const void *src, size_t b
 static const rt_backend *test_backend(void) {
     static rt_backend backend;
     backend = *rt_backend_cpu();
-    backend.memset_zero = host_memset_zero;
-    backend.copy = host_copy;
+    backend.memory.memset_zero = host_memset_zero;
+    backend.memory.copy = host_copy;
     return &backend;
 }
 

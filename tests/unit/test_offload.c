@@ -126,9 +126,9 @@ static void unwatch_d2h(void) {
 
 static const rt_backend *test_backend(void) {
     counted_backend = *rt_backend_cpu();
-    counted_backend.host_alloc = counted_host_alloc;
-    counted_backend.host_free = counted_host_free;
-    counted_backend.copy_async = watched_copy_async;
+    counted_backend.copy_engine.host_alloc = counted_host_alloc;
+    counted_backend.copy_engine.host_free = counted_host_free;
+    counted_backend.copy_engine.copy_async = watched_copy_async;
     return &counted_backend;
 }
 

@@ -51,10 +51,10 @@ void rt_cublas_check(cublasStatus_t rc, const char *call, const char *file, int 
 struct rt_error;
 int rt_backend_cuda_open(const rt_backend **out, int local_rank, struct rt_error *err);
 
-/* The op groups of the table, each defined in its own source file and put into the table by
- * backend_cuda.cu's open. */
-void rt_cuda_fill_pointwise_ops(rt_backend *be); /* backend_cuda_ops.cu: everything but matmul and attention */
-void rt_cuda_fill_attention_ops(rt_backend *be); /* backend_cuda_attention.cu: attn_* */
+/* The compute ops come in groups, each defined in its own source file and put into the instance's ops table by
+ * backend_cuda.cu's open (which sets matmul and the memory and copy engine tables itself). */
+void rt_cuda_fill_pointwise_ops(rt_backend_ops *ops); /* backend_cuda_ops.cu: everything but matmul and attention */
+void rt_cuda_fill_attention_ops(rt_backend_ops *ops); /* backend_cuda_attention.cu: attn_* */
 
 /* dst (n_cols) += sum_n src[n, :] for src (n_rows, n_cols), in double, in an order fixed by the shape alone
  * (backend_cuda_ops.cu; matmul's dbias uses it). */

@@ -812,9 +812,9 @@ static void cuda_attn_block_backward(const rt_backend *be, float *dq, float *dk,
     }
 }
 
-void rt_cuda_fill_attention_ops(rt_backend *be) {
-    be->attn_workspace_bytes = cuda_attn_workspace_bytes;
-    be->attn_block_forward = cuda_attn_block_forward;
-    be->attn_delta = cuda_attn_delta;
-    be->attn_block_backward = cuda_attn_block_backward;
+void rt_cuda_fill_attention_ops(rt_backend_ops *ops) {
+    ops->attn_workspace_bytes = cuda_attn_workspace_bytes;
+    ops->attn_block_forward = cuda_attn_block_forward;
+    ops->attn_delta = cuda_attn_delta;
+    ops->attn_block_backward = cuda_attn_block_backward;
 }

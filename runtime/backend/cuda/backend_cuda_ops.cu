@@ -994,23 +994,23 @@ static void cuda_adamw_update(const rt_backend *be, float *param, const float *g
  * the table
  */
 
-extern "C" void rt_cuda_fill_pointwise_ops(rt_backend *be) {
-    be->embedding_forward = cuda_embedding_forward;
-    be->embedding_backward = cuda_embedding_backward;
-    be->layernorm_forward = cuda_layernorm_forward;
-    be->layernorm_backward = cuda_layernorm_backward;
-    be->rmsnorm_forward = cuda_rmsnorm_forward;
-    be->rmsnorm_backward = cuda_rmsnorm_backward;
-    be->rope_forward = cuda_rope_forward;
-    be->rope_backward = cuda_rope_backward;
-    be->gelu_forward = cuda_gelu_forward;
-    be->gelu_backward = cuda_gelu_backward;
-    be->swiglu_forward = cuda_swiglu_forward;
-    be->swiglu_backward = cuda_swiglu_backward;
-    be->add = cuda_add;
-    be->dropout = cuda_dropout;
-    be->softmax_xent = cuda_softmax_xent;
-    be->sum_squares = cuda_sum_squares;
-    be->scale = cuda_scale;
-    be->adamw_update = cuda_adamw_update;
+extern "C" void rt_cuda_fill_pointwise_ops(rt_backend_ops *ops) {
+    ops->embedding_forward = cuda_embedding_forward;
+    ops->embedding_backward = cuda_embedding_backward;
+    ops->layernorm_forward = cuda_layernorm_forward;
+    ops->layernorm_backward = cuda_layernorm_backward;
+    ops->rmsnorm_forward = cuda_rmsnorm_forward;
+    ops->rmsnorm_backward = cuda_rmsnorm_backward;
+    ops->rope_forward = cuda_rope_forward;
+    ops->rope_backward = cuda_rope_backward;
+    ops->gelu_forward = cuda_gelu_forward;
+    ops->gelu_backward = cuda_gelu_backward;
+    ops->swiglu_forward = cuda_swiglu_forward;
+    ops->swiglu_backward = cuda_swiglu_backward;
+    ops->add = cuda_add;
+    ops->dropout = cuda_dropout;
+    ops->softmax_xent = cuda_softmax_xent;
+    ops->sum_squares = cuda_sum_squares;
+    ops->scale = cuda_scale;
+    ops->adamw_update = cuda_adamw_update;
 }

@@ -160,8 +160,8 @@ const rt_backend *fake_cuda_backend(void) {
     rt_backend *be = calloc_check(1, sizeof *be);
     be->name = "cuda";
     be->state = st;
-    be->device_alloc = fake_device_alloc;
-    be->device_free = fake_device_free;
+    be->memory.device_alloc = fake_device_alloc;
+    be->memory.device_free = fake_device_free;
     return be;
 }
 
