@@ -1,4 +1,4 @@
-/* config.h: the run configuration (INI sections of ARCHITECTURE.md), presets, validation, resolved output. */
+/* config.h: the run configuration (INI keys: docs/operations.md), presets, validation, resolved output. */
 #ifndef RT_CONFIG_H
 #define RT_CONFIG_H
 
