@@ -19,6 +19,8 @@ fi
 
 echo "== layering (jobs/check-layers.py: no #include points up a layer or across)"
 /usr/bin/python3 jobs/check-layers.py
+echo "== documents (jobs/check-docs.py: every repository path a document names exists)"
+/usr/bin/python3 jobs/check-docs.py
 
 echo "== build (release)"
 bash jobs/build.sh "$root/build"
