@@ -24,7 +24,7 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 # layer: (path prefixes, layers it may include). Longest prefix wins. Lower layers come first.
 LAYERS = {
     "core": (["runtime/core/"], []),
-    "backend": (["runtime/backend/backend.h", "runtime/backend/memory."], ["core"]),
+    "backend": (["runtime/backend/backend.h", "runtime/backend/memory.", "runtime/backend/philox.h"], ["core"]),
     "backend/cpu": (["runtime/backend/cpu/"], ["core", "backend"]),
     "backend/cuda": (["runtime/backend/cuda/"], ["core", "backend"]),
     "backend/registry": (["runtime/backend/registry."], ["core", "backend", "backend/cpu", "backend/cuda"]),

@@ -19,8 +19,8 @@
  * easy as 1, 2, 3", SC 2011), a counter-based generator: a mask bit is a pure
  * function of (key, global position, channel), so it does not depend on N,
  * on the order of tokens in the buffer, on the rank or on the thread count.
- * The exact derivation is documented above cpu_dropout; another backend that
- * follows it draws bit-identical masks.
+ * The exact derivation is written once, in runtime/backend/philox.h; the
+ * CUDA backend includes the same functions and draws bit-identical masks.
  */
 #include <cblas.h>
 #include <limits.h>
@@ -30,6 +30,7 @@
 
 #include "backend_cpu.h"
 #include "backend_cpu_internal.h"
+#include "runtime/backend/philox.h"
 #include "runtime/core/common.h"
 
 /* Loops with fewer elements than this run on one thread: a parallel region costs a few microseconds. */
@@ -442,67 +443,27 @@ static void cpu_add(CPU_BE, float *out, const float *a, const float *b, size_t n
 }
 
 /* ----------------------------------------------------------------------------
- * dropout: Philox4x32-10
+ * dropout: Philox4x32-10 (philox.h, shared with the CUDA backend bit for bit)
  */
 
-#define PHILOX_M0 0xD2511F53u
-#define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u
-#define PHILOX_W1 0xBB67AE85u
-
-/* out = Philox4x32-10(ctr, key): ten rounds, the key bumped by the Weyl constants between rounds. */
-static inline void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
-    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; round++) {
-        if (round > 0) {
-            k0 += PHILOX_W0;
-            k1 += PHILOX_W1;
-        }
-        uint64_t prod0 = (uint64_t)PHILOX_M0 * c0;
-        uint64_t prod1 = (uint64_t)PHILOX_M1 * c2;
-        uint32_t hi0 = (uint32_t)(prod0 >> 32), lo0 = (uint32_t)prod0;
-        uint32_t hi1 = (uint32_t)(prod1 >> 32), lo1 = (uint32_t)prod1;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
-
-/*
- * Inverted dropout in place on x (N,C). The mask, exactly (so other backends can match it bit for bit):
- *   mask key  = words 0,1 of Philox4x32-10(ctr = {step lo, step hi, layer, site}, key = {seed lo, seed hi})
- *   bits      = Philox4x32-10(ctr = {c / 4, pos lo, pos hi, 0}, key = mask key), word c % 4
- *   keep      = (bits >> 8) * 2^-24 >= p       (probability 1 - p to 2^-24)
- * Kept values are scaled by 1/(1-p), dropped ones set to 0. The same call on the gradient is the backward.
- */
+/* Inverted dropout in place on x (N,C) with the mask of philox.h: kept values are scaled by 1/(1-p), dropped
+ * ones set to 0. The same call on the gradient is the backward. */
 static void cpu_dropout(CPU_BE, float *x, const int64_t *pos, size_t N, int C, float p, rt_rng_key key) {
     if (p == 0.0f) return;
     if (!(p > 0.0f && p < 1.0f)) rt_fatal("dropout: probability %g is outside [0, 1)", (double)p);
-    uint32_t key_ctr[4] = {(uint32_t)key.step, (uint32_t)(key.step >> 32), key.layer, key.site};
-    uint32_t seed_key[2] = {(uint32_t)key.seed, (uint32_t)(key.seed >> 32)};
-    uint32_t key_words[4];
-    philox4x32_10(key_ctr, seed_key, key_words);
-    uint32_t mask_key[2] = {key_words[0], key_words[1]};
+    uint32_t mask_key[2];
+    rt_dropout_mask_key(key, mask_key);
     float keep_scale = 1.0f / (1.0f - p);
 #pragma omp parallel for schedule(static) if (N * (size_t)C >= CPU_OMP_MIN_WORK)
     for (size_t n = 0; n < N; n++) {
         float *row = x + n * (size_t)C;
         uint64_t position = (uint64_t)pos[n];
         for (int c0 = 0; c0 < C; c0 += 4) {
-            uint32_t ctr[4] = {(uint32_t)(c0 / 4), (uint32_t)position, (uint32_t)(position >> 32), 0};
             uint32_t bits[4];
-            philox4x32_10(ctr, mask_key, bits);
+            rt_dropout_group_bits(mask_key, (uint32_t)(c0 / 4), position, bits);
             int width = C - c0 < 4 ? C - c0 : 4;
-            for (int j = 0; j < width; j++) {
-                float uniform = (float)(bits[j] >> 8) * 0x1.0p-24f;
-                row[c0 + j] = uniform >= p ? row[c0 + j] * keep_scale : 0.0f;
-            }
+            for (int j = 0; j < width; j++)
+                row[c0 + j] = rt_dropout_keep(bits[j], p) ? row[c0 + j] * keep_scale : 0.0f;
         }
     }
 }

@@ -43,9 +43,10 @@
  * assert (message, block and thread on stderr); the next checked CUDA call
  * then ends the job. It does not depend on NDEBUG.
  *
- * Dropout follows the CPU's Philox4x32-10 derivation to the bit (see the
- * comment above cpu_dropout): the mask key is computed on the host, each
- * thread draws one Philox block for 4 channels of one token.
+ * Dropout draws the CPU's mask to the bit: both backends take Philox4x32-10
+ * and the mask derivation from runtime/backend/philox.h. The mask key is
+ * computed on the host, each thread draws one Philox block for 4 channels
+ * of one token.
  */
 #include <limits.h>
 #include <math.h>
@@ -61,6 +62,7 @@ extern "C" {
 #undef _Noreturn
 
 #include "backend_cuda.h"
+#include "runtime/backend/philox.h"
 
 #define GELU_SCALING_FACTOR 0.7978845608028654f /* sqrt(2/pi) */
 
@@ -741,39 +743,10 @@ static void cuda_add(const rt_backend *be, float *out, const float *a, const flo
 }
 
 /* ----------------------------------------------------------------------------
- * dropout: Philox4x32-10, bit for bit as backend_cpu.c
+ * dropout: Philox4x32-10 (philox.h, shared with the CPU backend bit for bit)
  */
 
-#define PHILOX_M0 0xD2511F53u
-#define PHILOX_M1 0xCD9E8D57u
-#define PHILOX_W0 0x9E3779B9u
-#define PHILOX_W1 0xBB67AE85u
-
-/* out = Philox4x32-10(ctr, key): ten rounds, the key bumped by the Weyl constants between rounds. */
-static __host__ __device__ inline void philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]) {
-    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3];
-    uint32_t k0 = key[0], k1 = key[1];
-    for (int round = 0; round < 10; round++) {
-        if (round > 0) {
-            k0 += PHILOX_W0;
-            k1 += PHILOX_W1;
-        }
-        uint64_t prod0 = (uint64_t)PHILOX_M0 * c0;
-        uint64_t prod1 = (uint64_t)PHILOX_M1 * c2;
-        uint32_t hi0 = (uint32_t)(prod0 >> 32), lo0 = (uint32_t)prod0;
-        uint32_t hi1 = (uint32_t)(prod1 >> 32), lo1 = (uint32_t)prod1;
-        c0 = hi1 ^ c1 ^ k0;
-        c1 = lo1;
-        c2 = hi0 ^ c3 ^ k1;
-        c3 = lo0;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
-
-/* One thread per (token n, channel group g of 4): bits = Philox(ctr = {g, pos lo, pos hi, 0}, mask key). */
+/* One thread per (token n, channel group g of 4): the bits of rt_dropout_group_bits(mask key, g, pos[n]). */
 static __global__ void dropout_kernel(float *x, const int64_t *pos, size_t N, int C, float p, float keep_scale,
                                       uint32_t mask_key0, uint32_t mask_key1) {
     const int groups = (C + 3) / 4;
@@ -783,18 +756,13 @@ static __global__ void dropout_kernel(float *x, const int64_t *pos, size_t N, in
          idx += (size_t)gridDim.x * blockDim.x) {
         const size_t n = idx / groups;
         const int g = (int)(idx - n * groups);
-        const uint64_t position = (uint64_t)pos[n];
-        const uint32_t ctr[4] = {(uint32_t)g, (uint32_t)position, (uint32_t)(position >> 32), 0};
         uint32_t bits[4];
-        philox4x32_10(ctr, mask_key, bits);
+        rt_dropout_group_bits(mask_key, (uint32_t)g, (uint64_t)pos[n], bits);
         float *group = x + n * (size_t)C + 4 * (size_t)g;
         const int width = C - 4 * g < 4 ? C - 4 * g : 4;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            if (j < width) {
-                float uniform = (float)(bits[j] >> 8) * 0x1.0p-24f;
-                group[j] = uniform >= p ? group[j] * keep_scale : 0.0f;
-            }
+            if (j < width) group[j] = rt_dropout_keep(bits[j], p) ? group[j] * keep_scale : 0.0f;
         }
     }
 }
@@ -803,14 +771,12 @@ static void cuda_dropout(const rt_backend *be, float *x, const int64_t *pos, siz
     if (p == 0.0f) return;
     if (!(p > 0.0f && p < 1.0f)) rt_fatal("dropout: probability %g is outside [0, 1)", (double)p);
     if (N == 0 || C <= 0) return;
-    const uint32_t key_ctr[4] = {(uint32_t)key.step, (uint32_t)(key.step >> 32), key.layer, key.site};
-    const uint32_t seed_key[2] = {(uint32_t)key.seed, (uint32_t)(key.seed >> 32)};
-    uint32_t key_words[4];
-    philox4x32_10(key_ctr, seed_key, key_words);
+    uint32_t mask_key[2];
+    rt_dropout_mask_key(key, mask_key);
     const float keep_scale = 1.0f / (1.0f - p);
     const size_t total = N * (size_t)((C + 3) / 4);
     dropout_kernel<<<grid_for(total, CUDA_THREADS), CUDA_THREADS, 0, rt_cuda_compute_stream(be)>>>(
-        x, pos, N, C, p, keep_scale, key_words[0], key_words[1]);
+        x, pos, N, C, p, keep_scale, mask_key[0], mask_key[1]);
     CUDA_CHECK_LAUNCH();
 }
 
