@@ -2,6 +2,7 @@
  * the ring of a sequence-parallel group. */
 #include <math.h>
 
+#include "ring_comm.h"
 #include "seqpar.h"
 
 /*
@@ -29,7 +30,8 @@
  * (GQA: only the Hkv kv heads travel), so on a held copy kv_stride is W.
  * Before computing on the held block, a rank posts the send of that block
  * and the receive of the next one into the other buffer of kv_ring[2]; it
- * waits after the compute of every sequence on the held one. Time in waits
+ * waits after the compute of every sequence on the held one. Each ring is a
+ * seqpar_ring_comm (ring_comm.h: post, compute, wait), one per tag. Time in waits
  * is exposed communication (ctx->comm_exposed_s). A layer's attention thus
  * makes P-1 hops whatever B: the per-message latency is paid once, not B
  * times, and a bigger message overlaps a longer compute.
@@ -473,20 +475,6 @@ static held_block held_received(const seqpar_ctx *ctx, void *message, size_t b, 
     return held;
 }
 
-static void timed_wait(seqpar_ctx *ctx, rt_comm_request *req) {
-    const double t0 = rt_now_s();
-    rt_comm_wait(ctx->comm, req);
-    ctx->comm_exposed_s += rt_now_s() - t0;
-}
-
-/* Posts the send of the held message to r+1 and the receive of the next one from r-1. */
-static void post_kv_exchange(seqpar_ctx *ctx, void *held, void *next, size_t bytes, rt_comm_request *req) {
-    rt_comm *comm = ctx->comm;
-    const int to = (comm->rank + 1) % comm->size, from = (comm->rank + comm->size - 1) % comm->size;
-    rt_comm_irecv(comm, next, bytes, from, TAG_KV, req);
-    rt_comm_isend(comm, held, bytes, to, TAG_KV, req);
-}
-
 /* Rank whose K/V this rank holds at step s. */
 static int owner_at(const seqpar_ctx *ctx, int s) { return (ctx->comm->rank + ctx->comm->size - s) % ctx->comm->size; }
 
@@ -502,11 +490,15 @@ void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const flo
     init_running(backend, out, lse, n, shape);
     ensure_call_buffers(ctx, B, Tl, shape, 0);
     const size_t bytes = kv_message_bytes(n, shape);
-    if (P > 1) pack_kv(backend, ctx->kv_ring[0], k, v, n, shape);
+    seqpar_ring_comm kv_hop = {0};
+    if (P > 1) {
+        seqpar_ring_comm_init(&kv_hop, ctx->comm, TAG_KV);
+        pack_kv(backend, ctx->kv_ring[0], k, v, n, shape);
+    }
     for (int s = 0; s < P; s++) {
         void *held = ctx->kv_ring[s % 2];
-        rt_comm_request kv_req = {0};
-        if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
+        /* the held block goes on to r+1 and the next one comes from r-1 while we compute on the held one */
+        if (s + 1 < P) seqpar_ring_comm_post(&kv_hop, held, ctx->kv_ring[(s + 1) % 2], bytes);
         for (size_t b = 0; b < B; b++) {
             const query_set qs = query_set_of(ctx, q, tokens, b, shape);
             /* step 0: the local keys, read in place; then the received copies */
@@ -515,10 +507,11 @@ void seqpar_attention_forward(seqpar_ctx *ctx, float *out, float *lse, const flo
             forward_held(ctx, out + b * Tl * shape->out_stride, lse + b * Tl * H, &qs, &kv);
         }
         if (s + 1 < P) {
-            timed_wait(ctx, &kv_req);
+            seqpar_ring_comm_wait(&kv_hop);
             ctx->kv_blocks_received++;
         }
     }
+    if (P > 1) ctx->comm_exposed_s += kv_hop.waited_s;
 }
 
 void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv, float *delta, const float *dout,
@@ -532,16 +525,19 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
     rt_be_attn_delta(backend, delta, out, dout, n, shape);
     ensure_call_buffers(ctx, B, Tl, shape, 1);
     const size_t bytes = kv_message_bytes(n, shape), width = kv_row_floats(shape);
-    rt_comm_request dkv_recv_req = {0}, dkv_send_req = {0};
-    if (P > 1) pack_kv(backend, ctx->kv_ring[0], k, v, n, shape);
+    /* two rings: K/V blocks as in forward, and the dK/dV accumulators one step behind */
+    seqpar_ring_comm kv_hop = {0}, dkv_hop = {0};
+    if (P > 1) {
+        seqpar_ring_comm_init(&kv_hop, ctx->comm, TAG_KV);
+        seqpar_ring_comm_init(&dkv_hop, ctx->comm, TAG_DKV);
+        pack_kv(backend, ctx->kv_ring[0], k, v, n, shape);
+    }
     /* dkv_ring: two partials and one receive slot, each [dK (n, W) | dV (n, W)] */
     float *partial[2] = {ctx->dkv_ring[0], ctx->dkv_ring[1]}, *received = ctx->dkv_ring[2];
-    rt_comm *comm = ctx->comm;
-    const int to = comm ? (comm->rank + 1) % P : 0, from = comm ? (comm->rank + P - 1) % P : 0;
     for (int s = 0; s < P; s++) {
         void *held = ctx->kv_ring[s % 2];
-        rt_comm_request kv_req = {0};
-        if (s + 1 < P) post_kv_exchange(ctx, held, ctx->kv_ring[(s + 1) % 2], bytes, &kv_req);
+        /* the held block goes on to r+1 and the next one comes from r-1 while we compute on the held one */
+        if (s + 1 < P) seqpar_ring_comm_post(&kv_hop, held, ctx->kv_ring[(s + 1) % 2], bytes);
         if (s >= 1) rt_be_memset_zero(backend, partial[s % 2], bytes);
         for (size_t b = 0; b < B; b++) {
             const size_t row0 = b * Tl;
@@ -561,30 +557,28 @@ void seqpar_attention_backward(seqpar_ctx *ctx, float *dq, float *dk, float *dv,
             }
         }
         if (s + 1 < P) {
-            timed_wait(ctx, &kv_req);
+            seqpar_ring_comm_wait(&kv_hop);
             ctx->kv_blocks_received++;
         }
         if (s >= 2) {
-            /* the block's accumulator from r-1 (posted last step), and our send of last step (frees its partial) */
-            timed_wait(ctx, &dkv_recv_req);
-            timed_wait(ctx, &dkv_send_req);
+            /* the block's accumulator from r-1 (posted last step) is in, and our partial of last step is sent */
+            seqpar_ring_comm_wait(&dkv_hop);
             ctx->dkv_blocks_received++;
             rt_be_add(backend, partial[s % 2], partial[s % 2], received, 2 * n * width);
         }
         if (s >= 1) {
-            rt_comm_isend(comm, partial[s % 2], bytes, to, TAG_DKV, &dkv_send_req);
-            /* the accumulator r-1 sends at the end of its step s, as we do: added at step s+1, or this rank's
-             * own after the last step. Posted once the slot's last one is added, so one slot serves; r-1 sends
-             * it about now, so it still moves during the next step's compute. */
-            rt_comm_irecv(comm, received, bytes, from, TAG_DKV, &dkv_recv_req);
+            /* The sum goes on to r+1, and the accumulator r-1 sends at the end of its step s, as we do, comes in:
+             * added at step s+1, or this rank's own after the last step. Posted once the slot's last one is
+             * added, so one slot serves; it moves during the next step's compute. */
+            seqpar_ring_comm_post(&dkv_hop, partial[s % 2], received, bytes);
         }
     }
     if (P > 1) {
         /* this rank's own accumulators, back after P-1 hops */
-        timed_wait(ctx, &dkv_recv_req);
-        timed_wait(ctx, &dkv_send_req);
+        seqpar_ring_comm_wait(&dkv_hop);
         ctx->dkv_blocks_received++;
         add_rows(backend, dk, shape->kv_stride, received, n, width);
         add_rows(backend, dv, shape->kv_stride, received + n * width, n, width);
+        ctx->comm_exposed_s += kv_hop.waited_s + dkv_hop.waited_s;
     }
 }
