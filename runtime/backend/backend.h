@@ -23,12 +23,14 @@
  * Determinism: for a fixed thread count every op gives the same bits run to
  * run (no atomics, fixed reduction order).
  *
- * A backend is an INSTANCE (rt_backend_open): the op table plus the state
- * the ops run on (CUDA: the device, the compute stream, the cuBLAS handle and
- * its workspace). Every op takes the instance first. Ops run on the
- * instance's compute stream in issue order and return without waiting for
- * the device (CPU: they run to completion on the calling thread); the host
- * sees their results through copy (synchronous) or after synchronize.
+ * A backend is an INSTANCE (rt_backend_open): three tables (memory: raw
+ * device memory; ops: the compute ops; copy_engine: asynchronous copies on
+ * streams) plus the state they run on (CUDA: the device, the compute stream,
+ * the cuBLAS handle and its workspace). Every slot takes the instance
+ * first. Ops run on the instance's compute stream in issue order and return
+ * without waiting for the device (CPU: they run to completion on the calling
+ * thread); the host sees their results through copy (synchronous) or after
+ * synchronize.
  * Values returned to the host (sum_squares) wait for the work before them.
  *
  * Precision: buffers are fp32 on every backend. The CUDA backend runs the
