@@ -14,8 +14,11 @@ convention): forward 4*D*H*T*(T+1)/2, backward 2.5x. Times: CUDA events, mean of
 import re
 import sys
 
-import torch
-import torch.nn.functional as F
+try:
+    import torch
+    import torch.nn.functional as F
+except ImportError:  # read_ours needs no torch: tests/gpu/bench_gpu_cpu.sh imports it on machines without
+    torch = F = None
 
 
 def cuda_ms(fn, reps, warmup=3):
@@ -51,15 +54,23 @@ def matmul_tflops(n=8192, reps=10):
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
-def main():
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
-    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+def read_ours(path):
+    """bench_attention's lines in the file at path, each as {field: number} (T, H, Hkv, D, fwd_ms, ...)."""
     ours = []
-    with open(sys.argv[1]) as f:
+    with open(path) as f:
         for line in f:
             if line.startswith("attn ours "):
                 ours.append({k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", line)})
+    return ours
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    if torch is None:
+        sys.exit("bench_attention_torch.py: PyTorch is not installed")
+    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    ours = read_ours(sys.argv[1])
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}")
     print(f"matmul torch bf16 8192^3 tflops={matmul_tflops():.1f}")
     header = ("T", "H", "Hkv", "D", "ours fwd TF/s", "torch fwd TF/s", "fwd ours/torch", "ours bwd TF/s",

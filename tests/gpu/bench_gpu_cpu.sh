@@ -6,6 +6,7 @@
 # line that jobs/bench_attention_torch.py parses, with every field it reads.
 set -uo pipefail
 bench_gpu=$1 bench_attention=$2
+root=$(cd "$(dirname "$0")/../.." && pwd)
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 status=0
@@ -31,15 +32,17 @@ want=$(((2 - 1) * 2 * 128 * 64 * 4))
 RT_BENCH_BACKEND=cpu OMP_NUM_THREADS=1 "$bench_attention" 256 4 2 16 2 >"$out/attn.txt" 2>&1 ||
   fail "bench_attention exited $?"
 cat "$out/attn.txt"
-# the line parsed the way jobs/bench_attention_torch.py parses it (the same regex; the script itself needs torch)
-python3 - "$out/attn.txt" <<'PY' || fail "bench_attention's line does not parse as bench_attention_torch.py reads it"
-import re, sys
-lines = [l for l in open(sys.argv[1]) if l.startswith("attn ours ")]
-assert len(lines) == 1, lines
-o = {k: float(v) for k, v in re.findall(r"(\w+)=([0-9.]+)", lines[0])}
+# the line parsed by jobs/bench_attention_torch.py's own reader (imported: the script's torch part is not needed)
+python3 -B -c '
+import sys
+sys.path.insert(0, sys.argv[1])
+from bench_attention_torch import read_ours
+ours = read_ours(sys.argv[2])
+assert len(ours) == 1, ours
+o = ours[0]
 need = {"T": 256, "H": 4, "Hkv": 2, "D": 16}
 assert all(o[k] == v for k, v in need.items()), o
 assert all(o[k] > 0 for k in ("fwd_ms", "bwd_ms")) and all(k in o for k in ("fwd_tflops", "bwd_tflops")), o
-PY
+' "$root/jobs" "$out/attn.txt" || fail "bench_attention's line does not parse as jobs/bench_attention_torch.py reads it"
 [ $status = 0 ] && echo "bench_gpu_cpu: ok"
 exit $status

@@ -48,10 +48,10 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "io/tokens.h"
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 #define MAX_STEPS 3
@@ -60,7 +60,7 @@
 
 static rt_comm *world, *self;
 static const rt_backend *gpu;
-static char data_path[256];
+static char data_path[TEST_PATH_MAX];
 
 static int verbose(void) { return getenv("TEST_CUDA_VERBOSE") != NULL; }
 
@@ -75,23 +75,13 @@ typedef struct {
 } run_record;
 
 static void base_config(rt_config *cfg, rt_family family) {
-    rt_config_defaults(cfg);
-    rt_error err;
-    rt_config_apply_preset(cfg, "tiny", &err);
-    cfg->family = family;
-    if (family == RT_FAMILY_GPT2) {
-        cfg->n_kv_heads = cfg->n_heads;
-        cfg->d_ff = 4 * cfg->d_model;
-    }
+    /* Adam's eps is 1e-3: see the top comment */
+    test_base_config(cfg, family, data_path);
     cfg->dropout = family == RT_FAMILY_LLAMA ? 0.1f : 0.0f; /* the masks are the CPU's bit for bit */
-    snprintf(cfg->data_train, sizeof cfg->data_train, "%s", data_path);
-    cfg->seq_len = 64; /* 2 * sp chunks for sp = 1, 2 */
+    cfg->seq_len = 64;                                      /* 2 * sp chunks for sp = 1, 2 */
     cfg->batch_size = 4;
     cfg->steps = MAX_STEPS;
-    cfg->lr = 3e-3f;
-    cfg->warmup_steps = 1;
     cfg->grad_clip = 0.0f; /* compare the gradients as computed */
-    cfg->adam_eps = 1e-3f; /* see the top comment */
 }
 
 static void free_record(run_record *rec) {
@@ -271,26 +261,6 @@ static void test_ring_zero_vs_one_rank(void) {
     }
 }
 
-/* Rank 0 writes 20000 random byte tokens; every rank gets the path. */
-static void write_data(void) {
-    char dir[64] = "";
-    if (world->rank == 0) {
-        strcpy(dir, "/tmp/rt_cuda_train_XXXXXX");
-        if (!mkdtemp(dir)) exit(2);
-        uint32_t *tokens = malloc(20000 * sizeof *tokens);
-        uint64_t state = 99;
-        for (size_t i = 0; i < 20000; i++)
-            tokens[i] = (uint32_t)(test_rand_u64(&state) % 256);
-        char path[128];
-        snprintf(path, sizeof path, "%s/tokens.bin", dir);
-        rt_error err;
-        if (rt_tokens_write(path, tokens, 20000, 256, &err)) exit(2);
-        free(tokens);
-    }
-    rt_comm_broadcast(world, dir, sizeof dir, 0);
-    snprintf(data_path, sizeof data_path, "%s/tokens.bin", dir);
-}
-
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     rt_comm *node = rt_comm_split_node(world);
@@ -316,7 +286,7 @@ int main(int argc, char **argv) {
     }
     if (world->size > 1) setenv("RINGTRAIN_DEVICE_PLANE", "staged", 0);
     self = rt_comm_split(world, world->rank, 0);
-    write_data();
+    test_write_tokens(world, "rt_cuda_train", 20000, 99, data_path, NULL);
     if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2; /* one CUnit report, rank 0's */
     test_case cases[] = {
         {"tiny llama and gpt2: CUDA == CPU (3 steps)", test_cuda_vs_cpu},

@@ -1,17 +1,14 @@
 /* test_comm.c: every collective of the MPI communicator against a naive local reference, at segment sizes that
- * force the rounds of large counts; threads per rank; token-file shares. Runs under mpirun on 1, 2 and 4 ranks. */
+ * force the rounds of large counts. Runs under mpirun on 1, 2 and 4 ranks. */
 #include <limits.h>
 #include <mpi.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/stat.h>
 
-#include "io/tokens_validate.h"
 #include "runtime/comm/comm.h"
-#include "runtime/comm/threads.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 /*
@@ -70,13 +67,6 @@ static int check(const char *what, size_t seg, size_t n, const float *got, const
     return bad;
 }
 
-/* Every rank's failures count: a rank that passes must not report success while another failed. */
-static void assert_no_failures_anywhere(int failures) {
-    double total = failures;
-    rt_allreduce_sum_f64(world, &total, 1);
-    CU_ASSERT_EQUAL(total, 0.0);
-}
-
 /* The sum over ranks q of rank q's buffer (n floats, case seed) at [first, first+count). */
 static void naive_sum(float *out, uint64_t seed, size_t n, size_t first, size_t count) {
     float *theirs = malloc_check((n ? n : 1) * sizeof *theirs);
@@ -116,7 +106,7 @@ static void test_reduce_scatter_block(void) {
         }
     }
     rt_comm_mpi_set_segment_elems(0);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 /* Uneven counts: patterns with zeros, one receiving rank, all zero, and growing blocks. */
@@ -167,7 +157,7 @@ static void test_reduce_scatter_v(void) {
     }
     rt_comm_mpi_set_segment_elems(0);
     free(cnt);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 /* Every rank's block is its fill_values at its counts; the segments reach the broadcast path. */
@@ -201,7 +191,7 @@ static void test_allgather_v(void) {
     }
     rt_comm_mpi_set_segment_elems(0);
     free(cnt);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 /* Both nonblocking collectives in flight at once, progressed, then waited in the other order than posted (MPI
@@ -253,7 +243,7 @@ static void test_nonblocking(void) {
     }
     rt_comm_mpi_set_segment_elems(0);
     free(cnt);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 static void test_allgather(void) {
@@ -280,7 +270,7 @@ static void test_allgather(void) {
         }
     }
     rt_comm_mpi_set_segment_elems(0);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 static void test_allreduce(void) {
@@ -320,7 +310,7 @@ static void test_allreduce(void) {
         }
     }
     rt_comm_mpi_set_segment_elems(0);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 /* Bytes of rank q's message for a case: a pattern no two cases or ranks share. */
@@ -363,7 +353,7 @@ static void test_broadcast(void) {
             }
     }
     rt_comm_mpi_set_segment_elems(0);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 /* A ring exchange of two messages per rank (two tags, both on one request each way), as ring attention does. */
@@ -401,7 +391,7 @@ static void test_isend_irecv(void) {
         }
     }
     rt_comm_mpi_set_segment_elems(0);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 /*
@@ -435,7 +425,7 @@ static void test_broadcast_above_int_max(void) {
     if (world->rank == 0) printf("(fill %.1f s, broadcast %.1f s, check %.1f s) ", t1 - t0, t2 - t1, MPI_Wtime() - t2);
     free(buf);
     free(pattern);
-    assert_no_failures_anywhere(bad_block != n);
+    test_assert_no_failures_anywhere(world, bad_block != n);
 }
 
 /* The segment hook clamps to what one MPI call takes and 0 restores the default. */
@@ -448,116 +438,6 @@ static void test_segment_hook(void) {
     rt_comm_mpi_set_segment_elems(0);
     CU_ASSERT_EQUAL(rt_comm_mpi_segment_elems(), fallback);
     CU_ASSERT_EQUAL(fallback, (size_t)1 << 26);
-}
-
-static void write_text(const char *dir, const char *name, const char *text) {
-    char path[256];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *out = fopen(path, "w");
-    CU_ASSERT_FATAL(out != NULL);
-    fputs(text, out);
-    fclose(out);
-}
-
-/* cgroup CPU quotas, v2 and v1, against hand-written files: rounded up, "max" and -1 mean none. */
-static void test_cgroup_quota(void) {
-    char dir[64];
-    snprintf(dir, sizeof dir, "/tmp/rt_quota_%d_XXXXXX", world->rank);
-    CU_ASSERT_FATAL(mkdtemp(dir) != NULL);
-    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 0); /* no files */
-    write_text(dir, "cpu.max", "250000 100000\n");
-    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 3);
-    write_text(dir, "cpu.max", "max 100000\n");
-    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 0);
-    char v1[128];
-    snprintf(v1, sizeof v1, "%s/cpu", dir);
-    CU_ASSERT_FATAL(mkdir(v1, 0700) == 0);
-    write_text(v1, "cpu.cfs_quota_us", "200000\n");
-    write_text(v1, "cpu.cfs_period_us", "100000\n");
-    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 2);
-    write_text(v1, "cpu.cfs_quota_us", "-1\n");
-    CU_ASSERT_EQUAL(rt_threads_quota_cpus(dir), 0);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    CU_ASSERT(system(cmd) == 0);
-}
-
-/*
- * Threads per rank: with OMP_NUM_THREADS set it is respected; without, ranks that share one affinity mask
- * (mpirun --oversubscribe does not bind) split its CPUs evenly, at least one thread each.
- */
-static void test_threads_default(void) {
-    const int before = omp_get_max_threads();
-    rt_threads th;
-    setenv("OMP_NUM_THREADS", "3", 1);
-    omp_set_num_threads(3);
-    rt_threads_setup(world, &th);
-    CU_ASSERT_EQUAL(th.from_env, 1);
-    CU_ASSERT_EQUAL(th.threads, 3);
-    CU_ASSERT_EQUAL(th.node_ranks, world->size); /* mpirun on one machine */
-    unsetenv("OMP_NUM_THREADS");
-    rt_threads_setup(world, &th);
-    double spread[2] = {th.cpus, -th.cpus};
-    rt_allreduce_max_f64(world, spread, 2);
-    CU_ASSERT_EQUAL(th.from_env, 0);
-    CU_ASSERT(th.cpus >= 1);
-    if (spread[0] == -spread[1]) { /* the same number of CPUs everywhere: taken as one shared mask */
-        int expected = th.cpus / world->size > 0 ? th.cpus / world->size : 1;
-        if (th.quota_cpus > 0 && expected > th.quota_cpus / world->size)
-            expected = th.quota_cpus / world->size > 0 ? th.quota_cpus / world->size : 1;
-        if (th.threads != expected)
-            fprintf(stderr, "\n  rank %d: %d cpus, %d ranks: %d threads, expected %d\n", world->rank, th.cpus,
-                    world->size, th.threads, expected);
-        CU_ASSERT_EQUAL(th.threads, expected);
-        CU_ASSERT_EQUAL(omp_get_max_threads(), expected);
-    }
-    setenv("OMP_NUM_THREADS", "1", 1);
-    omp_set_num_threads(before);
-}
-
-/*
- * Token-file shares tile the file in rank order, and the validation of the shares finds the first bad token on
- * the lowest failing rank, with the message a whole-file check gives.
- */
-static void test_token_shares(void) {
-    static const size_t sizes[] = {0, 1, 5, 17, 1000};
-    for (size_t c = 0; c < sizeof sizes / sizeof *sizes; c++)
-        for (int parts = 1; parts <= 5; parts++) {
-            size_t next = 0;
-            for (int part = 0; part < parts; part++) {
-                size_t first, count;
-                rt_tokens_share(sizes[c], part, parts, &first, &count);
-                CU_ASSERT_EQUAL(first, next);
-                CU_ASSERT(count == sizes[c] / (size_t)parts || count == sizes[c] / (size_t)parts + 1);
-                next = first + count;
-            }
-            CU_ASSERT_EQUAL(next, sizes[c]);
-        }
-    uint16_t tokens[40];
-    for (size_t i = 0; i < 40; i++)
-        tokens[i] = (uint16_t)(i % 10);
-    tokens[29] = 10, tokens[33] = 11; /* vocab 10: the first bad token is at 29 */
-    rt_token_file tf = {.path = "shares.bin", .vocab_size = 10, .bytes_per_token = 2, .n_tokens = 40};
-    tf.tokens = (const unsigned char *)tokens;
-    size_t first, count;
-    rt_tokens_share(tf.n_tokens, world->rank, world->size, &first, &count);
-    rt_error err = {{0}};
-    int rc = rt_tokens_validate_range(&tf, first, count, &err);
-    CU_ASSERT_EQUAL(rc != 0, (first <= 29 && 29 < first + count) || (first <= 33 && 33 < first + count));
-    double lowest_failing = rc ? -(double)world->rank : -(double)world->size;
-    rt_allreduce_max_f64(world, &lowest_failing, 1);
-    const char *expected = "shares.bin: token 29 has id 10, not below the file's vocab_size 10";
-    int wrong = world->rank == (int)-lowest_failing && strcmp(err.msg, expected) != 0;
-    if (wrong) fprintf(stderr, "\n  rank %d: share [%zu, %zu): '%s'\n", world->rank, first, first + count, err.msg);
-    assert_no_failures_anywhere(wrong);
-    /* The ends of a range: 29 is the last token of [20, 30) and outside [0, 29). */
-    CU_ASSERT_EQUAL(rt_tokens_validate_range(&tf, 20, 10, &err), -1);
-    CU_ASSERT_STRING_EQUAL(err.msg, expected);
-    CU_ASSERT_EQUAL(rt_tokens_validate_range(&tf, 29, 1, NULL), -1);
-    CU_ASSERT_EQUAL(rt_tokens_validate_range(&tf, 0, 29, NULL), 0);
-    CU_ASSERT_EQUAL(rt_tokens_validate_range(&tf, 30, 3, NULL), 0);
-    CU_ASSERT_EQUAL(rt_tokens_validate_range(&tf, 30, 100, NULL), -1); /* clipped to the file: 33 is in it */
-    CU_ASSERT_EQUAL(rt_tokens_validate_range(&tf, 100, 5, NULL), 0);
 }
 
 int main(int argc, char **argv) {
@@ -578,9 +458,6 @@ int main(int argc, char **argv) {
         {"broadcast from first and last rank", test_broadcast},
         {"isend/irecv ring, two tags", test_isend_irecv},
         {"broadcast of more than INT_MAX bytes", test_broadcast_above_int_max},
-        {"threads per rank", test_threads_default},
-        {"cgroup CPU quota", test_cgroup_quota},
-        {"token file shares", test_token_shares},
     };
     int status = test_run_suite("test_comm", cases, (int)(sizeof cases / sizeof *cases));
     int worst = 0;

@@ -6,6 +6,7 @@
 
 #include "shard/dtensor.h"
 #include "shard/mesh.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 /*
@@ -184,13 +185,6 @@ static int mesh_factorizations(int n, int shapes[][2]) {
     return count;
 }
 
-/* Failures on any rank fail the test on every rank, so rank 0's report tells. */
-static void assert_no_failures_anywhere(int local_failures) {
-    int total = 0;
-    MPI_Allreduce(&local_failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
-    CU_ASSERT_EQUAL(total, 0);
-}
-
 /* ---- mesh ---- */
 
 static void test_mesh_layout(void) {
@@ -239,7 +233,7 @@ static void test_mesh_layout(void) {
         }
         rt_mesh_free(&mesh);
     }
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 static void test_mesh_errors(void) {
@@ -477,7 +471,7 @@ static void test_redistribute_all_pairs(void) {
         rt_mesh_free(&mesh);
     }
     CU_ASSERT(runs > 0);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 /* A 3-D mesh: from every source placement, change each mesh dim to each other placement. */
@@ -508,7 +502,7 @@ static void test_redistribute_3d_mesh(void) {
                 }
     }
     rt_mesh_free(&mesh);
-    assert_no_failures_anywhere(failures);
+    test_assert_no_failures_anywhere(world, failures);
 }
 
 int main(int argc, char **argv) {

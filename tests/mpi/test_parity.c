@@ -37,12 +37,12 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "io/tokens.h"
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
 #include "shard/optimizer.h"
 #include "tests/support/dropout_probe.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 #define MAX_STEPS 5
@@ -54,7 +54,7 @@
 #define CLIP_TOL 1e-6 /* the clipped gradient against pre-clip * scale, within one run */
 
 static rt_comm *world, *self;
-static char data_path[256];
+static char data_path[TEST_PATH_MAX];
 
 typedef struct {
     int steps;
@@ -66,27 +66,14 @@ typedef struct {
     size_t optimizer_bytes;
 } run_record;
 
+/* Adam's eps is 1e-3 (test_base_config says why): later steps still compare arithmetic. */
 static void base_config(rt_config *cfg, rt_family family, float dropout) {
-    rt_config_defaults(cfg);
-    rt_error err;
-    rt_config_apply_preset(cfg, "tiny", &err);
-    cfg->family = family;
-    if (family == RT_FAMILY_GPT2) {
-        cfg->n_kv_heads = cfg->n_heads;
-        cfg->d_ff = 4 * cfg->d_model;
-    }
+    test_base_config(cfg, family, data_path);
     cfg->dropout = dropout;
-    snprintf(cfg->data_train, sizeof cfg->data_train, "%s", data_path);
     cfg->seq_len = 48;    /* divides into 2*sp chunks for sp = 1..4 */
     cfg->batch_size = 12; /* divides by dp = 1..4 */
     cfg->steps = 3;
-    cfg->lr = 3e-3f;
-    cfg->warmup_steps = 1;
     cfg->grad_clip = 0.0f; /* the plain cases compare unclipped updates; clipping has its own cases */
-    /* Adam's update lr * g / (|g| + eps) turns rounding noise of near-zero gradients into updates of
-     * +-lr when eps is tiny, and the trajectories of two correct runs then drift apart after step 0.
-     * With eps = 1e-3 such updates stay proportional to g, so later steps still compare arithmetic. */
-    cfg->adam_eps = 1e-3f;
 }
 
 static float *copy_params(rt_trainer *t, size_t n) {
@@ -554,29 +541,10 @@ static void test_run_to_run_bitwise(void) {
     free_record(&b);
 }
 
-static void write_data(void) {
-    char dir[64] = "";
-    if (world->rank == 0) {
-        strcpy(dir, "/tmp/rt_parity_XXXXXX");
-        if (!mkdtemp(dir)) exit(2);
-        uint32_t *tokens = malloc(20000 * sizeof *tokens);
-        uint64_t state = 99;
-        for (size_t i = 0; i < 20000; i++)
-            tokens[i] = (uint32_t)(test_rand_u64(&state) % 256);
-        char path[128];
-        snprintf(path, sizeof path, "%s/tokens.bin", dir);
-        rt_error err;
-        if (rt_tokens_write(path, tokens, 20000, 256, &err)) exit(2);
-        free(tokens);
-    }
-    rt_comm_broadcast(world, dir, sizeof dir, 0);
-    snprintf(data_path, sizeof data_path, "%s/tokens.bin", dir);
-}
-
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     self = rt_comm_split(world, world->rank, 0);
-    write_data();
+    test_write_tokens(world, "rt_parity", 20000, 99, data_path, NULL);
     if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2; /* one CUnit report, rank 0's */
     test_case cases[] = {
         {"seqpar: llama with dropout == 1 rank", test_seqpar_llama_dropout},

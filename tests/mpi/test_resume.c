@@ -26,9 +26,9 @@
 #include <unistd.h>
 
 #include "io/checkpoint.h"
-#include "io/tokens.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 #define STEPS 6
@@ -36,7 +36,7 @@
 #define RESHARD_TOL 1e-5 /* fp32 reductions in another order (test_parity measures <= 2e-6) */
 
 static rt_comm *world;
-static char data_path[256], work_dir[256];
+static char data_path[TEST_PATH_MAX], work_dir[TEST_PATH_MAX];
 
 typedef struct {
     double loss[STEPS], grad_norm[STEPS];
@@ -48,22 +48,11 @@ typedef struct {
 
 /* 2000 tokens hold 41 windows of 48+1: 3 global batches of 12 per epoch, so 6 steps cross two epochs. */
 static void base_config(rt_config *cfg, rt_family family, float dropout, int sp, int stage) {
-    rt_config_defaults(cfg);
-    rt_error err;
-    rt_config_apply_preset(cfg, "tiny", &err);
-    cfg->family = family;
-    if (family == RT_FAMILY_GPT2) {
-        cfg->n_kv_heads = cfg->n_heads;
-        cfg->d_ff = 4 * cfg->d_model;
-    }
+    test_base_config(cfg, family, data_path);
     cfg->dropout = dropout;
-    snprintf(cfg->data_train, sizeof cfg->data_train, "%s", data_path);
     cfg->seq_len = 48;
     cfg->batch_size = 12;
     cfg->steps = STEPS;
-    cfg->lr = 3e-3f;
-    cfg->warmup_steps = 1;
-    cfg->adam_eps = 1e-3f; /* see test_parity.c: keeps near-zero gradients from turning noise into updates */
     cfg->sp = sp;
     cfg->dp = world->size / sp;
     cfg->zero_stage = stage;
@@ -266,25 +255,6 @@ static void test_changed_shape_refused(void) {
     if (world->rank == 0) unlink(path);
 }
 
-static void write_data(void) {
-    char dir[64] = "";
-    if (world->rank == 0) {
-        strcpy(dir, "/tmp/rt_resume_XXXXXX");
-        if (!mkdtemp(dir)) exit(2);
-        uint32_t tokens[2000];
-        uint64_t state = 7;
-        for (size_t i = 0; i < 2000; i++)
-            tokens[i] = (uint32_t)(test_rand_u64(&state) % 256);
-        char path[128];
-        snprintf(path, sizeof path, "%s/tokens.bin", dir);
-        rt_error err;
-        if (rt_tokens_write(path, tokens, 2000, 256, &err)) exit(2);
-    }
-    rt_comm_broadcast(world, dir, sizeof dir, 0);
-    snprintf(data_path, sizeof data_path, "%s/tokens.bin", dir);
-    snprintf(work_dir, sizeof work_dir, "%s", dir);
-}
-
 /* ---- resharding: saved by one job, loaded by others ---- */
 
 static const char *reshard_dir;
@@ -334,7 +304,7 @@ static void test_reshard_load(void) {
 
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
-    write_data();
+    test_write_tokens(world, "rt_resume", 2000, 7, data_path, work_dir);
     if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2; /* one CUnit report, rank 0's */
     int status;
     if (argc == 3 && strcmp(argv[1], "save") == 0) {

@@ -21,6 +21,7 @@
 #include "runtime/app/run.h"
 #include "runtime/comm/comm.h"
 #include "runtime/config/config.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 static rt_comm *world;
@@ -49,15 +50,14 @@ static void write_corpus(void) {
 }
 
 static void base_config(rt_config *cfg, const char *run_name) {
-    rt_config_defaults(cfg);
-    snprintf(cfg->data_train, sizeof cfg->data_train, "%s", train_path);
+    test_base_config(cfg, RT_FAMILY_LLAMA, train_path);
     snprintf(cfg->run_dir, sizeof cfg->run_dir, "%s/%s", work_dir, run_name);
     cfg->steps = 8;
     cfg->batch_size = 4;
     cfg->seq_len = 64;
-    cfg->lr = 3e-3f;
     cfg->min_lr = 3e-4f;
     cfg->warmup_steps = 2;
+    cfg->adam_eps = 1e-8f; /* the default: these runs train as a user's do */
     cfg->log_every = 1000;
 }
 
