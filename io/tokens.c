@@ -9,14 +9,15 @@
  *   - bytes_per_token == 2 implies vocab_size <= 65536 (every token fits);
  *   - tokens points at the first token inside the read-only mapping.
  * Whether every token is < vocab_size is NOT checked here (it would touch the
- * whole file at open); the loader checks each token it hands out.
+ * whole file at open); the loader checks each token it hands out, and the
+ * trainer checks every token at start-up with rt_tokens_validate_range, each
+ * rank over its share (rt_tokens_share), so the job reads each file once.
  *
  * rt_tokens_write picks uint16 when vocab_size <= 65536, else uint32, writes
  * PATH.tmp, fsyncs it and renames it over PATH. On any failure PATH.tmp is
  * removed and PATH is left as it was: never a partial file.
  */
 #include "tokens.h"
-#include "tokens_validate.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -202,6 +203,29 @@ size_t rt_byte_decode(uint32_t token, char *out, size_t out_len) {
     if (out_len == 0 || token >= RT_BYTE_VOCAB) return 0;
     out[0] = (char)(unsigned char)token;
     return 1;
+}
+
+/* ------------------------------------------------------------------ range checks */
+
+void rt_tokens_share(size_t n, int part, int parts, size_t *first, size_t *count) {
+    const size_t p = (size_t)part, base = n / (size_t)parts, longer = n % (size_t)parts;
+    *first = p * base + (p < longer ? p : longer); /* <= n: no overflow */
+    *count = base + (p < longer);
+}
+
+int rt_tokens_validate_range(const rt_token_file *tf, size_t first, size_t count, rt_error *err) {
+    if (first > tf->n_tokens) first = tf->n_tokens;
+    if (count > tf->n_tokens - first) count = tf->n_tokens - first;
+    const uint32_t vocab = (uint32_t)tf->vocab_size;
+    const size_t end = first + count;
+    size_t first_bad = end;
+#pragma omp parallel for schedule(static) reduction(min : first_bad)
+    for (size_t i = first; i < end; i++)
+        if (rt_tokens_get(tf, i) >= vocab && i < first_bad) first_bad = i;
+    if (first_bad < end)
+        return rt_fail(err, "%s: token %zu has id %u, not below the file's vocab_size %d", tf->path, first_bad,
+                       rt_tokens_get(tf, first_bad), tf->vocab_size);
+    return 0;
 }
 
 int rt_tokens_validate(const rt_token_file *tf, rt_error *err) {

@@ -41,8 +41,19 @@ static inline uint32_t rt_tokens_get(const rt_token_file *tf, size_t i) {
 }
 
 /* Checks every token is below the file's vocab_size; the error names the file, the offset and the value.
- * One pass over the mapping: the trainer runs it at start-up so a corrupt file fails before any work. */
+ * One pass over the mapping. */
 int rt_tokens_validate(const rt_token_file *tf, rt_error *err);
+
+/* Checks that the tokens [first, first+count) (clipped to the file) are below the file's vocab_size; the
+ * error names the file, the first bad offset and its value, as rt_tokens_validate does. The trainer checks
+ * one share per rank at start-up (rt_tokens_share over the world), so a corrupt file fails before any work
+ * and the job reads each file once in all, not once per rank. */
+int rt_tokens_validate_range(const rt_token_file *tf, size_t first, size_t count, rt_error *err);
+
+/* Share `part` of `parts` (0 <= part < parts) of n items: [*first, *first + *count), the first n % parts
+ * shares one item longer. The shares tile [0, n) in order, so the lowest rank that finds a bad token holds
+ * the file's first one, and its message is the one a single rank would print. */
+void rt_tokens_share(size_t n, int part, int parts, size_t *first, size_t *count);
 
 /* Writes a token file atomically (path.tmp, then rename); no partial file on failure. */
 int rt_tokens_write(const char *path, const uint32_t *tokens, size_t n_tokens, int vocab_size, rt_error *err);

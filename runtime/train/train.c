@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "io/tokens_validate.h"
+#include "io/tokens.h"
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm_device.h"
 #include "runtime/model/model_io.h"
@@ -54,9 +54,9 @@ static int open_tokens(rt_token_file *tf, const char *key, const char *path, int
 /*
  * Collective: every token of the data files is below its file's vocabulary,
  * with each file read once per job, not once per rank: rank r checks its
- * share (io/tokens_validate.h). Shares tile a file in rank order, so the
- * lowest failing rank, whose message agree() keeps, names the file's first
- * bad token, as one rank alone would.
+ * share (rt_tokens_share, io/tokens.h). Shares tile a file in rank order,
+ * so the lowest failing rank, whose message agree() keeps, names the file's
+ * first bad token, as one rank alone would.
  */
 static int validate_data(rt_trainer *t, rt_error *err) {
     const rt_token_file *files[2] = {&t->train_tokens, t->has_val_file ? &t->val_tokens : NULL};

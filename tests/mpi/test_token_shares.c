@@ -1,4 +1,4 @@
-/* test_token_shares.c: the shares of a token file the ranks read (io/tokens_validate.c): they tile the file in
+/* test_token_shares.c: the shares of a token file the ranks read (rt_tokens_share, io/tokens.c): they tile the file in
  * rank order, and validating the shares finds the first bad token on the lowest failing rank, with the message a
  * whole-file check gives. Runs under mpirun on 1, 2 and 4 ranks. */
 #include <mpi.h>
@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "io/tokens_validate.h"
+#include "io/tokens.h"
 #include "runtime/comm/comm.h"
 #include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
