@@ -1,5 +1,5 @@
-/* dtensor.h: placements (Shard, Replicate, Partial sum) of a global tensor over a device mesh, each rank's local box,
- * and redistribution between placements by collectives. */
+/* dtensor.h: placements (Shard, Replicate, Partial sum) of a global tensor over a device mesh, and each rank's
+ * local box. */
 #ifndef RT_DTENSOR_H
 #define RT_DTENSOR_H
 
@@ -62,25 +62,5 @@ void rt_dtensor_local_box(const rt_dtensor *t, const int *mesh_coords, size_t of
 /* Number of floats in the local part of the rank at mesh_coords (NULL: this rank), and of the global tensor. */
 size_t rt_dtensor_local_numel(const rt_dtensor *t, const int *mesh_coords);
 size_t rt_dtensor_numel(const rt_dtensor *t);
-
-/*
- * Moves this rank's src_local (laid out by src) to dst_local (laid out by
- * dst_placements; rt_dtensor_local_numel floats; must not overlap
- * src_local). Collective over the mesh. Mesh dims whose placement differs
- * are changed one after another, in mesh order:
- *   Partial -> Replicate   all-reduce
- *   Partial -> Shard(d)    reduce-scatter (uneven: padded chunks)
- *   Shard(d) -> Replicate  all-gather (uneven: padded chunks, padding dropped)
- *   Shard(a) -> Shard(b)   all-to-all (pairwise nonblocking send/recv)
- *   Replicate -> Shard(d)  local slice
- *   Replicate -> Partial   coordinate 0 keeps the values, the others hold zeros
- *   Shard(d) -> Partial    all-gather, then as Replicate -> Partial
- * When a later mesh dim also shards the tensor dim being moved (nested
- * sharding), the boxes do not line up within one mesh dim's group and the
- * move goes by pairwise transfers of box intersections over the world instead.
- * Fails (every rank alike, before any communication) only on invalid placements.
- */
-int rt_dtensor_redistribute(const rt_dtensor *src, const float *src_local, const rt_placement *dst_placements,
-                            float *dst_local, rt_error *err);
 
 #endif
