@@ -6,55 +6,14 @@
 #include <stdint.h>
 
 #include "offload/offload.h"
+#include "param_layout.h"
 #include "runtime/backend/backend.h"
 #include "runtime/backend/memory.h"
 #include "runtime/config/config.h"
 #include "runtime/core/tensor.h"
 #include "seqpar/seqpar.h"
 
-/*
- * Conventions: B = sequences in the micro-batch on this rank, T = local
- * tokens per sequence (the whole sequence on one rank, T/sp with sequence
- * parallelism), N = B*T, C = d_model, H/Hkv = query/key-value heads, D = C/H,
- * F = d_ff, V = vocab, Vp = V padded to a multiple of 128 (row count of the
- * embedding and of the logits; padded logits are ignored by the loss).
- *
- * Parameters live in ONE flat buffer described by a table of named views
- * (rt_view_table). The layout is layer-major: embeddings, then every
- * tensor of layer 0, then layer 1, ..., then the final norm and LM head, so
- * one layer's parameters (and gradients) are one contiguous range: ZeRO
- * stage 2 reduces a layer's gradients as soon as its backward is done.
- * llm.c files store tensors layer-stacked; model_io.c reorders on load.
- *
- * Both families run the same layer code, with three small branches:
- *   norm:  gpt2 LayerNorm (weight, bias)      llama RMSNorm (weight)
- *   qkv:   gpt2 with bias                     llama no bias, RoPE on q and k
- *   mlp:   gpt2 fc (4C) -> GELU -> proj       llama gate_up (2F) -> SwiGLU -> down
- * gpt2 ties the LM head to wte and adds learned position embeddings.
- */
-
-typedef struct {
-    rt_family family;
-    int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, vocab_size, padded_vocab, max_seq_len;
-    float dropout, rope_theta, norm_eps;
-} rt_model_shape;
-
-/* Pointers into the flat parameter (or gradient) buffer for one layer; NULL where the family has none. */
-typedef struct {
-    float *norm1_w, *norm1_b;   /* (C) */
-    float *qkv_w, *qkv_b;       /* ((H+2Hkv)*D, C), ((H+2Hkv)*D) */
-    float *proj_w, *proj_b;     /* (C, H*D), (C) */
-    float *norm2_w, *norm2_b;   /* (C) */
-    float *fc_w, *fc_b;         /* (FC, C), (FC): FC = F (gpt2) or 2F (llama gate|up) */
-    float *fcproj_w, *fcproj_b; /* (C, F), (C) */
-} rt_layer_params;
-
-typedef struct {
-    float *wte;                 /* (Vp, C) */
-    float *wpe;                 /* (maxT, C), gpt2 only */
-    float *norm_f_w, *norm_f_b; /* (C) */
-    float *lm_head;             /* (Vp, C): wte for gpt2 (tied), its own tensor for llama */
-} rt_top_params;
+/* Conventions (B, T, N, C, H, D, F, V, Vp) and the parameter layout: param_layout.h. */
 
 /* Activations of one layer for one micro-batch; everything backward needs besides the layer input. */
 typedef struct {
@@ -160,11 +119,6 @@ typedef struct {
 
     rt_model_counters counters;
 } rt_model;
-
-/* Shape from a resolved config; Vp = V rounded up to a multiple of 128. */
-rt_model_shape rt_model_shape_from_config(const rt_config *cfg);
-/* Parameter count (the flat buffer's length) of a shape. */
-size_t rt_model_param_count(const rt_model_shape *shape);
 
 typedef struct {
     rt_activation_mode mode;

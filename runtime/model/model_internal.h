@@ -4,15 +4,6 @@
 
 #include "model.h"
 
-/* Floats per token of the fused q|k|v projection: (H + 2*Hkv) * D. */
-static inline size_t rt_qkv_width(const rt_model_shape *s) {
-    return (size_t)(s->n_heads + 2 * s->n_kv_heads) * (size_t)s->head_dim;
-}
-/* Floats per token of the first MLP matmul: F (gpt2) or 2F (llama gate|up). */
-static inline size_t rt_fc_width(const rt_model_shape *s) {
-    return s->family == RT_FAMILY_LLAMA ? 2 * (size_t)s->d_ff : (size_t)s->d_ff;
-}
-
 /* Between the ops of a layer: lets the communication in flight (ZeRO's) move. */
 static inline void rt_model_progress(const rt_model *m) {
     if (m->progress) m->progress(m->progress_ctx);
