@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "io/checkpoint.h"
-#include "runtime/backend/registry.h"
 
 /* Our view name of each llm.c tensor; per-layer ones get the "layers.<l>." prefix. */
 static const struct {
@@ -122,23 +121,26 @@ static int check_shape(const rt_model_shape *s, const rt_llmc_header *h, const c
 }
 
 /* An llm.c file's weights into host (table.total floats, the table's order). */
-static int read_llmc(const rt_model *m, const char *path, float *host, rt_error *err) {
+static int read_llmc(const rt_model_shape *shape, const rt_view_table *table, const char *path, float *host,
+                     rt_error *err) {
     rt_llmc_header hdr;
     if (rt_llmc_read_header(path, &hdr, err)) return -1;
-    if (check_shape(&m->shape, &hdr, path, err)) return -1;
+    if (check_shape(shape, &hdr, path, err)) return -1;
     float *file_params = malloc_check(llmc_total(&hdr) * sizeof(float));
     int rc = rt_llmc_read_params(path, &hdr, file_params, err);
-    if (rc == 0) map_llmc(&m->table, &hdr, file_params, host, TO_TABLE);
+    if (rc == 0) map_llmc(table, &hdr, file_params, host, TO_TABLE);
     free(file_params);
     return rc;
 }
 
 /* Loads into m's full parameter buffer what read fills on the host. */
-static int load_through_host(rt_model *m, int (*read)(const rt_model *, const char *, float *, rt_error *),
+static int load_through_host(rt_model *m,
+                             int (*read)(const rt_model_shape *, const rt_view_table *, const char *, float *,
+                                         rt_error *),
                              const char *path, rt_error *err) {
     if (m->shard_params) rt_fatal("%s: the model's parameters are sharded; their owner loads them", path);
     float *host = malloc_check(m->table.total * sizeof(float));
-    int rc = read(m, path, host, err);
+    int rc = read(&m->shape, &m->table, path, host, err);
     if (rc == 0) rt_be_copy(m->backend, m->params, host, m->table.total * sizeof(float));
     free(host);
     return rc;
@@ -164,8 +166,9 @@ static int check_llmc_exportable(const rt_model_shape *s, const char *what, rt_e
     return 0;
 }
 
-int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
-    const rt_model_shape *s = &m->shape;
+/* host (table->total floats, the table's order) as an llm.c file. */
+static int write_llmc(const rt_model_shape *s, const rt_view_table *table, const float *host, const char *path,
+                      rt_error *err) {
     if (check_llmc_exportable(s, path, err)) return -1;
     rt_llmc_header hdr = {.max_seq_len = s->max_seq_len,
                           .vocab_size = s->vocab_size,
@@ -174,14 +177,18 @@ int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
                           .channels = s->d_model,
                           .padded_vocab_size = s->padded_vocab};
     size_t total = llmc_total(&hdr);
-    if (total != m->table.total)
-        rt_fatal("llm.c layout holds %zu parameters, the gpt2 table %zu", total, m->table.total);
-    float *host = malloc_check(m->table.total * sizeof(float));
+    if (total != table->total) rt_fatal("llm.c layout holds %zu parameters, the gpt2 table %zu", total, table->total);
     float *file_params = malloc_check(total * sizeof(float));
-    rt_be_copy(m->backend, host, m->params, m->table.total * sizeof(float));
-    map_llmc(&m->table, &hdr, file_params, host, TO_FILE);
+    map_llmc(table, &hdr, file_params, (float *)host, TO_FILE);
     int rc = rt_llmc_write(path, &hdr, file_params, err);
     free(file_params);
+    return rc;
+}
+
+int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
+    float *host = malloc_check(m->table.total * sizeof(float));
+    rt_be_copy(m->backend, host, m->params, m->table.total * sizeof(float));
+    int rc = write_llmc(&m->shape, &m->table, host, path, err);
     free(host);
     return rc;
 }
@@ -194,8 +201,10 @@ int rt_model_save(const rt_model *m, const char *path, const char *config_text, 
     return rc;
 }
 
-static int read_hdf5(const rt_model *m, const char *path, float *host, rt_error *err) {
-    return rt_checkpoint_read_params(path, &m->table, host, err);
+static int read_hdf5(const rt_model_shape *shape, const rt_view_table *table, const char *path, float *host,
+                     rt_error *err) {
+    (void)shape; /* the stored tensors' shapes are checked against the table */
+    return rt_checkpoint_read_params(path, table, host, err);
 }
 
 int rt_model_load(rt_model *m, const char *path, rt_error *err) { return load_through_host(m, read_hdf5, path, err); }
@@ -268,7 +277,7 @@ int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err) {
 int rt_model_read_init_file(const rt_model *m, const char *path, float *host, rt_error *err) {
     int hdf5 = rt_model_file_is_hdf5(path, err);
     if (hdf5 < 0) return -1;
-    return hdf5 ? read_hdf5(m, path, host, err) : read_llmc(m, path, host, err);
+    return hdf5 ? read_hdf5(&m->shape, &m->table, path, host, err) : read_llmc(&m->shape, &m->table, path, host, err);
 }
 
 int rt_export_llmc(const char *checkpoint_path, const char *out_path, rt_config *info, rt_error *err) {
@@ -281,17 +290,14 @@ int rt_export_llmc(const char *checkpoint_path, const char *out_path, rt_config 
     if (rt_config_from_checkpoint(&cfg, checkpoint_path, err)) return -1;
     rt_model_shape shape = rt_model_shape_from_config(&cfg);
     if (check_llmc_exportable(&shape, checkpoint_path, err)) return -1; /* before reading any weights */
-    const rt_backend *be = rt_backend_cpu();
-    rt_device_memory mem;
-    rt_device_memory_init(&mem, be, 0);
-    rt_model model;
-    /* Room for one token of activations: the model is only a table of weights here. */
-    int rc = rt_model_init(&model, &shape, be, &mem,
-                           &(rt_model_options){.mode = RT_ACT_RECOMPUTE, .max_seqs = 1, .max_local_len = 1}, err);
-    if (rc == 0) rc = rt_model_load(&model, checkpoint_path, err);
-    if (rc == 0) rc = rt_model_save_llmc(&model, out_path, err);
-    rt_model_free(&model);
-    rt_device_memory_destroy(&mem);
+    /* The table of weights alone: no model, no device memory. */
+    rt_view_table table;
+    rt_param_table_build(&shape, &table, NULL);
+    float *host = malloc_check(table.total * sizeof(float));
+    int rc = read_hdf5(&shape, &table, checkpoint_path, host, err);
+    if (rc == 0) rc = write_llmc(&shape, &table, host, out_path, err);
+    free(host);
+    rt_view_table_free(&table);
     if (rc == 0 && info) *info = cfg;
     return rc;
 }
