@@ -158,7 +158,6 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     /* Collective over the sequence-parallel group: first, before anything that could fail on one rank only. */
     const rt_attn_shape attn = rt_attention_shape(shape);
     if (seqpar_agree_shapes(m->seqpar, max_seqs, max_local_len, &attn, err)) return -1;
-    m->mode = mode;
     m->max_seqs = max_seqs;
     m->max_local_len = max_local_len;
     m->max_tokens = max_seqs * max_local_len;
@@ -213,20 +212,11 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     if (m->head_tile > N) m->head_tile = N;
     m->mlp_tile = options->mlp_tile_tokens && options->mlp_tile_tokens < N ? options->mlp_tile_tokens : N;
 
-    if (mode == RT_ACT_OFFLOAD) {
-        if (failed) return -1;
-        if (rt_offloader_init(&m->offloader, backend, mem, s->n_layers, N * C * sizeof(float),
-                              options->offload_max_inflight, err)) {
-            rt_offloader_free(&m->offloader); /* what it started before failing: streams, host pool */
-            return -1;
-        }
-        m->has_offloader = 1;
-    } else {
-        m->layer_inputs = ALLOC_F((L + 1) * N * C, "layer inputs");
-    }
-    m->n_act_sets = mode == RT_ACT_KEEP ? s->n_layers : 1;
-    m->acts = calloc_check((size_t)m->n_act_sets, sizeof *m->acts);
-    for (int i = 0; i < m->n_act_sets; i++)
+    if (failed) return -1;
+    if (rt_act_policy_init(&m->act_policy, mode, backend, mem, s->n_layers, N, C, options->offload_max_inflight, err))
+        return -1;
+    m->acts = calloc_check((size_t)m->act_policy.n_act_sets, sizeof *m->acts);
+    for (int i = 0; i < m->act_policy.n_act_sets; i++)
         alloc_act_set(m, &m->acts[i], err, &failed);
     m->norm_f_mean = ALLOC_F(N, "activations (final norm mean)");
     m->norm_f_rstd = ALLOC_F(N, "activations (final norm rstd)");
@@ -271,7 +261,7 @@ int rt_model_init(rt_model *m, const rt_model_shape *shape, const rt_backend *ba
 
 void rt_model_free(rt_model *m) {
     /* Device buffers belong to the arena, which the caller destroys; here only host bookkeeping. */
-    if (m->has_offloader) rt_offloader_free(&m->offloader);
+    rt_act_policy_free(&m->act_policy);
     rt_view_table_free(&m->table);
     free(m->layers);
     free(m->layer_grads);
@@ -366,37 +356,13 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
     return N;
 }
 
-static rt_layer_acts *acts_for(rt_model *m, int layer) {
-    return m->mode == RT_ACT_KEEP ? &m->acts[layer] : &m->acts[0];
-}
-
-static float *layer_input(rt_model *m, int layer, size_t N) {
-    return m->layer_inputs + (size_t)layer * N * m->shape.d_model;
-}
-
-/* The last layer's output: the head's input. */
-static float *final_hidden(rt_model *m, size_t N) {
-    return m->mode == RT_ACT_OFFLOAD ? m->final_hidden : layer_input(m, m->shape.n_layers, N);
-}
-
-/* Forward: the buffer for layer l's input (l = L: the final hidden state). */
-static float *forward_input(rt_model *m, int l, size_t N) {
-    if (m->mode != RT_ACT_OFFLOAD) return layer_input(m, l, N);
-    if (l < m->shape.n_layers) return rt_offload_input_buffer(&m->offloader, l);
-    return m->final_hidden = rt_offload_output_buffer(&m->offloader);
-}
-
-/* Forward: layer l's input is written; a training pass offloads it. */
-static void forward_input_written(rt_model *m, int l, size_t N, int training) {
-    if (m->mode == RT_ACT_OFFLOAD && training && l < m->shape.n_layers)
-        rt_offload_save(&m->offloader, l, N * (size_t)m->shape.d_model * sizeof(float));
-}
+static rt_layer_acts *acts_for(rt_model *m, int layer) { return &m->acts[layer % m->act_policy.n_act_sets]; }
 
 /* A training pass asks, between layers, whether to stop; on yes it abandons the pass (offload: every copy
  * waited for, every slot freed) and the caller returns at once. */
 static int interrupted(rt_model *m) {
     if (!m->interrupt_poll || !m->interrupt_poll(m->interrupt_ctx)) return 0;
-    if (m->mode == RT_ACT_OFFLOAD) rt_offload_abandon_pass(&m->offloader);
+    rt_act_abandon_pass(&m->act_policy);
     if (m->shard_params) wait_params(m); /* every rank posted the same prefetch */
     if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, NULL, 0, 0);
     m->interrupted = 1;
@@ -407,29 +373,28 @@ static int interrupted(rt_model *m) {
 static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_plan *dropout, int training) {
     const size_t N = batch->n_seqs * batch->local_len;
     const rt_top_params *top = &m->top;
-    float *x = forward_input(m, 0, N);
+    rt_act_policy *policy = &m->act_policy;
+    float *x = rt_act_forward_input(policy, 0, N);
     need_top_params(m);
     rt_be_embedding_forward(m->backend, x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
-    forward_input_written(m, 0, N, training);
+    rt_act_input_written(policy, 0, N, training);
     for (int l = 0; l < m->shape.n_layers; l++) {
-        float *y = forward_input(m, l + 1, N);
+        float *y = rt_act_forward_input(policy, l + 1, N);
         need_layer_params(m, l, l + 1);
         rt_layer_forward(m, l, acts_for(m, l), x, y, batch->n_seqs, batch->local_len, dropout);
-        forward_input_written(m, l + 1, N, training);
+        rt_act_input_written(policy, l + 1, N, training);
         if (training && interrupted(m)) return -1;
         x = y;
     }
     return 0;
 }
 
-/* Ends a pass of the offloader (every forward, with or without backward). */
-static void end_pass(rt_model *m) {
-    if (m->mode == RT_ACT_OFFLOAD) rt_offload_end_pass(&m->offloader);
-}
+/* Ends a pass of the activation policy (every forward, with or without backward). */
+static void end_pass(rt_model *m) { rt_act_end_pass(&m->act_policy); }
 
 static void final_norm_forward(rt_model *m, size_t N) {
     const rt_model_shape *s = &m->shape;
-    const float *x = final_hidden(m, N);
+    const float *x = rt_act_final_hidden(&m->act_policy, N);
     if (s->family == RT_FAMILY_GPT2)
         rt_be_layernorm_forward(m->backend, m->norm_f, m->norm_f_mean, m->norm_f_rstd, x, m->top.norm_f_w,
                                 m->top.norm_f_b, N, s->d_model, s->norm_eps);
@@ -463,7 +428,7 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     }
     *n_targets = count;
     if (backward) {
-        const float *x = final_hidden(m, N);
+        const float *x = rt_act_final_hidden(&m->act_policy, N);
         rt_be_memset_zero(be, m->d_resid, N * C * sizeof(float));
         if (s->family == RT_FAMILY_GPT2)
             rt_be_layernorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
@@ -481,24 +446,23 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
     m->interrupted = 0;
     if (forward_layers(m, batch, dropout, 1)) return NAN;
     double loss_sum = head_forward(m, batch, dloss_scale, 1, n_targets);
-    const int offload = m->mode == RT_ACT_OFFLOAD;
-    if (offload) rt_offload_release_output(&m->offloader); /* its slot takes the first prefetch */
+    rt_act_policy *policy = &m->act_policy;
+    rt_act_head_done(policy);
     for (int l = m->shape.n_layers - 1; l >= 0; l--) {
         rt_layer_acts *acts = acts_for(m, l);
-        if (offload && l > 0) rt_offload_prefetch(&m->offloader, l - 1); /* overlaps this layer's work */
-        float *x = offload ? rt_offload_restore(&m->offloader, l) : layer_input(m, l, N);
+        /* d_norm is the scratch a recompute may write its dead output to: the layer's backward only starts
+         * using it after zeroing it. */
+        float *recompute_out;
+        float *x = rt_act_backward_input(policy, l, N, m->d_norm, &recompute_out);
         need_layer_params(m, l, l - 1);
         /* Recompute: the same ops on the same input, dropout masks included, so bit for bit the forward's
-         * activations. Its output is dead: it goes where nobody reads it (recompute: the stored output;
-         * offload: d_norm, which the layer's backward only starts using after zeroing it). */
-        if (m->mode != RT_ACT_KEEP)
-            rt_layer_forward(m, l, acts, x, offload ? m->d_norm : layer_input(m, l + 1, N), batch->n_seqs,
-                             batch->local_len, dropout);
+         * activations. */
+        if (recompute_out) rt_layer_forward(m, l, acts, x, recompute_out, batch->n_seqs, batch->local_len, dropout);
         const size_t *lo = m->layer_offset;
         if (m->stream_grads)
             rt_be_memset_zero(m->backend, m->layer_grad_scratch[l % 2], (lo[1] - lo[0]) * sizeof(float));
         rt_layer_backward(m, l, acts, x, batch->n_seqs, batch->local_len, dropout);
-        if (offload) rt_offload_release(&m->offloader, l);
+        rt_act_layer_done(policy, l);
         if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch[l % 2], lo[l], lo[l + 1] - lo[l]);
         if (l > 0 && interrupted(m)) return NAN;
     }
@@ -535,9 +499,4 @@ void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out)
     rt_be_copy(m->backend, logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
 }
 
-void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out) {
-    if (m->has_offloader)
-        rt_offload_take_stats(&m->offloader, out);
-    else
-        memset(out, 0, sizeof *out);
-}
+void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out) { rt_act_take_stats(&m->act_policy, out); }

@@ -5,7 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "offload/offload.h"
+#include "offload/act_policy.h"
 #include "param_layout.h"
 #include "runtime/backend/backend.h"
 #include "runtime/backend/memory.h"
@@ -41,7 +41,6 @@ typedef struct {
     rt_device_memory *mem;
     seqpar_ctx *seqpar;
     seqpar_ctx local_seqpar; /* used when the caller gives none: attention over local tokens only */
-    rt_activation_mode mode;
 
     rt_view_table table;
     size_t n_alloc; /* parameter buffer length: table.total padded for sharding (padding stays zero) */
@@ -57,12 +56,8 @@ typedef struct {
     size_t mlp_tile;  /* tokens per MLP tile (model_mlp.c); max_tokens = untiled */
 
     /* activations */
-    float *layer_inputs;    /* keep, recompute: (L+1, N, C): layer l's input at l*N*C, the final hidden state last */
-    rt_offloader offloader; /* offload: owns the inputs of layers 0..L-1 (device slots + host pool) */
-    int has_offloader;
-    float *final_hidden; /* offload: (N, C) the last layer's output, in an offloader slot during a pass */
-    rt_layer_acts *acts; /* L sets (keep) or 1 set (recompute) */
-    int n_act_sets;
+    rt_act_policy act_policy;         /* where layer inputs live between forward and backward (act_policy.h) */
+    rt_layer_acts *acts;              /* act_policy.n_act_sets sets: L (keep) or 1 */
     float *norm_f;                    /* (N, C), inside d_qkv (model.c says why) */
     float *norm_f_mean, *norm_f_rstd; /* (N) */
     float *logits;                    /* (head_tile, Vp) */
