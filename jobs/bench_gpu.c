@@ -35,7 +35,7 @@
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "runtime/config/config.h"
-#include "runtime/model/model_internal.h"
+#include "runtime/model/layer.h"
 #include "runtime/train/train.h"
 
 static double model_flops_per_step(const rt_model_shape *s, size_t B, size_t T) {

@@ -18,8 +18,8 @@
 
 #include "runtime/backend/registry.h"
 #include "runtime/config/config.h"
+#include "runtime/model/layer.h"
 #include "runtime/model/model.h"
-#include "runtime/model/model_internal.h"
 #include "shard/mesh.h"
 #include "shard/optimizer.h"
 

@@ -19,8 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "model_internal.h"
-
 /* Bytes the logits of one LM-head tile may take. */
 #define HEAD_TILE_BYTES ((size_t)16 << 20)
 
@@ -249,6 +247,24 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
      * recompute) writes d_branch before it reads it: one buffer serves both. */
     m->branch = m->d_branch;
     if (failed) return -1;
+    m->layer_ctx = (rt_layer_ctx){.backend = backend,
+                                  .shape = &m->shape,
+                                  .seqpar = m->seqpar,
+                                  .mlp_tile = m->mlp_tile,
+                                  .pos = m->pos,
+                                  .dropout_ids = m->dropout_ids,
+                                  .d_resid = m->d_resid,
+                                  .d_branch = m->d_branch,
+                                  .d_norm = m->d_norm,
+                                  .d_att = m->d_att,
+                                  .d_qkv = m->d_qkv,
+                                  .d_fc = m->d_fc,
+                                  .d_act = m->d_act,
+                                  .delta = m->delta,
+                                  .branch = m->branch,
+                                  .progress = m->progress,
+                                  .progress_ctx = m->progress_ctx,
+                                  .counters = &m->counters};
     return seqpar_reserve(m->seqpar, max_seqs, max_local_len, &attn, err);
 }
 
@@ -351,7 +367,9 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
     rt_be_copy(be, m->tokens, batch->inputs, N * sizeof(int32_t));
     rt_be_copy(be, m->targets, batch->targets, N * sizeof(int32_t));
     rt_be_copy(be, m->pos, batch->pos, N * sizeof(int64_t));
-    m->host_pos = batch->pos;
+    m->layer_ctx.host_pos = batch->pos;
+    m->layer_ctx.n_seqs = batch->n_seqs;
+    m->layer_ctx.local_len = batch->local_len;
     rt_be_copy(be, m->dropout_ids, ids, N * sizeof(int64_t));
     return N;
 }
@@ -381,7 +399,7 @@ static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_p
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *y = rt_act_forward_input(policy, l + 1, N);
         need_layer_params(m, l, l + 1);
-        rt_layer_forward(m, l, acts_for(m, l), x, y, batch->n_seqs, batch->local_len, dropout);
+        rt_layer_forward(&m->layer_ctx, l, &m->layers[l], acts_for(m, l), x, y, dropout);
         rt_act_input_written(policy, l + 1, N, training);
         if (training && interrupted(m)) return -1;
         x = y;
@@ -457,11 +475,11 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         need_layer_params(m, l, l - 1);
         /* Recompute: the same ops on the same input, dropout masks included, so bit for bit the forward's
          * activations. */
-        if (recompute_out) rt_layer_forward(m, l, acts, x, recompute_out, batch->n_seqs, batch->local_len, dropout);
+        if (recompute_out) rt_layer_forward(&m->layer_ctx, l, &m->layers[l], acts, x, recompute_out, dropout);
         const size_t *lo = m->layer_offset;
         if (m->stream_grads)
             rt_be_memset_zero(m->backend, m->layer_grad_scratch[l % 2], (lo[1] - lo[0]) * sizeof(float));
-        rt_layer_backward(m, l, acts, x, batch->n_seqs, batch->local_len, dropout);
+        rt_layer_backward(&m->layer_ctx, l, &m->layers[l], &m->layer_grads[l], acts, x, dropout);
         rt_act_layer_done(policy, l);
         if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch[l % 2], lo[l], lo[l + 1] - lo[l]);
         if (l > 0 && interrupted(m)) return NAN;

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "layer.h"
 #include "offload/act_policy.h"
 #include "param_layout.h"
 #include "runtime/backend/backend.h"
@@ -14,26 +15,6 @@
 #include "seqpar/seqpar.h"
 
 /* Conventions (B, T, N, C, H, D, F, V, Vp) and the parameter layout: param_layout.h. */
-
-/* Activations of one layer for one micro-batch; everything backward needs besides the layer input. */
-typedef struct {
-    float *norm1;                   /* (N, C) */
-    float *norm1_mean, *norm1_rstd; /* (N) */
-    float *qkv;                     /* (N, QKV), q and k after RoPE */
-    float *att;                     /* (N, H*D) attention output, before proj */
-    float *lse;                     /* (N, H) log-sum-exp of the attention rows */
-    float *res1;                    /* (N, C) x + dropout(att @ proj^T) */
-    float *norm2;                   /* (N, C) */
-    float *norm2_mean, *norm2_rstd; /* (N) */
-    float *fc;                      /* (mlp_tile, FC): all N rows untiled, one tile's with a tiled MLP */
-    float *act;                     /* (mlp_tile, F) gelu(fc) or swiglu(fc), as fc */
-} rt_layer_acts;
-
-/* Counters a test or the log can read. */
-typedef struct {
-    uint64_t layer_forwards; /* layer forward executions, recomputes included */
-    uint64_t layer_backwards;
-} rt_model_counters;
 
 typedef struct {
     rt_model_shape shape;
@@ -64,7 +45,6 @@ typedef struct {
     float *losses;                    /* (N) */
     int32_t *tokens, *targets;        /* (N) device copies */
     int64_t *pos;                     /* (N) */
-    const int64_t *host_pos;          /* (N) the pass's rt_batch.pos (host, the caller's): attention's bookkeeping */
     int64_t *dropout_ids;             /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
     int64_t *host_ids;                /* (N) host staging of dropout_ids, allocated at setup */
     float *host_losses;               /* (N) host copy of losses, allocated at setup */
@@ -113,6 +93,7 @@ typedef struct {
     int interrupted;
 
     rt_model_counters counters;
+    rt_layer_ctx layer_ctx; /* what the layers read: the above, and the pass's micro-batch (layer.h) */
 } rt_model;
 
 typedef struct {
@@ -189,12 +170,6 @@ typedef struct {
     size_t first_seq; /* index of the first sequence among all sequences of the step (all micro-batches, all
                        * data-parallel ranks): dropout masks key on (sequence, position), never on the rank */
 } rt_batch;
-
-/* Dropout keys for a training step; dropout is off when p == 0 or for evaluation. */
-typedef struct {
-    float p;
-    uint64_t seed, step;
-} rt_dropout_plan;
 
 /*
  * Forward, fused LM-head loss and backward of one micro-batch: gradients

@@ -5,8 +5,8 @@
  *   fc = norm2 @ fc_w^T + fc_b      act = gelu(fc) (gpt2) or swiglu(fc) (llama)      out = act @ fcproj_w^T + fcproj_b
  *
  * Every step acts on each token alone, so the N tokens of a micro-batch can go through in tiles of
- * m->mlp_tile rows: the (tile, FC) and (tile, F) intermediates then exist for one tile at a time, in
- * acts->fc / acts->act (forward) and m->d_fc / m->d_act (backward), which are allocated tile-sized. At long
+ * c->mlp_tile rows: the (tile, FC) and (tile, F) intermediates then exist for one tile at a time, in
+ * acts->fc / acts->act (forward) and c->d_fc / c->d_act (backward), which are allocated tile-sized. At long
  * sequence lengths these are the largest per-token activations of a layer (FC + F floats against C), which
  * is why they are worth not holding for all N tokens.
  *
@@ -21,13 +21,13 @@
  * accumulates tile after tile), so tiled and untiled agree to fp32 rounding, not bitwise. At a fixed tile
  * size keep, recompute and offload still agree bitwise: they run the same ops on the same inputs.
  */
-#include "model_internal.h"
+#include "layer.h"
 
 /* fc and act of the n tokens at norm2_rows, into the tile scratch of a. */
-static void fc_act_forward(const rt_model *m, const rt_layer_params *p, const rt_layer_acts *a, const float *norm2_rows,
-                           size_t n) {
-    const rt_backend *be = m->backend;
-    const rt_model_shape *s = &m->shape;
+static void fc_act_forward(const rt_layer_ctx *c, const rt_layer_params *p, const rt_layer_acts *a,
+                           const float *norm2_rows, size_t n) {
+    const rt_backend *be = c->backend;
+    const rt_model_shape *s = c->shape;
     const size_t C = (size_t)s->d_model, F = (size_t)s->d_ff, FC = rt_fc_width(s);
     rt_be_matmul_forward(be, a->fc, norm2_rows, p->fc_w, p->fc_b, n, (int)C, (int)FC);
     if (s->family == RT_FAMILY_GPT2)
@@ -36,42 +36,42 @@ static void fc_act_forward(const rt_model *m, const rt_layer_params *p, const rt
         rt_be_swiglu_forward(be, a->act, a->fc, n, (int)F);
 }
 
-static size_t tile_rows(const rt_model *m, size_t N, size_t t0) { return N - t0 < m->mlp_tile ? N - t0 : m->mlp_tile; }
+static size_t tile_rows(const rt_layer_ctx *c, size_t N, size_t t0) {
+    return N - t0 < c->mlp_tile ? N - t0 : c->mlp_tile;
+}
 
-void rt_mlp_forward(rt_model *m, int layer, const rt_layer_acts *a, float *out, size_t N) {
-    const rt_backend *be = m->backend;
-    const rt_layer_params *p = &m->layers[layer];
-    const size_t C = (size_t)m->shape.d_model, F = (size_t)m->shape.d_ff;
-    for (size_t t0 = 0; t0 < N; t0 += m->mlp_tile) {
-        const size_t n = tile_rows(m, N, t0);
-        fc_act_forward(m, p, a, a->norm2 + t0 * C, n);
+void rt_mlp_forward(const rt_layer_ctx *c, const rt_layer_params *p, const rt_layer_acts *a, float *out, size_t N) {
+    const rt_backend *be = c->backend;
+    const size_t C = (size_t)c->shape->d_model, F = (size_t)c->shape->d_ff;
+    for (size_t t0 = 0; t0 < N; t0 += c->mlp_tile) {
+        const size_t n = tile_rows(c, N, t0);
+        fc_act_forward(c, p, a, a->norm2 + t0 * C, n);
         rt_be_matmul_forward(be, out + t0 * C, a->act, p->fcproj_w, p->fcproj_b, n, (int)F, (int)C);
-        rt_model_progress(m);
+        rt_layer_progress(c);
     }
 }
 
-void rt_mlp_backward(rt_model *m, int layer, const rt_layer_acts *a, const float *d_out, float *d_norm, size_t N) {
-    const rt_backend *be = m->backend;
-    const rt_model_shape *s = &m->shape;
-    const rt_layer_params *p = &m->layers[layer];
-    const rt_layer_params *g = &m->layer_grads[layer];
+void rt_mlp_backward(const rt_layer_ctx *c, const rt_layer_params *p, const rt_layer_params *g, const rt_layer_acts *a,
+                     const float *d_out, float *d_norm, size_t N) {
+    const rt_backend *be = c->backend;
+    const rt_model_shape *s = c->shape;
     const size_t C = (size_t)s->d_model, F = (size_t)s->d_ff, FC = rt_fc_width(s);
-    const int recompute = N > m->mlp_tile; /* else the forward's one tile is still in a (see the invariant) */
-    for (size_t t0 = 0; t0 < N; t0 += m->mlp_tile) {
-        const size_t n = tile_rows(m, N, t0);
+    const int recompute = N > c->mlp_tile; /* else the forward's one tile is still in a (see the invariant) */
+    for (size_t t0 = 0; t0 < N; t0 += c->mlp_tile) {
+        const size_t n = tile_rows(c, N, t0);
         const float *norm2_rows = a->norm2 + t0 * C;
-        if (recompute) fc_act_forward(m, p, a, norm2_rows, n);
-        rt_be_memset_zero(be, m->d_act, n * F * sizeof(float));
-        rt_be_matmul_backward(be, m->d_act, g->fcproj_w, g->fcproj_b, d_out + t0 * C, a->act, p->fcproj_w, n, (int)F,
+        if (recompute) fc_act_forward(c, p, a, norm2_rows, n);
+        rt_be_memset_zero(be, c->d_act, n * F * sizeof(float));
+        rt_be_matmul_backward(be, c->d_act, g->fcproj_w, g->fcproj_b, d_out + t0 * C, a->act, p->fcproj_w, n, (int)F,
                               (int)C);
-        rt_be_memset_zero(be, m->d_fc, n * FC * sizeof(float));
+        rt_be_memset_zero(be, c->d_fc, n * FC * sizeof(float));
         if (s->family == RT_FAMILY_GPT2)
-            rt_be_gelu_backward(be, m->d_fc, a->fc, m->d_act, n * F);
+            rt_be_gelu_backward(be, c->d_fc, a->fc, c->d_act, n * F);
         else
-            rt_be_swiglu_backward(be, m->d_fc, m->d_act, a->fc, n, (int)F);
-        rt_model_progress(m);
+            rt_be_swiglu_backward(be, c->d_fc, c->d_act, a->fc, n, (int)F);
+        rt_layer_progress(c);
         rt_be_memset_zero(be, d_norm + t0 * C, n * C * sizeof(float));
-        rt_be_matmul_backward(be, d_norm + t0 * C, g->fc_w, g->fc_b, m->d_fc, norm2_rows, p->fc_w, n, (int)C, (int)FC);
-        rt_model_progress(m);
+        rt_be_matmul_backward(be, d_norm + t0 * C, g->fc_w, g->fc_b, c->d_fc, norm2_rows, p->fc_w, n, (int)C, (int)FC);
+        rt_layer_progress(c);
     }
 }

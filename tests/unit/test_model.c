@@ -17,8 +17,8 @@
 #include "io/llmc_model.h"
 #include "runtime/backend/cpu/backend_cpu_internal.h"
 #include "runtime/backend/registry.h"
+#include "runtime/model/layer.h"
 #include "runtime/model/model.h"
-#include "runtime/model/model_internal.h"
 #include "runtime/model/model_io.h"
 #include "tests/support/testing.h"
 

@@ -21,8 +21,8 @@
 #include <string.h>
 
 #include "runtime/backend/registry.h"
+#include "runtime/model/layer.h"
 #include "runtime/model/model.h"
-#include "runtime/model/model_internal.h"
 #include "tests/support/testing.h"
 
 enum { B = 2, T = 12, N = B * T };
@@ -152,12 +152,12 @@ static void run_mlp(rt_model *m, const float *norm2, const float *d_out, float *
     rt_layer_acts *a = &m->acts[layer];
     memcpy(a->norm2, norm2, N * C * sizeof(float));
     rt_model_zero_grads(m);
-    rt_mlp_forward(m, layer, a, m->branch, N);
+    rt_mlp_forward(&m->layer_ctx, &m->layers[layer], a, m->branch, N);
     memcpy(out, m->branch, N * C * sizeof(float));
     for (size_t i = 0; i < N * C; i++)
         m->d_norm[i] = 1e30f;
     memcpy(m->d_branch, d_out, N * C * sizeof(float));
-    rt_mlp_backward(m, layer, a, m->d_branch, m->d_norm, N);
+    rt_mlp_backward(&m->layer_ctx, &m->layers[layer], &m->layer_grads[layer], a, m->d_branch, m->d_norm, N);
     memcpy(d_norm, m->d_norm, N * C * sizeof(float));
 }
 
