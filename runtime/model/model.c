@@ -22,40 +22,29 @@
 /* Bytes the logits of one LM-head tile may take. */
 #define HEAD_TILE_BYTES ((size_t)16 << 20)
 
-/* Where flat offset lives in base (m->params or m->grads): directly, except for streamed gradients and sharded
- * parameters, which keep the tensors outside the layers in one buffer and a layer's in a layer-sized one (see
- * rt_model in model.h). */
-static float *locate(const rt_model *m, float *base, size_t offset) {
-    float *top, *layer_bufs[2];
-    if (base == m->grads && m->stream_grads) {
-        top = m->grads;
-        layer_bufs[0] = m->layer_grad_scratch[0];
-        layer_bufs[1] = m->layer_grad_scratch[1];
-    } else if (base == m->params && m->shard_params) {
-        top = m->top_param_buf;
-        layer_bufs[0] = m->layer_param_buf[0];
-        layer_bufs[1] = m->layer_param_buf[1];
-    } else {
-        return base + offset;
-    }
-    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
-    if (offset < lo[0]) return top + offset;
-    if (offset >= lo[L]) return top + lo[0] + (offset - lo[L]);
-    size_t layer = (offset - lo[0]) / (lo[1] - lo[0]); /* all layers have the same size */
-    return layer_bufs[layer % 2] + (offset - lo[layer]);
+/* Where a flat offset lives: in a buffer the model owns (ctx), or wherever the hooks' owner keeps it. */
+typedef struct {
+    float *(*at)(void *ctx, size_t offset);
+    void *ctx;
+} locator;
+
+static float *in_buffer(void *base, size_t offset) { return (float *)base + offset; }
+
+static locator locator_of(float *own, float *(*hooks_at)(void *, size_t), void *hooks_ctx) {
+    return own ? (locator){in_buffer, own} : (locator){hooks_at, hooks_ctx};
 }
 
-static float *view_ptr(const rt_model *m, float *base, const char *name, int layer) {
+static float *view_ptr(const rt_model *m, locator where, const char *name, int layer) {
     char full[RT_NAME_LEN];
     if (layer >= 0)
         snprintf(full, sizeof full, "layers.%d.%s", layer, name);
     else
         snprintf(full, sizeof full, "%s", name);
     const rt_named_view *v = rt_view_table_find(&m->table, full);
-    return v ? locate(m, base, v->offset) : NULL;
+    return v ? where.at(where.ctx, v->offset) : NULL;
 }
 
-static void bind_layer(const rt_model *m, float *base, int l, rt_layer_params *p) {
+static void bind_layer(const rt_model *m, locator base, int l, rt_layer_params *p) {
     p->norm1_w = view_ptr(m, base, "norm1.weight", l);
     p->norm1_b = view_ptr(m, base, "norm1.bias", l);
     p->qkv_w = view_ptr(m, base, "attn.qkv.weight", l);
@@ -70,18 +59,12 @@ static void bind_layer(const rt_model *m, float *base, int l, rt_layer_params *p
     p->fcproj_b = view_ptr(m, base, "mlp.proj.bias", l);
 }
 
-static void bind_top(const rt_model *m, float *base, rt_top_params *p) {
+static void bind_top(const rt_model *m, locator base, rt_top_params *p) {
     p->wte = view_ptr(m, base, "wte", -1);
     p->wpe = view_ptr(m, base, "wpe", -1);
     p->norm_f_w = view_ptr(m, base, "norm_f.weight", -1);
     p->norm_f_b = view_ptr(m, base, "norm_f.bias", -1);
     p->lm_head = m->shape.family == RT_FAMILY_GPT2 ? p->wte : view_ptr(m, base, "lm_head.weight", -1);
-}
-
-static void bind_grads(rt_model *m) {
-    for (int l = 0; l < m->shape.n_layers; l++)
-        bind_layer(m, m->grads, l, &m->layer_grads[l]);
-    bind_top(m, m->grads, &m->top_grads);
 }
 
 /* Allocation helper: count floats (or other 4/8-byte elements) from the accounted arena. */
@@ -168,42 +151,30 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     if (n_alloc < m->table.total) n_alloc = m->table.total;
     m->n_alloc = n_alloc;
     int failed = 0;
-    const size_t *lo = m->layer_offset;
-    if (options->param_gather) {
-        if (!options->grad_hook || !options->param_wait)
-            rt_fatal("rt_model_init: sharded parameters (param_gather) need param_wait and streamed gradients");
-        m->shard_params = 1;
-        m->param_gather = options->param_gather;
-        m->param_wait = options->param_wait;
-        m->param_gather_ctx = options->param_gather_ctx;
-        m->top_param_buf = ALLOC_F(lo[0] + (m->table.total - lo[L]), "parameters (gathered embeddings and head)");
-        for (int i = 0; i < 2; i++)
-            m->layer_param_buf[i] = ALLOC_F(lo[1] - lo[0], "parameters (gathered layer)");
-        rt_model_params_changed(m); /* nothing resident yet */
+    if (options->param_hooks) {
+        if (!options->grad_hooks)
+            rt_fatal("rt_model_init: parameters kept elsewhere (param_hooks) need gradients kept elsewhere too");
+        m->param_hooks = *options->param_hooks;
     } else {
         m->params = ALLOC_F(n_alloc, "parameters");
     }
-    m->progress = options->progress;
-    m->progress_ctx = options->progress_ctx;
     m->interrupt_poll = options->interrupt_poll;
     m->interrupt_ctx = options->interrupt_ctx;
-    if (options->grad_hook) {
-        m->stream_grads = 1;
-        m->grad_hook = options->grad_hook;
-        m->grad_hook_ctx = options->grad_hook_ctx;
-        m->grads = ALLOC_F(lo[0] + (m->table.total - lo[L]), "gradients (embeddings and head)");
-        for (int i = 0; i < 2; i++)
-            m->layer_grad_scratch[i] = ALLOC_F(lo[1] - lo[0], "gradients (one layer, two buffers)");
-    } else {
+    if (options->grad_hooks)
+        m->grad_hooks = *options->grad_hooks;
+    else
         m->grads = ALLOC_F(n_alloc, "gradients");
-    }
     if (failed) return -1;
     m->layers = malloc_check(L * sizeof *m->layers);
     m->layer_grads = malloc_check(L * sizeof *m->layer_grads);
-    for (int l = 0; l < s->n_layers; l++)
-        bind_layer(m, m->params, l, &m->layers[l]);
-    bind_top(m, m->params, &m->top);
-    bind_grads(m);
+    const locator params = locator_of(m->params, m->param_hooks.at, m->param_hooks.ctx);
+    const locator grads = locator_of(m->grads, m->grad_hooks.at, m->grad_hooks.ctx);
+    for (int l = 0; l < s->n_layers; l++) {
+        bind_layer(m, params, l, &m->layers[l]);
+        bind_layer(m, grads, l, &m->layer_grads[l]);
+    }
+    bind_top(m, params, &m->top);
+    bind_top(m, grads, &m->top_grads);
 
     m->head_tile = HEAD_TILE_BYTES / (Vp * sizeof(float));
     if (m->head_tile < 1) m->head_tile = 1;
@@ -262,8 +233,8 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
                                   .d_act = m->d_act,
                                   .delta = m->delta,
                                   .branch = m->branch,
-                                  .progress = m->progress,
-                                  .progress_ctx = m->progress_ctx,
+                                  .progress = m->grad_hooks.progress,
+                                  .progress_ctx = m->grad_hooks.ctx,
                                   .counters = &m->counters};
     return seqpar_reserve(m->seqpar, max_seqs, max_local_len, &attn, err);
 }
@@ -289,7 +260,7 @@ void rt_model_free(rt_model *m) {
 }
 
 void rt_model_init_params(rt_model *m, uint64_t seed) {
-    if (m->shard_params) rt_fatal("rt_model_init_params: the parameters are sharded; their owner initializes them");
+    if (!m->params) rt_fatal("rt_model_init_params: the parameters are kept elsewhere; their owner initializes them");
     float *host = malloc_check(m->table.total * sizeof(float));
     rt_model_init_params_host(m, seed, host);
     rt_be_copy(m->backend, m->params, host, m->table.total * sizeof(float));
@@ -301,55 +272,20 @@ void rt_model_init_params_host(const rt_model *m, uint64_t seed, float *host) {
 }
 
 void rt_model_zero_grads(rt_model *m) {
-    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
-    size_t n = m->stream_grads ? lo[0] + (m->table.total - lo[L]) : m->n_alloc;
-    rt_be_memset_zero(m->backend, m->grads, n * sizeof(float));
+    if (m->grad_hooks.zero)
+        m->grad_hooks.zero(m->grad_hooks.ctx);
+    else
+        rt_be_memset_zero(m->backend, m->grads, m->n_alloc * sizeof(float));
 }
 
-/* Sharded parameters: a pass gathers each unit when it first needs it, unless its buffer still holds it from
- * an earlier pass since the parameters last changed (the micro-batches of a step share the backward's last
- * layers and the embeddings and head). Every rank runs the same passes and updates, so the gathers
- * (collectives) match. */
 void rt_model_params_changed(rt_model *m) {
-    m->resident_top = 0;
-    m->resident_layer[0] = m->resident_layer[1] = -1;
+    if (m->param_hooks.changed) m->param_hooks.changed(m->param_hooks.ctx);
 }
 
-/* Completes a posted gather (a prefetch): its buffer is resident from here on. */
-static void wait_params(rt_model *m) {
-    if (!m->gather_posted) return;
-    m->param_wait(m->param_gather_ctx);
-    m->gather_posted = 0;
-}
-
-static void need_top_params(rt_model *m) {
-    if (!m->shard_params || m->resident_top) return;
-    const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
-    m->param_gather(m->param_gather_ctx, m->top_param_buf, 0, lo[0]);
-    m->param_gather(m->param_gather_ctx, m->top_param_buf + lo[0], lo[L], m->table.total - lo[L]);
-    m->gather_posted = 1;
-    wait_params(m);
-    m->resident_top = 1;
-}
-
-/* Posts the gather of layer l (when it is not resident) into its buffer; the layer that buffer held must be
- * done with. */
-static void post_layer_params(rt_model *m, int l) {
-    if (l < 0 || l >= m->shape.n_layers || m->resident_layer[l % 2] == l) return;
-    const size_t *lo = m->layer_offset;
-    m->param_gather(m->param_gather_ctx, m->layer_param_buf[l % 2], lo[l], lo[l + 1] - lo[l]);
-    m->resident_layer[l % 2] = l;
-    m->gather_posted = 1;
-}
-
-/* Layer l's parameters for its use now, and the gather of the layer used next (next_l, -1 none) posted, to
- * overlap this one's compute: it goes into the other buffer, whose layer (the one before l in this pass) is
- * done. */
-static void need_layer_params(rt_model *m, int l, int next_l) {
-    if (!m->shard_params) return;
-    post_layer_params(m, l);
-    wait_params(m);
-    post_layer_params(m, next_l);
+/* The embeddings and head (layer -1), or layer l with next_l used after it, are about to be used. */
+static void need_params(rt_model *m, int l, int next_l) {
+    if (l < 0 && m->param_hooks.need_top) m->param_hooks.need_top(m->param_hooks.ctx);
+    if (l >= 0 && m->param_hooks.need_layer) m->param_hooks.need_layer(m->param_hooks.ctx, l, next_l);
 }
 
 static size_t load_batch(rt_model *m, const rt_batch *batch) {
@@ -381,8 +317,8 @@ static rt_layer_acts *acts_for(rt_model *m, int layer) { return &m->acts[layer %
 static int interrupted(rt_model *m) {
     if (!m->interrupt_poll || !m->interrupt_poll(m->interrupt_ctx)) return 0;
     rt_act_abandon_pass(&m->act_policy);
-    if (m->shard_params) wait_params(m); /* every rank posted the same prefetch */
-    if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, NULL, 0, 0);
+    if (m->param_hooks.pass_abandoned) m->param_hooks.pass_abandoned(m->param_hooks.ctx);
+    if (m->grad_hooks.pass_abandoned) m->grad_hooks.pass_abandoned(m->grad_hooks.ctx);
     m->interrupted = 1;
     return 1;
 }
@@ -393,12 +329,12 @@ static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_p
     const rt_top_params *top = &m->top;
     rt_act_policy *policy = &m->act_policy;
     float *x = rt_act_forward_input(policy, 0, N);
-    need_top_params(m);
+    need_params(m, -1, -1);
     rt_be_embedding_forward(m->backend, x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
     rt_act_input_written(policy, 0, N, training);
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *y = rt_act_forward_input(policy, l + 1, N);
-        need_layer_params(m, l, l + 1);
+        need_params(m, l, l + 1);
         rt_layer_forward(&m->layer_ctx, l, &m->layers[l], acts_for(m, l), x, y, dropout);
         rt_act_input_written(policy, l + 1, N, training);
         if (training && interrupted(m)) return -1;
@@ -472,29 +408,20 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
          * using it after zeroing it. */
         float *recompute_out;
         float *x = rt_act_backward_input(policy, l, N, m->d_norm, &recompute_out);
-        need_layer_params(m, l, l - 1);
+        need_params(m, l, l - 1);
         /* Recompute: the same ops on the same input, dropout masks included, so bit for bit the forward's
          * activations. */
         if (recompute_out) rt_layer_forward(&m->layer_ctx, l, &m->layers[l], acts, x, recompute_out, dropout);
-        const size_t *lo = m->layer_offset;
-        if (m->stream_grads)
-            rt_be_memset_zero(m->backend, m->layer_grad_scratch[l % 2], (lo[1] - lo[0]) * sizeof(float));
+        if (m->grad_hooks.layer_begin) m->grad_hooks.layer_begin(m->grad_hooks.ctx, l);
         rt_layer_backward(&m->layer_ctx, l, &m->layers[l], &m->layer_grads[l], acts, x, dropout);
         rt_act_layer_done(policy, l);
-        if (m->stream_grads) m->grad_hook(m->grad_hook_ctx, m->layer_grad_scratch[l % 2], lo[l], lo[l + 1] - lo[l]);
+        if (m->grad_hooks.layer_done) m->grad_hooks.layer_done(m->grad_hooks.ctx, l);
         if (l > 0 && interrupted(m)) return NAN;
     }
     end_pass(m);
     rt_be_embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
                              m->shape.d_model);
-    if (m->stream_grads) {
-        const size_t *lo = m->layer_offset, L = (size_t)m->shape.n_layers;
-        m->grad_hook(m->grad_hook_ctx, m->grads, 0, lo[0]);
-        m->grad_hook(m->grad_hook_ctx, m->grads + lo[0], lo[L], m->table.total - lo[L]);
-        m->grad_hook(m->grad_hook_ctx, NULL, 0, 0);
-        /* Reduced by the hook: the next micro-batch accumulates from zero. */
-        rt_model_zero_grads(m);
-    }
+    if (m->grad_hooks.backward_done) m->grad_hooks.backward_done(m->grad_hooks.ctx);
     return loss_sum;
 }
 

@@ -11,6 +11,7 @@
 #include "runtime/backend/backend.h"
 #include "runtime/backend/memory.h"
 #include "runtime/config/config.h"
+#include "runtime/core/param_hooks.h"
 #include "runtime/core/tensor.h"
 #include "seqpar/seqpar.h"
 
@@ -25,8 +26,8 @@ typedef struct {
 
     rt_view_table table;
     size_t n_alloc; /* parameter buffer length: table.total padded for sharding (padding stays zero) */
-    float *params;  /* (n_alloc) device; NULL with sharded parameters */
-    float *grads;   /* (n_alloc) device; with streamed gradients only the non-layer tensors, see below */
+    float *params;  /* (n_alloc) device; NULL when param_hooks' owner keeps the parameters */
+    float *grads;   /* (n_alloc) device; NULL when grad_hooks' owner keeps the gradients */
     rt_layer_params *layers, *layer_grads; /* (L) views into params / grads */
     rt_top_params top, top_grads;
     size_t *layer_offset; /* (L+1): layer l's parameters are [layer_offset[l], layer_offset[l+1]) */
@@ -60,32 +61,9 @@ typedef struct {
     float *delta;    /* (N, H) */
     float *branch;   /* (N, C) forward scratch: a branch output before the residual add; = d_branch */
 
-    /* Streamed gradients (ZeRO stages 2-3): layer l's gradients go to the layer-sized scratch l % 2, handed
-     * to grad_hook right after the layer's backward; the hook may keep reading it until its next call, while
-     * the next layer's backward fills the other scratch. So no full gradient buffer exists; grads holds only
-     * the embedding/head tensors [0, layer_offset[0]) then [layer_offset[L], total), handed over at the end
-     * of the backward, followed by grad_hook(ctx, NULL, 0, 0): "finish with everything handed over". */
-    int stream_grads;
-    float *layer_grad_scratch[2]; /* (layer_offset[1] - layer_offset[0]) each */
-    void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
-    void *grad_hook_ctx;
-
-    /* Sharded parameters (ZeRO-3, see rt_model_options.param_gather): no full parameter buffer. The views in
-     * top point into top_param_buf (every tensor outside the layers: [0, layer_offset[0]) then
-     * [layer_offset[L], total)), those of layer l into layer_param_buf[l % 2]; a pass gathers a unit into its
-     * buffer right before it first uses it (resident_top: whether top_param_buf holds them; resident_layer: the
-     * layer each buffer holds, -1 none; both kept across passes until rt_model_params_changed). */
-    int shard_params;
-    void (*param_gather)(void *ctx, float *dst, size_t offset, size_t count);
-    void (*param_wait)(void *ctx);
-    void *param_gather_ctx;
-    float *top_param_buf;
-    float *layer_param_buf[2];
-    int resident_top, resident_layer[2];
-    int gather_posted; /* a gather was posted and not yet waited for (the next layer's, prefetched) */
-    /* Called between the ops of a layer, so communication in flight moves (see rt_model_options.progress). */
-    void (*progress)(void *ctx);
-    void *progress_ctx;
+    /* Parameters and gradients kept elsewhere (ZeRO: param_hooks.h); zeroed hooks when the model owns them. */
+    rt_param_hooks param_hooks;
+    rt_grad_hooks grad_hooks;
 
     /* Stop polling (see rt_model_options); interrupted: the last training pass was abandoned. */
     int (*interrupt_poll)(void *ctx);
@@ -108,23 +86,11 @@ typedef struct {
      * a time and recomputed per tile in backward (model_mlp.c). 0, or at least max_seqs * max_local_len:
      * untiled, bit for bit the MLP without tiles. */
     size_t mlp_tile_tokens;
-    /* Streamed gradients (see rt_model) when grad_hook is set: hook(ctx, grads, offset, count) receives the
-     * gradients of the flat range [offset, offset+count) of one micro-batch, and may read them until its next
-     * call; hook(ctx, NULL, 0, 0) ends each backward (also an abandoned one): from then on it may not. Every
-     * rank calls it with the same ranges in the same order. No full gradient buffer is ever allocated. */
-    void (*grad_hook)(void *ctx, const float *grads, size_t offset, size_t count);
-    void *grad_hook_ctx;
-    /* Sharded parameters (ZeRO-3) when param_gather is set: no full parameter buffer is allocated (params is
-     * NULL); param_gather(ctx, dst, offset, count) must fill dst with the parameters of the flat range
-     * [offset, offset+count) by the time param_wait(ctx) returns (it may post a nonblocking collective): the
-     * model posts the next layer's gather before it computes the current one. Every rank calls both with the
-     * same ranges in the same order. Needs grad_hook: the gradients stream as well. */
-    void (*param_gather)(void *ctx, float *dst, size_t offset, size_t count);
-    void (*param_wait)(void *ctx);
-    void *param_gather_ctx;
-    /* Called between the ops of every layer (NULL: never): lets communication in flight move. */
-    void (*progress)(void *ctx);
-    void *progress_ctx;
+    /* Parameters and gradients kept by someone else (ZeRO stages 2-3; param_hooks.h), NULL: the model allocates
+     * both buffers whole. The model binds its views through the hooks' `at` at init and calls the rest at
+     * layer boundaries. param_hooks needs grad_hooks. The structs are copied. */
+    const rt_param_hooks *param_hooks;
+    const rt_grad_hooks *grad_hooks;
     /* Stop polling: a training pass calls interrupt_poll(ctx) after each layer's forward and each layer's
      * backward (every rank at the same points, so the poll may be a collective); when it returns non-zero the
      * pass is abandoned there, rt_model_forward_backward returns NAN and sets interrupted, and the

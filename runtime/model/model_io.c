@@ -138,7 +138,7 @@ static int load_through_host(rt_model *m,
                              int (*read)(const rt_model_shape *, const rt_view_table *, const char *, float *,
                                          rt_error *),
                              const char *path, rt_error *err) {
-    if (m->shard_params) rt_fatal("%s: the model's parameters are sharded; their owner loads them", path);
+    if (!m->params) rt_fatal("%s: the model's parameters are kept elsewhere; their owner loads them", path);
     float *host = malloc_check(m->table.total * sizeof(float));
     int rc = read(&m->shape, &m->table, path, host, err);
     if (rc == 0) rt_be_copy(m->backend, m->params, host, m->table.total * sizeof(float));

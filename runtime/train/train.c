@@ -115,24 +115,6 @@ static int setup_data(rt_trainer *t, int vocab_size, rt_error *err) {
     return 0;
 }
 
-/* ZeRO stages 2-3: the model hands over each layer's gradients as its backward ends. */
-static void stream_to_optimizer(void *ctx, const float *grads, size_t offset, size_t count) {
-    if (grads)
-        rt_optimizer_reduce_range(ctx, grads, offset, count);
-    else
-        rt_optimizer_finish_reductions(ctx); /* the end of a backward: the model reuses its buffers next */
-}
-
-/* ZeRO stage 3: the model gathers each unit's parameters from the optimizer's shards when it needs them. */
-static void gather_from_optimizer(void *ctx, float *dst, size_t offset, size_t count) {
-    rt_optimizer_gather_params(ctx, dst, offset, count);
-}
-
-static void wait_for_optimizer(void *ctx) { rt_optimizer_wait_gathers(ctx); }
-
-/* Between the ops of a layer: the optimizer's collectives in flight move (Open MPI needs the calls). */
-static void progress_optimizer(void *ctx) { rt_optimizer_progress(ctx); }
-
 /* Between layers of a training pass: any rank asked to stop (every rank polls at the same points). */
 static int poll_stop(void *ctx) {
     rt_trainer *t = ctx;
@@ -159,6 +141,27 @@ static int setup_model(rt_trainer *t, rt_error *err) {
     rt_config *cfg = &t->cfg;
     rt_model_shape shape = rt_model_shape_from_config(cfg);
     size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), t->world->size);
+    /* ZeRO from outside the model: stages 2-3 stream each layer's gradients into the optimizer's reductions,
+     * stage 3 gathers each layer's parameters from its shards; both own the buffers the model's views bind to,
+     * and the model calls them at layer boundaries. */
+    rt_view_table table;
+    size_t *layer_offset = malloc_check(((size_t)shape.n_layers + 1) * sizeof *layer_offset);
+    rt_param_table_build(&shape, &table, layer_offset);
+    rt_param_hooks param_hooks = {0};
+    rt_grad_hooks grad_hooks = {0};
+    int rc = 0;
+    if (cfg->zero_stage == 3) {
+        rc = rt_zero_params_init(&t->zero_params, &t->opt, &t->mem, layer_offset, shape.n_layers, table.total, err);
+        param_hooks = rt_zero_params_hooks(&t->zero_params);
+    }
+    if (rc == 0 && cfg->zero_stage >= 2) {
+        rc = rt_zero_grads_init(&t->zero_grads, &t->opt, t->backend, &t->mem, layer_offset, shape.n_layers, table.total,
+                                err);
+        grad_hooks = rt_zero_grads_hooks(&t->zero_grads);
+    }
+    rt_view_table_free(&table);
+    free(layer_offset);
+    if (rc) return -1;
     if (rt_model_init(&t->model, &shape, t->backend, &t->mem,
                       &(rt_model_options){.mode = cfg->activation_mode,
                                           .offload_max_inflight = cfg->offload_max_inflight,
@@ -167,13 +170,8 @@ static int setup_model(rt_trainer *t, rt_error *err) {
                                           .mlp_tile_tokens = rt_config_mlp_tile(cfg, t->local_seqs * t->local_len),
                                           .n_alloc = n_alloc,
                                           .seqpar = &t->seqpar,
-                                          .grad_hook = cfg->zero_stage >= 2 ? stream_to_optimizer : NULL,
-                                          .grad_hook_ctx = &t->opt,
-                                          .param_gather = cfg->zero_stage == 3 ? gather_from_optimizer : NULL,
-                                          .param_wait = wait_for_optimizer,
-                                          .param_gather_ctx = &t->opt,
-                                          .progress = cfg->zero_stage >= 2 ? progress_optimizer : NULL,
-                                          .progress_ctx = &t->opt,
+                                          .param_hooks = param_hooks.at ? &param_hooks : NULL,
+                                          .grad_hooks = grad_hooks.at ? &grad_hooks : NULL,
                                           .interrupt_poll = poll_stop,
                                           .interrupt_ctx = t},
                       err))
@@ -181,9 +179,8 @@ static int setup_model(rt_trainer *t, rt_error *err) {
     t->model_ready = 1;
     /* Stage 3 has no full parameter buffer: the initial weights pass through the host, and the optimizer keeps
      * this rank's shard of them (padded: the last shard's tail stays zero). */
-    const int sharded = t->model.shard_params;
+    const int sharded = t->model.params == NULL;
     float *initial = sharded ? calloc_check(n_alloc, sizeof(float)) : t->model.params;
-    int rc = 0;
     if (cfg->init_from[0])
         rc = sharded ? rt_model_read_init_file(&t->model, cfg->init_from, initial, err)
                      : rt_model_load_init_file(&t->model, cfg->init_from, err);
@@ -351,7 +348,7 @@ void rt_trainer_gradients(rt_trainer *t, float *dst) { rt_optimizer_gather_grads
 
 void rt_trainer_params(rt_trainer *t, float *dst) {
     const rt_optimizer *opt = &t->opt;
-    if (!t->model.shard_params) {
+    if (t->model.params) {
         rt_be_copy(t->backend, dst, t->model.params, opt->n_params * sizeof(float));
         return;
     }
@@ -399,6 +396,8 @@ void rt_trainer_free(rt_trainer *t) {
     rt_comm_device_plane_free(t->dev_sp);
     rt_comm_device_plane_free(t->dev_world);
     if (t->model_ready) rt_model_free(&t->model);
+    rt_zero_params_free(&t->zero_params);
+    rt_zero_grads_free(&t->zero_grads);
     rt_optimizer_free(&t->opt);
     seqpar_ctx_free(&t->seqpar);
     rt_device_memory_destroy(&t->mem);

@@ -130,7 +130,7 @@ int rt_trainer_save(rt_trainer *t, const char *path, rt_error *err) {
     piece_list list;
     /* /model comes from the parameters (offset 0), or at stage 3 from the master shard, which is this rank's
      * part of them; the state arrays start at the shard (0 at stage 0). */
-    const int sharded = t->model.shard_params;
+    const int sharded = t->model.params == NULL;
     float *const base[N_GROUPS] = {sharded ? opt->master : t->model.params, opt->master, opt->m, opt->v};
     plan_pieces(&list, &t->model.table, 1u << GROUP_MODEL, begin, begin + size, base, sharded ? opt->shard_begin : 0);
     piece_list state;
