@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A fixed set of short training runs whose every number is printed: each step's loss and gradient norm, and a
-# SHA-256 of the final checkpoint's tensors (/model and the optimizer's /optim state, read with h5py). Two
-# builds that compute the same thing print the same text, byte for byte; use it around a change that must not
-# move a number (a refactor, a build change):
+# A fixed set of short training runs whose every number is printed: each step's loss, gradient norm and device
+# memory (peak and offloaded bytes), and a SHA-256 of the final checkpoint's tensors (/model and the optimizer's
+# /optim state, read with h5py). Two builds that compute the same thing print the same text, byte for byte: run
+# it around a change that must not move a number (a refactor, a build change):
 #
 #   bash jobs/bitwise-runs.sh [RINGTRAIN_BINARY] > before.txt   (on the old commit)
 #   bash jobs/bitwise-runs.sh [RINGTRAIN_BINARY] > after.txt    (on the new one)
@@ -62,7 +62,8 @@ import h5py, numpy as np
 run = sys.argv[1]
 for line in open(os.path.join(run, "metrics.jsonl")):
     m = json.loads(line)
-    print(f"step {m['step']} loss {m['loss']} grad_norm {m['grad_norm']} lr {m['lr']}")
+    print(f"step {m['step']} loss {m['loss']} grad_norm {m['grad_norm']} lr {m['lr']} "
+          f"peak_device_bytes {m['peak_device_bytes']} offloaded_bytes {m['offloaded_bytes']}")
 ckpts = sorted(glob.glob(os.path.join(run, "checkpoints", "step_*.h5")))
 if not ckpts:
     sys.exit(f"bitwise-runs: {run} wrote no checkpoint")
