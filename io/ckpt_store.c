@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "block_sum.h"
-#include "checkpoint.h"
+#include "model_file.h"
 
 /* ---- errors and agreement ---- */
 

@@ -18,7 +18,7 @@
  * (offset, count) ranges, and turning a DTensor placement or a ZeRO shard
  * into ranges is the caller's job.
  *
- * File (the layout of io/checkpoint.h, format "ringtrain-checkpoint",
+ * File (the layout of io/model_file.h, format "ringtrain-checkpoint",
  * version 2 as int32, so nothing depends on the rank count):
  *   /                 format, version, then the caller's string and int64 attributes
  *   <piece name>      float32 (IEEE LE), the global shape, contiguous, with the block checksums of

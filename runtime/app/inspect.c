@@ -13,7 +13,7 @@
  * whatever the tensor; a slab that cuts a chunk reads that chunk twice, checked both times. The norm is
  * accumulated in double over the values converted exactly from fp32.
  *
- * Everything read is checked first, as io/checkpoint.c does for the same files: only hard links (a soft or
+ * Everything read is checked first, as io/model_file.c does for the same files: only hard links (a soft or
  * external link could lead to another file), bounded walk (hard-link cycles), float datasets whose data
  * lies in this file (no external raw data, no virtual datasets), chunks no larger than their dataset, and
  * at least numel * element-size bytes stored, so the work is bounded by the file's size.
@@ -29,8 +29,8 @@
 #include <string.h>
 
 #include "io/block_sum.h"
-#include "io/checkpoint.h"
 #include "io/h5_shape.h"
+#include "io/model_file.h"
 #include "runtime/train/ckpt_format.h"
 
 #define SLAB_ELEMS ((size_t)1 << 22) /* 16 MiB of floats */
@@ -338,7 +338,7 @@ int rt_inspect(const char *path, FILE *out, rt_error *err) {
     /* Regular file, HDF5, format and version, config and step: the checks every ringtrain reader makes. */
     char *config = NULL;
     int64_t step = 0;
-    if (rt_checkpoint_read_meta(path, &config, &step, err)) return -1;
+    if (rt_model_file_read_meta(path, &config, &step, err)) return -1;
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     hid_t file =

@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "ckpt_dir.h"
-#include "io/checkpoint.h"
+#include "io/model_file.h"
 #include "runtime/model/model_io.h"
 
 /* ---- stop signals ---- */
@@ -395,7 +395,7 @@ int rt_train(const rt_config *cfg_in, rt_comm *world, rt_train_result *result, r
         char path[RT_PATH_LEN + 32];
         snprintf(path, sizeof path, "%s/model.h5", cfg->run_dir);
         saved = rt_metrics_close(&metrics, err);
-        if (saved == 0) saved = rt_checkpoint_write(path, table, weights, config_text, done, err);
+        if (saved == 0) saved = rt_model_file_write(path, table, weights, config_text, done, err);
         if (saved == 0) printf("saved %s (step %d)\n", path, done);
     }
     free(weights);

@@ -16,7 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "io/checkpoint.h"
+#include "io/model_file.h"
 
 /* Our view name of each llm.c tensor; per-layer ones get the "layers.<l>." prefix. */
 static const struct {
@@ -196,7 +196,7 @@ int rt_model_save_llmc(const rt_model *m, const char *path, rt_error *err) {
 int rt_model_save(const rt_model *m, const char *path, const char *config_text, int64_t step, rt_error *err) {
     float *host = malloc_check(m->table.total * sizeof(float));
     rt_be_copy(m->backend, host, m->params, m->table.total * sizeof(float));
-    int rc = rt_checkpoint_write(path, &m->table, host, config_text, step, err);
+    int rc = rt_model_file_write(path, &m->table, host, config_text, step, err);
     free(host);
     return rc;
 }
@@ -204,7 +204,7 @@ int rt_model_save(const rt_model *m, const char *path, const char *config_text, 
 static int read_hdf5(const rt_model_shape *shape, const rt_view_table *table, const char *path, float *host,
                      rt_error *err) {
     (void)shape; /* the stored tensors' shapes are checked against the table */
-    return rt_checkpoint_read_params(path, table, host, err);
+    return rt_model_file_read_params(path, table, host, err);
 }
 
 int rt_model_load(rt_model *m, const char *path, rt_error *err) { return load_through_host(m, read_hdf5, path, err); }
@@ -225,7 +225,7 @@ int rt_model_file_is_hdf5(const char *path, rt_error *err) {
 
 int rt_config_from_checkpoint(rt_config *cfg, const char *path, rt_error *err) {
     char *config_text = NULL;
-    if (rt_checkpoint_read_meta(path, &config_text, NULL, err)) return -1;
+    if (rt_model_file_read_meta(path, &config_text, NULL, err)) return -1;
     rt_error inner;
     int rc = rt_config_load_text(cfg, config_text, path, &inner);
     free(config_text);
@@ -237,7 +237,7 @@ int rt_config_from_checkpoint(rt_config *cfg, const char *path, rt_error *err) {
      * datasets must be refused here, not after allocating it. */
     rt_model_shape shape = rt_model_shape_from_config(cfg);
     size_t stored = 0, wanted = rt_model_param_count(&shape);
-    if (rt_checkpoint_count_params(path, &stored, err)) return -1;
+    if (rt_model_file_count_params(path, &stored, err)) return -1;
     if (stored != wanted)
         return rt_fail(err,
                        "%s: its stored config (n_layers %d, d_model %d, d_ff %d, vocab_size %d, max_seq_len %d) "

@@ -4,7 +4,7 @@
 
 #include "fuzz_common.h"
 #include "fuzz_views.h"
-#include "io/checkpoint.h"
+#include "io/model_file.h"
 #include "runtime/config/config.h"
 
 /* Open HDF5 ids of each kind: after every input they must be back to what they were (no id leaked). */
@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     rt_error err = {{0}};
     char *config_text = NULL;
     int64_t step = 0;
-    int meta_ok = rt_checkpoint_read_meta(path, &config_text, &step, &err) == 0;
+    int meta_ok = rt_model_file_read_meta(path, &config_text, &step, &err) == 0;
     if (meta_ok) {
         rt_config cfg;
         rt_config_defaults(&cfg);
@@ -47,8 +47,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
      * reaches their own code (the checks run again, which costs an open, not coverage). */
     if (meta_ok) {
         size_t count = 0;
-        if (rt_checkpoint_count_params(path, &count, &err) != 0) fuzz_check_one_line(err.msg);
-        if (rt_checkpoint_read_params(path, &table, params, &err) != 0) fuzz_check_one_line(err.msg);
+        if (rt_model_file_count_params(path, &count, &err) != 0) fuzz_check_one_line(err.msg);
+        if (rt_model_file_read_params(path, &table, params, &err) != 0) fuzz_check_one_line(err.msg);
     }
 
     hsize_t now[N_KINDS];

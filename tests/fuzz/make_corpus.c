@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 
 #include "fuzz_views.h"
-#include "io/checkpoint.h"
 #include "io/llmc_model.h"
+#include "io/model_file.h"
 #include "io/tokens.h"
 
 static const char *out_dir;
@@ -148,7 +148,7 @@ static void checkpoint_with(const char *name, const char *config_text, const cha
     if (nan_at >= 0) params[nan_at] = NAN;
     rt_error err;
     const char *path = corpus_path("checkpoint", name);
-    check(rt_checkpoint_write(path, &table, params, config_text, 3, &err), &err);
+    check(rt_model_file_write(path, &table, params, config_text, 3, &err), &err);
     if (attr) {
         hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
         hsize_t dims[1] = {3};

@@ -25,7 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "io/checkpoint.h"
+#include "io/model_file.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
 #include "tests/support/fixtures.h"
@@ -119,7 +119,7 @@ static void bitwise_case(rt_family family, float dropout, int sp, int stage) {
     if (world->rank == 0) {
         float *weights = malloc(resumed.n_params * sizeof(float));
         rt_error err;
-        CU_ASSERT_FATAL(rt_checkpoint_read_params(path, &rt_trainer_model(t)->table, weights, &err) == 0);
+        CU_ASSERT_FATAL(rt_model_file_read_params(path, &rt_trainer_model(t)->table, weights, &err) == 0);
         CU_ASSERT(memcmp(weights, resumed.params, resumed.n_params * sizeof(float)) == 0);
         free(weights);
     }

@@ -9,7 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "io/checkpoint.h"
+#include "io/model_file.h"
 
 int main(int argc, char **argv) {
     if (argc != 3) {
@@ -24,7 +24,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < table.total; i++)
         params[i] = (float)((i * 2654435761u + (size_t)atoi(argv[2])) % 1000) / 1000.0f;
     rt_error err;
-    int rc = rt_checkpoint_write(argv[1], &table, params, "[model]\npreset = tiny\n", 7, &err);
+    int rc = rt_model_file_write(argv[1], &table, params, "[model]\npreset = tiny\n", 7, &err);
     if (rc) fprintf(stderr, "fault_checkpoint: %s\n", err.msg);
     free(params);
     rt_view_table_free(&table);

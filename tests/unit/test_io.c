@@ -15,9 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "io/checkpoint.h"
 #include "io/llmc_model.h"
 #include "io/loader.h"
+#include "io/model_file.h"
 #include "io/prepare.h"
 #include "io/tokens.h"
 #include "tests/support/testing.h"
@@ -950,20 +950,20 @@ static void test_checkpoint_roundtrip(void) {
     int64_t step = 1234567890123LL;
 
     rt_error err = {{0}};
-    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_write(path, &table, params, config, step, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rt_model_file_write(path, &table, params, config, step, &err), 0);
     CU_ASSERT(!dir_has_tmp(&td));
     CU_ASSERT_EQUAL(dir_count(&td), 1);
 
     char *config_back = NULL;
     int64_t step_back = 0;
-    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_read_meta(path, &config_back, &step_back, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rt_model_file_read_meta(path, &config_back, &step_back, &err), 0);
     CU_ASSERT_EQUAL(step_back, step);
     CU_ASSERT_PTR_NOT_NULL_FATAL(config_back);
     CU_ASSERT_STRING_EQUAL(config_back, config);
     free(config_back);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, &step_back, &err), 0);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, &step_back, &err), 0);
 
-    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_read_params(path, &table, back, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rt_model_file_read_params(path, &table, back, &err), 0);
     CU_ASSERT(memcmp(params, back, table.total * sizeof *params) == 0);
 
     /* the file is what checkpoint.h documents: attributes and a chunked, checksummed /model/wte */
@@ -994,8 +994,8 @@ static void test_checkpoint_roundtrip(void) {
     H5Fclose(file);
 
     /* overwriting an existing checkpoint goes through the tmp file too */
-    CU_ASSERT_EQUAL(rt_checkpoint_write(path, &table, params, "", 6, &err), 0);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, &config_back, &step_back, &err), 0);
+    CU_ASSERT_EQUAL(rt_model_file_write(path, &table, params, "", 6, &err), 0);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, &config_back, &step_back, &err), 0);
     CU_ASSERT_EQUAL(step_back, 6);
     CU_ASSERT_STRING_EQUAL(config_back, "");
     free(config_back);
@@ -1019,10 +1019,10 @@ static void test_checkpoint_errors(void) {
     rt_view_table_add(&wider, "extra", 1, (size_t[]){3}, 0);
     float *params = calloc(wider.total, sizeof *params);
     rt_error err = {{0}};
-    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_write(path, &table, params, "cfg", 1, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rt_model_file_write(path, &table, params, "cfg", 1, &err), 0);
 
     /* shape mismatch names the tensor and both shapes */
-    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &wider, params, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_params(path, &wider, params, &err), -1);
     ASSERT_MSG_HAS(err, path);
     ASSERT_MSG_HAS(err, "wte");
     ASSERT_MSG_HAS(err, "expected shape (10, 9), found (10, 8)");
@@ -1031,7 +1031,7 @@ static void test_checkpoint_errors(void) {
     rt_view_table_init(&only_extra);
     rt_view_table_add(&only_extra, "extra", 1, (size_t[]){3}, 0);
     rt_view_table_add(&only_extra, "blocks/9/x", 1, (size_t[]){3}, 0);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &only_extra, params, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_params(path, &only_extra, params, &err), -1);
     ASSERT_MSG_HAS(err, "tensor extra missing");
     rt_view_table_free(&only_extra);
 
@@ -1040,7 +1040,7 @@ static void test_checkpoint_errors(void) {
     rt_view_table_init(&probe);
     rt_view_table_add(&probe, "probe", 1, (size_t[]){4}, 0);
     float probe_values[4] = {1234.5f, -9876.25f, 3.125f, 42.0f};
-    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_write(path, &probe, probe_values, "", 0, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rt_model_file_write(path, &probe, probe_values, "", 0, &err), 0);
     size_t bytes = 0;
     unsigned char *raw = read_raw(path, &bytes);
     unsigned char *hit = memmem(raw, bytes, probe_values, sizeof probe_values);
@@ -1049,7 +1049,7 @@ static void test_checkpoint_errors(void) {
     write_raw(path, raw, bytes);
     free(raw);
     float probe_back[4];
-    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &probe, probe_back, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_params(path, &probe, probe_back, &err), -1);
     ASSERT_MSG_HAS(err, "/model/probe");
     ASSERT_MSG_HAS(err, "checksum");
     rt_view_table_free(&probe);
@@ -1057,23 +1057,23 @@ static void test_checkpoint_errors(void) {
     /* not an HDF5 file; missing; an HDF5 file that is not a checkpoint */
     dir_path(&td, "not.h5", other);
     write_raw(other, "this is plain text, not HDF5\n", 29);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(other, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(other, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, other);
     ASSERT_MSG_HAS(err, "not an HDF5 file");
-    CU_ASSERT_EQUAL(rt_checkpoint_read_params(other, &table, params, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_params(other, &table, params, &err), -1);
     ASSERT_MSG_HAS(err, "not an HDF5 file");
     unlink(other);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(other, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(other, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "No such file");
     hid_t file = H5Fcreate(other, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     H5Fclose(file);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(other, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(other, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "not a ringtrain checkpoint");
     unlink(other);
 
     /* a write that cannot create its file: error names path and operation, nothing left */
     dir_path(&td, "nodir/ckpt.h5", other);
-    CU_ASSERT_EQUAL(rt_checkpoint_write(other, &table, params, "cfg", 1, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_write(other, &table, params, "cfg", 1, &err), -1);
     ASSERT_MSG_HAS(err, other);
     ASSERT_MSG_HAS(err, "cannot create"); /* HDF5 builds the file in memory; ringtrain creates PATH.tmp */
     /* a write that fails half way (two views with the same name): tmp removed, old file kept */
@@ -1081,13 +1081,13 @@ static void test_checkpoint_errors(void) {
     rt_view_table_init(&dup);
     rt_view_table_add(&dup, "same", 1, (size_t[]){2}, 0);
     rt_view_table_add(&dup, "same", 1, (size_t[]){2}, 0);
-    CU_ASSERT_EQUAL(rt_checkpoint_write(path, &dup, params, "cfg", 2, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_write(path, &dup, params, "cfg", 2, &err), -1);
     ASSERT_MSG_HAS(err, "/model/same");
     rt_view_table_free(&dup);
     CU_ASSERT(!dir_has_tmp(&td));
     CU_ASSERT_EQUAL(dir_count(&td), 1);
     int64_t step = -1;
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, &step, &err), 0);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, &step, &err), 0);
     CU_ASSERT_EQUAL(step, 0);
 
     free(params);
@@ -1103,7 +1103,7 @@ static void test_checkpoint_errors(void) {
 static void write_checkpoint_with_attr(const char *path, const rt_view_table *table, const float *params,
                                        const char *attr, hid_t type, int array, const void *value) {
     rt_error err = {{0}};
-    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_write(path, table, params, "[model]\npreset = tiny\n", 1, &err), 0);
+    CU_ASSERT_EQUAL_FATAL(rt_model_file_write(path, table, params, "[model]\npreset = tiny\n", 1, &err), 0);
     hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
     hsize_t dims[1] = {3};
     hid_t space = array ? H5Screate_simple(1, dims, NULL) : H5Screate(H5S_SCALAR);
@@ -1132,17 +1132,17 @@ static void test_checkpoint_attribute_checks(void) {
     H5Tset_size(str, sizeof RT_CHECKPOINT_FORMAT);
     char formats[3][sizeof RT_CHECKPOINT_FORMAT] = {RT_CHECKPOINT_FORMAT, RT_CHECKPOINT_FORMAT, RT_CHECKPOINT_FORMAT};
     write_checkpoint_with_attr(path, &table, params, "format", str, 1, formats);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, path);
     ASSERT_MSG_HAS(err, "attribute 'format': expected a single value, found an array of 3 values");
-    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &table, params, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_params(path, &table, params, &err), -1);
     ASSERT_MSG_HAS(err, "'format'");
     H5Tclose(str);
 
     /* 'version' as an array of integers: H5Aread would write 3 int64s into one */
     int32_t versions[3] = {1, 1, 1};
     write_checkpoint_with_attr(path, &table, params, "version", H5T_NATIVE_INT32, 1, versions);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "attribute 'version': expected a single value, found an array of 3 values");
 
     /* 'version' as a string, 'format' as an integer, 'step' negative */
@@ -1150,21 +1150,21 @@ static void test_checkpoint_attribute_checks(void) {
     H5Tset_size(vlen, H5T_VARIABLE);
     const char *one = "1";
     write_checkpoint_with_attr(path, &table, params, "version", vlen, 0, &one);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "attribute 'version': expected an integer, found a string");
     int32_t number = 1;
     write_checkpoint_with_attr(path, &table, params, "format", H5T_NATIVE_INT32, 0, &number);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "attribute 'format': expected a string, found an integer");
     int64_t negative = -5;
     write_checkpoint_with_attr(path, &table, params, "step", H5T_NATIVE_INT64, 0, &negative);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "attribute 'step' is -5, expected >= 0");
     /* a variable-length 'config' (what h5py writes) still reads */
     const char *text = "[model]\npreset = small\n";
     write_checkpoint_with_attr(path, &table, params, "config", vlen, 0, &text);
     char *config = NULL;
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, &config, NULL, &err), 0);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, &config, NULL, &err), 0);
     CU_ASSERT(config && strcmp(config, text) == 0);
     free(config);
     H5Tclose(vlen);
@@ -1187,14 +1187,14 @@ static void test_checkpoint_nan_weights_and_count(void) {
     rt_error err = {{0}};
     const rt_named_view *last = &table.views[table.count - 1];
     params[last->offset + 1] = NAN;
-    CU_ASSERT_EQUAL_FATAL(rt_checkpoint_write(path, &table, params, "cfg", 1, &err), 0);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &table, back, &err), -1);
+    CU_ASSERT_EQUAL_FATAL(rt_model_file_write(path, &table, params, "cfg", 1, &err), 0);
+    CU_ASSERT_EQUAL(rt_model_file_read_params(path, &table, back, &err), -1);
     ASSERT_MSG_HAS(err, path);
     ASSERT_MSG_HAS(err, last->name);
     ASSERT_MSG_HAS(err, "element 1 is nan, expected a finite weight");
     /* the element count of /model, what sample compares with its config before allocating */
     size_t count = 0;
-    CU_ASSERT_EQUAL(rt_checkpoint_count_params(path, &count, &err), 0);
+    CU_ASSERT_EQUAL(rt_model_file_count_params(path, &count, &err), 0);
     CU_ASSERT_EQUAL(count, table.total);
     CU_ASSERT_EQUAL(H5Fget_obj_count(H5F_OBJ_ALL, H5F_OBJ_ALL), 0);
     free(params);
@@ -1276,12 +1276,12 @@ static void test_fifo_inputs_refused(void) {
     rt_llmc_header hdr;
     CU_ASSERT_EQUAL(rt_llmc_read_header(path, &hdr, &err), -1);
     ASSERT_MSG_HAS(err, "not a regular file");
-    CU_ASSERT_EQUAL(rt_checkpoint_read_meta(path, NULL, NULL, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "not a regular file");
     rt_view_table table;
     make_table(&table, 4);
     float *params = calloc(table.total, sizeof *params);
-    CU_ASSERT_EQUAL(rt_checkpoint_read_params(path, &table, params, &err), -1);
+    CU_ASSERT_EQUAL(rt_model_file_read_params(path, &table, params, &err), -1);
     ASSERT_MSG_HAS(err, "not a regular file");
     free(params);
     rt_view_table_free(&table);

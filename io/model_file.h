@@ -1,6 +1,6 @@
-/* checkpoint.h: HDF5 model checkpoints: one dataset per named tensor, config and step as attributes. */
-#ifndef RT_CHECKPOINT_H
-#define RT_CHECKPOINT_H
+/* model_file.h: the weights of a model in HDF5 (model.h5, and the /model of a checkpoint): one dataset per view. */
+#ifndef RT_MODEL_FILE_H
+#define RT_MODEL_FILE_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -24,15 +24,16 @@
 #define RT_CHECKPOINT_FORMAT "ringtrain-checkpoint"
 #define RT_CHECKPOINT_VERSION 2
 
-/* Writes every view of table, read from params + view offset (host fp32). Serial for now. */
-int rt_checkpoint_write(const char *path, const rt_view_table *table, const float *params, const char *config_text,
+/* Writes every view of table, read from params + view offset (host fp32), from one process: model.h5 and
+ * `export` (a training checkpoint is written by all ranks together: ckpt_store.h). */
+int rt_model_file_write(const char *path, const rt_view_table *table, const float *params, const char *config_text,
                         int64_t step, rt_error *err);
 /* Reads the config text (malloc'd, caller frees) and the step. Either output may be NULL. */
-int rt_checkpoint_read_meta(const char *path, char **config_text, int64_t *step, rt_error *err);
+int rt_model_file_read_meta(const char *path, char **config_text, int64_t *step, rt_error *err);
 /* Reads every view of table into params + view offset; each dataset must exist with the view's shape. */
-int rt_checkpoint_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err);
+int rt_model_file_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err);
 /* Counts the elements of every dataset under /model, checking each is a hard-linked dataset whose data is
  * stored in the file: what a caller compares with its config's parameter count before allocating. */
-int rt_checkpoint_count_params(const char *path, size_t *count, rt_error *err);
+int rt_model_file_count_params(const char *path, size_t *count, rt_error *err);
 
 #endif

@@ -1,7 +1,7 @@
-/* checkpoint.c: HDF5 checkpoints: named views as /model/<name> datasets, config and step as root attributes.
+/* model_file.c: a model's weights in HDF5: named views as /model/<name> datasets, config and step as root attributes.
  *
- * Layout (version 2; see checkpoint.h):
- *   /              format = "ringtrain-checkpoint", version = 1 (int32), step (int64), config (string)
+ * Layout (version 2; see model_file.h):
+ *   /              format = "ringtrain-checkpoint", version = 2 (int32), step (int64), config (string)
  *   /model/<name>  fp32, the view's global shape, chunked, Fletcher32 checksum per chunk
  * Chunks cover the whole tensor when it fits in CHUNK_MAX_BYTES; larger
  * tensors are cut by halving the leading dimensions until a chunk fits, so a
@@ -21,12 +21,10 @@
  * MPI_Finalize, or at exit) crashes on the stale id. Every helper closes the
  * ids it opened on every path, so the file really closes at H5Fclose.
  *
- * Extension (collective multi-rank checkpoints): the file access property
- * list is built in one place (make_fapl) where MPI-IO will be set, and views
- * are written/read per group by write_views/read_views, which will take a
- * hyperslab of the global shape per rank and gain /optim/... groups.
+ * Training checkpoints, written by every rank together through MPI-IO, are
+ * io/ckpt_store.c; they share this layout's root attributes and /model.
  */
-#include "checkpoint.h"
+#include "model_file.h"
 #include "h5_shape.h"
 
 #include <errno.h>
@@ -235,7 +233,7 @@ static size_t image_increment(const rt_view_table *table, const char *config_tex
     return bytes + (config_text ? strlen(config_text) : 0);
 }
 
-int rt_checkpoint_write(const char *path, const rt_view_table *table, const float *params, const char *config_text,
+int rt_model_file_write(const char *path, const rt_view_table *table, const float *params, const char *config_text,
                         int64_t step, rt_error *err) {
     quiet_hdf5();
     hid_t fapl = make_fapl();
@@ -436,7 +434,7 @@ static hid_t open_checkpoint(const char *path, rt_error *err) {
     return file;
 }
 
-int rt_checkpoint_read_meta(const char *path, char **config_text, int64_t *step, rt_error *err) {
+int rt_model_file_read_meta(const char *path, char **config_text, int64_t *step, rt_error *err) {
     if (config_text) *config_text = NULL;
     hid_t file = open_checkpoint(path, err);
     if (file < 0) return -1;
@@ -585,7 +583,7 @@ static int read_views(hid_t file, const char *group, const rt_view_table *table,
     return 0;
 }
 
-int rt_checkpoint_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err) {
+int rt_model_file_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err) {
     hid_t file = open_checkpoint(path, err);
     if (file < 0) return -1;
     int rc = read_views(file, MODEL_GROUP, table, params, path, err);
@@ -672,7 +670,7 @@ static herr_t count_link(hid_t group, const char *name, const H5L_info_t *info, 
     return rc;
 }
 
-int rt_checkpoint_count_params(const char *path, size_t *count, rt_error *err) {
+int rt_model_file_count_params(const char *path, size_t *count, rt_error *err) {
     *count = 0;
     hid_t file = open_checkpoint(path, err);
     if (file < 0) return -1;
