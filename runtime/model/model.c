@@ -1,12 +1,12 @@
 /*
- * model.c: the parameter table, allocation of parameters and activations,
- * initialization, and the forward / fused-loss / backward of a micro-batch.
+ * model.c: allocation of parameters and activations, and the forward /
+ * fused-loss / backward of a micro-batch, over the layers of model_layers.c.
  *
- * Activation modes: keep holds every layer's activations until backward
- * (L sets); recompute holds only the layer inputs (L+1 buffers of N*C) and
- * one activation set, re-running each layer's forward right before its
- * backward. Both give bitwise the same gradients: the recompute executes
- * exactly the same ops on the same inputs, dropout masks included.
+ * What becomes of a layer's input between forward and backward (kept,
+ * recomputed from, offloaded) is the activation policy's (offload/act_policy.h);
+ * where the parameters and gradients live, when they are elsewhere (ZeRO), is
+ * the hooks' (runtime/core/param_hooks.h). The model calls both at layer
+ * boundaries and branches on neither.
  *
  * The LM head runs in tiles of head_tile tokens: logits of a tile are
  * computed, turned into dlogits in place by the loss, and pushed back into
@@ -181,7 +181,6 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     if (m->head_tile > N) m->head_tile = N;
     m->mlp_tile = options->mlp_tile_tokens && options->mlp_tile_tokens < N ? options->mlp_tile_tokens : N;
 
-    if (failed) return -1;
     if (rt_act_policy_init(&m->act_policy, mode, backend, mem, s->n_layers, N, C, options->offload_max_inflight, err))
         return -1;
     m->acts = calloc_check((size_t)m->act_policy.n_act_sets, sizeof *m->acts);
@@ -198,44 +197,36 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     /* Host staging for each micro-batch's counters and losses, allocated once so a step allocates nothing. */
     m->host_ids = malloc_check(N * sizeof *m->host_ids);
     m->host_losses = malloc_check(N * sizeof *m->host_losses);
-    m->d_resid = ALLOC_F(N * C, "gradient scratch (residual)");
-    m->d_branch = ALLOC_F(N * C, "gradient scratch (branch)");
+    m->layer_ctx.d_resid = ALLOC_F(N * C, "gradient scratch (residual)");
+    m->layer_ctx.d_branch = ALLOC_F(N * C, "gradient scratch (branch)");
     /* A layer's backward reads d_att only between the output projection's backward and the attention's,
      * while d_norm lies dead (written by the MLP's backward and read by norm2's before; zeroed for the QKV
      * backward after): they share a buffer. */
     const size_t HD = (size_t)s->n_heads * s->head_dim;
-    m->d_norm = ALLOC_F(N * (HD > C ? HD : C), "gradient scratch (norm; attention output)");
-    m->d_att = m->d_norm;
+    m->layer_ctx.d_norm = ALLOC_F(N * (HD > C ? HD : C), "gradient scratch (norm; attention output)");
+    m->layer_ctx.d_att = m->layer_ctx.d_norm;
     /* The final norm's output lives from the head's forward to the end of its backward, when no layer's
      * backward runs, and every layer backward zeroes d_qkv before use: they share a buffer. */
     const size_t qkv = rt_qkv_width(s);
-    m->d_qkv = ALLOC_F(N * (qkv > C ? qkv : C), "gradient scratch (qkv; the final norm's output)");
-    m->norm_f = m->d_qkv;
-    m->d_fc = ALLOC_F(m->mlp_tile * rt_fc_width(s), "gradient scratch (mlp fc)");
-    m->d_act = ALLOC_F(m->mlp_tile * s->d_ff, "gradient scratch (mlp activation)");
-    m->delta = ALLOC_F(N * s->n_heads, "gradient scratch (attention delta)");
+    m->layer_ctx.d_qkv = ALLOC_F(N * (qkv > C ? qkv : C), "gradient scratch (qkv; the final norm's output)");
+    m->norm_f = m->layer_ctx.d_qkv;
+    m->layer_ctx.d_fc = ALLOC_F(m->mlp_tile * rt_fc_width(s), "gradient scratch (mlp fc)");
+    m->layer_ctx.d_act = ALLOC_F(m->mlp_tile * s->d_ff, "gradient scratch (mlp activation)");
+    m->layer_ctx.delta = ALLOC_F(N * s->n_heads, "gradient scratch (attention delta)");
     /* A branch's output is dead once added to the residual, and a layer's backward (which follows its
      * recompute) writes d_branch before it reads it: one buffer serves both. */
-    m->branch = m->d_branch;
+    m->layer_ctx.branch = m->layer_ctx.d_branch;
     if (failed) return -1;
-    m->layer_ctx = (rt_layer_ctx){.backend = backend,
-                                  .shape = &m->shape,
-                                  .seqpar = m->seqpar,
-                                  .mlp_tile = m->mlp_tile,
-                                  .pos = m->pos,
-                                  .dropout_ids = m->dropout_ids,
-                                  .d_resid = m->d_resid,
-                                  .d_branch = m->d_branch,
-                                  .d_norm = m->d_norm,
-                                  .d_att = m->d_att,
-                                  .d_qkv = m->d_qkv,
-                                  .d_fc = m->d_fc,
-                                  .d_act = m->d_act,
-                                  .delta = m->delta,
-                                  .branch = m->branch,
-                                  .progress = m->grad_hooks.progress,
-                                  .progress_ctx = m->grad_hooks.ctx,
-                                  .counters = &m->counters};
+    rt_layer_ctx *c = &m->layer_ctx; /* its scratch is allocated above */
+    c->backend = backend;
+    c->shape = &m->shape;
+    c->seqpar = m->seqpar;
+    c->mlp_tile = m->mlp_tile;
+    c->pos = m->pos;
+    c->dropout_ids = m->dropout_ids;
+    c->progress = m->grad_hooks.progress;
+    c->progress_ctx = m->grad_hooks.ctx;
+    c->counters = &m->counters;
     return seqpar_reserve(m->seqpar, max_seqs, max_local_len, &attn, err);
 }
 
@@ -362,15 +353,15 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     const rt_model_shape *s = &m->shape;
     const size_t N = batch->n_seqs * batch->local_len, C = (size_t)s->d_model;
     final_norm_forward(m, N);
-    if (backward) rt_be_memset_zero(be, m->d_norm, N * C * sizeof(float));
+    if (backward) rt_be_memset_zero(be, m->layer_ctx.d_norm, N * C * sizeof(float));
     for (size_t t0 = 0; t0 < N; t0 += m->head_tile) {
         size_t n = N - t0 < m->head_tile ? N - t0 : m->head_tile;
         rt_be_matmul_forward(be, m->logits, m->norm_f + t0 * C, m->top.lm_head, NULL, n, (int)C, s->padded_vocab);
         rt_be_softmax_xent(be, m->logits, m->losses + t0, m->targets + t0, n, s->vocab_size, s->padded_vocab,
                            backward ? dloss_scale : 0.0f);
         if (backward)
-            rt_be_matmul_backward(be, m->d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits, m->norm_f + t0 * C,
-                                  m->top.lm_head, n, (int)C, s->padded_vocab);
+            rt_be_matmul_backward(be, m->layer_ctx.d_norm + t0 * C, m->top_grads.lm_head, NULL, m->logits,
+                                  m->norm_f + t0 * C, m->top.lm_head, n, (int)C, s->padded_vocab);
     }
     float *losses = m->host_losses;
     rt_be_copy(be, losses, m->losses, N * sizeof(float));
@@ -383,13 +374,14 @@ static double head_forward(rt_model *m, const rt_batch *batch, float dloss_scale
     *n_targets = count;
     if (backward) {
         const float *x = rt_act_final_hidden(&m->act_policy, N);
-        rt_be_memset_zero(be, m->d_resid, N * C * sizeof(float));
+        rt_be_memset_zero(be, m->layer_ctx.d_resid, N * C * sizeof(float));
         if (s->family == RT_FAMILY_GPT2)
-            rt_be_layernorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b, m->d_norm, x,
-                                     m->top.norm_f_w, m->norm_f_mean, m->norm_f_rstd, N, s->d_model);
+            rt_be_layernorm_backward(be, m->layer_ctx.d_resid, m->top_grads.norm_f_w, m->top_grads.norm_f_b,
+                                     m->layer_ctx.d_norm, x, m->top.norm_f_w, m->norm_f_mean, m->norm_f_rstd, N,
+                                     s->d_model);
         else
-            rt_be_rmsnorm_backward(be, m->d_resid, m->top_grads.norm_f_w, m->d_norm, x, m->top.norm_f_w, m->norm_f_rstd,
-                                   N, s->d_model);
+            rt_be_rmsnorm_backward(be, m->layer_ctx.d_resid, m->top_grads.norm_f_w, m->layer_ctx.d_norm, x,
+                                   m->top.norm_f_w, m->norm_f_rstd, N, s->d_model);
     }
     return loss_sum;
 }
@@ -407,7 +399,7 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         /* d_norm is the scratch a recompute may write its dead output to: the layer's backward only starts
          * using it after zeroing it. */
         float *recompute_out;
-        float *x = rt_act_backward_input(policy, l, N, m->d_norm, &recompute_out);
+        float *x = rt_act_backward_input(policy, l, N, m->layer_ctx.d_norm, &recompute_out);
         need_params(m, l, l - 1);
         /* Recompute: the same ops on the same input, dropout masks included, so bit for bit the forward's
          * activations. */
@@ -419,7 +411,7 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         if (l > 0 && interrupted(m)) return NAN;
     }
     end_pass(m);
-    rt_be_embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->d_resid, m->tokens, m->pos, N,
+    rt_be_embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->layer_ctx.d_resid, m->tokens, m->pos, N,
                              m->shape.d_model);
     if (m->grad_hooks.backward_done) m->grad_hooks.backward_done(m->grad_hooks.ctx);
     return loss_sum;

@@ -50,17 +50,6 @@ typedef struct {
     int64_t *host_ids;                /* (N) host staging of dropout_ids, allocated at setup */
     float *host_losses;               /* (N) host copy of losses, allocated at setup */
 
-    /* backward scratch, shared by all layers */
-    float *d_resid;  /* (N, C) gradient flowing down the residual stream */
-    float *d_branch; /* (N, C) gradient of a branch output (after dropout mask) */
-    float *d_norm;   /* (N, max(C, H*D)) */
-    float *d_att;    /* (N, H*D) = d_norm, which is at least as large */
-    float *d_qkv;    /* (N, max(QKV, C)): also holds norm_f */
-    float *d_fc;     /* (mlp_tile, FC) */
-    float *d_act;    /* (mlp_tile, F) */
-    float *delta;    /* (N, H) */
-    float *branch;   /* (N, C) forward scratch: a branch output before the residual add; = d_branch */
-
     /* Parameters and gradients kept elsewhere (ZeRO: param_hooks.h); zeroed hooks when the model owns them. */
     rt_param_hooks param_hooks;
     rt_grad_hooks grad_hooks;
@@ -71,7 +60,15 @@ typedef struct {
     int interrupted;
 
     rt_model_counters counters;
-    rt_layer_ctx layer_ctx; /* what the layers read: the above, and the pass's micro-batch (layer.h) */
+    /* What the layers read (layer.h): the backend, shape and group above, the pass's micro-batch, and the
+     * scratch every layer shares, which the model allocates at init:
+     *   d_resid  (N, C) gradient flowing down the residual stream
+     *   d_branch (N, C) gradient of a branch output (after the dropout mask); = branch
+     *   d_norm   (N, max(C, H*D)); = d_att
+     *   d_qkv    (N, max(QKV, C)); also holds norm_f
+     *   d_fc     (mlp_tile, FC)    d_act (mlp_tile, F)    delta (N, H)
+     *   branch   (N, C) forward: a branch output before the residual add */
+    rt_layer_ctx layer_ctx;
 } rt_model;
 
 typedef struct {

@@ -152,13 +152,14 @@ static void run_mlp(rt_model *m, const float *norm2, const float *d_out, float *
     rt_layer_acts *a = &m->acts[layer];
     memcpy(a->norm2, norm2, N * C * sizeof(float));
     rt_model_zero_grads(m);
-    rt_mlp_forward(&m->layer_ctx, &m->layers[layer], a, m->branch, N);
-    memcpy(out, m->branch, N * C * sizeof(float));
+    rt_mlp_forward(&m->layer_ctx, &m->layers[layer], a, m->layer_ctx.branch, N);
+    memcpy(out, m->layer_ctx.branch, N * C * sizeof(float));
     for (size_t i = 0; i < N * C; i++)
-        m->d_norm[i] = 1e30f;
-    memcpy(m->d_branch, d_out, N * C * sizeof(float));
-    rt_mlp_backward(&m->layer_ctx, &m->layers[layer], &m->layer_grads[layer], a, m->d_branch, m->d_norm, N);
-    memcpy(d_norm, m->d_norm, N * C * sizeof(float));
+        m->layer_ctx.d_norm[i] = 1e30f;
+    memcpy(m->layer_ctx.d_branch, d_out, N * C * sizeof(float));
+    rt_mlp_backward(&m->layer_ctx, &m->layers[layer], &m->layer_grads[layer], a, m->layer_ctx.d_branch,
+                    m->layer_ctx.d_norm, N);
+    memcpy(d_norm, m->layer_ctx.d_norm, N * C * sizeof(float));
 }
 
 static void mlp_alone(rt_family family) {
