@@ -3,7 +3,7 @@
 # 1, 2 and 4 ranks, each paired with a dd-like baseline on the same disk in the same process (see
 # bench_checkpoint.c), as rate ratios; then the seconds from SIGTERM to a complete checkpoint at T=4096.
 # Usage: jobs/bench-checkpoint.sh   (RT_BENCH_DIR: where the files go, default runs/ on the repo's disk;
-# RT_BUILD_DIR: the build tree, default build/; RT_BENCH_RANKS: the rank counts, default "1 2 4"). Figures go in README.
+# RT_BUILD_DIR: the build tree, default build/; RT_BENCH_RANKS: the rank counts, default "1 2 4"). Figures go in docs/benchmarks.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

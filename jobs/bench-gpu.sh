@@ -7,9 +7,8 @@
 #     next to PyTorch's scaled_dot_product_attention (bf16, causal) on the same GPU in the same job
 #     (jobs/bench_attention_torch.py): TFLOP/s and ours / PyTorch.
 # MFU is against the H200's dense bf16 tensor-core peak, 989 TFLOP/s: NVIDIA's H200 (SXM) datasheet gives
-# "BFLOAT16 Tensor Core 1,979 TFLOPS" with 2:4 sparsity, twice the dense rate (this workplace's device notes,
-# H200.md: "dense bf16 about 990 TFLOP/s by that datasheet"). A bf16 8192^3 torch.matmul in the same job says
-# what the chip reaches in practice (788 TFLOP/s was measured on one such machine).
+# 1,979 TFLOP/s of bf16 tensor-core work with 2:4 sparsity, twice the dense rate. A bf16 8192^3 torch.matmul
+# in the same job says what the chip reaches in practice.
 # Usage: jobs/bench-gpu.sh [RUN]   RUN: a command that runs a bundled program by name (default: $RT_BUNDLE/run)
 # Environment: RT_PEAK_TFLOPS (989), RT_BENCH_STEPS (timed steps, 2), RT_BENCH_TIMEOUT (s per model and shape,
 # 100), RT_ATTN_TIMEOUT (s per attention shape, 40), PYTHON (python3).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sequence parallelism: step time and exposed communication at a fixed local length per rank,
 # 1 vs 2 ranks (one core each), then the longest gpt2-124m sequence that fits 4 GiB per rank.
-# Usage: jobs/bench-seqpar.sh [STEPS]   (the `small` preset; figures go in README)
+# Usage: jobs/bench-seqpar.sh [STEPS]   (the `small` preset; figures go in docs/benchmarks.md)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

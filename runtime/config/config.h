@@ -59,7 +59,7 @@ typedef struct {
     uint64_t explicit_keys;
 } rt_config;
 
-/* Defaults: preset "tiny" plus the train/data/... defaults documented in README. */
+/* Defaults: preset "tiny" plus the train/data/... defaults listed in docs/operations.md, "Config reference". */
 void rt_config_defaults(rt_config *cfg);
 
 /* Applies the model shape of a named preset (tiny, small, gpt2-124m, ...). -1 + err for an unknown name. */

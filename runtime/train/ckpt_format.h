@@ -1,6 +1,6 @@
 /* ckpt_format.h: the root attributes of a training checkpoint, shared by its writer (train_state.c) and its
- * readers (train_state.c, inspect.c). The datasets and the text attribute "config" are described in README
- * "Checkpoints". */
+ * readers (train_state.c, inspect.c). The datasets and the text attribute "config" are described in
+ * docs/architecture.md, "Checkpoint layout". */
 #ifndef RT_CKPT_FORMAT_H
 #define RT_CKPT_FORMAT_H
 

@@ -69,7 +69,7 @@ int64_t rt_trainer_tokens_seen(const rt_trainer *t);
 void rt_trainer_data_position(const rt_trainer *t, uint64_t *epoch, size_t *cursor);
 
 /*
- * Checkpoints (runtime/train/train_state.c; layout in README "Checkpoints"). One
+ * Checkpoints (runtime/train/train_state.c; layout in docs/architecture.md, "Checkpoint layout"). One
  * HDF5 file holds /model, /optim/master, /optim/m and /optim/v by parameter
  * name with global shapes, the resolved config and the step, token, loader
  * and optimizer counters, so it loads on any rank count, mesh and ZeRO

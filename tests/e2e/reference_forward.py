@@ -10,7 +10,7 @@ tanh GELU, LM head tied to wte, padded vocab ignored), computed here in float64.
 llama: ringtrain trains one step with lr 1e-30 from its own random init and
 saves model.h5; this script reads the weights with h5py and recomputes the
 step-0 loss with RMSNorm, interleaved-pair RoPE on global positions, GQA and
-SwiGLU as README documents them.
+SwiGLU as runtime/backend/backend.h and runtime/model/param_layout.h define them.
 
 Tolerance: 1e-5 relative (ringtrain computes in fp32).
 """
