@@ -268,6 +268,10 @@ static void test_model_file_attribute_checks(void) {
     write_checkpoint_with_attr(path, &table, params, "step", H5T_NATIVE_INT64, 0, &negative);
     CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
     ASSERT_MSG_HAS(err, "attribute 'step' is -5, expected >= 0");
+    negative = -1; /* the edge: the first value refused */
+    write_checkpoint_with_attr(path, &table, params, "step", H5T_NATIVE_INT64, 0, &negative);
+    CU_ASSERT_EQUAL(rt_model_file_read_meta(path, NULL, NULL, &err), -1);
+    ASSERT_MSG_HAS(err, "attribute 'step' is -1, expected >= 0");
     /* a variable-length 'config' (what h5py writes) still reads */
     const char *text = "[model]\npreset = small\n";
     write_checkpoint_with_attr(path, &table, params, "config", vlen, 0, &text);
