@@ -22,8 +22,7 @@
 #include "runtime/model/model.h"
 #include "shard/mesh.h"
 #include "shard/optimizer.h"
-#include "shard/zero_grads.h"
-#include "shard/zero_params.h"
+#include "shard/zero_hooks.h"
 
 static void *lazy_alloc(const rt_backend *be, size_t bytes) { return (void)be, malloc(bytes); }
 static void no_zero(const rt_backend *be, void *dst, size_t bytes) { (void)be, (void)dst, (void)bytes; }
@@ -38,26 +37,13 @@ static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *me
     rt_device_memory mem;
     rt_device_memory_init(&mem, be, limit);
     seqpar_ctx sp = {.backend = be, .mem = &mem, .comm = world};
-    rt_model model = {0};
+    rt_model model;
     rt_optimizer opt = {0};
     rt_error err;
     size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), world->size);
     const size_t local = T / (size_t)world->size;
-    /* ZeRO's buffers as the trainer makes them (no pass runs, so nothing is ever gathered or reduced). */
-    rt_view_table table;
-    size_t *layer_offset = malloc(((size_t)shape.n_layers + 1) * sizeof *layer_offset);
-    rt_param_table_build(&shape, &table, layer_offset);
-    rt_zero_params zero_params = {0};
-    rt_zero_grads zero_grads = {0};
-    int ok = 1;
-    if (stage == 3)
-        ok = rt_zero_params_init(&zero_params, &opt, &mem, layer_offset, shape.n_layers, table.total, &err) == 0;
-    if (ok && stage >= 2)
-        ok = rt_zero_grads_init(&zero_grads, &opt, be, &mem, layer_offset, shape.n_layers, table.total, &err) == 0;
-    const rt_param_hooks param_hooks = rt_zero_params_hooks(&zero_params);
-    const rt_grad_hooks grad_hooks = rt_zero_grads_hooks(&zero_grads);
-    rt_view_table_free(&table);
-    free(layer_offset);
+    rt_zero_hooks zero; /* as the trainer wires it (no pass runs: nothing is ever gathered or reduced) */
+    rt_zero_hooks_init(&zero, stage, &opt, be, &mem);
     rt_model_options options = {.mode = mode,
                                 .offload_max_inflight = cfg.offload_max_inflight,
                                 .max_seqs = 1,
@@ -65,9 +51,9 @@ static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *me
                                 .n_alloc = n_alloc,
                                 .seqpar = &sp,
                                 .mlp_tile_tokens = rt_config_mlp_tile(&cfg, local),
-                                .param_hooks = stage == 3 ? &param_hooks : NULL,
-                                .grad_hooks = stage >= 2 ? &grad_hooks : NULL};
-    ok = ok && rt_model_init(&model, &shape, be, &mem, &options, &err) == 0;
+                                .param_hooks = rt_zero_param_hooks(&zero),
+                                .grad_hooks = rt_zero_grad_hooks(&zero)};
+    int ok = rt_model_init(&model, &shape, be, &mem, &options, &err) == 0;
     /* Stage 3 has no full parameter buffer: the initial weights come from the host (untouched pages). */
     float *initial = stage == 3 ? calloc(n_alloc, sizeof(float)) : model.params;
     ok = ok &&
@@ -76,8 +62,7 @@ static int fits(const rt_backend *be, const rt_config *preset, const rt_mesh *me
     rt_optimizer_free(&opt);
     seqpar_ctx_free(&sp);
     rt_model_free(&model);
-    rt_zero_params_free(&zero_params);
-    rt_zero_grads_free(&zero_grads);
+    rt_zero_hooks_free(&zero);
     rt_device_memory_destroy(&mem);
     return ok;
 }

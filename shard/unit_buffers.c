@@ -4,13 +4,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-int rt_unit_buffers_init(rt_unit_buffers *u, rt_device_memory *mem, const size_t *layer_offset, int n_layers,
-                         size_t total, const char *top_what, const char *layer_what, rt_error *err) {
-    memset(u, 0, sizeof *u);
-    u->n_layers = n_layers;
-    u->total = total;
-    u->layer_offset = malloc_check(((size_t)n_layers + 1) * sizeof *u->layer_offset);
-    memcpy(u->layer_offset, layer_offset, ((size_t)n_layers + 1) * sizeof *u->layer_offset);
+int rt_unit_buffers_reserve(rt_unit_buffers *u, rt_device_memory *mem, const rt_param_ranges *ranges,
+                            const char *top_what, const char *layer_what, rt_error *err) {
+    rt_unit_buffers_free(u);
+    u->n_layers = ranges->n_layers;
+    u->total = ranges->total;
+    const size_t offsets_bytes = ((size_t)ranges->n_layers + 1) * sizeof *u->layer_offset;
+    u->layer_offset = malloc_check(offsets_bytes);
+    memcpy(u->layer_offset, ranges->layer_offset, offsets_bytes);
     u->top = rt_device_alloc(mem, rt_unit_top_count(u) * sizeof(float), top_what, err);
     for (int i = 0; u->top && i < 2; i++) {
         u->layer[i] = rt_device_alloc(mem, rt_unit_layer_count(u) * sizeof(float), layer_what, err);

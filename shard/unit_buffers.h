@@ -6,6 +6,7 @@
 
 #include "runtime/backend/memory.h"
 #include "runtime/core/common.h"
+#include "runtime/core/param_hooks.h"
 
 /*
  * ZeRO stages 2 and 3 never hold a whole flat buffer of Ψ floats. What they
@@ -23,10 +24,10 @@ typedef struct {
     float *layer[2]; /* (layer_offset[1] - layer_offset[0]) each */
 } rt_unit_buffers;
 
-/* Allocates the three buffers from mem, labelled "<what> (embeddings and head)" and "<layer_what>". Returns 0,
- * or -1 with err set (the device memory limit); free it either way. */
-int rt_unit_buffers_init(rt_unit_buffers *u, rt_device_memory *mem, const size_t *layer_offset, int n_layers,
-                         size_t total, const char *top_what, const char *layer_what, rt_error *err);
+/* Allocates the three buffers for ranges from mem, labelled top_what and layer_what (both layer buffers) in the
+ * accounting. Returns 0, or -1 with err set (the device memory limit); free it either way. */
+int rt_unit_buffers_reserve(rt_unit_buffers *u, rt_device_memory *mem, const rt_param_ranges *ranges,
+                            const char *top_what, const char *layer_what, rt_error *err);
 void rt_unit_buffers_free(rt_unit_buffers *u);
 
 /* Where flat element `offset` lives. */

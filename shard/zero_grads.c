@@ -3,13 +3,17 @@
 
 #include <string.h>
 
-int rt_zero_grads_init(rt_zero_grads *zg, rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem,
-                       const size_t *layer_offset, int n_layers, size_t total, rt_error *err) {
+void rt_zero_grads_init(rt_zero_grads *zg, rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem) {
     memset(zg, 0, sizeof *zg);
     zg->opt = opt;
     zg->backend = backend;
-    return rt_unit_buffers_init(&zg->units, mem, layer_offset, n_layers, total, "gradients (embeddings and head)",
-                                "gradients (one layer, two buffers)", err);
+    zg->mem = mem;
+}
+
+static int reserve(void *ctx, const rt_param_ranges *ranges, rt_error *err) {
+    rt_zero_grads *zg = ctx;
+    return rt_unit_buffers_reserve(&zg->units, zg->mem, ranges, "gradients (embeddings and head)",
+                                   "gradients (one layer, two buffers)", err);
 }
 
 void rt_zero_grads_free(rt_zero_grads *zg) {
@@ -52,6 +56,7 @@ static void pass_abandoned(void *ctx) { rt_optimizer_finish_reductions(((rt_zero
 
 rt_grad_hooks rt_zero_grads_hooks(rt_zero_grads *zg) {
     return (rt_grad_hooks){.ctx = zg,
+                           .reserve = reserve,
                            .at = grads_at,
                            .layer_begin = layer_begin,
                            .layer_done = layer_done,

@@ -18,11 +18,12 @@
 typedef struct {
     rt_optimizer *opt;
     const rt_backend *backend;
-    rt_unit_buffers units;
+    rt_device_memory *mem;
+    rt_unit_buffers units; /* allocated by the hooks' reserve, from the model's init */
 } rt_zero_grads;
 
-int rt_zero_grads_init(rt_zero_grads *zg, rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem,
-                       const size_t *layer_offset, int n_layers, size_t total, rt_error *err);
+/* opt reduces the gradients; the buffers come from mem when the model reserves them. */
+void rt_zero_grads_init(rt_zero_grads *zg, rt_optimizer *opt, const rt_backend *backend, rt_device_memory *mem);
 void rt_zero_grads_free(rt_zero_grads *zg);
 /* The hooks a model calls (param_hooks.h), on zg. */
 rt_grad_hooks rt_zero_grads_hooks(rt_zero_grads *zg);

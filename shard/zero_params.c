@@ -3,13 +3,17 @@
 
 #include <string.h>
 
-int rt_zero_params_init(rt_zero_params *zp, rt_optimizer *opt, rt_device_memory *mem, const size_t *layer_offset,
-                        int n_layers, size_t total, rt_error *err) {
+void rt_zero_params_init(rt_zero_params *zp, rt_optimizer *opt, rt_device_memory *mem) {
     memset(zp, 0, sizeof *zp);
     zp->opt = opt;
+    zp->mem = mem;
     zp->resident_layer[0] = zp->resident_layer[1] = -1;
-    return rt_unit_buffers_init(&zp->units, mem, layer_offset, n_layers, total,
-                                "parameters (gathered embeddings and head)", "parameters (gathered layer)", err);
+}
+
+static int reserve(void *ctx, const rt_param_ranges *ranges, rt_error *err) {
+    rt_zero_params *zp = ctx;
+    return rt_unit_buffers_reserve(&zp->units, zp->mem, ranges, "parameters (gathered embeddings and head)",
+                                   "parameters (gathered layer)", err);
 }
 
 void rt_zero_params_free(rt_zero_params *zp) {
@@ -71,6 +75,7 @@ static void changed(void *ctx) {
 
 rt_param_hooks rt_zero_params_hooks(rt_zero_params *zp) {
     return (rt_param_hooks){.ctx = zp,
+                            .reserve = reserve,
                             .at = params_at,
                             .need_top = need_top,
                             .need_layer = need_layer,

@@ -18,15 +18,15 @@
  */
 typedef struct {
     rt_optimizer *opt;
-    rt_unit_buffers units;
+    rt_device_memory *mem;
+    rt_unit_buffers units; /* allocated by the hooks' reserve, from the model's init */
     int resident_top;      /* top holds the current parameters */
     int resident_layer[2]; /* the layer each layer buffer holds, -1: none */
     int gather_posted;     /* a gather was posted and not yet waited for (the next layer's, prefetched) */
 } rt_zero_params;
 
-/* Buffers from mem for the layout's units; opt gathers them. Returns 0 or -1 with err (free either way). */
-int rt_zero_params_init(rt_zero_params *zp, rt_optimizer *opt, rt_device_memory *mem, const size_t *layer_offset,
-                        int n_layers, size_t total, rt_error *err);
+/* opt gathers the units; their buffers come from mem when the model reserves them. */
+void rt_zero_params_init(rt_zero_params *zp, rt_optimizer *opt, rt_device_memory *mem);
 void rt_zero_params_free(rt_zero_params *zp);
 /* The hooks a model calls (param_hooks.h), on zp. */
 rt_param_hooks rt_zero_params_hooks(rt_zero_params *zp);

@@ -18,14 +18,29 @@
  *              then the embedding backward; backward_done
  *   a pass stopped between layers: pass_abandoned on both
  *
- * `at` maps a flat offset to the device address where that element lives;
- * the model binds its views through it once, at init, so an owner must keep
- * every address fixed (ZeRO double-buffers layers by parity: layer l's
- * views point into buffer l % 2). Every rank calls every hook in the same
- * order with the same arguments, so a hook may post collectives.
+ * `reserve` allocates what the owner keeps; rt_model_init calls it at the
+ * point where it would allocate that buffer itself, after its shape checks
+ * and its collective agreement, so allocation order, error messages and
+ * collective order do not depend on who owns the memory. `at` then maps a
+ * flat offset to the device address where that element lives; the model
+ * binds its views through it once, at init, so an owner must keep every
+ * address fixed (ZeRO double-buffers layers by parity: layer l's views point
+ * into buffer l % 2). Every rank calls every hook in the same order with the
+ * same arguments, so a hook may post collectives.
  */
+struct rt_error;
+
+/* The model's parameter layout, as the owner's reserve sees it: layer l is [layer_offset[l], layer_offset[l+1])
+ * of a flat buffer of `total` floats; layer_offset has n_layers + 1 entries and outlives the owner. */
+typedef struct {
+    const size_t *layer_offset;
+    int n_layers;
+    size_t total;
+} rt_param_ranges;
 typedef struct {
     void *ctx;
+    /* Allocates the owner's buffers for this layout: 0, or -1 with err set (the device memory limit). */
+    int (*reserve)(void *ctx, const rt_param_ranges *ranges, struct rt_error *err);
     float *(*at)(void *ctx, size_t offset);
     /* The tensors outside the layers (embeddings, final norm, head) are about to be used. */
     void (*need_top)(void *ctx);
@@ -41,6 +56,7 @@ typedef struct {
 
 typedef struct {
     void *ctx;
+    int (*reserve)(void *ctx, const rt_param_ranges *ranges, struct rt_error *err);
     float *(*at)(void *ctx, size_t offset);
     /* Layer `layer`'s backward begins: its gradient range must read zero. */
     void (*layer_begin)(void *ctx, int layer);

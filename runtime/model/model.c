@@ -151,19 +151,24 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     if (n_alloc < m->table.total) n_alloc = m->table.total;
     m->n_alloc = n_alloc;
     int failed = 0;
+    /* Parameters, then gradients, here or by their owner (param_hooks.h), in this order either way. */
+    const rt_param_ranges ranges = {.layer_offset = m->layer_offset, .n_layers = s->n_layers, .total = m->table.total};
     if (options->param_hooks) {
         if (!options->grad_hooks)
             rt_fatal("rt_model_init: parameters kept elsewhere (param_hooks) need gradients kept elsewhere too");
         m->param_hooks = *options->param_hooks;
+        failed = m->param_hooks.reserve(m->param_hooks.ctx, &ranges, err) != 0;
     } else {
         m->params = ALLOC_F(n_alloc, "parameters");
     }
     m->interrupt_poll = options->interrupt_poll;
     m->interrupt_ctx = options->interrupt_ctx;
-    if (options->grad_hooks)
+    if (options->grad_hooks) {
         m->grad_hooks = *options->grad_hooks;
-    else
+        if (!failed) failed = m->grad_hooks.reserve(m->grad_hooks.ctx, &ranges, err) != 0;
+    } else {
         m->grads = ALLOC_F(n_alloc, "gradients");
+    }
     if (failed) return -1;
     m->layers = malloc_check(L * sizeof *m->layers);
     m->layer_grads = malloc_check(L * sizeof *m->layer_grads);
@@ -436,4 +441,9 @@ void rt_model_last_logits(rt_model *m, const rt_batch *batch, float *logits_out)
     rt_be_copy(m->backend, logits_out, m->logits, (size_t)s->vocab_size * sizeof(float));
 }
 
-void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out) { rt_act_take_stats(&m->act_policy, out); }
+void rt_model_take_offload_stats(rt_model *m, rt_offload_stats *out) {
+    if (m->act_policy.ops)
+        rt_act_take_stats(&m->act_policy, out);
+    else
+        memset(out, 0, sizeof *out); /* a model that never initialized */
+}

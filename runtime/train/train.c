@@ -142,26 +142,9 @@ static int setup_model(rt_trainer *t, rt_error *err) {
     rt_model_shape shape = rt_model_shape_from_config(cfg);
     size_t n_alloc = rt_optimizer_padded_size(rt_model_param_count(&shape), t->world->size);
     /* ZeRO from outside the model: stages 2-3 stream each layer's gradients into the optimizer's reductions,
-     * stage 3 gathers each layer's parameters from its shards; both own the buffers the model's views bind to,
-     * and the model calls them at layer boundaries. */
-    rt_view_table table;
-    size_t *layer_offset = malloc_check(((size_t)shape.n_layers + 1) * sizeof *layer_offset);
-    rt_param_table_build(&shape, &table, layer_offset);
-    rt_param_hooks param_hooks = {0};
-    rt_grad_hooks grad_hooks = {0};
-    int rc = 0;
-    if (cfg->zero_stage == 3) {
-        rc = rt_zero_params_init(&t->zero_params, &t->opt, &t->mem, layer_offset, shape.n_layers, table.total, err);
-        param_hooks = rt_zero_params_hooks(&t->zero_params);
-    }
-    if (rc == 0 && cfg->zero_stage >= 2) {
-        rc = rt_zero_grads_init(&t->zero_grads, &t->opt, t->backend, &t->mem, layer_offset, shape.n_layers, table.total,
-                                err);
-        grad_hooks = rt_zero_grads_hooks(&t->zero_grads);
-    }
-    rt_view_table_free(&table);
-    free(layer_offset);
-    if (rc) return -1;
+     * stage 3 gathers each layer's parameters from its shards; the hooks own those buffers (reserved by the
+     * model's init) and the model calls them at layer boundaries. */
+    rt_zero_hooks_init(&t->zero, cfg->zero_stage, &t->opt, t->backend, &t->mem);
     if (rt_model_init(&t->model, &shape, t->backend, &t->mem,
                       &(rt_model_options){.mode = cfg->activation_mode,
                                           .offload_max_inflight = cfg->offload_max_inflight,
@@ -170,8 +153,8 @@ static int setup_model(rt_trainer *t, rt_error *err) {
                                           .mlp_tile_tokens = rt_config_mlp_tile(cfg, t->local_seqs * t->local_len),
                                           .n_alloc = n_alloc,
                                           .seqpar = &t->seqpar,
-                                          .param_hooks = param_hooks.at ? &param_hooks : NULL,
-                                          .grad_hooks = grad_hooks.at ? &grad_hooks : NULL,
+                                          .param_hooks = rt_zero_param_hooks(&t->zero),
+                                          .grad_hooks = rt_zero_grad_hooks(&t->zero),
                                           .interrupt_poll = poll_stop,
                                           .interrupt_ctx = t},
                       err))
@@ -181,6 +164,7 @@ static int setup_model(rt_trainer *t, rt_error *err) {
      * this rank's shard of them (padded: the last shard's tail stays zero). */
     const int sharded = t->model.params == NULL;
     float *initial = sharded ? calloc_check(n_alloc, sizeof(float)) : t->model.params;
+    int rc = 0;
     if (cfg->init_from[0])
         rc = sharded ? rt_model_read_init_file(&t->model, cfg->init_from, initial, err)
                      : rt_model_load_init_file(&t->model, cfg->init_from, err);
@@ -396,8 +380,7 @@ void rt_trainer_free(rt_trainer *t) {
     rt_comm_device_plane_free(t->dev_sp);
     rt_comm_device_plane_free(t->dev_world);
     if (t->model_ready) rt_model_free(&t->model);
-    rt_zero_params_free(&t->zero_params);
-    rt_zero_grads_free(&t->zero_grads);
+    rt_zero_hooks_free(&t->zero);
     rt_optimizer_free(&t->opt);
     seqpar_ctx_free(&t->seqpar);
     rt_device_memory_destroy(&t->mem);

@@ -10,8 +10,7 @@
 #include "seqpar/seqpar.h"
 #include "shard/mesh.h"
 #include "shard/optimizer.h"
-#include "shard/zero_grads.h"
-#include "shard/zero_params.h"
+#include "shard/zero_hooks.h"
 #include "train.h"
 
 /* One micro-batch's host arrays. */
@@ -38,9 +37,8 @@ struct rt_trainer {
     rt_model model;
     int model_ready;
     rt_optimizer opt;
-    /* ZeRO stages 2-3 keep the model's gradients (and at stage 3 its parameters) in these, hooked into it. */
-    rt_zero_grads zero_grads;
-    rt_zero_params zero_params;
+    /* ZeRO stages 2-3 keep the model's gradients (and at stage 3 its parameters), hooked into it. */
+    rt_zero_hooks zero;
     rt_token_file train_tokens, val_tokens;
     int has_train_file, has_val_file;
     rt_loader train_loader, val_loader;

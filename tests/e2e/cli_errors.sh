@@ -64,6 +64,16 @@ expect_error "config out of range" "train.steps" train --set train.steps=-1
 expect_error "heads do not divide channels" "n_heads.*d_model|d_model.*n_heads" train --set model.n_heads=5
 expect_error "seq_len beyond max positions" "seq_len.*max_seq_len" train --set train.seq_len=512
 expect_error "device memory limit" "device memory limit exceeded.*device.memory_limit = 1.0 MiB" train --set device.memory_limit=1M
+# Whoever owns the parameters and gradients (the model, or ZeRO 2-3's hooks), the first allocation and the shape
+# check come in the model's order: the same message at every stage.
+for stage in 0 2 3; do
+  expect_error "model too large, ZeRO $stage" "d_model 1048576.*too many parameters" \
+    train --set model.d_model=1048576 --set device.memory_limit=4G --set zero.stage=$stage
+done
+expect_error "device memory limit, ZeRO 2" "allocating .* for parameters with" train --set device.memory_limit=1K \
+  --set zero.stage=2
+expect_error "device memory limit, ZeRO 3" "allocating .* for parameters \(gathered embeddings and head\)" \
+  train --set device.memory_limit=1K --set zero.stage=3
 expect_error "missing data file" "$work/missing.bin" train --set "data.train=$work/missing.bin"
 
 head -c 2000 "$work/train.bin" >"$work/truncated.bin"
