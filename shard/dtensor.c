@@ -4,8 +4,8 @@
 #include <string.h>
 
 /*
- * A box is the part of the global tensor a buffer covers: offset and size
- * per tensor dim; the buffer holds it row-major and contiguous. Mesh dims
+ * A box is the part of the global tensor a rank holds: offset and size per
+ * tensor dim (a buffer holding it would hold it row-major). Mesh dims
  * apply in order: each Shard splits, by rt_shard_chunk, the extent that the
  * mesh dims before it left along its tensor dim (nesting).
  */
@@ -82,11 +82,4 @@ size_t rt_dtensor_local_numel(const rt_dtensor *t, const int *mesh_coords) {
     box b;
     box_of(t, mesh_coords ? mesh_coords : t->mesh->coords, &b);
     return box_numel(t->ndim, &b);
-}
-
-size_t rt_dtensor_numel(const rt_dtensor *t) {
-    size_t n = 1;
-    for (int d = 0; d < t->ndim; d++)
-        n *= t->shape[d];
-    return n;
 }

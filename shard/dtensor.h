@@ -25,8 +25,6 @@
  * Mesh dimensions apply in order: when tensor dim d is sharded over mesh
  * dims 0 and 1, dim 1 splits the chunk that dim 0 gave (nesting, as in
  * DTensor). rt_shard_chunk is the rule for one split.
- *
- * Local buffers are host floats (the CPU backend's device memory).
  */
 #define RT_DTENSOR_MAX_DIMS 4
 
@@ -59,8 +57,7 @@ void rt_shard_chunk(size_t extent, int parts, int index, size_t *offset, size_t 
  * means this rank. Replicate and Partial dims cover the full extent. */
 void rt_dtensor_local_box(const rt_dtensor *t, const int *mesh_coords, size_t offset[], size_t size[]);
 
-/* Number of floats in the local part of the rank at mesh_coords (NULL: this rank), and of the global tensor. */
+/* Number of elements in the local part of the rank at mesh_coords (NULL: this rank). */
 size_t rt_dtensor_local_numel(const rt_dtensor *t, const int *mesh_coords);
-size_t rt_dtensor_numel(const rt_dtensor *t);
 
 #endif

@@ -36,10 +36,7 @@ static locator locator_of(float *own, float *(*hooks_at)(void *, size_t), void *
 
 static float *view_ptr(const rt_model *m, locator where, const char *name, int layer) {
     char full[RT_NAME_LEN];
-    if (layer >= 0)
-        snprintf(full, sizeof full, "layers.%d.%s", layer, name);
-    else
-        snprintf(full, sizeof full, "%s", name);
+    rt_param_name(full, name, layer);
     const rt_named_view *v = rt_view_table_find(&m->table, full);
     return v ? where.at(where.ctx, v->offset) : NULL;
 }

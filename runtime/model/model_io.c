@@ -57,10 +57,7 @@ static void map_llmc(const rt_view_table *table, const rt_llmc_header *hdr, floa
         size_t per_copy = sizes[i] / (size_t)copies;
         for (int l = 0; l < copies; l++) {
             char name[RT_NAME_LEN];
-            if (llmc_to_view[i].per_layer)
-                snprintf(name, sizeof name, "layers.%d.%s", l, llmc_to_view[i].name);
-            else
-                snprintf(name, sizeof name, "%s", llmc_to_view[i].name);
+            rt_param_name(name, llmc_to_view[i].name, llmc_to_view[i].per_layer ? l : -1);
             const rt_named_view *view = rt_view_table_find(table, name);
             if (!view || view->numel != per_copy)
                 rt_fatal("llm.c tensor %s does not match the model's view %s", rt_llmc_tensor_name(i), name);

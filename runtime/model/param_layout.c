@@ -30,13 +30,17 @@ rt_model_shape rt_model_shape_from_config(const rt_config *cfg) {
     return s;
 }
 
-/* Adds one view; name is printf-formatted with the layer index. */
+void rt_param_name(char full[RT_NAME_LEN], const char *name, int layer) {
+    if (layer >= 0)
+        snprintf(full, RT_NAME_LEN, "layers.%d.%s", layer, name);
+    else
+        snprintf(full, RT_NAME_LEN, "%s", name);
+}
+
+/* Adds one view. */
 static void add_view(rt_view_table *t, const char *name, int layer, size_t d0, size_t d1, int decay) {
     char full[RT_NAME_LEN];
-    if (layer >= 0)
-        snprintf(full, sizeof full, "layers.%d.%s", layer, name);
-    else
-        snprintf(full, sizeof full, "%s", name);
+    rt_param_name(full, name, layer);
     size_t shape[2] = {d0, d1};
     rt_view_table_add(t, full, d1 ? 2 : 1, shape, decay);
 }

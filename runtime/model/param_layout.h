@@ -65,6 +65,8 @@ typedef struct {
 rt_model_shape rt_model_shape_from_config(const rt_config *cfg);
 /* Parameter count (the flat buffer's length) of a shape. */
 size_t rt_model_param_count(const rt_model_shape *shape);
+/* The full name of a tensor: "layers.<layer>.<name>" for a layer's (layer >= 0), name itself otherwise. */
+void rt_param_name(char full[RT_NAME_LEN], const char *name, int layer);
 /* The named views of a shape's parameters in the layer-major order above (names as in checkpoints:
  * "wte", "layers.3.attn.qkv.weight", ...); layer_offset (L+1 entries, may be NULL) gets where each layer's
  * range starts, and the end of the last. rt_view_table_free releases the table. */
