@@ -3,10 +3,12 @@
 
 Usage: jobs/check-layers.py [--plant FILE=HEADER ...]
 
-Every C, CUDA and header file under the layer folders below is read; each
-#include "..." is resolved (beside the including file first, then from the
-repository root) and must land in the file's own layer or in one it may
-use. Some system headers are kept out of layers too (no MPI, NCCL or CUDA in
+Every C, CUDA and header file under runtime/, seqpar/, offload/, shard/ and
+io/ must belong to a layer of the table below. Each #include "..." is
+resolved (beside the including file first, then from the repository root;
+one that resolves nowhere is a violation), each #include <...> from the
+repository root, and where it lands in the tree it must land in the file's
+own layer or in one it may use. Some system headers are kept out of layers too (no MPI, NCCL or CUDA in
 the model; no HDF5 in the parallelism layers). tests/ and jobs/ sit above
 everything and are not checked.
 
@@ -24,7 +26,7 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 # layer: (path prefixes, layers it may include). Longest prefix wins. Lower layers come first.
 LAYERS = {
     "core": (["runtime/core/"], []),
-    "backend": (["runtime/backend/backend.h", "runtime/backend/memory.", "runtime/backend/philox.h"], ["core"]),
+    "backend": (["runtime/backend/"], ["core"]),
     "backend/cpu": (["runtime/backend/cpu/"], ["core", "backend"]),
     "backend/cuda": (["runtime/backend/cuda/"], ["core", "backend"]),
     "backend/registry": (["runtime/backend/registry."], ["core", "backend", "backend/cpu", "backend/cuda"]),
@@ -35,8 +37,7 @@ LAYERS = {
     "offload": (["offload/"], ["core", "backend", "comm", "config"]),
     "shard": (["shard/"], ["core", "backend", "comm", "config"]),
     "io": (["io/"], ["core", "backend", "comm", "config"]),
-    "model": (["runtime/model/"], ["core", "backend", "backend/cpu", "backend/registry", "config", "seqpar", "offload",
-                                   "io"]),
+    "model": (["runtime/model/"], ["core", "backend", "config", "seqpar", "offload", "io"]),
     "train": (["runtime/train/"], ["core", "backend", "backend/cpu", "backend/registry", "comm", "config", "seqpar",
                                    "offload", "shard", "io", "model"]),
     "app": (["runtime/app/"], ["core", "backend", "backend/cpu", "backend/registry", "comm", "config", "seqpar",
@@ -52,6 +53,8 @@ FORBIDDEN_SYSTEM = [
     ("shard", r"^hdf5.*\.h$", "ZeRO knows nothing of HDF5"),
 ]
 SOURCE = re.compile(r"\.(c|h|cu|cuh)$")
+# Folders whose every source file must belong to a layer (a new folder or file under them gets a row above).
+LAYERED_ROOTS = ("runtime/", "seqpar/", "offload/", "shard/", "io/")
 INCLUDE = re.compile(r'^\s*#\s*include\s*([<"])([^">]+)[">]', re.M)
 
 
@@ -68,6 +71,11 @@ def resolve(including, header, files):
     beside = os.path.normpath(os.path.join(os.path.dirname(including), header))
     if beside in files:
         return beside
+    rooted = os.path.normpath(header)
+    return rooted if rooted in files else None
+
+
+def resolve_rooted(header, files):
     rooted = os.path.normpath(header)
     return rooted if rooted in files else None
 
@@ -94,6 +102,8 @@ def main(argv):
     for path in sorted(files):
         layer = layer_of(path)
         if layer is None:
+            if path.startswith(LAYERED_ROOTS):
+                violations.append(f"{path}: belongs to no layer (give it a row in LAYERS, jobs/check-layers.py)")
             continue
         checked += 1
         with open(os.path.join(ROOT, path), encoding="utf-8", errors="replace") as f:
@@ -103,7 +113,11 @@ def main(argv):
         allowed = set(LAYERS[layer][1]) | {layer}
         for kind, header, line in includes:
             where = f"{path}:{line}" if line else f"{path} (planted)"
-            target = resolve(path, header, files) if kind == '"' else None
+            # <...> is resolved too: the repository root is on the include path, so <runtime/...> reaches it
+            target = resolve(path, header, files) if kind == '"' else resolve_rooted(header, files)
+            if target is None and kind == '"':
+                violations.append(f'{where}: #include "{header}" matches no file beside it or under the root')
+                continue
             if target is not None:
                 target_layer = layer_of(target)
                 if target_layer is not None and target_layer not in allowed:
