@@ -24,8 +24,8 @@
  * run (no atomics, fixed reduction order).
  *
  * A backend is an INSTANCE (rt_backend_open): three tables (memory: raw
- * device memory; ops: the compute ops; copy_engine: asynchronous copies on
- * streams) plus the state they run on (CUDA: the device, the compute stream,
+ * device memory; ops: the compute ops and synchronize; copy_engine:
+ * asynchronous copies on streams) plus the state they run on (CUDA: the device, the compute stream,
  * the cuBLAS handle and its workspace). Every slot takes the instance
  * first. Ops run on the instance's compute stream in issue order and return
  * without waiting for the device (CPU: they run to completion on the calling
@@ -174,6 +174,8 @@ typedef struct {
      * The caller passes weight_decay = 0 for ranges that take no decay (norms, biases). */
     void (*adamw_update)(const rt_backend *be, float *param, const float *grad, float *m, float *v, size_t n, float lr,
                          float beta1, float beta2, float eps, float weight_decay, int t);
+    /* Blocks the calling thread until every op issued on the compute stream has finished. */
+    void (*synchronize)(const rt_backend *be);
 } rt_backend_ops;
 
 /*
@@ -213,8 +215,6 @@ typedef struct {
      * blocks the calling thread until e completes (its ops run on that thread), a wait of a copy stream is
      * queued on its worker. */
     void (*stream_wait_event)(const rt_backend *be, rt_stream *s, rt_event *e);
-    /* Blocks the calling thread until every op issued on the compute stream has finished. */
-    void (*synchronize)(const rt_backend *be);
     /* Blocks the calling thread until e completes (cudaEventSynchronize). */
     void (*event_synchronize)(const rt_backend *be, rt_event *e);
     /* 1 when e has completed, 0 while its work is pending; never blocks (cudaEventQuery == cudaSuccess). */
@@ -369,7 +369,7 @@ static inline void rt_be_event_record(const rt_backend *be, rt_event *e, rt_stre
 static inline void rt_be_stream_wait_event(const rt_backend *be, rt_stream *s, rt_event *e) {
     be->copy_engine.stream_wait_event(be, s, e);
 }
-static inline void rt_be_synchronize(const rt_backend *be) { be->copy_engine.synchronize(be); }
+static inline void rt_be_synchronize(const rt_backend *be) { be->ops.synchronize(be); }
 static inline void rt_be_event_synchronize(const rt_backend *be, rt_event *e) {
     be->copy_engine.event_synchronize(be, e);
 }

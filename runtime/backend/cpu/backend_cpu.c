@@ -618,6 +618,7 @@ static const rt_backend cpu_backend = {
             .sum_squares = cpu_sum_squares,
             .scale = cpu_scale,
             .adamw_update = cpu_adamw_update,
+            .synchronize = rt_cpu_synchronize,
         },
     .copy_engine =
         {
@@ -628,7 +629,6 @@ static const rt_backend cpu_backend = {
             .event_destroy = rt_cpu_event_destroy,
             .event_record = rt_cpu_event_record,
             .stream_wait_event = rt_cpu_stream_wait_event,
-            .synchronize = rt_cpu_synchronize,
             .event_synchronize = rt_cpu_event_synchronize,
             .event_query = rt_cpu_event_query,
             .host_alloc = rt_cpu_host_alloc,

@@ -333,7 +333,7 @@ int rt_backend_cuda_open(const rt_backend **out, int local_rank, rt_error *err) 
     be->copy_engine.event_destroy = cuda_event_destroy;
     be->copy_engine.event_record = cuda_event_record;
     be->copy_engine.stream_wait_event = cuda_stream_wait_event;
-    be->copy_engine.synchronize = cuda_synchronize;
+    be->ops.synchronize = cuda_synchronize;
     be->copy_engine.event_synchronize = cuda_event_synchronize;
     be->copy_engine.event_query = cuda_event_query;
     be->copy_engine.host_alloc = cuda_host_alloc;
