@@ -287,15 +287,12 @@ int main(int argc, char **argv) {
     if (world->size > 1) setenv("RINGTRAIN_DEVICE_PLANE", "staged", 0);
     self = rt_comm_split(world, world->rank, 0);
     test_write_tokens(world, "rt_cuda_train", 20000, 99, data_path, NULL);
-    if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2; /* one CUnit report, rank 0's */
     test_case cases[] = {
         {"tiny llama and gpt2: CUDA == CPU (3 steps)", test_cuda_vs_cpu},
         {"CUDA: keep == recompute == offload, bitwise", test_activation_modes_bitwise},
         {"CUDA, 2 ranks on one GPU: ring attention + ZeRO-2 and ZeRO-3 == 1 rank", test_ring_zero_vs_one_rank},
     };
-    int status = test_run_suite("cuda_train", cases, (int)(sizeof cases / sizeof cases[0]));
-    int worst = status;
-    MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    int worst = test_mpi_run_suite(world, "cuda_train", cases, (int)(sizeof cases / sizeof cases[0]));
     rt_barrier(world);
     if (world->rank == 0) {
         unlink(data_path);

@@ -14,6 +14,7 @@
 
 #include "io/ckpt_store.h"
 #include "runtime/comm/comm.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 /*
@@ -320,8 +321,7 @@ int main(int argc, char **argv) {
         {"a failed write keeps the old file", test_failed_write_keeps_old},
         {"a full disk fails cleanly", test_full_disk},
     };
-    int status = test_run_suite("ckpt_store", cases, (int)(sizeof cases / sizeof cases[0]));
-    MPI_Allreduce(MPI_IN_PLACE, &status, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    int status = test_mpi_run_suite(world, "ckpt_store", cases, (int)(sizeof cases / sizeof cases[0]));
     MPI_Barrier(MPI_COMM_WORLD);
     if (rank == 0) {
         char cmd[1400];

@@ -305,39 +305,36 @@ static void test_reshard_load(void) {
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     test_write_tokens(world, "rt_resume", 2000, 7, data_path, work_dir);
-    if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) return 2; /* one CUnit report, rank 0's */
-    int status;
+    static const test_case save_cases[] = {{"save on dp 2 x sp 2, ZeRO 2", test_reshard_save}};
+    static const test_case load_cases[] = {{"load the 4-rank checkpoint here == straight run", test_reshard_load}};
+    static const test_case resume_cases[] = {
+        {"bitwise resume: llama + dropout, ZeRO 0", test_bitwise_llama_stage0},
+        {"bitwise resume: llama + dropout, ZeRO 1", test_bitwise_llama_stage1},
+        {"bitwise resume: llama + dropout, ZeRO 2", test_bitwise_llama_stage2},
+        {"bitwise resume: llama + dropout, ZeRO 3", test_bitwise_llama_stage3},
+        {"bitwise resume: gpt2, ZeRO 0", test_bitwise_gpt2_stage0},
+        {"bitwise resume: gpt2, ZeRO 1", test_bitwise_gpt2_stage1},
+        {"bitwise resume: gpt2, ZeRO 2", test_bitwise_gpt2_stage2},
+        {"bitwise resume: gpt2, ZeRO 3", test_bitwise_gpt2_stage3},
+        {"a trainer that ran on loads its checkpoint == straight run (ZeRO 0, 3)", test_load_into_used_trainer},
+        {"a step abandoned by a stop request changes nothing", test_interrupted_step},
+        {"a changed d_model is refused by name", test_changed_shape_refused},
+    };
+    int worst;
     if (argc == 3 && strcmp(argv[1], "save") == 0) {
         reshard_dir = argv[2];
-        test_case cases[] = {{"save on dp 2 x sp 2, ZeRO 2", test_reshard_save}};
-        status = test_run_suite("resume: reshard save", cases, 1);
+        worst = test_mpi_run_suite(world, "resume: reshard save", save_cases, 1);
     } else if (argc == 5 && strcmp(argv[1], "load") == 0) {
         reshard_dir = argv[2];
         reshard_sp = atoi(argv[3]);
         reshard_stage = atoi(argv[4]);
-        test_case cases[] = {{"load the 4-rank checkpoint here == straight run", test_reshard_load}};
-        status = test_run_suite("resume: reshard load", cases, 1);
+        worst = test_mpi_run_suite(world, "resume: reshard load", load_cases, 1);
     } else if (argc == 1) {
-        test_case cases[] = {
-            {"bitwise resume: llama + dropout, ZeRO 0", test_bitwise_llama_stage0},
-            {"bitwise resume: llama + dropout, ZeRO 1", test_bitwise_llama_stage1},
-            {"bitwise resume: llama + dropout, ZeRO 2", test_bitwise_llama_stage2},
-            {"bitwise resume: llama + dropout, ZeRO 3", test_bitwise_llama_stage3},
-            {"bitwise resume: gpt2, ZeRO 0", test_bitwise_gpt2_stage0},
-            {"bitwise resume: gpt2, ZeRO 1", test_bitwise_gpt2_stage1},
-            {"bitwise resume: gpt2, ZeRO 2", test_bitwise_gpt2_stage2},
-            {"bitwise resume: gpt2, ZeRO 3", test_bitwise_gpt2_stage3},
-            {"a trainer that ran on loads its checkpoint == straight run (ZeRO 0, 3)", test_load_into_used_trainer},
-            {"a step abandoned by a stop request changes nothing", test_interrupted_step},
-            {"a changed d_model is refused by name", test_changed_shape_refused},
-        };
-        status = test_run_suite("resume", cases, (int)(sizeof cases / sizeof cases[0]));
+        worst = test_mpi_run_suite(world, "resume", resume_cases, (int)(sizeof resume_cases / sizeof resume_cases[0]));
     } else {
         fprintf(stderr, "usage: test_resume [save DIR | load DIR SP STAGE]\n");
-        status = 2;
+        worst = 2;
     }
-    int worst = status;
-    MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
     rt_barrier(world);
     if (world->rank == 0) {
         unlink(data_path);

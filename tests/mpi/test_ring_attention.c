@@ -11,6 +11,7 @@
 #include "runtime/comm/comm.h"
 #include "seqpar/seqpar.h"
 #include "tests/support/expect_fatal.h"
+#include "tests/support/fixtures.h"
 #include "tests/support/testing.h"
 
 /*
@@ -698,24 +699,6 @@ static void test_bad_layout(void) {
     }
 }
 
-/* As test_run_suite, but only rank 0 prints the CUnit report. */
-static int run_suite(const test_case *cases, int n_cases) {
-    if (CU_initialize_registry() != CUE_SUCCESS) return 2;
-    CU_pSuite suite = CU_add_suite("test_ring_attention", NULL, NULL);
-    for (int i = 0; i < n_cases; i++)
-        CU_add_test(suite, cases[i].name, cases[i].fn);
-    if (my_rank == 0) {
-        CU_basic_set_mode(CU_BRM_VERBOSE);
-        CU_basic_run_tests();
-    } else {
-        CU_run_all_tests();
-    }
-    unsigned failed = CU_get_number_of_failures() + CU_get_number_of_tests_failed();
-    unsigned run = CU_get_number_of_tests_run();
-    CU_cleanup_registry();
-    return (failed == 0 && run == (unsigned)n_cases) ? 0 : 1;
-}
-
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     my_rank = world->rank;
@@ -733,9 +716,7 @@ int main(int argc, char **argv) {
         {"the group agrees on the shapes at setup", test_agreement},
         {"a ring call off the agreed shapes or the zigzag is fatal", test_ring_call_misuse},
     };
-    int rc = run_suite(tests, (int)(sizeof tests / sizeof tests[0]));
-    /* every rank exits with the same status */
-    MPI_Allreduce(MPI_IN_PLACE, &rc, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    int rc = test_mpi_run_suite(world, "test_ring_attention", tests, (int)(sizeof tests / sizeof tests[0]));
     MPI_Allreduce(MPI_IN_PLACE, worst_error, N_QUANTITIES, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (my_rank == 0) {
         printf("ranks %d: worst max rel error (tol %g):", n_ranks, TOL);

@@ -1,11 +1,13 @@
 /* fixtures.c: the shared test set-ups of fixtures.h. */
 #include "tests/support/fixtures.h"
 
+#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "io/tokens.h"
+#include "runtime/core/common.h"
 #include "tests/support/testing.h"
 
 void test_base_config(rt_config *cfg, rt_family family, const char *data_path) {
@@ -46,4 +48,12 @@ void test_assert_no_failures_anywhere(rt_comm *world, int failures) {
     double total = failures;
     rt_allreduce_sum_f64(world, &total, 1);
     CU_ASSERT_EQUAL(total, 0.0);
+}
+
+int test_mpi_run_suite(rt_comm *world, const char *suite_name, const test_case *cases, int n_cases) {
+    if (world->rank != 0 && !freopen("/dev/null", "w", stdout)) rt_fatal("%s: cannot silence stdout", suite_name);
+    int status = test_run_suite(suite_name, cases, n_cases);
+    int worst = status;
+    MPI_Allreduce(&status, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    return worst;
 }

@@ -8,6 +8,7 @@
 
 #include "runtime/comm/comm.h"
 #include "runtime/config/config.h"
+#include "tests/support/testing.h"
 
 /* Bytes of the path buffers test_write_tokens fills. */
 #define TEST_PATH_MAX 256
@@ -32,5 +33,9 @@ void test_write_tokens(rt_comm *world, const char *name, size_t n_tokens, uint64
 /* Fails the current test on every rank when any rank counted failures, so that rank 0's report tells: a rank
  * that passes must not report success while another failed. */
 void test_assert_no_failures_anywhere(rt_comm *world, int failures);
+
+/* Runs the suite on every rank of world with one CUnit report, rank 0's (the others' stdout goes to /dev/null;
+ * the tests combine failures over ranks before asserting), and returns the worst status over the ranks. */
+int test_mpi_run_suite(rt_comm *world, const char *suite_name, const test_case *cases, int n_cases);
 
 #endif
