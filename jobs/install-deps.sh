@@ -5,6 +5,7 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config git python3 python3-numpy python3-h5py clang-format
           openmpi-bin libopenmpi-dev libhdf5-openmpi-dev hdf5-tools
           libopenblas-openmp-dev libcunit1-dev libinih-dev
+          libcjson-dev libpcre2-dev python3-venv  # Hugging Face files: JSON, the tokenizer's split pattern
           clang libclang-rt-14-dev libomp-dev  # the fuzzers (jobs/fuzz.sh): clang, libFuzzer, clang's OpenMP
           slurmctld slurmd slurm-client munge)  # the slurm tests (jobs/slurm-local.sh)
 missing=()
