@@ -212,6 +212,9 @@ struct rt_bpe_tokenizer {
     strmap cache; /* word bytes -> (offset, count) in cache_ids */
     uint32_t *cache_ids;
     size_t cache_n, cache_cap;
+    void (*progress)(void *ctx, uint64_t bytes);
+    void *progress_ctx;
+    uint64_t bytes_done, bytes_reported;
     char *scratch; /* a piece with its prefix space */
     size_t scratch_cap;
     /* the merge heap and symbols of the word being merged */
@@ -701,6 +704,11 @@ static void ids_push(rt_bpe_ids *out, uint32_t id) {
     out->ids[out->n++] = id;
 }
 
+void rt_bpe_set_progress(rt_bpe_tokenizer *tok, void (*fn)(void *ctx, uint64_t bytes), void *ctx) {
+    tok->progress = fn;
+    tok->progress_ctx = ctx;
+}
+
 void rt_bpe_ids_free(rt_bpe_ids *ids) {
     free(ids->ids);
     memset(ids, 0, sizeof *ids);
@@ -793,6 +801,11 @@ static void merge_word(rt_bpe_tokenizer *tok, const unsigned char *word, size_t 
 
 /* The ids of one pre-token: the whole word when ignore_merges finds it, else its merges; cached. */
 static void encode_word(rt_bpe_tokenizer *tok, const char *word, size_t len, rt_bpe_ids *out) {
+    tok->bytes_done += len;
+    if (tok->progress && tok->bytes_done - tok->bytes_reported >= (1u << 20)) {
+        tok->bytes_reported = tok->bytes_done;
+        tok->progress(tok->progress_ctx, tok->bytes_done);
+    }
     const int cacheable = len < CACHE_WORD_MAX;
     if (cacheable) {
         const slot *hit = strmap_get(&tok->cache, word, len);

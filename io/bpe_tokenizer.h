@@ -37,6 +37,9 @@ void rt_bpe_free(rt_bpe_tokenizer *tok);
 /* Appends the ids of text to out. Not thread-safe: the tokenizer caches words. */
 int rt_bpe_encode(rt_bpe_tokenizer *tok, const char *text, size_t len, rt_bpe_ids *out, rt_error *err);
 void rt_bpe_ids_free(rt_bpe_ids *ids);
+/* Calls fn(ctx, bytes) with the count of text bytes encoded so far (over every call) after each MiB or so, so a
+ * long encode can show progress; fn NULL stops it. */
+void rt_bpe_set_progress(rt_bpe_tokenizer *tok, void (*fn)(void *ctx, uint64_t bytes), void *ctx);
 
 /* The bytes one id decodes to (an added token's content, or a vocabulary entry through the byte-level
  * table); NULL for an id that names nothing. */

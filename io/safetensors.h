@@ -63,8 +63,7 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name);
 
 /* Elements [first, first + count) of t (row-major) as fp32 into out: bf16 and fp16 widen exactly. A NaN or
  * infinite value is an error naming the file, the tensor and the element's index. */
-int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, size_t first, size_t count, float *out,
-                   rt_error *err);
+int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, size_t first, size_t count, float *out, rt_error *err);
 
 /* fp32 -> bf16, round to nearest even (NaN stays NaN); fp32 -> fp16 likewise (overflow to infinity). */
 uint16_t rt_st_f32_to_bf16(float x);
