@@ -31,8 +31,8 @@ static const char *usage_text =
     "  ringtrain prepare [--tokenizer tokenizer.json [--document-separator TEXT]] --input TEXT [--input TEXT ...]\n"
     "                    --output TRAIN.bin [--val-output VAL.bin] [--val-fraction F]\n"
     "  ringtrain prepare --llmc SHARD.bin --output OUT.bin\n"
-    "  ringtrain sample --model FILE | --checkpoint CKPT [--prompt TEXT] [--tokens N] [--temperature T]\n"
-    "                   [--top-k K] [--seed S]\n"
+    "  ringtrain sample --model FILE | --checkpoint CKPT [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N]\n"
+    "                   [--temperature T] [--top-k K] [--seed S] [--tokenizer tokenizer.json] [--logits FILE]\n"
     "  ringtrain inspect CKPT\n"
     "  ringtrain export --checkpoint CKPT --llmc OUT.bin\n"
     "\n"
@@ -204,6 +204,12 @@ static int cmd_sample(int argc, char **argv) {
             opt.model_path = value;
         else if (strcmp(name, "--prompt") == 0)
             opt.prompt = value;
+        else if (strcmp(name, "--prompt-ids") == 0)
+            opt.prompt_ids = value;
+        else if (strcmp(name, "--tokenizer") == 0)
+            opt.tokenizer = value;
+        else if (strcmp(name, "--logits") == 0)
+            opt.logits_path = value;
         else if (strcmp(name, "--tokens") == 0 && parse_count(value, 1, 1000000, &count))
             opt.n_tokens = (int)count;
         else if (strcmp(name, "--temperature") == 0 && parse_number(value, &number) && number >= 0 && number <= 100)
