@@ -312,6 +312,19 @@ static int byte_of_char(const unsigned char *s, size_t n, size_t *used) {
 
 /* ------------------------------------------------------------------ loading */
 
+/* A JSON string fit for a one-line message: at most 48 bytes, control characters as '?'. Rotates over four
+ * buffers so one message can quote several. */
+static const char *quoted(const char *s) {
+    static char bufs[4][49];
+    static int next;
+    char *buf = bufs[next++ % 4];
+    size_t i = 0;
+    for (; s && s[i] && i < 48; i++)
+        buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    buf[i] = '\0';
+    return s ? buf : "(none)";
+}
+
 static const char *type_of(const cJSON *obj) {
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(obj, "type");
     return cJSON_IsString(type) ? type->valuestring : NULL;
@@ -366,7 +379,7 @@ static int load_model(rt_bpe_tokenizer *tok, const cJSON *model, rt_error *err) 
     if (!cJSON_IsObject(model)) return rt_fail(err, "%s: model: expected an object", o);
     const char *type = type_of(model);
     if (!type || strcmp(type, "BPE") != 0)
-        return rt_fail(err, "%s: model.type '%s': ringtrain implements byte-level BPE only", o, type ? type : "(none)");
+        return rt_fail(err, "%s: model.type '%s': ringtrain implements byte-level BPE only", o, quoted(type));
     const char *must_be_null[] = {"dropout", "continuing_subword_prefix", "end_of_word_suffix"};
     for (size_t i = 0; i < sizeof must_be_null / sizeof *must_be_null; i++) {
         const cJSON *v = cJSON_GetObjectItemCaseSensitive(model, must_be_null[i]);
@@ -390,7 +403,7 @@ static int load_model(rt_bpe_tokenizer *tok, const cJSON *model, rt_error *err) 
     cJSON_ArrayForEach(entry, vocab) {
         uint32_t id = 0;
         char where[128];
-        snprintf(where, sizeof where, "model.vocab['%.64s']", entry->string);
+        snprintf(where, sizeof where, "model.vocab['%s']", quoted(entry->string));
         if (get_id(entry, o, where, &id, err)) return -1;
         strmap_put(&tok->vocab, entry->string, strlen(entry->string), id, 0);
     }
@@ -461,7 +474,7 @@ static int load_split(rt_bpe_tokenizer *tok, const cJSON *split, const char *whe
     const cJSON *behavior = cJSON_GetObjectItemCaseSensitive(split, "behavior");
     if (!cJSON_IsString(behavior) || strcmp(behavior->valuestring, "Isolated") != 0)
         return rt_fail(err, "%s: %s.behavior '%s': ringtrain supports Isolated only", o, where,
-                       cJSON_IsString(behavior) ? behavior->valuestring : "(not a string)");
+                       cJSON_IsString(behavior) ? quoted(behavior->valuestring) : "(not a string)");
     int invert = 0;
     if (get_bool(split, "invert", 0, o, where, &invert, err)) return -1;
     if (invert) return rt_fail(err, "%s: %s.invert true: ringtrain supports false only", o, where);
@@ -485,7 +498,7 @@ static int load_pre_tokenizer(rt_bpe_tokenizer *tok, const cJSON *pre, rt_error 
         return rt_fail(err,
                        "%s: pre_tokenizer type '%s': ringtrain supports ByteLevel, or a Sequence of Split ending "
                        "in ByteLevel",
-                       o, type ? type : "(none)");
+                       o, quoted(type));
     const cJSON *steps = cJSON_GetObjectItemCaseSensitive(pre, "pretokenizers");
     int n = cJSON_IsArray(steps) ? cJSON_GetArraySize(steps) : 0;
     if (n == 0) return rt_fail(err, "%s: pre_tokenizer.pretokenizers: expected a non-empty array", o);
@@ -501,7 +514,7 @@ static int load_pre_tokenizer(rt_bpe_tokenizer *tok, const cJSON *pre, rt_error 
             if (load_split(tok, step, where, err)) return -1;
         } else {
             return rt_fail(err, "%s: %s type '%s': ringtrain supports Split steps, then ByteLevel last", o, where,
-                           step_type ? step_type : "(none)");
+                           quoted(step_type));
         }
     }
     return 0;
@@ -595,15 +608,13 @@ static int load_json(rt_bpe_tokenizer *tok, const cJSON *root, rt_error *err) {
     const cJSON *normalizer = cJSON_GetObjectItemCaseSensitive(root, "normalizer");
     if (normalizer && !cJSON_IsNull(normalizer)) {
         const char *type = cJSON_IsObject(normalizer) ? type_of(normalizer) : NULL;
-        return rt_fail(err, "%s: normalizer type '%s': ringtrain supports only null (no normalizer)", o,
-                       type ? type : "(none)");
+        return rt_fail(err, "%s: normalizer type '%s': ringtrain supports only null (no normalizer)", o, quoted(type));
     }
     const cJSON *decoder = cJSON_GetObjectItemCaseSensitive(root, "decoder");
     if (decoder && !cJSON_IsNull(decoder)) {
         const char *type = cJSON_IsObject(decoder) ? type_of(decoder) : NULL;
         if (!type || strcmp(type, "ByteLevel") != 0)
-            return rt_fail(err, "%s: decoder type '%s': ringtrain supports ByteLevel or null", o,
-                           type ? type : "(none)");
+            return rt_fail(err, "%s: decoder type '%s': ringtrain supports ByteLevel or null", o, quoted(type));
     }
     if (load_model(tok, cJSON_GetObjectItemCaseSensitive(root, "model"), err) ||
         load_pre_tokenizer(tok, cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), err) ||
