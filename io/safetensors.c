@@ -366,12 +366,15 @@ static inline float bits_to_f32(uint32_t bits) {
 }
 
 /* fp16 bits (finite) to fp32: normal values rebias the exponent (15 -> 127); subnormals are mantissa * 2^-24,
- * exact in fp32. Both are computed and one selected, so the loops below vectorize. */
+ * exact in fp32. Both are computed and one selected. */
 static inline float f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    float normal = bits_to_f32(sign | ((uint32_t)(h & 0x7fff) + (112u << 10)) << 13);
+    uint32_t normal = sign | ((uint32_t)(h & 0x7fff) + (112u << 10)) << 13;
     float sub = (float)(h & 0x3ff) * 0x1p-24f;
-    return (h & 0x7c00) ? normal : (sign ? -sub : sub);
+    uint32_t subnormal;
+    memcpy(&subnormal, &sub, sizeof subnormal);
+    uint32_t is_normal = 0u - (uint32_t)((h & 0x7c00) != 0); /* a mask, not a branch: GCC vectorizes the loop */
+    return bits_to_f32((normal & is_normal) | ((sign | subnormal) & ~is_normal));
 }
 
 /* Widens count values at src into out; returns whether any was NaN or infinite. Branch-free bodies with an

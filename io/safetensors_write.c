@@ -25,37 +25,46 @@ struct rt_st_writer {
     int failed; /* a put failed: the file is already removed */
 };
 
-static uint32_t f32_bits(float x) {
+static inline uint32_t f32_bits(float x) {
     uint32_t bits;
     memcpy(&bits, &x, sizeof bits);
     return bits;
 }
 
-static inline uint16_t to_bf16(float x) {
-    uint32_t bits = f32_bits(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(bits >> 16 | 0x40); /* quiet NaN, sign kept */
-    /* Adding 0x7fff plus the kept part's lowest bit carries exactly when the dropped half rounds up to even. */
-    return (uint16_t)((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);
+static inline float bits_f32(uint32_t bits) {
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
 }
 
+static inline uint16_t to_bf16(float x) {
+    uint32_t bits = f32_bits(x);
+    /* Adding 0x7fff plus the kept part's lowest bit carries exactly when the dropped half rounds up to even. */
+    uint16_t rounded = (uint16_t)((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);
+    uint16_t quiet_nan = (uint16_t)(bits >> 16 | 0x40); /* sign kept */
+    /* a select, not a branch: the writer's loop over a run of values vectorizes */
+    return (bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+}
+
+/* Every case is computed and one selected (no branch), so the writer's loop vectorizes. */
 static inline uint16_t to_f16(float x) {
     uint32_t bits = f32_bits(x);
     uint16_t sign = (uint16_t)(bits >> 16 & 0x8000);
     uint32_t a = bits & 0x7fffffffu;
-    if (a > 0x7f800000u) return sign | 0x7e00;  /* quiet NaN */
-    if (a >= 0x477ff000u) return sign | 0x7c00; /* 65520 and above: the tie past 65504 rounds to infinity */
-    if (a < 0x38800000u) {                      /* below 2^-14: an fp16 subnormal, value = m * 2^-24 */
-        uint32_t e = a >> 23;
-        if (e < 102) return sign; /* below 2^-25, or exactly it (a tie, to even 0) */
-        uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
-        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1))) q++;
-        return sign | (uint16_t)q; /* q may reach 0x400: the smallest normal, correctly */
-    }
-    uint32_t rebiased = a - (112u << 23); /* exponent bias 127 -> 15 */
-    uint32_t q = rebiased >> 13, rem = rebiased & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
-    return sign | (uint16_t)q;
+    /* normal: rebias the exponent (127 -> 15) and round the 13 dropped bits to nearest even */
+    uint32_t rebiased = a - (112u << 23);
+    uint32_t normal = (rebiased + 0xfffu + (rebiased >> 13 & 1)) >> 13;
+    /* below 2^-14 (fp16 subnormal, value = m * 2^-24): adding 0.5 makes the fp32 ulp 2^-24, so the fp32 addition
+     * itself rounds |x| to nearest even at fp16's subnormal spacing; m is what lands in the low bits */
+    float shifted = bits_f32(a) + 0.5f;
+    uint32_t subnormal = f32_bits(shifted) - 0x3f000000u;
+    /* masks rather than branches or selects: GCC vectorizes the writer's loop only then */
+    uint32_t is_nan = 0u - (uint32_t)(a > 0x7f800000u);
+    uint32_t is_inf = 0u - (uint32_t)(a >= 0x477ff000u); /* 65520 and up: the tie past 65504 rounds to infinity */
+    uint32_t is_sub = 0u - (uint32_t)(a < 0x38800000u);  /* may reach 0x400, the smallest normal, correctly */
+    uint32_t finite = (subnormal & is_sub) | (normal & ~is_sub);
+    uint32_t h = (0x7e00u & is_nan) | (0x7c00u & is_inf & ~is_nan) | (finite & ~is_inf);
+    return sign | (uint16_t)h;
 }
 
 uint16_t rt_st_f32_to_bf16(float x) { return to_bf16(x); }
