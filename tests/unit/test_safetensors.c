@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/safetensors.h"
 #include "tests/support/io_files.h"
@@ -437,6 +438,11 @@ static void test_open_file_errors(void) {
     ASSERT_MSG_HAS(err, "missing.safetensors: cannot open safetensors file: No such file");
     CU_ASSERT_EQUAL(rt_st_open(&f, td.dir, &err), -1);
     ASSERT_MSG_HAS(err, "not a regular file");
+    /* a FIFO with no writer: refused at once, not waited on */
+    dir_path(&td, "fifo.safetensors", path);
+    CU_ASSERT_EQUAL_FATAL(mkfifo(path, 0600), 0);
+    CU_ASSERT_EQUAL(rt_st_open(&f, path, &err), -1);
+    ASSERT_MSG_HAS(err, "fifo.safetensors: not a regular file");
     dir_path(&td, "empty.safetensors", path);
     write_raw(path, "", 0);
     CU_ASSERT_EQUAL(rt_st_open(&f, path, &err), -1);
