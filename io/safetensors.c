@@ -355,10 +355,6 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name) {
     return NULL;
 }
 
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "safetensors values are little-endian; the conversions below copy them as host words"
-#endif
-
 static inline float bits_to_f32(uint32_t bits) {
     float x;
     memcpy(&x, &bits, sizeof x);
