@@ -165,10 +165,11 @@ static int check_decls(const char *path, const rt_st_decl *decls, int n_decls, s
                                (long long)v);
             numel[i] = v == 0 || numel[i] == 0 ? 0 : numel[i] > (1ull << 53) / (uint64_t)v ? SIZE_MAX : numel[i] * v;
         }
-        size_t bytes = numel[i] * rt_st_dtype_size(d->dtype);
-        if (numel[i] > (1ull << 53) / 4 || total + bytes > (1ull << 53))
+        /* 2^53: offsets beyond it are not exact as JSON numbers (doubles), so the reader refuses them */
+        size_t size = rt_st_dtype_size(d->dtype);
+        if (numel[i] > (1ull << 53) / size || total + numel[i] * size > (1ull << 53))
             return rt_fail(err, "%s: tensor '%s' ends past 2^53 bytes of data", path, d->name);
-        total += bytes;
+        total += numel[i] * size;
     }
     return 0;
 }
@@ -190,7 +191,6 @@ rt_st_writer *rt_st_writer_open(const char *path, const rt_st_decl *decls, int n
     w->n_decls = n_decls;
     w->numel = calloc_check(n_decls > 0 ? (size_t)n_decls : 1, sizeof *w->numel);
     if (check_decls(path, decls, n_decls, w->numel, err) != 0) {
-        w->n_decls = 0;
         writer_free(w);
         return NULL;
     }

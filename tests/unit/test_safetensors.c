@@ -511,6 +511,9 @@ static void test_writer_failures(void) {
     rt_st_decl neg[] = {{"a", RT_ST_F32, 2, {2, -1}}};
     CU_ASSERT_PTR_NULL(rt_st_writer_open(path, neg, 1, NULL, 0, &err));
     ASSERT_MSG_HAS(err, "tensor 'a': shape[1] is -1");
+    rt_st_decl huge[] = {{"a", RT_ST_BF16, 1, {1ll << 52}}, {"b", RT_ST_F32, 2, {1ll << 26, 1ll << 25}}};
+    CU_ASSERT_PTR_NULL(rt_st_writer_open(path, huge, 2, NULL, 0, &err)); /* 2^53 bytes, then 2^53 + 2^53 */
+    ASSERT_MSG_HAS(err, "tensor 'b' ends past 2^53 bytes of data");
     rt_st_decl meta[] = {{"__metadata__", RT_ST_F32, 0, {0}}};
     CU_ASSERT_PTR_NULL(rt_st_writer_open(path, meta, 1, NULL, 0, &err));
     ASSERT_MSG_HAS(err, "tensor 0's name is empty, __metadata__");
