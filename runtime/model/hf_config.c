@@ -202,8 +202,12 @@ int rt_config_from_hf_text(rt_config *cfg, const char *text, const char *path, r
     cJSON_Delete(root);
     if (rc) return -1;
     cfg->padded_vocab = 0;
+    /* the model's checks only: the run's train.seq_len meets max_seq_len where a run starts (rt_config_validate),
+     * and export, inspect and sample have no sequence length */
+    rt_config model_only = *cfg;
+    model_only.seq_len = 1;
     rt_error inner;
-    if (rt_config_validate_model(cfg, &inner))
+    if (rt_config_validate_model(&model_only, &inner))
         return rt_fail(err, "%s: describes no model ringtrain runs: %s", path, inner.msg);
     return 0;
 }

@@ -344,15 +344,13 @@ static void h5_view_read(void *ctx, int v) {
 
 static void *export_read(void *arg) {
     export_reader *r = arg;
-    if (r->from_hf) {
-        r->rc = rt_hf_read_params(r->shape, r->table, r->source, r->host, &r->progress, &r->err);
-    } else {
-        r->rc = rt_model_file_read_params_each(r->source, r->table, r->host, h5_view_read, r, &r->err);
-        if (r->rc)
-            rt_hf_progress_fail(&r->progress);
-        else
-            rt_hf_progress_advance(&r->progress, r->table->total);
-    }
+    r->rc = r->from_hf ? rt_hf_read_params(r->shape, r->table, r->source, r->host, &r->progress, &r->err)
+                       : rt_model_file_read_params_each(r->source, r->table, r->host, h5_view_read, r, &r->err);
+    /* whatever failed, and however early, the writer waiting on it must wake */
+    if (r->rc)
+        rt_hf_progress_fail(&r->progress);
+    else
+        rt_hf_progress_advance(&r->progress, r->table->total);
     return NULL;
 }
 
