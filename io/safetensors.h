@@ -63,8 +63,7 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name);
 
 /* Elements [first, first + count) of t (row-major) as fp32 into out: bf16 and fp16 widen exactly. A NaN or
  * infinite value is an error naming the file, the tensor and the element's index. */
-int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, size_t first, size_t count, float *out,
-                   rt_error *err);
+int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, size_t first, size_t count, float *out, rt_error *err);
 
 /* fp32 -> bf16, round to nearest even (NaN stays NaN); fp32 -> fp16 likewise (overflow to infinity). */
 uint16_t rt_st_f32_to_bf16(float x);
@@ -90,7 +89,10 @@ typedef struct rt_st_writer rt_st_writer;
 /* metadata: NULL or n_metadata key/value string pairs for "__metadata__" (e.g. {"format", "pt"}). */
 rt_st_writer *rt_st_writer_open(const char *path, const rt_st_decl *decls, int n_decls,
                                 const char *const (*metadata)[2], int n_metadata, rt_error *err);
-/* The next count values of the current tensor (moving on to the next tensor when one is complete). */
+/* The next count values of the current tensor (moving on to the next tensor when one is complete). A value
+ * that is not finite in the tensor's dtype (NaN, infinity, fp16 beyond 65504 after rounding) or a value past
+ * the declared ones fails naming the tensor and the element, and removes the file; w is then still freed by
+ * rt_st_writer_finish (which fails) or rt_st_writer_abort. */
 int rt_st_writer_put(rt_st_writer *w, const float *values, size_t count, rt_error *err);
 /* Checks completeness, flushes and closes; frees w in every case. */
 int rt_st_writer_finish(rt_st_writer *w, rt_error *err);

@@ -34,12 +34,16 @@ static const char *usage_text =
     "  ringtrain sample --model FILE | --checkpoint CKPT [--prompt TEXT] [--tokens N] [--temperature T]\n"
     "                   [--top-k K] [--seed S]\n"
     "  ringtrain inspect CKPT\n"
-    "  ringtrain export --checkpoint CKPT --llmc OUT.bin\n"
+    "  ringtrain export --checkpoint SOURCE --llmc OUT.bin\n"
+    "  ringtrain export --checkpoint SOURCE --hf DIR [--dtype fp32|bf16] [--shard-mib N]\n"
     "\n"
     "FILE: a model.h5, a checkpoint (checkpoints/step_*.h5) or an llm.c GPT-2 .bin, told apart by content.\n"
     "inspect prints a checkpoint's (or model.h5's) step, tokens, layout, config and every tensor's shape and\n"
-    "norm, verifying every checksum. export writes a gpt2-family model as an llm.c file train_gpt2.c loads.\n"
-    "model.init_from (train) takes an llm.c file, a model.h5 or a checkpoint: its weights, a fresh optimizer.\n";
+    "norm, verifying every checksum. export writes a gpt2-family model as an llm.c file train_gpt2.c loads, or\n"
+    "any model as a Hugging Face directory (config.json, safetensors sharded above --shard-mib, default 2048);\n"
+    "SOURCE: a checkpoint, a model.h5 or a Hugging Face directory.\n"
+    "model.init_from (train) takes an llm.c file, a model.h5, a checkpoint or a Hugging Face directory: its\n"
+    "weights, a fresh optimizer.\n";
 
 static int usage_error(const char *fmt, const char *arg) {
     fputs("ringtrain: ", stderr);
@@ -220,19 +224,43 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 static int cmd_export(int argc, char **argv) {
-    const char *checkpoint = NULL, *llmc = NULL;
+    const char *checkpoint = NULL, *llmc = NULL, *hf = NULL;
+    rt_hf_write_options opt = {.dtype = RT_ST_F32, .shard_bytes = (size_t)2048 << 20};
     for (int i = 2; i < argc; i++) {
         const char *value = NULL;
+        char *end = NULL;
         if (strcmp(argv[i], "--checkpoint") == 0 && (value = option_value(argc, argv, &i)))
             checkpoint = value;
         else if (strcmp(argv[i], "--llmc") == 0 && (value = option_value(argc, argv, &i)))
             llmc = value;
-        else
+        else if (strcmp(argv[i], "--hf") == 0 && (value = option_value(argc, argv, &i)))
+            hf = value;
+        else if (strcmp(argv[i], "--dtype") == 0 && (value = option_value(argc, argv, &i))) {
+            if (strcmp(value, "fp32") == 0)
+                opt.dtype = RT_ST_F32;
+            else if (strcmp(value, "bf16") == 0)
+                opt.dtype = RT_ST_BF16;
+            else
+                return usage_error("export: --dtype '%s': expected fp32 or bf16", value);
+        } else if (strcmp(argv[i], "--shard-mib") == 0 && (value = option_value(argc, argv, &i))) {
+            long long mib = strtoll(value, &end, 10);
+            if (end == value || *end || mib < 0 || mib > (1LL << 30))
+                return usage_error("export: --shard-mib '%s': expected 0 (one file) to 1073741824", value);
+            opt.shard_bytes = (size_t)mib << 20;
+        } else
             return usage_error("export: unexpected or incomplete argument '%s'", argv[i]);
     }
-    if (!checkpoint || !llmc) return usage_error("export: %s", "give --checkpoint CKPT and --llmc OUT.bin");
+    if (!checkpoint || !!llmc == !!hf)
+        return usage_error("export: %s", "give --checkpoint SOURCE and one of --llmc OUT.bin or --hf DIR");
     rt_error err;
     rt_config cfg;
+    if (hf) {
+        if (rt_export_hf(checkpoint, hf, &opt, &cfg, &err)) return fail(&err);
+        printf("exported %s to %s: Hugging Face %s, %d layers, %d channels, %d heads (%d kv), vocab %d, %s\n",
+               checkpoint, hf, cfg.family == RT_FAMILY_LLAMA ? "LlamaForCausalLM" : "GPT2LMHeadModel", cfg.n_layers,
+               cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.vocab_size, opt.dtype == RT_ST_BF16 ? "bf16" : "fp32");
+        return 0;
+    }
     if (rt_export_llmc(checkpoint, llmc, &cfg, &err)) return fail(&err);
     printf("exported %s to %s: llm.c GPT-2, %d layers, %d channels, %d heads, vocab %d, max_seq_len %d\n", checkpoint,
            llmc, cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.vocab_size, cfg.max_seq_len);

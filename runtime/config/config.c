@@ -75,6 +75,7 @@ typedef struct {
 static const char *const family_names[] = {"llama", "gpt2", NULL};
 static const char *const activation_names[] = {"keep", "recompute", "offload", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
+static const char *const bool_names[] = {"false", "true", NULL};
 
 #define BIG INT32_MAX
 
@@ -89,6 +90,8 @@ static const key_spec config_keys[] = {
     INT_KEY("model", "d_ff", d_ff, 1, BIG),
     INT_KEY("model", "vocab_size", vocab_size, 1, BIG),
     INT_KEY("model", "max_seq_len", max_seq_len, 1, BIG),
+    INT_KEY("model", "head_dim", head_dim, 0, 1 << 16),
+    ENUM_KEY("model", "tie_embeddings", tie_embeddings, bool_names),
     INT_KEY("model", "padded_vocab", padded_vocab, 0, BIG),
     FLOAT_KEY("model", "dropout", dropout, 0, 1, MAX_OPEN),
     FLOAT_KEY("model", "rope_theta", rope_theta, 0, HUGE_VAL, MIN_OPEN),
@@ -508,6 +511,7 @@ const char *rt_family_name(rt_family family) {
 
 void rt_config_resolve(rt_config *cfg) {
     if (cfg->family == RT_FAMILY_GPT2) {
+        if (!(cfg->explicit_keys & key_bit("model", "tie_embeddings"))) cfg->tie_embeddings = 1;
         if (!(cfg->explicit_keys & key_bit("model", "n_kv_heads"))) cfg->n_kv_heads = cfg->n_heads;
         if (!(cfg->explicit_keys & key_bit("model", "d_ff")) && cfg->d_model <= BIG / 4) cfg->d_ff = 4 * cfg->d_model;
     }
@@ -812,17 +816,24 @@ int rt_config_validate_model(const rt_config *cfg, rt_error *err) {
                        "model.vocab_size = %d: padded to a multiple of 128 it exceeds %d (the largest int); expected "
                        "at most %d",
                        cfg->vocab_size, BIG, BIG / 128 * 128);
-    if (cfg->d_model % cfg->n_heads != 0)
-        return rt_fail(err, "model.d_model = %d is not divisible by model.n_heads = %d", cfg->d_model, cfg->n_heads);
+    if (cfg->head_dim == 0 && cfg->d_model % cfg->n_heads != 0)
+        return rt_fail(err, "model.d_model = %d is not divisible by model.n_heads = %d (or set model.head_dim)",
+                       cfg->d_model, cfg->n_heads);
     if (cfg->n_heads % cfg->n_kv_heads != 0)
         return rt_fail(err, "model.n_heads = %d is not divisible by model.n_kv_heads = %d", cfg->n_heads,
                        cfg->n_kv_heads);
-    int head_dim = cfg->d_model / cfg->n_heads;
+    int head_dim = cfg->head_dim ? cfg->head_dim : cfg->d_model / cfg->n_heads;
     if (cfg->family == RT_FAMILY_LLAMA && head_dim % 2 != 0)
         return rt_fail(err,
-                       "model.d_model = %d / model.n_heads = %d gives head_dim %d, which must be even for llama "
-                       "(RoPE rotates pairs)",
-                       cfg->d_model, cfg->n_heads, head_dim);
+                       "model head_dim %d (model.head_dim, or d_model / n_heads) must be even for llama (RoPE "
+                       "rotates pairs)",
+                       head_dim);
+    if (cfg->family == RT_FAMILY_GPT2 && cfg->head_dim != 0 && cfg->head_dim * cfg->n_heads != cfg->d_model)
+        return rt_fail(err, "model.family = gpt2 needs model.head_dim = d_model / n_heads = %d or 0, got %d",
+                       cfg->d_model / cfg->n_heads, cfg->head_dim);
+    if (cfg->family == RT_FAMILY_GPT2 && !cfg->tie_embeddings)
+        return rt_fail(err, "model.family = gpt2 ties its LM head to wte: model.tie_embeddings = false is not "
+                            "supported");
     if (cfg->family == RT_FAMILY_GPT2 && cfg->n_kv_heads != cfg->n_heads)
         return rt_fail(err,
                        "model.family = gpt2 needs model.n_kv_heads = model.n_heads, got n_kv_heads = %d, n_heads = %d",

@@ -19,7 +19,9 @@ typedef struct {
     char preset[32];
     rt_family family;
     int n_layers, d_model, n_heads, n_kv_heads, d_ff, vocab_size, max_seq_len;
-    int padded_vocab; /* rows of the embedding and logits; 0 = vocab_size rounded up to a multiple of 128 */
+    int head_dim;       /* 0 = d_model / n_heads */
+    int tie_embeddings; /* 1: the LM head is wte (always for gpt2) */
+    int padded_vocab;   /* rows of the embedding and logits; 0 = vocab_size rounded up to a multiple of 128 */
     float dropout;
     float rope_theta; /* llama only */
     float norm_eps;

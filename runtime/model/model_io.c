@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hf_model.h"
 #include "io/model_file.h"
 
 /* Our view name of each llm.c tensor; per-layer ones get the "layers.<l>." prefix. */
@@ -244,6 +245,7 @@ int rt_config_from_checkpoint(rt_config *cfg, const char *path, rt_error *err) {
 }
 
 int rt_config_from_init_file(rt_config *cfg, const char *path, rt_error *err) {
+    if (rt_hf_is_dir(path)) return rt_config_from_hf(cfg, path, err);
     int hdf5 = rt_model_file_is_hdf5(path, err);
     if (hdf5 < 0) return -1;
     if (!hdf5) return rt_config_from_llmc(cfg, path, err);
@@ -256,6 +258,8 @@ int rt_config_from_init_file(rt_config *cfg, const char *path, rt_error *err) {
     cfg->d_model = stored.d_model;
     cfg->n_heads = stored.n_heads;
     cfg->n_kv_heads = stored.n_kv_heads;
+    cfg->head_dim = stored.head_dim;
+    cfg->tie_embeddings = stored.tie_embeddings;
     cfg->d_ff = stored.d_ff;
     cfg->vocab_size = stored.vocab_size;
     cfg->max_seq_len = stored.max_seq_len;
@@ -265,13 +269,20 @@ int rt_config_from_init_file(rt_config *cfg, const char *path, rt_error *err) {
     return 0;
 }
 
+static int read_hf(const rt_model_shape *shape, const rt_view_table *table, const char *path, float *host,
+                   rt_error *err) {
+    return rt_hf_read_params(shape, table, path, host, err);
+}
+
 int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err) {
+    if (rt_hf_is_dir(path)) return load_through_host(m, read_hf, path, err);
     int hdf5 = rt_model_file_is_hdf5(path, err);
     if (hdf5 < 0) return -1;
     return hdf5 ? rt_model_load(m, path, err) : rt_model_load_llmc(m, path, err);
 }
 
 int rt_model_read_init_file(const rt_model *m, const char *path, float *host, rt_error *err) {
+    if (rt_hf_is_dir(path)) return rt_hf_read_params(&m->shape, &m->table, path, host, err);
     int hdf5 = rt_model_file_is_hdf5(path, err);
     if (hdf5 < 0) return -1;
     return hdf5 ? read_hdf5(&m->shape, &m->table, path, host, err) : read_llmc(&m->shape, &m->table, path, host, err);
@@ -293,6 +304,39 @@ int rt_export_llmc(const char *checkpoint_path, const char *out_path, rt_config 
     float *host = malloc_check(table.total * sizeof(float));
     int rc = read_hdf5(&shape, &table, checkpoint_path, host, err);
     if (rc == 0) rc = write_llmc(&shape, &table, host, out_path, err);
+    free(host);
+    rt_view_table_free(&table);
+    if (rc == 0 && info) *info = cfg;
+    return rc;
+}
+
+int rt_export_hf(const char *source, const char *out_dir, const rt_hf_write_options *opt, rt_config *info,
+                 rt_error *err) {
+    rt_config cfg;
+    rt_config_defaults(&cfg);
+    int from_hf = rt_hf_is_dir(source);
+    if (from_hf) {
+        if (rt_config_from_hf(&cfg, source, err)) return -1;
+    } else {
+        int hdf5 = rt_model_file_is_hdf5(source, err);
+        if (hdf5 < 0) return -1;
+        if (!hdf5)
+            return rt_fail(err,
+                           "%s: not an HDF5 file or a directory (expected a ringtrain checkpoint, a model.h5 or "
+                           "a Hugging Face directory)",
+                           source);
+        if (rt_config_from_checkpoint(&cfg, source, err)) return -1;
+    }
+    struct stat st;
+    if (lstat(out_dir, &st) == 0)
+        return rt_fail(err, "%s: already exists; export writes a new directory only", out_dir);
+    rt_model_shape shape = rt_model_shape_from_config(&cfg);
+    rt_view_table table;
+    rt_param_table_build(&shape, &table, NULL);
+    float *host = malloc_check(table.total * sizeof(float));
+    int rc =
+        from_hf ? rt_hf_read_params(&shape, &table, source, host, err) : read_hdf5(&shape, &table, source, host, err);
+    if (rc == 0) rc = rt_hf_write_dir(&cfg, &shape, &table, host, out_dir, opt, err);
     free(host);
     rt_view_table_free(&table);
     if (rc == 0 && info) *info = cfg;

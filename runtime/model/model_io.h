@@ -2,6 +2,7 @@
 #ifndef RT_MODEL_IO_H
 #define RT_MODEL_IO_H
 
+#include "hf_model.h"
 #include "io/llmc_model.h"
 #include "model.h"
 #include "runtime/config/config.h"
@@ -34,7 +35,8 @@ int rt_model_file_is_hdf5(const char *path, rt_error *err);
 int rt_config_from_checkpoint(rt_config *cfg, const char *path, rt_error *err);
 
 /* model.init_from: the architecture keys of cfg (family and shape, padded_vocab, rope_theta, norm_eps) from
- * an llm.c file's header or a ringtrain file's stored config, told apart by content, not by name. */
+ * an llm.c file's header, a ringtrain file's stored config (told apart by content, not by name) or a Hugging
+ * Face directory's config.json. */
 int rt_config_from_init_file(rt_config *cfg, const char *path, rt_error *err);
 /* model.init_from: the weights only (the optimizer starts fresh), from either kind of file. */
 int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err);
@@ -44,5 +46,10 @@ int rt_model_read_init_file(const rt_model *m, const char *path, float *host, rt
 /* `ringtrain export`: the /model of a checkpoint (or model.h5) as an llm.c GPT-2 file at out_path. On
  * success *info (may be NULL) gets the exported config. */
 int rt_export_llmc(const char *checkpoint_path, const char *out_path, rt_config *info, rt_error *err);
+
+/* `ringtrain export --hf`: the /model of a checkpoint or model.h5, or a Hugging Face directory's weights, as a
+ * new Hugging Face directory out_dir (rt_hf_write_dir). On success *info (may be NULL) gets the config. */
+int rt_export_hf(const char *source, const char *out_dir, const rt_hf_write_options *opt, rt_config *info,
+                 rt_error *err);
 
 #endif

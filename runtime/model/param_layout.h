@@ -26,12 +26,13 @@
  *   norm:  gpt2 LayerNorm (weight, bias)      llama RMSNorm (weight)
  *   qkv:   gpt2 with bias                     llama no bias, RoPE on q and k
  *   mlp:   gpt2 fc (4C) -> GELU -> proj       llama gate_up (2F) -> SwiGLU -> down
- * gpt2 ties the LM head to wte and adds learned position embeddings.
+ * gpt2 ties the LM head to wte (llama may: model.tie_embeddings) and adds learned position embeddings.
  */
 
 typedef struct {
     rt_family family;
     int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, vocab_size, padded_vocab, max_seq_len;
+    int tied_head; /* the LM head is wte: gpt2, or llama with model.tie_embeddings */
     float dropout, rope_theta, norm_eps;
 } rt_model_shape;
 
@@ -58,7 +59,7 @@ typedef struct {
     float *wte;                 /* (Vp, C) */
     float *wpe;                 /* (maxT, C), gpt2 only */
     float *norm_f_w, *norm_f_b; /* (C) */
-    float *lm_head;             /* (Vp, C): wte for gpt2 (tied), its own tensor for llama */
+    float *lm_head;             /* (Vp, C): wte when tied (gpt2, tied llama), else its own tensor */
 } rt_top_params;
 
 /* Shape from a resolved config; Vp = V rounded up to a multiple of 128. */

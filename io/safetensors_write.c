@@ -1,0 +1,294 @@
+/* safetensors_write.c: the safetensors writer (header from the declarations, then the values streamed in
+ * declaration order) and the fp32 -> bf16 / fp16 rounding it uses. */
+#include "safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Converted values are gathered here and written in pieces of this size. */
+#define WRITE_BUFFER_BYTES (1u << 20)
+
+struct rt_st_writer {
+    char path[1024];
+    int fd;
+    rt_st_decl *decls; /* names copied */
+    size_t *numel;
+    int n_decls;
+    int current;        /* the tensor the next value belongs to */
+    size_t done;        /* values of decls[current] already put */
+    unsigned char *buf; /* converted bytes not yet written */
+    size_t buf_bytes;
+    int failed; /* a put failed: the file is already removed */
+};
+
+static uint32_t f32_bits(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return bits;
+}
+
+uint16_t rt_st_f32_to_bf16(float x) {
+    uint32_t bits = f32_bits(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(bits >> 16 | 0x40); /* quiet NaN, sign kept */
+    /* Adding 0x7fff plus the kept part's lowest bit carries exactly when the dropped half rounds up to even. */
+    return (uint16_t)((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);
+}
+
+uint16_t rt_st_f32_to_f16(float x) {
+    uint32_t bits = f32_bits(x);
+    uint16_t sign = (uint16_t)(bits >> 16 & 0x8000);
+    uint32_t a = bits & 0x7fffffffu;
+    if (a > 0x7f800000u) return sign | 0x7e00;  /* quiet NaN */
+    if (a >= 0x477ff000u) return sign | 0x7c00; /* 65520 and above: the tie past 65504 rounds to infinity */
+    if (a < 0x38800000u) {                      /* below 2^-14: an fp16 subnormal, value = m * 2^-24 */
+        uint32_t e = a >> 23;
+        if (e < 102) return sign; /* below 2^-25, or exactly it (a tie, to even 0) */
+        uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
+        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (q & 1))) q++;
+        return sign | (uint16_t)q; /* q may reach 0x400: the smallest normal, correctly */
+    }
+    uint32_t rebiased = a - (112u << 23); /* exponent bias 127 -> 15 */
+    uint32_t q = rebiased >> 13, rem = rebiased & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
+    return sign | (uint16_t)q;
+}
+
+/* Appends s to the header as a JSON string (quotes, backslashes and control bytes escaped). */
+static size_t json_string(char *out, const char *s) {
+    size_t n = 0;
+    out[n++] = '"';
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            out[n++] = '\\';
+            out[n++] = (char)c;
+        } else if (c < 0x20) {
+            n += (size_t)sprintf(out + n, "\\u%04x", c);
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    out[n++] = '"';
+    return n;
+}
+
+/* The header: __metadata__, then the tensors in declaration order at consecutive offsets, padded with spaces
+ * to a multiple of 8 bytes so the data section is aligned (as the Python writer does). *bytes excludes the NUL. */
+static char *build_header(const rt_st_writer *w, const char *const (*metadata)[2], int n_metadata, size_t *bytes) {
+    size_t cap = 64;
+    for (int i = 0; i < n_metadata; i++)
+        cap += 6 * (strlen(metadata[i][0]) + strlen(metadata[i][1])) + 8;
+    for (int i = 0; i < w->n_decls; i++)
+        cap += 6 * strlen(w->decls[i].name) + 128 + 22 * (size_t)w->decls[i].ndim;
+    char *h = malloc_check(cap);
+    size_t n = 0;
+    h[n++] = '{';
+    if (n_metadata > 0) {
+        n += (size_t)sprintf(h + n, "\"__metadata__\":{");
+        for (int i = 0; i < n_metadata; i++) {
+            if (i) h[n++] = ',';
+            n += json_string(h + n, metadata[i][0]);
+            h[n++] = ':';
+            n += json_string(h + n, metadata[i][1]);
+        }
+        h[n++] = '}';
+    }
+    size_t offset = 0;
+    for (int i = 0; i < w->n_decls; i++) {
+        const rt_st_decl *d = &w->decls[i];
+        if (i || n_metadata > 0) h[n++] = ',';
+        n += json_string(h + n, d->name);
+        n += (size_t)sprintf(h + n, ":{\"dtype\":\"%s\",\"shape\":[", rt_st_dtype_name(d->dtype));
+        for (int k = 0; k < d->ndim; k++)
+            n += (size_t)sprintf(h + n, k ? ",%lld" : "%lld", (long long)d->shape[k]);
+        size_t end = offset + w->numel[i] * rt_st_dtype_size(d->dtype);
+        n += (size_t)sprintf(h + n, "],\"data_offsets\":[%zu,%zu]}", offset, end);
+        offset = end;
+    }
+    h[n++] = '}';
+    while (n % 8)
+        h[n++] = ' ';
+    h[n] = '\0';
+    *bytes = n;
+    return h;
+}
+
+static void writer_free(rt_st_writer *w) {
+    if (!w) return;
+    if (w->decls)
+        for (int i = 0; i < w->n_decls; i++)
+            free((char *)w->decls[i].name);
+    free(w->decls);
+    free(w->numel);
+    free(w->buf);
+    free(w);
+}
+
+/* What the reader would refuse, refused before the file is created. */
+static int check_decls(const char *path, const rt_st_decl *decls, int n_decls, size_t *numel, rt_error *err) {
+    size_t total = 0;
+    for (int i = 0; i < n_decls; i++) {
+        const rt_st_decl *d = &decls[i];
+        if (!d->name || !d->name[0] || strlen(d->name) >= RT_ST_NAME_LEN || strcmp(d->name, "__metadata__") == 0)
+            return rt_fail(err, "%s: tensor %d's name is empty, __metadata__ or %d bytes or longer", path, i,
+                           RT_ST_NAME_LEN);
+        if (d->dtype != RT_ST_F32 && d->dtype != RT_ST_F16 && d->dtype != RT_ST_BF16)
+            return rt_fail(err, "%s: tensor '%s': dtype %d, expected F32, F16 or BF16", path, d->name, (int)d->dtype);
+        if (d->ndim < 0 || d->ndim > RT_ST_MAX_DIMS)
+            return rt_fail(err, "%s: tensor '%s': %d dimensions, expected 0 to %d", path, d->name, d->ndim,
+                           RT_ST_MAX_DIMS);
+        for (int j = 0; j < i; j++)
+            if (strcmp(decls[j].name, d->name) == 0)
+                return rt_fail(err, "%s: tensor '%s' declared twice", path, d->name);
+        numel[i] = 1;
+        for (int k = 0; k < d->ndim; k++) {
+            int64_t v = d->shape[k];
+            if (v < 0 || (uint64_t)v > (1ull << 53))
+                return rt_fail(err, "%s: tensor '%s': shape[%d] is %lld, expected 0 to 2^53", path, d->name, k,
+                               (long long)v);
+            numel[i] = v == 0 || numel[i] == 0 ? 0 : numel[i] > (1ull << 53) / (uint64_t)v ? SIZE_MAX : numel[i] * v;
+        }
+        size_t bytes = numel[i] * rt_st_dtype_size(d->dtype);
+        if (numel[i] > (1ull << 53) / 4 || total + bytes > (1ull << 53))
+            return rt_fail(err, "%s: tensor '%s' ends past 2^53 bytes of data", path, d->name);
+        total += bytes;
+    }
+    return 0;
+}
+
+rt_st_writer *rt_st_writer_open(const char *path, const rt_st_decl *decls, int n_decls,
+                                const char *const (*metadata)[2], int n_metadata, rt_error *err) {
+    if (strlen(path) >= sizeof((rt_st_writer *)0)->path) {
+        rt_fail(err, "%.64s...: path longer than %zu bytes", path, sizeof((rt_st_writer *)0)->path - 1);
+        return NULL;
+    }
+    for (int i = 0; i < n_metadata; i++)
+        if (!metadata[i][0] || !metadata[i][1]) {
+            rt_fail(err, "%s: __metadata__ entry %d has no key or no value", path, i);
+            return NULL;
+        }
+    rt_st_writer *w = calloc_check(1, sizeof *w);
+    strcpy(w->path, path);
+    w->fd = -1;
+    w->n_decls = n_decls;
+    w->numel = calloc_check(n_decls > 0 ? (size_t)n_decls : 1, sizeof *w->numel);
+    if (check_decls(path, decls, n_decls, w->numel, err) != 0) {
+        w->n_decls = 0;
+        writer_free(w);
+        return NULL;
+    }
+    w->decls = calloc_check(n_decls > 0 ? (size_t)n_decls : 1, sizeof *w->decls);
+    for (int i = 0; i < n_decls; i++) {
+        w->decls[i] = decls[i];
+        w->decls[i].name = strcpy(malloc_check(strlen(decls[i].name) + 1), decls[i].name);
+    }
+    w->buf = malloc_check(WRITE_BUFFER_BYTES);
+
+    w->fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (w->fd < 0) {
+        rt_fail(err, "%s: cannot create safetensors file: %s", path, strerror(errno));
+        writer_free(w);
+        return NULL;
+    }
+    size_t header_bytes;
+    char *header = build_header(w, metadata, n_metadata, &header_bytes);
+    unsigned char length[8];
+    for (int i = 0; i < 8; i++)
+        length[i] = (unsigned char)((uint64_t)header_bytes >> (8 * i));
+    int rc = rt_write_all(w->fd, length, 8, path, err);
+    if (rc == 0) rc = rt_write_all(w->fd, header, header_bytes, path, err);
+    free(header);
+    if (rc != 0) {
+        rt_st_writer_abort(w);
+        return NULL;
+    }
+    while (w->current < w->n_decls && w->numel[w->current] == 0)
+        w->current++;
+    return w;
+}
+
+static int flush(rt_st_writer *w, rt_error *err) {
+    int rc = rt_write_all(w->fd, w->buf, w->buf_bytes, w->path, err);
+    w->buf_bytes = 0;
+    return rc;
+}
+
+/* One value of the current tensor, converted to its dtype, into the buffer. */
+static int put_one(rt_st_writer *w, float x, rt_error *err) {
+    const rt_st_decl *d = &w->decls[w->current];
+    uint32_t bits;
+    if (d->dtype == RT_ST_F32) {
+        bits = f32_bits(x);
+    } else {
+        bits = d->dtype == RT_ST_BF16 ? rt_st_f32_to_bf16(x) : rt_st_f32_to_f16(x);
+    }
+    int nonfinite = d->dtype == RT_ST_F32    ? (bits & 0x7f800000u) == 0x7f800000u
+                    : d->dtype == RT_ST_BF16 ? (bits & 0x7f80u) == 0x7f80u
+                                             : (bits & 0x7c00u) == 0x7c00u;
+    if (nonfinite)
+        return rt_fail(err, "%s: tensor '%s': element %zu is %g, not finite in %s", w->path, d->name, w->done,
+                       (double)x, rt_st_dtype_name(d->dtype));
+    size_t size = rt_st_dtype_size(d->dtype);
+    if (w->buf_bytes + size > WRITE_BUFFER_BYTES && flush(w, err) != 0) return -1;
+    for (size_t i = 0; i < size; i++)
+        w->buf[w->buf_bytes++] = (unsigned char)(bits >> (8 * i));
+    if (++w->done == w->numel[w->current]) {
+        w->done = 0;
+        do
+            w->current++;
+        while (w->current < w->n_decls && w->numel[w->current] == 0);
+    }
+    return 0;
+}
+
+/* Closes and removes the file at the first failure, so that no partial file outlives it. */
+static int fail_put(rt_st_writer *w) {
+    close(w->fd);
+    unlink(w->path);
+    w->fd = -1;
+    w->failed = 1;
+    return -1;
+}
+
+int rt_st_writer_put(rt_st_writer *w, const float *values, size_t count, rt_error *err) {
+    if (w->failed) return rt_fail(err, "%s: an earlier write failed, the file is gone", w->path);
+    for (size_t i = 0; i < count; i++) {
+        if (w->current == w->n_decls) {
+            rt_fail(err, "%s: %zu values more than the declared tensors hold", w->path, count - i);
+            return fail_put(w);
+        }
+        if (put_one(w, values[i], err) != 0) return fail_put(w);
+    }
+    return 0;
+}
+
+int rt_st_writer_finish(rt_st_writer *w, rt_error *err) {
+    if (w->failed) {
+        rt_fail(err, "%s: an earlier write failed, the file is gone", w->path);
+        writer_free(w);
+        return -1;
+    }
+    int rc = 0;
+    if (w->current < w->n_decls)
+        rc = rt_fail(err, "%s: tensor '%s' got %zu of its %zu values before the file was finished", w->path,
+                     w->decls[w->current].name, w->done, w->numel[w->current]);
+    if (rc == 0) rc = flush(w, err);
+    rc = rt_sync_close(w->fd, w->path, rc, err);
+    w->fd = -1;
+    if (rc != 0) unlink(w->path);
+    writer_free(w);
+    return rc;
+}
+
+void rt_st_writer_abort(rt_st_writer *w) {
+    if (!w) return;
+    if (w->fd >= 0) {
+        close(w->fd);
+        unlink(w->path);
+    }
+    writer_free(w);
+}
