@@ -22,14 +22,15 @@ def run(args, check=True, env=None):
     e.update(env or {})
     result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=e)
     if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr.strip()}")
+        raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}:\n"
+                             f"{result.stdout.strip()[-2000:]}\n{result.stderr.strip()[-2000:]}")
     return result
 
 
 def train(binary, run_dir, settings, mpirun=None, ranks=1):
     """A ringtrain run from --set keys alone; returns its metrics (one dict per step)."""
     args = (list(mpirun) + ["-np", str(ranks)] if ranks > 1 else []) + [binary, "train"]
-    for s in settings + [f"run.dir={run_dir}"]:
+    for s in settings + [f"run.dir={run_dir}", f"parallel.sp={ranks}"]:
         args += ["--set", s]
     run(args)
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:

@@ -64,7 +64,7 @@ def case_export(binary, mpirun, family, ranks, work):
     run_dir = os.path.join(work, "run")
     hf_files.train(binary, run_dir, ringtrain_shape(family) + [
         f"data.train={data}", f"train.seq_len={T}", "train.batch_size=2", "train.steps=3", "train.lr=1e-2",
-        "train.warmup_steps=1", f"parallel.sp={ranks}"], mpirun, ranks)
+        "train.warmup_steps=1"], mpirun, ranks)
     ckpt = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "*.h5")))[-1]
     out = os.path.join(work, "hf")
     hf_files.run([binary, "export", "--checkpoint", ckpt, "--hf", out])
