@@ -33,15 +33,16 @@ static const char *usage_text =
     "  ringtrain prepare --llmc SHARD.bin --output OUT.bin\n"
     "  ringtrain sample --model FILE | --checkpoint CKPT [--prompt TEXT] [--tokens N] [--temperature T]\n"
     "                   [--top-k K] [--seed S]\n"
-    "  ringtrain inspect CKPT\n"
+    "  ringtrain inspect CKPT | DIR\n"
     "  ringtrain export --checkpoint SOURCE --llmc OUT.bin\n"
     "  ringtrain export --checkpoint SOURCE --hf DIR [--dtype fp32|bf16] [--shard-mib N]\n"
     "\n"
     "FILE: a model.h5, a checkpoint (checkpoints/step_*.h5) or an llm.c GPT-2 .bin, told apart by content.\n"
     "inspect prints a checkpoint's (or model.h5's) step, tokens, layout, config and every tensor's shape and\n"
-    "norm, verifying every checksum. export writes a gpt2-family model as an llm.c file train_gpt2.c loads, or\n"
-    "any model as a Hugging Face directory (config.json, safetensors sharded above --shard-mib, default 2048);\n"
-    "SOURCE: a checkpoint, a model.h5 or a Hugging Face directory.\n"
+    "norm, verifying every checksum; for a Hugging Face DIR, every tensor as model.init_from loads it.\n"
+    "export writes a gpt2-family model as an llm.c file train_gpt2.c loads, or any model as a Hugging Face\n"
+    "directory (config.json, safetensors sharded above --shard-mib, default 2048, tokenizer.json when the run\n"
+    "was tokenized with one). SOURCE: a checkpoint, a model.h5 or a Hugging Face directory.\n"
     "model.init_from (train) takes an llm.c file, a model.h5, a checkpoint or a Hugging Face directory: its\n"
     "weights, a fresh optimizer.\n";
 
@@ -220,7 +221,8 @@ static int cmd_sample(int argc, char **argv) {
 static int cmd_inspect(int argc, char **argv) {
     if (argc != 3 || argv[2][0] == '-') return usage_error("inspect: %s", "expected one file: ringtrain inspect CKPT");
     rt_error err;
-    return rt_inspect(argv[2], stdout, &err) ? fail(&err) : 0;
+    int rc = rt_hf_is_dir(argv[2]) ? rt_inspect_hf(argv[2], stdout, &err) : rt_inspect(argv[2], stdout, &err);
+    return rc ? fail(&err) : 0;
 }
 
 static int cmd_export(int argc, char **argv) {

@@ -17,4 +17,8 @@
  */
 int rt_inspect(const char *path, FILE *out, rt_error *err);
 
+/* A Hugging Face directory: the model config.json describes, then every tensor as model.init_from = DIR loads it
+ * (ringtrain's names and layout) with its L2 norm. Errors as model.init_from's. */
+int rt_inspect_hf(const char *dir, FILE *out, rt_error *err);
+
 #endif

@@ -62,6 +62,12 @@ typedef struct {
 
 static file_digest digest_of(const char *path) {
     file_digest d = {0, 0, 0xCBF29CE484222325ULL};
+    struct stat dir_st;
+    char config_json[RT_PATH_LEN + 16];
+    if (stat(path, &dir_st) == 0 && S_ISDIR(dir_st.st_mode)) { /* a Hugging Face directory: its config.json */
+        snprintf(config_json, sizeof config_json, "%s/config.json", path);
+        path = config_json;
+    }
     int fd = open(path, O_RDONLY);
     struct stat st;
     if (fd < 0 || fstat(fd, &st) != 0) {
