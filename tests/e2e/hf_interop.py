@@ -9,6 +9,7 @@ export_*: ringtrain trains a few steps, exports; transformers loads the director
 import_*: transformers makes and saves a random model; ringtrain's first-step loss and grad_norm from it must
   equal a PyTorch step (fp32, eager) on the same window within 1e-5 relative.
 roundtrip_*: import then export of an untouched model gives back every tensor bit for bit.
+export_bf16_rounding: fp32 in, --dtype bf16 out equals PyTorch's conversion bit for bit.
 bad_input: damaged directories and files are refused with one stderr line naming the file and the field,
   exit status 1, nothing written.
 """
@@ -134,6 +135,28 @@ def case_roundtrip(binary, work, config, dtype="float32"):
     print(f"{len(a)} tensors ({a[next(iter(a))][0]}) identical bit for bit")
 
 
+def case_bf16_rounding(binary, work):
+    """fp32 in, --dtype bf16 out: every value must be PyTorch's own fp32 -> bf16 conversion (round to nearest,
+    ties to even), ties planted on purpose since random weights almost never hold one."""
+    import torch
+    model = hf_torch.make_model(hf_torch.llama_config(), seed=14)
+    with torch.no_grad():
+        for p in model.parameters():
+            bits = p.view(-1).view(torch.int32)
+            bits[0::7] = (bits[0::7] & ~0xFFFF) | 0x8000  # exactly halfway, kept part even or odd
+    src, out = os.path.join(work, "src"), os.path.join(work, "out")
+    hf_torch.save(model, src)
+    hf_files.run([binary, "export", "--checkpoint", src, "--hf", out, "--dtype", "bf16"])
+    got = hf_files.read_hf_dir(out)
+    want = {k: ("BF16", tuple(v.shape), v.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes())
+            for k, v in model.state_dict().items()}
+    assert sorted(got) == sorted(want), f"tensor names differ: {sorted(set(got) ^ set(want))}"
+    differ = {k: sum(a != b for a, b in zip(np.frombuffer(got[k][2], "<u2"), np.frombuffer(want[k][2], "<u2")))
+              for k in want if got[k] != want[k]}
+    assert not differ, f"bf16 values that are not PyTorch's rounding, per tensor: {differ}"
+    print(f"{len(want)} tensors: every bf16 value is PyTorch's round-to-nearest-even of the fp32 input")
+
+
 def main():
     case, binary, mpirun = sys.argv[1], sys.argv[2], sys.argv[3:]
     cases = {
@@ -146,7 +169,9 @@ def main():
         "import_gpt2": lambda w: case_import(binary, w, hf_torch.gpt2_config()),
         "roundtrip_llama": lambda w: case_roundtrip(binary, w, hf_torch.llama_config()),
         "roundtrip_gpt2": lambda w: case_roundtrip(binary, w, hf_torch.gpt2_config()),
+        "roundtrip_llama_tied": lambda w: case_roundtrip(binary, w, hf_torch.llama_config(tied=True)),
         "roundtrip_bf16": lambda w: case_roundtrip(binary, w, hf_torch.llama_config(), "bfloat16"),
+        "export_bf16_rounding": lambda w: case_bf16_rounding(binary, w),
         "bad_input": lambda w: hf_checks.bad_inputs(binary, w),
     }
     if case not in cases:
