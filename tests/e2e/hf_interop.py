@@ -64,7 +64,7 @@ def case_export(binary, mpirun, family, ranks, work):
     hf_files.write_tokens(data, rng.integers(0, hf_torch.VOCAB, 16 * T + 1), hf_torch.VOCAB)
     run_dir = os.path.join(work, "run")
     hf_files.train(binary, run_dir, ringtrain_shape(family) + [
-        f"data.train={data}", f"train.seq_len={T}", "train.batch_size=2", "train.steps=3", "train.lr=1e-2",
+        f"data.train={data}", f"train.seq_len={T}", "train.batch_size=2", "train.steps=20", "train.lr=2e-2",
         "train.warmup_steps=1"], mpirun, ranks)
     ckpt = sorted(glob.glob(os.path.join(run_dir, "checkpoints", "*.h5")))[-1]
     out = os.path.join(work, "hf")
