@@ -119,6 +119,23 @@ def case_import(binary, work, config, dtype="float32", shard=None, min_files=1):
     assert e_norm <= IMPORT_TOL, f"first-step grad_norm rel error {e_norm:.2e} > {IMPORT_TOL:g}"
 
 
+ARCH_KEYS = ["model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
+             "rope_parameters", "tie_word_embeddings", "hidden_act", "n_embd", "n_layer", "n_head", "n_inner",
+             "n_positions", "layer_norm_epsilon", "activation_function"]
+
+
+def same_config(src, out):
+    """The architecture transformers reads from both config.json files (its own parsing, defaults filled in)."""
+    import transformers
+    a, b = (transformers.AutoConfig.from_pretrained(d).to_dict() for d in (src, out))
+    for c in (a, b):
+        if c["model_type"] == "gpt2" and c.get("n_inner") is None:
+            c["n_inner"] = 4 * c["n_embd"]  # GPT2MLP's meaning of None
+    differ = {k: (a.get(k), b.get(k)) for k in ARCH_KEYS if a.get(k) != b.get(k)}
+    assert not differ, f"config.json differs (in, out): {differ}"
+
+
 def case_roundtrip(binary, work, config, dtype="float32"):
     import torch
     src, out = os.path.join(work, "src"), os.path.join(work, "out")
@@ -128,6 +145,7 @@ def case_roundtrip(binary, work, config, dtype="float32"):
     a, b = hf_files.read_hf_dir(src), hf_files.read_hf_dir(out)
     assert sorted(a) == sorted(b), f"tensor names differ: only in the input {sorted(set(a) - set(b))}, " \
                                    f"only in the export {sorted(set(b) - set(a))}"
+    same_config(src, out)
     differ = [k for k in a if a[k] != b[k]]
     for k in differ[:5]:
         print(f"  {k}: {a[k][:2]} in, {b[k][:2]} out, {sum(x != y for x, y in zip(a[k][2], b[k][2]))} bytes differ")
