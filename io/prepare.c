@@ -14,12 +14,15 @@
 #include "prepare.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
+#include "bpe_tokenizer.h"
 #include "tokens.h"
 
 typedef struct {
@@ -105,15 +108,22 @@ static int write_bytes_as_tokens(const char *path, const unsigned char *bytes, s
     return rc;
 }
 
-int rt_prepare_text_counted(const char *const *inputs, int n_inputs, const char *out_train, const char *out_val,
-                            double val_fraction, size_t *n_train, size_t *n_val, rt_error *err) {
-    if (n_train) *n_train = 0;
-    if (n_val) *n_val = 0;
+/* Checks the common arguments of both text paths. */
+static int check_split_args(int n_inputs, const char *out_train, const char *out_val, double val_fraction,
+                            rt_error *err) {
     if (n_inputs <= 0) return rt_fail(err, "prepare: no input files given");
     if (out_val && !(val_fraction > 0.0 && val_fraction < 1.0))
         return rt_fail(err, "prepare: val_fraction %g, expected a value in (0, 1)", val_fraction);
     if (out_val && strcmp(out_train, out_val) == 0)
         return rt_fail(err, "prepare: train and val outputs are the same file %s", out_train);
+    return 0;
+}
+
+int rt_prepare_text_counted(const char *const *inputs, int n_inputs, const char *out_train, const char *out_val,
+                            double val_fraction, size_t *n_train, size_t *n_val, rt_error *err) {
+    if (n_train) *n_train = 0;
+    if (n_val) *n_val = 0;
+    if (check_split_args(n_inputs, out_train, out_val, val_fraction, err)) return -1;
 
     byte_buffer text = {0};
     for (int i = 0; i < n_inputs; i++) {
@@ -158,6 +168,123 @@ int rt_prepare_text_counted(const char *const *inputs, int n_inputs, const char 
 int rt_prepare_text(const char *const *inputs, int n_inputs, const char *out_train, const char *out_val,
                     double val_fraction, rt_error *err) {
     return rt_prepare_text_counted(inputs, n_inputs, out_train, out_val, val_fraction, NULL, NULL, err);
+}
+
+typedef struct {
+    FILE *out;
+    uint64_t done_before; /* bytes of earlier files */
+    double total_mb;
+    struct timespec last;
+} progress_state;
+
+static void report_progress(void *ctx, uint64_t bytes) {
+    progress_state *p = ctx;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if ((double)(now.tv_sec - p->last.tv_sec) + 1e-9 * (double)(now.tv_nsec - p->last.tv_nsec) < 5.0) return;
+    p->last = now;
+    fprintf(p->out, "prepare: %.1f of %.1f MB tokenized\n", (double)bytes / 1e6, p->total_mb);
+    fflush(p->out);
+}
+
+/* The end-of-document id: the one named, else <|endoftext|>, else <|end_of_text|> (special added tokens). */
+static int find_separator(const rt_bpe_tokenizer *tok, const char *tokenizer_path, const char *separator, uint32_t *id,
+                          rt_error *err) {
+    int64_t found = -1;
+    if (separator) {
+        found = rt_bpe_token_id(tok, separator);
+        if (found < 0)
+            return rt_fail(err, "%s: --document-separator '%s' is neither an added token nor in the vocabulary",
+                           tokenizer_path, separator);
+    } else if ((found = rt_bpe_special_id(tok, "<|endoftext|>")) < 0 &&
+               (found = rt_bpe_special_id(tok, "<|end_of_text|>")) < 0) {
+        return rt_fail(err,
+                       "%s: no special token <|endoftext|> or <|end_of_text|> to end documents; name one with "
+                       "--document-separator TEXT",
+                       tokenizer_path);
+    }
+    *id = (uint32_t)found;
+    return 0;
+}
+
+/* Encodes every input (the separator between files) into ids. */
+static int encode_inputs(rt_bpe_tokenizer *tok, uint32_t separator, const char *const *inputs, int n_inputs,
+                         FILE *progress, rt_bpe_ids *ids, rt_error *err) {
+    progress_state state = {.out = progress};
+    clock_gettime(CLOCK_MONOTONIC, &state.last);
+    for (int i = 0; i < n_inputs; i++) {
+        struct stat st;
+        if (stat(inputs[i], &st) == 0) state.total_mb += (double)st.st_size / 1e6;
+    }
+    if (progress) rt_bpe_set_progress(tok, report_progress, &state);
+    int rc = 0;
+    for (int i = 0; i < n_inputs && rc == 0; i++) {
+        byte_buffer text = {0};
+        if (append_file(&text, inputs[i], err) != 0) {
+            rc = -1;
+        } else {
+            if (i > 0) {
+                ids->cap = ids->n + 1 > ids->cap ? 2 * ids->cap + 1 : ids->cap;
+                ids->ids = realloc(ids->ids, ids->cap * sizeof *ids->ids);
+                if (!ids->ids) rt_fatal("out of host memory for %zu token ids", ids->cap);
+                ids->ids[ids->n++] = separator;
+            }
+            rc = rt_bpe_encode(tok, (const char *)text.bytes, text.len, ids, err);
+        }
+        free(text.bytes);
+    }
+    return rc;
+}
+
+int rt_prepare_tokenized(const char *tokenizer_path, const char *separator, const char *const *inputs, int n_inputs,
+                         const char *out_train, const char *out_val, double val_fraction, FILE *progress,
+                         size_t *n_train, size_t *n_val, rt_error *err) {
+    if (n_train) *n_train = 0;
+    if (n_val) *n_val = 0;
+    if (check_split_args(n_inputs, out_train, out_val, val_fraction, err)) return -1;
+    char absolute[PATH_MAX];
+    if (!realpath(tokenizer_path, absolute))
+        return rt_fail(err, "%s: cannot open tokenizer: %s", tokenizer_path, strerror(errno));
+    if (strlen(absolute) >= RT_TOKENS_TOKENIZER_PATH_MAX)
+        return rt_fail(err, "%s: absolute path longer than the %d bytes a token file header records", absolute,
+                       RT_TOKENS_TOKENIZER_PATH_MAX - 1);
+    rt_bpe_tokenizer *tok = rt_bpe_load(tokenizer_path, err);
+    if (!tok) return -1;
+    uint32_t separator_id = 0;
+    rt_bpe_ids ids = {0};
+    int rc = find_separator(tok, tokenizer_path, separator, &separator_id, err);
+    if (rc == 0) rc = encode_inputs(tok, separator_id, inputs, n_inputs, progress, &ids, err);
+    const rt_tokens_tokenizer_record record = {absolute, rt_bpe_content_hash(tok), separator_id};
+    const int vocab_size = rt_bpe_vocab_size(tok);
+    rt_bpe_free(tok);
+    size_t total = ids.n, val_tokens = out_val ? (size_t)(val_fraction * (double)total) : 0;
+    if (val_tokens > total) val_tokens = total;
+    size_t train_tokens = total - val_tokens;
+    if (rc == 0 && train_tokens == 0 && !out_val)
+        rc = rt_fail(err, "prepare: the %d input file(s) give no tokens; nothing to write to %s", n_inputs, out_train);
+    else if (rc == 0 && out_val && (train_tokens == 0 || val_tokens == 0))
+        rc = rt_fail(err,
+                     "prepare: val_fraction %g of %zu tokens gives %zu training and %zu validation tokens; both must "
+                     "be non-empty",
+                     val_fraction, total, train_tokens, val_tokens);
+    staged_output outs[2];
+    int n_outs = 0;
+    if (rc == 0 && (rc = stage_output(&outs[0], out_train, err)) == 0) n_outs = 1;
+    if (rc == 0 && out_val && (rc = stage_output(&outs[1], out_val, err)) == 0) n_outs = 2;
+    if (rc == 0 &&
+        (rc = rt_tokens_write_recorded(outs[0].staged, ids.ids, train_tokens, vocab_size, &record, err)) != 0)
+        name_user_path(err, &outs[0]);
+    if (rc == 0 && out_val &&
+        (rc = rt_tokens_write_recorded(outs[1].staged, ids.ids + train_tokens, val_tokens, vocab_size, &record, err)) !=
+            0)
+        name_user_path(err, &outs[1]);
+    rc = commit_outputs(outs, n_outs, rc, err);
+    rt_bpe_ids_free(&ids);
+    if (rc == 0) {
+        if (n_train) *n_train = train_tokens;
+        if (n_val) *n_val = val_tokens;
+    }
+    return rc;
 }
 
 int rt_prepare_llmc_counted(const char *input_shard, const char *out_path, size_t *n_tokens, rt_error *err) {

@@ -3,6 +3,7 @@
 #define RT_PREPARE_H
 
 #include <stddef.h>
+#include <stdio.h>
 
 #include "runtime/core/common.h"
 
@@ -22,6 +23,19 @@ int rt_prepare_text(const char *const *inputs, int n_inputs, const char *out_tra
 /* Same, and reports the token counts written (either pointer may be NULL; n_val is 0 without out_val). */
 int rt_prepare_text_counted(const char *const *inputs, int n_inputs, const char *out_train, const char *out_val,
                             double val_fraction, size_t *n_train, size_t *n_val, rt_error *err);
+
+/*
+ * Hugging Face tokenizer: each input file encoded with the tokenizer.json at tokenizer_path (io/bpe_tokenizer.h),
+ * the end-of-document id between files: separator's id when given (an added token or a vocabulary entry), else
+ * the special added token <|endoftext|>, else <|end_of_text|>; without any of them it is an error asking for
+ * one. Tokens are uint16 when the tokenizer's vocab_size <= 65536, else uint32; the header records the
+ * tokenizer's absolute path, content hash and the separator (io/tokens.h). The split is by tokens: val = the last
+ * floor(val_fraction * total) tokens. progress (may be NULL) gets a line of megabytes done every few seconds.
+ * Outputs are atomic as for text.
+ */
+int rt_prepare_tokenized(const char *tokenizer_path, const char *separator, const char *const *inputs, int n_inputs,
+                         const char *out_train, const char *out_val, double val_fraction, FILE *progress,
+                         size_t *n_train, size_t *n_val, rt_error *err);
 
 /* llm.c token shard (magic 20240520) -> ringtrain token file with vocab 50257, atomically. A token >= 50257 is
  * an error naming its offset. */

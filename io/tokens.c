@@ -63,6 +63,15 @@ static int parse_header(rt_token_file *tf, const unsigned char *header, rt_error
             return rt_fail(err, "%s: bad header: vocab_size %d does not fit 2-byte tokens (at most 65536)", tf->path,
                            tf->vocab_size);
         tf->is_llmc = 0;
+        tf->has_tokenizer = read_le32(header + 24) == 1;
+        tf->separator_id = (int64_t)(uint32_t)read_le32(header + 28) - 1;
+        tf->tokenizer_hash = (uint64_t)(uint32_t)read_le32(header + 32) | (uint64_t)(uint32_t)read_le32(header + 36)
+                                                                              << 32;
+        /* strnlen bounds the copy: a corrupt header without a NUL gives a truncated path, not an overread */
+        const char *recorded = (const char *)header + RT_TOKENS_TOKENIZER_PATH_OFFSET;
+        size_t len = strnlen(recorded, RT_TOKENS_TOKENIZER_PATH_MAX - 1);
+        memcpy(tf->tokenizer_path, recorded, len);
+        tf->tokenizer_path[len] = '\0';
         return 0;
     }
     if (magic == RT_LLMC_SHARD_MAGIC) {
@@ -76,6 +85,7 @@ static int parse_header(rt_token_file *tf, const unsigned char *header, rt_error
         tf->vocab_size = LLMC_SHARD_VOCAB;
         tf->bytes_per_token = 2;
         tf->is_llmc = 1;
+        tf->separator_id = -1;
         return 0;
     }
     return rt_fail(err, "%s: not a token file: magic %d, expected %d (ringtrain tokens) or %d (llm.c shard)", tf->path,
@@ -157,6 +167,21 @@ static int write_all(FILE *file, const void *data, size_t bytes, const char *pat
 }
 
 int rt_tokens_write(const char *path, const uint32_t *tokens, size_t n_tokens, int vocab_size, rt_error *err) {
+    return rt_tokens_write_recorded(path, tokens, n_tokens, vocab_size, NULL, err);
+}
+
+int rt_tokens_tokenizer(const rt_token_file *tf, char *path, size_t cap, uint64_t *hash) {
+    if (!tf->has_tokenizer) return 0;
+    if (cap) snprintf(path, cap, "%s", tf->tokenizer_path);
+    if (hash) *hash = tf->tokenizer_hash;
+    return 1;
+}
+
+int rt_tokens_write_recorded(const char *path, const uint32_t *tokens, size_t n_tokens, int vocab_size,
+                             const rt_tokens_tokenizer_record *record, rt_error *err) {
+    if (record && strlen(record->path) >= RT_TOKENS_TOKENIZER_PATH_MAX)
+        return rt_fail(err, "%s: tokenizer path %s is longer than the header's %d bytes", path, record->path,
+                       RT_TOKENS_TOKENIZER_PATH_MAX - 1);
     if (vocab_size <= 0)
         return rt_fail(err, "%s: cannot write tokens with vocab_size %d, expected > 0", path, vocab_size);
     for (size_t i = 0; i < n_tokens; i++)
@@ -178,8 +203,15 @@ int rt_tokens_write(const char *path, const uint32_t *tokens, size_t n_tokens, i
                                       (uint32_t)bytes_per_token,
                                       (uint32_t)((uint64_t)n_tokens & 0xffffffffu),
                                       (uint32_t)((uint64_t)n_tokens >> 32)};
+    if (record) {
+        fields[6] = 1;
+        fields[7] = (uint32_t)(record->separator_id + 1);
+        fields[8] = (uint32_t)(record->hash & 0xffffffffu);
+        fields[9] = (uint32_t)(record->hash >> 32);
+    }
     for (int f = 0; f < HEADER_FIELDS; f++)
         write_le32(header + 4 * f, fields[f]);
+    if (record) memcpy(header + RT_TOKENS_TOKENIZER_PATH_OFFSET, record->path, strlen(record->path));
     int rc = write_all(file, header, sizeof header, tmp_path, err);
 
     /* Tokens go out in blocks, narrowed to uint16 where the vocabulary allows. */

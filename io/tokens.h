@@ -10,8 +10,11 @@
 /*
  * ringtrain token file: a 1024-byte header of little-endian int32 fields
  *   [0] magic 20261122  [1] version 1  [2] vocab_size  [3] bytes per token (2 or 4)
- *   [4] n_tokens low 32 bits  [5] n_tokens high 32 bits  [6..255] zero
- * followed by n_tokens tokens (uint16 or uint32).
+ *   [4] n_tokens low 32 bits  [5] n_tokens high 32 bits
+ *   [6] 1 when a tokenizer.json is recorded, else 0  [7] document separator id + 1 (0: none)
+ *   [8] [9] the tokenizer.json's 64-bit FNV-1a hash, low and high 32 bits  [10..127] zero
+ *   bytes [512, 1024): the tokenizer.json's absolute path, NUL-terminated (all zero when none is recorded)
+ * followed by n_tokens tokens (uint16 or uint32). Byte-level files (no tokenizer) have [6..255] zero.
  * llm.c shard: int32[256] header, magic 20240520, version 1, [2] = n_tokens,
  * then uint16 tokens (vocab is not stored: GPT-2's 50257 is assumed).
  */
@@ -19,6 +22,8 @@
 #define RT_TOKENS_VERSION 1
 #define RT_LLMC_SHARD_MAGIC 20240520
 #define RT_TOKENS_HEADER_BYTES 1024
+#define RT_TOKENS_TOKENIZER_PATH_OFFSET 512
+#define RT_TOKENS_TOKENIZER_PATH_MAX (RT_TOKENS_HEADER_BYTES - RT_TOKENS_TOKENIZER_PATH_OFFSET)
 
 typedef struct {
     char path[1024];
@@ -29,7 +34,18 @@ typedef struct {
     void *map; /* whole file mapped read-only */
     size_t map_bytes;
     const unsigned char *tokens; /* first token */
+    int has_tokenizer;
+    uint64_t tokenizer_hash;
+    int64_t separator_id; /* -1: none */
+    char tokenizer_path[RT_TOKENS_TOKENIZER_PATH_MAX];
 } rt_token_file;
+
+/* What a token file records of the tokenizer that wrote it. */
+typedef struct {
+    const char *path; /* absolute, shorter than RT_TOKENS_TOKENIZER_PATH_MAX */
+    uint64_t hash;
+    int64_t separator_id; /* -1: none */
+} rt_tokens_tokenizer_record;
 
 /* Opens and validates (magic, version, size matches header, every token < vocab is checked lazily by the
  * loader). Errors name the path and what is wrong. */
@@ -57,6 +73,12 @@ void rt_tokens_share(size_t n, int part, int parts, size_t *first, size_t *count
 
 /* Writes a token file atomically (path.tmp, then rename); no partial file on failure. */
 int rt_tokens_write(const char *path, const uint32_t *tokens, size_t n_tokens, int vocab_size, rt_error *err);
+/* Same, recording the tokenizer (record NULL: as rt_tokens_write). A path too long for the header is refused. */
+int rt_tokens_write_recorded(const char *path, const uint32_t *tokens, size_t n_tokens, int vocab_size,
+                             const rt_tokens_tokenizer_record *record, rt_error *err);
+/* Returns 1 and copies the recorded tokenizer.json path (into path, cap bytes; truncated to fit) and hash
+ * when the file records one, else 0. */
+int rt_tokens_tokenizer(const rt_token_file *tf, char *path, size_t cap, uint64_t *hash);
 
 /* Byte-level tokenizer: vocab 256, token = byte. */
 #define RT_BYTE_VOCAB 256

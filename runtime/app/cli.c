@@ -28,11 +28,11 @@
 static const char *usage_text =
     "usage:\n"
     "  ringtrain train --config FILE [--set section.key=value ...] [--resume | --resume=CHECKPOINT]\n"
-    "  ringtrain prepare --input TEXT [--input TEXT ...] --output TRAIN.bin [--val-output VAL.bin]\n"
-    "                    [--val-fraction F]\n"
+    "  ringtrain prepare [--tokenizer tokenizer.json [--document-separator TEXT]] --input TEXT [--input TEXT ...]\n"
+    "                    --output TRAIN.bin [--val-output VAL.bin] [--val-fraction F]\n"
     "  ringtrain prepare --llmc SHARD.bin --output OUT.bin\n"
-    "  ringtrain sample --model FILE | --checkpoint CKPT [--prompt TEXT] [--tokens N] [--temperature T]\n"
-    "                   [--top-k K] [--seed S]\n"
+    "  ringtrain sample --model FILE | --checkpoint CKPT [--prompt TEXT | --prompt-ids 1,2,3] [--tokens N]\n"
+    "                   [--temperature T] [--top-k K] [--seed S] [--tokenizer tokenizer.json] [--logits FILE]\n"
     "  ringtrain inspect CKPT | DIR\n"
     "  ringtrain export --checkpoint SOURCE --llmc OUT.bin\n"
     "  ringtrain export --checkpoint SOURCE --hf DIR [--dtype fp32|bf16] [--shard-mib N]\n"
@@ -141,7 +141,7 @@ static int cmd_train(int argc, char **argv) {
 
 static int cmd_prepare(int argc, char **argv) {
     const char **inputs = calloc_check((size_t)argc, sizeof *inputs);
-    const char *output = NULL, *val_output = NULL, *llmc = NULL;
+    const char *output = NULL, *val_output = NULL, *llmc = NULL, *tokenizer = NULL, *separator = NULL;
     double val_fraction = 0.1;
     int n_inputs = 0, status = 0;
     for (int i = 2; i < argc && status == 0; i++) {
@@ -154,6 +154,10 @@ static int cmd_prepare(int argc, char **argv) {
             val_output = value;
         else if (strcmp(argv[i], "--llmc") == 0 && (value = option_value(argc, argv, &i)))
             llmc = value;
+        else if (strcmp(argv[i], "--tokenizer") == 0 && (value = option_value(argc, argv, &i)))
+            tokenizer = value;
+        else if (strcmp(argv[i], "--document-separator") == 0 && (value = option_value(argc, argv, &i)))
+            separator = value;
         else if (strcmp(argv[i], "--val-fraction") == 0 && (value = option_value(argc, argv, &i))) {
             if (!parse_number(value, &val_fraction) || !(val_fraction > 0.0 && val_fraction < 1.0))
                 status = usage_error("prepare: --val-fraction '%s': expected a number between 0 and 1", value);
@@ -165,6 +169,10 @@ static int cmd_prepare(int argc, char **argv) {
         status = usage_error("prepare: %s", "give --input TEXT (one or more) or --llmc SHARD");
     if (status == 0 && llmc && n_inputs > 0)
         status = usage_error("prepare: %s", "--llmc and --input do not go together");
+    if (status == 0 && llmc && tokenizer)
+        status = usage_error("prepare: %s", "--llmc and --tokenizer do not go together");
+    if (status == 0 && separator && !tokenizer)
+        status = usage_error("prepare: %s", "--document-separator needs --tokenizer");
     rt_error err;
     if (status == 0 && llmc) {
         size_t n_tokens = 0;
@@ -174,7 +182,11 @@ static int cmd_prepare(int argc, char **argv) {
             printf("prepared %s: %zu tokens from llm.c shard %s\n", output, n_tokens, llmc);
     } else if (status == 0) {
         size_t n_train = 0, n_val = 0;
-        if (rt_prepare_text_counted(inputs, n_inputs, output, val_output, val_fraction, &n_train, &n_val, &err))
+        int rc = tokenizer ? rt_prepare_tokenized(tokenizer, separator, inputs, n_inputs, output, val_output,
+                                                  val_fraction, stderr, &n_train, &n_val, &err)
+                           : rt_prepare_text_counted(inputs, n_inputs, output, val_output, val_fraction, &n_train,
+                                                     &n_val, &err);
+        if (rc)
             status = fail(&err);
         else if (val_output)
             printf("prepared %s (%zu tokens) and %s (%zu tokens) from %d files\n", output, n_train, val_output, n_val,
@@ -197,6 +209,12 @@ static int cmd_sample(int argc, char **argv) {
             opt.model_path = value;
         else if (strcmp(name, "--prompt") == 0)
             opt.prompt = value;
+        else if (strcmp(name, "--prompt-ids") == 0)
+            opt.prompt_ids = value;
+        else if (strcmp(name, "--tokenizer") == 0)
+            opt.tokenizer = value;
+        else if (strcmp(name, "--logits") == 0)
+            opt.logits_path = value;
         else if (strcmp(name, "--tokens") == 0 && parse_count(value, 1, 1000000, &count))
             opt.n_tokens = (int)count;
         else if (strcmp(name, "--temperature") == 0 && parse_number(value, &number) && number >= 0 && number <= 100)

@@ -10,7 +10,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "io/bpe_tokenizer.h"
 #include "io/tokens.h"
 #include "runtime/backend/registry.h"
 #include "runtime/model/model.h"
@@ -59,8 +61,16 @@ int rt_sample_draw(float *logits, int V, float temperature, int top_k, uint64_t 
     return best;
 }
 
-static void emit(FILE *out, uint32_t token, int byte_vocab) {
-    if (byte_vocab) {
+/* Writes one token as it comes: a tokenizer's bytes (a character split over tokens is whole once its last
+ * token is out), a byte, or the id. */
+static void emit(FILE *out, uint32_t token, int byte_vocab, const rt_bpe_tokenizer *tok) {
+    size_t len = 0;
+    const char *bytes = tok ? rt_bpe_token_bytes(tok, token, &len) : NULL;
+    if (bytes) {
+        fwrite(bytes, 1, len, out);
+    } else if (tok) {
+        fprintf(out, "<id %u>", token); /* an id the model has and the tokenizer does not (padding) */
+    } else if (byte_vocab) {
         char text[8];
         size_t n = rt_byte_decode(token, text, sizeof text);
         fwrite(text, 1, n, out);
@@ -90,13 +100,60 @@ static int parse_prompt(const char *prompt, int byte_vocab, int V, uint32_t **to
         long id = strtol(c, &end, 10);
         if (end == c || errno || id < 0 || id >= V)
             return rt_fail(err,
-                           "--prompt '%s': expected comma-separated token ids below %d (no tokenizer for this "
-                           "vocabulary)",
+                           "prompt '%s': expected comma-separated token ids below %d (--prompt-ids, or --prompt "
+                           "without a tokenizer for this vocabulary)",
                            prompt, V);
         (*tokens)[(*n)++] = (uint32_t)id;
         c = *end == ',' ? end + 1 : end;
         if (*end && *end != ',') return rt_fail(err, "--prompt '%s': unexpected '%c'", prompt, *end);
     }
+    return 0;
+}
+
+/* The prompt's ids: --prompt-ids, else the text through the tokenizer, else bytes or ids as the vocabulary says. */
+static int prompt_tokens(const rt_sample_options *opt, rt_bpe_tokenizer *tok, int V, uint32_t **tokens, size_t *n,
+                         rt_error *err) {
+    if (opt->prompt_ids) return parse_prompt(opt->prompt_ids, 0, V, tokens, n, err);
+    if (!tok || !opt->prompt || !opt->prompt[0])
+        return parse_prompt(opt->prompt, V <= RT_BYTE_VOCAB, V, tokens, n, err);
+    rt_bpe_ids ids = {0};
+    if (rt_bpe_encode(tok, opt->prompt, strlen(opt->prompt), &ids, err)) {
+        rt_bpe_ids_free(&ids);
+        return rt_fail(err, "--prompt: %s", err->msg);
+    }
+    for (size_t i = 0; i < ids.n; i++)
+        if (ids.ids[i] >= (uint32_t)V) {
+            uint32_t id = ids.ids[i];
+            rt_bpe_ids_free(&ids);
+            return rt_fail(err, "--prompt: the tokenizer gives id %u, outside the model's vocabulary of %d", id, V);
+        }
+    if (ids.n == 0) { /* a prompt of nothing but dropped bytes */
+        rt_bpe_ids_free(&ids);
+        return parse_prompt(NULL, 0, V, tokens, n, err);
+    }
+    *tokens = ids.ids;
+    *n = ids.n;
+    return 0;
+}
+
+/* The tokenizer: the one given, else the one the run's training token file recorded when it is unchanged. */
+static int open_tokenizer(const rt_sample_options *opt, const rt_config *cfg, rt_bpe_tokenizer **tok, rt_error *err) {
+    *tok = NULL;
+    if (opt->tokenizer) return (*tok = rt_bpe_load(opt->tokenizer, err)) ? 0 : -1;
+    rt_token_file tf;
+    rt_error ignored;
+    if (!cfg->data_train[0] || rt_tokens_open(&tf, cfg->data_train, &ignored)) return 0;
+    char path[RT_TOKENS_TOKENIZER_PATH_MAX];
+    uint64_t hash = 0;
+    int recorded = rt_tokens_tokenizer(&tf, path, sizeof path, &hash);
+    rt_tokens_close(&tf);
+    if (!recorded) return 0;
+    *tok = rt_bpe_load(path, &ignored);
+    if (*tok && rt_bpe_content_hash(*tok) == hash) return 0;
+    fprintf(stderr, "ringtrain: warning: %s recorded tokenizer %s, which %s; printing token ids\n", cfg->data_train,
+            path, *tok ? "has changed since" : "is missing or unreadable");
+    rt_bpe_free(*tok);
+    *tok = NULL;
     return 0;
 }
 
@@ -124,6 +181,12 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     rt_model model;
     int rc = -1;
     uint32_t *tokens = NULL;
+    rt_bpe_tokenizer *tok = NULL;
+    FILE *logits_file = NULL;
+    char logits_tmp[RT_TMP_PATH_LEN];
+    if (opt->logits_path &&
+        (size_t)snprintf(logits_tmp, sizeof logits_tmp, "%s.tmp", opt->logits_path) >= sizeof logits_tmp)
+        return rt_fail(err, "%s: path too long", opt->logits_path);
     if (rt_model_init(
             &model, &shape, be, &mem,
             &(rt_model_options){.mode = RT_ACT_RECOMPUTE, .max_seqs = 1, .max_local_len = (size_t)shape.max_seq_len},
@@ -133,7 +196,17 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
         goto done;
     const int V = shape.vocab_size, byte_vocab = V <= RT_BYTE_VOCAB;
     size_t n = 0;
-    if (parse_prompt(opt->prompt, byte_vocab, V, &tokens, &n, err)) goto done;
+    if (open_tokenizer(opt, &cfg, &tok, err)) goto done;
+    if (tok && rt_bpe_vocab_size(tok) > V) {
+        rc = rt_fail(err, "%s: %d ids, more than the model's vocabulary of %d",
+                     opt->tokenizer ? opt->tokenizer : "tokenizer", rt_bpe_vocab_size(tok), V);
+        goto done;
+    }
+    if (prompt_tokens(opt, tok, V, &tokens, &n, err)) goto done;
+    if (opt->logits_path && !(logits_file = fopen(logits_tmp, "wb"))) {
+        rc = rt_fail(err, "%s: cannot create: %s", logits_tmp, strerror(errno));
+        goto done;
+    }
     tokens = realloc(tokens, (n + (size_t)opt->n_tokens) * sizeof *tokens);
     if (!tokens) rt_fatal("out of host memory for %d sampled tokens", opt->n_tokens);
     /* A ringtrain model saw positions below train.seq_len only: longer windows ask RoPE or wpe for
@@ -144,7 +217,8 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     float *logits = malloc_check((size_t)V * sizeof *logits);
     uint64_t rng = opt->seed;
     for (size_t i = 0; i < n; i++)
-        emit(out, tokens[i], byte_vocab);
+        emit(out, tokens[i], byte_vocab, tok);
+    int write_rc = 0;
     for (int t = 0; t < opt->n_tokens; t++) {
         size_t window = n < window_max ? n : window_max, first = n - window;
         for (size_t i = 0; i < window; i++) {
@@ -154,8 +228,11 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
         }
         rt_batch batch = {.inputs = inputs, .targets = targets, .pos = pos, .n_seqs = 1, .local_len = window};
         rt_model_last_logits(&model, &batch, logits);
+        /* raw floats: every platform ringtrain builds for is little-endian */
+        if (logits_file && write_rc == 0 && fwrite(logits, sizeof *logits, (size_t)V, logits_file) != (size_t)V)
+            write_rc = rt_fail(err, "%s: write failed: %s", logits_tmp, strerror(errno));
         tokens[n] = (uint32_t)rt_sample_draw(logits, V, opt->temperature, opt->top_k, &rng);
-        emit(out, tokens[n], byte_vocab);
+        emit(out, tokens[n], byte_vocab, tok);
         n++;
     }
     fputc('\n', out);
@@ -163,8 +240,18 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     free(targets);
     free(pos);
     free(logits);
-    rc = 0;
+    if (logits_file) {
+        rc = rt_commit_tmp_file(logits_file, logits_tmp, opt->logits_path, write_rc, err);
+        logits_file = NULL;
+    } else {
+        rc = 0;
+    }
 done:
+    if (logits_file) {
+        fclose(logits_file);
+        unlink(logits_tmp);
+    }
+    rt_bpe_free(tok);
     free(tokens);
     rt_model_free(&model);
     rt_device_memory_destroy(&mem);

@@ -19,6 +19,10 @@ int rt_fail(rt_error *err, const char *fmt, ...) {
         va_start(args, fmt);
         vsnprintf(err->msg, sizeof err->msg, fmt, args);
         va_end(args);
+        /* Messages quote what files hold (JSON strings, tensor names): a control character there would split
+         * the one line every error is, or drive the terminal. */
+        for (char *c = err->msg; *c; c++)
+            if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
     }
     return -1;
 }

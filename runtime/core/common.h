@@ -19,7 +19,8 @@ typedef struct rt_error {
     char msg[1024];
 } rt_error;
 
-/* Formats into err (if non-NULL) and returns -1, so call sites can `return rt_fail(...)`. */
+/* Formats into err (if non-NULL) and returns -1, so call sites can `return rt_fail(...)`. Control characters
+ * (from quoted input) become '?', so the message stays one line. */
 int rt_fail(rt_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Prints "ringtrain: <msg>" on stderr and ends the job (MPI_Abort when MPI runs). */

@@ -181,13 +181,8 @@ static int read_gpt2(const json_doc *d, rt_config *cfg) {
            require_bool(d, "add_cross_attention", 0, "ringtrain trains decoder-only models");
 }
 
-int rt_config_from_hf(rt_config *cfg, const char *dir, rt_error *err) {
-    char path[RT_PATH_LEN + 32];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    char *text = read_text(path, err);
-    if (!text) return -1;
+int rt_config_from_hf_text(rt_config *cfg, const char *text, const char *path, rt_error *err) {
     cJSON *root = cJSON_Parse(text);
-    free(text);
     if (!cJSON_IsObject(root)) {
         cJSON_Delete(root);
         return rt_fail(err, "%s: not a JSON object (expected a Hugging Face config.json)", path);
@@ -211,6 +206,16 @@ int rt_config_from_hf(rt_config *cfg, const char *dir, rt_error *err) {
     if (rt_config_validate_model(cfg, &inner))
         return rt_fail(err, "%s: describes no model ringtrain runs: %s", path, inner.msg);
     return 0;
+}
+
+int rt_config_from_hf(rt_config *cfg, const char *dir, rt_error *err) {
+    char path[RT_PATH_LEN + 32];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    char *text = read_text(path, err);
+    if (!text) return -1;
+    int rc = rt_config_from_hf_text(cfg, text, path, err);
+    free(text);
+    return rc;
 }
 
 static void add_int(cJSON *obj, const char *key, long long value) { cJSON_AddNumberToObject(obj, key, (double)value); }

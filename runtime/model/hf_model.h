@@ -30,6 +30,8 @@ int rt_hf_is_dir(const char *path);
  * implement is refused in one line naming the file and the key. Training keys (and model.dropout) are the
  * run's own. */
 int rt_config_from_hf(rt_config *cfg, const char *dir, rt_error *err);
+/* The same from config.json's text; path names it in errors (the fuzz target's entry). */
+int rt_config_from_hf_text(rt_config *cfg, const char *text, const char *path, rt_error *err);
 
 /* Every parameter of the table from DIR's safetensors into host (table->total floats): each tensor's shape
  * must match config.json's, every expected tensor must be present and no unexpected one (buffers such as

@@ -1,0 +1,167 @@
+"""hf_tokenizer.py: ringtrain's byte-level BPE against the `tokenizers` library itself.
+
+Trains two byte-level BPE tokenizers offline with `tokenizers` (GPT-2 style: the ByteLevel pre-tokenizer;
+Llama 3 style: Split on Llama 3's pattern, then ByteLevel without its regex, ignore_merges) on the repository's
+documents plus generated text, then on over 1 MB of varied text (accents, CJK, emoji, digit runs, contractions,
+whitespace runs, CRLF, tabs, the special token embedded):
+  - `ringtrain prepare --tokenizer` writes, between the end-of-document ids, exactly encode(text).ids of each
+    input file, and the header records the tokenizer (path, FNV-1a hash, separator id + 1);
+  - the C decoder gives every file's bytes back (test_bpe_tokenizer roundtrip);
+  - a WordPiece and a Unigram tokenizer.json are refused in one line naming the file and model.type, exit 1,
+    no output file.
+usage: hf_tokenizer.py RINGTRAIN TEST_BPE_TOKENIZER
+"""
+import json
+import os
+import random
+import struct
+import subprocess
+import sys
+import tempfile
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+RINGTRAIN, HELPER = sys.argv[1], sys.argv[2]
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                  r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+EOT = "<|endoftext|>"
+
+
+def repository_text():
+    parts = []
+    for root in ("README.md", "docs", "tests/README.md"):
+        path = os.path.join(REPO, root)
+        paths = [path] if os.path.isfile(path) else sorted(
+            os.path.join(path, f) for f in os.listdir(path) if f.endswith(".md"))
+        for p in paths:
+            with open(p, encoding="utf-8") as f:
+                parts.append(f.read())
+    return "\n".join(parts)
+
+
+def generated_text(rng, n_chars):
+    words = ["caf\u00e9", "na\u00efve", "\u00fcber", "se\u00f1or", "\u0141\u00f3d\u017a", "\u6771\u4eac",
+             "\u65e5\u672c\u8a9e\u306e\u6587", "\ud55c\uad6d\uc5b4", "\u0417\u0434\u0440\u0430\u0432\u0441\u0442\u0432\u0443\u0439",
+             "\u03b1\u03b2\u03b3", "\U0001F600", "\U0001F468\u200d\U0001F469\u200d\U0001F467", "\u2603\ufe0f",
+             "don't", "I'M", "we'VE", "they'll", "it's", "He'd", "x" * 40, "12345678", "3.14159", "2026-12-06",
+             "\u0661\u0662\u0663", "\u00bd", "foo_bar", "a+b=c", "<|endof", "text|>", "ﬁ", "\u00a0", "\u3000"]
+    seps = [" ", " ", " ", "  ", "\t", "\n", "\r\n", "\n\n", " \n ", "   \t", ", ", ". ", "!? ", "\u2028", "\u0085"]
+    out, size = [], 0
+    while size < n_chars:
+        piece = rng.choice(words) + rng.choice(seps)
+        if rng.random() < 0.002:
+            piece += EOT
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def train(kind, corpus):
+    tok = Tokenizer(models.BPE(ignore_merges=(kind == "llama3")))
+    if kind == "gpt2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=[EOT],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus.split("\n"), trainer)
+    return tok
+
+
+def run(*args):
+    return subprocess.run(list(args), capture_output=True, text=True)
+
+
+def read_tokens(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    header = struct.unpack("<256i", data[:1024])
+    width = header[3]
+    fmt = "<%d%s" % ((len(data) - 1024) // width, "H" if width == 2 else "I")
+    return header, data, list(struct.unpack(fmt, data[1024:]))
+
+
+def fnv1a(data):
+    h = 0xcbf29ce484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def check_tokenizer(kind, tok, tmp, inputs, texts):
+    path = os.path.join(tmp, kind + ".json")
+    tok.save(path)
+    out = os.path.join(tmp, kind + ".bin")
+    r = run(RINGTRAIN, "prepare", "--tokenizer", path, *sum((["--input", p] for p in inputs), []), "--output", out)
+    assert r.returncode == 0, r.stderr
+    header, data, ids = read_tokens(out)
+    eot = tok.token_to_id(EOT)
+    with open(path, "rb") as f:
+        json_bytes = f.read()
+    assert header[6] == 1 and header[7] == eot + 1, header[:10]
+    assert (header[8] & 0xFFFFFFFF | (header[9] & 0xFFFFFFFF) << 32) == fnv1a(json_bytes)
+    assert data[512:1024].split(b"\0")[0].decode() == os.path.abspath(path)
+    at = 0
+    for i, text in enumerate(texts):
+        want = tok.encode(text, add_special_tokens=False).ids
+        got = ids[at:at + len(want)]
+        if got != want:
+            first = next((k for k in range(len(want)) if k >= len(got) or got[k] != want[k]), len(want))
+            sys.exit("%s, %s: ids differ from tokenizers' at %d: ours %s, tokenizers %s (text %r)" % (
+                kind, inputs[i], first, got[first:first + 8], want[first:first + 8],
+                tok.decode(want[max(0, first - 3):first + 5], skip_special_tokens=False)))
+        at += len(want)
+        if i + 1 < len(texts):
+            assert ids[at] == eot, "%s: no end-of-document id after %s" % (kind, inputs[i])
+            at += 1
+        ids_path = os.path.join(tmp, "ids")
+        r = run(HELPER, "roundtrip", path, inputs[i], ids_path)
+        assert r.returncode == 0, "%s, %s: %s" % (kind, inputs[i], r.stderr)
+    assert at == len(ids)
+    print("%s: %d ids over %d files equal tokenizers' and decode back" % (kind, len(ids), len(texts)))
+
+
+def check_refused(tmp):
+    corpus = ["hello world", "hello there world"]
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=50, special_tokens=["[UNK]"],
+                                                                    show_progress=False))
+    unigram = Tokenizer(models.Unigram())
+    unigram.train_from_iterator(corpus, trainers.UnigramTrainer(vocab_size=20, show_progress=False))
+    text = os.path.join(tmp, "small.txt")
+    with open(text, "w") as f:
+        f.write("hello")
+    for name, tok in (("WordPiece", wordpiece), ("Unigram", unigram)):
+        path = os.path.join(tmp, name + ".json")
+        tok.save(path)
+        out = os.path.join(tmp, name + ".bin")
+        r = run(RINGTRAIN, "prepare", "--tokenizer", path, "--input", text, "--output", out)
+        want = "ringtrain: %s: model.type '%s': ringtrain implements byte-level BPE only\n" % (path, name)
+        assert r.returncode == 1 and r.stderr == want, (r.returncode, r.stderr)
+        assert not os.path.exists(out) and not os.path.exists(out + ".tmp")
+    print("WordPiece and Unigram refused in one line")
+
+
+def main():
+    rng = random.Random(1234)
+    docs = repository_text()
+    corpus = docs + "\n" + generated_text(rng, 200_000)
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = [docs, generated_text(rng, 700_000), generated_text(rng, 300_000) + EOT + "tail",
+                 "\r\n\t  \n" + EOT + EOT + " x"]
+        inputs = []
+        for i, t in enumerate(texts):
+            inputs.append(os.path.join(tmp, "in%d.txt" % i))
+            with open(inputs[-1], "w", encoding="utf-8", newline="") as f:
+                f.write(t)
+        assert sum(len(t.encode()) for t in texts) > 1_000_000
+        for kind in ("gpt2", "llama3"):
+            check_tokenizer(kind, train(kind, corpus), tmp, inputs, texts)
+        check_refused(tmp)
+
+
+main()
