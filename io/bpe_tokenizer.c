@@ -17,6 +17,7 @@
  * empty string is refused: the library's Oniguruma and PCRE2 step past empty matches differently.
  */
 #include "bpe_tokenizer.h"
+#include "tokens.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cJSON.h>
@@ -997,3 +998,21 @@ int64_t rt_bpe_token_id(const rt_bpe_tokenizer *tok, const char *content) {
 }
 
 uint64_t rt_bpe_content_hash(const rt_bpe_tokenizer *tok) { return tok->hash; }
+
+int rt_bpe_load_recorded(const char *token_file, rt_bpe_tokenizer **tok, char *path, size_t cap, rt_error *why) {
+    *tok = NULL;
+    rt_token_file tf;
+    rt_error ignored;
+    if (!token_file[0] || rt_tokens_open(&tf, token_file, &ignored)) return 0;
+    uint64_t hash = 0;
+    int recorded = rt_tokens_tokenizer(&tf, path, cap, &hash);
+    rt_tokens_close(&tf);
+    if (!recorded) return 0;
+    *tok = rt_bpe_load(path, &ignored);
+    if (*tok && rt_bpe_content_hash(*tok) == hash) return 1;
+    int changed = *tok != NULL;
+    rt_bpe_free(*tok);
+    *tok = NULL;
+    return rt_fail(why, "%s recorded tokenizer %s, which %s", token_file, path,
+                   changed ? "has changed since" : "is missing or unreadable");
+}

@@ -59,4 +59,9 @@ int64_t rt_bpe_special_id(const rt_bpe_tokenizer *tok, const char *content);
 uint64_t rt_bpe_content_hash(const rt_bpe_tokenizer *tok);
 uint64_t rt_bpe_fnv1a(const void *data, size_t len);
 
+/* The tokenizer a token file recorded (prepare --tokenizer), loaded: 1 + *tok (and its path) when one is
+ * recorded and the file there still has the recorded content; 0 when none is recorded (or the token file does
+ * not open); -1 + why when one is recorded but is missing, unreadable or changed since. */
+int rt_bpe_load_recorded(const char *token_file, rt_bpe_tokenizer **tok, char *path, size_t cap, rt_error *why);
+
 #endif

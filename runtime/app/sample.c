@@ -18,6 +18,9 @@
 #include "runtime/model/model.h"
 #include "runtime/model/model_io.h"
 
+/* Tokens of context at most when sampling from a Hugging Face directory. */
+#define HF_WINDOW_MAX 4096
+
 static uint64_t next_random(uint64_t *state) {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
@@ -140,29 +143,29 @@ static int prompt_tokens(const rt_sample_options *opt, rt_bpe_tokenizer *tok, in
 static int open_tokenizer(const rt_sample_options *opt, const rt_config *cfg, rt_bpe_tokenizer **tok, rt_error *err) {
     *tok = NULL;
     if (opt->tokenizer) return (*tok = rt_bpe_load(opt->tokenizer, err)) ? 0 : -1;
-    rt_token_file tf;
-    rt_error ignored;
-    if (!cfg->data_train[0] || rt_tokens_open(&tf, cfg->data_train, &ignored)) return 0;
     char path[RT_TOKENS_TOKENIZER_PATH_MAX];
-    uint64_t hash = 0;
-    int recorded = rt_tokens_tokenizer(&tf, path, sizeof path, &hash);
-    rt_tokens_close(&tf);
-    if (!recorded) return 0;
-    *tok = rt_bpe_load(path, &ignored);
-    if (*tok && rt_bpe_content_hash(*tok) == hash) return 0;
-    fprintf(stderr, "ringtrain: warning: %s recorded tokenizer %s, which %s; printing token ids\n", cfg->data_train,
-            path, *tok ? "has changed since" : "is missing or unreadable");
-    rt_bpe_free(*tok);
-    *tok = NULL;
+    if (rt_hf_is_dir(opt->model_path)) { /* a Hugging Face directory's own tokenizer.json, when it has one */
+        snprintf(path, sizeof path, "%s/tokenizer.json", opt->model_path);
+        return access(path, F_OK) != 0 || (*tok = rt_bpe_load(path, err)) ? 0 : -1;
+    }
+    rt_error why;
+    if (rt_bpe_load_recorded(cfg->data_train, tok, path, sizeof path, &why) < 0)
+        fprintf(stderr, "ringtrain: warning: %s; printing token ids\n", why.msg);
     return 0;
 }
 
 int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     rt_config cfg;
     rt_config_defaults(&cfg);
-    int from_hdf5 = rt_model_file_is_hdf5(opt->model_path, err);
+    const int from_hf = rt_hf_is_dir(opt->model_path);
+    int from_hdf5 = from_hf ? 0 : rt_model_file_is_hdf5(opt->model_path, err);
     if (from_hdf5 < 0) return -1;
-    if (from_hdf5) {
+    if (from_hf) {
+        /* A Hugging Face directory: its config.json; windows up to HF_WINDOW_MAX tokens (long-context models
+         * declare far more positions than a sample needs memory for). */
+        if (rt_config_from_hf(&cfg, opt->model_path, err)) return -1;
+        cfg.seq_len = cfg.max_seq_len < HF_WINDOW_MAX ? cfg.max_seq_len : HF_WINDOW_MAX;
+    } else if (from_hdf5) {
         /* The stored config, checked to describe a valid model the file's tensors back (model.h5 or a
          * checkpoint: both keep the weights as /model). */
         if (rt_config_from_checkpoint(&cfg, opt->model_path, err)) return -1;
@@ -187,13 +190,13 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     if (opt->logits_path &&
         (size_t)snprintf(logits_tmp, sizeof logits_tmp, "%s.tmp", opt->logits_path) >= sizeof logits_tmp)
         return rt_fail(err, "%s: path too long", opt->logits_path);
-    if (rt_model_init(
-            &model, &shape, be, &mem,
-            &(rt_model_options){.mode = RT_ACT_RECOMPUTE, .max_seqs = 1, .max_local_len = (size_t)shape.max_seq_len},
-            err))
+    if (rt_model_init(&model, &shape, be, &mem,
+                      &(rt_model_options){.mode = RT_ACT_RECOMPUTE,
+                                          .max_seqs = 1,
+                                          .max_local_len = (size_t)(from_hf ? cfg.seq_len : shape.max_seq_len)},
+                      err))
         goto done;
-    if ((from_hdf5 ? rt_model_load(&model, opt->model_path, err) : rt_model_load_llmc(&model, opt->model_path, err)))
-        goto done;
+    if (rt_model_load_init_file(&model, opt->model_path, err)) goto done;
     const int V = shape.vocab_size, byte_vocab = V <= RT_BYTE_VOCAB;
     size_t n = 0;
     if (open_tokenizer(opt, &cfg, &tok, err)) goto done;
@@ -211,7 +214,7 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     if (!tokens) rt_fatal("out of host memory for %d sampled tokens", opt->n_tokens);
     /* A ringtrain model saw positions below train.seq_len only: longer windows ask RoPE or wpe for
      * positions it never learned. llm.c files carry no training length: their max_seq_len. */
-    const size_t window_max = (size_t)(from_hdf5 ? cfg.seq_len : shape.max_seq_len);
+    const size_t window_max = (size_t)(from_hdf5 || from_hf ? cfg.seq_len : shape.max_seq_len);
     int32_t *inputs = malloc_check(window_max * sizeof *inputs), *targets = malloc_check(window_max * sizeof *targets);
     int64_t *pos = malloc_check(window_max * sizeof *pos);
     float *logits = malloc_check((size_t)V * sizeof *logits);

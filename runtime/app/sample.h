@@ -8,7 +8,7 @@
 #include "runtime/core/common.h"
 
 typedef struct {
-    const char *model_path;  /* ringtrain model.h5 or checkpoint, or an llm.c GPT-2 .bin */
+    const char *model_path;  /* ringtrain model.h5 or checkpoint, an llm.c GPT-2 .bin, or a Hugging Face directory */
     const char *prompt;      /* text (byte vocab or a tokenizer) or comma-separated token ids; may be NULL */
     const char *prompt_ids;  /* comma-separated token ids, whatever the vocabulary; overrides prompt */
     const char *tokenizer;   /* a tokenizer.json; NULL: the one the run's data.train recorded, if any */

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "hf_model.h"
+#include "io/bpe_tokenizer.h"
 #include "io/model_file.h"
 
 /* Our view name of each llm.c tensor; per-layer ones get the "layers.<l>." prefix. */
@@ -336,7 +337,21 @@ int rt_export_hf(const char *source, const char *out_dir, const rt_hf_write_opti
     float *host = malloc_check(table.total * sizeof(float));
     int rc =
         from_hf ? rt_hf_read_params(&shape, &table, source, host, err) : read_hdf5(&shape, &table, source, host, err);
-    if (rc == 0) rc = rt_hf_write_dir(&cfg, &shape, &table, host, out_dir, opt, err);
+    /* The tokenizer goes with the weights: the source directory's own, or the one the run's data recorded. */
+    rt_hf_write_options with_tokenizer = *opt;
+    char tokenizer[RT_PATH_LEN + 32];
+    if (!opt->tokenizer_path && from_hf) {
+        snprintf(tokenizer, sizeof tokenizer, "%s/tokenizer.json", source);
+        if (access(tokenizer, F_OK) == 0) with_tokenizer.tokenizer_path = tokenizer;
+    } else if (!opt->tokenizer_path) {
+        rt_bpe_tokenizer *tok = NULL;
+        rt_error why;
+        int recorded = rt_bpe_load_recorded(cfg.data_train, &tok, tokenizer, sizeof tokenizer, &why);
+        rt_bpe_free(tok);
+        if (recorded > 0) with_tokenizer.tokenizer_path = tokenizer;
+        if (recorded < 0) fprintf(stderr, "ringtrain: warning: %s; exporting without tokenizer.json\n", why.msg);
+    }
+    if (rc == 0) rc = rt_hf_write_dir(&cfg, &shape, &table, host, out_dir, &with_tokenizer, err);
     free(host);
     rt_view_table_free(&table);
     if (rc == 0 && info) *info = cfg;
