@@ -136,12 +136,22 @@ def same_config(src, out):
     assert not differ, f"config.json differs (in, out): {differ}"
 
 
-def case_roundtrip(binary, work, config, dtype="float32"):
+def case_roundtrip(binary, work, config, dtype="float32", shard_in=None, shard_mib=None):
     import torch
     src, out = os.path.join(work, "src"), os.path.join(work, "out")
-    hf_torch.save(hf_torch.make_model(config, seed=13), src, getattr(torch, dtype))
+    hf_torch.save(hf_torch.make_model(config, seed=13), src, getattr(torch, dtype), shard_in)
     args = [binary, "export", "--checkpoint", src, "--hf", out]
-    hf_files.run(args + (["--dtype", "bf16"] if dtype == "bfloat16" else []))
+    args += ["--dtype", "bf16"] if dtype == "bfloat16" else []
+    hf_files.run(args + (["--shard-mib", shard_mib] if shard_mib else []))
+    if shard_mib:
+        shards = glob.glob(os.path.join(out, "*.safetensors"))
+        assert len(shards) >= 2 and os.path.exists(os.path.join(out, "model.safetensors.index.json")), \
+            f"--shard-mib {shard_mib} wrote {len(shards)} safetensors files (and an index?), expected >= 2 and one"
+        loaded = hf_torch.load(out).state_dict()  # transformers follows the index
+        original = hf_torch.load(src).state_dict()
+        assert all(torch.equal(loaded[k], original[k]) for k in original), "transformers reads other values back"
+        print(f"{len(glob.glob(os.path.join(src, '*.safetensors')))} shards in, {len(shards)} out with an index; "
+              "transformers reads the same values from both")
     a, b = hf_files.read_hf_dir(src), hf_files.read_hf_dir(out)
     assert sorted(a) == sorted(b), f"tensor names differ: only in the input {sorted(set(a) - set(b))}, " \
                                    f"only in the export {sorted(set(b) - set(a))}"
@@ -184,11 +194,15 @@ def main():
         "import_llama_bf16": lambda w: case_import(binary, w, hf_torch.llama_config(), "bfloat16"),
         "import_llama_sharded": lambda w: case_import(binary, w, hf_torch.llama_config(), shard="100KB", min_files=3),
         "import_llama_tied": lambda w: case_import(binary, w, hf_torch.llama_config(tied=True)),
+        "import_llama_head_dim": lambda w: case_import(binary, w, hf_torch.llama_config(head_dim=24)),
         "import_gpt2": lambda w: case_import(binary, w, hf_torch.gpt2_config()),
         "roundtrip_llama": lambda w: case_roundtrip(binary, w, hf_torch.llama_config()),
         "roundtrip_gpt2": lambda w: case_roundtrip(binary, w, hf_torch.gpt2_config()),
         "roundtrip_llama_tied": lambda w: case_roundtrip(binary, w, hf_torch.llama_config(tied=True)),
         "roundtrip_bf16": lambda w: case_roundtrip(binary, w, hf_torch.llama_config(), "bfloat16"),
+        # 4096 x 64 embeddings and head: 2 MiB, so --shard-mib 1 must split
+        "roundtrip_sharded": lambda w: case_roundtrip(binary, w, hf_torch.llama_config(vocab=4096), shard_in="300KB",
+                                                      shard_mib=1),
         "export_bf16_rounding": lambda w: case_bf16_rounding(binary, w),
         "bad_input": lambda w: hf_checks.bad_inputs(binary, w),
     }
