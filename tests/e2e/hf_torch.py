@@ -44,8 +44,11 @@ def save(model, directory, dtype=torch.float32, max_shard_size=None):
 
 def load(directory):
     """fp32, eager attention, dropout off; bf16 files widen exactly."""
-    model = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32,
-                                                              attn_implementation="eager")
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(
+        directory, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+    # transformers fills a missing tensor with random values and only warns: here that is a failure
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    assert not problems, f"{directory}: transformers did not load it cleanly: {problems}"
     return model.eval()
 
 
