@@ -355,20 +355,62 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name) {
     return NULL;
 }
 
-static float bits_to_f32(uint32_t bits) {
+static inline float bits_to_f32(uint32_t bits) {
     float x;
     memcpy(&x, &bits, sizeof x);
     return x;
 }
 
-/* fp16 bits (finite) to fp32: normal values rebias the exponent; subnormals are mantissa * 2^-24, exact in fp32. */
-static float f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
-    if (exp == 0) {
-        float x = (float)mant * 0x1p-24f;
-        return sign ? -x : x;
+/* fp16 bits (finite) to fp32: normal values rebias the exponent (15 -> 127); subnormals are mantissa * 2^-24,
+ * exact in fp32. Both are computed and one selected. */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t normal = sign | ((uint32_t)(h & 0x7fff) + (112u << 10)) << 13;
+    float sub = (float)(h & 0x3ff) * 0x1p-24f;
+    uint32_t subnormal;
+    memcpy(&subnormal, &sub, sizeof subnormal);
+    uint32_t is_normal = 0u - (uint32_t)((h & 0x7c00) != 0); /* a mask, not a branch: GCC vectorizes the loop */
+    return bits_to_f32((normal & is_normal) | ((sign | subnormal) & ~is_normal));
+}
+
+/* Widens count values at src into out; returns whether any was NaN or infinite. Branch-free bodies with an
+ * or-reduction, so each loop vectorizes; the caller looks for the offending element only when one exists. */
+static int widen(rt_st_dtype dtype, const unsigned char *src, size_t count, float *out) {
+    unsigned bad = 0;
+    if (dtype == RT_ST_F32) {
+        memcpy(out, src, count * 4);
+        for (size_t i = 0; i < count; i++) {
+            uint32_t u;
+            memcpy(&u, out + i, 4);
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+        }
+    } else if (dtype == RT_ST_BF16) {
+        for (size_t i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            out[i] = bits_to_f32((uint32_t)h << 16);
+            bad |= (h & 0x7f80u) == 0x7f80u;
+        }
+    } else {
+        for (size_t i = 0; i < count; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            out[i] = f16_to_f32(h);
+            bad |= (h & 0x7c00u) == 0x7c00u;
+        }
     }
-    return bits_to_f32(sign | (exp + 112) << 23 | mant << 13);
+    return bad != 0;
+}
+
+/* Index of the first NaN or infinity among count values at src (count when none). */
+static size_t first_nonfinite(rt_st_dtype dtype, const unsigned char *src, size_t count) {
+    for (size_t i = 0; i < count; i++) {
+        uint32_t u = 0;
+        memcpy(&u, src + i * rt_st_dtype_size(dtype), rt_st_dtype_size(dtype));
+        uint32_t exp = dtype == RT_ST_F32 ? 0x7f800000u : dtype == RT_ST_BF16 ? 0x7f80u : 0x7c00u;
+        if ((u & exp) == exp) return i;
+    }
+    return count;
 }
 
 int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, size_t first, size_t count, float *out, rt_error *err) {
@@ -376,28 +418,9 @@ int rt_st_read_f32(const rt_st_file *f, const rt_st_tensor *t, size_t first, siz
     if (first > t->numel || count > t->numel - first)
         return rt_fail(err, "%s: tensor '%s': elements [%zu, %zu + %zu) asked for, it holds %zu", f->path,
                        shown(t->name, sn), first, first, count, t->numel);
-    size_t size = rt_st_dtype_size(t->dtype);
-    const unsigned char *src = f->data + t->begin + first * size;
-    for (size_t i = 0; i < count; i++) {
-        const unsigned char *b = src + i * size;
-        int finite;
-        if (t->dtype == RT_ST_F32) {
-            uint32_t bits = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
-            finite = (bits & 0x7f800000u) != 0x7f800000u;
-            out[i] = bits_to_f32(bits);
-        } else {
-            uint16_t bits = (uint16_t)(b[0] | b[1] << 8);
-            if (t->dtype == RT_ST_BF16) {
-                finite = (bits & 0x7f80u) != 0x7f80u;
-                out[i] = bits_to_f32((uint32_t)bits << 16);
-            } else {
-                finite = (bits & 0x7c00u) != 0x7c00u;
-                out[i] = finite ? f16_to_f32(bits) : 0.0f;
-            }
-        }
-        if (!finite)
-            return rt_fail(err, "%s: tensor '%s': element %zu is NaN or infinite, expected finite values", f->path,
-                           shown(t->name, sn), first + i);
-    }
+    const unsigned char *src = f->data + t->begin + first * rt_st_dtype_size(t->dtype);
+    if (widen(t->dtype, src, count, out))
+        return rt_fail(err, "%s: tensor '%s': element %zu is NaN or infinite, expected finite values", f->path,
+                       shown(t->name, sn), first + first_nonfinite(t->dtype, src, count));
     return 0;
 }

@@ -15,12 +15,23 @@
  * may hold "__metadata__": {string: string}.
  *
  * The reader checks every field before it is used: the header length within the
- * file, the JSON an object of objects, known dtypes only (F32, F16, BF16: other
- * dtypes are refused naming the tensor), shapes of non-negative integers whose
- * product times the dtype size equals end - begin, offsets that tile the data
- * section in order without gaps or overlaps, no duplicate names. Errors name the
- * file, the tensor and the field.
+ * file and at most 100,000,000 bytes (the Python library's bound), the header
+ * UTF-8 JSON followed by nothing but whitespace padding, an object of objects,
+ * known dtypes only (F32, F16, BF16: other dtypes are refused naming the tensor),
+ * shapes of at most RT_ST_MAX_DIMS integers in [0, 2^53] whose product times the
+ * dtype size equals end - begin, offsets that, sorted, tile the data section
+ * without gaps or overlaps, names unique and shorter than RT_ST_NAME_LEN,
+ * "__metadata__" values strings. Keys of a tensor's object other than the three
+ * are ignored, as the format allows. Errors name the file, the tensor and the
+ * field, on one line (control characters in names shown as '?').
+ *
+ * Reader and writer copy values as host words: the host must be little-endian,
+ * as the values are (checked at compile time).
  */
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "safetensors values are little-endian; the reader and writer copy them as host words"
+#endif
 
 #define RT_ST_MAX_DIMS 8
 #define RT_ST_NAME_LEN 256

@@ -4,12 +4,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 /* Converted values are gathered here and written in pieces of this size. */
-#define WRITE_BUFFER_BYTES (1u << 20)
+#define WRITE_BUFFER_BYTES (4u << 20)
 
 struct rt_st_writer {
     char path[1024];
@@ -24,38 +25,50 @@ struct rt_st_writer {
     int failed; /* a put failed: the file is already removed */
 };
 
-static uint32_t f32_bits(float x) {
+static inline uint32_t f32_bits(float x) {
     uint32_t bits;
     memcpy(&bits, &x, sizeof bits);
     return bits;
 }
 
-uint16_t rt_st_f32_to_bf16(float x) {
-    uint32_t bits = f32_bits(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(bits >> 16 | 0x40); /* quiet NaN, sign kept */
-    /* Adding 0x7fff plus the kept part's lowest bit carries exactly when the dropped half rounds up to even. */
-    return (uint16_t)((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);
+static inline float bits_f32(uint32_t bits) {
+    float x;
+    memcpy(&x, &bits, sizeof x);
+    return x;
 }
 
-uint16_t rt_st_f32_to_f16(float x) {
+static inline uint16_t to_bf16(float x) {
+    uint32_t bits = f32_bits(x);
+    /* Adding 0x7fff plus the kept part's lowest bit carries exactly when the dropped half rounds up to even. */
+    uint16_t rounded = (uint16_t)((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);
+    uint16_t quiet_nan = (uint16_t)(bits >> 16 | 0x40); /* sign kept */
+    /* a select, not a branch: the writer's loop over a run of values vectorizes */
+    return (bits & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded;
+}
+
+/* Every case is computed and one selected (no branch), so the writer's loop vectorizes. */
+static inline uint16_t to_f16(float x) {
     uint32_t bits = f32_bits(x);
     uint16_t sign = (uint16_t)(bits >> 16 & 0x8000);
     uint32_t a = bits & 0x7fffffffu;
-    if (a > 0x7f800000u) return sign | 0x7e00;  /* quiet NaN */
-    if (a >= 0x477ff000u) return sign | 0x7c00; /* 65520 and above: the tie past 65504 rounds to infinity */
-    if (a < 0x38800000u) {                      /* below 2^-14: an fp16 subnormal, value = m * 2^-24 */
-        uint32_t e = a >> 23;
-        if (e < 102) return sign; /* below 2^-25, or exactly it (a tie, to even 0) */
-        uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126 - e;
-        uint32_t q = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (q & 1))) q++;
-        return sign | (uint16_t)q; /* q may reach 0x400: the smallest normal, correctly */
-    }
-    uint32_t rebiased = a - (112u << 23); /* exponent bias 127 -> 15 */
-    uint32_t q = rebiased >> 13, rem = rebiased & 0x1fff;
-    if (rem > 0x1000 || (rem == 0x1000 && (q & 1))) q++;
-    return sign | (uint16_t)q;
+    /* normal: rebias the exponent (127 -> 15) and round the 13 dropped bits to nearest even */
+    uint32_t rebiased = a - (112u << 23);
+    uint32_t normal = (rebiased + 0xfffu + (rebiased >> 13 & 1)) >> 13;
+    /* below 2^-14 (fp16 subnormal, value = m * 2^-24): adding 0.5 makes the fp32 ulp 2^-24, so the fp32 addition
+     * itself rounds |x| to nearest even at fp16's subnormal spacing; m is what lands in the low bits */
+    float shifted = bits_f32(a) + 0.5f;
+    uint32_t subnormal = f32_bits(shifted) - 0x3f000000u;
+    /* masks rather than branches or selects: GCC vectorizes the writer's loop only then */
+    uint32_t is_nan = 0u - (uint32_t)(a > 0x7f800000u);
+    uint32_t is_inf = 0u - (uint32_t)(a >= 0x477ff000u); /* 65520 and up: the tie past 65504 rounds to infinity */
+    uint32_t is_sub = 0u - (uint32_t)(a < 0x38800000u);  /* may reach 0x400, the smallest normal, correctly */
+    uint32_t finite = (subnormal & is_sub) | (normal & ~is_sub);
+    uint32_t h = (0x7e00u & is_nan) | (0x7c00u & is_inf & ~is_nan) | (finite & ~is_inf);
+    return sign | (uint16_t)h;
 }
+
+uint16_t rt_st_f32_to_bf16(float x) { return to_bf16(x); }
+uint16_t rt_st_f32_to_f16(float x) { return to_f16(x); }
 
 /* Appends s to the header as a JSON string (quotes, backslashes and control bytes escaped). */
 static size_t json_string(char *out, const char *s) {
@@ -152,10 +165,11 @@ static int check_decls(const char *path, const rt_st_decl *decls, int n_decls, s
                                (long long)v);
             numel[i] = v == 0 || numel[i] == 0 ? 0 : numel[i] > (1ull << 53) / (uint64_t)v ? SIZE_MAX : numel[i] * v;
         }
-        size_t bytes = numel[i] * rt_st_dtype_size(d->dtype);
-        if (numel[i] > (1ull << 53) / 4 || total + bytes > (1ull << 53))
+        /* 2^53: offsets beyond it are not exact as JSON numbers (doubles), so the reader refuses them */
+        size_t size = rt_st_dtype_size(d->dtype);
+        if (numel[i] > (1ull << 53) / size || total + numel[i] * size > (1ull << 53))
             return rt_fail(err, "%s: tensor '%s' ends past 2^53 bytes of data", path, d->name);
-        total += bytes;
+        total += numel[i] * size;
     }
     return 0;
 }
@@ -177,7 +191,6 @@ rt_st_writer *rt_st_writer_open(const char *path, const rt_st_decl *decls, int n
     w->n_decls = n_decls;
     w->numel = calloc_check(n_decls > 0 ? (size_t)n_decls : 1, sizeof *w->numel);
     if (check_decls(path, decls, n_decls, w->numel, err) != 0) {
-        w->n_decls = 0;
         writer_free(w);
         return NULL;
     }
@@ -217,32 +230,60 @@ static int flush(rt_st_writer *w, rt_error *err) {
     return rc;
 }
 
-/* One value of the current tensor, converted to its dtype, into the buffer. */
-static int put_one(rt_st_writer *w, float x, rt_error *err) {
-    const rt_st_decl *d = &w->decls[w->current];
-    uint32_t bits;
-    if (d->dtype == RT_ST_F32) {
-        bits = f32_bits(x);
+/* Narrows count values into dst in dtype; returns whether any became NaN or infinite there. An or-reduction
+ * rather than an early exit keeps the fp32 and bf16 loops vectorizable. */
+static int narrow(rt_st_dtype dtype, const float *values, size_t count, unsigned char *dst) {
+    unsigned bad = 0;
+    if (dtype == RT_ST_F32) {
+        memcpy(dst, values, count * 4);
+        for (size_t i = 0; i < count; i++)
+            bad |= (f32_bits(values[i]) & 0x7f800000u) == 0x7f800000u;
+    } else if (dtype == RT_ST_BF16) {
+        for (size_t i = 0; i < count; i++) {
+            uint16_t h = to_bf16(values[i]);
+            memcpy(dst + 2 * i, &h, 2);
+            bad |= (h & 0x7f80u) == 0x7f80u;
+        }
     } else {
-        bits = d->dtype == RT_ST_BF16 ? rt_st_f32_to_bf16(x) : rt_st_f32_to_f16(x);
+        for (size_t i = 0; i < count; i++) {
+            uint16_t h = to_f16(values[i]);
+            memcpy(dst + 2 * i, &h, 2);
+            bad |= (h & 0x7c00u) == 0x7c00u;
+        }
     }
-    int nonfinite = d->dtype == RT_ST_F32    ? (bits & 0x7f800000u) == 0x7f800000u
-                    : d->dtype == RT_ST_BF16 ? (bits & 0x7f80u) == 0x7f80u
-                                             : (bits & 0x7c00u) == 0x7c00u;
-    if (nonfinite)
-        return rt_fail(err, "%s: tensor '%s': element %zu is %g, not finite in %s", w->path, d->name, w->done,
-                       (double)x, rt_st_dtype_name(d->dtype));
+    return bad != 0;
+}
+
+/* Index of the first of count values that is not finite in dtype (count when none). */
+static size_t first_nonfinite(rt_st_dtype dtype, const float *values, size_t count) {
+    unsigned char one[4];
+    for (size_t i = 0; i < count; i++)
+        if (narrow(dtype, values + i, 1, one)) return i;
+    return count;
+}
+
+/* The next values of the current tensor, at most to its end, converted into the buffer; returns how many it
+ * took (at least one), or -1. */
+static ptrdiff_t put_run(rt_st_writer *w, const float *values, size_t count, rt_error *err) {
+    const rt_st_decl *d = &w->decls[w->current];
     size_t size = rt_st_dtype_size(d->dtype);
-    if (w->buf_bytes + size > WRITE_BUFFER_BYTES && flush(w, err) != 0) return -1;
-    for (size_t i = 0; i < size; i++)
-        w->buf[w->buf_bytes++] = (unsigned char)(bits >> (8 * i));
-    if (++w->done == w->numel[w->current]) {
+    if (WRITE_BUFFER_BYTES - w->buf_bytes < size && flush(w, err) != 0) return -1;
+    size_t room = (WRITE_BUFFER_BYTES - w->buf_bytes) / size;
+    if (count > room) count = room;
+    if (narrow(d->dtype, values, count, w->buf + w->buf_bytes)) {
+        size_t i = first_nonfinite(d->dtype, values, count);
+        return rt_fail(err, "%s: tensor '%s': element %zu is %g, not finite in %s", w->path, d->name, w->done + i,
+                       (double)values[i], rt_st_dtype_name(d->dtype));
+    }
+    w->buf_bytes += count * size;
+    w->done += count;
+    if (w->done == w->numel[w->current]) {
         w->done = 0;
         do
             w->current++;
         while (w->current < w->n_decls && w->numel[w->current] == 0);
     }
-    return 0;
+    return (ptrdiff_t)count;
 }
 
 /* Closes and removes the file at the first failure, so that no partial file outlives it. */
@@ -256,12 +297,16 @@ static int fail_put(rt_st_writer *w) {
 
 int rt_st_writer_put(rt_st_writer *w, const float *values, size_t count, rt_error *err) {
     if (w->failed) return rt_fail(err, "%s: an earlier write failed, the file is gone", w->path);
-    for (size_t i = 0; i < count; i++) {
+    while (count > 0) {
         if (w->current == w->n_decls) {
-            rt_fail(err, "%s: %zu values more than the declared tensors hold", w->path, count - i);
+            rt_fail(err, "%s: %zu values more than the declared tensors hold", w->path, count);
             return fail_put(w);
         }
-        if (put_one(w, values[i], err) != 0) return fail_put(w);
+        size_t left = w->numel[w->current] - w->done;
+        ptrdiff_t n = put_run(w, values, count < left ? count : left, err);
+        if (n < 0) return fail_put(w);
+        values += n;
+        count -= (size_t)n;
     }
     return 0;
 }

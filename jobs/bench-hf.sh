@@ -4,8 +4,9 @@
 #   export: a ringtrain model.h5 -> a Hugging Face directory (export --hf: HDF5 read, rows permuted, written)
 #   import: inspect DIR (every tensor read, checked finite, widened or copied into ringtrain's layout: the
 #           path model.init_from = DIR takes) and export DIR -> DIR2 (import and export in one process)
-# Each command runs 3 times, alternating with dd; the medians are printed. The page cache is warm for all
-# (the files were just written), as it is for dd; nothing calls fsync.
+# Each command runs 3 times, alternating with dd; the medians are printed. The page cache is warm for every
+# read (the files were just written), as it is for dd; export syncs each file it writes (fsync), and so does
+# dd (conv=fsync).
 # Usage: jobs/bench-hf.sh   (RT_BENCH_DIR: where the files go, default runs/; RT_BUILD_DIR: default build/).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -34,7 +35,7 @@ bytes=$(stat -c %s "$out/hf/model.safetensors")
 declare -A t
 for run in 1 2 3; do
   rm -rf "$out/x" "$out/y" "$out/copy"
-  t[dd]+=" $(seconds dd if="$out/hf/model.safetensors" of="$out/copy" bs=16M status=none)"
+  t[dd]+=" $(seconds dd if="$out/hf/model.safetensors" of="$out/copy" bs=16M conv=fsync status=none)"
   t[export]+=" $(seconds "$rt" export --checkpoint "$model" --hf "$out/x" --shard-mib 0)"
   t[inspect]+=" $(seconds "$rt" inspect "$out/hf")"
   t[roundtrip]+=" $(seconds "$rt" export --checkpoint "$out/hf" --hf "$out/y" --shard-mib 0)"

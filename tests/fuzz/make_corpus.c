@@ -1,6 +1,6 @@
 /* make_corpus.c: writes the fuzzers' seed corpus (small valid files and a few edge cases) under DIR.
  *
- * Usage: make_corpus DIR   (DIR/<target>/<name> for target tokens, llmc_model, config, checkpoint)
+ * Usage: make_corpus DIR   (DIR/<target>/<name> for target tokens, llmc_model, config, checkpoint, safetensors)
  * The files are checked in under tests/fuzz/corpus; rerun this after a format change.
  */
 #include <errno.h>
@@ -14,6 +14,7 @@
 #include "fuzz_views.h"
 #include "io/llmc_model.h"
 #include "io/model_file.h"
+#include "io/safetensors.h"
 #include "io/tokens.h"
 
 static const char *out_dir;
@@ -190,6 +191,40 @@ static void checkpoint(void) {
     H5Tclose(vlen);
 }
 
+/* ---- safetensors ---- */
+
+static void safetensors(void) {
+    rt_error err;
+    rt_st_decl decls[] = {{"wte", RT_ST_BF16, 2, {4, 3}},
+                          {"ln.w", RT_ST_F32, 1, {3}},
+                          {"empty", RT_ST_F16, 2, {0, 2}},
+                          {"h", RT_ST_F16, 0, {0}}};
+    const char *meta[][2] = {{"format", "pt"}};
+    float values[16];
+    for (int i = 0; i < 16; i++)
+        values[i] = (float)(i - 7) * 0.375f;
+    rt_st_writer *w = rt_st_writer_open(corpus_path("safetensors", "valid.safetensors"), decls, 4, meta, 1, &err);
+    if (!w) check(-1, &err);
+    check(rt_st_writer_put(w, values, 16, &err), &err);
+    check(rt_st_writer_finish(w, &err), &err);
+
+    /* hand-built edge cases: a NaN stored in BF16, a dtype the reader refuses, offsets with a gap */
+    const char *cases[][2] = {
+        {"nan.safetensors", "{\"x\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[0,4]}}"},
+        {"i64.safetensors", "{\"x\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[0,4]}}"},
+        {"gap.safetensors", "{\"x\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[2,4]}}"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        unsigned char file[256] = {0};
+        size_t n = strlen(cases[c][1]);
+        file[0] = (unsigned char)n;
+        memcpy(file + 8, cases[c][1], n);
+        const unsigned char data[4] = {0x80, 0x3f, 0xc0, 0x7f}; /* bf16 1.0, NaN */
+        memcpy(file + 8 + n, data, 4);
+        write_bytes("safetensors", cases[c][0], file, 8 + n + 4);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) {
         fprintf(stderr, "usage: make_corpus DIR\n");
@@ -205,5 +240,6 @@ int main(int argc, char **argv) {
     llmc_model();
     config();
     checkpoint();
+    safetensors();
     return 0;
 }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io/safetensors.h"
 #include "tests/support/io_files.h"
@@ -247,17 +248,21 @@ static void test_roundtrip(void) {
     dir_make(&td);
     char path[256];
     dir_path(&td, "r.safetensors", path);
+    /* "odd" leaves the writer's 4 MiB buffer 2 bytes off a 4-byte boundary, so "wide" ends up with 2 bytes of
+     * room that no F32 value fits: the flush in the middle of a tensor, and "big" crosses the buffer again. */
     rt_st_decl decls[] = {{"layers.0.w", RT_ST_F32, 2, {3, 5}}, {"empty", RT_ST_F32, 2, {0, 4}},
                           {"layers.0.b", RT_ST_BF16, 1, {7}},   {"h", RT_ST_F16, 3, {2, 3, 2}},
-                          {"scalar", RT_ST_BF16, 0, {0}},       {"big", RT_ST_BF16, 1, {300000}}};
-    size_t total = 15 + 7 + 12 + 1 + 300000;
+                          {"scalar", RT_ST_BF16, 0, {0}},       {"odd", RT_ST_BF16, 1, {1}},
+                          {"wide", RT_ST_F32, 1, {1100000}},    {"big", RT_ST_BF16, 1, {3000000}}};
+    enum { N_DECLS = sizeof decls / sizeof decls[0] };
+    size_t total = 15 + 7 + 12 + 1 + 1 + 1100000 + 3000000;
     float *x = malloc(total * sizeof *x), *back = malloc(total * sizeof *back);
     test_fill_uniform(x, total, -4.0f, 4.0f, 7);
     x[15] = 1e-6f;    /* a bf16 normal */
     x[22] = 3e-6f;    /* an fp16 subnormal */
     x[23] = 60000.0f; /* near fp16's largest */
     rt_error err = {{0}};
-    rt_st_writer *w = rt_st_writer_open(path, decls, 6, NULL, 0, &err);
+    rt_st_writer *w = rt_st_writer_open(path, decls, N_DECLS, NULL, 0, &err);
     CU_ASSERT_PTR_NOT_NULL_FATAL(w);
     int ok = 1;
     for (size_t at = 0, piece = 1; at < total; at += piece, piece = piece * 3 + 1) {
@@ -269,11 +274,11 @@ static void test_roundtrip(void) {
 
     rt_st_file f;
     CU_ASSERT_EQUAL_FATAL(rt_st_open(&f, path, &err), 0);
-    CU_ASSERT_EQUAL(f.count, 6);
+    CU_ASSERT_EQUAL(f.count, N_DECLS);
     CU_ASSERT_EQUAL((f.data - (const unsigned char *)f.map) % 8, 0);
     size_t at = 0;
     size_t wrong = 0;
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < N_DECLS; i++) {
         const rt_st_tensor *t = rt_st_find(&f, decls[i].name);
         CU_ASSERT_FATAL(t != NULL);
         CU_ASSERT(t->dtype == decls[i].dtype && t->ndim == decls[i].ndim);
@@ -433,6 +438,11 @@ static void test_open_file_errors(void) {
     ASSERT_MSG_HAS(err, "missing.safetensors: cannot open safetensors file: No such file");
     CU_ASSERT_EQUAL(rt_st_open(&f, td.dir, &err), -1);
     ASSERT_MSG_HAS(err, "not a regular file");
+    /* a FIFO with no writer: refused at once, not waited on */
+    dir_path(&td, "fifo.safetensors", path);
+    CU_ASSERT_EQUAL_FATAL(mkfifo(path, 0600), 0);
+    CU_ASSERT_EQUAL(rt_st_open(&f, path, &err), -1);
+    ASSERT_MSG_HAS(err, "fifo.safetensors: not a regular file");
     dir_path(&td, "empty.safetensors", path);
     write_raw(path, "", 0);
     CU_ASSERT_EQUAL(rt_st_open(&f, path, &err), -1);
@@ -501,6 +511,9 @@ static void test_writer_failures(void) {
     rt_st_decl neg[] = {{"a", RT_ST_F32, 2, {2, -1}}};
     CU_ASSERT_PTR_NULL(rt_st_writer_open(path, neg, 1, NULL, 0, &err));
     ASSERT_MSG_HAS(err, "tensor 'a': shape[1] is -1");
+    rt_st_decl huge[] = {{"a", RT_ST_BF16, 1, {1ll << 52}}, {"b", RT_ST_F32, 2, {1ll << 26, 1ll << 25}}};
+    CU_ASSERT_PTR_NULL(rt_st_writer_open(path, huge, 2, NULL, 0, &err)); /* 2^53 bytes, then 2^53 + 2^53 */
+    ASSERT_MSG_HAS(err, "tensor 'b' ends past 2^53 bytes of data");
     rt_st_decl meta[] = {{"__metadata__", RT_ST_F32, 0, {0}}};
     CU_ASSERT_PTR_NULL(rt_st_writer_open(path, meta, 1, NULL, 0, &err));
     ASSERT_MSG_HAS(err, "tensor 0's name is empty, __metadata__");
