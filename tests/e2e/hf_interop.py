@@ -6,9 +6,11 @@ usage: hf_interop.py CASE RINGTRAIN [MPIRUN ...]   (CASES below; MPIRUN: the mpi
 export_*: ringtrain trains a few steps, exports; transformers loads the directory and its loss, greedy tokens
   and logits must equal ringtrain's (its first-step loss from the exported directory, `sample --temperature 0
   --logits`) within 1e-4 relative.
-import_*: transformers makes and saves a random model; ringtrain's first-step loss and grad_norm from it must
-  equal a PyTorch step (fp32, eager) on the same window within 1e-5 relative.
-roundtrip_*: import then export of an untouched model gives back every tensor bit for bit.
+import_*: transformers makes and saves a random model (GQA, bf16, sharded, tied, head_dim != hidden/heads,
+  gpt2); ringtrain's first-step loss and grad_norm from it must equal a PyTorch step (fp32, eager) on the
+  same window within 1e-5 relative.
+roundtrip_*: import then export of an untouched model gives back every tensor bit for bit and the same
+  architecture in config.json (sharded: transformers' shards in, --shard-mib shards out).
 export_bf16_rounding: fp32 in, --dtype bf16 out equals PyTorch's conversion bit for bit.
 bad_input: damaged directories and files are refused with one stderr line naming the file and the field,
   exit status 1, nothing written.
@@ -179,7 +181,7 @@ def case_bf16_rounding(binary, work):
     want = {k: ("BF16", tuple(v.shape), v.to(torch.bfloat16).contiguous().view(torch.int16).numpy().tobytes())
             for k, v in model.state_dict().items()}
     assert sorted(got) == sorted(want), f"tensor names differ: {sorted(set(got) ^ set(want))}"
-    differ = {k: sum(a != b for a, b in zip(np.frombuffer(got[k][2], "<u2"), np.frombuffer(want[k][2], "<u2")))
+    differ = {k: int(np.count_nonzero(np.frombuffer(got[k][2], "<u2") != np.frombuffer(want[k][2], "<u2")))
               for k in want if got[k] != want[k]}
     assert not differ, f"bf16 values that are not PyTorch's rounding, per tensor: {differ}"
     print(f"{len(want)} tensors: every bf16 value is PyTorch's round-to-nearest-even of the fp32 input")
