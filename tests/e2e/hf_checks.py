@@ -11,7 +11,8 @@ from safetensors.numpy import load_file, save_file
 import hf_files
 import hf_torch
 
-TENSOR = "model.layers.0.mlp.down_proj.weight"
+TENSOR = "model.layers.0.mlp.down_proj.weight"  # (hidden, FFN)
+NAN_AT = (3, 5)
 
 
 def header_past_end(d):
@@ -52,7 +53,7 @@ def missing_tensor(d):
 
 def nan_weight(d):
     def change(t):
-        t[TENSOR][3, 5] = np.nan
+        t[TENSOR][NAN_AT] = np.nan
     resave(d, change)
 
 
@@ -83,7 +84,7 @@ CASES = [
     ("unknown dtype I32", "base", unknown_dtype, ST, [("dtype", "I32")]),
     ("shape disagrees with config.json", "base", wrong_shape, ST, [(TENSOR,)]),
     ("missing tensor", "base", missing_tensor, ST, [(TENSOR,)]),
-    ("NaN weight", "base", nan_weight, ST, [(TENSOR,)]),
+    ("NaN weight", "base", nan_weight, ST, [(TENSOR,), (str(NAN_AT[0] * hf_torch.FFN + NAN_AT[1]),)]),
     ("index names a missing shard", "sharded", missing_shard, None, []),
     ("model_type mistral", "base", config_edit(model_type="mistral"), CFG, [("model_type",)]),
     ("hidden_act gelu", "base", config_edit(hidden_act="gelu"), CFG, [("hidden_act",)]),

@@ -7,13 +7,13 @@ torch.set_num_threads(1)
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
-VOCAB, HIDDEN, LAYERS, HEADS, MAXPOS = 300, 64, 2, 4, 64
+VOCAB, HIDDEN, LAYERS, HEADS, MAXPOS, FFN = 300, 64, 2, 4, 64, 96
 
 
 def llama_config(kv_heads=2, tied=False, head_dim=None, vocab=VOCAB):
     # theta and eps away from both libraries' defaults, so a key that is not read shows in the loss
     return transformers.LlamaConfig(
-        vocab_size=vocab, hidden_size=HIDDEN, head_dim=head_dim, intermediate_size=96, num_hidden_layers=LAYERS,
+        vocab_size=vocab, hidden_size=HIDDEN, head_dim=head_dim, intermediate_size=FFN, num_hidden_layers=LAYERS,
         num_attention_heads=HEADS, num_key_value_heads=kv_heads, max_position_embeddings=MAXPOS,
         rms_norm_eps=3e-5, initializer_range=0.2, tie_word_embeddings=tied, bos_token_id=0, eos_token_id=1,
         rope_parameters={"rope_type": "default", "rope_theta": 5000.0})
