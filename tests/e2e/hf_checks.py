@@ -131,7 +131,8 @@ def bad_inputs(binary, work):
     for src in (base, sharded):
         hf_files.train(binary, os.path.join(work, "control_" + os.path.basename(src)),
                        hf_files.first_step_settings(src, data, T))
-        hf_files.run([binary, "export", "--checkpoint", src, "--hf", os.path.join(work, "export_" + os.path.basename(src))])
+        out = os.path.join(work, "export_" + os.path.basename(src))
+        hf_files.run([binary, "export", "--checkpoint", src, "--hf", out])
 
     failed = 0
     for i, (what, start, edit, file_name, words) in enumerate(CASES):
@@ -151,7 +152,8 @@ def bad_inputs(binary, work):
     os.mkdir(existing)
     with open(os.path.join(existing, "keep.txt"), "w") as f:
         f.write("already here\n")
-    failed += not expect_refusal([binary, "export", "--checkpoint", base, "--hf", existing], "export to an existing DIR",
+    failed += not expect_refusal([binary, "export", "--checkpoint", base, "--hf", existing],
+                                 "export to an existing DIR",
                                  [(existing,)], [existing + ".tmp"])
     if os.listdir(existing) != ["keep.txt"] or open(os.path.join(existing, "keep.txt")).read() != "already here\n":
         print(f"FAIL export to an existing DIR: {existing} was changed")
