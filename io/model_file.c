@@ -522,7 +522,7 @@ static int is_ieee_float(hid_t type) {
 /* Reads /<group>/<name> of every view into data + view offset, checking link, shape, type, storage and
  * values. */
 static int read_views(hid_t file, const char *group, const rt_view_table *table, float *data, const char *path,
-                      rt_error *err) {
+                      void (*view_done)(void *ctx, int view), void *ctx, rt_error *err) {
     for (int v = 0; v < table->count; v++) {
         const rt_named_view *view = &table->views[v];
         char name[RT_NAME_LEN + 64];
@@ -579,14 +579,20 @@ static int read_views(hid_t file, const char *group, const rt_view_table *table,
         if (space >= 0) H5Sclose(space);
         H5Dclose(dset);
         if (rc != 0) return rc;
+        if (view_done) view_done(ctx, v);
     }
     return 0;
 }
 
 int rt_model_file_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err) {
+    return rt_model_file_read_params_each(path, table, params, NULL, NULL, err);
+}
+
+int rt_model_file_read_params_each(const char *path, const rt_view_table *table, float *params,
+                                   void (*view_done)(void *ctx, int view), void *ctx, rt_error *err) {
     hid_t file = open_checkpoint(path, err);
     if (file < 0) return -1;
-    int rc = read_views(file, MODEL_GROUP, table, params, path, err);
+    int rc = read_views(file, MODEL_GROUP, table, params, path, view_done, ctx, err);
     H5Fclose(file);
     return rc;
 }
