@@ -98,7 +98,11 @@ CASES = [
 
 
 def expect_refusal(args, what, words, must_not_exist):
-    result = hf_files.run(args, check=False)
+    try:
+        result = hf_files.run(args, check=False, timeout=30)
+    except AssertionError as hung:
+        print(f"FAIL {what}: {hung}")
+        return False
     lines = result.stderr.strip().splitlines()
     problems = []
     if result.returncode != 1:

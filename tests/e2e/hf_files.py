@@ -17,10 +17,15 @@ def write_tokens(path, tokens, vocab):
         f.write(np.asarray(tokens, dtype="<u2").tobytes())
 
 
-def run(args, check=True, env=None):
+def run(args, check=True, env=None, timeout=120):
+    """Runs a command with one BLAS/OpenMP thread; a hang ends as a failure naming the command."""
     e = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
     e.update(env or {})
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=e)
+    try:
+        result = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=e, timeout=timeout)
+    except subprocess.TimeoutExpired as t:
+        raise AssertionError(f"{' '.join(map(str, args))} still running after {timeout} s (hung?); stderr so far: "
+                             f"{t.stderr if isinstance(t.stderr, str) else (t.stderr or b'').decode(errors='replace')}") from None
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} exited {result.returncode}:\n"
                              f"{result.stdout.strip()[-2000:]}\n{result.stderr.strip()[-2000:]}")
