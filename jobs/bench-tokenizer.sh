@@ -3,7 +3,8 @@
 # English text with the same tokenizer.json (a GPT-2 style byte-level BPE of vocabulary 5000 trained here, offline,
 # on the repository's documents; the text is those documents repeated to MB megabytes).
 #   ringtrain: the wall time of `ringtrain prepare --tokenizer` (reading the file, encoding, writing the tokens)
-#   tokenizers: encode_batch over the text cut at line ends into ~64 KB chunks, 64 chunks a batch, with
+#   tokenizers: encode_batch over the text cut at line ends into ~1 KB chunks (its fastest cut here: ~64 KB
+#               chunks run at half the rate), 1024 chunks a batch, with
 #               RAYON_NUM_THREADS=1 and TOKENIZERS_PARALLELISM=false (one thread); the encoding time only
 # usage: jobs/bench-tokenizer.sh [BUILD_DIR (default build)] [MB (default 20)]; PYTHON names a python with tokenizers
 # (default ~/.cache/ringtrain/pyenv/bin/python).
@@ -40,14 +41,14 @@ with open(os.path.join(work, "text.txt"), "w", encoding="utf-8", newline="") as 
     f.write(text)
 chunks, at = [], 0
 while at < len(text):
-    end = text.find("\n", at + 65536)
+    end = text.find("\n", at + 1024)
     end = len(text) if end < 0 else end + 1
     chunks.append(text[at:end])
     at = end
 start = time.perf_counter()
 n_ids = 0
-for i in range(0, len(chunks), 64):
-    n_ids += sum(len(e.ids) for e in tok.encode_batch(chunks[i:i + 64], add_special_tokens=False))
+for i in range(0, len(chunks), 1024):
+    n_ids += sum(len(e.ids) for e in tok.encode_batch(chunks[i:i + 1024], add_special_tokens=False))
 seconds = time.perf_counter() - start
 size = len(text.encode())
 print("tokenizers: %.1f MB, %d ids in %.2f s: %.2f MB/s" % (size / 1e6, n_ids, seconds, size / 1e6 / seconds))

@@ -22,7 +22,7 @@ int rt_inspect_hf(const char *dir, FILE *out, rt_error *err) {
                 "max_seq_len %d, %s head, %zu parameters\n",
                 rt_family_name(shape.family), shape.n_layers, shape.d_model, shape.n_heads, shape.n_kv_heads,
                 shape.head_dim, shape.d_ff, shape.vocab_size, shape.padded_vocab, shape.max_seq_len,
-                shape.tied_head ? "tied" : "untied", table.total);
+                rt_shape_tied(&shape) ? "tied" : "untied", table.total);
         fprintf(out, "tensors as ringtrain holds them (name, shape, L2 norm):\n");
         for (int i = 0; i < table.count; i++) {
             const rt_named_view *v = &table.views[i];

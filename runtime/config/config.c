@@ -823,21 +823,24 @@ int rt_config_validate_model(const rt_config *cfg, rt_error *err) {
         return rt_fail(err, "model.n_heads = %d is not divisible by model.n_kv_heads = %d", cfg->n_heads,
                        cfg->n_kv_heads);
     int head_dim = cfg->head_dim ? cfg->head_dim : cfg->d_model / cfg->n_heads;
-    if (cfg->family == RT_FAMILY_LLAMA && head_dim % 2 != 0)
+    if (cfg->family == RT_FAMILY_LLAMA && head_dim % 2 != 0 && cfg->head_dim == 0)
         return rt_fail(err,
-                       "model head_dim %d (model.head_dim, or d_model / n_heads) must be even for llama (RoPE "
-                       "rotates pairs)",
-                       head_dim);
-    if (cfg->family == RT_FAMILY_GPT2 && cfg->head_dim != 0 && cfg->head_dim * cfg->n_heads != cfg->d_model)
-        return rt_fail(err, "model.family = gpt2 needs model.head_dim = d_model / n_heads = %d or 0, got %d",
-                       cfg->d_model / cfg->n_heads, cfg->head_dim);
-    if (cfg->family == RT_FAMILY_GPT2 && !cfg->tie_embeddings)
-        return rt_fail(err, "model.family = gpt2 ties its LM head to wte: model.tie_embeddings = false is not "
-                            "supported");
+                       "model.d_model = %d / model.n_heads = %d gives head_dim %d, which must be even for llama "
+                       "(RoPE rotates pairs)",
+                       cfg->d_model, cfg->n_heads, head_dim);
+    if (cfg->family == RT_FAMILY_LLAMA && head_dim % 2 != 0)
+        return rt_fail(err, "model.head_dim = %d must be even for llama (RoPE rotates pairs)", head_dim);
     if (cfg->family == RT_FAMILY_GPT2 && cfg->n_kv_heads != cfg->n_heads)
         return rt_fail(err,
                        "model.family = gpt2 needs model.n_kv_heads = model.n_heads, got n_kv_heads = %d, n_heads = %d",
                        cfg->n_kv_heads, cfg->n_heads);
+    if (cfg->family == RT_FAMILY_GPT2 && cfg->head_dim != 0 && cfg->head_dim * cfg->n_heads != cfg->d_model)
+        return rt_fail(err, "model.family = gpt2 needs model.head_dim = d_model / n_heads = %d or 0, got %d",
+                       cfg->d_model / cfg->n_heads, cfg->head_dim);
+    /* gpt2 always ties (the shape says so whatever the key): only an explicit false is a contradiction */
+    if (cfg->family == RT_FAMILY_GPT2 && !cfg->tie_embeddings && rt_config_is_explicit(cfg, "model", "tie_embeddings"))
+        return rt_fail(err, "model.family = gpt2 ties its LM head to wte: model.tie_embeddings = false is not "
+                            "supported");
     if (cfg->seq_len > cfg->max_seq_len)
         return rt_fail(err, "train.seq_len = %d exceeds model.max_seq_len = %d", cfg->seq_len, cfg->max_seq_len);
     return 0;

@@ -256,7 +256,7 @@ char *rt_hf_config_json(const rt_config *cfg, rt_st_dtype dtype) {
         cJSON *rope = cJSON_AddObjectToObject(root, "rope_parameters");
         cJSON_AddStringToObject(rope, "rope_type", "default");
         add_float(rope, "rope_theta", s.rope_theta);
-        cJSON_AddBoolToObject(root, "tie_word_embeddings", s.tied_head);
+        cJSON_AddBoolToObject(root, "tie_word_embeddings", rt_shape_tied(&s));
     } else {
         cJSON_AddItemToArray(arch, cJSON_CreateString("GPT2LMHeadModel"));
         cJSON_AddStringToObject(root, "model_type", "gpt2");

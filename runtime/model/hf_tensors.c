@@ -47,7 +47,7 @@ static void llama_entries(hf_entry_list *l, const rt_model_shape *s, const rt_vi
 #undef HF
     }
     add(l, t, "model.norm.weight", "norm_f.weight", -1, 0, C, HF_COPY);
-    if (!s->tied_head) add(l, t, "lm_head.weight", "lm_head.weight", -1, 0, V, HF_COPY);
+    if (!rt_shape_tied(s)) add(l, t, "lm_head.weight", "lm_head.weight", -1, 0, V, HF_COPY);
 }
 
 static void gpt2_entries(hf_entry_list *l, const rt_model_shape *s, const rt_view_table *t, const char *prefix) {
@@ -104,7 +104,7 @@ int hf_tensor_ignored(const rt_model_shape *s, const char *name) {
     }
     /* rotary frequencies that older Llama files store: recomputed from rope_theta */
     if (strcmp(last, "inv_freq") == 0) return 1;
-    return s->tied_head && strcmp(name, "lm_head.weight") == 0;
+    return rt_shape_tied(s) && strcmp(name, "lm_head.weight") == 0;
 }
 
 /* Row r of a head in Hugging Face's rotate-half order lands at this row of ringtrain's interleaved order. */

@@ -61,7 +61,7 @@ static void bind_top(const rt_model *m, locator base, rt_top_params *p) {
     p->wpe = view_ptr(m, base, "wpe", -1);
     p->norm_f_w = view_ptr(m, base, "norm_f.weight", -1);
     p->norm_f_b = view_ptr(m, base, "norm_f.bias", -1);
-    p->lm_head = m->shape.tied_head ? p->wte : view_ptr(m, base, "lm_head.weight", -1);
+    p->lm_head = rt_shape_tied(&m->shape) ? p->wte : view_ptr(m, base, "lm_head.weight", -1);
 }
 
 /* Allocation helper: count floats (or other 4/8-byte elements) from the accounted arena. */

@@ -86,6 +86,7 @@ int rt_config_from_llmc(rt_config *cfg, const char *path, rt_error *err) {
     rt_llmc_header hdr;
     if (rt_llmc_read_header(path, &hdr, err)) return -1;
     cfg->family = RT_FAMILY_GPT2;
+    cfg->tie_embeddings = 1; /* llm.c ties the LM head to wte */
     cfg->n_layers = hdr.n_layers;
     cfg->d_model = hdr.channels;
     cfg->n_heads = hdr.n_heads;

@@ -23,7 +23,7 @@ rt_model_shape rt_model_shape_from_config(const rt_config *cfg) {
         .vocab_size = cfg->vocab_size,
         .padded_vocab = (int)padded,
         .max_seq_len = cfg->max_seq_len,
-        .tied_head = cfg->family == RT_FAMILY_GPT2 || cfg->tie_embeddings,
+        .tie_embeddings = cfg->tie_embeddings,
         .dropout = cfg->dropout,
         .rope_theta = cfg->rope_theta,
         .norm_eps = cfg->norm_eps,
@@ -72,7 +72,7 @@ void rt_param_table_build(const rt_model_shape *s, rt_view_table *t, size_t *lay
     if (layer_offset) layer_offset[s->n_layers] = t->total;
     add_view(t, "norm_f.weight", -1, C, 0, 0);
     if (gpt2) add_view(t, "norm_f.bias", -1, C, 0, 0);
-    if (!s->tied_head) add_view(t, "lm_head.weight", -1, (size_t)s->padded_vocab, C, 1);
+    if (!rt_shape_tied(s)) add_view(t, "lm_head.weight", -1, (size_t)s->padded_vocab, C, 1);
 }
 
 size_t rt_model_param_count(const rt_model_shape *shape) {

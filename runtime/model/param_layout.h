@@ -32,9 +32,12 @@
 typedef struct {
     rt_family family;
     int n_layers, d_model, n_heads, n_kv_heads, head_dim, d_ff, vocab_size, padded_vocab, max_seq_len;
-    int tied_head; /* the LM head is wte: gpt2, or llama with model.tie_embeddings */
+    int tie_embeddings; /* llama: the LM head is wte (gpt2 always ties: rt_shape_tied) */
     float dropout, rope_theta, norm_eps;
 } rt_model_shape;
+
+/* 1 when the LM head is wte: every gpt2, and llama with model.tie_embeddings. */
+static inline int rt_shape_tied(const rt_model_shape *s) { return s->family == RT_FAMILY_GPT2 || s->tie_embeddings; }
 
 /* Floats per token of the fused q|k|v projection: (H + 2*Hkv) * D. */
 static inline size_t rt_qkv_width(const rt_model_shape *s) {

@@ -91,8 +91,8 @@ static double mean_loss(rt_model *m, const rt_batch *batch, const rt_dropout_pla
     return sum / (double)count;
 }
 
-static void gradient_check(rt_family family, float dropout_p) {
-    rt_model_shape shape = tiny_shape(family, dropout_p);
+static void gradient_check_shape(rt_model_shape shape) {
+    const float dropout_p = shape.dropout;
     model_fixture f;
     fixture_init(&f, &shape, RT_ACT_KEEP);
     rt_model *m = &f.model;
@@ -144,7 +144,17 @@ static void gradient_check(rt_family family, float dropout_p) {
     fixture_free(&f);
 }
 
+static void gradient_check(rt_family family, float dropout_p) { gradient_check_shape(tiny_shape(family, dropout_p)); }
+
 static void test_gradcheck_llama(void) { gradient_check(RT_FAMILY_LLAMA, 0.0f); }
+/* Hugging Face models: a head tied to wte (both uses add into one gradient) and heads of 6 while
+ * d_model / n_heads is 4, so attention's width H*D = 24 differs from d_model. */
+static void test_gradcheck_llama_tied_wide_heads(void) {
+    rt_model_shape shape = tiny_shape(RT_FAMILY_LLAMA, 0.0f);
+    shape.tie_embeddings = 1;
+    shape.head_dim = 6;
+    gradient_check_shape(shape);
+}
 static void test_gradcheck_llama_dropout(void) { gradient_check(RT_FAMILY_LLAMA, 0.2f); }
 static void test_gradcheck_gpt2(void) { gradient_check(RT_FAMILY_GPT2, 0.0f); }
 
@@ -442,6 +452,7 @@ int main(void) {
     test_case cases[] = {
         {"gradient check llama (GQA)", test_gradcheck_llama},
         {"gradient check llama with dropout", test_gradcheck_llama_dropout},
+        {"gradient check llama, tied head, head_dim 6 at d_model 16 / 4 heads", test_gradcheck_llama_tied_wide_heads},
         {"gradient check gpt2", test_gradcheck_gpt2},
         {"keep == recompute == offload, llama", test_modes_agree_llama},
         {"keep == recompute == offload, gpt2", test_modes_agree_gpt2},
