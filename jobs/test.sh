@@ -9,6 +9,7 @@ suite_start=$(date +%s)
 # "== [seconds since the start] stage": when each stage began
 stage() { echo "== [$(($(date +%s) - suite_start)) s] $*"; }
 bash jobs/install-deps.sh
+bash jobs/install-pyenv.sh  # the Hugging Face tests' reference clients (label hf)
 
 stage "format check (clang-format)"
 if command -v clang-format >/dev/null; then
