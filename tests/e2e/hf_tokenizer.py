@@ -7,6 +7,8 @@ whitespace runs, CRLF, tabs, the special token embedded):
   - `ringtrain prepare --tokenizer` writes, between the end-of-document ids, exactly encode(text).ids of each
     input file, and the header records the tokenizer (path, FNV-1a hash, separator id + 1);
   - the C decoder gives every file's bytes back (test_bpe_tokenizer roundtrip);
+  - a run on the GPT-2 style file samples text through the recorded tokenizer and exports it beside the
+    weights; once the file changes, sample prints ids and export leaves it out, each saying so in one line;
   - a WordPiece and a Unigram tokenizer.json are refused in one line naming the file and model.type, exit 1,
     no output file.
 usage: hf_tokenizer.py RINGTRAIN TEST_BPE_TOKENIZER
@@ -146,6 +148,34 @@ def check_refused(tmp):
     print("WordPiece and Unigram refused in one line")
 
 
+def check_run_carries_tokenizer(tmp):
+    """A run trained on a file prepared with a tokenizer: `sample` prints text through it, `export --hf` puts
+    the same tokenizer.json beside the weights; once the file changes, both say so in one line and go on
+    without it (ids; no tokenizer.json)."""
+    tok_path, data = os.path.join(tmp, "gpt2.json"), os.path.join(tmp, "gpt2.bin")
+    header, _, _ = read_tokens(data)
+    run_dir = os.path.join(tmp, "run")
+    r = run(RINGTRAIN, "train", "--set", "model.preset=tiny", "--set", "model.vocab_size=%d" % header[2], "--set",
+            "data.train=" + data, "--set", "train.steps=2", "--set", "train.seq_len=64", "--set", "run.dir=" + run_dir)
+    assert r.returncode == 0, r.stderr
+    model = os.path.join(run_dir, "model.h5")
+    r = run(RINGTRAIN, "sample", "--model", model, "--prompt", "The license", "--tokens", "3", "--temperature", "0")
+    assert r.returncode == 0 and r.stdout.startswith("The license") and r.stderr == "", (r.stdout, r.stderr)
+    r = run(RINGTRAIN, "export", "--checkpoint", model, "--hf", os.path.join(tmp, "hf"))
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    with open(tok_path, "rb") as a, open(os.path.join(tmp, "hf", "tokenizer.json"), "rb") as b:
+        assert a.read() == b.read(), "export's tokenizer.json differs from the one prepare recorded"
+    with open(tok_path, "a") as f:
+        f.write(" ")
+    r = run(RINGTRAIN, "sample", "--model", model, "--prompt-ids", "1,2", "--tokens", "2", "--temperature", "0")
+    assert r.returncode == 0 and r.stderr.count("\n") == 1 and "has changed since" in r.stderr, r.stderr
+    assert r.stdout.split()[:2] == ["1", "2"], r.stdout
+    r = run(RINGTRAIN, "export", "--checkpoint", model, "--hf", os.path.join(tmp, "hf2"))
+    assert r.returncode == 0 and r.stderr.count("\n") == 1 and "without tokenizer.json" in r.stderr, r.stderr
+    assert not os.path.exists(os.path.join(tmp, "hf2", "tokenizer.json"))
+    print("sample decodes through the recorded tokenizer; export copies it; a changed one is named and left out")
+
+
 def main():
     rng = random.Random(1234)
     docs = repository_text()
@@ -162,6 +192,7 @@ def main():
         for kind in ("gpt2", "llama3"):
             check_tokenizer(kind, train(kind, corpus), tmp, inputs, texts)
         check_refused(tmp)
+        check_run_carries_tokenizer(tmp)
 
 
 main()
