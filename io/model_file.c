@@ -521,10 +521,23 @@ static int is_ieee_float(hid_t type) {
 
 /* Reads /<group>/<name> of every view into data + view offset, checking link, shape, type, storage and
  * values. */
-static int read_views(hid_t file, const char *group, const rt_view_table *table, float *data, const char *path,
-                      void (*view_done)(void *ctx, int view), void *ctx, rt_error *err) {
+static int all_finite(const float *x, size_t n) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &x[i], sizeof bits);
+        bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
+static int read_views(hid_t file, const char *group, const rt_view_table *table, const char *path,
+                      const rt_model_file_sink *sink, rt_error *err) {
     for (int v = 0; v < table->count; v++) {
         const rt_named_view *view = &table->views[v];
+        float *data = sink->where(sink->ctx, v);
+        if (!data)
+            return rt_fail(err, "%s: reading stopped at tensor %s: its reader was told to stop", path, view->name);
         char name[RT_NAME_LEN + 64];
         snprintf(name, sizeof name, "/%s/%s", group, view->name);
         int not_hard = 0;
@@ -564,35 +577,48 @@ static int read_views(hid_t file, const char *group, const rt_view_table *table,
                          type < 0 ? "an unreadable type" : type_class_name(H5Tget_class(type)));
         } else if (view->numel > 0 && check_layout(dset, view->ndim, expected, view->name, path, err) != 0) {
             rc = -1;
-        } else if (view->numel > 0 &&
-                   H5Dread(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data + view->offset) < 0) {
+        } else if (view->numel > 0 && H5Dread(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0) {
             char op[3 * RT_NAME_LEN + 192];
             snprintf(op, sizeof op, "H5Dread of tensor %s (%s)", view->name, name);
             rc = h5_fail(err, path, op);
         }
-        /* A NaN or infinite weight (fp64 values beyond fp32 included) poisons every forward pass. */
-        for (size_t i = 0; rc == 0 && i < view->numel; i++)
-            if (!isfinite(data[view->offset + i]))
-                rc = rt_fail(err, "%s: tensor %s element %zu is %g, expected a finite weight", path, view->name, i,
-                             (double)data[view->offset + i]);
+        /* A NaN or infinite weight (fp64 values beyond fp32 included) poisons every forward pass. The scan is an
+         * or over exponent bits (it vectorizes; an early exit would not), then the first bad one is found. */
+        if (rc == 0 && !all_finite(data, view->numel))
+            for (size_t i = 0; rc == 0 && i < view->numel; i++)
+                if (!isfinite(data[i]))
+                    rc = rt_fail(err, "%s: tensor %s element %zu is %g, expected a finite weight", path, view->name, i,
+                                 (double)data[i]);
         if (type >= 0) H5Tclose(type);
         if (space >= 0) H5Sclose(space);
         H5Dclose(dset);
         if (rc != 0) return rc;
-        if (view_done) view_done(ctx, v);
+        if (sink->done) sink->done(sink->ctx, v);
     }
     return 0;
 }
 
-int rt_model_file_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err) {
-    return rt_model_file_read_params_each(path, table, params, NULL, NULL, err);
+/* The whole table's buffer as a sink: view v at its offset. */
+typedef struct {
+    const rt_view_table *table;
+    float *params;
+} whole_buffer;
+
+static float *whole_buffer_at(void *ctx, int v) {
+    whole_buffer *w = ctx;
+    return w->params + w->table->views[v].offset;
 }
 
-int rt_model_file_read_params_each(const char *path, const rt_view_table *table, float *params,
-                                   void (*view_done)(void *ctx, int view), void *ctx, rt_error *err) {
+int rt_model_file_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err) {
+    whole_buffer whole = {table, params};
+    return rt_model_file_read_views(path, table, &(rt_model_file_sink){.where = whole_buffer_at, .ctx = &whole}, err);
+}
+
+int rt_model_file_read_views(const char *path, const rt_view_table *table, const rt_model_file_sink *sink,
+                             rt_error *err) {
     hid_t file = open_checkpoint(path, err);
     if (file < 0) return -1;
-    int rc = read_views(file, MODEL_GROUP, table, params, path, view_done, ctx, err);
+    int rc = read_views(file, MODEL_GROUP, table, path, sink, err);
     H5Fclose(file);
     return rc;
 }

@@ -32,10 +32,16 @@ int rt_model_file_write(const char *path, const rt_view_table *table, const floa
 int rt_model_file_read_meta(const char *path, char **config_text, int64_t *step, rt_error *err);
 /* Reads every view of table into params + view offset; each dataset must exist with the view's shape. */
 int rt_model_file_read_params(const char *path, const rt_view_table *table, float *params, rt_error *err);
-/* The same, calling view_done(ctx, v) as soon as view v is read and checked (views in table order): a writer
- * on another thread may then use it while the rest is read. */
-int rt_model_file_read_params_each(const char *path, const rt_view_table *table, float *params,
-                                   void (*view_done)(void *ctx, int view), void *ctx, rt_error *err);
+/* Where each view goes as it is read, in table order: where(ctx, v) returns the buffer for view v's values
+ * (numel floats; it may wait for one to be free; NULL stops the read with an error), done(ctx, v) (may be NULL)
+ * says view v is read and checked: a writer on another thread may use it while the rest is read. */
+typedef struct {
+    float *(*where)(void *ctx, int view);
+    void (*done)(void *ctx, int view);
+    void *ctx;
+} rt_model_file_sink;
+int rt_model_file_read_views(const char *path, const rt_view_table *table, const rt_model_file_sink *sink,
+                             rt_error *err);
 /* Counts the elements of every dataset under /model, checking each is a hard-linked dataset whose data is
  * stored in the file: what a caller compares with its config's parameter count before allocating. */
 int rt_model_file_count_params(const char *path, size_t *count, rt_error *err);

@@ -13,7 +13,7 @@ int rt_inspect_hf(const char *dir, FILE *out, rt_error *err) {
     rt_view_table table;
     rt_param_table_build(&shape, &table, NULL);
     float *host = malloc_check(table.total * sizeof(float));
-    int rc = rt_hf_read_params(&shape, &table, dir, host, NULL, err);
+    int rc = rt_hf_read_params(&shape, &table, dir, host, err);
     if (rc == 0) {
         fprintf(out, "%s: Hugging Face %s directory, every tensor read (finite, shapes as config.json says)\n", dir,
                 shape.family == RT_FAMILY_LLAMA ? "LlamaForCausalLM" : "GPT2LMHeadModel");

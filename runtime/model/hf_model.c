@@ -15,43 +15,6 @@
 #define INDEX_NAME "model.safetensors.index.json"
 #define SINGLE_NAME "model.safetensors"
 
-/* ---- the reader's progress ---- */
-
-void rt_hf_progress_init(rt_hf_progress *p) {
-    pthread_mutex_init(&p->lock, NULL);
-    pthread_cond_init(&p->cond, NULL);
-    p->ready = 0;
-    p->failed = 0;
-}
-
-void rt_hf_progress_destroy(rt_hf_progress *p) {
-    pthread_cond_destroy(&p->cond);
-    pthread_mutex_destroy(&p->lock);
-}
-
-void rt_hf_progress_advance(rt_hf_progress *p, size_t ready) {
-    pthread_mutex_lock(&p->lock);
-    if (ready > p->ready) p->ready = ready;
-    pthread_cond_broadcast(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-}
-
-void rt_hf_progress_fail(rt_hf_progress *p) {
-    pthread_mutex_lock(&p->lock);
-    p->failed = 1;
-    pthread_cond_broadcast(&p->cond);
-    pthread_mutex_unlock(&p->lock);
-}
-
-int rt_hf_progress_wait(rt_hf_progress *p, size_t upto) {
-    pthread_mutex_lock(&p->lock);
-    while (p->ready < upto && !p->failed)
-        pthread_cond_wait(&p->cond, &p->lock);
-    int ok = p->ready >= upto;
-    pthread_mutex_unlock(&p->lock);
-    return ok ? 0 : -1;
-}
-
 /* ---- reading ---- */
 
 typedef struct {
@@ -221,7 +184,7 @@ static void zero_padded_rows(const rt_model_shape *shape, const rt_view_table *t
 }
 
 int rt_hf_read_params(const rt_model_shape *shape, const rt_view_table *table, const char *dir, float *host,
-                      rt_hf_progress *progress, rt_error *err) {
+                      rt_error *err) {
     hf_source src;
     if (source_open(&src, dir, err)) return -1;
     hf_entry_list list;
@@ -245,15 +208,8 @@ int rt_hf_read_params(const rt_model_shape *shape, const rt_view_table *table, c
         float *dst = e->how == HF_COPY ? host + e->offset : scratch;
         rc = rt_st_read_f32(&src.files[file], t, 0, t->numel, dst, err);
         if (rc == 0 && e->how != HF_COPY) hf_to_table(e, (size_t)shape->head_dim, scratch, host);
-        if (rc == 0 && progress) rt_hf_progress_advance(progress, e->offset + hf_entry_numel(e));
     }
     if (rc == 0) rc = check_all_claimed(&src, shape, err);
-    if (progress) {
-        if (rc == 0)
-            rt_hf_progress_advance(progress, table->total);
-        else
-            rt_hf_progress_fail(progress);
-    }
     free(scratch);
     hf_entries_free(&list);
     source_close(&src);
@@ -310,10 +266,26 @@ static void remove_tree(const char *dir) {
     rmdir(dir);
 }
 
+/* The view the writer is on: entries come in table order, so each view is asked for once and released when
+ * the writer moves past it. */
+typedef struct {
+    const rt_hf_view_source *src;
+    int view;
+    const float *values;
+} view_cursor;
+
+static const float *cursor_at(view_cursor *c, int view) {
+    if (view == c->view) return c->values;
+    if (c->view >= 0 && c->src->release) c->src->release(c->src->ctx, c->view);
+    c->view = view;
+    c->values = c->src->view(c->src->ctx, view);
+    return c->values;
+}
+
 /* One safetensors file holding entries [first, last). */
 static int write_shard(const char *path, const hf_entry_list *list, size_t first, size_t last,
-                       const rt_model_shape *shape, const float *host, const rt_hf_write_options *opt,
-                       rt_hf_progress *progress, float *scratch, rt_error *err) {
+                       const rt_model_shape *shape, view_cursor *cursor, const rt_hf_write_options *opt, float *scratch,
+                       rt_error *err) {
     int n = (int)(last - first);
     rt_st_decl *decls = calloc_check((size_t)n, sizeof(rt_st_decl));
     for (int i = 0; i < n; i++) {
@@ -329,11 +301,12 @@ static int write_shard(const char *path, const hf_entry_list *list, size_t first
     if (!w) return -1;
     for (size_t i = first; i < last; i++) {
         const hf_entry *e = &list->entries[i];
-        if (progress && rt_hf_progress_wait(progress, e->offset + hf_entry_numel(e))) {
+        const float *view_values = cursor_at(cursor, e->view);
+        if (!view_values) {
             rt_st_writer_abort(w);
             return rt_fail(err, "%s: reading the source failed", path);
         }
-        const float *values = hf_from_table(e, (size_t)shape->head_dim, host, scratch);
+        const float *values = hf_from_view(e, (size_t)shape->head_dim, view_values, scratch);
         if (rt_st_writer_put(w, values, hf_entry_numel(e), err)) {
             rt_st_writer_abort(w);
             return -1;
@@ -358,8 +331,8 @@ static int plan_shards(const hf_entry_list *list, size_t shard_bytes, size_t ele
     return n;
 }
 
-static int write_tensors(const char *tmp, const rt_model_shape *shape, const rt_view_table *table, const float *host,
-                         const rt_hf_write_options *opt, rt_hf_progress *progress, rt_error *err) {
+static int write_tensors(const char *tmp, const rt_model_shape *shape, const rt_view_table *table,
+                         const rt_hf_view_source *src, const rt_hf_write_options *opt, rt_error *err) {
     hf_entry_list list;
     hf_entries_build(&list, shape, table, "transformer.");
     size_t *starts = malloc_check((list.count + 1) * sizeof(size_t)), scratch_len = 1, total = 0;
@@ -374,6 +347,7 @@ static int write_tensors(const char *tmp, const rt_model_shape *shape, const rt_
     cJSON *index = cJSON_CreateObject(), *map = cJSON_CreateObject();
     cJSON_AddNumberToObject(cJSON_AddObjectToObject(index, "metadata"), "total_size", (double)total);
     cJSON_AddItemToObject(index, "weight_map", map);
+    view_cursor cursor = {.src = src, .view = -1, .values = NULL};
     for (int s = 0; rc == 0 && s < n_shards; s++) {
         char name[64], path[RT_PATH_LEN + 128];
         if (n_shards == 1)
@@ -381,10 +355,11 @@ static int write_tensors(const char *tmp, const rt_model_shape *shape, const rt_
         else
             snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, n_shards);
         snprintf(path, sizeof path, "%s/%s", tmp, name);
-        rc = write_shard(path, &list, starts[s], starts[s + 1], shape, host, opt, progress, scratch, err);
+        rc = write_shard(path, &list, starts[s], starts[s + 1], shape, &cursor, opt, scratch, err);
         for (size_t i = starts[s]; i < starts[s + 1]; i++)
             cJSON_AddStringToObject(map, list.entries[i].hf, name);
     }
+    if (cursor.view >= 0 && src->release) src->release(src->ctx, cursor.view);
     if (rc == 0 && n_shards > 1) {
         char *text = cJSON_Print(index);
         rc = write_text(tmp, INDEX_NAME, text, err);
@@ -397,8 +372,8 @@ static int write_tensors(const char *tmp, const rt_model_shape *shape, const rt_
     return rc;
 }
 
-int rt_hf_write_dir(const rt_config *cfg, const rt_model_shape *shape, const rt_view_table *table, const float *host,
-                    const char *dir, const rt_hf_write_options *opt, rt_hf_progress *progress, rt_error *err) {
+int rt_hf_write_dir(const rt_config *cfg, const rt_model_shape *shape, const rt_view_table *table,
+                    const rt_hf_view_source *src, const char *dir, const rt_hf_write_options *opt, rt_error *err) {
     struct stat st;
     if (lstat(dir, &st) == 0) return rt_fail(err, "%s: already exists; export writes a new directory only", dir);
     char tmp[RT_PATH_LEN + 8];
@@ -409,7 +384,7 @@ int rt_hf_write_dir(const rt_config *cfg, const rt_model_shape *shape, const rt_
     char *config = rt_hf_config_json(cfg, opt->dtype);
     int rc = write_text(tmp, "config.json", config, err);
     free(config);
-    if (rc == 0) rc = write_tensors(tmp, shape, table, host, opt, progress, err);
+    if (rc == 0) rc = write_tensors(tmp, shape, table, src, opt, err);
     if (rc == 0 && opt->tokenizer_path) rc = copy_file(opt->tokenizer_path, tmp, "tokenizer.json", err);
     if (rc == 0 && rename(tmp, dir) != 0)
         rc = rt_fail(err, "%s: cannot rename %s to it: %s", dir, tmp, strerror(errno));

@@ -2,7 +2,6 @@
 #ifndef RT_HF_MODEL_H
 #define RT_HF_MODEL_H
 
-#include <pthread.h>
 #include <stddef.h>
 
 #include "io/safetensors.h"
@@ -34,28 +33,11 @@ int rt_config_from_hf(rt_config *cfg, const char *dir, rt_error *err);
 /* The same from config.json's text; path names it in errors (the fuzz target's entry). */
 int rt_config_from_hf_text(rt_config *cfg, const char *text, const char *path, rt_error *err);
 
-/* How far a reader on one thread has filled a host parameter buffer, for a writer on another: host[0, ready)
- * holds the source's values (readers fill the table in its order). A failed reader wakes the writer to give up. */
-typedef struct {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    size_t ready;
-    int failed;
-} rt_hf_progress;
-
-void rt_hf_progress_init(rt_hf_progress *p);
-void rt_hf_progress_destroy(rt_hf_progress *p);
-void rt_hf_progress_advance(rt_hf_progress *p, size_t ready);
-void rt_hf_progress_fail(rt_hf_progress *p);
-/* 0 once host[0, upto) is ready; -1 when the reader failed first. */
-int rt_hf_progress_wait(rt_hf_progress *p, size_t upto);
-
 /* Every parameter of the table from DIR's safetensors into host (table->total floats): each tensor's shape
  * must match config.json's, every expected tensor must be present and no unexpected one (buffers such as
- * gpt2's attn.bias excepted); values must be finite; bf16 and fp16 widen exactly. progress (may be NULL)
- * advances as tensors land. */
+ * gpt2's attn.bias excepted); values must be finite; bf16 and fp16 widen exactly. */
 int rt_hf_read_params(const rt_model_shape *shape, const rt_view_table *table, const char *dir, float *host,
-                      rt_hf_progress *progress, rt_error *err);
+                      rt_error *err);
 
 typedef struct {
     rt_st_dtype dtype;          /* RT_ST_F32 (default) or RT_ST_BF16 */
@@ -63,11 +45,21 @@ typedef struct {
     const char *tokenizer_path; /* copied to DIR/tokenizer.json when not NULL */
 } rt_hf_write_options;
 
-/* Writes DIR (which must not exist) from host parameters: config.json, the safetensors file or shards and
+/* Where the writer finds each view's values, asked for in table order: view(ctx, v) returns view v's first
+ * element (waiting until it is there) or NULL when the source failed; release(ctx, v) (may be NULL) says the
+ * writer is done with view v. A whole host buffer is the simplest source; an export streams views through a
+ * few reused buffers instead, so its memory is a few tensors, not the model. */
+typedef struct {
+    const float *(*view)(void *ctx, int v);
+    void (*release)(void *ctx, int v);
+    void *ctx;
+} rt_hf_view_source;
+
+/* Writes DIR (which must not exist) from the views of src: config.json, the safetensors file or shards and
  * their index, tokenizer.json when given. Everything goes into DIR.tmp first, renamed to DIR at the end; on
- * failure nothing is left. With progress (may be NULL), each tensor waits until its values are ready. */
-int rt_hf_write_dir(const rt_config *cfg, const rt_model_shape *shape, const rt_view_table *table, const float *host,
-                    const char *dir, const rt_hf_write_options *opt, rt_hf_progress *progress, rt_error *err);
+ * failure nothing is left. */
+int rt_hf_write_dir(const rt_config *cfg, const rt_model_shape *shape, const rt_view_table *table,
+                    const rt_hf_view_source *src, const char *dir, const rt_hf_write_options *opt, rt_error *err);
 
 /* config.json text for a config (malloc'd; the caller frees). */
 char *rt_hf_config_json(const rt_config *cfg, rt_st_dtype dtype);

@@ -15,7 +15,9 @@ static void add(hf_entry_list *list, const rt_view_table *table, const char *hf,
     const rt_named_view *v = rt_view_table_find(table, full);
     if (!v) rt_fatal("hf_tensors: the parameter table has no '%s'", full);
     e->cols = v->ndim == 2 ? v->shape[1] : 1;
-    e->offset = v->offset + row0 * e->cols;
+    e->view = (int)(v - table->views);
+    e->at = row0 * e->cols;
+    e->offset = v->offset + e->at;
     e->rows = rows;
     e->how = how;
     e->ndim = v->ndim;
@@ -130,8 +132,8 @@ void hf_to_table(const hf_entry *e, size_t head_dim, const float *hf_values, flo
     }
 }
 
-const float *hf_from_table(const hf_entry *e, size_t head_dim, const float *host, float *scratch) {
-    const float *src = host + e->offset;
+const float *hf_from_view(const hf_entry *e, size_t head_dim, const float *view_values, float *scratch) {
+    const float *src = view_values + e->at;
     const size_t R = e->rows, C = e->cols;
     if (e->how == HF_COPY) return src;
     if (e->how == HF_ROPE) {

@@ -18,7 +18,8 @@ typedef enum {
  * cols 1). Several entries may fill one view (q, k, v -> attn.qkv; gate, up -> mlp.fc). */
 typedef struct {
     char hf[RT_ST_NAME_LEN];
-    size_t offset, rows, cols;
+    int view;                      /* index in the table */
+    size_t offset, at, rows, cols; /* offset: in the flat table; at: within the view */
     int ndim;
     hf_transform how;
 } hf_entry;
@@ -42,7 +43,8 @@ int hf_tensor_ignored(const rt_model_shape *shape, const char *name);
 
 /* hf_values (Hugging Face layout, numel values) into the table's rows of host. */
 void hf_to_table(const hf_entry *e, size_t head_dim, const float *hf_values, float *host);
-/* The entry's values in Hugging Face layout: host itself for HF_COPY, else gathered into scratch (numel). */
-const float *hf_from_table(const hf_entry *e, size_t head_dim, const float *host, float *scratch);
+/* The entry's values in Hugging Face layout from its view's values (view_values: the view's first element):
+ * view_values itself for HF_COPY, else gathered into scratch (numel). */
+const float *hf_from_view(const hf_entry *e, size_t head_dim, const float *view_values, float *scratch);
 
 #endif

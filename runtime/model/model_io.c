@@ -11,9 +11,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -274,7 +274,7 @@ int rt_config_from_init_file(rt_config *cfg, const char *path, rt_error *err) {
 
 static int read_hf(const rt_model_shape *shape, const rt_view_table *table, const char *path, float *host,
                    rt_error *err) {
-    return rt_hf_read_params(shape, table, path, host, NULL, err);
+    return rt_hf_read_params(shape, table, path, host, err);
 }
 
 int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err) {
@@ -285,7 +285,7 @@ int rt_model_load_init_file(rt_model *m, const char *path, rt_error *err) {
 }
 
 int rt_model_read_init_file(const rt_model *m, const char *path, float *host, rt_error *err) {
-    if (rt_hf_is_dir(path)) return rt_hf_read_params(&m->shape, &m->table, path, host, NULL, err);
+    if (rt_hf_is_dir(path)) return rt_hf_read_params(&m->shape, &m->table, path, host, err);
     int hdf5 = rt_model_file_is_hdf5(path, err);
     if (hdf5 < 0) return -1;
     return hdf5 ? read_hdf5(&m->shape, &m->table, path, host, err) : read_llmc(&m->shape, &m->table, path, host, err);
@@ -313,45 +313,116 @@ int rt_export_llmc(const char *checkpoint_path, const char *out_path, rt_config 
     return rc;
 }
 
-/* A large host buffer on transparent huge pages where the kernel allows them: a 1.3 GB model's weights fault
- * in 2 MiB at a time rather than 4 KiB, which is a measurable share of an export's time. */
-static float *alloc_huge(size_t bytes) {
-    const size_t huge = (size_t)2 << 20;
-    void *p = NULL;
-    if (posix_memalign(&p, huge, (bytes + huge - 1) / huge * huge) != 0)
-        rt_fatal("out of host memory (%zu bytes)", bytes);
-    madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE); /* advice only: without it, 4 KiB pages */
-    return p;
-}
-
-/* The export's reader: the source's weights into host on a thread of its own, so that reading (HDF5 and its
- * checksums, or safetensors and their conversion) overlaps writing. */
+/* An export from a ringtrain file streams: a reader thread reads view after view (HDF5, its checksums) into two
+ * reused buffers while the writer converts and writes the one before. Memory is two of the largest tensor, not
+ * the model; touching a whole model's worth of fresh pages costs as much as writing it. */
 typedef struct {
-    const char *source;
-    int from_hf;
-    const rt_model_shape *shape;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
     const rt_view_table *table;
-    float *host;
-    rt_hf_progress progress;
+    const char *source;
+    float *slot[2];
+    int holds[2]; /* the view a slot holds, -1 when free */
+    int ready[2]; /* its values are read and checked */
+    int reader_failed, writer_done;
     rt_error err;
     int rc;
-} export_reader;
+} view_pipe;
 
-static void h5_view_read(void *ctx, int v) {
-    export_reader *r = ctx;
-    rt_hf_progress_advance(&r->progress, r->table->views[v].offset + r->table->views[v].numel);
+static float *pipe_where(void *ctx, int v) { /* reader: a free slot for view v */
+    view_pipe *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    while (p->holds[v & 1] != -1 && !p->writer_done)
+        pthread_cond_wait(&p->cond, &p->lock);
+    float *slot = p->writer_done ? NULL : p->slot[v & 1];
+    if (slot) p->holds[v & 1] = v;
+    pthread_mutex_unlock(&p->lock);
+    return slot;
 }
 
-static void *export_read(void *arg) {
-    export_reader *r = arg;
-    r->rc = r->from_hf ? rt_hf_read_params(r->shape, r->table, r->source, r->host, &r->progress, &r->err)
-                       : rt_model_file_read_params_each(r->source, r->table, r->host, h5_view_read, r, &r->err);
-    /* whatever failed, and however early, the writer waiting on it must wake */
-    if (r->rc)
-        rt_hf_progress_fail(&r->progress);
-    else
-        rt_hf_progress_advance(&r->progress, r->table->total);
+static void pipe_done(void *ctx, int v) { /* reader: view v is in its slot */
+    view_pipe *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    p->ready[v & 1] = 1;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static const float *pipe_view(void *ctx, int v) { /* writer: view v once read; NULL when the reader failed */
+    view_pipe *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    while (!(p->holds[v & 1] == v && p->ready[v & 1]) && !p->reader_failed)
+        pthread_cond_wait(&p->cond, &p->lock);
+    const float *values = p->holds[v & 1] == v && p->ready[v & 1] ? p->slot[v & 1] : NULL;
+    pthread_mutex_unlock(&p->lock);
+    return values;
+}
+
+static void pipe_release(void *ctx, int v) { /* writer: done with view v, its slot is free */
+    view_pipe *p = ctx;
+    pthread_mutex_lock(&p->lock);
+    p->holds[v & 1] = -1;
+    p->ready[v & 1] = 0;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
+}
+
+static void *pipe_read(void *arg) {
+    view_pipe *p = arg;
+    p->rc = rt_model_file_read_views(p->source, p->table,
+                                     &(rt_model_file_sink){.where = pipe_where, .done = pipe_done, .ctx = p}, &p->err);
+    pthread_mutex_lock(&p->lock);
+    if (p->rc) p->reader_failed = 1; /* however early it failed, the writer waiting on it must wake */
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->lock);
     return NULL;
+}
+
+static const float *whole_view(void *ctx, int v) {
+    const void *const *host_table = ctx; /* {host, table} */
+    const rt_view_table *table = host_table[1];
+    return (const float *)host_table[0] + table->views[v].offset;
+}
+
+/* From a Hugging Face directory: read whole (it is mapped; conversion is the work), then written. */
+static int export_from_hf(const rt_config *cfg, const rt_model_shape *shape, const rt_view_table *table,
+                          const char *source, const char *out_dir, const rt_hf_write_options *opt, rt_error *err) {
+    float *host = malloc_check(table->total * sizeof(float));
+    int rc = rt_hf_read_params(shape, table, source, host, err);
+    const void *host_table[2] = {host, table};
+    if (rc == 0)
+        rc = rt_hf_write_dir(cfg, shape, table, &(rt_hf_view_source){.view = whole_view, .ctx = host_table}, out_dir,
+                             opt, err);
+    free(host);
+    return rc;
+}
+
+static int export_from_h5(const rt_config *cfg, const rt_model_shape *shape, const rt_view_table *table,
+                          const char *source, const char *out_dir, const rt_hf_write_options *opt, rt_error *err) {
+    view_pipe p = {.table = table, .source = source, .holds = {-1, -1}, .rc = -1};
+    size_t largest = 1;
+    for (int v = 0; v < table->count; v++)
+        if (table->views[v].numel > largest) largest = table->views[v].numel;
+    p.slot[0] = malloc_check(largest * sizeof(float));
+    p.slot[1] = malloc_check(largest * sizeof(float));
+    pthread_mutex_init(&p.lock, NULL);
+    pthread_cond_init(&p.cond, NULL);
+    pthread_t reader;
+    if (pthread_create(&reader, NULL, pipe_read, &p) != 0) rt_fatal("export: cannot start a reader thread");
+    int rc =
+        rt_hf_write_dir(cfg, shape, table, &(rt_hf_view_source){.view = pipe_view, .release = pipe_release, .ctx = &p},
+                        out_dir, opt, err);
+    pthread_mutex_lock(&p.lock);
+    p.writer_done = 1; /* a reader waiting for a slot the writer will never free stops */
+    pthread_cond_broadcast(&p.cond);
+    pthread_mutex_unlock(&p.lock);
+    pthread_join(reader, NULL);
+    if (p.rc && p.reader_failed && rc) rc = rt_fail(err, "%s", p.err.msg); /* the reader's error is the cause */
+    pthread_cond_destroy(&p.cond);
+    pthread_mutex_destroy(&p.lock);
+    free(p.slot[0]);
+    free(p.slot[1]);
+    return rc;
 }
 
 /* The tokenizer that goes with the weights: the source directory's own, or the one the run's data recorded. */
@@ -395,16 +466,8 @@ int rt_export_hf(const char *source, const char *out_dir, const rt_hf_write_opti
     rt_model_shape shape = rt_model_shape_from_config(&cfg);
     rt_view_table table;
     rt_param_table_build(&shape, &table, NULL);
-    export_reader reader = {.source = source, .from_hf = from_hf, .shape = &shape, .table = &table, .rc = -1};
-    reader.host = alloc_huge(table.total * sizeof(float));
-    rt_hf_progress_init(&reader.progress);
-    pthread_t thread;
-    if (pthread_create(&thread, NULL, export_read, &reader) != 0) rt_fatal("export: cannot start a reader thread");
-    int rc = rt_hf_write_dir(&cfg, &shape, &table, reader.host, out_dir, &with_tokenizer, &reader.progress, err);
-    pthread_join(thread, NULL);
-    if (reader.rc) rc = rt_fail(err, "%s", reader.err.msg); /* the reader's error is the cause */
-    rt_hf_progress_destroy(&reader.progress);
-    free(reader.host);
+    int rc = from_hf ? export_from_hf(&cfg, &shape, &table, source, out_dir, &with_tokenizer, err)
+                     : export_from_h5(&cfg, &shape, &table, source, out_dir, &with_tokenizer, err);
     rt_view_table_free(&table);
     if (rc == 0 && info) *info = cfg;
     return rc;
