@@ -59,6 +59,7 @@ static int file_index_of(const hf_source *src, const char *name) {
  * an error naming the index and the tensor). Shard names must be plain file names inside the directory. */
 static int open_index(hf_source *src, const char *text, rt_error *err) {
     cJSON *root = cJSON_Parse(text);
+    if (!root) return rt_fail(err, "%s: not JSON (expected a safetensors index with a weight_map)", src->index_path);
     cJSON *map = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
     if (!cJSON_IsObject(map)) {
         cJSON_Delete(root);

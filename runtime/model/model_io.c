@@ -322,9 +322,9 @@ typedef struct {
     const rt_view_table *table;
     const char *source;
     float *slot[2];
-    int holds[2]; /* the view a slot holds, -1 when free */
-    int ready[2]; /* its values are read and checked */
-    int reader_failed, writer_done;
+    int holds[2];                            /* the view a slot holds, -1 when free */
+    int ready[2];                            /* its values are read and checked */
+    int reader_failed, writer_done, stopped; /* stopped: the reader gave up because the writer had */
     rt_error err;
     int rc;
 } view_pipe;
@@ -336,6 +336,7 @@ static float *pipe_where(void *ctx, int v) { /* reader: a free slot for view v *
         pthread_cond_wait(&p->cond, &p->lock);
     float *slot = p->writer_done ? NULL : p->slot[v & 1];
     if (slot) p->holds[v & 1] = v;
+    p->stopped = !slot;
     pthread_mutex_unlock(&p->lock);
     return slot;
 }
@@ -417,7 +418,7 @@ static int export_from_h5(const rt_config *cfg, const rt_model_shape *shape, con
     pthread_cond_broadcast(&p.cond);
     pthread_mutex_unlock(&p.lock);
     pthread_join(reader, NULL);
-    if (p.rc && p.reader_failed && rc) rc = rt_fail(err, "%s", p.err.msg); /* the reader's error is the cause */
+    if (p.rc && !p.stopped && rc) rc = rt_fail(err, "%s", p.err.msg); /* the reader's error is the cause */
     pthread_cond_destroy(&p.cond);
     pthread_mutex_destroy(&p.lock);
     free(p.slot[0]);
