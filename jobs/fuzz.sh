@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 seconds=${1:-30}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(tokens llmc_model config checkpoint safetensors hf_config tokenizer_json)
+[ ${#targets[@]} -eq 0 ] && targets=(tokens llmc_model config checkpoint safetensors hf_config hf_index tokenizer_json)
 build="$root/build-fuzz"
 
 if ! command -v clang >/dev/null; then
