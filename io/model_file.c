@@ -25,6 +25,7 @@
  * io/ckpt_store.c; they share this layout's root attributes and /model.
  */
 #include "model_file.h"
+#include "float_bits.h"
 #include "h5_shape.h"
 
 #include <errno.h>
@@ -521,16 +522,6 @@ static int is_ieee_float(hid_t type) {
 
 /* Reads /<group>/<name> of every view into data + view offset, checking link, shape, type, storage and
  * values. */
-static int all_finite(const float *x, size_t n) {
-    uint32_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], sizeof bits);
-        bad |= (bits & 0x7f800000u) == 0x7f800000u;
-    }
-    return !bad;
-}
-
 static int read_views(hid_t file, const char *group, const rt_view_table *table, const char *path,
                       const rt_model_file_sink *sink, rt_error *err) {
     for (int v = 0; v < table->count; v++) {
@@ -582,9 +573,8 @@ static int read_views(hid_t file, const char *group, const rt_view_table *table,
             snprintf(op, sizeof op, "H5Dread of tensor %s (%s)", view->name, name);
             rc = h5_fail(err, path, op);
         }
-        /* A NaN or infinite weight (fp64 values beyond fp32 included) poisons every forward pass. The scan is an
-         * or over exponent bits (it vectorizes; an early exit would not), then the first bad one is found. */
-        if (rc == 0 && !all_finite(data, view->numel))
+        /* A NaN or infinite weight (fp64 values beyond fp32 included) poisons every forward pass. */
+        if (rc == 0 && !rt_f32_all_finite(data, view->numel))
             for (size_t i = 0; rc == 0 && i < view->numel; i++)
                 if (!isfinite(data[i]))
                     rc = rt_fail(err, "%s: tensor %s element %zu is %g, expected a finite weight", path, view->name, i,

@@ -1,6 +1,7 @@
 /* safetensors.c: the safetensors reader: the header checked field by field (safetensors.h lists the checks),
  * values widened to fp32 on read. The writer and the fp32 narrowing are in safetensors_write.c. */
 #include "safetensors.h"
+#include "float_bits.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -355,12 +356,6 @@ const rt_st_tensor *rt_st_find(const rt_st_file *f, const char *name) {
     return NULL;
 }
 
-static inline float bits_to_f32(uint32_t bits) {
-    float x;
-    memcpy(&x, &bits, sizeof x);
-    return x;
-}
-
 /* fp16 bits (finite) to fp32: normal values rebias the exponent (15 -> 127); subnormals are mantissa * 2^-24,
  * exact in fp32. Both are computed and one selected. */
 static inline float f16_to_f32(uint16_t h) {
@@ -370,7 +365,7 @@ static inline float f16_to_f32(uint16_t h) {
     uint32_t subnormal;
     memcpy(&subnormal, &sub, sizeof subnormal);
     uint32_t is_normal = 0u - (uint32_t)((h & 0x7c00) != 0); /* a mask, not a branch: GCC vectorizes the loop */
-    return bits_to_f32((normal & is_normal) | ((sign | subnormal) & ~is_normal));
+    return rt_bits_f32((normal & is_normal) | ((sign | subnormal) & ~is_normal));
 }
 
 /* Widens count values at src into out; returns whether any was NaN or infinite. Branch-free bodies with an
@@ -388,7 +383,7 @@ static int widen(rt_st_dtype dtype, const unsigned char *src, size_t count, floa
         for (size_t i = 0; i < count; i++) {
             uint16_t h;
             memcpy(&h, src + 2 * i, 2);
-            out[i] = bits_to_f32((uint32_t)h << 16);
+            out[i] = rt_bits_f32((uint32_t)h << 16);
             bad |= (h & 0x7f80u) == 0x7f80u;
         }
     } else {

@@ -1,5 +1,6 @@
 /* safetensors_write.c: the safetensors writer (header from the declarations, then the values streamed in
  * declaration order) and the fp32 -> bf16 / fp16 rounding it uses. */
+#include "float_bits.h"
 #include "safetensors.h"
 
 #include <errno.h>
@@ -25,20 +26,8 @@ struct rt_st_writer {
     int failed; /* a put failed: the file is already removed */
 };
 
-static inline uint32_t f32_bits(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    return bits;
-}
-
-static inline float bits_f32(uint32_t bits) {
-    float x;
-    memcpy(&x, &bits, sizeof x);
-    return x;
-}
-
 static inline uint16_t to_bf16(float x) {
-    uint32_t bits = f32_bits(x);
+    uint32_t bits = rt_f32_bits(x);
     /* Adding 0x7fff plus the kept part's lowest bit carries exactly when the dropped half rounds up to even. */
     uint16_t rounded = (uint16_t)((bits + 0x7fffu + (bits >> 16 & 1)) >> 16);
     uint16_t quiet_nan = (uint16_t)(bits >> 16 | 0x40); /* sign kept */
@@ -48,7 +37,7 @@ static inline uint16_t to_bf16(float x) {
 
 /* Every case is computed and one selected (no branch), so the writer's loop vectorizes. */
 static inline uint16_t to_f16(float x) {
-    uint32_t bits = f32_bits(x);
+    uint32_t bits = rt_f32_bits(x);
     uint16_t sign = (uint16_t)(bits >> 16 & 0x8000);
     uint32_t a = bits & 0x7fffffffu;
     /* normal: rebias the exponent (127 -> 15) and round the 13 dropped bits to nearest even */
@@ -56,8 +45,8 @@ static inline uint16_t to_f16(float x) {
     uint32_t normal = (rebiased + 0xfffu + (rebiased >> 13 & 1)) >> 13;
     /* below 2^-14 (fp16 subnormal, value = m * 2^-24): adding 0.5 makes the fp32 ulp 2^-24, so the fp32 addition
      * itself rounds |x| to nearest even at fp16's subnormal spacing; m is what lands in the low bits */
-    float shifted = bits_f32(a) + 0.5f;
-    uint32_t subnormal = f32_bits(shifted) - 0x3f000000u;
+    float shifted = rt_bits_f32(a) + 0.5f;
+    uint32_t subnormal = rt_f32_bits(shifted) - 0x3f000000u;
     /* masks rather than branches or selects: GCC vectorizes the writer's loop only then */
     uint32_t is_nan = 0u - (uint32_t)(a > 0x7f800000u);
     uint32_t is_inf = 0u - (uint32_t)(a >= 0x477ff000u); /* 65520 and up: the tie past 65504 rounds to infinity */
@@ -236,8 +225,7 @@ static int narrow(rt_st_dtype dtype, const float *values, size_t count, unsigned
     unsigned bad = 0;
     if (dtype == RT_ST_F32) {
         memcpy(dst, values, count * 4);
-        for (size_t i = 0; i < count; i++)
-            bad |= (f32_bits(values[i]) & 0x7f800000u) == 0x7f800000u;
+        bad = !rt_f32_all_finite(values, count);
     } else if (dtype == RT_ST_BF16) {
         for (size_t i = 0; i < count; i++) {
             uint16_t h = to_bf16(values[i]);
@@ -255,13 +243,6 @@ static int narrow(rt_st_dtype dtype, const float *values, size_t count, unsigned
 }
 
 /* Index of the first of count values that is not finite in dtype (count when none). */
-static int any_nonfinite_f32(const float *values, size_t count) {
-    unsigned bad = 0;
-    for (size_t i = 0; i < count; i++)
-        bad |= (f32_bits(values[i]) & 0x7f800000u) == 0x7f800000u;
-    return bad != 0;
-}
-
 static size_t first_nonfinite(rt_st_dtype dtype, const float *values, size_t count) {
     unsigned char one[4];
     for (size_t i = 0; i < count; i++)
@@ -281,7 +262,7 @@ static ptrdiff_t put_run(rt_st_writer *w, const float *values, size_t count, rt_
     if (!direct && WRITE_BUFFER_BYTES - w->buf_bytes < size && flush(w, err) != 0) return -1;
     size_t room = (WRITE_BUFFER_BYTES - w->buf_bytes) / size;
     if (!direct && count > room) count = room;
-    if (direct ? any_nonfinite_f32(values, count) : narrow(d->dtype, values, count, w->buf + w->buf_bytes)) {
+    if (direct ? !rt_f32_all_finite(values, count) : narrow(d->dtype, values, count, w->buf + w->buf_bytes)) {
         size_t i = first_nonfinite(d->dtype, values, count);
         return rt_fail(err, "%s: tensor '%s': element %zu is %g, not finite in %s", w->path, d->name, w->done + i,
                        (double)values[i], rt_st_dtype_name(d->dtype));
