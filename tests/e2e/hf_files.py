@@ -7,14 +7,7 @@ import subprocess
 
 import numpy as np
 
-
-def write_tokens(path, tokens, vocab):
-    """ringtrain's token file (io/tokens.h): 1024-byte header, then uint16 tokens."""
-    header = np.zeros(256, dtype="<i4")
-    header[:6] = [20261122, 1, vocab, 2, len(tokens) & 0xFFFFFFFF, len(tokens) >> 32]
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype="<u2").tobytes())
+from token_files import write_tokens
 
 
 def run(args, check=True, env=None, timeout=120):

@@ -24,15 +24,9 @@ import tempfile
 import h5py
 import numpy as np
 
+from token_files import write_tokens
+
 TOL = 1e-5
-
-
-def write_tokens(path, tokens, vocab):
-    header = np.zeros(256, dtype="<i4")
-    header[:6] = [20261122, 1, vocab, 2, len(tokens) & 0xFFFFFFFF, len(tokens) >> 32]
-    with open(path, "wb") as f:
-        f.write(header.tobytes())
-        f.write(np.asarray(tokens, dtype="<u2").tobytes())
 
 
 def layernorm(x, w, b, eps=1e-5):
