@@ -14,6 +14,7 @@
 
 #include "io/bpe_tokenizer.h"
 #include "io/tokens.h"
+#include "io/utf8_stream.h"
 #include "runtime/backend/registry.h"
 #include "runtime/model/model.h"
 #include "runtime/model/model_io.h"
@@ -64,19 +65,19 @@ int rt_sample_draw(float *logits, int V, float temperature, int top_k, uint64_t 
     return best;
 }
 
-/* Writes one token as it comes: a tokenizer's bytes (a character split over tokens is whole once its last
- * token is out), a byte, or the id. */
-static void emit(FILE *out, uint32_t token, int byte_vocab, const rt_bpe_tokenizer *tok) {
+/* Writes one token as it comes: a tokenizer's bytes or a byte vocabulary's byte as UTF-8 (a character split
+ * over tokens is written once its last token is out; bytes that form no character are U+FFFD), else the id. */
+static void emit(FILE *out, rt_utf8_stream *text, uint32_t token, int byte_vocab, const rt_bpe_tokenizer *tok) {
     size_t len = 0;
     const char *bytes = tok ? rt_bpe_token_bytes(tok, token, &len) : NULL;
+    char buf[32];
     if (bytes) {
-        fwrite(bytes, 1, len, out);
+        rt_utf8_write(text, bytes, len, out);
     } else if (tok) {
-        fprintf(out, "<id %u>", token); /* an id the model has and the tokenizer does not (padding) */
+        /* an id the model has and the tokenizer does not (padding) */
+        rt_utf8_write(text, buf, (size_t)snprintf(buf, sizeof buf, "<id %u>", token), out);
     } else if (byte_vocab) {
-        char text[8];
-        size_t n = rt_byte_decode(token, text, sizeof text);
-        fwrite(text, 1, n, out);
+        rt_utf8_write(text, buf, rt_byte_decode(token, buf, sizeof buf), out);
     } else {
         fprintf(out, "%u ", token);
     }
@@ -219,8 +220,9 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
     int64_t *pos = malloc_check(window_max * sizeof *pos);
     float *logits = malloc_check((size_t)V * sizeof *logits);
     uint64_t rng = opt->seed;
+    rt_utf8_stream text = {0};
     for (size_t i = 0; i < n; i++)
-        emit(out, tokens[i], byte_vocab, tok);
+        emit(out, &text, tokens[i], byte_vocab, tok);
     int write_rc = 0;
     for (int t = 0; t < opt->n_tokens; t++) {
         size_t window = n < window_max ? n : window_max, first = n - window;
@@ -235,9 +237,10 @@ int rt_sample(const rt_sample_options *opt, FILE *out, rt_error *err) {
         if (logits_file && write_rc == 0 && fwrite(logits, sizeof *logits, (size_t)V, logits_file) != (size_t)V)
             write_rc = rt_fail(err, "%s: write failed: %s", logits_tmp, strerror(errno));
         tokens[n] = (uint32_t)rt_sample_draw(logits, V, opt->temperature, opt->top_k, &rng);
-        emit(out, tokens[n], byte_vocab, tok);
+        emit(out, &text, tokens[n], byte_vocab, tok);
         n++;
     }
+    rt_utf8_finish(&text, out);
     fputc('\n', out);
     free(inputs);
     free(targets);

@@ -834,7 +834,7 @@ int rt_config_validate_model(const rt_config *cfg, rt_error *err) {
         return rt_fail(err,
                        "model.family = gpt2 needs model.n_kv_heads = model.n_heads, got n_kv_heads = %d, n_heads = %d",
                        cfg->n_kv_heads, cfg->n_heads);
-    if (cfg->family == RT_FAMILY_GPT2 && cfg->head_dim != 0 && cfg->head_dim * cfg->n_heads != cfg->d_model)
+    if (cfg->family == RT_FAMILY_GPT2 && cfg->head_dim != 0 && (long long)cfg->head_dim * cfg->n_heads != cfg->d_model)
         return rt_fail(err, "model.family = gpt2 needs model.head_dim = d_model / n_heads = %d or 0, got %d",
                        cfg->d_model / cfg->n_heads, cfg->head_dim);
     /* gpt2 always ties (the shape says so whatever the key): only an explicit false is a contradiction */

@@ -147,7 +147,8 @@ static int read_llama(const json_doc *d, rt_config *cfg) {
     if (get_int(d, "num_key_value_heads", 0, 1, 1 << 16, &cfg->n_kv_heads) ||
         get_int(d, "head_dim", 0, 0, 1 << 16, &cfg->head_dim))
         return -1;
-    if (cfg->head_dim * cfg->n_heads == cfg->d_model) cfg->head_dim = 0; /* the derived value: keep configs short */
+    if ((long long)cfg->head_dim * cfg->n_heads == cfg->d_model)
+        cfg->head_dim = 0; /* the derived value: keep configs short */
     if (get_float(d, d->root, "rms_norm_eps", 0, 1, &cfg->norm_eps) || read_rope(d, cfg) ||
         get_bool(d, "tie_word_embeddings", &cfg->tie_embeddings))
         return -1;

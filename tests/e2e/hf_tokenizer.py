@@ -75,7 +75,23 @@ def train(kind, corpus):
 
 
 def run(*args):
-    return subprocess.run(list(args), capture_output=True, text=True)
+    """Runs ringtrain; its output must be valid UTF-8 (decoding is strict)."""
+    r = subprocess.run(list(args), capture_output=True)
+    r.stdout, r.stderr = r.stdout.decode("utf-8"), r.stderr.decode("utf-8")
+    return r
+
+
+def byte_level_alphabet():
+    """The characters GPT-2's byte-level mapping gives the bytes 0..255, in byte order."""
+    printable = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
 
 
 def read_tokens(path):
@@ -161,6 +177,17 @@ def check_run_carries_tokenizer(tmp):
     model = os.path.join(run_dir, "model.h5")
     r = run(RINGTRAIN, "sample", "--model", model, "--prompt", "The license", "--tokens", "3", "--temperature", "0")
     assert r.returncode == 0 and r.stdout.startswith("The license") and r.stderr == "", (r.stdout, r.stderr)
+    # Bytes that form no character print as U+FFFD, as the tokenizers library decodes them: lone lead bytes
+    # of a 3- and a 4-byte character, a stray continuation byte, and a 3-byte character cut short by ASCII.
+    tok = Tokenizer.from_file(tok_path)
+    byte = {b: tok.token_to_id(c) for b, c in zip(range(256), byte_level_alphabet())}
+    ids = [byte[0xE2], byte[0x41], byte[0xF0], byte[0x80], byte[0xE2], byte[0x82], byte[0x42], byte[0xE2],
+           byte[0x82], byte[0xAC]]
+    r = run(RINGTRAIN, "sample", "--model", model, "--prompt-ids", ",".join(map(str, ids)), "--tokens", "1",
+            "--temperature", "0")
+    want = tok.decode(ids)
+    assert want == "\ufffdA\ufffd\ufffd\ufffdB\u20ac", want
+    assert r.returncode == 0 and r.stdout.startswith(want), (r.stdout, r.stderr)
     r = run(RINGTRAIN, "export", "--checkpoint", model, "--hf", os.path.join(tmp, "hf"))
     assert r.returncode == 0 and r.stderr == "", r.stderr
     with open(tok_path, "rb") as a, open(os.path.join(tmp, "hf", "tokenizer.json"), "rb") as b:
