@@ -76,11 +76,12 @@ int main(int argc, char **argv) {
         rt_be_copy(be, lse, lse_init, T * H * sizeof(float));
         rt_be_synchronize(be);
         double t0 = rt_now_s();
-        rt_be_attn_block_forward(be, out, lse, q, k, v, pos, pos, T, T, &shape, ws, ws_bytes);
+        rt_be_attn_block_forward(be, out, lse, q, k, v, pos, NULL, pos, T, T, &shape, ws, ws_bytes);
         rt_be_synchronize(be);
         double t1 = rt_now_s();
         rt_be_attn_delta(be, delta, out, dout, T, &shape);
-        rt_be_attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, pos, pos, T, T, &shape, ws, ws_bytes);
+        rt_be_attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, pos, NULL, pos, T, T, &shape, ws,
+                                  ws_bytes);
         rt_be_synchronize(be);
         double t2 = rt_now_s();
         if (rep >= 0) fwd_s += t1 - t0, bwd_s += t2 - t1;

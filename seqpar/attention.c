@@ -203,8 +203,8 @@ static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, 
     const rt_attn_shape *shape = &b->shape;
     rt_be_attn_block_forward(ctx->backend, a->out + i0 * shape->out_stride, a->lse + i0 * (size_t)shape->n_heads,
                              a->qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
-                             b->v + j0 * shape->kv_stride, a->qs->pos + i0, k_pos, Tq, Tk, shape, ctx->attn_workspace,
-                             ctx->attn_workspace_bytes);
+                             b->v + j0 * shape->kv_stride, a->qs->pos + i0, NULL, k_pos, Tq, Tk, shape,
+                             ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Merges the attention of one sequence's local queries onto its held block into (out, lse). */
@@ -226,7 +226,7 @@ static void backward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b,
     const size_t H = (size_t)shape->n_heads, row = j0 * shape->kv_stride;
     rt_be_attn_block_backward(ctx->backend, a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
                               a->dout + i0 * shape->out_stride, a->qs->q + i0 * shape->q_stride, b->k + row, b->v + row,
-                              a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, k_pos, Tq, Tk, shape,
+                              a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, NULL, k_pos, Tq, Tk, shape,
                               ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 

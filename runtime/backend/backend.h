@@ -53,7 +53,7 @@ typedef struct {
     size_t q_stride;   /* floats between consecutive tokens in q and dq */
     size_t kv_stride;  /* floats between consecutive tokens in k, v, dk, dv */
     size_t out_stride; /* floats between consecutive tokens in out and dout */
-    int causal;        /* mask key j for query i when k_pos[j] > q_pos[i] */
+    int causal;        /* mask key j for query i when k_pos[j] > q_pos[i] (and see q_first below) */
 } rt_attn_shape;
 
 /* Key of the counter-based RNG: one mask per (seed, step, layer, site); the counter is (global position, channel). */
@@ -140,13 +140,16 @@ typedef struct {
     size_t (*attn_workspace_bytes)(const rt_backend *be, size_t max_Tq, size_t max_Tk, const rt_attn_shape *shape);
     /* Merges the attention of queries q (Tq tokens) onto keys/values k,v (Tk tokens) into the running
      * out (Tq, H*D) and lse (Tq, H), both fp32. Start with out = 0, lse = -INFINITY. A query that sees
-     * no key of this block leaves its row untouched. Positions give the causal mask. workspace: device
+     * no key of this block leaves its row untouched. Positions give the masks: key j is visible to query i
+     * when k_pos[j] <= q_pos[i] (causal shapes) and, where q_first is not NULL, k_pos[j] >= q_first[i] (the
+     * first position of query i's document: packed documents never see each other). workspace: device
      * memory of workspace_bytes, 64-byte aligned (every device allocation is), at least
      * attn_workspace_bytes(Tq, Tk, shape); the op overwrites it (calls on one workspace run one at a
      * time); too small is a programming error (rt_fatal with the size needed). */
     void (*attn_block_forward)(const rt_backend *be, float *out, float *lse, const float *q, const float *k,
-                               const float *v, const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                               const rt_attn_shape *shape, void *workspace, size_t workspace_bytes);
+                               const float *v, const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos,
+                               size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
+                               size_t workspace_bytes);
     /* delta (Tq, H) = rowsum(dout * out) per head: computed once, before any block backward. */
     void (*attn_delta)(const rt_backend *be, float *delta, const float *out, const float *dout, size_t Tq,
                        const rt_attn_shape *shape);
@@ -154,8 +157,8 @@ typedef struct {
      * workspace as for attn_block_forward. */
     void (*attn_block_backward)(const rt_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                 const float *q, const float *k, const float *v, const float *lse, const float *delta,
-                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes);
+                                const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos, size_t Tq,
+                                size_t Tk, const rt_attn_shape *shape, void *workspace, size_t workspace_bytes);
 
     /* --- loss --- */
     /* For a tile of n tokens: logits (n, Vp) holds x @ wte^T. Writes losses[i] = -log softmax(logits_i)[t_i]
@@ -320,10 +323,10 @@ static inline size_t rt_be_attn_workspace_bytes(const rt_backend *be, size_t max
     return be->ops.attn_workspace_bytes(be, max_Tq, max_Tk, shape);
 }
 static inline void rt_be_attn_block_forward(const rt_backend *be, float *out, float *lse, const float *q,
-                                            const float *k, const float *v, const int64_t *q_pos, const int64_t *k_pos,
-                                            size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
-                                            size_t workspace_bytes) {
-    be->ops.attn_block_forward(be, out, lse, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace, workspace_bytes);
+                                            const float *k, const float *v, const int64_t *q_pos,
+                                            const int64_t *q_first, const int64_t *k_pos, size_t Tq, size_t Tk,
+                                            const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
+    be->ops.attn_block_forward(be, out, lse, q, k, v, q_pos, q_first, k_pos, Tq, Tk, shape, workspace, workspace_bytes);
 }
 static inline void rt_be_attn_delta(const rt_backend *be, float *delta, const float *out, const float *dout, size_t Tq,
                                     const rt_attn_shape *shape) {
@@ -331,11 +334,11 @@ static inline void rt_be_attn_delta(const rt_backend *be, float *delta, const fl
 }
 static inline void rt_be_attn_block_backward(const rt_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                              const float *q, const float *k, const float *v, const float *lse,
-                                             const float *delta, const int64_t *q_pos, const int64_t *k_pos, size_t Tq,
-                                             size_t Tk, const rt_attn_shape *shape, void *workspace,
-                                             size_t workspace_bytes) {
-    be->ops.attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, q_pos, k_pos, Tq, Tk, shape, workspace,
-                                workspace_bytes);
+                                             const float *delta, const int64_t *q_pos, const int64_t *q_first,
+                                             const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape,
+                                             void *workspace, size_t workspace_bytes) {
+    be->ops.attn_block_backward(be, dq, dk, dv, dout, q, k, v, lse, delta, q_pos, q_first, k_pos, Tq, Tk, shape,
+                                workspace, workspace_bytes);
 }
 static inline void rt_be_softmax_xent(const rt_backend *be, float *logits, float *losses, const int32_t *targets,
                                       size_t n, int V, int Vp, float dloss_scale) {

@@ -883,7 +883,7 @@ static void attn_forward_all(const rt_backend *be, const attn_spec *s, const att
     const int dev = be == gpu;
     for (int b = 0; b < s->n_blocks; b++)
         rt_be_attn_block_forward(be, out, lse, attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
-                                 attn_ptr(a, a->store, 2, b, dev), dev ? a->q_pos_d : s->q_pos,
+                                 attn_ptr(a, a->store, 2, b, dev), dev ? a->q_pos_d : s->q_pos, NULL,
                                  dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b], &a->shape, ws, ws_bytes);
 }
 
@@ -892,11 +892,12 @@ static void attn_backward_all(const rt_backend *be, const attn_spec *s, const at
                               size_t ws_bytes) {
     const int dev = be == gpu;
     for (int b = 0; b < s->n_blocks; b++)
-        rt_be_attn_block_backward(
-            be, attn_ptr(a, grads, 0, b, dev), attn_ptr(a, grads, 1, b, dev), attn_ptr(a, grads, 2, b, dev),
-            dev ? a->dout.d : a->dout.h, attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
-            attn_ptr(a, a->store, 2, b, dev), dev ? a->lse.d : a->lse.h, dev ? a->delta.d : a->delta.h,
-            dev ? a->q_pos_d : s->q_pos, dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b], &a->shape, ws, ws_bytes);
+        rt_be_attn_block_backward(be, attn_ptr(a, grads, 0, b, dev), attn_ptr(a, grads, 1, b, dev),
+                                  attn_ptr(a, grads, 2, b, dev), dev ? a->dout.d : a->dout.h,
+                                  attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
+                                  attn_ptr(a, a->store, 2, b, dev), dev ? a->lse.d : a->lse.h,
+                                  dev ? a->delta.d : a->delta.h, dev ? a->q_pos_d : s->q_pos, NULL,
+                                  dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b], &a->shape, ws, ws_bytes);
 }
 
 static void check_attention(const attn_spec *s, uint64_t seed, const char *what) {

@@ -547,13 +547,13 @@ static void kernel_subset(const attn_problem *p, const size_t *q_rows, size_t Tq
     test_workspace ws = workspace_make(Tq, T < block_size ? T : block_size, &shape);
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
-        rt_be_attn_block_forward(b, out, lse, q, p->k + row, p->v + row, q_pos, p->pos + j0, Tq, len, &shape, ws.ptr,
-                                 ws.bytes);
+        rt_be_attn_block_forward(b, out, lse, q, p->k + row, p->v + row, q_pos, NULL, p->pos + j0, Tq, len, &shape,
+                                 ws.ptr, ws.bytes);
     }
     rt_be_attn_delta(b, delta, out, dout, Tq, &shape);
     for (size_t j0 = 0; j0 < T; j0 += block_size) {
         const size_t len = T - j0 < block_size ? T - j0 : block_size, row = j0 * shape.kv_stride;
-        rt_be_attn_block_backward(b, dq, dk + row, dv + row, dout, q, p->k + row, p->v + row, lse, delta, q_pos,
+        rt_be_attn_block_backward(b, dq, dk + row, dv + row, dout, q, p->k + row, p->v + row, lse, delta, q_pos, NULL,
                                   p->pos + j0, Tq, len, &shape, ws.ptr, ws.bytes);
     }
     workspace_free(&ws);
@@ -676,7 +676,7 @@ static void test_no_visible_key(void) {
     /* queries: tokens 0..7; keys: tokens 8..23 */
     const float *k = p.k + 8 * p.row_kv, *v = p.v + 8 * p.row_kv;
     test_workspace ws = workspace_make(Tq, Tk, &p.shape);
-    rt_be_attn_block_forward(b, out, lse, p.q, k, v, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr, ws.bytes);
+    rt_be_attn_block_forward(b, out, lse, p.q, k, v, p.pos, NULL, p.pos + 8, Tq, Tk, &p.shape, ws.ptr, ws.bytes);
     int untouched = 1;
     for (size_t i = 0; i < Tq * p.row_q; i++)
         untouched &= out[i] == 0.0f;
@@ -684,8 +684,8 @@ static void test_no_visible_key(void) {
         untouched &= lse[i] == -INFINITY;
     CU_ASSERT(untouched);
     rt_be_attn_delta(b, delta, out, p.dout, Tq, &p.shape);
-    rt_be_attn_block_backward(b, dq, dk, dv, p.dout, p.q, k, v, lse, delta, p.pos, p.pos + 8, Tq, Tk, &p.shape, ws.ptr,
-                              ws.bytes);
+    rt_be_attn_block_backward(b, dq, dk, dv, p.dout, p.q, k, v, lse, delta, p.pos, NULL, p.pos + 8, Tq, Tk, &p.shape,
+                              ws.ptr, ws.bytes);
     workspace_free(&ws);
     int no_grad = 1;
     for (size_t i = 0; i < Tq * p.row_q; i++)
@@ -794,7 +794,7 @@ static void test_block_order_independent(void) {
         test_workspace ws = workspace_make(T, block, &p.shape);
         for (size_t n = n_blocks; n-- > 0;) {
             const size_t j0 = n * block, len = T - j0 < block ? T - j0 : block;
-            rt_be_attn_block_forward(b, out_rev, lse_rev, p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos,
+            rt_be_attn_block_forward(b, out_rev, lse_rev, p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos, NULL,
                                      p.pos + j0, T, len, &p.shape, ws.ptr, ws.bytes);
         }
         workspace_free(&ws);
@@ -916,14 +916,14 @@ static attn_problem misuse_problem;
 
 static void misuse_forward(unsigned char *ws, size_t bytes) {
     attn_problem *p = &misuse_problem;
-    rt_be_attn_block_forward(rt_backend_cpu(), p->out, p->lse, p->q, p->k, p->v, p->pos, p->pos, 100, 130, &p->shape,
-                             ws, bytes);
+    rt_be_attn_block_forward(rt_backend_cpu(), p->out, p->lse, p->q, p->k, p->v, p->pos, NULL, p->pos, 100, 130,
+                             &p->shape, ws, bytes);
 }
 
 static void misuse_backward(unsigned char *ws, size_t bytes) {
     attn_problem *p = &misuse_problem;
     rt_be_attn_block_backward(rt_backend_cpu(), p->dq, p->dk, p->dv, p->dout, p->q, p->k, p->v, p->lse, p->delta,
-                              p->pos, p->pos, 100, 130, &p->shape, ws, bytes);
+                              p->pos, NULL, p->pos, 100, 130, &p->shape, ws, bytes);
 }
 
 /* A workspace smaller than the call needs (by one byte), or misaligned, ends the job naming the size needed;

@@ -331,10 +331,11 @@ RT_TILE_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, flo
 }
 
 void rt_cpu_attn_block_forward(CPU_BE, float *out, float *lse, const float *q, const float *k, const float *v,
-                               const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
+                               const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos, size_t Tq, size_t Tk,
                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
     const ws_layout w = ws_check("attn_block_forward", Tq, Tk, shape, workspace, workspace_bytes);
+    (void)q_first; /* document masks: not yet */
     attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape, workspace);
     /* Tasks are independent (each writes its own rows of out/lse), so a dynamic schedule keeps the result
      * deterministic; the tiles with the most keys (last query tiles, when causal) are dealt first. */
@@ -454,10 +455,11 @@ static float *dv_partial_of(void *workspace, const ws_layout *w, int tid) {
 
 void rt_cpu_attn_block_backward(CPU_BE, float *dq, float *dk, float *dv, const float *dout, const float *q,
                                 const float *k, const float *v, const float *lse, const float *delta,
-                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
+                                const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos, size_t Tq,
+                                size_t Tk, const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
     const ws_layout w = ws_check("attn_block_backward", Tq, Tk, shape, workspace, workspace_bytes);
+    (void)q_first; /* document masks: not yet */
     attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape, workspace);
     const int n_threads = w.n_threads;
     const size_t D = (size_t)d.D;

@@ -9,14 +9,14 @@
 
 size_t rt_cpu_attn_workspace_bytes(CPU_BE, size_t max_Tq, size_t max_Tk, const rt_attn_shape *shape);
 void rt_cpu_attn_block_forward(CPU_BE, float *out, float *lse, const float *q, const float *k, const float *v,
-                               const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
+                               const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos, size_t Tq, size_t Tk,
                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes);
 void rt_cpu_attn_delta(CPU_BE, float *delta, const float *out, const float *dout, size_t Tq,
                        const rt_attn_shape *shape);
 void rt_cpu_attn_block_backward(CPU_BE, float *dq, float *dk, float *dv, const float *dout, const float *q,
                                 const float *k, const float *v, const float *lse, const float *delta,
-                                const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes);
+                                const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos, size_t Tq,
+                                size_t Tk, const rt_attn_shape *shape, void *workspace, size_t workspace_bytes);
 
 /* Copy engine (backend_cpu_stream.c): one worker thread per stream; see backend.h for the contract. */
 rt_stream *rt_cpu_stream_create(CPU_BE);

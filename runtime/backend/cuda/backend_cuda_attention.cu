@@ -764,11 +764,13 @@ static size_t cuda_attn_workspace_bytes(const rt_backend *be, size_t max_Tq, siz
 }
 
 static void cuda_attn_block_forward(const rt_backend *be, float *out, float *lse, const float *q, const float *k,
-                                    const float *v, const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk,
-                                    const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
+                                    const float *v, const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos,
+                                    size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace,
+                                    size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
     check_shape("attn_block_forward", shape);
     check_workspace("attn_block_forward", Tq, Tk, shape, workspace, workspace_bytes);
+    (void)q_first; /* document masks: not yet */
     attn_args a = args_make(be, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace);
     a.out = out, a.lse = lse;
     cudaStream_t stream = rt_cuda_compute_stream(be);
@@ -794,11 +796,13 @@ static void cuda_attn_delta(const rt_backend *be, float *delta, const float *out
 
 static void cuda_attn_block_backward(const rt_backend *be, float *dq, float *dk, float *dv, const float *dout,
                                      const float *q, const float *k, const float *v, const float *lse,
-                                     const float *delta, const int64_t *q_pos, const int64_t *k_pos, size_t Tq,
-                                     size_t Tk, const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
+                                     const float *delta, const int64_t *q_pos, const int64_t *q_first,
+                                     const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape,
+                                     void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
     check_shape("attn_block_backward", shape);
     check_workspace("attn_block_backward", Tq, Tk, shape, workspace, workspace_bytes);
+    (void)q_first; /* document masks: not yet */
     attn_args a = args_make(be, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace);
     a.dout = dout, a.lse_final = lse, a.delta = delta;
     a.dq = dq, a.dk = dk, a.dv = dv;
