@@ -93,12 +93,14 @@ int rt_loader_init(rt_loader *loader, const rt_token_file *tokens, size_t seq_le
     loader->shuffle = shuffle;
     loader->seed = seed;
     loader->order = malloc_check(n_windows * sizeof *loader->order);
+    loader->separator = -1;
     rt_loader_rewind(loader);
     return 0;
 }
 
 void rt_loader_free(rt_loader *loader) {
     free(loader->order);
+    free(loader->first);
     memset(loader, 0, sizeof *loader);
 }
 
@@ -108,8 +110,49 @@ void rt_loader_rewind(rt_loader *loader) {
     fill_order(loader);
 }
 
+void rt_loader_set_documents(rt_loader *loader, int64_t separator, int starts_document, size_t lookback) {
+    loader->separator = separator;
+    loader->separator_starts_document = starts_document;
+    loader->lookback = lookback;
+    free(loader->first);
+    loader->first = separator >= 0 ? malloc_check((loader->seq_len + 1) * sizeof *loader->first) : NULL;
+}
+
+/* Whether file offset q starts a document (q > 0; the file's first token always does). */
+static int starts_document(const rt_loader *loader, size_t q) {
+    const rt_token_file *tf = loader->tokens;
+    const uint32_t sep = (uint32_t)loader->separator;
+    return loader->separator_starts_document ? rt_tokens_get(tf, q) == sep : rt_tokens_get(tf, q - 1) == sep;
+}
+
+/* How many tokens of the window's first document lie before the window at file offset base: 0 when a document
+ * starts at base, or when its start is more than lookback tokens back (positions restart there). */
+static size_t first_document_offset(const rt_loader *loader, size_t base) {
+    for (size_t back = 0; back <= loader->lookback && back <= base; back++) {
+        const size_t q = base - back;
+        if (q == 0 || starts_document(loader, q)) return back;
+    }
+    return 0;
+}
+
+/* loader->first[p] for p in [0, T]: the window position where p's document starts. */
+static void find_documents(rt_loader *loader, size_t base) {
+    int64_t first = 0;
+    for (size_t p = 0; p <= loader->seq_len; p++) {
+        if (p > 0 && starts_document(loader, base + p)) first = (int64_t)p;
+        loader->first[p] = first;
+    }
+}
+
 int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_span *spans, int n_spans,
                    int vocab_size, int32_t *inputs, int32_t *targets, int64_t *pos, rt_error *err) {
+    return rt_loader_next_docs(loader, first_seq, n_seqs, spans, n_spans, vocab_size, inputs, targets, pos, NULL, NULL,
+                               err);
+}
+
+int rt_loader_next_docs(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_span *spans, int n_spans,
+                        int vocab_size, int32_t *inputs, int32_t *targets, int64_t *pos, int64_t *doc_pos,
+                        int64_t *doc_first, rt_error *err) {
     const rt_token_file *tf = loader->tokens;
     size_t T = loader->seq_len;
     if (first_seq > loader->global_batch || n_seqs > loader->global_batch - first_seq)
@@ -121,10 +164,19 @@ int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_
             return rt_fail(err, "%s: span %d covers positions [%zu, %zu), beyond seq_len %zu", tf->path, s,
                            spans[s].start, spans[s].start + spans[s].len, T);
 
+    const int documents = loader->separator >= 0;
+    if (documents && (!doc_pos || !doc_first))
+        rt_fatal("%s: the loader has a document separator but the caller takes no document positions", tf->path);
+
     size_t out = 0;
     for (size_t seq = first_seq; seq < first_seq + n_seqs; seq++) {
         size_t window = loader->first_window + loader->order[loader->cursor + seq];
         size_t base = window * T; /* offset of the window's first token */
+        size_t offset = 0;
+        if (documents) {
+            find_documents(loader, base);
+            offset = first_document_offset(loader, base);
+        }
         for (int s = 0; s < n_spans; s++) {
             for (size_t p = spans[s].start; p < spans[s].start + spans[s].len; p++, out++) {
                 uint32_t input = rt_tokens_get(tf, base + p), target = rt_tokens_get(tf, base + p + 1);
@@ -136,6 +188,12 @@ int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_
                 inputs[out] = (int32_t)input;
                 targets[out] = (int32_t)target;
                 pos[out] = (int64_t)p;
+                if (documents) {
+                    const int64_t first = loader->first[p];
+                    doc_first[out] = first;
+                    doc_pos[out] = (int64_t)p - first + (first == 0 ? (int64_t)offset : 0);
+                    if (loader->first[p + 1] != first) targets[out] = -1; /* p + 1 starts the next document */
+                }
             }
         }
     }

@@ -29,6 +29,11 @@ typedef struct {
     size_t global_batch;
     int shuffle;
     uint64_t seed;
+    /* packed documents (rt_loader_set_documents); separator -1: none */
+    int64_t separator;
+    int separator_starts_document;
+    size_t lookback;
+    int64_t *first; /* T+1 entries: scratch, the first position of each position's document in one window */
     /* state */
     size_t *order; /* n_windows entries: the current epoch's permutation */
     size_t cursor; /* next index into order */
@@ -47,6 +52,27 @@ void rt_loader_free(rt_loader *loader);
  * fails with an error naming the file, the token offset and the value. */
 int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_span *spans, int n_spans,
                    int vocab_size, int32_t *inputs, int32_t *targets, int64_t *pos, rt_error *err);
+
+/*
+ * Packed documents. The separator token marks where documents meet: with
+ * starts_document it is the first token of a document (llm.c shards), else
+ * its last (Hugging Face pipelines). For every position p of a sequence,
+ * rt_loader_next_docs gives doc_first[p], the window position where p's
+ * document starts (0 for the document the window starts in), and doc_pos[p],
+ * p's position inside its document; the target of p is -1 (not trained) where
+ * p+1 starts a new document. A window that starts inside a document continues
+ * its positions when the document's first token lies at most `lookback`
+ * tokens before the window (the caller passes model.max_seq_len - T, so no
+ * position exceeds what the model embeds); further back, or at the file's
+ * start, positions restart at 0.
+ */
+void rt_loader_set_documents(rt_loader *loader, int64_t separator, int starts_document, size_t lookback);
+
+/* rt_loader_next plus, with documents set, doc_pos and doc_first (int64, as many entries as pos; may be NULL
+ * when the loader has no separator). */
+int rt_loader_next_docs(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_span *spans, int n_spans,
+                        int vocab_size, int32_t *inputs, int32_t *targets, int64_t *pos, int64_t *doc_pos,
+                        int64_t *doc_first, rt_error *err);
 
 /* Restart from the first batch of epoch 0 (validation runs each pass from the start). */
 void rt_loader_rewind(rt_loader *loader);

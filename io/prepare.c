@@ -254,7 +254,7 @@ int rt_prepare_tokenized(const char *tokenizer_path, const char *separator, cons
     rt_bpe_ids ids = {0};
     int rc = find_separator(tok, tokenizer_path, separator, &separator_id, err);
     if (rc == 0) rc = encode_inputs(tok, separator_id, inputs, n_inputs, progress, &ids, err);
-    const rt_tokens_tokenizer_record record = {absolute, rt_bpe_content_hash(tok), separator_id};
+    const rt_tokens_tokenizer_record record = {absolute, rt_bpe_content_hash(tok), separator_id, 0};
     const int vocab_size = rt_bpe_vocab_size(tok);
     rt_bpe_free(tok);
     size_t total = ids.n, val_tokens = out_val ? (size_t)(val_fraction * (double)total) : 0;

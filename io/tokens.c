@@ -65,6 +65,8 @@ static int parse_header(rt_token_file *tf, const unsigned char *header, rt_error
         tf->is_llmc = 0;
         tf->has_tokenizer = read_le32(header + 24) == 1;
         tf->separator_id = (int64_t)(uint32_t)read_le32(header + 28) - 1;
+        const int32_t stands = read_le32(header + 40);
+        tf->separator_starts_document = stands == 2 ? 1 : stands == 1 ? 0 : -1;
         tf->tokenizer_hash = (uint64_t)(uint32_t)read_le32(header + 32) | (uint64_t)(uint32_t)read_le32(header + 36)
                                                                               << 32;
         /* strnlen bounds the copy: a corrupt header without a NUL gives a truncated path, not an overread */
@@ -86,6 +88,7 @@ static int parse_header(rt_token_file *tf, const unsigned char *header, rt_error
         tf->bytes_per_token = 2;
         tf->is_llmc = 1;
         tf->separator_id = -1;
+        tf->separator_starts_document = -1;
         return 0;
     }
     return rt_fail(err, "%s: not a token file: magic %d, expected %d (ringtrain tokens) or %d (llm.c shard)", tf->path,
@@ -208,6 +211,7 @@ int rt_tokens_write_recorded(const char *path, const uint32_t *tokens, size_t n_
         fields[7] = (uint32_t)(record->separator_id + 1);
         fields[8] = (uint32_t)(record->hash & 0xffffffffu);
         fields[9] = (uint32_t)(record->hash >> 32);
+        if (record->separator_id >= 0) fields[10] = record->separator_starts_document ? 2 : 1;
     }
     for (int f = 0; f < HEADER_FIELDS; f++)
         write_le32(header + 4 * f, fields[f]);

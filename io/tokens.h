@@ -12,7 +12,8 @@
  *   [0] magic 20261122  [1] version 1  [2] vocab_size  [3] bytes per token (2 or 4)
  *   [4] n_tokens low 32 bits  [5] n_tokens high 32 bits
  *   [6] 1 when a tokenizer.json is recorded, else 0  [7] document separator id + 1 (0: none)
- *   [8] [9] the tokenizer.json's 64-bit FNV-1a hash, low and high 32 bits  [10..127] zero
+ *   [8] [9] the tokenizer.json's 64-bit FNV-1a hash, low and high 32 bits
+ *   [10] where the separator stands: 1 last token of a document, 2 first token, 0 not recorded  [11..127] zero
  *   bytes [512, 1024): the tokenizer.json's absolute path, NUL-terminated (all zero when none is recorded)
  * followed by n_tokens tokens (uint16 or uint32). Byte-level files (no tokenizer) have [6..255] zero.
  * llm.c shard: int32[256] header, magic 20240520, version 1, [2] = n_tokens,
@@ -36,7 +37,8 @@ typedef struct {
     const unsigned char *tokens; /* first token */
     int has_tokenizer;
     uint64_t tokenizer_hash;
-    int64_t separator_id; /* -1: none */
+    int64_t separator_id;          /* -1: none */
+    int separator_starts_document; /* 1: first token of a document, 0: last, -1: not recorded */
     char tokenizer_path[RT_TOKENS_TOKENIZER_PATH_MAX];
 } rt_token_file;
 
@@ -44,7 +46,8 @@ typedef struct {
 typedef struct {
     const char *path; /* absolute, shorter than RT_TOKENS_TOKENIZER_PATH_MAX */
     uint64_t hash;
-    int64_t separator_id; /* -1: none */
+    int64_t separator_id;          /* -1: none */
+    int separator_starts_document; /* 1: the separator is a document's first token, 0: its last */
 } rt_tokens_tokenizer_record;
 
 /* Opens and validates (magic, version, size matches header, every token < vocab is checked lazily by the

@@ -156,7 +156,9 @@ static pos_run sub_run(const pos_run *run, size_t j0, size_t len) {
 /* The local queries of one sequence: device pointers and their runs. */
 typedef struct {
     const float *q;
-    const int64_t *pos; /* device */
+    const int64_t *pos;        /* device */
+    const int64_t *first;      /* device: where each query's document starts; NULL without documents */
+    const int64_t *host_first; /* host: the same */
     run_list runs;
 } query_set;
 
@@ -174,6 +176,33 @@ typedef struct {
 typedef void (*pair_fn)(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
                         size_t Tk, const int64_t *k_pos);
 
+/* With documents: the queries of one run (consecutive positions) cut where their document changes; each piece
+ * meets only the keys of its block in [its document's first position, its last query's position] (block rows
+ * at consecutive positions: trimmed to exactly those; otherwise the whole block, and the kernel masks). */
+static void for_each_document_pair(const seqpar_ctx *ctx, const query_set *qs, const pos_run *queries,
+                                   const held_block *b, const pos_run *keys, const int64_t *k_pos, pair_fn fn,
+                                   void *arg) {
+    const size_t end = queries->start + queries->len;
+    for (size_t i0 = queries->start; i0 < end;) {
+        const int64_t first = qs->host_first[i0];
+        size_t i1 = i0 + 1;
+        while (i1 < end && qs->host_first[i1] == first)
+            i1++;
+        const int64_t last = queries->min + (int64_t)(i1 - 1 - queries->start); /* the piece's last query */
+        const int64_t lo = keys->min > first ? keys->min : first;
+        const int64_t hi = b->shape.causal && keys->max > last ? last : keys->max;
+        if (lo <= hi) {
+            if (keys->consecutive) {
+                const size_t skip = (size_t)(lo - keys->min);
+                fn(ctx, arg, b, i0, i1 - i0, keys->start + skip, (size_t)(hi - lo) + 1, k_pos + skip);
+            } else {
+                fn(ctx, arg, b, i0, i1 - i0, keys->start, keys->len, k_pos);
+            }
+        }
+        i0 = i1;
+    }
+}
+
 /* Calls fn on every (query run, key block) pair that is not fully masked, in a fixed order. */
 static void for_each_pair(const seqpar_ctx *ctx, const query_set *qs, const held_block *b, pair_fn fn, void *arg) {
     for (int kr = 0; kr < b->runs.n; kr++) {
@@ -186,7 +215,10 @@ static void for_each_pair(const seqpar_ctx *ctx, const query_set *qs, const held
             for (int qr = 0; qr < qs->runs.n; qr++) {
                 const pos_run *queries = &qs->runs.runs[qr];
                 if (b->shape.causal && keys.min > queries->max) continue; /* every key after every query */
-                fn(ctx, arg, b, queries->start, queries->len, keys.start, keys.len, k_pos);
+                if (qs->host_first && queries->consecutive)
+                    for_each_document_pair(ctx, qs, queries, b, &keys, k_pos, fn, arg);
+                else
+                    fn(ctx, arg, b, queries->start, queries->len, keys.start, keys.len, k_pos);
             }
         }
     }
@@ -195,22 +227,25 @@ static void for_each_pair(const seqpar_ctx *ctx, const query_set *qs, const held
 typedef struct {
     float *out, *lse;
     const query_set *qs;
+    double pairs; /* query rows x keys handed to the kernel */
 } forward_args;
 
 static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
                          size_t Tk, const int64_t *k_pos) {
-    const forward_args *a = arg;
+    forward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
+    a->pairs += (double)Tq * (double)Tk;
     rt_be_attn_block_forward(ctx->backend, a->out + i0 * shape->out_stride, a->lse + i0 * (size_t)shape->n_heads,
                              a->qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
-                             b->v + j0 * shape->kv_stride, a->qs->pos + i0, NULL, k_pos, Tq, Tk, shape,
-                             ctx->attn_workspace, ctx->attn_workspace_bytes);
+                             b->v + j0 * shape->kv_stride, a->qs->pos + i0, a->qs->first ? a->qs->first + i0 : NULL,
+                             k_pos, Tq, Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Merges the attention of one sequence's local queries onto its held block into (out, lse). */
-static void forward_held(const seqpar_ctx *ctx, float *out, float *lse, const query_set *qs, const held_block *b) {
-    forward_args a = {out, lse, qs};
+static void forward_held(seqpar_ctx *ctx, float *out, float *lse, const query_set *qs, const held_block *b) {
+    forward_args a = {out, lse, qs, 0.0};
     for_each_pair(ctx, qs, b, forward_pair, &a);
+    ctx->attn_pairs += a.pairs;
 }
 
 typedef struct {
@@ -224,10 +259,10 @@ static void backward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b,
     const backward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
     const size_t H = (size_t)shape->n_heads, row = j0 * shape->kv_stride;
-    rt_be_attn_block_backward(ctx->backend, a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row,
-                              a->dout + i0 * shape->out_stride, a->qs->q + i0 * shape->q_stride, b->k + row, b->v + row,
-                              a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0, NULL, k_pos, Tq, Tk, shape,
-                              ctx->attn_workspace, ctx->attn_workspace_bytes);
+    rt_be_attn_block_backward(
+        ctx->backend, a->dq + i0 * shape->q_stride, a->dk + row, a->dv + row, a->dout + i0 * shape->out_stride,
+        a->qs->q + i0 * shape->q_stride, b->k + row, b->v + row, a->lse + i0 * H, a->delta + i0 * H, a->qs->pos + i0,
+        a->qs->first ? a->qs->first + i0 : NULL, k_pos, Tq, Tk, shape, ctx->attn_workspace, ctx->attn_workspace_bytes);
 }
 
 /* Adds the gradients through one held block: dq of the local queries, dk/dv (rows at the block's kv_stride). */
@@ -268,6 +303,10 @@ static query_set query_set_of(const seqpar_ctx *ctx, const float *q, const seqpa
                               const rt_attn_shape *shape) {
     const size_t row0 = b * tokens->Tl;
     query_set qs = {.q = q + row0 * shape->q_stride, .pos = tokens->pos + row0};
+    if (tokens->first) {
+        qs.first = tokens->first + row0;
+        qs.host_first = tokens->host_first + row0;
+    }
     const int P = ring_size(ctx);
     qs.runs =
         P > 1 ? runs_of_owner(ctx->comm->rank, P, tokens->Tl) : runs_of_positions(tokens->host_pos + row0, tokens->Tl);

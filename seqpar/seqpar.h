@@ -35,6 +35,9 @@ typedef struct {
      * sequence of its call (P-1 K/V per forward; P-1 K/V and P-1 dK/dV per backward) */
     size_t kv_blocks_received;
     size_t dkv_blocks_received;
+    /* (query, key) pairs the forward handed to the kernels, summed over heads-free rows x keys: what the
+     * skipping of masked blocks leaves (causal and documents) */
+    double attn_pairs;
     double comm_exposed_s;
     /* The shapes every ring call has, agreed by the group at setup (seqpar_agree_shapes). */
     int group_agreed;
@@ -64,6 +67,11 @@ typedef struct {
     size_t n_seqs, Tl;
     const int64_t *pos;      /* (n_seqs*Tl) device: the kernels mask by these */
     const int64_t *host_pos; /* (n_seqs*Tl) host, the same values: which (query, key block) pairs to compute */
+    /* Packed documents (NULL: none): the position where each token's document starts. A query sees only keys
+     * at or after it, so documents never see each other; nothing about them travels, since a key's position
+     * is all the mask needs and the ring knows every position from the layout. */
+    const int64_t *first;      /* (n_seqs*Tl) device */
+    const int64_t *host_first; /* (n_seqs*Tl) host, the same values */
 } seqpar_tokens;
 
 /*

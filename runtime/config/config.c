@@ -118,6 +118,8 @@ static const key_spec config_keys[] = {
     STRING_KEY("data", "train", data_train, 0),
     STRING_KEY("data", "val", data_val, 0),
     FLOAT_KEY("data", "val_fraction", val_fraction, 0, 1, MAX_OPEN),
+    INT_KEY("data", "document_separator", document_separator, -1, BIG),
+    ENUM_KEY("data", "separator_starts_document", separator_starts_document, bool_names),
 
     INT_KEY("parallel", "sp", sp, 1, 1 << 20),
     INT_KEY("parallel", "dp", dp, 1, 1 << 20),
@@ -465,6 +467,7 @@ void rt_config_defaults(rt_config *cfg) {
     cfg->val_steps = 4;
     cfg->log_every = 1;
     cfg->val_fraction = 0.05f;
+    cfg->document_separator = -1;
     cfg->sp = 1;
     cfg->dp = 1;
     cfg->zero_stage = 0;

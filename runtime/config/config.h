@@ -37,6 +37,10 @@ typedef struct {
     /* [data] */
     char data_train[RT_PATH_LEN], data_val[RT_PATH_LEN];
     float val_fraction; /* held out of train when data.val is empty */
+    /* Packed documents: the id that separates documents, -1 for none. Unless set explicitly, a run takes both from
+     * data.train's header (rt_config_is_explicit), where prepare recorded them. */
+    int document_separator;
+    int separator_starts_document; /* 1: the separator is a document's first token (llm.c); 0: its last */
     /* [parallel] */
     int sp, dp;
     /* [zero] */

@@ -195,6 +195,10 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     m->tokens = alloc_bytes(m, N * sizeof(int32_t), "input tokens", err, &failed);
     m->targets = alloc_bytes(m, N * sizeof(int32_t), "target tokens", err, &failed);
     m->pos = alloc_bytes(m, N * sizeof(int64_t), "token positions", err, &failed);
+    if (options->packed_documents) {
+        m->doc_pos = alloc_bytes(m, N * sizeof(int64_t), "token positions in documents", err, &failed);
+        m->doc_first = alloc_bytes(m, N * sizeof(int64_t), "document starts", err, &failed);
+    }
     m->dropout_ids = alloc_bytes(m, N * sizeof(int64_t), "dropout ids", err, &failed);
     /* Host staging for each micro-batch's counters and losses, allocated once so a step allocates nothing. */
     m->host_ids = malloc_check(N * sizeof *m->host_ids);
@@ -225,6 +229,8 @@ static int model_init(rt_model *m, const rt_model_shape *shape, const rt_backend
     c->seqpar = m->seqpar;
     c->mlp_tile = m->mlp_tile;
     c->pos = m->pos;
+    c->rope_pos = m->doc_pos ? m->doc_pos : m->pos;
+    c->doc_first = m->doc_first;
     c->dropout_ids = m->dropout_ids;
     c->progress = m->grad_hooks.progress;
     c->progress_ctx = m->grad_hooks.ctx;
@@ -297,6 +303,14 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
     rt_be_copy(be, m->targets, batch->targets, N * sizeof(int32_t));
     rt_be_copy(be, m->pos, batch->pos, N * sizeof(int64_t));
     m->layer_ctx.host_pos = batch->pos;
+    if ((m->doc_pos != NULL) != (batch->doc_pos != NULL && batch->doc_first != NULL))
+        rt_fatal("a micro-batch %s documents for a model initialised %s packed documents",
+                 batch->doc_pos ? "with" : "without", m->doc_pos ? "for" : "without");
+    if (m->doc_pos) {
+        rt_be_copy(be, m->doc_pos, batch->doc_pos, N * sizeof(int64_t));
+        rt_be_copy(be, m->doc_first, batch->doc_first, N * sizeof(int64_t));
+        m->layer_ctx.host_doc_first = batch->doc_first;
+    }
     m->layer_ctx.n_seqs = batch->n_seqs;
     m->layer_ctx.local_len = batch->local_len;
     rt_be_copy(be, m->dropout_ids, ids, N * sizeof(int64_t));
@@ -323,7 +337,7 @@ static int forward_layers(rt_model *m, const rt_batch *batch, const rt_dropout_p
     rt_act_policy *policy = &m->act_policy;
     float *x = rt_act_forward_input(policy, 0, N);
     need_params(m, -1, -1);
-    rt_be_embedding_forward(m->backend, x, m->tokens, m->pos, top->wte, top->wpe, N, m->shape.d_model);
+    rt_be_embedding_forward(m->backend, x, m->tokens, m->layer_ctx.rope_pos, top->wte, top->wpe, N, m->shape.d_model);
     rt_act_input_written(policy, 0, N, training);
     for (int l = 0; l < m->shape.n_layers; l++) {
         float *y = rt_act_forward_input(policy, l + 1, N);
@@ -413,8 +427,8 @@ double rt_model_forward_backward(rt_model *m, const rt_batch *batch, const rt_dr
         if (l > 0 && interrupted(m)) return NAN;
     }
     end_pass(m);
-    rt_be_embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->layer_ctx.d_resid, m->tokens, m->pos, N,
-                             m->shape.d_model);
+    rt_be_embedding_backward(m->backend, m->top_grads.wte, m->top_grads.wpe, m->layer_ctx.d_resid, m->tokens,
+                             m->layer_ctx.rope_pos, N, m->shape.d_model);
     if (m->grad_hooks.backward_done) m->grad_hooks.backward_done(m->grad_hooks.ctx);
     return loss_sum;
 }

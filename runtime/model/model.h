@@ -46,6 +46,7 @@ typedef struct {
     float *losses;                    /* (N) */
     int32_t *tokens, *targets;        /* (N) device copies */
     int64_t *pos;                     /* (N) */
+    int64_t *doc_pos, *doc_first;     /* (N) packed documents only (rt_model_options.packed_documents), else NULL */
     int64_t *dropout_ids;             /* (N) (sequence << 40) | position: the counter of every token's dropout mask */
     int64_t *host_ids;                /* (N) host staging of dropout_ids, allocated at setup */
     float *host_losses;               /* (N) host copy of losses, allocated at setup */
@@ -83,6 +84,8 @@ typedef struct {
      * a time and recomputed per tile in backward (model_mlp.c). 0, or at least max_seqs * max_local_len:
      * untiled, bit for bit the MLP without tiles. */
     size_t mlp_tile_tokens;
+    /* Micro-batches carry documents (rt_batch.doc_pos, doc_first): reserves their device copies. */
+    int packed_documents;
     /* Parameters and gradients kept by someone else (ZeRO stages 2-3; param_hooks.h), NULL: the model allocates
      * both buffers whole. The model binds its views through the hooks' `at` at init and calls the rest at
      * layer boundaries. param_hooks needs grad_hooks. The structs are copied. */
@@ -129,6 +132,10 @@ typedef struct {
     const int32_t *inputs;  /* (B, T) */
     const int32_t *targets; /* (B, T), < 0 = no target */
     const int64_t *pos;     /* (B, T) global positions */
+    /* Packed documents (a model initialised with packed_documents needs both; otherwise both NULL): each token's
+     * position inside its document, which RoPE and learned positions use, and the position where its document
+     * starts, below which attention masks every key. */
+    const int64_t *doc_pos, *doc_first; /* (B, T) */
     size_t n_seqs, local_len;
     size_t first_seq; /* index of the first sequence among all sequences of the step (all micro-batches, all
                        * data-parallel ranks): dropout masks key on (sequence, position), never on the rank */

@@ -76,9 +76,14 @@ void rt_layer_forward(const rt_layer_ctx *c, int layer, const rt_layer_params *p
     norm_forward(c, a->norm1, a->norm1_mean, a->norm1_rstd, x, p->norm1_w, p->norm1_b, N);
     rt_be_matmul_forward(be, a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
     rt_layer_progress(c);
-    if (s->family == RT_FAMILY_LLAMA) rope(c, a->qkv, c->pos, N, 0);
+    if (s->family == RT_FAMILY_LLAMA) rope(c, a->qkv, c->rope_pos, N, 0);
     /* every sequence in one call: one ring message per hop carries them all */
-    const seqpar_tokens tokens = {.n_seqs = n_seqs, .Tl = local_len, .pos = c->pos, .host_pos = c->host_pos};
+    const seqpar_tokens tokens = {.n_seqs = n_seqs,
+                                  .Tl = local_len,
+                                  .pos = c->pos,
+                                  .host_pos = c->host_pos,
+                                  .first = c->doc_first,
+                                  .host_first = c->host_doc_first};
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_forward(c->seqpar, a->att, a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
     rt_layer_progress(c);
@@ -120,12 +125,17 @@ void rt_layer_backward(const rt_layer_ctx *c, int layer, const rt_layer_params *
     rt_be_matmul_backward(be, c->d_att, g->proj_w, g->proj_b, c->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
     rt_layer_progress(c);
     rt_be_memset_zero(be, c->d_qkv, N * QKV * sizeof(float));
-    const seqpar_tokens tokens = {.n_seqs = n_seqs, .Tl = local_len, .pos = c->pos, .host_pos = c->host_pos};
+    const seqpar_tokens tokens = {.n_seqs = n_seqs,
+                                  .Tl = local_len,
+                                  .pos = c->pos,
+                                  .host_pos = c->host_pos,
+                                  .first = c->doc_first,
+                                  .host_first = c->host_doc_first};
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_backward(c->seqpar, c->d_qkv, c->d_qkv + k_off, c->d_qkv + v_off, c->delta, c->d_att, a->att,
                               a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
     rt_layer_progress(c);
-    if (s->family == RT_FAMILY_LLAMA) rope(c, c->d_qkv, c->pos, N, 1);
+    if (s->family == RT_FAMILY_LLAMA) rope(c, c->d_qkv, c->rope_pos, N, 1);
     rt_be_memset_zero(be, c->d_norm, N * C * sizeof(float));
     rt_be_matmul_backward(be, c->d_norm, g->qkv_w, g->qkv_b, c->d_qkv, a->norm1, p->qkv_w, N, (int)C, (int)QKV);
     rt_layer_progress(c);

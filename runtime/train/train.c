@@ -72,6 +72,24 @@ static int validate_data(rt_trainer *t, rt_error *err) {
     return 0;
 }
 
+/* The document separator: the config's when set explicitly, else what data.train's header recorded (prepare
+ * --document-separator); where it stands likewise. It must be an id of every data file's vocabulary. */
+static int resolve_documents(rt_trainer *t, const rt_token_file *val, rt_error *err) {
+    rt_config *cfg = &t->cfg;
+    const rt_token_file *train = &t->train_tokens;
+    if (!rt_config_is_explicit(cfg, "data", "document_separator")) cfg->document_separator = (int)train->separator_id;
+    if (!rt_config_is_explicit(cfg, "data", "separator_starts_document") && train->separator_starts_document >= 0)
+        cfg->separator_starts_document = train->separator_starts_document;
+    if (cfg->document_separator < 0) return 0;
+    const rt_token_file *files[2] = {train, val};
+    const char *keys[2] = {"data.train", "data.val"};
+    for (int i = 0; i < 2; i++)
+        if (cfg->document_separator >= files[i]->vocab_size)
+            return rt_fail(err, "data.document_separator = %d is outside the vocabulary of %s (%s: ids 0..%d)",
+                           cfg->document_separator, keys[i], files[i]->path, files[i]->vocab_size - 1);
+    return 0;
+}
+
 static int setup_data(rt_trainer *t, int vocab_size, rt_error *err) {
     const rt_config *cfg = &t->cfg;
     if (open_tokens(&t->train_tokens, "data.train", cfg->data_train, vocab_size, err)) return -1;
@@ -95,15 +113,20 @@ static int setup_data(rt_trainer *t, int vocab_size, rt_error *err) {
         train_windows = windows - val_windows;
         val_first = train_windows;
     }
+    if (resolve_documents(t, val_source, err)) return -1;
+    /* a window that starts inside a document continues its positions up to what the model embeds */
+    const size_t lookback = (size_t)(cfg->max_seq_len - cfg->seq_len);
     if (rt_loader_init(&t->train_loader, &t->train_tokens, T, 0, train_windows, (size_t)cfg->batch_size, 1, cfg->seed,
                        err))
         return -1;
     t->has_train_loader = 1;
+    rt_loader_set_documents(&t->train_loader, cfg->document_separator, cfg->separator_starts_document, lookback);
     if (cfg->val_every > 0 && val_windows > 0) {
         if (rt_loader_init(&t->val_loader, val_source, T, val_first, val_windows, (size_t)cfg->batch_size, 0, cfg->seed,
                            err))
             return -1;
         t->has_val = 1;
+        rt_loader_set_documents(&t->val_loader, cfg->document_separator, cfg->separator_starts_document, lookback);
     }
     size_t per_micro = t->local_seqs * t->local_len;
     t->micro = calloc_check((size_t)cfg->grad_accum, sizeof *t->micro);
@@ -111,6 +134,10 @@ static int setup_data(rt_trainer *t, int vocab_size, rt_error *err) {
         t->micro[i].inputs = malloc_check(per_micro * sizeof(int32_t));
         t->micro[i].targets = malloc_check(per_micro * sizeof(int32_t));
         t->micro[i].pos = malloc_check(per_micro * sizeof(int64_t));
+        if (cfg->document_separator >= 0) {
+            t->micro[i].doc_pos = malloc_check(per_micro * sizeof(int64_t));
+            t->micro[i].doc_first = malloc_check(per_micro * sizeof(int64_t));
+        }
     }
     return 0;
 }
@@ -150,6 +177,7 @@ static int setup_model(rt_trainer *t, rt_error *err) {
                                           .offload_max_inflight = cfg->offload_max_inflight,
                                           .max_seqs = t->local_seqs,
                                           .max_local_len = t->local_len,
+                                          .packed_documents = cfg->document_separator >= 0,
                                           .mlp_tile_tokens = rt_config_mlp_tile(cfg, t->local_seqs * t->local_len),
                                           .n_alloc = n_alloc,
                                           .seqpar = &t->seqpar,
@@ -222,14 +250,17 @@ int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, c
 
 /* Tokens are checked against the file's own vocabulary, which setup_data checked fits the model's. */
 static int load_micro(rt_trainer *t, rt_loader *loader, host_batch *hb, rt_error *err) {
-    return rt_loader_next(loader, (size_t)t->dp_rank * t->local_seqs, t->local_seqs, t->spans, 2,
-                          loader->tokens->vocab_size, hb->inputs, hb->targets, hb->pos, err);
+    return rt_loader_next_docs(loader, (size_t)t->dp_rank * t->local_seqs, t->local_seqs, t->spans, 2,
+                               loader->tokens->vocab_size, hb->inputs, hb->targets, hb->pos, hb->doc_pos, hb->doc_first,
+                               err);
 }
 
 static rt_batch as_batch(const rt_trainer *t, const host_batch *hb, size_t first_seq) {
     return (rt_batch){.inputs = hb->inputs,
                       .targets = hb->targets,
                       .pos = hb->pos,
+                      .doc_pos = hb->doc_pos,
+                      .doc_first = hb->doc_first,
                       .n_seqs = t->local_seqs,
                       .local_len = t->local_len,
                       .first_seq = first_seq};
@@ -369,6 +400,8 @@ void rt_trainer_free(rt_trainer *t) {
             free(t->micro[i].inputs);
             free(t->micro[i].targets);
             free(t->micro[i].pos);
+            free(t->micro[i].doc_pos);
+            free(t->micro[i].doc_first);
         }
         free(t->micro);
     }

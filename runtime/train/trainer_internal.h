@@ -17,6 +17,7 @@
 typedef struct {
     int32_t *inputs, *targets;
     int64_t *pos;
+    int64_t *doc_pos, *doc_first; /* packed documents only (data.document_separator), else NULL */
 } host_batch;
 
 struct rt_trainer {
