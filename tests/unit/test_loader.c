@@ -348,6 +348,94 @@ static void test_loader_errors(void) {
     dir_remove(&td);
 }
 
+/* Whether file offset q starts a document: the file's first token, else by where the separator stands. */
+static int naive_is_start(const uint32_t *tokens, size_t q, uint32_t sep, int starts_document) {
+    if (q == 0) return 1;
+    return starts_document ? tokens[q] == sep : tokens[q - 1] == sep;
+}
+
+/* Packed documents: doc_first, doc_pos and the untrained boundary targets of every position of every sequence,
+ * against a naive scan of the file from each position back to its document's start (both conventions, with
+ * and without lookback across the window's start), over zigzag spans of 2 ranks and a shuffled order. */
+static void test_loader_documents(void) {
+    test_dir td;
+    dir_make(&td);
+    char path[256];
+    dir_path(&td, "docs.tok", path);
+    const size_t T = 32, W = 60, B = 3, N = T * W + 1;
+    const uint32_t sep = 7;
+    uint32_t *tokens = malloc(N * sizeof *tokens);
+    uint64_t state = 99;
+    for (size_t i = 0; i < N; i++) {
+        tokens[i] = (uint32_t)(test_rand_u64(&state) % 20);
+        if (tokens[i] == sep && (i / 200) % 3 == 2) tokens[i] = sep + 1; /* long stretches with no separator */
+    }
+    tokens[T * 5] = sep;     /* a separator exactly at a window's first token */
+    tokens[T * 9 - 1] = sep; /* and just before one */
+    rt_error err = {{0}};
+    CU_ASSERT_EQUAL_FATAL(rt_tokens_write(path, tokens, N, 20, &err), 0);
+    rt_token_file tf;
+    CU_ASSERT_EQUAL_FATAL(rt_tokens_open(&tf, path, &err), 0);
+    rt_span spans[2] = {{8, 8}, {16, 8}}; /* rank 1 of 2: chunks 1 and 2 of 4 */
+    const size_t per = B * 16;
+    batch_buffers b = batch_alloc(per), plain = batch_alloc(per); /* plain: the order, from a loader without */
+    int64_t *doc_pos = malloc(per * sizeof *doc_pos), *doc_first = malloc(per * sizeof *doc_first);
+    int mismatches = 0, boundaries = 0, continued = 0;
+    for (int starts_document = 0; starts_document < 2; starts_document++)
+        for (size_t lookback = 0; lookback <= 40; lookback += 40) {
+            rt_loader loader, order;
+            CU_ASSERT_EQUAL_FATAL(rt_loader_init(&loader, &tf, T, 0, W, B, 1, 5, &err), 0);
+            CU_ASSERT_EQUAL_FATAL(rt_loader_init(&order, &tf, T, 0, W, B, 1, 5, &err), 0);
+            rt_loader_set_documents(&loader, sep, starts_document, lookback);
+            for (int step = 0; step < 30; step++) {
+                const size_t cursor = order.cursor;
+                size_t windows[3];
+                for (size_t s = 0; s < B; s++)
+                    windows[s] = order.order[cursor + s];
+                CU_ASSERT_EQUAL_FATAL(rt_loader_next_docs(&loader, 0, B, spans, 2, 20, b.inputs, b.targets, b.pos,
+                                                          doc_pos, doc_first, &err),
+                                      0);
+                CU_ASSERT_EQUAL_FATAL(
+                    rt_loader_next(&order, 0, B, spans, 2, 20, plain.inputs, plain.targets, plain.pos, &err), 0);
+                for (size_t s = 0; s < B; s++) {
+                    const size_t base = windows[s] * T;
+                    for (size_t i = 0; i < 16; i++) {
+                        const size_t out = s * 16 + i, p = i < 8 ? 8 + i : 16 + (i - 8);
+                        size_t start = base + p;
+                        while (!naive_is_start(tokens, start, sep, starts_document))
+                            start--;
+                        int64_t first = 0, position;
+                        if (start >= base) {
+                            first = (int64_t)(start - base);
+                            position = (int64_t)p - first;
+                        } else {
+                            const size_t before = base - start;
+                            position = (int64_t)p + (before <= lookback ? (int64_t)before : 0);
+                            continued += before <= lookback && before > 0;
+                        }
+                        const int boundary = naive_is_start(tokens, base + p + 1, sep, starts_document);
+                        boundaries += boundary;
+                        const int32_t target = boundary ? -1 : (int32_t)tokens[base + p + 1];
+                        mismatches += doc_first[out] != first || doc_pos[out] != position || b.targets[out] != target ||
+                                      b.inputs[out] != (int32_t)tokens[base + p];
+                    }
+                }
+            }
+            rt_loader_free(&loader);
+            rt_loader_free(&order);
+        }
+    CU_ASSERT_EQUAL(mismatches, 0);
+    CU_ASSERT(boundaries > 100); /* the cases were reached */
+    CU_ASSERT(continued > 20);
+    free(doc_pos);
+    free(doc_first);
+    batch_free(&b);
+    batch_free(&plain);
+    free(tokens);
+    rt_tokens_close(&tf);
+    dir_remove(&td);
+}
+
 int main(void) {
     test_case cases[] = {
         {"loader_values_and_positions", test_loader_values_and_positions},
@@ -355,6 +443,7 @@ int main(void) {
         {"loader_dp_slices", test_loader_dp_slices},
         {"loader_seed_and_epochs", test_loader_seed_and_epochs},
         {"loader_errors", test_loader_errors},
+        {"loader_documents", test_loader_documents},
     };
     return test_run_suite("test_loader", cases, (int)(sizeof cases / sizeof cases[0]));
 }
