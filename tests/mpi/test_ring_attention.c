@@ -61,6 +61,7 @@ static double worst_error[N_QUANTITIES];
 
 typedef struct {
     int H, Hkv, D, causal;
+    const int64_t *first; /* (T) packed documents: the row where row i's document starts; NULL: none */
 } ref_dims;
 
 /* Softmax probabilities p (T) of query i, head h over all keys; positions are row indices. */
@@ -68,7 +69,7 @@ static void ref_probs(double *p, const ref_dims *r, const double *q, const doubl
     const int D = r->D, g = h / (r->H / r->Hkv);
     double mx = -INFINITY;
     for (size_t j = 0; j < T; j++) {
-        if (r->causal && j > i) {
+        if ((r->causal && j > i) || (r->first && (int64_t)j < r->first[i])) {
             p[j] = -INFINITY;
             continue;
         }
@@ -154,6 +155,7 @@ typedef struct {
     size_t chunk; /* tokens per zigzag chunk: T = 2P * chunk */
     int causal;
     size_t n_seqs; /* B */
+    int documents; /* packed documents of seeded lengths (1 token, a chunk, across chunks and ranks) */
 } ring_case;
 
 typedef struct {
@@ -165,6 +167,8 @@ typedef struct {
     float *local_dout;        /* (B*Tl, HD) */
     int64_t *local_pos;       /* (B*Tl) the "device" positions */
     int64_t *host_pos;        /* (B*Tl) the same values in another array: what the bookkeeping may read */
+    int64_t *local_first;     /* (B*Tl) documents only: where each local token's document starts */
+    int64_t *host_first;      /* (B*Tl) the same values */
     seqpar_tokens tokens;     /* all B sequences */
     float *ref_out, *ref_lse; /* reference rounded to float, this rank's rows: (B*Tl, HD), (B*Tl, H) */
     float *ref_dq, *ref_dk;   /* (B*Tl, HD), (B*Tl, KD) */
@@ -216,7 +220,24 @@ static void sequence_make(ring_problem *p, size_t b, uint64_t seed) {
         p->local_pos[r0 + i] = p->host_pos[r0 + i] = (int64_t)p->rows[i];
     }
     const ring_case *c = &p->c;
-    const ref_dims r = {c->H, c->Hkv, c->D, c->causal};
+    int64_t *first = NULL;
+    if (c->documents) {
+        /* lengths cycle through 1, a chunk, a seeded 1..3 chunks, 1 again: documents of one token, of exactly a
+         * chunk, and across chunk and rank boundaries */
+        first = malloc(T * sizeof *first);
+        uint64_t state = seed * 7 + 3;
+        size_t start = 0, next = 0;
+        for (int d = 0; next < T; d++) {
+            start = next;
+            const size_t len = d % 4 == 0 ? 1 : d % 4 == 1 ? c->chunk : 1 + test_rand_u64(&state) % (3 * c->chunk);
+            next = start + len < T ? start + len : T;
+            for (size_t i = start; i < next; i++)
+                first[i] = (int64_t)start;
+        }
+        for (size_t i = 0; i < Tl; i++)
+            p->local_first[r0 + i] = p->host_first[r0 + i] = first[p->rows[i]];
+    }
+    const ref_dims r = {c->H, c->Hkv, c->D, c->causal, first};
     double *q = rows_to_double(qkv, T, W, 0, HD), *k = rows_to_double(qkv, T, W, HD, KD);
     double *v = rows_to_double(qkv, T, W, HD + KD, KD), *dout = rows_to_double(dout_f, T, HD, 0, HD);
     double *out = malloc(T * HD * sizeof(double)), *lse = malloc(T * c->H * sizeof(double));
@@ -233,6 +254,7 @@ static void sequence_make(ring_problem *p, size_t b, uint64_t seed) {
     p->max_dv[b] = max_abs(dv, T * KD);
     free(qkv), free(dout_f);
     free(q), free(k), free(v), free(dout), free(out), free(lse), free(dq), free(dk), free(dv);
+    free(first);
 }
 
 static ring_problem problem_make(ring_case c, uint64_t seed) {
@@ -259,6 +281,8 @@ static ring_problem problem_make(ring_case c, uint64_t seed) {
     p.local_dout = malloc(N * p.HD * sizeof(float));
     p.local_pos = malloc(N * sizeof(int64_t));
     p.host_pos = malloc(N * sizeof(int64_t));
+    p.local_first = c.documents ? malloc(N * sizeof(int64_t)) : NULL;
+    p.host_first = c.documents ? malloc(N * sizeof(int64_t)) : NULL;
     p.ref_out = malloc(N * p.HD * sizeof(float));
     p.ref_lse = malloc(N * c.H * sizeof(float));
     p.ref_dq = malloc(N * p.HD * sizeof(float));
@@ -270,12 +294,18 @@ static ring_problem problem_make(ring_case c, uint64_t seed) {
     /* sequence 0 from seed, the others their own data, so a mixed-up sequence shows */
     for (size_t b = 0; b < p.B; b++)
         sequence_make(&p, b, seed + 1000 * b);
-    p.tokens = (seqpar_tokens){.n_seqs = p.B, .Tl = p.Tl, .pos = p.local_pos, .host_pos = p.host_pos};
+    p.tokens = (seqpar_tokens){.n_seqs = p.B,
+                               .Tl = p.Tl,
+                               .pos = p.local_pos,
+                               .host_pos = p.host_pos,
+                               .first = p.local_first,
+                               .host_first = p.host_first};
     return p;
 }
 
 static void problem_free(ring_problem *p) {
     free(p->rows), free(p->local_qkv), free(p->local_dout), free(p->local_pos), free(p->host_pos);
+    free(p->local_first), free(p->host_first);
     free(p->ref_out), free(p->ref_lse), free(p->ref_dq), free(p->ref_dk), free(p->ref_dv);
     free(p->max_dq), free(p->max_dk), free(p->max_dv);
 }
@@ -373,8 +403,8 @@ static void check_case(ring_case c, uint64_t seed) {
     ring_problem p = problem_make(c, seed);
     for (int bi = 0; bi < 2; bi++) {
         char label[160];
-        snprintf(label, sizeof label, "H=%d Hkv=%d D=%d chunk=%zu causal=%d B=%zu block=%zu", c.H, c.Hkv, c.D, c.chunk,
-                 c.causal, c.n_seqs, block_sizes[bi]);
+        snprintf(label, sizeof label, "H=%d Hkv=%d D=%d chunk=%zu causal=%d B=%zu block=%zu%s", c.H, c.Hkv, c.D,
+                 c.chunk, c.causal, c.n_seqs, block_sizes[bi], c.documents ? " documents" : "");
         rt_device_memory mem;
         rt_device_memory_init(&mem, rt_backend_cpu(), 0);
         seqpar_ctx ctx = ctx_make(&mem, &p, block_sizes[bi]);
@@ -409,25 +439,87 @@ static void test_matches_full_attention(void) {
     for (int hi = 0; hi < 3; hi++)
         for (int di = 0; di < 2; di++)
             for (int ci = 0; ci < 2; ci++)
-                check_case((ring_case){heads[hi][0], heads[hi][1], head_dims[di], chunks[ci], 1, 1}, seed++);
+                check_case((ring_case){heads[hi][0], heads[hi][1], head_dims[di], chunks[ci], 1, 1, 0}, seed++);
     for (int hi = 0; hi < 3; hi++)
         for (int ci = 0; ci < 2; ci++)
-            check_case((ring_case){heads[hi][0], heads[hi][1], 16, chunks[ci], 1, 3}, seed++);
+            check_case((ring_case){heads[hi][0], heads[hi][1], 16, chunks[ci], 1, 3, 0}, seed++);
+}
+
+/* Packed documents: the reference masks every key outside the query's document; MHA and GQA, one and three
+ * sequences, chunks of 8 and 33 tokens. */
+static void test_documents(void) {
+    uint64_t seed = 900;
+    static const int heads[][2] = {{4, 4}, {4, 1}};
+    static const size_t chunks[] = {8, 33};
+    for (int hi = 0; hi < 2; hi++)
+        for (int ci = 0; ci < 2; ci++)
+            for (size_t B = 1; B <= 3; B += 2)
+                check_case((ring_case){heads[hi][0], heads[hi][1], 16, chunks[ci], 1, B, 1}, seed++);
+}
+
+/* Leak probe: every q, k, v row of one document changed; every other document's outputs and its dq, dk, dv keep
+ * their bits. */
+static void test_documents_leak_probe(void) {
+    const ring_case c = {4, 2, 16, 9, 1, 1, 1};
+    ring_problem p = problem_make(c, 950), changed = problem_make(c, 950);
+    /* the document of global row chunk + 2 (the third, seeded across chunks) */
+    int64_t target = -1;
+    for (size_t i = 0; i < p.Tl; i++)
+        if (p.rows[i] == c.chunk + 2) target = p.host_first[i];
+    /* the same first on every rank: which document, by its start */
+    double start = (double)target;
+    rt_allreduce_max_f64(world, &start, 1);
+    for (size_t i = 0; i < p.Tl; i++)
+        if (changed.host_first[i] == (int64_t)start)
+            for (size_t w = 0; w < p.W; w++)
+                changed.local_qkv[i * p.W + w] = -0.5f * changed.local_qkv[i * p.W + w] + 0.25f;
+    for (int bi = 0; bi < 2; bi++) {
+        rt_device_memory mem;
+        rt_device_memory_init(&mem, rt_backend_cpu(), 0);
+        seqpar_ctx ctx = ctx_make(&mem, &p, bi * 5);
+        ring_result a = result_make(&p), b = result_make(&p);
+        run_forward(&ctx, &p, &a);
+        run_backward(&ctx, &p, &a);
+        run_forward(&ctx, &changed, &b);
+        run_backward(&ctx, &changed, &b);
+        int others_same = 1, changed_differs = 0;
+        for (size_t i = 0; i < p.Tl; i++) {
+            const int same = memcmp(a.out + i * p.HD, b.out + i * p.HD, p.HD * sizeof(float)) == 0 &&
+                             memcmp(a.dqkv + i * p.W, b.dqkv + i * p.W, p.W * sizeof(float)) == 0;
+            if (p.host_first[i] == (int64_t)start)
+                changed_differs |= !same;
+            else
+                others_same &= same;
+        }
+        double differs = changed_differs;
+        rt_allreduce_max_f64(world, &differs, 1);
+        CU_ASSERT(others_same);
+        CU_ASSERT(differs == 1.0); /* the probe changed something */
+        seqpar_ctx_free(&ctx);
+        rt_device_memory_destroy(&mem);
+        result_free(&a);
+        result_free(&b);
+    }
+    problem_free(&p);
+    problem_free(&changed);
 }
 
 /* Without the causal mask nothing is skipped: every rank's queries see every key. */
 static void test_not_causal(void) {
-    check_case((ring_case){4, 2, 16, 9, 0, 1}, 200);
-    check_case((ring_case){4, 2, 16, 9, 0, 3}, 201);
+    check_case((ring_case){4, 2, 16, 9, 0, 1, 0}, 200);
+    check_case((ring_case){4, 2, 16, 9, 0, 3, 0}, 201);
 }
 
 /* B sequences in one call give the same bits as B calls of one sequence each (the same kernel calls on each
  * sequence, in the same order), with P-1 messages per call instead of B(P-1). */
 static void test_batched_equals_one_at_a_time(void) {
-    static const ring_case batched_cases[] = {
-        {4, 4, 16, 8, 1, 3}, {4, 2, 16, 33, 1, 3}, {4, 1, 64, 8, 1, 3}, {4, 2, 16, 9, 0, 3}};
+    static const ring_case batched_cases[] = {{4, 4, 16, 8, 1, 3, 0},
+                                              {4, 2, 16, 33, 1, 3, 0},
+                                              {4, 1, 64, 8, 1, 3, 0},
+                                              {4, 2, 16, 9, 0, 3, 0},
+                                              {4, 2, 16, 9, 1, 3, 1}};
     static const size_t block_sizes[] = {0, 5};
-    for (int ci = 0; ci < 4; ci++) {
+    for (int ci = 0; ci < 5; ci++) {
         const ring_case c = batched_cases[ci];
         ring_problem p = problem_make(c, 700 + (uint64_t)ci);
         for (int bi = 0; bi < 2; bi++) {
@@ -442,8 +534,12 @@ static void test_batched_equals_one_at_a_time(void) {
             rt_error err;
             CU_ASSERT_FATAL(seqpar_agree_shapes(&single, 1, p.Tl, &p.shape, &err) == 0);
             for (size_t b = 0; b < p.B; b++) {
-                const seqpar_tokens one = {
-                    .n_seqs = 1, .Tl = p.Tl, .pos = p.local_pos + b * p.Tl, .host_pos = p.host_pos + b * p.Tl};
+                const seqpar_tokens one = {.n_seqs = 1,
+                                           .Tl = p.Tl,
+                                           .pos = p.local_pos + b * p.Tl,
+                                           .host_pos = p.host_pos + b * p.Tl,
+                                           .first = p.local_first ? p.local_first + b * p.Tl : NULL,
+                                           .host_first = p.host_first ? p.host_first + b * p.Tl : NULL};
                 run_forward_of(&single, &p, &each, b, &one);
                 run_backward_of(&single, &p, &each, b, &one);
             }
@@ -467,7 +563,7 @@ static void test_batched_equals_one_at_a_time(void) {
 
 /* The backward accumulates: a second call adds the same again; buffers are reused, counters grow per call. */
 static void test_backward_accumulates(void) {
-    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 2}, 300);
+    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 2, 0}, 300);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), 0);
     seqpar_ctx ctx = ctx_make(&mem, &p, 7);
@@ -504,7 +600,7 @@ static void test_buffers_grow(void) {
     seqpar_ctx ctx = {.backend = test_backend(), .mem = &mem, .comm = world, .block_size = 0};
     static const size_t chunks[] = {4, 20};
     for (int ci = 0; ci < 2; ci++) {
-        ring_problem p = problem_make((ring_case){2, 1, 16, chunks[ci], 1, 2}, 400 + (uint64_t)ci);
+        ring_problem p = problem_make((ring_case){2, 1, 16, chunks[ci], 1, 2, 0}, 400 + (uint64_t)ci);
         rt_error err;
         CU_ASSERT_FATAL(seqpar_agree_shapes(&ctx, p.B, p.Tl, &p.shape, &err) == 0);
         ring_result r = result_make(&p);
@@ -522,7 +618,7 @@ static void test_buffers_grow(void) {
  * buffers (2 K/V messages, 3 dK/dV messages of all B sequences, the key positions), and a forward and backward
  * after it allocate nothing (no new allocation, no new peak), also at a limit of exactly those bytes. */
 static void test_reserve_covers_calls(void) {
-    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 3}, 600);
+    ring_problem p = problem_make((ring_case){4, 2, 16, 12, 1, 3, 0}, 600);
     const size_t width = (size_t)p.c.Hkv * p.c.D, message = 2 * p.B * p.Tl * width * sizeof(float);
     const size_t workspace = rt_be_attn_workspace_bytes(rt_backend_cpu(), p.Tl, p.Tl, &p.shape);
     const size_t ring = n_ranks == 1 ? 0 : 5 * message + (size_t)n_ranks * p.Tl * sizeof(int64_t);
@@ -555,7 +651,7 @@ static void test_reserve_covers_calls(void) {
 
 /* Two runs from fresh buffers give the same bits. */
 static void test_deterministic(void) {
-    ring_problem p = problem_make((ring_case){4, 1, 32, 17, 1, 2}, 500);
+    ring_problem p = problem_make((ring_case){4, 1, 32, 17, 1, 2, 0}, 500);
     ring_result r[2];
     for (int run = 0; run < 2; run++) {
         rt_device_memory mem;
@@ -641,7 +737,7 @@ static void misuse_backward(void *arg) {
  * zigzag share ends the job naming what is wrong; one rank takes all of it. */
 static void test_ring_call_misuse(void) {
     if (n_ranks == 1) return; /* no group: nothing to agree on, any positions */
-    ring_problem p = problem_make((ring_case){4, 2, 16, 6, 1, 3}, 800);
+    ring_problem p = problem_make((ring_case){4, 2, 16, 6, 1, 3, 0}, 800);
     rt_device_memory mem;
     rt_device_memory_init(&mem, rt_backend_cpu(), 0);
     seqpar_ctx unagreed = {.backend = test_backend(), .mem = &mem, .comm = world};
@@ -706,6 +802,8 @@ int main(int argc, char **argv) {
     test_case tests[] = {
         {"ring matches full attention (MHA, GQA, head dims, chunks, block sizes)", test_matches_full_attention},
         {"ring without the causal mask", test_not_causal},
+        {"packed documents: the ring matches full attention with a document mask", test_documents},
+        {"packed documents: changing one document leaves every other's bits", test_documents_leak_probe},
         {"B sequences in one call == one at a time, bitwise; P-1 messages per call", test_batched_equals_one_at_a_time},
         {"backward accumulates, buffers reused", test_backward_accumulates},
         {"buffers grow with the sequence", test_buffers_grow},
