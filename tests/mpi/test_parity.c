@@ -37,6 +37,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "io/tokens.h"
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
@@ -55,6 +56,7 @@
 
 static rt_comm *world, *self;
 static char data_path[TEST_PATH_MAX];
+static char docs_path[TEST_PATH_MAX]; /* packed documents: separator 0 about every 9 tokens */
 
 typedef struct {
     int steps;
@@ -348,6 +350,34 @@ static void check_zero3(rt_config cfg, unsigned stages) {
         if (stage == 3 || (stages & (1u << stage))) free_record(&runs[stage]);
 }
 
+/* base_config on packed documents: separator 0, the first (starts) or last token of each document. */
+static void docs_config(rt_config *cfg, rt_family family, float dropout, int starts) {
+    base_config(cfg, family, dropout);
+    snprintf(cfg->data_train, sizeof cfg->data_train, "%s", docs_path);
+    rt_error err;
+    CU_ASSERT_FATAL(rt_config_set(cfg, "data", "document_separator", "0", &err) == 0);
+    CU_ASSERT_FATAL(rt_config_set(cfg, "data", "separator_starts_document", starts ? "true" : "false", &err) == 0);
+}
+
+/* Packed documents (documents of 1 to ~40 tokens across zigzag chunk and rank boundaries) against one rank:
+ * llama with dropout at sp = P; gpt2 (separator first) on every dp x sp mesh with grad_accum 2; llama on the
+ * ZeRO mesh at stages 0-3. */
+static void test_documents(void) {
+    rt_config cfg;
+    docs_config(&cfg, RT_FAMILY_LLAMA, 0.1f, 0);
+    check_against_single_rank(cfg, 1, world->size, 0, "documents llama+dropout");
+    docs_config(&cfg, RT_FAMILY_GPT2, 0.0f, 1);
+    cfg.grad_accum = 2;
+    for (int dp = 1; dp <= world->size; dp++) {
+        if (world->size % dp != 0 || cfg.batch_size % dp != 0) continue;
+        check_against_single_rank(cfg, dp, world->size / dp, 0, "documents gpt2 mesh");
+    }
+    docs_config(&cfg, RT_FAMILY_LLAMA, 0.0f, 0);
+    cfg.grad_accum = 2;
+    zero_mesh(&cfg);
+    check_zero3(cfg, 1u << 0 | 1u << 1);
+}
+
 /* Every dp x sp mesh of the job (1x3 and 3x1 on 3 ranks: shards of uneven tensor cuts), 5 steps, against
  * stages 0 and 2. */
 static void test_zero3_meshes(void) {
@@ -496,10 +526,13 @@ static void test_dropout_keys(void) {
  * gradients and parameters. */
 static void test_activation_modes_bitwise(void) {
     const rt_family families[] = {RT_FAMILY_LLAMA, RT_FAMILY_GPT2};
-    for (int case_ = 0; case_ < 2 * 4; case_++) {
-        const int f = case_ % 2, stage = case_ / 2;
+    for (int case_ = 0; case_ < 2 * 4 + 2; case_++) {
+        const int f = case_ % 2, stage = case_ < 8 ? case_ / 2 : 3 * (case_ - 8);
         rt_config cfg;
-        base_config(&cfg, families[f], families[f] == RT_FAMILY_LLAMA ? 0.1f : 0.0f);
+        if (case_ < 8)
+            base_config(&cfg, families[f], families[f] == RT_FAMILY_LLAMA ? 0.1f : 0.0f);
+        else /* packed documents: llama at stage 0, gpt2 at stage 3 */
+            docs_config(&cfg, families[f], families[f] == RT_FAMILY_LLAMA ? 0.1f : 0.0f, f);
         cfg.sp = world->size;
         cfg.n_layers = 3;
         cfg.zero_stage = stage;
@@ -545,6 +578,20 @@ int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     self = rt_comm_split(world, world->rank, 0);
     test_write_tokens(world, "rt_parity", 20000, 99, data_path, NULL);
+    test_write_tokens(world, "rt_parity_docs", 20000, 98, docs_path, NULL);
+    if (world->rank == 0) {
+        /* the same kind of bytes with separator 0 about every 9th token */
+        uint32_t *tokens = malloc(20000 * sizeof *tokens);
+        uint64_t state = 98;
+        for (size_t i = 0; i < 20000; i++) {
+            const uint64_t r = test_rand_u64(&state);
+            tokens[i] = r % 9 == 0 ? 0 : 1 + (uint32_t)(r / 9 % 255);
+        }
+        rt_error err;
+        if (rt_tokens_write(docs_path, tokens, 20000, 256, &err)) rt_fatal("%s", err.msg);
+        free(tokens);
+    }
+    rt_barrier(world);
     test_case cases[] = {
         {"seqpar: llama with dropout == 1 rank", test_seqpar_llama_dropout},
         {"seqpar: gpt2 == 1 rank", test_seqpar_gpt2},
@@ -556,15 +603,20 @@ int main(int argc, char **argv) {
         {"clipping that acts: llama, ZeRO-2 == 1 rank", test_clipping_llama_zero2},
         {"clipping that acts: gpt2, ZeRO-1 == 1 rank", test_clipping_gpt2_zero1},
         {"dropout keys: distinct masks, same on every mesh", test_dropout_keys},
-        {"keep == recompute == offload, bitwise, every ZeRO stage", test_activation_modes_bitwise},
+        {"keep == recompute == offload, bitwise, every ZeRO stage, packed documents too",
+         test_activation_modes_bitwise},
+        {"packed documents: sp, every mesh, ZeRO 0-3 == 1 rank", test_documents},
         {"same seed, same ranks: the same bits, run to run", test_run_to_run_bitwise},
     };
     int worst = test_mpi_run_suite(world, "parity", cases, (int)(sizeof cases / sizeof cases[0]));
     rt_barrier(world);
     if (world->rank == 0) {
-        unlink(data_path);
-        *strrchr(data_path, '/') = '\0';
-        rmdir(data_path);
+        char *paths[2] = {data_path, docs_path};
+        for (int i = 0; i < 2; i++) {
+            unlink(paths[i]);
+            *strrchr(paths[i], '/') = '\0';
+            rmdir(paths[i]);
+        }
     }
     rt_comm_destroy(self);
     rt_comm_finalize();
