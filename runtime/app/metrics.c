@@ -54,6 +54,12 @@ size_t rt_metrics_json_line(const rt_step_metrics *s, char *out, size_t cap) {
     json_real(&line, "prefetch_wait_s", s->prefetch_wait_s, 'f', 6);
     json_count(&line, "offload_host_bytes", s->offload_host_bytes);
     json_count(&line, "optimizer_bytes", s->optimizer_bytes);
+    if (s->documents_on) {
+        json_real(&line, "documents", s->documents, 'f', 0);
+        json_real(&line, "mean_document_len", s->mean_document_len, 'f', 1);
+        json_real(&line, "attn_masked_share", s->attn_masked_share, 'f', 4);
+        json_real(&line, "attn_work_imbalance", s->attn_work_imbalance, 'f', 4);
+    }
     if (s->validated) json_real(&line, "val_loss", s->val_loss, 'g', 9);
     json_append(&line, "}\n");
     return line.used;

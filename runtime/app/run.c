@@ -117,13 +117,16 @@ static void format_duration(double seconds, char out[32]) {
 }
 
 static void print_progress(const rt_config *cfg, const rt_step_metrics *s, int first_step, double elapsed) {
-    char peak[32], eta[32], val[48] = "", comm[48] = "";
+    char peak[32], eta[32], val[48] = "", comm[48] = "", docs[96] = "";
     format_duration(elapsed / (s->step + 1 - first_step) * (cfg->steps - s->step - 1), eta);
     if (s->validated) snprintf(val, sizeof val, " | val %.4f", s->val_loss);
     if (cfg->sp > 1) snprintf(comm, sizeof comm, " | comm %.1f ms", 1e3 * s->comm_exposed_s);
-    printf("step %*d/%d | loss %.4f%s | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms/step%s | peak %s | ETA %s\n",
+    if (s->documents_on)
+        snprintf(docs, sizeof docs, " | %.0f docs of %.0f, %.0f%% masked, imbalance %.2f", s->documents,
+                 s->mean_document_len, 100.0 * s->attn_masked_share, s->attn_work_imbalance);
+    printf("step %*d/%d | loss %.4f%s | lr %.2e | norm %.3f | %.0f tok/s | %.1f ms/step%s%s | peak %s | ETA %s\n",
            (int)snprintf(NULL, 0, "%d", cfg->steps), s->step + 1, cfg->steps, s->loss, val, s->lr, s->grad_norm,
-           s->tokens_per_s, 1e3 * s->step_s, comm, rt_format_bytes(s->peak_device_bytes, peak), eta);
+           s->tokens_per_s, 1e3 * s->step_s, comm, docs, rt_format_bytes(s->peak_device_bytes, peak), eta);
     fflush(stdout);
 }
 

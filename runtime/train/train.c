@@ -295,12 +295,25 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
     const uint64_t epoch_before = t->train_loader.epoch;
     const size_t cursor_before = t->train_loader.cursor;
     double step_targets = 0.0;
+    double docs[4] = {0.0, 0.0, 0.0, 0.0}; /* visible pairs, causal pairs, document starts; max visible pairs */
     for (int mb = 0; mb < cfg->grad_accum; mb++) {
         if (load_micro(t, &t->train_loader, &t->micro[mb], err)) return RT_TRAIN_FAILED_HERE;
-        for (size_t i = 0; i < t->local_seqs * t->local_len; i++)
-            step_targets += t->micro[mb].targets[i] >= 0;
+        const host_batch *hb = &t->micro[mb];
+        for (size_t i = 0; i < t->local_seqs * t->local_len; i++) {
+            step_targets += hb->targets[i] >= 0;
+            if (hb->doc_first) {
+                docs[0] += (double)(hb->pos[i] - hb->doc_first[i] + 1);
+                docs[1] += (double)(hb->pos[i] + 1);
+                docs[2] += hb->doc_first[i] == hb->pos[i];
+            }
+        }
     }
     rt_allreduce_sum_f64(t->world, &step_targets, 1);
+    if (cfg->document_separator >= 0) {
+        docs[3] = docs[0];
+        rt_allreduce_sum_f64(t->world, docs, 3);
+        rt_allreduce_max_f64(t->world, docs + 3, 1);
+    }
     rt_model_zero_grads(m);
     rt_optimizer_begin_step(&t->opt);
     rt_dropout_plan dropout = {.p = cfg->dropout, .seed = cfg->seed, .step = (uint64_t)step};
@@ -342,6 +355,11 @@ int rt_trainer_step(rt_trainer *t, rt_step_metrics *metrics, rt_error *err) {
         .lr = lr,
         .step_s = step_s,
         .tokens_per_s = (double)cfg->batch_size * cfg->seq_len * cfg->grad_accum / step_s,
+        .documents_on = cfg->document_separator >= 0,
+        .documents = docs[2],
+        .mean_document_len = (double)cfg->batch_size * cfg->seq_len * cfg->grad_accum / docs[2],
+        .attn_masked_share = 1.0 - docs[0] / docs[1],
+        .attn_work_imbalance = docs[3] / (docs[0] / t->world->size),
         .val_loss = NAN,
         .peak_device_bytes = t->mem.peak,
         .optimizer_bytes = t->opt.state_bytes,

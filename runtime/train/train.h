@@ -22,6 +22,12 @@ typedef struct {
     size_t peak_device_bytes, offloaded_bytes, optimizer_bytes;
     size_t offload_host_bytes; /* the offloader's host pool, allocated once */
     double comm_exposed_s, prefetch_wait_s;
+    /* Packed documents (data.document_separator), else documents_on = 0: documents in the step's windows (a
+     * window's continuation of an earlier document counts as one), their mean length in tokens, the share of
+     * causal (query, key) pairs the document masks remove, and the attention work (visible pairs) of the
+     * busiest rank over the mean of all ranks. */
+    int documents_on;
+    double documents, mean_document_len, attn_masked_share, attn_work_imbalance;
 } rt_step_metrics;
 
 /* Failures of the trainer and of a run: every rank failed alike and returns (the message is on exactly one
