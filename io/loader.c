@@ -101,6 +101,7 @@ int rt_loader_init(rt_loader *loader, const rt_token_file *tokens, size_t seq_le
 void rt_loader_free(rt_loader *loader) {
     free(loader->order);
     free(loader->first);
+    free(loader->split_spans);
     memset(loader, 0, sizeof *loader);
 }
 
@@ -116,6 +117,17 @@ void rt_loader_set_documents(rt_loader *loader, int64_t separator, int starts_do
     loader->lookback = lookback;
     free(loader->first);
     loader->first = separator >= 0 ? malloc_check((loader->seq_len + 1) * sizeof *loader->first) : NULL;
+}
+
+void rt_loader_set_split(rt_loader *loader,
+                         int (*split)(void *ctx, size_t seq, const int64_t *first, size_t T, rt_span *spans,
+                                      int *n_spans, rt_error *err),
+                         void *ctx, int max_spans) {
+    loader->split = split;
+    loader->split_ctx = ctx;
+    loader->max_split_spans = max_spans;
+    free(loader->split_spans);
+    loader->split_spans = malloc_check((size_t)(max_spans > 0 ? max_spans : 1) * sizeof *loader->split_spans);
 }
 
 /* Whether file offset q starts a document (q > 0; the file's first token always does). */
@@ -173,12 +185,34 @@ int rt_loader_next_docs(rt_loader *loader, size_t first_seq, size_t n_seqs, cons
         size_t window = loader->first_window + loader->order[loader->cursor + seq];
         size_t base = window * T; /* offset of the window's first token */
         size_t offset = 0;
+        const rt_span *seq_spans = spans;
+        int seq_n_spans = n_spans;
         if (documents) {
             find_documents(loader, base);
             offset = first_document_offset(loader, base);
+            if (loader->split) {
+                size_t want = 0, got = 0;
+                for (int s = 0; s < n_spans; s++)
+                    want += spans[s].len;
+                if (loader->split(loader->split_ctx, seq - first_seq, loader->first, T, loader->split_spans,
+                                  &seq_n_spans, err))
+                    return -1;
+                for (int s = 0; s < seq_n_spans; s++) {
+                    if (loader->split_spans[s].start > T ||
+                        loader->split_spans[s].len > T - loader->split_spans[s].start)
+                        return rt_fail(err, "%s: a window's split gives span [%zu, %zu), beyond seq_len %zu", tf->path,
+                                       loader->split_spans[s].start,
+                                       loader->split_spans[s].start + loader->split_spans[s].len, T);
+                    got += loader->split_spans[s].len;
+                }
+                if (seq_n_spans > loader->max_split_spans || got != want)
+                    return rt_fail(err, "%s: a window's split gives this rank %zu tokens in %d spans, not %zu",
+                                   tf->path, got, seq_n_spans, want);
+                seq_spans = loader->split_spans;
+            }
         }
-        for (int s = 0; s < n_spans; s++) {
-            for (size_t p = spans[s].start; p < spans[s].start + spans[s].len; p++, out++) {
+        for (int s = 0; s < seq_n_spans; s++) {
+            for (size_t p = seq_spans[s].start; p < seq_spans[s].start + seq_spans[s].len; p++, out++) {
                 uint32_t input = rt_tokens_get(tf, base + p), target = rt_tokens_get(tf, base + p + 1);
                 if (input >= (uint32_t)vocab_size || target >= (uint32_t)vocab_size) {
                     size_t offset = input >= (uint32_t)vocab_size ? base + p : base + p + 1;

@@ -34,6 +34,10 @@ typedef struct {
     int separator_starts_document;
     size_t lookback;
     int64_t *first; /* T+1 entries: scratch, the first position of each position's document in one window */
+    int (*split)(void *ctx, size_t seq, const int64_t *first, size_t T, rt_span *spans, int *n_spans, rt_error *err);
+    void *split_ctx;
+    rt_span *split_spans; /* (max_split_spans) */
+    int max_split_spans;
     /* state */
     size_t *order; /* n_windows entries: the current epoch's permutation */
     size_t cursor; /* next index into order */
@@ -67,6 +71,17 @@ int rt_loader_next(rt_loader *loader, size_t first_seq, size_t n_seqs, const rt_
  * start, positions restart at 0.
  */
 void rt_loader_set_documents(rt_loader *loader, int64_t separator, int starts_document, size_t lookback);
+
+/*
+ * With documents, each window's split over the sequence-parallel ranks may follow its documents: split(ctx,
+ * seq, first, T, spans, n_spans, err) gets sequence seq of the call (0-based) and first[p] for its window's
+ * positions p in [0, T), and writes this rank's spans (at most max_spans, together as many tokens as the
+ * spans rt_loader_next_docs was given); -1 with err to fail the call. Without split, the given spans.
+ */
+void rt_loader_set_split(rt_loader *loader,
+                         int (*split)(void *ctx, size_t seq, const int64_t *first, size_t T, rt_span *spans,
+                                      int *n_spans, rt_error *err),
+                         void *ctx, int max_spans);
 
 /* rt_loader_next plus, with documents set, doc_pos and doc_first (int64, as many entries as pos; may be NULL
  * when the loader has no separator). */

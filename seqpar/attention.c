@@ -83,7 +83,7 @@
  * by seqpar_reserve (or on a first call that needs them).
  */
 
-enum { TAG_KV = 7301, TAG_DKV = 7302, MAX_RUNS = 4, POS_CHUNK = 1024, LSE_FILL = 256 };
+enum { TAG_KV = 7301, TAG_DKV = 7302, MAX_RUNS = SEQPAR_MAX_PIECES, POS_CHUNK = 1024, LSE_FILL = 256 };
 
 /* Rows [start, start + len) whose positions lie in [min, max]. */
 typedef struct {
@@ -140,6 +140,24 @@ static run_list runs_of_owner(int owner, int P, size_t Tl) {
     push_run(&list, 0, spans[0].len, (int64_t)spans[0].start);
     push_run(&list, spans[0].len, spans[1].len, (int64_t)spans[1].start);
     return list;
+}
+
+/* The runs of rank owner's rows under a window layout: its pieces, one after another. */
+static run_list runs_of_layout(const seqpar_window_layout *layout, int owner) {
+    run_list list = {.n = 0};
+    const rt_span *pieces = layout->pieces + (size_t)owner * layout->max_pieces;
+    size_t row = 0;
+    for (size_t i = 0; i < layout->n_pieces[owner]; i++) {
+        if (!push_run(&list, row, pieces[i].len, (int64_t)pieces[i].start))
+            rt_fatal("seqpar: rank %d holds more than %d pieces of a window", owner, MAX_RUNS);
+        row += pieces[i].len;
+    }
+    return list;
+}
+
+/* The runs of sequence b's rows on rank owner of a ring: its zigzag chunks, or its pieces of the layout. */
+static run_list runs_in_ring(const seqpar_tokens *tokens, size_t b, int owner, int P) {
+    return tokens->layouts ? runs_of_layout(&tokens->layouts[b], owner) : runs_of_owner(owner, P, tokens->Tl);
 }
 
 /* Rows [j0, j0 + len) of a run. Without consecutive positions their extent is taken as the run's: a pair is
@@ -309,7 +327,7 @@ static query_set query_set_of(const seqpar_ctx *ctx, const float *q, const seqpa
     }
     const int P = ring_size(ctx);
     qs.runs =
-        P > 1 ? runs_of_owner(ctx->comm->rank, P, tokens->Tl) : runs_of_positions(tokens->host_pos + row0, tokens->Tl);
+        P > 1 ? runs_in_ring(tokens, b, ctx->comm->rank, P) : runs_of_positions(tokens->host_pos + row0, tokens->Tl);
     return qs;
 }
 
@@ -358,7 +376,8 @@ int seqpar_agree_shapes(seqpar_ctx *ctx, size_t n_seqs, size_t Tl, const rt_attn
     return 0;
 }
 
-/* A ring call: the agreed shapes, and this rank's zigzag positions (what the peers' runs are derived from). */
+/* A ring call: the agreed shapes, every rank's share of each sequence Tl rows, and this rank's positions its
+ * share (what the peers' runs are derived from). */
 static void check_ring_call(const seqpar_ctx *ctx, const seqpar_tokens *tokens, const rt_attn_shape *shape) {
     const int P = ctx->comm->size, r = ctx->comm->rank;
     const size_t Tl = tokens->Tl;
@@ -371,19 +390,27 @@ static void check_ring_call(const seqpar_ctx *ctx, const seqpar_tokens *tokens, 
                  "group that agreed on %zu x %zu (%zu) at setup; every rank must call with the agreed shapes",
                  tokens->n_seqs, Tl, kv_row_floats(shape), ctx->group_seqs, ctx->group_len, ctx->group_kv_width);
     if (tokens->n_seqs == 0 || Tl == 0) return;
-    rt_span spans[2];
-    rt_error err;
-    if (seqpar_zigzag_spans(r, P, (size_t)P * Tl, spans, &err)) rt_fatal("seqpar: %s", err.msg);
-    for (size_t b = 0; b < tokens->n_seqs; b++)
-        for (size_t i = 0; i < Tl; i++) {
-            const size_t expected = i < spans[0].len ? spans[0].start + i : spans[1].start + (i - spans[0].len);
-            const int64_t got = tokens->host_pos[b * Tl + i];
-            if (got != (int64_t)expected)
-                rt_fatal("seqpar: ring attention over %d ranks needs every sequence's positions to be this rank's "
-                         "zigzag share of %zu tokens: sequence %zu, local token %zu is at position %lld, where rank "
-                         "%d holds position %zu",
-                         P, (size_t)P * Tl, b, i, (long long)got, r, expected);
+    for (size_t b = 0; b < tokens->n_seqs; b++) {
+        for (int owner = 0; tokens->layouts && owner < P; owner++) {
+            const run_list runs = runs_of_layout(&tokens->layouts[b], owner);
+            const pos_run *last = runs.n > 0 ? &runs.runs[runs.n - 1] : NULL;
+            if (!last || last->start + last->len != Tl || last->max >= (int64_t)(P * Tl))
+                rt_fatal("seqpar: sequence %zu's layout gives rank %d other than %zu tokens of [0, %zu)", b, owner, Tl,
+                         (size_t)P * Tl);
         }
+        const run_list mine = runs_in_ring(tokens, b, r, P);
+        for (int k = 0; k < mine.n; k++)
+            for (size_t i = mine.runs[k].start; i < mine.runs[k].start + mine.runs[k].len; i++) {
+                const int64_t expected = mine.runs[k].min + (int64_t)(i - mine.runs[k].start);
+                const int64_t got = tokens->host_pos[b * Tl + i];
+                if (got != expected)
+                    rt_fatal("seqpar: ring attention over %d ranks needs every sequence's positions to be this rank's "
+                             "%s share of %zu tokens: sequence %zu, local token %zu is at position %lld, where rank "
+                             "%d holds position %lld",
+                             P, tokens->layouts ? "layout's" : "zigzag", (size_t)P * Tl, b, i, (long long)got, r,
+                             (long long)expected);
+            }
+    }
 }
 
 /* Grows n buffers of *capacity bytes each to at least bytes (contents are not kept); -1 with err when the
@@ -510,7 +537,7 @@ static held_block held_received(const seqpar_ctx *ctx, void *message, size_t b, 
     const size_t width = kv_row_floats(shape), n = tokens->n_seqs * tokens->Tl, row0 = b * tokens->Tl * width;
     held_block held = {.k = message_k(message) + row0, .v = message_v(message, n, shape) + row0, .shape = *shape};
     held.shape.kv_stride = width;
-    held.runs = runs_of_owner(owner, ring_size(ctx), tokens->Tl);
+    held.runs = runs_in_ring(tokens, b, owner, ring_size(ctx));
     return held;
 }
 

@@ -58,6 +58,20 @@ typedef struct {
 } seqpar_ctx;
 
 /*
+ * How one window is split over the P ranks of a ring when it is not the
+ * zigzag: rank r holds n_pieces[r] pieces, pieces[r * max_pieces ...], in
+ * increasing window order, its local rows being those pieces one after
+ * another (seqpar/doc_layout.h makes them for packed documents). At most
+ * SEQPAR_MAX_PIECES pieces per rank.
+ */
+#define SEQPAR_MAX_PIECES 16
+typedef struct {
+    size_t max_pieces;
+    const rt_span *pieces;  /* (P * max_pieces) */
+    const size_t *n_pieces; /* (P) */
+} seqpar_window_layout;
+
+/*
  * The tokens of one call: n_seqs sequences of Tl local tokens; row
  * b*Tl + i of q, k, v, out, lse, dq, dk, dv, delta (each at its stride of
  * rt_attn_shape; lse and delta (., H) contiguous) and of the positions is
@@ -72,6 +86,8 @@ typedef struct {
      * is all the mask needs and the ring knows every position from the layout. */
     const int64_t *first;      /* (n_seqs*Tl) device */
     const int64_t *host_first; /* (n_seqs*Tl) host, the same values */
+    /* (n_seqs) each sequence's split over a ring, the same on every rank; NULL: the zigzag */
+    const seqpar_window_layout *layouts;
 } seqpar_tokens;
 
 /*
@@ -82,10 +98,11 @@ typedef struct {
  *    (checked on each rank, rt_fatal otherwise), and every rank makes the
  *    same calls in the same order: nothing is exchanged per call that could
  *    catch a rank calling with other shapes;
- *  - every sequence's positions are this rank's zigzag share of a sequence
- *    of P*Tl tokens (seqpar_zigzag_spans order; checked on the host,
- *    rt_fatal otherwise): what the other ranks hold is known from their
- *    spans, so no positions travel.
+ *  - every sequence's positions are this rank's share of a sequence of
+ *    P*Tl tokens: its zigzag chunks (seqpar_zigzag_spans order), or its
+ *    pieces of the sequence's layout (tokens->layouts); checked on the host,
+ *    rt_fatal otherwise. What the other ranks hold is known from their
+ *    spans or pieces, so no positions travel.
  * A group of one rank takes any shapes and any positions (unordered too).
  */
 

@@ -74,6 +74,7 @@ typedef struct {
 
 static const char *const family_names[] = {"llama", "gpt2", NULL};
 static const char *const activation_names[] = {"keep", "recompute", "offload", NULL};
+static const char *const document_layout_names[] = {"balanced", "zigzag", NULL};
 static const char *const device_names[] = {"cpu", "cuda", NULL};
 static const char *const bool_names[] = {"false", "true", NULL};
 
@@ -123,6 +124,7 @@ static const key_spec config_keys[] = {
 
     INT_KEY("parallel", "sp", sp, 1, 1 << 20),
     INT_KEY("parallel", "dp", dp, 1, 1 << 20),
+    ENUM_KEY("parallel", "document_layout", document_layout, document_layout_names),
 
     INT_KEY("zero", "stage", zero_stage, 0, 3),
 

@@ -12,6 +12,9 @@
 
 typedef enum { RT_FAMILY_LLAMA = 0, RT_FAMILY_GPT2 } rt_family;
 typedef enum { RT_ACT_KEEP = 0, RT_ACT_RECOMPUTE, RT_ACT_OFFLOAD } rt_activation_mode;
+/* balanced: each packed window split by its documents' attention work (seqpar/doc_layout.h); zigzag: always the
+ * zigzag chunks */
+enum { RT_DOC_LAYOUT_BALANCED = 0, RT_DOC_LAYOUT_ZIGZAG };
 typedef enum { RT_DEVICE_CPU = 0, RT_DEVICE_CUDA } rt_device_kind;
 
 typedef struct {
@@ -43,6 +46,7 @@ typedef struct {
     int separator_starts_document; /* 1: the separator is a document's first token (llm.c); 0: its last */
     /* [parallel] */
     int sp, dp;
+    int document_layout; /* RT_DOC_LAYOUT_*: how packed windows split over the sp ranks */
     /* [zero] */
     int zero_stage;
     /* [activations] */

@@ -45,12 +45,13 @@ typedef struct {
     size_t mlp_tile; /* tokens per MLP tile (model_mlp.c) */
     /* the micro-batch */
     size_t n_seqs, local_len;
-    const int64_t *pos;            /* (N) device: global positions (attention masks and dropout key on them) */
-    const int64_t *host_pos;       /* (N) host: the same, for attention's bookkeeping */
-    const int64_t *rope_pos;       /* (N) device: what RoPE rotates by: pos, or positions inside documents */
-    const int64_t *doc_first;      /* (N) device: the position where each token's document starts; NULL: none */
-    const int64_t *host_doc_first; /* (N) host: the same */
-    const int64_t *dropout_ids;    /* (N) device: (sequence << 40) | position, the counter of each token's masks */
+    const int64_t *pos;                  /* (N) device: global positions (attention masks and dropout key on them) */
+    const int64_t *host_pos;             /* (N) host: the same, for attention's bookkeeping */
+    const int64_t *rope_pos;             /* (N) device: what RoPE rotates by: pos, or positions inside documents */
+    const int64_t *doc_first;            /* (N) device: the position where each token's document starts; NULL: none */
+    const int64_t *host_doc_first;       /* (N) host: the same */
+    const seqpar_window_layout *layouts; /* (n_seqs) the sequences' split over the ring; NULL: the zigzag */
+    const int64_t *dropout_ids; /* (N) device: (sequence << 40) | position, the counter of each token's masks */
     /* backward scratch (and the forward's branch output), shared by all layers: see rt_model */
     float *d_resid, *d_branch, *d_norm, *d_att, *d_qkv, *d_fc, *d_act, *delta, *branch;
     /* Called between the ops of a layer (NULL: never): lets communication in flight move. */

@@ -303,6 +303,7 @@ static size_t load_batch(rt_model *m, const rt_batch *batch) {
     rt_be_copy(be, m->targets, batch->targets, N * sizeof(int32_t));
     rt_be_copy(be, m->pos, batch->pos, N * sizeof(int64_t));
     m->layer_ctx.host_pos = batch->pos;
+    m->layer_ctx.layouts = batch->layouts;
     if ((m->doc_pos != NULL) != (batch->doc_pos != NULL && batch->doc_first != NULL))
         rt_fatal("a micro-batch %s documents for a model initialised %s packed documents",
                  batch->doc_pos ? "with" : "without", m->doc_pos ? "for" : "without");

@@ -136,6 +136,9 @@ typedef struct {
      * position inside its document, which RoPE and learned positions use, and the position where its document
      * starts, below which attention masks every key. */
     const int64_t *doc_pos, *doc_first; /* (B, T) */
+    /* (B) how each sequence is split over the sequence-parallel ranks when not the zigzag (seqpar.h); NULL:
+     * the zigzag */
+    const seqpar_window_layout *layouts;
     size_t n_seqs, local_len;
     size_t first_seq; /* index of the first sequence among all sequences of the step (all micro-batches, all
                        * data-parallel ranks): dropout masks key on (sequence, position), never on the rank */

@@ -83,7 +83,8 @@ void rt_layer_forward(const rt_layer_ctx *c, int layer, const rt_layer_params *p
                                   .pos = c->pos,
                                   .host_pos = c->host_pos,
                                   .first = c->doc_first,
-                                  .host_first = c->host_doc_first};
+                                  .host_first = c->host_doc_first,
+                                  .layouts = c->layouts};
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_forward(c->seqpar, a->att, a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
     rt_layer_progress(c);
@@ -130,7 +131,8 @@ void rt_layer_backward(const rt_layer_ctx *c, int layer, const rt_layer_params *
                                   .pos = c->pos,
                                   .host_pos = c->host_pos,
                                   .first = c->doc_first,
-                                  .host_first = c->host_doc_first};
+                                  .host_first = c->host_doc_first,
+                                  .layouts = c->layouts};
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_backward(c->seqpar, c->d_qkv, c->d_qkv + k_off, c->d_qkv + v_off, c->delta, c->d_att, a->att,
                               a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);

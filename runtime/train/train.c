@@ -23,6 +23,7 @@
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm_device.h"
 #include "runtime/model/model_io.h"
+#include "seqpar/doc_layout.h"
 #include "trainer_internal.h"
 
 /* This rank's part of the data, from the mesh layout (rank = dp_rank * sp + sp_rank); no communication. */
@@ -69,6 +70,26 @@ static int validate_data(rt_trainer *t, rt_error *err) {
         if (rc) rt_fail(err, "%s: %s", keys[i], inner.msg);
         if (agree(t->world, rc, err)) return -1;
     }
+    return 0;
+}
+
+/* The loader's split of a packed window (rt_loader_set_split): the balanced layout of its documents over the
+ * sp ranks, kept in the micro-batch being loaded for the ring, and this rank's pieces for the loader. */
+static int split_window(void *ctx, size_t seq, const int64_t *first, size_t T, rt_span *spans, int *n_spans,
+                        rt_error *err) {
+    rt_trainer *t = ctx;
+    const int P = t->cfg.sp, r = t->world->rank % P;
+    size_t n_docs = 0;
+    for (size_t p = 0; p < T; p++)
+        if (first[p] == (int64_t)p) t->layout_starts[n_docs++] = p;
+    host_batch *hb = t->loading;
+    const size_t max_pieces = seqpar_doc_layout_max_pieces(T, P);
+    rt_span *pieces = hb->pieces + seq * (size_t)P * max_pieces;
+    size_t *n_pieces = hb->n_pieces + seq * (size_t)P;
+    if (seqpar_doc_layout(T, P, t->layout_starts, n_docs, pieces, n_pieces, t->layout_scratch, NULL, err)) return -1;
+    hb->layouts[seq] = (seqpar_window_layout){.max_pieces = max_pieces, .pieces = pieces, .n_pieces = n_pieces};
+    *n_spans = (int)n_pieces[r];
+    memcpy(spans, pieces + (size_t)r * max_pieces, n_pieces[r] * sizeof *spans);
     return 0;
 }
 
@@ -129,8 +150,21 @@ static int setup_data(rt_trainer *t, int vocab_size, rt_error *err) {
         rt_loader_set_documents(&t->val_loader, cfg->document_separator, cfg->separator_starts_document, lookback);
     }
     size_t per_micro = t->local_seqs * t->local_len;
+    const int balanced = cfg->document_separator >= 0 && cfg->sp > 1 && cfg->document_layout == RT_DOC_LAYOUT_BALANCED;
+    const size_t max_pieces = seqpar_doc_layout_max_pieces(T, cfg->sp);
+    if (balanced) {
+        t->layout_starts = malloc_check(T * sizeof *t->layout_starts);
+        t->layout_scratch = malloc_check(seqpar_doc_layout_scratch_bytes(T, cfg->sp));
+        rt_loader_set_split(&t->train_loader, split_window, t, (int)max_pieces);
+        if (t->has_val) rt_loader_set_split(&t->val_loader, split_window, t, (int)max_pieces);
+    }
     t->micro = calloc_check((size_t)cfg->grad_accum, sizeof *t->micro);
     for (int i = 0; i < cfg->grad_accum; i++) {
+        if (balanced) {
+            t->micro[i].layouts = calloc_check(t->local_seqs, sizeof *t->micro[i].layouts);
+            t->micro[i].pieces = malloc_check(t->local_seqs * (size_t)cfg->sp * max_pieces * sizeof(rt_span));
+            t->micro[i].n_pieces = malloc_check(t->local_seqs * (size_t)cfg->sp * sizeof(size_t));
+        }
         t->micro[i].inputs = malloc_check(per_micro * sizeof(int32_t));
         t->micro[i].targets = malloc_check(per_micro * sizeof(int32_t));
         t->micro[i].pos = malloc_check(per_micro * sizeof(int64_t));
@@ -250,6 +284,7 @@ int rt_trainer_init_on(rt_trainer **out, const rt_config *cfg, rt_comm *world, c
 
 /* Tokens are checked against the file's own vocabulary, which setup_data checked fits the model's. */
 static int load_micro(rt_trainer *t, rt_loader *loader, host_batch *hb, rt_error *err) {
+    t->loading = hb;
     return rt_loader_next_docs(loader, (size_t)t->dp_rank * t->local_seqs, t->local_seqs, t->spans, 2,
                                loader->tokens->vocab_size, hb->inputs, hb->targets, hb->pos, hb->doc_pos, hb->doc_first,
                                err);
@@ -261,6 +296,7 @@ static rt_batch as_batch(const rt_trainer *t, const host_batch *hb, size_t first
                       .pos = hb->pos,
                       .doc_pos = hb->doc_pos,
                       .doc_first = hb->doc_first,
+                      .layouts = hb->layouts,
                       .n_seqs = t->local_seqs,
                       .local_len = t->local_len,
                       .first_seq = first_seq};
@@ -420,11 +456,16 @@ void rt_trainer_free(rt_trainer *t) {
             free(t->micro[i].pos);
             free(t->micro[i].doc_pos);
             free(t->micro[i].doc_first);
+            free(t->micro[i].layouts);
+            free(t->micro[i].pieces);
+            free(t->micro[i].n_pieces);
         }
         free(t->micro);
     }
     if (t->has_train_loader) rt_loader_free(&t->train_loader);
     if (t->has_val) rt_loader_free(&t->val_loader);
+    free(t->layout_starts);
+    free(t->layout_scratch);
     if (t->has_train_file) rt_tokens_close(&t->train_tokens);
     if (t->has_val_file) rt_tokens_close(&t->val_tokens);
     /* the planes first: an NCCL plane's destroy launches what is still queued, on buffers freed below */

@@ -18,6 +18,10 @@ typedef struct {
     int32_t *inputs, *targets;
     int64_t *pos;
     int64_t *doc_pos, *doc_first; /* packed documents only (data.document_separator), else NULL */
+    /* the balanced document layout over sp > 1 ranks (parallel.document_layout), else NULL: per sequence */
+    seqpar_window_layout *layouts;
+    rt_span *pieces;  /* (sequences * sp * max_pieces) */
+    size_t *n_pieces; /* (sequences * sp) */
 } host_batch;
 
 struct rt_trainer {
@@ -44,7 +48,10 @@ struct rt_trainer {
     int has_train_file, has_val_file;
     rt_loader train_loader, val_loader;
     int has_train_loader, has_val;
-    host_batch *micro; /* (grad_accum) */
+    host_batch *micro;     /* (grad_accum) */
+    host_batch *loading;   /* the micro-batch the loader fills (its split callback writes the layouts there) */
+    size_t *layout_starts; /* (seq_len) scratch: a window's document starts */
+    void *layout_scratch;  /* seqpar_doc_layout's */
     int next_step;
     int64_t tokens_seen; /* training tokens of the steps done (the batch size may change on resume) */
     const volatile sig_atomic_t *stop_flag; /* polled between layers when set (rt_trainer_stop_on) */

@@ -359,13 +359,16 @@ static void docs_config(rt_config *cfg, rt_family family, float dropout, int sta
     CU_ASSERT_FATAL(rt_config_set(cfg, "data", "separator_starts_document", starts ? "true" : "false", &err) == 0);
 }
 
-/* Packed documents (documents of 1 to ~40 tokens across zigzag chunk and rank boundaries) against one rank:
- * llama with dropout at sp = P; gpt2 (separator first) on every dp x sp mesh with grad_accum 2; llama on the
- * ZeRO mesh at stages 0-3. */
+/* Packed documents (documents of 1 to ~40 tokens across chunk and rank boundaries) against one rank, in the
+ * balanced layout (parallel.document_layout's default) unless said: llama with dropout at sp = P, balanced and
+ * zigzag; gpt2 (separator first) on every dp x sp mesh with grad_accum 2; llama on the ZeRO mesh at stages
+ * 0-3. */
 static void test_documents(void) {
     rt_config cfg;
     docs_config(&cfg, RT_FAMILY_LLAMA, 0.1f, 0);
     check_against_single_rank(cfg, 1, world->size, 0, "documents llama+dropout");
+    cfg.document_layout = RT_DOC_LAYOUT_ZIGZAG;
+    check_against_single_rank(cfg, 1, world->size, 0, "documents llama+dropout, zigzag");
     docs_config(&cfg, RT_FAMILY_GPT2, 0.0f, 1);
     cfg.grad_accum = 2;
     for (int dp = 1; dp <= world->size; dp++) {
