@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "io/model_file.h"
+#include "io/tokens.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
 #include "tests/support/fixtures.h"
@@ -37,6 +38,8 @@
 
 static rt_comm *world;
 static char data_path[TEST_PATH_MAX], work_dir[TEST_PATH_MAX];
+static char docs_path[TEST_PATH_MAX + 16]; /* packed documents: separator 0 about every 9th token */
+static int packed;                         /* base_config trains on docs_path */
 
 typedef struct {
     double loss[STEPS], grad_norm[STEPS];
@@ -56,6 +59,11 @@ static void base_config(rt_config *cfg, rt_family family, float dropout, int sp,
     cfg->sp = sp;
     cfg->dp = world->size / sp;
     cfg->zero_stage = stage;
+    if (packed) {
+        snprintf(cfg->data_train, sizeof cfg->data_train, "%s", docs_path);
+        rt_error err;
+        CU_ASSERT_FATAL(rt_config_set(cfg, "data", "document_separator", "0", &err) == 0);
+    }
 }
 
 static rt_trainer *make_trainer(const rt_config *cfg) {
@@ -159,6 +167,13 @@ static void test_bitwise_gpt2_stage0(void) { bitwise_all_layouts(RT_FAMILY_GPT2,
 static void test_bitwise_gpt2_stage1(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 1); }
 static void test_bitwise_gpt2_stage2(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 2); }
 static void test_bitwise_gpt2_stage3(void) { bitwise_all_layouts(RT_FAMILY_GPT2, 0.0f, 3); }
+/* Packed documents in the balanced layout: windows start inside documents, and the resumed run continues
+ * their positions and layouts from the data position alone. */
+static void test_bitwise_documents(void) {
+    packed = 1;
+    bitwise_all_layouts(RT_FAMILY_LLAMA, 0.1f, 2);
+    packed = 0;
+}
 
 /* A trainer that trained on past its checkpoint loads it and redoes those steps: the straight run's bits (at
  * ZeRO-3 the gathered copies it still holds are of later parameters and must not be used). */
@@ -305,6 +320,18 @@ static void test_reshard_load(void) {
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     test_write_tokens(world, "rt_resume", 2000, 7, data_path, work_dir);
+    snprintf(docs_path, sizeof docs_path, "%s/docs.bin", work_dir);
+    if (world->rank == 0) {
+        uint32_t tokens[2000];
+        uint64_t state = 8;
+        for (size_t i = 0; i < 2000; i++) {
+            const uint64_t r = test_rand_u64(&state);
+            tokens[i] = r % 9 == 0 ? 0 : 1 + (uint32_t)(r / 9 % 255);
+        }
+        rt_error err;
+        if (rt_tokens_write(docs_path, tokens, 2000, 256, &err)) rt_fatal("%s", err.msg);
+    }
+    rt_barrier(world);
     static const test_case save_cases[] = {{"save on dp 2 x sp 2, ZeRO 2", test_reshard_save}};
     static const test_case load_cases[] = {{"load the 4-rank checkpoint here == straight run", test_reshard_load}};
     static const test_case resume_cases[] = {
@@ -316,6 +343,7 @@ int main(int argc, char **argv) {
         {"bitwise resume: gpt2, ZeRO 1", test_bitwise_gpt2_stage1},
         {"bitwise resume: gpt2, ZeRO 2", test_bitwise_gpt2_stage2},
         {"bitwise resume: gpt2, ZeRO 3", test_bitwise_gpt2_stage3},
+        {"bitwise resume: packed documents, llama + dropout, ZeRO 2", test_bitwise_documents},
         {"a trainer that ran on loads its checkpoint == straight run (ZeRO 0, 3)", test_load_into_used_trainer},
         {"a step abandoned by a stop request changes nothing", test_interrupted_step},
         {"a changed d_model is refused by name", test_changed_shape_refused},
@@ -338,6 +366,7 @@ int main(int argc, char **argv) {
     rt_barrier(world);
     if (world->rank == 0) {
         unlink(data_path);
+        unlink(docs_path);
         rmdir(work_dir);
     }
     rt_comm_finalize();
