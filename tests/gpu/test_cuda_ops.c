@@ -836,6 +836,7 @@ typedef struct {
     int n_blocks;
     size_t Tk[2];
     const int64_t *k_pos[2];
+    const int64_t *q_first; /* NULL, or packed documents: the first position of each query's document */
 } attn_spec;
 
 /* The problem's buffers (host: the CPU's, device: the GPU's). Interleaved: store[0] holds q | k | v rows of
@@ -847,8 +848,8 @@ typedef struct {
     size_t row_q, row_kv; /* H*D, Hkv*D */
     fbuf store[3], grad[3];
     fbuf out, lse, dout, delta;
-    size_t k_row0[2]; /* first row of block b in the k and v storage */
-    int64_t *q_pos_d, *k_pos_d[2];
+    size_t k_row0[2];                          /* first row of block b in the k and v storage */
+    int64_t *q_pos_d, *k_pos_d[2], *q_first_d; /* q_first_d NULL without documents */
 } attn_bufs;
 
 /* q (which 0), k (1) or v (2) of block b in the storage st (inputs or gradients), on the host or the device. */
@@ -883,8 +884,9 @@ static void attn_forward_all(const rt_backend *be, const attn_spec *s, const att
     const int dev = be == gpu;
     for (int b = 0; b < s->n_blocks; b++)
         rt_be_attn_block_forward(be, out, lse, attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
-                                 attn_ptr(a, a->store, 2, b, dev), dev ? a->q_pos_d : s->q_pos, NULL,
-                                 dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b], &a->shape, ws, ws_bytes);
+                                 attn_ptr(a, a->store, 2, b, dev), dev ? a->q_pos_d : s->q_pos,
+                                 dev ? a->q_first_d : s->q_first, dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b],
+                                 &a->shape, ws, ws_bytes);
 }
 
 /* Backward of every block into the gradient storage grads (laid out as a->grad), with be's lse and delta. */
@@ -892,12 +894,12 @@ static void attn_backward_all(const rt_backend *be, const attn_spec *s, const at
                               size_t ws_bytes) {
     const int dev = be == gpu;
     for (int b = 0; b < s->n_blocks; b++)
-        rt_be_attn_block_backward(be, attn_ptr(a, grads, 0, b, dev), attn_ptr(a, grads, 1, b, dev),
-                                  attn_ptr(a, grads, 2, b, dev), dev ? a->dout.d : a->dout.h,
-                                  attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
-                                  attn_ptr(a, a->store, 2, b, dev), dev ? a->lse.d : a->lse.h,
-                                  dev ? a->delta.d : a->delta.h, dev ? a->q_pos_d : s->q_pos, NULL,
-                                  dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq, s->Tk[b], &a->shape, ws, ws_bytes);
+        rt_be_attn_block_backward(
+            be, attn_ptr(a, grads, 0, b, dev), attn_ptr(a, grads, 1, b, dev), attn_ptr(a, grads, 2, b, dev),
+            dev ? a->dout.d : a->dout.h, attn_ptr(a, a->store, 0, b, dev), attn_ptr(a, a->store, 1, b, dev),
+            attn_ptr(a, a->store, 2, b, dev), dev ? a->lse.d : a->lse.h, dev ? a->delta.d : a->delta.h,
+            dev ? a->q_pos_d : s->q_pos, dev ? a->q_first_d : s->q_first, dev ? a->k_pos_d[b] : s->k_pos[b], s->Tq,
+            s->Tk[b], &a->shape, ws, ws_bytes);
 }
 
 static void check_attention(const attn_spec *s, uint64_t seed, const char *what) {
@@ -929,6 +931,7 @@ static void check_attention(const attn_spec *s, uint64_t seed, const char *what)
     }
     const size_t OS = a.shape.out_stride;
     a.q_pos_d = dev_from(s->q_pos, s->Tq * sizeof(int64_t));
+    a.q_first_d = s->q_first ? dev_from(s->q_first, s->Tq * sizeof(int64_t)) : NULL;
     for (int b = 0; b < s->n_blocks; b++)
         a.k_pos_d[b] = dev_from(s->k_pos[b], s->Tk[b] * sizeof(int64_t));
     a.dout = fbuf_rand(s->Tq * OS, -1.0f, 1.0f, seed + 3);
@@ -1013,6 +1016,7 @@ static void check_attention(const attn_spec *s, uint64_t seed, const char *what)
     }
     fbuf_free(&a.out), fbuf_free(&a.lse), fbuf_free(&a.dout), fbuf_free(&a.delta), fbuf_free(&out2), fbuf_free(&lse2);
     rt_be_device_free(gpu, a.q_pos_d);
+    if (a.q_first_d) rt_be_device_free(gpu, a.q_first_d);
     for (int b = 0; b < s->n_blocks; b++)
         rt_be_device_free(gpu, a.k_pos_d[b]);
     rt_be_device_free(gpu, gpu_ws);
@@ -1157,6 +1161,95 @@ static void test_attention_small_head_dims(void) {
                    .k_pos = {rank0, rank1}};
     check_attention(&b, 2510, "zigzag rank 0 of 2, own block then rank 1's, H=6 Hkv=3 D=32");
     free(pos130), free(rank0), free(rank1);
+}
+
+/* q_first of queries at q_pos (n): the last of the document starts (ascending, starts[0] = 0) at or before each. */
+static int64_t *doc_first(const int64_t *q_pos, size_t n, const int64_t *starts, size_t n_starts) {
+    int64_t *first = malloc_check(n * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++) {
+        size_t d = 0;
+        while (d + 1 < n_starts && starts[d + 1] <= q_pos[i])
+            d++;
+        first[i] = starts[d];
+    }
+    return first;
+}
+
+/* Packed documents (q_first): a causal diagonal block with documents starting at and one off the kernels' 64-row
+ * tile edges (1-token documents among them), GQA 8:2 at D = 64 and 4:2 at D = 16; zigzag running merges of two
+ * blocks with documents that span tiles and chunks (D = 128 and D = 32); and a first block every key of which is
+ * before every query's document (the whole block skipped: rows untouched by it, its keys get no gradient). */
+static void test_attention_documents(void) {
+    static const int64_t edges[] = {0, 1, 2, 63, 64, 65, 127, 128, 129, 130, 200, 255, 256, 257, 299};
+    static const int64_t spanning[] = {0, 30, 90, 150, 151, 260, 330, 399};
+    const size_t n_edges = sizeof edges / sizeof edges[0], n_spanning = sizeof spanning / sizeof spanning[0];
+    int64_t *pos300 = range_pos(300, 0), *pos130 = range_pos(130, 0);
+    int64_t *rank0 = zigzag_pos(100, 0), *rank1 = zigzag_pos(100, 1);
+    int64_t *first300 = doc_first(pos300, 300, edges, n_edges), *first130 = doc_first(pos130, 130, edges, n_edges);
+    int64_t *first_r0 = doc_first(rank0, 200, spanning, n_spanning);
+    int64_t *first_r1 = doc_first(rank1, 200, spanning, n_spanning);
+    attn_spec a = {.H = 8,
+                   .Hkv = 2,
+                   .D = 64,
+                   .causal = 1,
+                   .Tq = 300,
+                   .q_pos = pos300,
+                   .n_blocks = 1,
+                   .Tk = {300},
+                   .k_pos = {pos300},
+                   .q_first = first300};
+    check_attention(&a, 2600, "documents at tile edges, causal diagonal T=300 H=8 Hkv=2 D=64");
+    attn_spec b = {.H = 4,
+                   .Hkv = 2,
+                   .D = 16,
+                   .causal = 1,
+                   .interleaved = 1,
+                   .Tq = 130,
+                   .q_pos = pos130,
+                   .n_blocks = 1,
+                   .Tk = {130},
+                   .k_pos = {pos130},
+                   .q_first = first130};
+    check_attention(&b, 2610, "documents at tile edges, causal diagonal T=130 H=4 Hkv=2 D=16, qkv rows");
+    attn_spec c = {.H = 8,
+                   .Hkv = 2,
+                   .D = 128,
+                   .causal = 1,
+                   .Tq = 200,
+                   .q_pos = rank0,
+                   .n_blocks = 2,
+                   .Tk = {200, 200},
+                   .k_pos = {rank0, rank1},
+                   .q_first = first_r0};
+    check_attention(&c, 2620, "documents spanning tiles, zigzag rank 0 of 2, own block then rank 1's, D=128");
+    attn_spec d = {.H = 6,
+                   .Hkv = 3,
+                   .D = 32,
+                   .causal = 1,
+                   .Tq = 200,
+                   .q_pos = rank1,
+                   .n_blocks = 2,
+                   .Tk = {200, 200},
+                   .k_pos = {rank1, rank0},
+                   .q_first = first_r1};
+    check_attention(&d, 2630, "documents spanning tiles, zigzag rank 1 of 2, own block then rank 0's, H=6 Hkv=3 D=32");
+    static const int64_t late[] = {0, 150, 250};
+    int64_t *q_pos = range_pos(100, 200), *k_early = range_pos(130, 0), *k_late = range_pos(170, 130);
+    int64_t *first_late = doc_first(q_pos, 100, late, 3);
+    attn_spec e = {.H = 4,
+                   .Hkv = 1,
+                   .D = 64,
+                   .causal = 1,
+                   .Tq = 100,
+                   .q_pos = q_pos,
+                   .n_blocks = 2,
+                   .Tk = {130, 170},
+                   .k_pos = {k_early, k_late},
+                   .q_first = first_late};
+    check_attention(&e, 2640, "documents, a first block before every query's document Tq=100 H=4 Hkv=1 D=64");
+    free(pos300), free(pos130), free(rank0), free(rank1);
+    free(first300), free(first130), free(first_r0), free(first_r1);
+    free(q_pos), free(k_early), free(k_late), free(first_late);
 }
 
 /* attn_delta alone, on identical inputs: an fp32 row sum. */
@@ -1308,6 +1401,7 @@ int main(void) {
         {"attention: zigzag positions, running merge of two blocks", test_attention_zigzag_two_blocks},
         {"attention: query with no visible key", test_attention_no_visible_key},
         {"attention: head dims 16 and 32", test_attention_small_head_dims},
+        {"attention: packed documents (q_first)", test_attention_documents},
         {"attention: delta", test_attn_delta},
         {"copy engine: streams, events, ordering with compute", test_copy_engine},
     };

@@ -16,8 +16,10 @@
 /*
  * The reference is plain softmax attention written out in double: every
  * score, one max, one sum, with the causal mask taken from positions and
- * GQA head sharing. Its backward is the analytic one (P, dP, delta as
- * sum_j P dP, dS), checked itself against central finite differences.
+ * GQA head sharing; packed documents (the kernels' q_first) are given to
+ * it as the document of every position. Its backward is the analytic one
+ * (P, dP, delta as sum_j P dP, dS), checked itself against central finite
+ * differences.
  *
  * Tolerances (max relative error, testing.h, against the reference rounded
  * to float):
@@ -49,6 +51,8 @@
 typedef struct {
     int H, Hkv, D;
     int causal;
+    const int *doc; /* NULL, or the document of every position (non-decreasing): a key of an earlier document than
+                     * its query's is hidden (with causal: only the query's own document is visible) */
 } ref_shape;
 
 /* Scores of query row i, head h against every key; returns the number of visible keys. */
@@ -57,7 +61,7 @@ static size_t ref_scores(double *s, int *visible, const ref_shape *r, const doub
     const int D = r->D, kvh = h / (r->H / r->Hkv);
     size_t n_visible = 0;
     for (size_t j = 0; j < Tk; j++) {
-        visible[j] = !(r->causal && k_pos[j] > q_pos[i]);
+        visible[j] = !(r->causal && k_pos[j] > q_pos[i]) && !(r->doc && r->doc[k_pos[j]] < r->doc[q_pos[i]]);
         double dot = 0.0;
         for (int d = 0; d < D; d++)
             dot += q[(i * r->H + h) * D + d] * k[(j * r->Hkv + kvh) * D + d];
@@ -258,7 +262,7 @@ typedef struct {
 /* Of rows [row0, row0 + T) alone, as one sequence. */
 static reference reference_of_rows(const attn_problem *p, size_t row0, size_t T) {
     const attn_case *c = &p->c;
-    ref_shape r = {c->H, c->Hkv, c->D, c->causal};
+    ref_shape r = {c->H, c->Hkv, c->D, c->causal, NULL};
     const int64_t *pos = p->pos + row0;
     double *q = pack_double(p->q + row0 * p->shape.q_stride, T, p->row_q, p->shape.q_stride);
     double *k = pack_double(p->k + row0 * p->shape.kv_stride, T, p->row_kv, p->shape.kv_stride);
@@ -467,7 +471,7 @@ static double ref_loss(const ref_shape *r, const double *dout, const double *q, 
 static void test_backward_finite_differences(void) {
     const attn_case c = {10, 2, 1, 4, 1, 0};
     attn_problem p = problem_make(c, 300);
-    const ref_shape r = {c.H, c.Hkv, c.D, c.causal};
+    const ref_shape r = {c.H, c.Hkv, c.D, c.causal, NULL};
     double *q = pack_double(p.q, c.T, p.row_q, p.row_q);
     double *k = pack_double(p.k, c.T, p.row_kv, p.row_kv);
     double *v = pack_double(p.v, c.T, p.row_kv, p.row_kv);
@@ -563,11 +567,11 @@ static void kernel_subset(const attn_problem *p, const size_t *q_rows, size_t Tq
     free(q_pos);
 }
 
-/* Reference of the same subset: queries q_rows over all keys. */
-static void reference_subset(const attn_problem *p, const size_t *q_rows, size_t Tq, double *out, double *lse,
-                             double *dq, double *dk, double *dv) {
+/* Reference of the same subset: queries q_rows over all keys (doc: NULL, or the documents, see ref_shape). */
+static void reference_subset(const attn_problem *p, const size_t *q_rows, size_t Tq, const int *doc, double *out,
+                             double *lse, double *dq, double *dk, double *dv) {
     const attn_case *c = &p->c;
-    const ref_shape r = {c->H, c->Hkv, c->D, c->causal};
+    const ref_shape r = {c->H, c->Hkv, c->D, c->causal, doc};
     double *q_all = pack_double(p->q, c->T, p->row_q, p->shape.q_stride);
     double *dout_all = pack_double(p->dout, c->T, p->row_q, p->shape.out_stride);
     double *k = pack_double(p->k, c->T, p->row_kv, p->shape.kv_stride);
@@ -596,7 +600,7 @@ static void check_subset(const attn_problem *p, const size_t *q_rows, size_t Tq,
     double *ref_out = malloc(Tq * p->row_q * sizeof(double)), *ref_lse = malloc(Tq * H * sizeof(double));
     double *ref_dq = malloc(Tq * p->row_q * sizeof(double));
     double *ref_dk = malloc(T * p->row_kv * sizeof(double)), *ref_dv = malloc(T * p->row_kv * sizeof(double));
-    reference_subset(p, q_rows, Tq, ref_out, ref_lse, ref_dq, ref_dk, ref_dv);
+    reference_subset(p, q_rows, Tq, NULL, ref_out, ref_lse, ref_dq, ref_dk, ref_dv);
     float *out = malloc(Tq * p->row_q * sizeof(float)), *lse = malloc(Tq * H * sizeof(float));
     float *dq = malloc(Tq * p->row_q * sizeof(float));
     /* dk, dv in the layout of k, v (rows at kv_stride) */
@@ -776,6 +780,357 @@ static void test_seqpar_sequences_in_one_call(void) {
     free(lse_each);
     free(dqkv_each);
     free(host_pos);
+    problem_free(&p);
+}
+
+/* ------------------------------------------------------------------ packed documents (q_first) */
+
+/*
+ * Documents are contiguous ranges of positions 0..T-1. The kernels take q_first, the first position of each
+ * query's document; the reference takes the document of every position (ref_shape.doc) and nothing else, so a
+ * wrong q_first bound in a kernel cannot agree with it by construction. Every test drives the kernels directly,
+ * one call per key block, blocks merged one after another as seqpar does, and checks:
+ *   - after every forward call, each query row that sees no key of that call (by the reference's rule) is bit for
+ *     bit what it was before the call (out and lse), and after every backward call each such row of dq, and each
+ *     key row of the block that no query sees, is bit for bit unchanged (no gradient, not even a rounding);
+ *   - the final out, lse, dq, dk, dv against the reference with the tolerances of the causal cases, and no NaN or
+ *     inf anywhere in them (every query sees itself).
+ */
+
+typedef struct {
+    size_t T;
+    int *doc;       /* (T) document of each position */
+    int64_t *first; /* (T) first position of the document of each position: q_first of a query there */
+} doc_layout;
+
+/* Documents starting at starts[0] = 0 < starts[1] < ... < T. */
+static doc_layout docs_from_starts(size_t T, const size_t *starts, size_t n_starts) {
+    doc_layout d = {T, malloc(T * sizeof(int)), malloc(T * sizeof(int64_t))};
+    CU_ASSERT_FATAL(n_starts > 0 && starts[0] == 0);
+    size_t s = 0;
+    for (size_t pos = 0; pos < T; pos++) {
+        while (s + 1 < n_starts && starts[s + 1] <= pos)
+            s++;
+        d.doc[pos] = (int)s;
+        d.first[pos] = (int64_t)starts[s];
+    }
+    return d;
+}
+
+/* Random documents: a quarter of them 1 token long, the others 1..max_len tokens. */
+static doc_layout docs_random(size_t T, size_t max_len, uint64_t seed) {
+    size_t *starts = malloc(T * sizeof(size_t)), n = 0;
+    uint64_t state = seed;
+    for (size_t at = 0; at < T; n++) {
+        starts[n] = at;
+        const size_t len = test_rand_u64(&state) % 4 == 0 ? 1 : 1 + (size_t)(test_rand_u64(&state) % max_len);
+        at += len;
+    }
+    doc_layout d = docs_from_starts(T, starts, n);
+    free(starts);
+    return d;
+}
+
+static void docs_free(doc_layout *d) {
+    free(d->doc);
+    free(d->first);
+}
+
+/* The test's own mask (the reference's rule): key at position kp visible to the query at qp. */
+static int doc_visible(const doc_layout *docs, int causal, int64_t qp, int64_t kp) {
+    return (!causal || kp <= qp) && docs->doc[kp] >= docs->doc[qp];
+}
+
+typedef struct {
+    size_t j0, len; /* rows [j0, j0 + len) of the problem's keys */
+} key_block;
+
+/* Blocks of size rows covering [0, T), in order or reversed. */
+static size_t blocks_of(key_block *blocks, size_t T, size_t size, int reversed) {
+    const size_t n = (T + size - 1) / size;
+    for (size_t b = 0; b < n; b++) {
+        const size_t j0 = (reversed ? n - 1 - b : b) * size;
+        blocks[b] = (key_block){j0, T - j0 < size ? T - j0 : size};
+    }
+    return n;
+}
+
+/* What the per-call checks met (so a test can assert that its case really has them). */
+typedef struct {
+    size_t rows_hidden;  /* (query row, call) pairs: the row sees no key of the call */
+    size_t tiles_hidden; /* (query tile of 64 rows, call) pairs: no row of the tile sees a key of the call */
+} hidden_counts;
+
+static int rows_equal(const float *a, const float *b, size_t n) { return memcmp(a, b, n * sizeof(float)) == 0; }
+
+static int all_finite(const float *x, size_t n, size_t width, size_t stride) {
+    int ok = 1;
+    for (size_t i = 0; i < n; i++)
+        for (size_t c = 0; c < width; c++)
+            ok &= isfinite(x[i * stride + c]) != 0;
+    return ok;
+}
+
+/* row_sees[i]: query i sees a key of block blk; key_seen[j] (j in blk): key j is seen by a query. */
+static void visibility_of(const attn_problem *p, const doc_layout *docs, const int64_t *q_pos, size_t Tq, key_block blk,
+                          int *row_sees, int *key_seen) {
+    for (size_t i = 0; i < Tq; i++)
+        row_sees[i] = 0;
+    for (size_t j = blk.j0; j < blk.j0 + blk.len; j++) {
+        key_seen[j] = 0;
+        for (size_t i = 0; i < Tq; i++)
+            if (doc_visible(docs, p->c.causal, q_pos[i], p->pos[j])) row_sees[i] = 1, key_seen[j] = 1;
+    }
+}
+
+/* Queries at rows q_rows of the problem over all its keys, one call per key block (the blocks cover every key
+ * once), with the documents' q_first: kernels against the reference, and the per-call checks above. */
+static void check_documents(const attn_problem *p, const doc_layout *docs, const size_t *q_rows, size_t Tq,
+                            const key_block *blocks, size_t n_blocks, const char *what, hidden_counts *seen) {
+    const rt_backend *b = rt_backend_cpu();
+    const size_t T = p->c.T, H = (size_t)p->c.H, RQ = p->row_q, KS = p->shape.kv_stride;
+    rt_attn_shape shape = p->shape;
+    shape.q_stride = RQ;
+    shape.out_stride = RQ;
+    float *q = malloc(Tq * RQ * sizeof(float)), *dout = malloc(Tq * RQ * sizeof(float));
+    float *out = calloc(Tq * RQ, sizeof(float)), *lse = malloc(Tq * H * sizeof(float));
+    float *delta = malloc(Tq * H * sizeof(float)), *dq = calloc(Tq * RQ, sizeof(float));
+    float *dk = calloc(T * KS, sizeof(float)), *dv = calloc(T * KS, sizeof(float));
+    float *before = malloc((Tq * RQ > 2 * T * KS ? Tq * RQ : 2 * T * KS) * sizeof(float));
+    float *dq_before = malloc(Tq * RQ * sizeof(float));
+    float *lse_before = malloc(Tq * H * sizeof(float));
+    int64_t *q_pos = malloc(Tq * sizeof(int64_t)), *q_first = malloc(Tq * sizeof(int64_t));
+    int *row_sees = malloc(Tq * sizeof(int)), *key_seen = malloc(T * sizeof(int));
+    size_t max_len = 0;
+    for (size_t bi = 0; bi < n_blocks; bi++)
+        max_len = blocks[bi].len > max_len ? blocks[bi].len : max_len;
+    for (size_t i = 0; i < Tq; i++) {
+        memcpy(q + i * RQ, p->q + q_rows[i] * p->shape.q_stride, RQ * sizeof(float));
+        memcpy(dout + i * RQ, p->dout + q_rows[i] * p->shape.out_stride, RQ * sizeof(float));
+        q_pos[i] = p->pos[q_rows[i]];
+        q_first[i] = docs->first[q_pos[i]];
+    }
+    for (size_t i = 0; i < Tq * H; i++)
+        lse[i] = -INFINITY;
+    test_workspace ws = workspace_make(Tq, max_len, &shape);
+    int fwd_untouched = 1, bwd_untouched = 1;
+
+    for (size_t bi = 0; bi < n_blocks; bi++) {
+        const size_t j0 = blocks[bi].j0, len = blocks[bi].len;
+        memcpy(before, out, Tq * RQ * sizeof(float));
+        memcpy(lse_before, lse, Tq * H * sizeof(float));
+        rt_be_attn_block_forward(b, out, lse, q, p->k + j0 * KS, p->v + j0 * KS, q_pos, q_first, p->pos + j0, Tq, len,
+                                 &shape, ws.ptr, ws.bytes);
+        visibility_of(p, docs, q_pos, Tq, blocks[bi], row_sees, key_seen);
+        for (size_t t0 = 0; t0 < Tq; t0 += 64) {
+            int tile_sees = 0;
+            for (size_t i = t0; i < Tq && i < t0 + 64; i++) {
+                tile_sees |= row_sees[i];
+                if (row_sees[i]) continue;
+                seen->rows_hidden++;
+                fwd_untouched &= rows_equal(out + i * RQ, before + i * RQ, RQ);
+                fwd_untouched &= rows_equal(lse + i * H, lse_before + i * H, H);
+            }
+            seen->tiles_hidden += !tile_sees;
+        }
+    }
+    rt_be_attn_delta(b, delta, out, dout, Tq, &shape);
+    for (size_t bi = 0; bi < n_blocks; bi++) {
+        const size_t j0 = blocks[bi].j0, len = blocks[bi].len;
+        float *dk_before = before, *dv_before = before + T * KS;
+        memcpy(dk_before, dk, T * KS * sizeof(float));
+        memcpy(dv_before, dv, T * KS * sizeof(float));
+        memcpy(dq_before, dq, Tq * RQ * sizeof(float));
+        rt_be_attn_block_backward(b, dq, dk + j0 * KS, dv + j0 * KS, dout, q, p->k + j0 * KS, p->v + j0 * KS, lse,
+                                  delta, q_pos, q_first, p->pos + j0, Tq, len, &shape, ws.ptr, ws.bytes);
+        visibility_of(p, docs, q_pos, Tq, blocks[bi], row_sees, key_seen);
+        for (size_t i = 0; i < Tq; i++)
+            if (!row_sees[i]) bwd_untouched &= rows_equal(dq + i * RQ, dq_before + i * RQ, RQ);
+        for (size_t j = j0; j < j0 + len; j++)
+            if (!key_seen[j]) {
+                bwd_untouched &= rows_equal(dk + j * KS, dk_before + j * KS, p->row_kv);
+                bwd_untouched &= rows_equal(dv + j * KS, dv_before + j * KS, p->row_kv);
+            }
+    }
+    workspace_free(&ws);
+    if (!fwd_untouched) fprintf(stderr, "\n  %s: a forward call changed a row that sees none of its keys\n", what);
+    if (!bwd_untouched) fprintf(stderr, "\n  %s: a backward call gave gradient to a hidden row or key\n", what);
+    CU_ASSERT(fwd_untouched);
+    CU_ASSERT(bwd_untouched);
+
+    double *ref_out = malloc(Tq * RQ * sizeof(double)), *ref_lse = malloc(Tq * H * sizeof(double));
+    double *ref_dq = malloc(Tq * RQ * sizeof(double));
+    double *ref_dk = malloc(T * p->row_kv * sizeof(double)), *ref_dv = malloc(T * p->row_kv * sizeof(double));
+    reference_subset(p, q_rows, Tq, docs->doc, ref_out, ref_lse, ref_dq, ref_dk, ref_dv);
+    char label[200];
+    snprintf(label, sizeof label, "%s out", what);
+    check_rows(out, RQ, ref_out, Tq, RQ, OUT_FLOOR, OUT_TOL, label);
+    snprintf(label, sizeof label, "%s lse", what);
+    check_rows(lse, H, ref_lse, Tq, H, LSE_FLOOR, LSE_TOL, label);
+    snprintf(label, sizeof label, "%s dq", what);
+    check_rows(dq, RQ, ref_dq, Tq, RQ, 1e-2 * max_abs(ref_dq, Tq * RQ), GRAD_TOL, label);
+    snprintf(label, sizeof label, "%s dk", what);
+    check_rows(dk, KS, ref_dk, T, p->row_kv, 1e-2 * max_abs(ref_dk, T * p->row_kv), GRAD_TOL, label);
+    snprintf(label, sizeof label, "%s dv", what);
+    check_rows(dv, KS, ref_dv, T, p->row_kv, 1e-2 * max_abs(ref_dv, T * p->row_kv), GRAD_TOL, label);
+    const int finite = all_finite(out, Tq, RQ, RQ) && all_finite(lse, Tq, H, H) && all_finite(dq, Tq, RQ, RQ) &&
+                       all_finite(dk, T, p->row_kv, KS) && all_finite(dv, T, p->row_kv, KS);
+    if (!finite) fprintf(stderr, "\n  %s: NaN or inf in out, lse or a gradient\n", what);
+    CU_ASSERT(finite);
+
+    free(ref_out);
+    free(ref_lse);
+    free(ref_dq);
+    free(ref_dk);
+    free(ref_dv);
+    free(q);
+    free(dout);
+    free(out);
+    free(lse);
+    free(delta);
+    free(dq);
+    free(dk);
+    free(dv);
+    free(before);
+    free(dq_before);
+    free(lse_before);
+    free(q_pos);
+    free(q_first);
+    free(row_sees);
+    free(key_seen);
+}
+
+/* All T queries over the key blocks of each size (0: one call of all keys; negative: that size, blocks reversed). */
+static void check_documents_all_queries(const attn_problem *p, const doc_layout *docs, const int *sizes, size_t n_sizes,
+                                        const char *what, hidden_counts *seen) {
+    const size_t T = p->c.T;
+    size_t *q_rows = malloc(T * sizeof(size_t));
+    key_block *blocks = malloc(T * sizeof(key_block));
+    for (size_t i = 0; i < T; i++)
+        q_rows[i] = i;
+    for (size_t si = 0; si < n_sizes; si++) {
+        const size_t size = sizes[si] == 0 ? T : (size_t)abs(sizes[si]);
+        const size_t n = blocks_of(blocks, T, size, sizes[si] < 0);
+        char label[200];
+        snprintf(label, sizeof label, "%s, H=%d Hkv=%d D=%d causal=%d interleaved=%d, key blocks of %zu%s", what,
+                 p->c.H, p->c.Hkv, p->c.D, p->c.causal, p->c.interleaved, size, sizes[si] < 0 ? " reversed" : "");
+        check_documents(p, docs, q_rows, T, blocks, n, label, seen);
+    }
+    free(q_rows);
+    free(blocks);
+}
+
+/* Documents starting exactly at and one off the tile edges (queries 64, keys 128), with many 1-token documents
+ * (at 0, 1, 63, 64, 65, 127, 128, 129, ... and the last position); GQA 2:1 and MQA. Over blocks of 128 keys in
+ * order, the later query tiles see no key of the first blocks at all. */
+static void test_documents_tile_edges(void) {
+    static const size_t starts[] = {0,   1,   2,   63,  64,  65,  66,  127, 128, 129, 130, 191,
+                                    192, 193, 255, 256, 257, 319, 320, 321, 383, 384, 385, 399};
+    static const attn_case doc_cases[] = {{400, 4, 2, 16, 1, 0}, {400, 4, 1, 8, 1, 1}};
+    static const int sizes[] = {0, 128, -61};
+    doc_layout docs = docs_from_starts(400, starts, sizeof starts / sizeof starts[0]);
+    hidden_counts seen = {0, 0};
+    for (size_t ci = 0; ci < 2; ci++) {
+        attn_problem p = problem_make(doc_cases[ci], 1400 + ci);
+        check_documents_all_queries(&p, &docs, sizes, 3, "documents at tile edges", &seen);
+        problem_free(&p);
+    }
+    CU_ASSERT(seen.rows_hidden > 0);
+    CU_ASSERT(seen.tiles_hidden > 0);
+    docs_free(&docs);
+}
+
+/* Documents that span key tiles and query tiles (a query tile holding the end of one and the start of the next,
+ * whose keys lie in an earlier key tile), and random documents (a quarter of them 1 token long): GQA with kv heads
+ * not a multiple of the thread count, MQA, and one non-causal case (there q_first is the only mask: keys of the
+ * query's own and of later documents are visible). */
+static void test_documents_spanning_and_random(void) {
+    static const size_t starts[] = {0, 40, 100, 150, 170, 300, 301, 390};
+    static const int sizes[] = {0, 100, -37};
+    hidden_counts seen = {0, 0};
+    {
+        doc_layout docs = docs_from_starts(400, starts, sizeof starts / sizeof starts[0]);
+        attn_problem p = problem_make((attn_case){400, 6, 3, 8, 1, 1}, 1500);
+        check_documents_all_queries(&p, &docs, sizes, 3, "documents spanning tiles", &seen);
+        problem_free(&p);
+        docs_free(&docs);
+    }
+    static const attn_case doc_cases[] = {{333, 6, 3, 8, 1, 1}, {300, 4, 1, 32, 1, 0}, {257, 4, 2, 16, 0, 0}};
+    for (size_t ci = 0; ci < 3; ci++)
+        for (uint64_t seed = 0; seed < 2; seed++) {
+            doc_layout docs = docs_random(doc_cases[ci].T, seed ? 150 : 40, 1600 + 10 * ci + seed);
+            attn_problem p = problem_make(doc_cases[ci], 1700 + 10 * ci + seed);
+            char what[64];
+            snprintf(what, sizeof what, "random documents (seed %d)", (int)seed);
+            check_documents_all_queries(&p, &docs, sizes, 3, what, &seen);
+            problem_free(&p);
+            docs_free(&docs);
+        }
+}
+
+/* As seqpar lays out zigzag on 2 ranks: rows [0, 200) hold positions of chunks 0 and 3 (of 100), rows [200, 400)
+ * chunks 1 and 2; each rank's queries over its own block, then the other's. */
+static void test_documents_zigzag(void) {
+    const size_t T = 400, c = 100;
+    attn_problem p = problem_make((attn_case){T, 4, 2, 16, 1, 0}, 1800);
+    for (size_t i = 0; i < c; i++) {
+        p.pos[i] = (int64_t)i, p.pos[c + i] = (int64_t)(3 * c + i);
+        p.pos[2 * c + i] = (int64_t)(c + i), p.pos[3 * c + i] = (int64_t)(2 * c + i);
+    }
+    doc_layout docs = docs_random(T, 90, 1810);
+    size_t q_rows[200];
+    hidden_counts seen = {0, 0};
+    for (int rank = 0; rank < 2; rank++) {
+        for (size_t i = 0; i < 2 * c; i++)
+            q_rows[i] = (size_t)rank * 2 * c + i;
+        const key_block blocks[2] = {{(size_t)rank * 2 * c, 2 * c}, {(size_t)(1 - rank) * 2 * c, 2 * c}};
+        char what[64];
+        snprintf(what, sizeof what, "documents, zigzag rank %d of 2", rank);
+        check_documents(&p, &docs, q_rows, 2 * c, blocks, 2, what, &seen);
+    }
+    docs_free(&docs);
+    problem_free(&p);
+}
+
+/* q_first = NULL and q_first = the first position for every query (one document) give the same bits. */
+static void test_documents_one_document_same_bits(void) {
+    attn_problem p = problem_make((attn_case){300, 4, 2, 16, 1, 0}, 1900);
+    const rt_backend *b = rt_backend_cpu();
+    const size_t T = p.c.T, H = (size_t)p.c.H, n_q = T * p.row_q, n_kv = T * p.row_kv;
+    int64_t *zero = calloc(T, sizeof(int64_t));
+    float *out[2], *lse[2], *delta[2], *dq[2], *dk[2], *dv[2];
+    test_workspace ws = workspace_make(T, 128, &p.shape);
+    for (int with = 0; with < 2; with++) {
+        out[with] = calloc(n_q, sizeof(float)), lse[with] = malloc(T * H * sizeof(float));
+        delta[with] = malloc(T * H * sizeof(float)), dq[with] = calloc(n_q, sizeof(float));
+        dk[with] = calloc(n_kv, sizeof(float)), dv[with] = calloc(n_kv, sizeof(float));
+        for (size_t i = 0; i < T * H; i++)
+            lse[with][i] = -INFINITY;
+        const int64_t *q_first = with ? zero : NULL;
+        for (size_t j0 = 0; j0 < T; j0 += 128) {
+            const size_t len = T - j0 < 128 ? T - j0 : 128;
+            rt_be_attn_block_forward(b, out[with], lse[with], p.q, p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, p.pos,
+                                     q_first, p.pos + j0, T, len, &p.shape, ws.ptr, ws.bytes);
+        }
+        rt_be_attn_delta(b, delta[with], out[with], p.dout, T, &p.shape);
+        for (size_t j0 = 0; j0 < T; j0 += 128) {
+            const size_t len = T - j0 < 128 ? T - j0 : 128;
+            rt_be_attn_block_backward(b, dq[with], dk[with] + j0 * p.row_kv, dv[with] + j0 * p.row_kv, p.dout, p.q,
+                                      p.k + j0 * p.row_kv, p.v + j0 * p.row_kv, lse[with], delta[with], p.pos, q_first,
+                                      p.pos + j0, T, len, &p.shape, ws.ptr, ws.bytes);
+        }
+    }
+    workspace_free(&ws);
+    CU_ASSERT(memcmp(out[0], out[1], n_q * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(lse[0], lse[1], T * H * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(dq[0], dq[1], n_q * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(dk[0], dk[1], n_kv * sizeof(float)) == 0);
+    CU_ASSERT(memcmp(dv[0], dv[1], n_kv * sizeof(float)) == 0);
+    for (int with = 0; with < 2; with++) {
+        free(out[with]), free(lse[with]), free(delta[with]);
+        free(dq[with]), free(dk[with]), free(dv[with]);
+    }
+    free(zero);
     problem_free(&p);
 }
 
@@ -1008,6 +1363,10 @@ int main(void) {
         {"shuffled positions", test_shuffled_positions},
         {"query with no visible key is untouched", test_no_visible_key},
         {"seqpar: sequences with their own positions in one call", test_seqpar_sequences_in_one_call},
+        {"documents at and one off tile edges, 1-token documents", test_documents_tile_edges},
+        {"documents spanning tiles; random documents; GQA; non-causal", test_documents_spanning_and_random},
+        {"documents with zigzag positions, two key blocks", test_documents_zigzag},
+        {"one document: q_first gives the bits of no q_first", test_documents_one_document_same_bits},
         {"block order does not matter", test_block_order_independent},
         {"backward accumulates", test_backward_accumulates},
         {"deterministic run to run", test_deterministic},

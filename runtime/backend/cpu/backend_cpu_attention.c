@@ -30,12 +30,17 @@
  * (l = 0) is left untouched. Scratch is O(Q_TILE * K_TILE) per thread.
  *
  * Masking uses positions only: key j is hidden from query i when
- * k_pos[j] > q_pos[i]. A key tile whose smallest position is beyond the
- * largest query position of a query tile is skipped; a key tile whose
- * largest position is at most the smallest query position needs no
+ * k_pos[j] > q_pos[i] (causal) or, with documents (q_first not NULL),
+ * k_pos[j] < q_first[i]. A key tile whose smallest position is beyond the
+ * largest query position of a query tile is skipped, and so is one whose
+ * largest position is before the smallest q_first of the query tile; a
+ * key tile whose largest position is at most the smallest query position
+ * (and whose smallest is at least the largest q_first) needs no
  * per-element mask. Positions need not be contiguous or sorted for
  * correctness; sorted contiguous positions (the usual case) make the
- * skipping effective.
+ * skipping effective. Without documents the tiles take exactly the causal
+ * path (same arithmetic, same bits); the only extra work with q_first ==
+ * NULL is one test per key tile.
  *
  * Backward of one block, with the final lse and delta = rowsum(dO * O):
  *     P = exp(scale * Q K^T - lse),  dP = dO V^T,  dS = P * (dP - delta)
@@ -79,6 +84,13 @@ enum { Q_TILE = 64, K_TILE = 128, WS_ALIGN = 64 };
 #else
 #define RT_TILE_CLONES
 #endif
+/* For the helpers of the per-tile loops: inlined into each clone, so their loops are compiled for its instruction
+ * set (a call would run the baseline version). */
+#if defined(__GNUC__)
+#define RT_TILE_INLINE inline __attribute__((always_inline))
+#else
+#define RT_TILE_INLINE inline
+#endif
 
 typedef struct {
     int64_t min, max;
@@ -92,6 +104,7 @@ typedef struct {
     int causal;
     float scale;
     const int64_t *q_pos, *k_pos;
+    const int64_t *q_first; /* NULL: no document mask */
     size_t n_q_tiles, n_k_tiles;
     pos_range *k_tile_range; /* (n_k_tiles) min/max key position of each key tile, in the workspace */
 } attn_dims;
@@ -171,8 +184,8 @@ static pos_range range_of(const int64_t *pos, size_t n) {
 }
 
 /* Unpacks the call; k_tile_range goes to the start of the (checked) workspace. */
-static attn_dims dims_make(const int64_t *q_pos, const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape,
-                           void *workspace) {
+static attn_dims dims_make(const int64_t *q_pos, const int64_t *q_first, const int64_t *k_pos, size_t Tq, size_t Tk,
+                           const rt_attn_shape *shape, void *workspace) {
     attn_dims d;
     d.Tq = Tq;
     d.Tk = Tk;
@@ -187,6 +200,7 @@ static attn_dims dims_make(const int64_t *q_pos, const int64_t *k_pos, size_t Tq
     d.scale = 1.0f / sqrtf((float)d.D);
     d.q_pos = q_pos;
     d.k_pos = k_pos;
+    d.q_first = q_first;
     d.n_q_tiles = (Tq + Q_TILE - 1) / Q_TILE;
     d.n_k_tiles = (Tk + K_TILE - 1) / K_TILE;
     d.k_tile_range = workspace;
@@ -230,12 +244,56 @@ static inline float exp_approx(float x) {
 }
 
 /* Sets to -inf the scores of keys hidden from their query (only for tiles that straddle the diagonal). */
-static void mask_scores(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *k_pos) {
+static RT_TILE_INLINE void mask_scores(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *k_pos) {
     for (size_t r = 0; r < nq; r++) {
         int64_t qp = q_pos[r];
         float *s = S + r * nk;
         for (size_t c = 0; c < nk; c++)
             s[c] = k_pos[c] > qp ? -INFINITY : s[c];
+    }
+}
+
+/* The same with documents: also hides keys before the query's document (k_pos < q_first); q_pos NULL when not
+ * causal (no upper bound). */
+static RT_TILE_INLINE void mask_scores_doc(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *q_first,
+                                           const int64_t *k_pos) {
+    for (size_t r = 0; r < nq; r++) {
+        const int64_t hi = q_pos ? q_pos[r] : INT64_MAX, lo = q_first[r];
+        float *s = S + r * nk;
+        for (size_t c = 0; c < nk; c++)
+            s[c] = k_pos[c] > hi || k_pos[c] < lo ? -INFINITY : s[c];
+    }
+}
+
+/* What the skipping and masking of a query tile's key tiles need. */
+typedef struct {
+    pos_range q;     /* positions of the query tile */
+    pos_range first; /* q_first of the query tile (only with documents) */
+    int docs;        /* q_first != NULL */
+} q_tile_bounds;
+
+static RT_TILE_INLINE q_tile_bounds q_tile_bounds_of(const attn_dims *d, size_t i0, size_t nq) {
+    q_tile_bounds b;
+    b.q = range_of(d->q_pos + i0, nq);
+    b.docs = d->q_first != NULL;
+    b.first = b.docs ? range_of(d->q_first + i0, nq) : (pos_range){INT64_MIN, INT64_MIN};
+    return b;
+}
+
+/* No query of the tile sees any key of the key tile: every key is in every query's future (causal), or before
+ * every query's document. */
+static RT_TILE_INLINE int tile_hidden(const attn_dims *d, const q_tile_bounds *b, pos_range kr) {
+    return (d->causal && kr.min > b->q.max) || (b->docs && kr.max < b->first.min);
+}
+
+/* Masks the scores S (nq, nk) of query rows [i0, i0+nq) against keys [j0, j0+nk) where some pair may be hidden. */
+static RT_TILE_INLINE void mask_tile(const attn_dims *d, const q_tile_bounds *b, pos_range kr, float *S, size_t i0,
+                                     size_t nq, size_t j0, size_t nk) {
+    const int causal_straddles = d->causal && kr.max > b->q.min;
+    if (!b->docs) {
+        if (causal_straddles) mask_scores(S, nq, nk, d->q_pos + i0, d->k_pos + j0);
+    } else if (causal_straddles || kr.min < b->first.max) {
+        mask_scores_doc(S, nq, nk, d->causal ? d->q_pos + i0 : NULL, d->q_first + i0, d->k_pos + j0);
     }
 }
 
@@ -254,7 +312,7 @@ RT_TILE_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, flo
     const int D = d->D;
     const size_t kvh = (size_t)(h / d->group);
     const float *q_tile = q + i0 * d->q_stride + (size_t)h * D;
-    const pos_range qr = range_of(d->q_pos + i0, nq);
+    const q_tile_bounds qb = q_tile_bounds_of(d, i0, nq);
     float *acc = ws->acc, *m = ws->row_max, *l = ws->row_sum;
     memset(acc, 0, nq * (size_t)D * sizeof(float));
     for (size_t r = 0; r < nq; r++)
@@ -262,14 +320,14 @@ RT_TILE_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, flo
 
     for (size_t kt = 0; kt < d->n_k_tiles; kt++) {
         const pos_range kr = d->k_tile_range[kt];
-        if (d->causal && kr.min > qr.max) continue; /* every key of the tile is in every query's future */
+        if (tile_hidden(d, &qb, kr)) continue; /* no query of the tile sees any of its keys */
         const size_t j0 = kt * K_TILE, nk = d->Tk - j0 < K_TILE ? d->Tk - j0 : K_TILE;
         const float *k_tile = k + j0 * d->kv_stride + kvh * D;
         const float *v_tile = v + j0 * d->kv_stride + kvh * D;
         float *S = ws->scores;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, D, d->scale, q_tile, (int)d->q_stride,
                     k_tile, (int)d->kv_stride, 0.0f, S, (int)nk);
-        if (d->causal && kr.max > qr.min) mask_scores(S, nq, nk, d->q_pos + i0, d->k_pos + j0);
+        mask_tile(d, &qb, kr, S, i0, nq, j0, nk);
         int any_visible = 0;
         for (size_t r = 0; r < nq; r++) {
             float *s = S + r * nk;
@@ -335,8 +393,7 @@ void rt_cpu_attn_block_forward(CPU_BE, float *out, float *lse, const float *q, c
                                const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
     const ws_layout w = ws_check("attn_block_forward", Tq, Tk, shape, workspace, workspace_bytes);
-    (void)q_first; /* document masks: not yet */
-    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape, workspace);
+    attn_dims d = dims_make(q_pos, q_first, k_pos, Tq, Tk, shape, workspace);
     /* Tasks are independent (each writes its own rows of out/lse), so a dynamic schedule keeps the result
      * deterministic; the tiles with the most keys (last query tiles, when causal) are dealt first. */
     const size_t n_tasks = d.n_q_tiles * (size_t)d.H;
@@ -399,18 +456,18 @@ RT_TILE_CLONES static void backward_task(const attn_dims *d, bwd_scratch *ws, fl
     const float *q_tile = q + i0 * d->q_stride + (size_t)h * D;
     const float *dout_tile = dout + i0 * d->out_stride + (size_t)h * D;
     float *dq_tile = dq + i0 * d->q_stride + (size_t)h * D;
-    const pos_range qr = range_of(d->q_pos + i0, nq);
+    const q_tile_bounds qb = q_tile_bounds_of(d, i0, nq);
 
     for (size_t kt = 0; kt < d->n_k_tiles; kt++) {
         const pos_range kr = d->k_tile_range[kt];
-        if (d->causal && kr.min > qr.max) continue;
+        if (tile_hidden(d, &qb, kr)) continue;
         const size_t j0 = kt * K_TILE, nk = d->Tk - j0 < K_TILE ? d->Tk - j0 : K_TILE;
         const float *k_tile = k + j0 * d->kv_stride + kvh * D;
         const float *v_tile = v + j0 * d->kv_stride + kvh * D;
         float *P = ws->probs, *dS = ws->dprobs;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, D, d->scale, q_tile, (int)d->q_stride,
                     k_tile, (int)d->kv_stride, 0.0f, P, (int)nk);
-        if (d->causal && kr.max > qr.min) mask_scores(P, nq, nk, d->q_pos + i0, d->k_pos + j0);
+        mask_tile(d, &qb, kr, P, i0, nq, j0, nk);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, (int)nk, D, 1.0f, dout_tile, (int)d->out_stride,
                     v_tile, (int)d->kv_stride, 0.0f, dS, (int)nk);
         for (size_t r = 0; r < nq; r++) {
@@ -459,8 +516,7 @@ void rt_cpu_attn_block_backward(CPU_BE, float *dq, float *dk, float *dv, const f
                                 size_t Tk, const rt_attn_shape *shape, void *workspace, size_t workspace_bytes) {
     if (Tq == 0 || Tk == 0) return;
     const ws_layout w = ws_check("attn_block_backward", Tq, Tk, shape, workspace, workspace_bytes);
-    (void)q_first; /* document masks: not yet */
-    attn_dims d = dims_make(q_pos, k_pos, Tq, Tk, shape, workspace);
+    attn_dims d = dims_make(q_pos, q_first, k_pos, Tq, Tk, shape, workspace);
     const int n_threads = w.n_threads;
     const size_t D = (size_t)d.D;
 

@@ -26,7 +26,8 @@ extern "C" {
  * (Tq rows at out_stride) like q; lse, delta (Tq, H) contiguous. The
  * softmax scale is 1/sqrt(D), lse is in natural log. Same semantics as the
  * CPU reference: key j is hidden from query i when causal and
- * k_pos[j] > q_pos[i]; a query that sees no key of a block leaves its
+ * k_pos[j] > q_pos[i], or when q_first is given (packed documents) and
+ * k_pos[j] < q_first[i]; a query that sees no key of a block leaves its
  * out/lse row untouched; backward uses the final lse and delta and ADDS
  * into dq, dk, dv; a query whose final lse is -inf (it saw no key at all)
  * gets no gradient.
@@ -83,22 +84,26 @@ extern "C" {
  *     final lse: dQ += dS K; then adds dQ to dq.
  *
  * Masked tiles are skipped: per 64-row tile, the smallest and largest
- * position of the queries and of the keys are computed on the device
- * (tile_ranges_kernel) into the workspace; under causal a (query tile, key
- * tile) pair whose smallest key position exceeds the largest query
- * position is skipped. Positions are arbitrary int64 (not assumed sorted
- * or contiguous): inside a visited tile every element is masked by its own
- * positions.
+ * position of the queries and of the keys (and, with documents, of the
+ * queries' q_first) are computed on the device (tile_ranges_kernel) into
+ * the workspace; a (query tile, key tile) pair is skipped when, under
+ * causal, its smallest key position exceeds the largest query position,
+ * or, with documents, its largest key position is below the smallest
+ * q_first of the query tile. Positions are arbitrary int64 (not assumed
+ * sorted or contiguous): inside a visited tile every element is masked by
+ * its own positions.
  *
  * Workspace: [query tile ranges (ceil(Tq/64)) | key tile ranges
- * (ceil(Tk/64))], pos_range each, every piece at a multiple of 64 bytes;
- * nothing else. attn_workspace_bytes reports it for the largest call.
+ * (ceil(Tk/64)) | q_first tile ranges (ceil(Tq/64), filled only when
+ * q_first is given)], pos_range each, every piece at a multiple of 64
+ * bytes; nothing else. attn_workspace_bytes reports it for the largest
+ * call.
  *
  * Shared memory per CTA (bf16 tiles at leading dimension DP + 8, fp32
  * scores at 68, bf16 P/dS at 72), in KiB for DP = 128 / 64 / 32 / 16:
  *     forward: 63.0 / 47.0 / 39.0 / 35.0 (q tile then scores, K, V, P, rows)
- *     dQ:      88.5 / 56.5 / 40.5 / 32.5 (q, dout, K, V, two 16x16 stages per warp, dS, rows)
- *     dK/dV:   97.5 / 65.5 / 49.5 / 41.5 (K, V, q, dout, stages, P^T, dS^T, rows)
+ *     dQ:      89.0 / 57.0 / 41.0 / 33.0 (q, dout, K, V, two 16x16 stages per warp, dS, rows)
+ *     dK/dV:   98.0 / 66.0 / 50.0 / 42.0 (K, V, q, dout, stages, P^T, dS^T, rows)
  * so two CTAs fit an SM at DP = 128 (registers allow two as well).
  * (fwd_layout, dq_layout, dkv_layout are the one place that sizes them.)
  */
@@ -126,7 +131,9 @@ typedef struct {
 typedef struct {
     const float *q, *k, *v;
     const int64_t *q_pos, *k_pos;
+    const int64_t *q_first;                /* NULL: no document mask */
     const pos_range *q_ranges, *k_ranges;  /* (n_q_tiles), (n_k_tiles), in the workspace */
+    const pos_range *q_first_ranges;       /* (n_q_tiles) in the workspace; NULL when q_first is */
     float *out, *lse;                      /* forward: running out (Tq rows at out_stride), lse (Tq, H) */
     const float *dout, *lse_final, *delta; /* backward: dout like out; lse, delta (Tq, H) */
     float *dq, *dk, *dv;
@@ -204,6 +211,15 @@ static __global__ void __launch_bounds__(THREADS)
     if (lane == 0) ranges[t] = pos_range{lo, hi};
 }
 
+/* The smallest q_first of query tile qt (the smallest position any of its queries sees), or LLONG_MIN without
+ * documents: a key tile whose largest position is below it is hidden from the whole query tile. */
+static __device__ long long q_tile_first_min(const attn_args &a, int qt) {
+    return a.q_first_ranges ? a.q_first_ranges[qt].min : LLONG_MIN;
+}
+
+/* q_first of query row i (INT64_MIN without documents: no lower bound). */
+static __device__ int64_t q_first_of(const attn_args &a, int i) { return a.q_first ? a.q_first[i] : INT64_MIN; }
+
 /* ------------------------------------------------------------------ forward */
 
 /* Shared memory of the forward (byte offsets). The q tile is read into fragments once; its space then holds the
@@ -243,6 +259,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
     const int i0 = qt * TILE, nq = min(TILE, a.Tq - i0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const pos_range qr = a.q_ranges[qt];
+    const long long qf_min = q_tile_first_min(a, qt);
 
     load_tile<DP>(q_s, a.q + (size_t)i0 * a.q_stride + (size_t)h * a.D, a.q_stride, nq, a.D, a.vec_q);
     for (int r = threadIdx.x; r < TILE; r += THREADS)
@@ -266,6 +283,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
     /* lanes 2r and 2r+1 own row r of the warp: the same running max m and sum l in both */
     const int r = lane / 2, half = lane % 2, row = warp * FRAG + r;
     const int64_t my_q_pos = q_pos_s[row];
+    const int64_t my_q_first = row < nq ? q_first_of(a, i0 + row) : INT64_MIN; /* keys before it are hidden */
     float *scores_w = scores_s + warp * FRAG * LD_SCORES;
     bf16 *p_w = p_s + warp * FRAG * LD_PROBS;
     float m = -INFINITY, l = 0.0f;
@@ -273,6 +291,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
     for (int kt = 0; kt < a.n_k_tiles; kt++) {
         const pos_range kr = a.k_ranges[kt];
         if (a.causal && kr.min > qr.max) continue; /* every key in every query's future (uniform over the CTA) */
+        if (kr.max < qf_min) continue;             /* every key before every query's document (likewise) */
         const int j0 = kt * TILE, nk = min(TILE, a.Tk - j0);
         const size_t kv_offset = (size_t)j0 * a.kv_stride + (size_t)kvh * a.D;
         load_tile<DP>(k_s, a.k + kv_offset, a.kv_stride, nk, a.D, a.vec_kv);
@@ -304,7 +323,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
 #pragma unroll 8
         for (int e = 0; e < 32; e++) {
             const int c = half * 32 + ((e + 2 * r + half) & 31);
-            const bool visible = c < nk && (!a.causal || k_pos_s[c] <= my_q_pos);
+            const bool visible = c < nk && (!a.causal || k_pos_s[c] <= my_q_pos) && k_pos_s[c] >= my_q_first;
             const float x = visible ? scores_r[c] * a.scale : -INFINITY;
             scores_r[c] = x;
             tile_max = fmaxf(tile_max, x);
@@ -428,7 +447,8 @@ template <int DP> struct dq_layout {
     static constexpr size_t stage = v + tile_bytes(DP); /* per warp: S and dP stages, 16 x LD_CHUNK floats each */
     static constexpr size_t ds = stage + align128((size_t)WARPS * 2 * FRAG * LD_CHUNK * sizeof(float));
     static constexpr size_t q_pos = ds + align128((size_t)TILE * LD_PROBS * sizeof(bf16));
-    static constexpr size_t k_pos = q_pos + align128(TILE * sizeof(int64_t));
+    static constexpr size_t q_first = q_pos + align128(TILE * sizeof(int64_t));
+    static constexpr size_t k_pos = q_first + align128(TILE * sizeof(int64_t));
     static constexpr size_t lse = k_pos + align128(TILE * sizeof(int64_t));
     static constexpr size_t delta = lse + align128(TILE * sizeof(float));
     static constexpr size_t bytes = delta + align128(TILE * sizeof(float));
@@ -443,6 +463,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
     float *stage_s = reinterpret_cast<float *>(smem + L::stage);
     bf16 *ds_s = reinterpret_cast<bf16 *>(smem + L::ds);
     int64_t *q_pos_s = reinterpret_cast<int64_t *>(smem + L::q_pos);
+    int64_t *q_first_s = reinterpret_cast<int64_t *>(smem + L::q_first);
     int64_t *k_pos_s = reinterpret_cast<int64_t *>(smem + L::k_pos);
     float *lse_s = reinterpret_cast<float *>(smem + L::lse), *delta_s = reinterpret_cast<float *>(smem + L::delta);
 
@@ -451,12 +472,14 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
     const int i0 = qt * TILE, nq = min(TILE, a.Tq - i0);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const pos_range qr = a.q_ranges[qt];
+    const long long qf_min = q_tile_first_min(a, qt);
 
     load_tile<DP>(q_s, a.q + (size_t)i0 * a.q_stride + (size_t)h * a.D, a.q_stride, nq, a.D, a.vec_q);
     load_tile<DP>(dout_s, a.dout + (size_t)i0 * a.out_stride + (size_t)h * a.D, a.out_stride, nq, a.D, a.vec_dout);
     for (int r = threadIdx.x; r < TILE; r += THREADS) {
         const size_t at = (size_t)(i0 + r) * a.H + h;
         q_pos_s[r] = r < nq ? a.q_pos[i0 + r] : INT64_MIN;
+        q_first_s[r] = r < nq ? q_first_of(a, i0 + r) : INT64_MIN;
         lse_s[r] = r < nq ? a.lse_final[at] : -INFINITY; /* -inf: no gradient (tail, or a query that saw no key) */
         delta_s[r] = r < nq ? a.delta[at] : 0.0f;
     }
@@ -471,6 +494,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
     for (int kt = 0; kt < a.n_k_tiles; kt++) {
         const pos_range kr = a.k_ranges[kt];
         if (a.causal && kr.min > qr.max) continue;
+        if (kr.max < qf_min) continue; /* before every query's document */
         const int j0 = kt * TILE, nk = min(TILE, a.Tk - j0);
         __syncthreads(); /* the previous key tile is no longer read (and, at the first, the q tile is loaded) */
         const size_t kv_offset = (size_t)j0 * a.kv_stride + (size_t)kvh * a.D;
@@ -506,7 +530,8 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, DP <= 64 ? 3
             for (int rr = lane / FRAG; rr < FRAG; rr += 2) {
                 const int qrow = warp * FRAG + rr;
                 const float row_lse = lse_s[qrow];
-                const bool visible = key_exists && row_lse != -INFINITY && (!a.causal || key_pos <= q_pos_s[qrow]);
+                const bool visible = key_exists && row_lse != -INFINITY && (!a.causal || key_pos <= q_pos_s[qrow]) &&
+                                     key_pos >= q_first_s[qrow];
                 const float p = visible ? __expf(s_stage[rr * LD_CHUNK + c] * a.scale - row_lse) : 0.0f;
                 const float ds = p * (dp_stage[rr * LD_CHUNK + c] - delta_s[qrow]) * a.scale;
                 ds_w[rr * LD_PROBS + j] = __float2bfloat16_rn(ds); /* THE bf16 ROUNDING OF dS IS HERE */
@@ -547,7 +572,8 @@ template <int DP> struct dkv_layout {
     static constexpr size_t dst = pt + align128((size_t)TILE * LD_PROBS * sizeof(bf16));
     static constexpr size_t k_pos = dst + align128((size_t)TILE * LD_PROBS * sizeof(bf16));
     static constexpr size_t q_pos = k_pos + align128(TILE * sizeof(int64_t));
-    static constexpr size_t lse = q_pos + align128(TILE * sizeof(int64_t));
+    static constexpr size_t q_first = q_pos + align128(TILE * sizeof(int64_t));
+    static constexpr size_t lse = q_first + align128(TILE * sizeof(int64_t));
     static constexpr size_t delta = lse + align128(TILE * sizeof(float));
     static constexpr size_t bytes = delta + align128(TILE * sizeof(float));
 };
@@ -562,6 +588,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, 2) attn_dkv_
     bf16 *pt_s = reinterpret_cast<bf16 *>(smem + L::pt), *dst_s = reinterpret_cast<bf16 *>(smem + L::dst);
     int64_t *k_pos_s = reinterpret_cast<int64_t *>(smem + L::k_pos);
     int64_t *q_pos_s = reinterpret_cast<int64_t *>(smem + L::q_pos);
+    int64_t *q_first_s = reinterpret_cast<int64_t *>(smem + L::q_first);
     float *lse_s = reinterpret_cast<float *>(smem + L::lse), *delta_s = reinterpret_cast<float *>(smem + L::delta);
 
     const int kt = blockIdx.x, kvh = blockIdx.y;
@@ -590,6 +617,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, 2) attn_dkv_
         for (int qt = 0; qt < a.n_q_tiles; qt++) {
             const pos_range qr = a.q_ranges[qt];
             if (a.causal && kr.min > qr.max) continue;
+            if (kr.max < q_tile_first_min(a, qt)) continue; /* before every query's document */
             const int i0 = qt * TILE, nq = min(TILE, a.Tq - i0);
             __syncthreads(); /* the previous query tile is no longer read */
             load_tile<DP>(q_s, a.q + (size_t)i0 * a.q_stride + (size_t)h * a.D, a.q_stride, nq, a.D, a.vec_q);
@@ -598,6 +626,7 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, 2) attn_dkv_
             for (int r = threadIdx.x; r < TILE; r += THREADS) {
                 const size_t at = (size_t)(i0 + r) * a.H + h;
                 q_pos_s[r] = r < nq ? a.q_pos[i0 + r] : INT64_MIN;
+                q_first_s[r] = r < nq ? q_first_of(a, i0 + r) : INT64_MIN;
                 lse_s[r] = r < nq ? a.lse_final[at] : -INFINITY;
                 delta_s[r] = r < nq ? a.delta[at] : 0.0f;
             }
@@ -625,10 +654,11 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, 2) attn_dkv_
                 __syncwarp();
                 const int c = lane % FRAG, i = nt * FRAG + c; /* query column */
                 const float col_lse = lse_s[i], col_delta = delta_s[i];
-                const int64_t query_pos = q_pos_s[i];
+                const int64_t query_pos = q_pos_s[i], query_first = q_first_s[i];
                 for (int rr = lane / FRAG; rr < FRAG; rr += 2) { /* key row; tail keys are never written back */
                     const bool visible = col_lse != -INFINITY && warp * FRAG + rr < nk &&
-                                         (!a.causal || k_pos_s[warp * FRAG + rr] <= query_pos);
+                                         (!a.causal || k_pos_s[warp * FRAG + rr] <= query_pos) &&
+                                         k_pos_s[warp * FRAG + rr] >= query_first;
                     const float p = visible ? __expf(st_stage[rr * LD_CHUNK + c] * a.scale - col_lse) : 0.0f;
                     const float ds = p * (dpt_stage[rr * LD_CHUNK + c] - col_delta) * a.scale;
                     pt_w[rr * LD_PROBS + i] = __float2bfloat16_rn(p);   /* THE bf16 ROUNDING OF P^T IS HERE */
@@ -669,9 +699,9 @@ template <int DP> static __global__ void __launch_bounds__(THREADS, 2) attn_dkv_
 static size_t n_tiles_of(size_t T) { return (T + TILE - 1) / TILE; }
 static size_t round_up(size_t bytes) { return (bytes + WS_ALIGN - 1) / WS_ALIGN * WS_ALIGN; }
 
-/* [query tile ranges | key tile ranges]: the whole workspace of a call. */
+/* [query tile ranges | key tile ranges | q_first tile ranges]: the whole workspace of a call. */
 static size_t workspace_needed(size_t Tq, size_t Tk) {
-    return round_up(n_tiles_of(Tq) * sizeof(pos_range)) + round_up(n_tiles_of(Tk) * sizeof(pos_range));
+    return 2 * round_up(n_tiles_of(Tq) * sizeof(pos_range)) + round_up(n_tiles_of(Tk) * sizeof(pos_range));
 }
 
 /* The head dim the kernels are instantiated for: the next of 16, 32, 64, 128 (0: none). */
@@ -710,10 +740,11 @@ static int rows_are_float4(const void *base, size_t stride, int D) {
 
 /* The fields every kernel reads; fills the tile ranges of the workspace (on the compute stream). */
 static attn_args args_make(const rt_backend *be, const float *q, const float *k, const float *v, const int64_t *q_pos,
-                           const int64_t *k_pos, size_t Tq, size_t Tk, const rt_attn_shape *shape, void *workspace) {
+                           const int64_t *q_first, const int64_t *k_pos, size_t Tq, size_t Tk,
+                           const rt_attn_shape *shape, void *workspace) {
     attn_args a = {};
     a.q = q, a.k = k, a.v = v;
-    a.q_pos = q_pos, a.k_pos = k_pos;
+    a.q_pos = q_pos, a.k_pos = k_pos, a.q_first = q_first;
     a.q_stride = shape->q_stride, a.kv_stride = shape->kv_stride, a.out_stride = shape->out_stride;
     a.Tq = (int)Tq, a.Tk = (int)Tk;
     a.n_q_tiles = (int)n_tiles_of(Tq), a.n_k_tiles = (int)n_tiles_of(Tk);
@@ -723,9 +754,12 @@ static attn_args args_make(const rt_backend *be, const float *q, const float *k,
     a.vec_q = rows_are_float4(q, a.q_stride, a.D);
     a.vec_kv = rows_are_float4(k, a.kv_stride, a.D) && rows_are_float4(v, a.kv_stride, a.D);
 
+    const size_t q_ranges_bytes = round_up(n_tiles_of(Tq) * sizeof(pos_range));
     pos_range *q_ranges = (pos_range *)workspace;
-    pos_range *k_ranges = (pos_range *)((unsigned char *)workspace + round_up(n_tiles_of(Tq) * sizeof(pos_range)));
+    pos_range *k_ranges = (pos_range *)((unsigned char *)workspace + q_ranges_bytes);
+    pos_range *q_first_ranges = (pos_range *)((unsigned char *)k_ranges + round_up(n_tiles_of(Tk) * sizeof(pos_range)));
     a.q_ranges = q_ranges, a.k_ranges = k_ranges;
+    a.q_first_ranges = q_first ? q_first_ranges : NULL;
     cudaStream_t stream = rt_cuda_compute_stream(be);
     tile_ranges_kernel<<<(unsigned)((a.n_q_tiles + WARPS - 1) / WARPS), THREADS, 0, stream>>>(q_ranges, q_pos, a.Tq,
                                                                                               a.n_q_tiles);
@@ -733,6 +767,11 @@ static attn_args args_make(const rt_backend *be, const float *q, const float *k,
     tile_ranges_kernel<<<(unsigned)((a.n_k_tiles + WARPS - 1) / WARPS), THREADS, 0, stream>>>(k_ranges, k_pos, a.Tk,
                                                                                               a.n_k_tiles);
     CUDA_CHECK_LAUNCH();
+    if (q_first) {
+        tile_ranges_kernel<<<(unsigned)((a.n_q_tiles + WARPS - 1) / WARPS), THREADS, 0, stream>>>(
+            q_first_ranges, q_first, a.Tq, a.n_q_tiles);
+        CUDA_CHECK_LAUNCH();
+    }
     return a;
 }
 
@@ -770,8 +809,7 @@ static void cuda_attn_block_forward(const rt_backend *be, float *out, float *lse
     if (Tq == 0 || Tk == 0) return;
     check_shape("attn_block_forward", shape);
     check_workspace("attn_block_forward", Tq, Tk, shape, workspace, workspace_bytes);
-    (void)q_first; /* document masks: not yet */
-    attn_args a = args_make(be, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace);
+    attn_args a = args_make(be, q, k, v, q_pos, q_first, k_pos, Tq, Tk, shape, workspace);
     a.out = out, a.lse = lse;
     cudaStream_t stream = rt_cuda_compute_stream(be);
     switch (padded_head_dim(a.D)) {
@@ -802,8 +840,7 @@ static void cuda_attn_block_backward(const rt_backend *be, float *dq, float *dk,
     if (Tq == 0 || Tk == 0) return;
     check_shape("attn_block_backward", shape);
     check_workspace("attn_block_backward", Tq, Tk, shape, workspace, workspace_bytes);
-    (void)q_first; /* document masks: not yet */
-    attn_args a = args_make(be, q, k, v, q_pos, k_pos, Tq, Tk, shape, workspace);
+    attn_args a = args_make(be, q, k, v, q_pos, q_first, k_pos, Tq, Tk, shape, workspace);
     a.dout = dout, a.lse_final = lse, a.delta = delta;
     a.dq = dq, a.dk = dk, a.dv = dv;
     a.vec_dout = rows_are_float4(dout, a.out_stride, a.D);
