@@ -13,4 +13,7 @@ for run_dir in sys.argv[1:]:
         summary[key] = statistics.median(s[key] for s in steps)
     for key in ("peak_device_bytes", "optimizer_bytes", "offloaded_bytes", "offload_host_bytes"):
         summary[key] = max(s[key] for s in steps)
+    if "documents" in steps[0]:  # packed documents: the masked share's median, the worst imbalance
+        summary["attn_masked_share"] = statistics.median(s["attn_masked_share"] for s in steps)
+        summary["attn_work_imbalance"] = max(s["attn_work_imbalance"] for s in steps)
     print(json.dumps(summary))

@@ -75,6 +75,9 @@ expect_error "device memory limit, ZeRO 2" "allocating .* for parameters with" t
 expect_error "device memory limit, ZeRO 3" "allocating .* for parameters \(gathered embeddings and head\)" \
   train --set device.memory_limit=1K --set zero.stage=3
 expect_error "missing data file" "$work/missing.bin" train --set "data.train=$work/missing.bin"
+expect_error "document separator outside the vocabulary" \
+  "data.document_separator = 256 is outside the vocabulary of data.train \\(.*: ids 0..255\\)" \
+  train --set data.document_separator=256
 
 head -c 2000 "$work/train.bin" >"$work/truncated.bin"
 expect_error "truncated data file" "truncated.bin.*truncated" train --set "data.train=$work/truncated.bin"
