@@ -66,15 +66,22 @@
  * too. More than MAX_RUNS runs (unordered positions) are treated as one
  * run: the skipping is then the kernel's.
  *
+ * Packed documents (tokens->first): a query run is cut where its document
+ * changes, and each piece meets only the keys of a block in [its
+ * document's first position, its last query's position], the block
+ * trimmed to exactly those rows (for_each_document_pair): keys of other
+ * documents are never handed to the kernels. The kernels also take each
+ * query's first position (q_first) and mask by it, which is what holds
+ * where runs are not consecutive.
+ *
  * Where the runs come from: host data only, never the device. One rank:
  * the caller's host positions. A ring: every sequence's positions are this
- * rank's zigzag share (checked on the host each call, see seqpar.h), so
- * the runs of any rank's block follow from that rank's spans, and a
+ * rank's share, its zigzag chunks or its pieces of the sequence's layout
+ * (tokens->layouts; checked on the host each call, see seqpar.h), so the
+ * runs of any rank's block follow from that rank's spans or pieces, and a
  * received key of position p is masked by key_positions[p] (a device copy
  * of 0..P*Tl-1 made once, at reserve): positions never travel and no call
- * reads device memory back. (The chunks of two ranks never interleave, so
- * a computed (query run, received key block) pair is always entirely
- * visible and those masks never bind; the kernels take positions anyway.) The shapes were agreed by the group once, at
+ * reads device memory back. The shapes were agreed by the group once, at
  * setup (seqpar_agree_shapes); a call only compares with them.
  *
  * Nothing here allocates during a call: the attention workspace (the
@@ -245,14 +252,12 @@ static void for_each_pair(const seqpar_ctx *ctx, const query_set *qs, const held
 typedef struct {
     float *out, *lse;
     const query_set *qs;
-    double pairs; /* query rows x keys handed to the kernel */
 } forward_args;
 
 static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, size_t i0, size_t Tq, size_t j0,
                          size_t Tk, const int64_t *k_pos) {
-    forward_args *a = arg;
+    const forward_args *a = arg;
     const rt_attn_shape *shape = &b->shape;
-    a->pairs += (double)Tq * (double)Tk;
     rt_be_attn_block_forward(ctx->backend, a->out + i0 * shape->out_stride, a->lse + i0 * (size_t)shape->n_heads,
                              a->qs->q + i0 * shape->q_stride, b->k + j0 * shape->kv_stride,
                              b->v + j0 * shape->kv_stride, a->qs->pos + i0, a->qs->first ? a->qs->first + i0 : NULL,
@@ -260,10 +265,9 @@ static void forward_pair(const seqpar_ctx *ctx, void *arg, const held_block *b, 
 }
 
 /* Merges the attention of one sequence's local queries onto its held block into (out, lse). */
-static void forward_held(seqpar_ctx *ctx, float *out, float *lse, const query_set *qs, const held_block *b) {
-    forward_args a = {out, lse, qs, 0.0};
+static void forward_held(const seqpar_ctx *ctx, float *out, float *lse, const query_set *qs, const held_block *b) {
+    forward_args a = {out, lse, qs};
     for_each_pair(ctx, qs, b, forward_pair, &a);
-    ctx->attn_pairs += a.pairs;
 }
 
 typedef struct {

@@ -35,9 +35,6 @@ typedef struct {
      * sequence of its call (P-1 K/V per forward; P-1 K/V and P-1 dK/dV per backward) */
     size_t kv_blocks_received;
     size_t dkv_blocks_received;
-    /* (query, key) pairs the forward handed to the kernels, summed over heads-free rows x keys: what the
-     * skipping of masked blocks leaves (causal and documents) */
-    double attn_pairs;
     double comm_exposed_s;
     /* The shapes every ring call has, agreed by the group at setup (seqpar_agree_shapes). */
     int group_agreed;

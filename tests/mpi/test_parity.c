@@ -371,6 +371,7 @@ static void test_documents(void) {
     check_against_single_rank(cfg, 1, world->size, 0, "documents llama+dropout, zigzag");
     docs_config(&cfg, RT_FAMILY_GPT2, 0.0f, 1);
     cfg.grad_accum = 2;
+    cfg.mlp_tile_mib = 1; /* tiles of 256 tokens: tiled on 1 rank (576 local tokens) and sp 2, untiled at sp 4 */
     for (int dp = 1; dp <= world->size; dp++) {
         if (world->size % dp != 0 || cfg.batch_size % dp != 0) continue;
         check_against_single_rank(cfg, dp, world->size / dp, 0, "documents gpt2 mesh");

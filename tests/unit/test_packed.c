@@ -7,6 +7,7 @@
  * and every gradient within 1e-6 of the largest gradient entry, for llama (GQA) and gpt2, with documents of
  * one token, of exactly a key block, crossing key-block and half-window boundaries, and a window that is one
  * document; with key blocks of every length (block_size 0) and of 8 tokens, in keep and recompute modes.
+ * And a leak probe: one document's tokens changed, every other token's loss keeps its bits.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -152,6 +153,7 @@ static const window_case cases[] = {
     {"one-token documents at both ends and a block-long one", 6, {0, 1, 2, 10, 18, 47}, 0},
     {"documents across the half-window and block boundaries", 4, {0, 5, 21, 30}, 0},
     {"a window that starts inside a document", 3, {0, 7, 40}, 9},
+    {"two documents of exactly half a window (the zigzag chunk of one rank)", 2, {0, 24}, 0},
 };
 
 static void run_all(rt_family family) {
@@ -163,6 +165,62 @@ static void run_all(rt_family family) {
                 check_case(family, modes[m], blocks[b], &cases[c]);
 }
 
+/* Leak probe: every token of one document changed; every token of the other documents keeps its loss, bit for
+ * bit (per-token losses of the forward, both families). */
+static void leak_probe(rt_family family) {
+    const rt_model_shape shape = tiny_shape(family);
+    const window_case *c = &cases[1];
+    int32_t inputs[T], changed[T], targets[T];
+    int64_t pos[T], doc_pos[T], doc_first[T];
+    uint64_t state = 77;
+    for (int i = 0; i < T; i++) {
+        inputs[i] = changed[i] = (int32_t)(test_rand_u64(&state) % (uint64_t)shape.vocab_size);
+        targets[i] = (int32_t)(test_rand_u64(&state) % (uint64_t)shape.vocab_size);
+        pos[i] = i;
+    }
+    const int victim = 3; /* the document [10, 18) */
+    for (int d = 0; d < c->n_docs; d++) {
+        const int64_t start = c->starts[d], end = d + 1 < c->n_docs ? c->starts[d + 1] : T;
+        for (int64_t i = start; i < end; i++) {
+            doc_first[i] = start;
+            doc_pos[i] = i - start;
+            if (d == victim) changed[i] = (inputs[i] + 1) % shape.vocab_size;
+        }
+        if (d + 1 < c->n_docs) targets[end - 1] = -1;
+    }
+    fixture f;
+    fixture_init(&f, &shape, RT_ACT_KEEP, 8, 1);
+    float losses[2][T];
+    for (int run = 0; run < 2; run++) {
+        const rt_batch batch = {.inputs = run ? changed : inputs,
+                                .targets = targets,
+                                .pos = pos,
+                                .doc_pos = doc_pos,
+                                .doc_first = doc_first,
+                                .n_seqs = 1,
+                                .local_len = T};
+        size_t count = 0;
+        rt_model_forward_loss(&f.model, &batch, &count);
+        memcpy(losses[run], f.model.host_losses, sizeof losses[run]);
+    }
+    int others_same = 1, victim_differs = 0;
+    for (int i = 0; i < T; i++) {
+        const int same = memcmp(&losses[0][i], &losses[1][i], sizeof(float)) == 0;
+        if (doc_first[i] == c->starts[victim])
+            victim_differs |= !same;
+        else
+            others_same &= same;
+    }
+    CU_ASSERT(others_same);
+    CU_ASSERT(victim_differs);
+    fixture_free(&f);
+}
+
+static void test_leak_probe(void) {
+    leak_probe(RT_FAMILY_LLAMA);
+    leak_probe(RT_FAMILY_GPT2);
+}
+
 static void test_llama(void) { run_all(RT_FAMILY_LLAMA); }
 static void test_gpt2(void) { run_all(RT_FAMILY_GPT2); }
 
@@ -170,6 +228,7 @@ int main(void) {
     test_case tests[] = {
         {"llama (GQA): a packed window equals its documents alone", test_llama},
         {"gpt2: a packed window equals its documents alone", test_gpt2},
+        {"leak probe: one document changed, every other token's loss keeps its bits", test_leak_probe},
     };
-    return test_run_suite("packed", tests, 2);
+    return test_run_suite("packed", tests, 3);
 }
