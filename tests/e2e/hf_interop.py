@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """ringtrain's Hugging Face import (model.init_from = DIR) and export (ringtrain export --hf) against transformers.
 
-usage: hf_interop.py CASE RINGTRAIN [MPIRUN ...]   (CASES below; MPIRUN: the mpirun command, for 2-rank cases)
+usage: hf_interop.py CASE[,CASE...] RINGTRAIN [MPIRUN ...]   (CASES below, run in order in one process; MPIRUN:
+the mpirun command, for 2-rank cases)
 
 export_*: ringtrain trains a few steps, exports; transformers loads the directory and its loss, greedy tokens
   and logits must equal ringtrain's (its first-step loss from the exported directory, `sample --temperature 0
@@ -208,11 +209,15 @@ def main():
         "export_bf16_rounding": lambda w: case_bf16_rounding(binary, w),
         "bad_input": lambda w: hf_checks.bad_inputs(binary, w),
     }
-    if case not in cases:
-        raise SystemExit(f"unknown case {case}; expected one of {', '.join(cases)}")
-    with tempfile.TemporaryDirectory() as work:
-        cases[case](work)
-    print(f"ok {case}")
+    # several cases, comma-separated, run in one process: PyTorch and transformers load once
+    names = case.split(",")
+    for name in names:
+        if name not in cases:
+            raise SystemExit(f"unknown case {name}; expected one of {', '.join(cases)}")
+    for name in names:
+        with tempfile.TemporaryDirectory() as work:
+            cases[name](work)
+        print(f"ok {name}")
     return 0
 
 
