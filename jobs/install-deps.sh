@@ -7,7 +7,7 @@ packages=(build-essential cmake pkg-config git python3 python3-numpy python3-h5p
           libopenblas-openmp-dev libcunit1-dev libinih-dev
           libcjson-dev libpcre2-dev python3-venv  # Hugging Face files: JSON, the tokenizer's split pattern
           clang libclang-rt-14-dev libomp-dev  # the fuzzers (jobs/fuzz.sh): clang, libFuzzer, clang's OpenMP
-          slurmctld slurmd slurm-client munge)  # the slurm tests (jobs/slurm-local.sh)
+          slurmctld slurmd slurm-client munge iproute2)  # the slurm tests (jobs/slurm-local.sh; ss: its port)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,7 +25,7 @@ conf=$dir/slurm.conf
 
 install_packages() {
   local missing=()
-  for p in slurmctld slurmd slurm-client munge; do
+  for p in slurmctld slurmd slurm-client munge iproute2; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -35,6 +35,29 @@ install_packages() {
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# Whether any TCP socket on this host uses a port (a cluster that was just stopped may hold it a while longer).
+port_busy() { ss -Htan "sport = :$1" 2>/dev/null | grep -q .; }
+
+# slurmctld, once its port is free; started again when it exits at start-up (it exits when the port is still
+# held, as right after another cluster on the same port went down).
+start_slurmctld() {
+  local port=$1 attempt
+  for attempt in 1 2 3 4 5; do
+    for _ in $(seq 450); do # up to 90 s
+      port_busy "$port" || break
+      sleep 0.2
+    done
+    /usr/sbin/slurmctld -f "$conf"
+    sleep 1
+    alive "$dir/slurmctld.pid" && return 0
+    echo "slurm-local.sh: slurmctld exited at start (attempt $attempt); retrying" >&2
+  done
+  echo "slurm-local.sh: slurmctld does not stay up; its log:" >&2
+  tail -n 5 "$dir/log/slurmctld.log" >&2 || true
+  down
+  exit 1
+}
 
 up() {
   [ "$(id -u)" -eq 0 ] || { echo "slurm-local.sh: up needs root (slurmd runs the jobs)" >&2; exit 1; }
@@ -85,11 +108,13 @@ CONF
   runuser -u munge -- /usr/sbin/munged --socket="$dir/munge/munge.socket.2" \
     --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" --seed-file="$dir/munge/seed"
   cp "$dir/munge/munged.pid" "$dir/munged.pid"
-  /usr/sbin/slurmctld -f "$conf"
+  start_slurmctld "${RT_SLURM_PORT:-6817}"
   /usr/sbin/slurmd -f "$conf"
   export SLURM_CONF=$conf
-  for _ in $(seq 300); do
-    if sinfo -h -o '%T' 2>/dev/null | grep -q '^idle'; then
+  # 60 s of wall time whatever sinfo takes (it blocks for seconds while the controller is unreachable)
+  local deadline=$((SECONDS + 60))
+  while [ $SECONDS -lt $deadline ]; do
+    if timeout 5 sinfo -h -o '%T' 2>/dev/null | grep -q '^idle'; then
       echo "slurm-local.sh: node $host idle ($cpus CPUs), state in $dir"
       echo "export SLURM_CONF=$conf"
       return 0
@@ -97,7 +122,7 @@ CONF
     sleep 0.2
   done
   echo "slurm-local.sh: the node did not become idle within 60 s; logs in $dir/log:" >&2
-  tail -5 "$dir/log/"*.log >&2 || true
+  tail -n 5 "$dir/log/"*.log >&2 || true
   down
   exit 1
 }
