@@ -7,6 +7,12 @@
 # jobs/configs/quickstart.ini) are read here; every other argument goes to `ringtrain train`. Extra
 # mpirun options: RINGTRAIN_MPIRUN_ARGS; the binary: RINGTRAIN_BIN (default build/ringtrain).
 #
+# Binding: each rank gets RINGTRAIN_CORES_PER_RANK cores (--map-by slot:PE=K --bind-to core), by default this
+# machine's cores over the ranks when there is no hostfile; with a hostfile and no RINGTRAIN_CORES_PER_RANK,
+# or more ranks than cores, ranks are not bound and split their node (ringtrain counts the ranks per node).
+# Open MPI's own default binds 1-2 ranks to one core each, which leaves a rank one thread. A --bind-to or
+# --map-by in RINGTRAIN_MPIRUN_ARGS replaces all of this.
+#
 # Every start runs `ringtrain train --resume`: it continues from the newest complete checkpoint, or
 # starts fresh and says so. Stopping: Ctrl-C, SIGTERM or SIGUSR1 to this script becomes SIGUSR1 to
 # mpirun, which Open MPI 4.1 passes to the ranks at once (SIGTERM or SIGINT to mpirun itself is followed
@@ -42,8 +48,20 @@ bin=${RINGTRAIN_BIN:-build/ringtrain}
 [ -r "$config" ] || { echo "mpirun.sh: cannot read $config (--config)" >&2; exit 1; }
 read -r -a extra <<<"${RINGTRAIN_MPIRUN_ARGS:-}"
 [ "$(id -u)" -eq 0 ] && extra+=(--allow-run-as-root)
-echo "ringtrain via mpirun start $(date -u +%FT%TZ): $np ranks${hostfile:+ from ${hostfile[1]}}, config $config"
-mpirun -np "$np" "${hostfile[@]}" "${extra[@]}" "$bin" train --config "$config" --resume "${train_args[@]}" &
+binding=()
+if [[ " ${extra[*]} " != *" --bind-to "* && " ${extra[*]} " != *" --map-by "* ]]; then
+  cores=$(env -u OMP_NUM_THREADS nproc)
+  pe=${RINGTRAIN_CORES_PER_RANK:-}
+  [ -z "$pe" ] && [ ${#hostfile[@]} -eq 0 ] && [ "$np" -le "$cores" ] && pe=$((cores / np))
+  if [ -n "$pe" ]; then
+    binding=(--map-by "slot:PE=$pe" --bind-to core)
+  else
+    binding=(--bind-to none)
+  fi
+fi
+echo "ringtrain via mpirun start $(date -u +%FT%TZ): $np ranks${hostfile:+ from ${hostfile[1]}}, config $config," \
+  "binding ${binding[*]:-(RINGTRAIN_MPIRUN_ARGS)}"
+mpirun -np "$np" "${hostfile[@]}" "${binding[@]}" "${extra[@]}" "$bin" train --config "$config" --resume "${train_args[@]}" &
 mpirun_pid=$!
 [ $signals -gt 0 ] && kill -USR1 "$mpirun_pid" 2>/dev/null # a signal came before the launch
 

@@ -91,6 +91,15 @@ static int cmd_train(int argc, char **argv) {
     rt_comm *world = rt_comm_world_mpi(&argc, &argv);
     rt_threads threads;
     rt_threads_setup(world, &threads); /* before any BLAS call */
+    if (threads.short_ranks > 0 && world->rank == 0) {
+        printf("ringtrain: %d of %d rank%s bound to fewer CPUs than the node's share of %d (rank 0: %d thread%s on "
+               "%d CPU%s); the launcher bound them (Open MPI binds 1-2 ranks to a core each by default): give "
+               "mpirun --bind-to none or --map-by slot:PE=%d, or start with jobs/mpirun.sh or jobs/train.sbatch\n",
+               threads.short_ranks, world->size, world->size == 1 ? " is" : "s are", threads.fair_share,
+               threads.threads, threads.threads == 1 ? "" : "s", threads.cpus, threads.cpus == 1 ? "" : "s",
+               threads.fair_share);
+        fflush(stdout);
+    }
     const char *config_path = NULL;
     const char **overrides = calloc_check((size_t)argc, sizeof *overrides);
     char **owned = calloc_check((size_t)argc, sizeof *owned);

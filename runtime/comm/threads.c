@@ -67,14 +67,20 @@ void rt_threads_setup(rt_comm *world, rt_threads *out) {
         if (mine[c] > 0.0) share += 1.0 / users[c];
     const char *env = getenv("OMP_NUM_THREADS");
     out->from_env = env && env[0];
+    out->quota_cpus = rt_threads_quota_cpus("/sys/fs/cgroup");
+    long node_cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    if (out->quota_cpus > 0 && out->quota_cpus < node_cpus) node_cpus = out->quota_cpus;
+    out->fair_share = node_cpus / out->node_ranks > 1 ? (int)(node_cpus / out->node_ranks) : 1;
     if (out->from_env) {
         out->threads = omp_get_max_threads();
-        return;
+    } else {
+        out->threads = share >= 1.0 ? (int)(share + 1e-9) : 1;
+        if (out->quota_cpus > 0 && out->threads > out->quota_cpus / out->node_ranks)
+            out->threads = out->quota_cpus / out->node_ranks > 1 ? out->quota_cpus / out->node_ranks : 1;
+        omp_set_num_threads(out->threads);
+        openblas_set_num_threads(out->threads);
     }
-    out->threads = share >= 1.0 ? (int)(share + 1e-9) : 1;
-    out->quota_cpus = rt_threads_quota_cpus("/sys/fs/cgroup");
-    if (out->quota_cpus > 0 && out->threads > out->quota_cpus / out->node_ranks)
-        out->threads = out->quota_cpus / out->node_ranks > 1 ? out->quota_cpus / out->node_ranks : 1;
-    omp_set_num_threads(out->threads);
-    openblas_set_num_threads(out->threads);
+    double short_rank = !out->from_env && out->threads < out->fair_share;
+    rt_allreduce_sum_f64(world, &short_rank, 1); /* collective on every rank, env set or not */
+    out->short_ranks = (int)short_rank;
 }

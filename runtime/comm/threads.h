@@ -20,6 +20,11 @@ typedef struct {
     int node_ranks; /* ranks of the communicator on its node */
     int from_env;   /* 1: OMP_NUM_THREADS decided */
     int quota_cpus; /* CPUs the cgroup quota allows, rounded up; 0: no quota */
+    /* The node's fair share: its online CPUs (capped by the quota) over its ranks, at least 1. A rank whose
+     * threads come out below it was bound to fewer CPUs by its launcher (Open MPI binds 1-2 ranks to a core
+     * each by default); short_ranks counts such ranks over the world (0 when OMP_NUM_THREADS decided). */
+    int fair_share;
+    int short_ranks;
 } rt_threads;
 
 /* CPUs a cgroup quota allows, rounded up, read from cgroup_root (cgroup v2 cpu.max, or v1 cpu/cpu.cfs_quota_us

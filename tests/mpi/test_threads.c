@@ -1,12 +1,15 @@
 /* test_threads.c: OpenMP threads per rank (runtime/comm/threads.c): OMP_NUM_THREADS respected, otherwise the
  * ranks sharing a CPU mask split it; cgroup CPU quotas (v1 and v2) read from hand-written files. Runs under
  * mpirun on 1, 2 and 4 ranks. */
+#define _GNU_SOURCE /* sched_setaffinity */
 #include <mpi.h>
 #include <omp.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "runtime/comm/comm.h"
 #include "runtime/comm/threads.h"
@@ -80,6 +83,35 @@ static void test_threads_default(void) {
     omp_set_num_threads(before);
 }
 
+/* A rank bound by its launcher to one CPU, where its node could give it more: counted short, on every rank,
+ * and its fair share is the node's CPUs over its ranks. Each rank binds itself to CPU rank % online. */
+static void test_short_mask(void) {
+    cpu_set_t saved, one;
+    CU_ASSERT_FATAL(sched_getaffinity(0, sizeof saved, &saved) == 0);
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    CPU_ZERO(&one);
+    CPU_SET((int)(world->rank % online), &one);
+    CU_ASSERT_FATAL(sched_setaffinity(0, sizeof one, &one) == 0);
+    const int before = omp_get_max_threads();
+    unsetenv("OMP_NUM_THREADS");
+    rt_threads th;
+    rt_threads_setup(world, &th);
+    const int fair = online / world->size > 1 ? (int)(online / world->size) : 1;
+    const int quota_fair = th.quota_cpus > 0 && th.quota_cpus < online ? th.quota_cpus / world->size : fair;
+    const int expected_fair = quota_fair > 1 ? quota_fair : 1;
+    CU_ASSERT_EQUAL(th.cpus, 1);
+    CU_ASSERT_EQUAL(th.fair_share, expected_fair);
+    /* every rank on its own CPU (or sharing one, when ranks outnumber CPUs): 1 thread each */
+    CU_ASSERT_EQUAL(th.threads, 1);
+    CU_ASSERT_EQUAL(th.short_ranks, expected_fair > 1 ? world->size : 0);
+    /* OMP_NUM_THREADS decides: nobody is short */
+    setenv("OMP_NUM_THREADS", "1", 1);
+    rt_threads_setup(world, &th);
+    CU_ASSERT_EQUAL(th.short_ranks, 0);
+    CU_ASSERT_FATAL(sched_setaffinity(0, sizeof saved, &saved) == 0);
+    omp_set_num_threads(before);
+}
+
 int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     int provided = 0;
@@ -88,6 +120,7 @@ int main(int argc, char **argv) {
     test_case cases[] = {
         {"threads per rank", test_threads_default},
         {"cgroup CPU quota", test_cgroup_quota},
+        {"a rank bound to fewer CPUs than its node's share is counted", test_short_mask},
     };
     int worst = test_mpi_run_suite(world, "threads", cases, (int)(sizeof cases / sizeof *cases));
     rt_comm_finalize();
