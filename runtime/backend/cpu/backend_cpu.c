@@ -616,13 +616,10 @@ static void cpu_scale(CPU_BE, float *x, float factor, size_t n) {
         x[i] *= factor;
 }
 
-/* m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; param -= lr (mhat / (sqrt(vhat) + eps) + wd param), t 1-based. */
-static void cpu_adamw_update(CPU_BE, float *param, const float *grad, float *m, float *v, size_t n, float lr,
-                             float beta1, float beta2, float eps, float weight_decay, int t) {
-    if (t < 1) rt_fatal("adamw_update: step %d is not 1-based", t);
-    float m_correction = (float)(1.0 / (1.0 - pow((double)beta1, t)));
-    float v_correction = (float)(1.0 / (1.0 - pow((double)beta2, t)));
-#pragma omp parallel for schedule(static) if (n >= CPU_OMP_MIN_WORK)
+/* One pass over a span: m, v and param read and written once (RT_CPU_CLONES: AVX-512 divides and square roots). */
+RT_CPU_CLONES static void cpu_adamw_span(float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                                         float beta1, float beta2, float eps, float weight_decay, float m_correction,
+                                         float v_correction) {
     for (size_t i = 0; i < n; i++) {
         float g = grad[i];
         float m_i = beta1 * m[i] + (1.0f - beta1) * g;
@@ -632,6 +629,21 @@ static void cpu_adamw_update(CPU_BE, float *param, const float *grad, float *m, 
         float m_hat = m_i * m_correction;
         float v_hat = v_i * v_correction;
         param[i] -= lr * (m_hat / (sqrtf(v_hat) + eps) + weight_decay * param[i]);
+    }
+}
+
+/* m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; param -= lr (mhat / (sqrt(vhat) + eps) + wd param), t 1-based. */
+static void cpu_adamw_update(CPU_BE, float *param, const float *grad, float *m, float *v, size_t n, float lr,
+                             float beta1, float beta2, float eps, float weight_decay, int t) {
+    if (t < 1) rt_fatal("adamw_update: step %d is not 1-based", t);
+    float m_correction = (float)(1.0 / (1.0 - pow((double)beta1, t)));
+    float v_correction = (float)(1.0 / (1.0 - pow((double)beta2, t)));
+    size_t spans = (n + CPU_POINTWISE_SPAN - 1) / CPU_POINTWISE_SPAN;
+#pragma omp parallel for schedule(static) if (n >= CPU_OMP_MIN_WORK)
+    for (size_t s = 0; s < spans; s++) {
+        size_t i0 = s * CPU_POINTWISE_SPAN, len = n - i0 < CPU_POINTWISE_SPAN ? n - i0 : CPU_POINTWISE_SPAN;
+        cpu_adamw_span(param + i0, grad + i0, m + i0, v + i0, len, lr, beta1, beta2, eps, weight_decay, m_correction,
+                       v_correction);
     }
 }
 

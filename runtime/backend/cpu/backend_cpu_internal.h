@@ -11,7 +11,7 @@
 /* The instance argument every op takes; the CPU backend has no state, so its ops ignore it. */
 #define CPU_BE const rt_backend *be __attribute__((unused))
 
-/* The hot loops of the CPU kernels (the attention tiles, the pointwise ops) are compiled for AVX-512 and AVX2
+/* The hot loops of the CPU kernels (the attention tiles, the pointwise ops, AdamW) are compiled for AVX-512 and AVX2
  * as well as the baseline, picked at load time (GCC function multiversioning). RT_CPU_CLONES goes on a function
  * that runs a loop on the calling thread, called from the parallel region; its helpers are RT_CPU_INLINE, so
  * they compile into each clone (a call would run the baseline version). Results are bitwise reproducible on a
