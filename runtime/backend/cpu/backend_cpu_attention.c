@@ -77,20 +77,9 @@
 enum { Q_TILE = 64, K_TILE = 128, WS_ALIGN = 64 };
 
 /* The per-tile loops (exp, masking, scaling) are compiled for AVX-512 and AVX2 as well as the baseline, picked
- * at load time (GCC function multiversioning); about 25% off the forward and 15% off the backward on an
- * AVX-512 machine. Results are bitwise reproducible on a given machine, not across instruction sets. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define RT_TILE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define RT_TILE_CLONES
-#endif
-/* For the helpers of the per-tile loops: inlined into each clone, so their loops are compiled for its instruction
- * set (a call would run the baseline version). */
-#if defined(__GNUC__)
-#define RT_TILE_INLINE inline __attribute__((always_inline))
-#else
-#define RT_TILE_INLINE inline
-#endif
+ * at load time (RT_CPU_CLONES, GCC function multiversioning); about 25% off the forward and 15% off the backward
+ * on an AVX-512 machine. Results are bitwise reproducible on a given machine, not across instruction sets. Their
+ * helpers are RT_CPU_INLINE, so they compile into each clone. */
 
 typedef struct {
     int64_t min, max;
@@ -211,40 +200,8 @@ static attn_dims dims_make(const int64_t *q_pos, const int64_t *q_first, const i
     return d;
 }
 
-/*
- * exp(x) for x in [-104, 0]: a score minus its row max (forward) or lse
- * (backward), which the caller floors at 104 below. Cephes' expf (range
- * reduction by ln 2, degree-6 polynomial, about 1 ulp) in a form the
- * compiler vectorizes: no libm call and no float branch. Below about -87.9
- * the result is exactly 0 (2^n clamps to 0), so masked scores (-inf,
- * floored) give 0. The caller's floor is a runtime value on purpose: a
- * clamp to a literal lets GCC fold the clamped path to constants, and the
- * two paths then stop the loop from vectorizing.
- */
-#define EXP_FLOOR 104.0f
-static inline float exp_approx(float x) {
-    /* n = round(x / ln 2) by the 1.5 * 2^23 trick (exact for |x / ln 2| < 2^22) */
-    float fx = x * 1.44269504088896341f + 12582912.0f;
-    fx -= 12582912.0f;
-    float r = x - fx * 0.693359375f;
-    r = r - fx * -2.12194440e-4f;
-    float poly = 1.9875691500e-4f;
-    poly = poly * r + 1.3981999507e-3f;
-    poly = poly * r + 8.3334519073e-3f;
-    poly = poly * r + 4.1665795894e-2f;
-    poly = poly * r + 1.6666665459e-1f;
-    poly = poly * r + 5.0000001201e-1f;
-    float y = poly * (r * r) + r + 1.0f;
-    int32_t n = (int32_t)fx;
-    n = n < -127 ? -127 : n; /* 2^-127 -> bits 0 -> 0.0f */
-    int32_t bits = (n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return y * two_n;
-}
-
 /* Sets to -inf the scores of keys hidden from their query (only for tiles that straddle the diagonal). */
-static RT_TILE_INLINE void mask_scores(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *k_pos) {
+static RT_CPU_INLINE void mask_scores(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *k_pos) {
     for (size_t r = 0; r < nq; r++) {
         int64_t qp = q_pos[r];
         float *s = S + r * nk;
@@ -255,8 +212,8 @@ static RT_TILE_INLINE void mask_scores(float *S, size_t nq, size_t nk, const int
 
 /* The same with documents: also hides keys before the query's document (k_pos < q_first); q_pos NULL when not
  * causal (no upper bound). */
-static RT_TILE_INLINE void mask_scores_doc(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *q_first,
-                                           const int64_t *k_pos) {
+static RT_CPU_INLINE void mask_scores_doc(float *S, size_t nq, size_t nk, const int64_t *q_pos, const int64_t *q_first,
+                                          const int64_t *k_pos) {
     for (size_t r = 0; r < nq; r++) {
         const int64_t hi = q_pos ? q_pos[r] : INT64_MAX, lo = q_first[r];
         float *s = S + r * nk;
@@ -272,7 +229,7 @@ typedef struct {
     int docs;        /* q_first != NULL */
 } q_tile_bounds;
 
-static RT_TILE_INLINE q_tile_bounds q_tile_bounds_of(const attn_dims *d, size_t i0, size_t nq) {
+static RT_CPU_INLINE q_tile_bounds q_tile_bounds_of(const attn_dims *d, size_t i0, size_t nq) {
     q_tile_bounds b;
     b.q = range_of(d->q_pos + i0, nq);
     b.docs = d->q_first != NULL;
@@ -282,13 +239,13 @@ static RT_TILE_INLINE q_tile_bounds q_tile_bounds_of(const attn_dims *d, size_t 
 
 /* No query of the tile sees any key of the key tile: every key is in every query's future (causal), or before
  * every query's document. */
-static RT_TILE_INLINE int tile_hidden(const attn_dims *d, const q_tile_bounds *b, pos_range kr) {
+static RT_CPU_INLINE int tile_hidden(const attn_dims *d, const q_tile_bounds *b, pos_range kr) {
     return (d->causal && kr.min > b->q.max) || (b->docs && kr.max < b->first.min);
 }
 
 /* Masks the scores S (nq, nk) of query rows [i0, i0+nq) against keys [j0, j0+nk) where some pair may be hidden. */
-static RT_TILE_INLINE void mask_tile(const attn_dims *d, const q_tile_bounds *b, pos_range kr, float *S, size_t i0,
-                                     size_t nq, size_t j0, size_t nk) {
+static RT_CPU_INLINE void mask_tile(const attn_dims *d, const q_tile_bounds *b, pos_range kr, float *S, size_t i0,
+                                    size_t nq, size_t j0, size_t nk) {
     const int causal_straddles = d->causal && kr.max > b->q.min;
     if (!b->docs) {
         if (causal_straddles) mask_scores(S, nq, nk, d->q_pos + i0, d->k_pos + j0);
@@ -307,8 +264,8 @@ typedef struct {
 } fwd_scratch;
 
 /* Online softmax over the key tiles of the block for query head h, rows [i0, i0+nq); then merges into out/lse. */
-RT_TILE_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, float *out, float *lse, const float *q,
-                                        const float *k, const float *v, int h, size_t i0, size_t nq) {
+RT_CPU_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, float *out, float *lse, const float *q,
+                                       const float *k, const float *v, int h, size_t i0, size_t nq) {
     const int D = d->D;
     const size_t kvh = (size_t)(h / d->group);
     const float *q_tile = q + i0 * d->q_stride + (size_t)h * D;
@@ -341,11 +298,11 @@ RT_TILE_CLONES static void forward_task(const attn_dims *d, fwd_scratch *ws, flo
                 continue;
             }
             any_visible = 1;
-            const float floor = new_max - EXP_FLOOR;
+            const float floor = new_max - RT_CPU_EXP_FLOOR;
             float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
             for (size_t c = 0; c < nk; c++) {
-                float p = exp_approx((s[c] < floor ? floor : s[c]) - new_max);
+                float p = rt_cpu_exp_approx((s[c] < floor ? floor : s[c]) - new_max);
                 s[c] = p;
                 sum += p;
             }
@@ -448,9 +405,9 @@ typedef struct {
 } dkv_target;
 
 /* Backward of query head h, rows [i0, i0+nq), against every key tile of the block. */
-RT_TILE_CLONES static void backward_task(const attn_dims *d, bwd_scratch *ws, float *dq, dkv_target dkv,
-                                         const float *dout, const float *q, const float *k, const float *v,
-                                         const float *lse, const float *delta, int h, size_t i0, size_t nq) {
+RT_CPU_CLONES static void backward_task(const attn_dims *d, bwd_scratch *ws, float *dq, dkv_target dkv,
+                                        const float *dout, const float *q, const float *k, const float *v,
+                                        const float *lse, const float *delta, int h, size_t i0, size_t nq) {
     const int D = d->D;
     const size_t kvh = (size_t)(h / d->group);
     const float *q_tile = q + i0 * d->q_stride + (size_t)h * D;
@@ -479,10 +436,10 @@ RT_TILE_CLONES static void backward_task(const attn_dims *d, bwd_scratch *ws, fl
                 memset(ds, 0, nk * sizeof(float));
                 continue;
             }
-            const float scale = d->scale, floor = row_lse - EXP_FLOOR;
+            const float scale = d->scale, floor = row_lse - RT_CPU_EXP_FLOOR;
 #pragma omp simd
             for (size_t c = 0; c < nk; c++) {
-                float pc = exp_approx((p[c] < floor ? floor : p[c]) - row_lse);
+                float pc = rt_cpu_exp_approx((p[c] < floor ? floor : p[c]) - row_lse);
                 p[c] = pc;
                 ds[c] = pc * (ds[c] - row_delta) * scale;
             }
