@@ -52,6 +52,18 @@ static void norm_backward(const rt_layer_ctx *c, float *dinp, float *dw, float *
 }
 
 /* Rotates q (H heads) and k (Hkv heads) of every token; backward rotates their gradients back. */
+/* The micro-batch as attention sees it: every sequence in one call (one ring message per hop carries them all),
+ * with the window positions, documents and layouts the model loaded. */
+static seqpar_tokens attention_tokens(const rt_layer_ctx *c) {
+    return (seqpar_tokens){.n_seqs = c->n_seqs,
+                           .Tl = c->local_len,
+                           .pos = c->pos,
+                           .host_pos = c->host_pos,
+                           .first = c->doc_first,
+                           .host_first = c->host_doc_first,
+                           .layouts = c->layouts};
+}
+
 static void rope(const rt_layer_ctx *c, float *qkv, const int64_t *pos, size_t N, int backward) {
     const rt_model_shape *s = c->shape;
     size_t stride = rt_qkv_width(s);
@@ -77,14 +89,7 @@ void rt_layer_forward(const rt_layer_ctx *c, int layer, const rt_layer_params *p
     rt_be_matmul_forward(be, a->qkv, a->norm1, p->qkv_w, p->qkv_b, N, (int)C, (int)QKV);
     rt_layer_progress(c);
     if (s->family == RT_FAMILY_LLAMA) rope(c, a->qkv, c->rope_pos, N, 0);
-    /* every sequence in one call: one ring message per hop carries them all */
-    const seqpar_tokens tokens = {.n_seqs = n_seqs,
-                                  .Tl = local_len,
-                                  .pos = c->pos,
-                                  .host_pos = c->host_pos,
-                                  .first = c->doc_first,
-                                  .host_first = c->host_doc_first,
-                                  .layouts = c->layouts};
+    const seqpar_tokens tokens = attention_tokens(c);
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_forward(c->seqpar, a->att, a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);
     rt_layer_progress(c);
@@ -126,13 +131,7 @@ void rt_layer_backward(const rt_layer_ctx *c, int layer, const rt_layer_params *
     rt_be_matmul_backward(be, c->d_att, g->proj_w, g->proj_b, c->d_branch, a->att, p->proj_w, N, (int)HD, (int)C);
     rt_layer_progress(c);
     rt_be_memset_zero(be, c->d_qkv, N * QKV * sizeof(float));
-    const seqpar_tokens tokens = {.n_seqs = n_seqs,
-                                  .Tl = local_len,
-                                  .pos = c->pos,
-                                  .host_pos = c->host_pos,
-                                  .first = c->doc_first,
-                                  .host_first = c->host_doc_first,
-                                  .layouts = c->layouts};
+    const seqpar_tokens tokens = attention_tokens(c);
     const size_t k_off = HD, v_off = HD + (size_t)s->n_kv_heads * s->head_dim;
     seqpar_attention_backward(c->seqpar, c->d_qkv, c->d_qkv + k_off, c->d_qkv + v_off, c->delta, c->d_att, a->att,
                               a->lse, a->qkv, a->qkv + k_off, a->qkv + v_off, &tokens, &shape);

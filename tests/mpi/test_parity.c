@@ -37,7 +37,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "io/tokens.h"
 #include "runtime/backend/registry.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
@@ -582,20 +581,8 @@ int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     self = rt_comm_split(world, world->rank, 0);
     test_write_tokens(world, "rt_parity", 20000, 99, data_path, NULL);
-    test_write_tokens(world, "rt_parity_docs", 20000, 98, docs_path, NULL);
-    if (world->rank == 0) {
-        /* the same kind of bytes with separator 0 about every 9th token */
-        uint32_t *tokens = malloc(20000 * sizeof *tokens);
-        uint64_t state = 98;
-        for (size_t i = 0; i < 20000; i++) {
-            const uint64_t r = test_rand_u64(&state);
-            tokens[i] = r % 9 == 0 ? 0 : 1 + (uint32_t)(r / 9 % 255);
-        }
-        rt_error err;
-        if (rt_tokens_write(docs_path, tokens, 20000, 256, &err)) rt_fatal("%s", err.msg);
-        free(tokens);
-    }
-    rt_barrier(world);
+    test_write_tokens(world, "rt_parity_docs", 20000, 98, docs_path, NULL); /* the folder and its cleanup */
+    test_write_document_tokens(world, docs_path, 20000, 98);
     test_case cases[] = {
         {"seqpar: llama with dropout == 1 rank", test_seqpar_llama_dropout},
         {"seqpar: gpt2 == 1 rank", test_seqpar_gpt2},

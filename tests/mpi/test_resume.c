@@ -26,7 +26,6 @@
 #include <unistd.h>
 
 #include "io/model_file.h"
-#include "io/tokens.h"
 #include "runtime/comm/comm.h"
 #include "runtime/train/train.h"
 #include "tests/support/fixtures.h"
@@ -321,17 +320,7 @@ int main(int argc, char **argv) {
     world = rt_comm_world_mpi(&argc, &argv);
     test_write_tokens(world, "rt_resume", 2000, 7, data_path, work_dir);
     snprintf(docs_path, sizeof docs_path, "%s/docs.bin", work_dir);
-    if (world->rank == 0) {
-        uint32_t tokens[2000];
-        uint64_t state = 8;
-        for (size_t i = 0; i < 2000; i++) {
-            const uint64_t r = test_rand_u64(&state);
-            tokens[i] = r % 9 == 0 ? 0 : 1 + (uint32_t)(r / 9 % 255);
-        }
-        rt_error err;
-        if (rt_tokens_write(docs_path, tokens, 2000, 256, &err)) rt_fatal("%s", err.msg);
-    }
-    rt_barrier(world);
+    test_write_document_tokens(world, docs_path, 2000, 8);
     static const test_case save_cases[] = {{"save on dp 2 x sp 2, ZeRO 2", test_reshard_save}};
     static const test_case load_cases[] = {{"load the 4-rank checkpoint here == straight run", test_reshard_load}};
     static const test_case resume_cases[] = {

@@ -44,6 +44,22 @@ void test_write_tokens(rt_comm *world, const char *name, size_t n_tokens, uint64
     if (dir) snprintf(dir, TEST_PATH_MAX, "%s", made);
 }
 
+void test_write_document_tokens(rt_comm *world, const char *path, size_t n_tokens, uint64_t seed) {
+    if (world->rank == 0) {
+        uint32_t *tokens = malloc((n_tokens ? n_tokens : 1) * sizeof *tokens);
+        if (!tokens) exit(2);
+        uint64_t state = seed;
+        for (size_t i = 0; i < n_tokens; i++) {
+            const uint64_t r = test_rand_u64(&state);
+            tokens[i] = r % 9 == 0 ? 0 : 1 + (uint32_t)(r / 9 % 255);
+        }
+        rt_error err;
+        if (rt_tokens_write(path, tokens, n_tokens, 256, &err)) rt_fatal("%s", err.msg);
+        free(tokens);
+    }
+    rt_barrier(world);
+}
+
 void test_assert_no_failures_anywhere(rt_comm *world, int failures) {
     double total = failures;
     rt_allreduce_sum_f64(world, &total, 1);

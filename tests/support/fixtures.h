@@ -30,6 +30,10 @@ void test_base_config(rt_config *cfg, rt_family family, const char *data_path);
  */
 void test_write_tokens(rt_comm *world, const char *name, size_t n_tokens, uint64_t seed, char *path, char *dir);
 
+/* Packed documents: rank 0 of world writes n_tokens byte tokens (vocab 256) to path, about every 9th the separator
+ * 0 and the others 1..255 (test_rand_u64 from seed); every rank returns once the file is complete. */
+void test_write_document_tokens(rt_comm *world, const char *path, size_t n_tokens, uint64_t seed);
+
 /* Fails the current test on every rank when any rank counted failures, so that rank 0's report tells: a rank
  * that passes must not report success while another failed. */
 void test_assert_no_failures_anywhere(rt_comm *world, int failures);
