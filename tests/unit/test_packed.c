@@ -83,6 +83,31 @@ static double max_abs(const float *x, size_t n) {
     return m;
 }
 
+/* The window's documents: each token's document start and position in it (the first document continuing from
+ * c->offset), and the target that crosses into the next document untrained, as the loader marks it. */
+static void lay_out_documents(const window_case *c, int64_t *doc_first, int64_t *doc_pos, int32_t *targets) {
+    for (int d = 0; d < c->n_docs; d++) {
+        const int64_t start = c->starts[d], end = d + 1 < c->n_docs ? c->starts[d + 1] : T;
+        for (int64_t i = start; i < end; i++) {
+            doc_first[i] = start;
+            doc_pos[i] = i - start + (d == 0 ? c->offset : 0);
+        }
+        if (d + 1 < c->n_docs) targets[end - 1] = -1;
+    }
+}
+
+/* One packed window as a micro-batch of one sequence. */
+static rt_batch packed_batch(const int32_t *inputs, const int32_t *targets, const int64_t *pos, const int64_t *doc_pos,
+                             const int64_t *doc_first) {
+    return (rt_batch){.inputs = inputs,
+                      .targets = targets,
+                      .pos = pos,
+                      .doc_pos = doc_pos,
+                      .doc_first = doc_first,
+                      .n_seqs = 1,
+                      .local_len = T};
+}
+
 static void check_case(rt_family family, rt_activation_mode mode, size_t block_size, const window_case *c) {
     const rt_model_shape shape = tiny_shape(family);
     int32_t inputs[T], targets[T], alone_targets[T];
@@ -93,27 +118,15 @@ static void check_case(rt_family family, rt_activation_mode mode, size_t block_s
         targets[i] = alone_targets[i] = (int32_t)(test_rand_u64(&state) % (uint64_t)shape.vocab_size);
         pos[i] = i;
     }
-    for (int d = 0; d < c->n_docs; d++) {
-        const int64_t start = c->starts[d], end = d + 1 < c->n_docs ? c->starts[d + 1] : T;
-        for (int64_t i = start; i < end; i++) {
-            doc_first[i] = start;
-            doc_pos[i] = i - start + (d == 0 ? c->offset : 0);
-        }
-        /* the prediction of the next document's first token is not trained, packed or alone */
-        if (d + 1 < c->n_docs) targets[end - 1] = alone_targets[end - 1] = -1;
-    }
+    /* the prediction of the next document's first token is not trained, packed or alone */
+    lay_out_documents(c, doc_first, doc_pos, targets);
+    lay_out_documents(c, doc_first, doc_pos, alone_targets);
 
     fixture packed, alone;
     fixture_init(&packed, &shape, mode, block_size, 1);
     fixture_init(&alone, &shape, mode, block_size, 0);
     size_t count = 0, count_alone = 0;
-    const rt_batch batch = {.inputs = inputs,
-                            .targets = targets,
-                            .pos = pos,
-                            .doc_pos = doc_pos,
-                            .doc_first = doc_first,
-                            .n_seqs = 1,
-                            .local_len = T};
+    const rt_batch batch = packed_batch(inputs, targets, pos, doc_pos, doc_first);
     const double loss = rt_model_forward_backward(&packed.model, &batch, NULL, 1.0f, &count);
     double loss_alone = 0.0;
     for (int d = 0; d < c->n_docs; d++) {
@@ -179,26 +192,14 @@ static void leak_probe(rt_family family) {
         pos[i] = i;
     }
     const int victim = 3; /* the document [10, 18) */
-    for (int d = 0; d < c->n_docs; d++) {
-        const int64_t start = c->starts[d], end = d + 1 < c->n_docs ? c->starts[d + 1] : T;
-        for (int64_t i = start; i < end; i++) {
-            doc_first[i] = start;
-            doc_pos[i] = i - start;
-            if (d == victim) changed[i] = (inputs[i] + 1) % shape.vocab_size;
-        }
-        if (d + 1 < c->n_docs) targets[end - 1] = -1;
-    }
+    lay_out_documents(c, doc_first, doc_pos, targets);
+    for (int i = 0; i < T; i++)
+        if (doc_first[i] == c->starts[victim]) changed[i] = (inputs[i] + 1) % shape.vocab_size;
     fixture f;
     fixture_init(&f, &shape, RT_ACT_KEEP, 8, 1);
     float losses[2][T];
     for (int run = 0; run < 2; run++) {
-        const rt_batch batch = {.inputs = run ? changed : inputs,
-                                .targets = targets,
-                                .pos = pos,
-                                .doc_pos = doc_pos,
-                                .doc_first = doc_first,
-                                .n_seqs = 1,
-                                .local_len = T};
+        const rt_batch batch = packed_batch(run ? changed : inputs, targets, pos, doc_pos, doc_first);
         size_t count = 0;
         rt_model_forward_loss(&f.model, &batch, &count);
         memcpy(losses[run], f.model.host_losses, sizeof losses[run]);
